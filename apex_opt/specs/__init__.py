@@ -1,0 +1,1 @@
+"""Typed input specifications: model, cluster, workload, SLO, plan."""

@@ -1,0 +1,38 @@
+"""Shared pydantic base and dtype vocabulary."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+
+class StrictModel(BaseModel):
+    """Base of our own file schemas: unknown fields are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _finite_pos(v: float) -> float:
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError("must be a finite number > 0")
+    return v
+
+
+def _finite_nonneg(v: float) -> float:
+    if not math.isfinite(v) or v < 0:
+        raise ValueError("must be a finite number >= 0")
+    return v
+
+
+PosFloat = Annotated[float, AfterValidator(_finite_pos)]
+NonNegFloat = Annotated[float, AfterValidator(_finite_nonneg)]
+
+WeightDType = Literal["bf16", "fp8", "int4"]
+KVDType = Literal["bf16", "fp8"]
+ComputeDType = Literal["bf16", "fp16", "fp8", "int8", "fp4"]
+
+#: Bytes per element of each storage dtype.
+DTYPE_BYTES: dict[str, float] = {"bf16": 2.0, "fp16": 2.0, "fp32": 4.0, "fp8": 1.0, "int8": 1.0,
+                                 "int4": 0.5, "fp4": 0.5}

@@ -1,0 +1,53 @@
+"""Serving-engine behaviour constants (memory outside the KV budget, CUDA-graph sizes, ...).
+
+Loaded from ``apex_opt/data/engines/<name>.yaml`` so that no engine constant lives in code.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+
+from .common import NonNegFloat, StrictModel
+
+
+class EngineSpec(StrictModel):
+    """Constants of one serving engine version."""
+
+    name: str = Field(description="Engine identifier, e.g. 'vllm-0.6'.")
+    block_size: int = Field(16, ge=1, le=1024, description="KV-cache block size in tokens.")
+    cuda_context_gib: NonNegFloat = Field(description="CUDA context + library workspaces per GPU "
+                                                      "(outside the utilisation budget).")
+    cuda_graph_gib: NonNegFloat = Field(description="CUDA-graph memory pools per GPU, allocated "
+                                                    "after the KV cache is sized.")
+    nccl_buffers_gib: NonNegFloat = Field(description="NCCL buffers per GPU of a multi-GPU replica.")
+    custom_allreduce_buffers_gib: NonNegFloat = Field(description="Custom all-reduce IPC buffers.")
+    allocator_slack: NonNegFloat = Field(description="Fractional slack on the activation peak.")
+    cuda_graph_batch_sizes: tuple[int, ...] = Field(description="Captured decode batch sizes.")
+    chunked_prefill_budget: int = Field(512, ge=1, description="Default max_num_batched_tokens "
+                                                                "with chunked prefill.")
+    host_step_base_ms: NonNegFloat = Field(description="Fixed CPU time per engine step.")
+    host_per_seq_us: NonNegFloat = Field(description="CPU time per sequence in a step "
+                                                     "(sampling, detokenising, output processing).")
+    host_multi_gpu_ms: NonNegFloat = Field(description="Extra CPU time per step to broadcast "
+                                                       "step metadata to the workers (TP/PP > 1).")
+    graph_kernel_gap_us: NonNegFloat = Field(description="GPU-side gap per kernel in a CUDA graph.")
+    eager_launch_us: NonNegFloat = Field(description="CPU launch cost per kernel in eager mode.")
+
+    def graph_batch_size(self, n: int) -> int | None:
+        """Captured CUDA-graph size a decode batch of ``n`` is padded to (None = runs eagerly)."""
+        for s in self.cuda_graph_batch_sizes:
+            if s >= n:
+                return s
+        return None
+
+
+@lru_cache(maxsize=8)
+def load_engine(name: str = "vllm") -> EngineSpec:
+    from ..io import parse_yaml, validate
+    from ..registry import data_dir
+
+    f = data_dir("engines") / f"{name}.yaml"
+    src = f"<bundled engine {name}>"
+    return validate(EngineSpec, parse_yaml(f.read_text(encoding="utf-8"), src), src)

@@ -1,0 +1,571 @@
+"""Model specification read from a Hugging Face ``config.json``.
+
+The HF config is read leniently: unknown keys are ignored, and only the fields that shape the
+architecture are used (layer count, widths, attention form, MoE and MLA layout). The result is a
+frozen :class:`ModelSpec` that knows its parameter counts, KV-cache footprint, FLOPs per token and
+the full (unsharded) shapes of its linear layers, which the cost model shards for TP/EP.
+
+Supported layouts:
+
+* dense GQA/MHA decoders (Llama, Mistral, Qwen2/2.5 with q/k/v bias, Qwen3 with q/k RMSNorm,
+  explicit ``head_dim`` that differs from ``hidden_size / num_attention_heads``);
+* Mixtral-style MoE (``num_local_experts``, ``num_experts_per_tok``; expert width =
+  ``intermediate_size``);
+* Qwen2-MoE / Qwen3-MoE (``num_experts``, ``moe_intermediate_size``,
+  ``shared_expert_intermediate_size`` with its sigmoid gate, ``decoder_sparse_step``,
+  ``mlp_only_layers``);
+* Llama-4 text (``num_local_experts``, ``interleave_moe_layer_step``, ``intermediate_size_mlp``
+  for dense layers, one always-on shared expert of width ``intermediate_size``);
+* DeepSeek-V3 / Kimi-K2 (MLA: ``q_lora_rank``, ``kv_lora_rank``, ``qk_nope_head_dim``,
+  ``qk_rope_head_dim``, ``v_head_dim``; MoE: ``n_routed_experts``, ``n_shared_experts``,
+  ``moe_intermediate_size``, ``first_k_dense_replace``, ``moe_layer_freq``). Multi-token-prediction
+  layers (``num_nextn_predict_layers``) are not counted: they are not loaded for serving;
+* multimodal wrappers that nest the language model under ``text_config`` (Gemma-3, Llama-4, ...):
+  the nested dict is used when the top level lacks the text fields. Vision towers are not counted.
+
+Parameter counts include the input embedding and an untied LM head, as published totals do.
+Sliding-window / local attention layers are treated as full attention (vLLM 0.6 allocates full KV).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+from ..errors import InputError
+
+DENSE_NORMS_PER_LAYER = 2  # input_layernorm + post_attention_layernorm (RMSNorm weight, width H)
+
+_QKV_BIAS_MODEL_TYPES = frozenset({"qwen2", "qwen2_moe", "qwen2_vl", "qwen2_5_vl"})
+_TEXT_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads")
+_INHERITED_KEYS = ("quantization_config",)  # *_config keys of the wrapper the text model inherits
+_MAX_DIM = 1 << 22       # 4M: anything wider than this in one dimension is not a real model
+_MAX_LAYERS = 10_000
+
+
+class MLASpec(BaseModel):
+    """Multi-head latent attention (DeepSeek-V2/V3): low-rank Q and a shared compressed KV latent."""
+
+    model_config = ConfigDict(frozen=True)
+
+    q_lora_rank: int | None
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+
+
+class MoESpec(BaseModel):
+    """Mixture-of-experts layout of the MLP blocks."""
+
+    model_config = ConfigDict(frozen=True)
+
+    num_experts: int
+    experts_per_token: int
+    expert_intermediate_size: int
+    num_shared_experts: int
+    shared_intermediate_size: int  # total width of the shared-expert MLP (0 if none)
+    moe_layers: tuple[int, ...]   # indices of layers whose MLP is MoE
+    norm_topk_prob: bool = False
+    shared_expert_gate: bool = False  # Qwen2-MoE: sigmoid gate Linear(hidden, 1) on the shared expert
+
+
+class LinearOp(BaseModel):
+    """One linear layer: ``y[tokens, n] = x[tokens, k] @ W[n, k]^T`` with full (unsharded) shapes.
+
+    ``split``: 'column' = tensor parallelism splits ``n``; 'row' = TP splits ``k`` (needs an
+    all-reduce after); 'replicated' = every TP rank holds the whole weight.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    n: int
+    k: int
+    split: Literal["column", "row", "replicated"]
+
+    @property
+    def params(self) -> int:
+        """Weight elements (no bias)."""
+        return self.n * self.k
+
+    def flops(self, tokens: int = 1) -> float:
+        """Multiply-add FLOPs for ``tokens`` rows."""
+        return 2.0 * tokens * self.n * self.k
+
+
+class ModelSpec(BaseModel):
+    """Architecture of a decoder-only LLM, enough to size weights, KV cache and per-op cost."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    architecture: str
+    source: str
+    model_type: str = ""
+    hidden_size: int
+    num_layers: int
+    vocab_size: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int          # dense-MLP width (used by non-MoE layers)
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+    attention: Literal["gqa", "mla"]
+    mla: MLASpec | None = None
+    moe: MoESpec | None = None
+    qkv_bias: bool = False          # Qwen2: bias on q, k, v projections
+    qk_norm: bool = False           # Qwen3: per-head RMSNorm on q and k (weights of width head_dim)
+    checkpoint_dtype: str = "bf16"  # dtype of the published weights ('fp8' for block-fp8 checkpoints)
+
+    _moe_set: frozenset[int] = PrivateAttr(default=frozenset())
+
+    def model_post_init(self, __context: Any) -> None:
+        self._moe_set = frozenset(self.moe.moe_layers) if self.moe is not None else frozenset()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_hf_config(cls, cfg: dict, name: str = "model", source: str = "<config>") -> "ModelSpec":
+        """Build a spec from an HF ``config.json`` dict (unknown keys ignored).
+
+        Raises :class:`InputError` naming ``source``, the field and the value for missing or absurd
+        values.
+        """
+        return _build(cfg, name, source)
+
+    # ------------------------------------------------------------------ layer layout
+    def is_moe_layer(self, i: int) -> bool:
+        """True when layer ``i``'s MLP is a mixture of experts."""
+        return self.moe is not None and i in self._moe_layer_set()
+
+    def _moe_layer_set(self) -> frozenset[int]:
+        return self._moe_set
+
+    @property
+    def num_moe_layers(self) -> int:
+        return len(self.moe.moe_layers) if self.moe is not None else 0
+
+    @property
+    def num_dense_layers(self) -> int:
+        return self.num_layers - self.num_moe_layers
+
+    # ------------------------------------------------------------------ linear ops
+    def attention_linear_ops(self) -> list[LinearOp]:
+        """Linear layers of one attention block (vLLM's non-absorbed MLA form for prefill)."""
+        h, H = self.num_attention_heads, self.hidden_size
+        if self.attention == "gqa":
+            return [LinearOp(name="qkv", n=(h + 2 * self.num_kv_heads) * self.head_dim, k=H,
+                             split="column"),
+                    LinearOp(name="o", n=H, k=h * self.head_dim, split="row")]
+        m = self.mla
+        assert m is not None
+        qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+        ops: list[LinearOp] = []
+        if m.q_lora_rank:
+            ops.append(LinearOp(name="q_a", n=m.q_lora_rank, k=H, split="replicated"))
+            ops.append(LinearOp(name="q_b", n=h * qk, k=m.q_lora_rank, split="column"))
+        else:
+            ops.append(LinearOp(name="q", n=h * qk, k=H, split="column"))
+        ops.append(LinearOp(name="kv_a", n=m.kv_lora_rank + m.qk_rope_head_dim, k=H,
+                            split="replicated"))
+        ops.append(LinearOp(name="kv_b", n=h * (m.qk_nope_head_dim + m.v_head_dim),
+                            k=m.kv_lora_rank, split="column"))
+        ops.append(LinearOp(name="o", n=H, k=h * m.v_head_dim, split="row"))
+        return ops
+
+    def dense_mlp_linear_ops(self) -> list[LinearOp]:
+        """Gated (SwiGLU) dense MLP: fused gate+up, then down."""
+        return _gated_mlp("", self.intermediate_size, self.hidden_size)
+
+    def shared_expert_linear_ops(self) -> list[LinearOp]:
+        """Shared-expert MLP of one MoE layer (all shared experts fused); [] if none."""
+        if self.moe is None or self.moe.shared_intermediate_size == 0:
+            return []
+        ops = _gated_mlp("shared_", self.moe.shared_intermediate_size, self.hidden_size)
+        if self.moe.shared_expert_gate:
+            ops.append(LinearOp(name="shared_expert_gate", n=1, k=self.hidden_size,
+                                split="replicated"))
+        return ops
+
+    def expert_linear_ops(self) -> list[LinearOp]:
+        """ONE routed expert: gate_up (n = 2 × expert width) and down; [] for dense models."""
+        if self.moe is None:
+            return []
+        return _gated_mlp("", self.moe.expert_intermediate_size, self.hidden_size)
+
+    def router_params(self) -> int:
+        """Router (gate) weights of one MoE layer: hidden × num_experts."""
+        return self.hidden_size * self.moe.num_experts if self.moe is not None else 0
+
+    # ------------------------------------------------------------------ parameter counts
+    def _attention_params(self) -> int:
+        n = sum(op.params for op in self.attention_linear_ops())
+        if self.qkv_bias:
+            n += (self.num_attention_heads + 2 * self.num_kv_heads) * self.head_dim
+        return n
+
+    def _norm_params(self) -> int:
+        n = DENSE_NORMS_PER_LAYER * self.hidden_size
+        if self.qk_norm:
+            n += 2 * self.head_dim
+        if self.mla is not None:
+            n += self.mla.kv_lora_rank + (self.mla.q_lora_rank or 0)
+        return n
+
+    def params_by_component(self, layer: int) -> dict[str, int]:
+        """Weights of decoder layer ``layer`` by component.
+
+        Keys: attention, mlp (dense MLP), router, experts (all routed experts), shared_experts,
+        norms.
+        """
+        if not 0 <= layer < self.num_layers:
+            raise IndexError(f"layer {layer} out of range 0..{self.num_layers - 1}")
+        out = {"attention": self._attention_params(), "mlp": 0, "router": 0, "experts": 0,
+               "shared_experts": 0, "norms": self._norm_params()}
+        if self.is_moe_layer(layer):
+            assert self.moe is not None
+            out["router"] = self.router_params()
+            out["experts"] = self.moe.num_experts * _ops_params(self.expert_linear_ops())
+            out["shared_experts"] = _ops_params(self.shared_expert_linear_ops())
+        else:
+            out["mlp"] = _ops_params(self.dense_mlp_linear_ops())
+        return out
+
+    def _active_layer_params(self, layer: int) -> int:
+        c = self.params_by_component(layer)
+        experts = c["experts"]
+        if experts:
+            assert self.moe is not None
+            experts = experts * self.moe.experts_per_token // self.moe.num_experts
+        return c["attention"] + c["mlp"] + c["router"] + experts + c["shared_experts"] + c["norms"]
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def lm_head_params(self) -> int:
+        """0 when the LM head is tied to the embedding."""
+        return 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
+
+    @property
+    def final_norm_params(self) -> int:
+        return self.hidden_size
+
+    def _layer_kinds(self) -> tuple[int, int]:
+        """(one dense layer index or -1, one MoE layer index or -1): layers of a kind are equal."""
+        moe = self._moe_layer_set()
+        dense = next((i for i in range(self.num_layers) if i not in moe), -1)
+        return dense, (min(moe) if moe else -1)
+
+    def _sum_layers(self, per_layer: Callable[[int], int]) -> int:
+        dense, moe = self._layer_kinds()
+        total = 0
+        if dense >= 0:
+            total += self.num_dense_layers * per_layer(dense)
+        if moe >= 0:
+            total += self.num_moe_layers * per_layer(moe)
+        return int(total)
+
+    @property
+    def params_total(self) -> int:
+        """All weights: embedding, decoder layers, final norm, untied LM head."""
+        layers = self._sum_layers(lambda i: sum(self.params_by_component(i).values()))
+        return self.embedding_params + layers + self.final_norm_params + self.lm_head_params
+
+    @property
+    def params_active(self) -> int:
+        """Weights touched per token: top-k routed experts + shared + dense + attention + embeddings."""
+        layers = self._sum_layers(self._active_layer_params)
+        return self.embedding_params + layers + self.final_norm_params + self.lm_head_params
+
+    def weight_bytes(self, dtype_bytes: float = 2) -> int:
+        """Bytes of all weights at ``dtype_bytes`` per element."""
+        return int(math.ceil(self.params_total * dtype_bytes))
+
+    # ------------------------------------------------------------------ KV cache and FLOPs
+    def kv_elems_per_token_per_layer(self) -> int:
+        """Cached elements per token per layer: GQA 2·kv_heads·head_dim; MLA latent + rope key."""
+        if self.attention == "mla":
+            assert self.mla is not None
+            return self.mla.kv_lora_rank + self.mla.qk_rope_head_dim
+        return 2 * self.num_kv_heads * self.head_dim
+
+    def kv_bytes_per_token(self, dtype_bytes: float = 2) -> int:
+        """KV-cache bytes of one token over all layers."""
+        return int(math.ceil(self.kv_elems_per_token_per_layer() * self.num_layers * dtype_bytes))
+
+    def attention_flops_per_token(self, context: int) -> float:
+        """QKᵀ + PV FLOPs of one query token over ``context`` keys, one layer, all heads.
+
+        MLA is counted in its non-absorbed form (q·k over nope+rope dims, p·v over v dims).
+        """
+        if context < 0:
+            raise ValueError("context must be >= 0")
+        h = self.num_attention_heads
+        if self.attention == "mla":
+            assert self.mla is not None
+            qk = self.mla.qk_nope_head_dim + self.mla.qk_rope_head_dim
+            return 2.0 * h * context * (qk + self.mla.v_head_dim)
+        return 4.0 * h * self.head_dim * context
+
+    def linear_flops_per_token(self) -> float:
+        """2 × active linear weights of all layers + the LM head (norms and embedding excluded)."""
+        attn = _ops_params(self.attention_linear_ops())
+        dense_mlp = _ops_params(self.dense_mlp_linear_ops())
+        per_moe = 0
+        if self.moe is not None:
+            per_moe = (self.router_params() + _ops_params(self.shared_expert_linear_ops())
+                       + self.moe.experts_per_token * _ops_params(self.expert_linear_ops()))
+        params = (self.num_layers * attn + self.num_dense_layers * dense_mlp
+                  + self.num_moe_layers * per_moe + self.vocab_size * self.hidden_size)
+        return 2.0 * params
+
+    def flops_per_token(self, context: int) -> float:
+        """Whole-model forward FLOPs of one token attending over ``context`` keys."""
+        return self.linear_flops_per_token() + self.num_layers * self.attention_flops_per_token(context)
+
+    # ------------------------------------------------------------------ report
+    def summary(self) -> dict:
+        """Plain dict for ``apex-opt models show --json``."""
+        moe = self.moe
+        return {
+            "name": self.name, "architecture": self.architecture, "model_type": self.model_type,
+            "source": self.source,
+            "params_total": self.params_total, "params_active": self.params_active,
+            "num_layers": self.num_layers, "hidden_size": self.hidden_size,
+            "vocab_size": self.vocab_size, "num_attention_heads": self.num_attention_heads,
+            "num_kv_heads": self.num_kv_heads, "head_dim": self.head_dim,
+            "intermediate_size": self.intermediate_size, "attention": self.attention,
+            "kv_bytes_per_token": self.kv_bytes_per_token(2),
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "checkpoint_dtype": self.checkpoint_dtype,
+            "num_experts": moe.num_experts if moe else 0,
+            "experts_per_token": moe.experts_per_token if moe else 0,
+            "expert_intermediate_size": moe.expert_intermediate_size if moe else 0,
+            "num_shared_experts": moe.num_shared_experts if moe else 0,
+            "num_moe_layers": self.num_moe_layers,
+            "mla": self.mla.model_dump() if self.mla else None,
+        }
+
+
+# ====================================================================== helpers
+def _gated_mlp(prefix: str, width: int, hidden: int) -> list[LinearOp]:
+    if width == 0:
+        return []
+    return [LinearOp(name=f"{prefix}gate_up", n=2 * width, k=hidden, split="column"),
+            LinearOp(name=f"{prefix}down", n=hidden, k=width, split="row")]
+
+
+def _ops_params(ops: list[LinearOp]) -> int:
+    return sum(op.params for op in ops)
+
+
+class _Reader:
+    """Typed access to an HF config dict that raises field-naming InputErrors."""
+
+    def __init__(self, cfg: dict, source: str, prefix: str = ""):
+        self.cfg, self.source, self.prefix = cfg, source, prefix
+
+    def fail(self, key: str, message: str, value: Any = None) -> InputError:
+        return InputError(message, source=self.source, field=self.prefix + key, value=value)
+
+    def has(self, key: str) -> bool:
+        return self.cfg.get(key) is not None
+
+    def get_int(self, key: str, default: int | None = None, *, minimum: int = 1,
+            maximum: int = _MAX_DIM) -> int:
+        """Integer field; ``default`` None means required. Integral floats (4096.0) are accepted."""
+        v = self.cfg.get(key)
+        if v is None:
+            if default is None:
+                raise self.fail(key, "required field is missing")
+            return default
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise self.fail(key, "must be an integer", v)
+        if isinstance(v, float):
+            if not math.isfinite(v) or v != int(v):
+                raise self.fail(key, "must be an integer", v)
+            v = int(v)
+        if v < minimum:
+            raise self.fail(key, f"must be >= {minimum}", v)
+        if v > maximum:
+            raise self.fail(key, f"is absurdly large (> {maximum})", v)
+        return v
+
+    def get_bool(self, key: str, default: bool) -> bool:
+        v = self.cfg.get(key)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise self.fail(key, "must be true or false", v)
+        return v
+
+    def get_int_list(self, key: str, upper: int) -> list[int]:
+        v = self.cfg.get(key)
+        if v is None:
+            return []
+        if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, int) for x in v):
+            raise self.fail(key, "must be a list of layer indices", v)
+        bad = [x for x in v if not 0 <= x < upper]
+        if bad:
+            raise self.fail(key, f"layer index out of range 0..{upper - 1}", bad[0])
+        return list(v)
+
+
+def _text_section(cfg: dict, source: str) -> tuple[dict, str]:
+    """The dict holding the language-model fields and the field prefix for error messages."""
+    if all(k in cfg for k in _TEXT_KEYS):
+        return cfg, ""
+    text = cfg.get("text_config")
+    if isinstance(text, dict):
+        merged = {k: v for k, v in cfg.items() if not k.endswith("_config") or k in _INHERITED_KEYS}
+        merged.update(text)
+        return merged, "text_config."
+    if text is not None:
+        raise InputError("must be a mapping", source=source, field="text_config",
+                         value=type(text).__name__)
+    return cfg, ""
+
+
+def _architecture(cfg: dict, top: dict) -> tuple[str, str]:
+    archs = top.get("architectures") or cfg.get("architectures")
+    model_type = str(cfg.get("model_type") or top.get("model_type") or "")
+    if isinstance(archs, list) and archs and isinstance(archs[0], str):
+        return archs[0], model_type
+    return model_type or "unknown", model_type
+
+
+def _checkpoint_dtype(cfg: dict) -> str:
+    q = cfg.get("quantization_config")
+    if isinstance(q, dict):
+        method = str(q.get("quant_method", "")).lower()
+        if method in ("fp8", "fbgemm_fp8"):
+            return "fp8"
+        bits = q.get("bits")
+        if method in ("gptq", "awq") and bits in (4, 8):
+            return "int4" if bits == 4 else "int8"
+    dt = str(cfg.get("torch_dtype") or "bfloat16").lower()
+    return {"float16": "fp16", "float32": "fp32"}.get(dt, "bf16")
+
+
+def _mla(r: _Reader) -> MLASpec | None:
+    if not r.has("kv_lora_rank"):
+        return None
+    return MLASpec(
+        q_lora_rank=r.get_int("q_lora_rank") if r.has("q_lora_rank") else None,
+        kv_lora_rank=r.get_int("kv_lora_rank"),
+        qk_nope_head_dim=r.get_int("qk_nope_head_dim", minimum=0),
+        qk_rope_head_dim=r.get_int("qk_rope_head_dim", minimum=0),
+        v_head_dim=r.get_int("v_head_dim"),
+    )
+
+
+def _moe(r: _Reader, model_type: str, num_layers: int) -> tuple[MoESpec | None, int | None]:
+    """MoE layout, plus an override of the dense-MLP width where the family names it differently."""
+    if r.has("n_routed_experts"):                                   # DeepSeek-V2/V3, Kimi-K2
+        n_exp = r.get_int("n_routed_experts")
+        first = r.get_int("first_k_dense_replace", 0, minimum=0, maximum=num_layers)
+        freq = r.get_int("moe_layer_freq", 1)
+        layers = tuple(i for i in range(first, num_layers) if i % freq == 0)
+        width = r.get_int("moe_intermediate_size")
+        n_shared = r.get_int("n_shared_experts", 0, minimum=0)
+        return _moe_spec(r, n_exp, "n_routed_experts", width, n_shared, n_shared * width, layers,
+                         r.get_bool("norm_topk_prob", False), False), None
+    if model_type.startswith("llama4") and r.has("num_local_experts"):  # Llama-4 text
+        n_exp = r.get_int("num_local_experts")
+        step = r.get_int("interleave_moe_layer_step", 1)
+        moe_set = r.get_int_list("moe_layers", num_layers)
+        layers = tuple(moe_set) if moe_set else tuple(
+            i for i in range(num_layers) if (i + 1) % step == 0)
+        width = r.get_int("intermediate_size")
+        return (_moe_spec(r, n_exp, "num_local_experts", width, 1, width, layers, False, False),
+                r.get_int("intermediate_size_mlp", width))
+    if r.has("num_local_experts"):                                   # Mixtral
+        n_exp = r.get_int("num_local_experts")
+        width = r.get_int("intermediate_size")
+        return _moe_spec(r, n_exp, "num_local_experts", width, 0, 0, tuple(range(num_layers)),
+                         True, False), None
+    if r.has("num_experts") and r.get_int("num_experts", minimum=0) > 0:  # Qwen2-MoE / Qwen3-MoE
+        n_exp = r.get_int("num_experts")
+        step = r.get_int("decoder_sparse_step", 1)
+        dense_only = set(r.get_int_list("mlp_only_layers", num_layers))
+        layers = tuple(i for i in range(num_layers)
+                       if i not in dense_only and (i + 1) % step == 0)
+        width = r.get_int("moe_intermediate_size")
+        shared = r.get_int("shared_expert_intermediate_size", 0, minimum=0)
+        return _moe_spec(r, n_exp, "num_experts", width, 1 if shared else 0, shared, layers,
+                         r.get_bool("norm_topk_prob", False), shared > 0), None
+    return None, None
+
+
+def _moe_spec(r: _Reader, n_exp: int, n_key: str, width: int, n_shared: int, shared_width: int,
+              layers: tuple[int, ...], norm_topk: bool, shared_gate: bool) -> MoESpec | None:
+    topk = r.get_int("num_experts_per_tok")
+    if topk > n_exp:
+        raise r.fail("num_experts_per_tok", f"exceeds the number of experts ({n_key}={n_exp})", topk)
+    if not layers:
+        return None
+    return MoESpec(num_experts=n_exp, experts_per_token=topk, expert_intermediate_size=width,
+                   num_shared_experts=n_shared, shared_intermediate_size=shared_width,
+                   moe_layers=layers, norm_topk_prob=norm_topk, shared_expert_gate=shared_gate)
+
+
+def _build(cfg: Any, name: str, source: str) -> ModelSpec:
+    if not isinstance(cfg, dict):
+        raise InputError(f"expected a JSON object (an HF config.json), got {type(cfg).__name__}",
+                         source=source)
+    text, prefix = _text_section(cfg, source)
+    r = _Reader(text, source, prefix)
+    arch, model_type = _architecture(text, cfg)
+    hidden = r.get_int("hidden_size")
+    layers = r.get_int("num_hidden_layers", maximum=_MAX_LAYERS)
+    heads = r.get_int("num_attention_heads")
+    kv_heads = r.get_int("num_key_value_heads", heads)
+    if kv_heads > heads or heads % kv_heads:
+        raise r.fail("num_key_value_heads",
+                     f"must divide num_attention_heads ({heads})", kv_heads)
+    if r.has("head_dim"):
+        head_dim = r.get_int("head_dim")
+    else:
+        if hidden % heads:
+            raise r.fail("num_attention_heads",
+                         f"does not divide hidden_size ({hidden}) and head_dim is not given", heads)
+        head_dim = hidden // heads
+    vocab = r.get_int("vocab_size")
+    max_pos = r.get_int("max_position_embeddings", maximum=1 << 31)
+    mla = _mla(r)
+    moe, dense_override = _moe(r, model_type, layers)
+    needs_dense = moe is None or len(moe.moe_layers) < layers
+    if dense_override is not None:
+        inter = dense_override
+    elif needs_dense:
+        inter = r.get_int("intermediate_size")
+    else:
+        inter = r.get_int("intermediate_size", 0, minimum=0)
+    if mla is not None:
+        head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+    return ModelSpec(
+        name=name, architecture=arch, source=source, model_type=model_type,
+        hidden_size=hidden, num_layers=layers, vocab_size=vocab, num_attention_heads=heads,
+        num_kv_heads=kv_heads, head_dim=head_dim, intermediate_size=inter,
+        tie_word_embeddings=r.get_bool("tie_word_embeddings", model_type.startswith("gemma")),
+        max_position_embeddings=max_pos,
+        attention="mla" if mla is not None else "gqa", mla=mla, moe=moe,
+        qkv_bias=r.get_bool("attention_bias", model_type in _QKV_BIAS_MODEL_TYPES),
+        qk_norm=model_type.startswith("qwen3"),
+        checkpoint_dtype=_checkpoint_dtype(text),
+    )
+
+
+def load_model(ref: str | Path) -> ModelSpec:
+    """A bundled model name (``apex-opt models list``) or a path to a config.json / its directory."""
+    from ..registry import load_model_config
+
+    cfg, source, name = load_model_config(str(ref))
+    return ModelSpec.from_hf_config(cfg, name=name, source=source)

@@ -1,0 +1,100 @@
+"""A serving plan: groups of identical data-parallel replicas, each a TP × PP (× EP) shape with its
+quantisation and engine limits. The solver outputs it, the simulator runs it, the memory model
+checks it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .common import KVDType, StrictModel, WeightDType
+
+
+class ReplicaConfig(StrictModel):
+    """One model replica: its parallel shape, dtypes and engine settings (vLLM flag names)."""
+
+    pool: str | None = Field(None, description="Device pool of the cluster (None = the first).")
+    tp: int = Field(1, ge=1, le=1024, description="Tensor-parallel degree.")
+    pp: int = Field(1, ge=1, le=1024, description="Pipeline-parallel degree (stages).")
+    ep: int = Field(1, ge=1, le=1024, description="Expert-parallel degree; divides tp. Experts are "
+                                                  "spread over ep groups of tp/ep GPUs.")
+    layers_per_stage: tuple[int, ...] | None = Field(
+        None, description="Decoder layers of each pipeline stage (None = vLLM's default split).")
+    weight_dtype: WeightDType = Field("bf16", description="Weight storage dtype.")
+    kv_dtype: KVDType = Field("bf16", description="KV-cache dtype.")
+    max_num_seqs: int = Field(256, ge=1, le=65536, description="Max sequences per iteration.")
+    max_num_batched_tokens: int | None = Field(
+        None, ge=1, le=10_000_000,
+        description="Token budget per iteration (None = 512 with chunked prefill, else "
+                    "max(max_model_len, 2048), as vLLM 0.6).")
+    chunked_prefill: bool = Field(True, description="Chunked prefill (mixed decode+prefill batches).")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0,
+                                          description="Fraction of device memory vLLM may use.")
+    max_model_len: int | None = Field(None, ge=16, le=10_000_000,
+                                      description="Max context (None = the model's maximum).")
+    custom_allreduce: bool = Field(True, description="vLLM custom all-reduce (single node).")
+    cuda_graphs: bool = Field(True, description="CUDA graphs for decode batches.")
+
+    @model_validator(mode="after")
+    def _shape(self) -> "ReplicaConfig":
+        if self.tp % self.ep:
+            raise ValueError(f"ep ({self.ep}) must divide tp ({self.tp})")
+        if self.layers_per_stage is not None:
+            if len(self.layers_per_stage) != self.pp:
+                raise ValueError(f"layers_per_stage has {len(self.layers_per_stage)} entries, "
+                                 f"expected pp={self.pp}")
+            if any(n < 1 for n in self.layers_per_stage):
+                raise ValueError("every pipeline stage needs at least one layer")
+        return self
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp
+
+    def resolved_max_model_len(self, model_max: int) -> int:
+        return self.max_model_len if self.max_model_len is not None else model_max
+
+    def resolved_batched_tokens(self, model_max: int, chunk_budget: int = 512) -> int:
+        if self.max_num_batched_tokens is not None:
+            return self.max_num_batched_tokens
+        if self.chunked_prefill:
+            return chunk_budget
+        return max(self.resolved_max_model_len(model_max), 2048)
+
+    def label(self) -> str:
+        parts = [f"TP{self.tp}"]
+        if self.pp > 1:
+            parts.append(f"PP{self.pp}")
+        if self.ep > 1:
+            parts.append(f"EP{self.ep}")
+        if self.weight_dtype != "bf16":
+            parts.append(f"w{self.weight_dtype}")
+        if self.kv_dtype != "bf16":
+            parts.append(f"kv{self.kv_dtype}")
+        return "-".join(parts)
+
+
+class ReplicaGroup(ReplicaConfig):
+    """`replicas` identical data-parallel copies of one replica shape."""
+
+    replicas: int = Field(1, ge=1, le=100_000, description="Number of data-parallel replicas.")
+
+    def replica(self) -> ReplicaConfig:
+        return ReplicaConfig(**self.model_dump(exclude={"replicas"}))
+
+
+class Plan(StrictModel):
+    """A full deployment: one or more replica groups behind a router."""
+
+    groups: tuple[ReplicaGroup, ...] = Field(min_length=1)
+    router: Literal["round_robin", "least_outstanding"] = Field(
+        "least_outstanding", description="How requests are spread over replicas.")
+
+    @property
+    def gpus(self) -> int:
+        return sum(g.replicas * g.gpus for g in self.groups)
+
+    def label(self) -> str:
+        return " + ".join(f"{g.replicas}x{g.label()}" + (f"@{g.pool}" if g.pool else "")
+                          for g in self.groups)
