@@ -1,0 +1,1 @@
+"""One click command per module; apex_opt.cli assembles them."""

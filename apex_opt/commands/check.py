@@ -1,0 +1,75 @@
+"""`apex-opt check`: memory feasibility of every replica shape."""
+
+from __future__ import annotations
+
+import click
+
+from ..check import CheckOptions, check
+from ..errors import InfeasibleError
+from ..report.render import console, gib, table, to_json
+from .common import cluster_option, json_option, kv_dtype_option, load_inputs, model_option, weight_dtype_option
+
+
+@click.command("check")
+@model_option
+@cluster_option
+@weight_dtype_option
+@kv_dtype_option
+@click.option("--max-model-len", type=click.IntRange(16, 10_000_000), default=None,
+              help="Max context per request [default: the model's maximum].")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=0.9,
+              show_default=True, help="Share of device memory the engine may use.")
+@click.option("--max-num-seqs", type=click.IntRange(1, 65536), default=256, show_default=True,
+              help="Max sequences per iteration (sizes the sampler's profiling peak).")
+@click.option("--max-num-batched-tokens", type=click.IntRange(1, 10_000_000), default=None,
+              help="Token budget per iteration [default: 512 with chunked prefill].")
+@click.option("--chunked-prefill/--no-chunked-prefill", default=True, show_default=True,
+              help="Without chunked prefill the profiling pass runs max_model_len tokens.")
+@json_option
+def command(model_ref, cluster_ref, weight_dtype, kv_dtype, max_model_len, gpu_memory_utilization,
+            max_num_seqs, max_num_batched_tokens, chunked_prefill, as_json):
+    """List every replica shape (TP x PP x EP on one device pool) whose weights, activations and
+    runtime buffers fit in GPU memory, with the KV cache left over (tokens and 16-token blocks,
+    sized the way vLLM sizes it).
+
+    Exit 0 when at least one shape fits. Otherwise exit 3 with the tightest shape, the component
+    that overflows and by how much, and the smallest changes that make it fit (more GPUs, fp8/int4
+    weights, fp8 KV cache, a shorter --max-model-len), each verified by re-running the check.
+
+    \b
+    Example:
+      apex-opt check --model llama-3.1-405b --cluster h100-sxm-1x8 --weight-dtype fp8
+    """
+    model, cluster = load_inputs(model_ref, cluster_ref)
+    opts = CheckOptions(weight_dtype=weight_dtype, kv_dtype=kv_dtype, max_model_len=max_model_len,
+                        gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
+                        max_num_batched_tokens=max_num_batched_tokens, chunked_prefill=chunked_prefill)
+    res = check(model, cluster, opts)
+    if as_json:
+        click.echo(to_json(res))
+    else:
+        con = console()
+        if res.feasible:
+            rows = []
+            for r in res.feasible:
+                w = max(s.weights_bytes for s in r.stages)
+                a = max(s.activation_bytes for s in r.stages)
+                o = max(s.runtime_overhead_bytes for s in r.stages)
+                kv = min(s.kv_cache_bytes for s in r.stages)
+                rows.append([r.pool, r.device, r.tp, r.pp, r.ep, r.gpus, gib(w), gib(a), gib(o),
+                             gib(kv), f"{r.kv_tokens:,}", f"{r.kv_blocks:,}", r.max_concurrent_full_len])
+            con.print(table(f"{model.name} on {cluster.name}: {len(res.feasible)} of "
+                            f"{res.shapes_considered} shapes fit ({weight_dtype} weights, {kv_dtype} KV, "
+                            f"max_model_len {res.feasible[0].max_model_len}, util {gpu_memory_utilization})",
+                            ["pool", "device", "TP", "PP", "EP", "GPUs", "weights GiB/GPU", "act GiB",
+                             "buffers GiB", "KV GiB/GPU", "KV tokens", "blocks", "full-len seqs"],
+                            rows, right_from=2))
+        else:
+            con.print(f"[bold red]infeasible[/]: {res.explanation}")
+            if res.suggestions:
+                con.print(table("changes that fit (each verified by re-running the check)",
+                                ["change", "what", "shapes that fit", "smallest"],
+                                [[s.change, s.detail, s.feasible_shapes, s.example]
+                                 for s in res.suggestions], right_from=2))
+    if not res.fits:
+        raise InfeasibleError(res.explanation or "nothing fits")

@@ -1,0 +1,24 @@
+"""Options and loaders shared by several commands."""
+
+from __future__ import annotations
+
+import click
+
+from ..registry import load_cluster
+from ..specs.model import load_model
+
+model_option = click.option(
+    "--model", "model_ref", default="llama-3.1-70b", show_default=True,
+    help="Bundled model name (see `apex-opt models`) or path to an HF config.json / its folder.")
+cluster_option = click.option(
+    "--cluster", "cluster_ref", default="h100-sxm-1x8", show_default=True,
+    help="Bundled cluster name (see `apex-opt clusters`) or path to a cluster YAML.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
+weight_dtype_option = click.option("--weight-dtype", type=click.Choice(["bf16", "fp8", "int4"]),
+                                   default="bf16", show_default=True, help="Weight storage dtype.")
+kv_dtype_option = click.option("--kv-dtype", type=click.Choice(["bf16", "fp8"]), default="bf16",
+                               show_default=True, help="KV-cache dtype.")
+
+
+def load_inputs(model_ref: str, cluster_ref: str):
+    return load_model(model_ref), load_cluster(cluster_ref)

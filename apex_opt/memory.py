@@ -1,0 +1,257 @@
+"""Per-device memory of a replica shape, and the KV-cache capacity vLLM would allocate.
+
+vLLM 0.6 sizes memory like this (worker ``determine_num_available_blocks``): load the weights, run
+one profiling forward pass with ``max_num_batched_tokens`` tokens spread over up to
+``max_num_seqs`` sequences, and measure the peak; then
+
+    kv_bytes = total_memory × gpu_memory_utilization − weights − peak_activations − non_torch
+
+and ``num_blocks = kv_bytes // (block_size × kv_bytes_per_token_on_this_device)``. With pipeline
+parallelism every stage gets the same block count (the minimum over stages). The server refuses to
+start when ``num_blocks × block_size < max_model_len``. The CUDA context and the CUDA-graph pools
+sit outside the utilisation budget and must fit in the remaining ``1 − utilisation`` share.
+
+Sharding rules (per GPU of a stage): attention and dense-MLP weights split over TP (KV heads are
+replicated when TP > KV heads, so each rank keeps one); vocab-parallel embedding on the first stage
+and LM head on the last stage, split over TP (a tied LM head on a different stage is a second copy);
+routed experts spread over EP groups and each expert split over TP/EP, so every GPU holds 1/TP of all
+expert weights; router and norms replicated. Linear weights are stored in ``weight_dtype`` (int4
+adds a bf16 scale per 128-element group); embeddings, LM head, norms and routers stay bf16.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+from pydantic import BaseModel, Field
+
+from .specs.cluster import DeviceSpec
+from .specs.common import DTYPE_BYTES
+from .specs.engine import EngineSpec, load_engine
+from .specs.model import LinearOp, ModelSpec
+from .specs.plan import ReplicaConfig
+
+GIB = 1024 ** 3
+#: int4 weights carry one bf16 scale per group of 128 elements.
+INT4_GROUP = 128
+
+
+def linear_weight_bytes_per_elem(weight_dtype: str) -> float:
+    if weight_dtype == "int4":
+        return DTYPE_BYTES["int4"] + DTYPE_BYTES["bf16"] / INT4_GROUP
+    return DTYPE_BYTES[weight_dtype]
+
+
+def default_layers_per_stage(num_layers: int, pp: int) -> tuple[int, ...]:
+    """vLLM's default split: ``num_layers // pp`` per stage, the remainder on the last stage."""
+    if pp > num_layers:
+        raise ValueError(f"pp={pp} exceeds the model's {num_layers} layers")
+    base = num_layers // pp
+    return tuple([base] * (pp - 1) + [num_layers - base * (pp - 1)])
+
+
+def stage_layer_ranges(num_layers: int, cfg: ReplicaConfig) -> list[range]:
+    split = cfg.layers_per_stage or default_layers_per_stage(num_layers, cfg.pp)
+    if sum(split) != num_layers:
+        raise ValueError(f"layers_per_stage {list(split)} sums to {sum(split)}, model has "
+                         f"{num_layers} layers")
+    out, start = [], 0
+    for n in split:
+        out.append(range(start, start + n))
+        start += n
+    return out
+
+
+def kv_heads_per_rank(model: ModelSpec, tp: int) -> int:
+    """KV heads each TP rank stores (replicated when TP exceeds the KV heads)."""
+    return max(1, model.num_kv_heads // tp)
+
+
+def kv_bytes_per_token_per_layer(model: ModelSpec, tp: int, kv_dtype: str) -> float:
+    """Bytes one token's KV occupies in one layer on one TP rank."""
+    b = DTYPE_BYTES[kv_dtype]
+    if model.attention == "mla":
+        # the compressed latent + rope key is not split over TP: every rank caches it whole
+        return model.kv_elems_per_token_per_layer() * b
+    return 2 * kv_heads_per_rank(model, tp) * model.head_dim * b
+
+
+def _sharded_params(op: LinearOp, tp: int, model: ModelSpec) -> float:
+    if op.split == "replicated":
+        return op.n * op.k
+    if op.name == "qkv" and model.attention == "gqa":
+        per_rank_heads = model.num_attention_heads / tp + 2 * kv_heads_per_rank(model, tp)
+        return per_rank_heads * model.head_dim * op.k
+    return op.n * op.k / tp
+
+
+def _ops_params(ops: Iterable[LinearOp], tp: int, model: ModelSpec) -> float:
+    return sum(_sharded_params(op, tp, model) for op in ops)
+
+
+def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int) -> dict[str, int]:
+    """Weight bytes on one GPU of pipeline stage ``stage``, by component."""
+    tp, wb = cfg.tp, linear_weight_bytes_per_elem(cfg.weight_dtype)
+    bf16 = DTYPE_BYTES["bf16"]
+    layers = stage_layer_ranges(model.num_layers, cfg)[stage]
+    attn = _ops_params(model.attention_linear_ops(), tp, model)
+    dense = _ops_params(model.dense_mlp_linear_ops(), tp, model)
+    shared = _ops_params(model.shared_expert_linear_ops(), tp, model) if model.moe else 0.0
+    expert = _ops_params(model.expert_linear_ops(), 1, model) if model.moe else 0.0
+    n_moe = sum(1 for i in layers if model.is_moe_layer(i))
+    n_dense = len(layers) - n_moe
+    norms = sum(model.params_by_component(i).get("norms", 0) for i in layers)
+    out = {
+        "attention": attn * len(layers) * wb,
+        "mlp": dense * n_dense * wb,
+        "experts": (model.moe.num_experts * expert / tp) * n_moe * wb if model.moe else 0.0,
+        "shared_experts": shared * n_moe * wb,
+        "router": (model.router_params() * n_moe * bf16) if model.moe else 0.0,
+        "norms": norms * bf16,
+        "embedding": 0.0,
+        "lm_head": 0.0,
+    }
+    vocab_shard = math.ceil(model.vocab_size / tp) * model.hidden_size * bf16
+    if stage == 0:
+        out["embedding"] = vocab_shard
+    if stage == cfg.pp - 1:
+        out["norms"] += model.final_norm_params * bf16
+        if not model.tie_word_embeddings or cfg.pp > 1:
+            out["lm_head"] = vocab_shard
+    return {k: int(round(v)) for k, v in out.items()}
+
+
+def activation_peak_bytes(model: ModelSpec, cfg: ReplicaConfig, tokens: int) -> int:
+    """Peak activation memory of vLLM's profiling pass on one GPU (bf16 activations).
+
+    Live at the MLP peak: residual + normed hidden states, the gate/up output and the activated
+    intermediate of the largest MLP (fused-MoE intermediate caches for MoE layers: tokens × top-k
+    copies), plus the attention projections; and the sampler's fp32 logits/probs for up to
+    ``max_num_seqs`` sequences over the full (gathered) vocabulary.
+    """
+    tp, b = cfg.tp, DTYPE_BYTES["bf16"]
+    h = model.hidden_size
+    hidden = 3 * tokens * h * b
+    attn_out = sum(_sharded_params(op, tp, model) / op.k for op in model.attention_linear_ops())
+    attn = tokens * attn_out * b
+    mlp = 0.0
+    if model.intermediate_size and any(not model.is_moe_layer(i) for i in range(model.num_layers)):
+        mlp = tokens * 3 * model.intermediate_size / tp * b
+    if model.moe:
+        m = model.moe
+        inter = m.expert_intermediate_size / (tp // cfg.ep)
+        moe = tokens * m.experts_per_token * (3 * inter + h) * b
+        moe += tokens * 3 * m.shared_intermediate_size / tp * b
+        mlp = max(mlp, moe)
+    seqs = min(cfg.max_num_seqs, tokens)
+    logits = seqs * model.vocab_size * 4 * 3
+    return int(hidden + max(attn, mlp) + logits)
+
+
+class StageMemory(BaseModel):
+    """Memory of one GPU in one pipeline stage (all TP ranks of a stage are alike)."""
+
+    stage: int
+    layers: int
+    weights_bytes: int
+    weights_by_component: dict[str, int]
+    activation_bytes: int
+    runtime_overhead_bytes: int = Field(description="NCCL / custom all-reduce buffers inside the budget")
+    outside_budget_bytes: int = Field(description="CUDA context + CUDA graphs (must fit in 1 − util)")
+    budget_bytes: int = Field(description="total × gpu_memory_utilization")
+    kv_cache_bytes: int = Field(description="Bytes left for the KV cache (negative = overflow)")
+    kv_bytes_per_token: float
+    kv_blocks: int
+
+
+class MemoryReport(BaseModel):
+    """Memory breakdown and KV capacity of one replica shape on one device type."""
+
+    pool: str | None
+    device: str
+    tp: int
+    pp: int
+    ep: int
+    gpus: int
+    weight_dtype: str
+    kv_dtype: str
+    layers_per_stage: list[int]
+    max_model_len: int
+    max_num_batched_tokens: int
+    gpu_memory_utilization: float
+    device_memory_bytes: int
+    stages: list[StageMemory]
+    kv_blocks: int
+    kv_tokens: int
+    max_concurrent_full_len: int = Field(description="Sequences of max_model_len that fit at once")
+    fits: bool
+    problem: str | None = Field(None, description="Why it does not fit")
+    overflow_component: str | None = None
+    overflow_bytes: int = 0
+
+    @property
+    def weights_per_gpu_max(self) -> int:
+        return max(s.weights_bytes for s in self.stages)
+
+
+def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
+                   engine: EngineSpec | None = None) -> MemoryReport:
+    """Memory breakdown, KV blocks and the fit verdict of ``cfg`` on ``device``."""
+    engine = engine or load_engine()
+    max_len = cfg.resolved_max_model_len(model.max_position_embeddings)
+    tokens = cfg.resolved_batched_tokens(max_len, engine.chunked_prefill_budget)
+    total = device.memory_bytes
+    budget = int(total * cfg.gpu_memory_utilization)
+    outside = int((engine.cuda_context_gib + (engine.cuda_graph_gib if cfg.cuda_graphs else 0)) * GIB)
+    multi = cfg.tp * cfg.pp > 1
+    runtime = 0
+    if multi:
+        runtime += int(engine.nccl_buffers_gib * GIB)
+        if cfg.custom_allreduce and cfg.tp > 1:
+            runtime += int(engine.custom_allreduce_buffers_gib * GIB)
+    act = int(activation_peak_bytes(model, cfg, tokens) * (1 + engine.allocator_slack))
+    stages: list[StageMemory] = []
+    ranges = stage_layer_ranges(model.num_layers, cfg)
+    for s, layers in enumerate(ranges):
+        comp = weight_bytes_by_component(model, cfg, s)
+        w = sum(comp.values())
+        kv_tok = kv_bytes_per_token_per_layer(model, cfg.tp, cfg.kv_dtype) * len(layers)
+        kv = budget - w - act - runtime
+        blocks = max(0, int(kv // (engine.block_size * kv_tok))) if kv > 0 else 0
+        stages.append(StageMemory(stage=s, layers=len(layers), weights_bytes=w,
+                                  weights_by_component=comp, activation_bytes=act,
+                                  runtime_overhead_bytes=runtime, outside_budget_bytes=outside,
+                                  budget_bytes=budget, kv_cache_bytes=int(kv),
+                                  kv_bytes_per_token=kv_tok, kv_blocks=blocks))
+    blocks = min(s.kv_blocks for s in stages)
+    kv_tokens = blocks * engine.block_size
+    problem, comp_name, overflow = None, None, 0
+    worst = min(stages, key=lambda s: s.kv_cache_bytes)
+    if outside > total - budget:
+        overflow = outside - (total - budget)
+        comp_name = "cuda_context_and_graphs"
+        problem = (f"CUDA context + graphs need {outside / GIB:.2f} GiB outside the "
+                   f"gpu_memory_utilization budget but only {(total - budget) / GIB:.2f} GiB is left; "
+                   f"lower gpu_memory_utilization")
+    elif worst.kv_cache_bytes <= 0:
+        overflow = -worst.kv_cache_bytes + int(worst.kv_bytes_per_token * max_len)
+        comp_name = max(worst.weights_by_component, key=worst.weights_by_component.get)
+        problem = (f"stage {worst.stage}: weights {worst.weights_bytes / GIB:.1f} GiB + activations "
+                   f"{worst.activation_bytes / GIB:.1f} GiB + buffers {runtime / GIB:.2f} GiB exceed the "
+                   f"{budget / GIB:.1f} GiB budget by {-worst.kv_cache_bytes / GIB:.1f} GiB "
+                   f"(largest component: {comp_name})")
+    elif kv_tokens < max_len:
+        overflow = int((max_len - kv_tokens) * worst.kv_bytes_per_token)
+        comp_name = "kv_cache"
+        problem = (f"KV cache holds {kv_tokens} tokens, fewer than max_model_len={max_len} "
+                   f"(short by {overflow / GIB:.2f} GiB per GPU)")
+    return MemoryReport(
+        pool=cfg.pool, device=device.name, tp=cfg.tp, pp=cfg.pp, ep=cfg.ep, gpus=cfg.gpus,
+        weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
+        layers_per_stage=[len(r) for r in ranges], max_model_len=max_len,
+        max_num_batched_tokens=tokens, gpu_memory_utilization=cfg.gpu_memory_utilization,
+        device_memory_bytes=total, stages=stages, kv_blocks=blocks, kv_tokens=kv_tokens,
+        max_concurrent_full_len=kv_tokens // max_len if max_len else 0,
+        fits=problem is None, problem=problem, overflow_component=comp_name,
+        overflow_bytes=int(overflow))

@@ -1,0 +1,1 @@
+"""Rendering: rich tables, JSON documents, launch commands, plots."""

@@ -1,0 +1,225 @@
+"""Per-request timings -> aggregated serving metrics (the ``--json`` of ``apex-opt simulate``).
+
+Definitions (all vectorised numpy):
+
+* TTFT = first token - arrival (queueing included), in ms;
+* TPOT per request = (finish - first token) / (output tokens - 1), in ms; requests with a single
+  output token have no TPOT and are left out of its statistics;
+* E2E = finish - arrival, in s;
+* percentiles use numpy's ``linear`` method; statistics cover completed requests only;
+* throughput = completed output tokens / makespan; goodput = requests meeting every SLO target /
+  makespan; SLO attainment = fraction of *all* requests meeting every target (dropped requests
+  never do; see :mod:`apex_opt.specs.slo` for how percentile targets are checked);
+* MFU = FLOPs / (makespan * peak FLOP/s); MBU = bytes / (makespan * peak bytes/s). Both must come
+  out <= 1; larger values mean the caller passed inconsistent numbers and raise ValueError.
+
+Floats are rounded to 6 significant digits so that the JSON output is byte-identical across runs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Mapping
+
+import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from ..specs.slo import SLOSpec
+
+#: Significant digits kept in every float of the output models.
+SIG_DIGITS = 6
+#: Relative slack before MFU/MBU above 1 are declared inconsistent (floating-point noise only).
+_UTIL_SLACK = 1e-9
+
+
+def round_sig(x: float, digits: int = SIG_DIGITS) -> float:
+    """``x`` rounded to ``digits`` significant digits (non-finite values pass through)."""
+    if x == 0 or not math.isfinite(x):
+        return float(x)
+    return float(f"{x:.{digits}g}")
+
+
+def _round_opt(x: float | None) -> float | None:
+    return None if x is None else round_sig(x)
+
+
+R6 = Annotated[float, AfterValidator(round_sig)]
+R6Opt = Annotated[float | None, AfterValidator(_round_opt)]
+
+
+class _Out(BaseModel):
+    """Output model base: strict fields, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Stats(_Out):
+    """Summary statistics of one quantity over the requests that have it (None when none do)."""
+
+    count: int
+    mean: R6Opt = None
+    p50: R6Opt = None
+    p90: R6Opt = None
+    p99: R6Opt = None
+    max: R6Opt = None
+
+
+def stats_of(values: np.ndarray) -> Stats:
+    """Mean, p50/p90/p99 (numpy 'linear') and max of ``values`` (empty -> only ``count=0``)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return Stats(count=0)
+    p50, p90, p99 = np.percentile(v, [50, 90, 99], method="linear")
+    return Stats(count=int(v.size), mean=float(v.mean()), p50=float(p50), p90=float(p90),
+                 p99=float(p99), max=float(v.max()))
+
+
+class Metrics(_Out):
+    """Aggregated serving metrics of one simulation."""
+
+    num_requests: int
+    num_completed: int
+    num_dropped: int
+    ttft_ms: Stats
+    tpot_ms: Stats
+    e2e_s: Stats
+    throughput_tokens_per_s: R6
+    throughput_total_tokens_per_s: R6
+    requests_per_s: R6
+    goodput_requests_per_s: R6Opt = None
+    slo_attainment: R6Opt = None
+    slo_met: bool | None = None
+    slo_target_fraction: dict[str, R6] | None = None
+    energy_j: R6Opt = None
+    energy_j_per_token: R6Opt = None
+    energy_j_per_request: R6Opt = None
+    avg_power_w: R6Opt = None
+    makespan_s: R6
+    mfu: R6Opt = None
+    mbu: R6Opt = None
+    time_breakdown_ms: dict[str, R6] = {}
+    preemptions: int = 0
+
+
+def _validated_arrays(arrival_s, first_token_s, finish_s, output_tokens, prompt_tokens,
+                      dropped_mask) -> tuple[np.ndarray, ...]:
+    arr = np.asarray(arrival_s, dtype=np.float64)
+    first = np.asarray(first_token_s, dtype=np.float64)
+    fin = np.asarray(finish_s, dtype=np.float64)
+    out = np.asarray(output_tokens, dtype=np.int64)
+    pr = np.asarray(prompt_tokens, dtype=np.int64)
+    n = arr.shape[0] if arr.ndim == 1 else -1
+    drop = np.zeros(n, dtype=bool) if dropped_mask is None else np.asarray(dropped_mask, dtype=bool)
+    if n < 0 or any(a.shape != (n,) for a in (first, fin, out, pr, drop)):
+        raise ValueError("per-request arrays must be 1-D and of equal length")
+    ok = ~drop
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("arrival times must be finite")
+    if not (np.all(np.isfinite(first[ok])) and np.all(np.isfinite(fin[ok]))):
+        raise ValueError("completed requests need finite first-token and finish times")
+    if np.any(first[ok] < arr[ok]) or np.any(fin[ok] < first[ok]):
+        raise ValueError("need arrival <= first token <= finish for every completed request")
+    if np.any(out < 1) or np.any(pr < 0):
+        raise ValueError("output_tokens must be >= 1 and prompt_tokens >= 0")
+    return arr, first, fin, out, pr, drop
+
+
+def _utilisation(work: float | None, peak: float | None, makespan_s: float,
+                 name: str) -> float | None:
+    if work is None or peak is None:
+        return None
+    if not (math.isfinite(work) and work >= 0 and math.isfinite(peak) and peak > 0):
+        raise ValueError(f"{name}: work must be finite >= 0 and peak finite > 0 "
+                         f"(got {work}, {peak})")
+    u = work / (makespan_s * peak)
+    if u > 1 + _UTIL_SLACK:
+        raise ValueError(f"{name} = {u:.4g} > 1: {work:.4g} over {makespan_s:.4g} s exceeds the "
+                         f"peak {peak:.4g}/s; the caller's numbers are inconsistent")
+    return u
+
+
+def slo_request_mask(ttft_ms: np.ndarray, tpot_ms: np.ndarray, e2e_s: np.ndarray,
+                     output_tokens: np.ndarray, dropped: np.ndarray,
+                     slo: SLOSpec) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per-request SLO verdicts: (meets every target, {target name: meets that target}).
+
+    Inputs are per request (values of dropped requests are ignored; ``tpot_ms`` of one-token
+    requests is ignored and that target passes for them).
+    """
+    done = ~dropped
+    per: dict[str, np.ndarray] = {}
+    with np.errstate(invalid="ignore"):
+        if slo.ttft_ms is not None:
+            per["ttft_ms"] = done & (ttft_ms <= slo.ttft_ms.target)
+        if slo.tpot_ms is not None:
+            per["tpot_ms"] = done & ((output_tokens <= 1) | (tpot_ms <= slo.tpot_ms.target))
+        if slo.e2e_s is not None:
+            per["e2e_s"] = done & (e2e_s <= slo.e2e_s.target)
+    all_ok = done.copy()
+    for m in per.values():
+        all_ok &= m
+    return all_ok, per
+
+
+def compute_metrics(arrival_s, first_token_s, finish_s, output_tokens, prompt_tokens,
+                    dropped_mask=None, *, makespan_s: float, energy_j: float | None = None,
+                    slo: SLOSpec | None = None, breakdown: Mapping[str, float] | None = None,
+                    flops: float | None = None, bytes: float | None = None,  # noqa: A002
+                    peak_flops: float | None = None, peak_bytes_per_s: float | None = None,
+                    preemptions: int = 0) -> Metrics:
+    """Aggregate per-request timings (seconds, one entry per request) into :class:`Metrics`.
+
+    ``dropped_mask`` marks requests that never completed (their times are ignored).
+    ``makespan_s`` is the simulated wall time the throughputs and power divide by. ``energy_j``
+    is the total energy of all GPUs; ``breakdown`` the total time per component in **seconds**
+    (reported in ms); ``flops``/``bytes`` the work done, ``peak_flops``/``peak_bytes_per_s`` the
+    peak rates of all GPUs together.
+    """
+    if not (math.isfinite(makespan_s) and makespan_s > 0):
+        raise ValueError(f"makespan_s must be a finite number > 0 (got {makespan_s})")
+    arr, first, fin, out, pr, drop = _validated_arrays(arrival_s, first_token_s, finish_s,
+                                                       output_tokens, prompt_tokens, dropped_mask)
+    n = arr.shape[0]
+    done = ~drop
+    ttft_ms = (first - arr) * 1e3
+    e2e_s = fin - arr
+    multi = done & (out > 1)
+    tpot_ms = np.full(n, np.nan)
+    tpot_ms[multi] = (fin[multi] - first[multi]) / (out[multi] - 1) * 1e3
+    n_done = int(done.sum())
+    out_tokens = int(out[done].sum())
+    total_tokens = out_tokens + int(pr[done].sum())
+
+    slo_fields: dict = {}
+    if slo is not None and slo.has_targets:
+        all_ok, per = slo_request_mask(ttft_ms, tpot_ms, e2e_s, out, drop, slo)
+        attain = float(all_ok.mean()) if n else 0.0
+        fractions = {k: float(m.mean()) if n else 0.0 for k, m in per.items()}
+        targets_hold = all(fractions[k] * 100 >= t.percentile * (1 - 1e-12)
+                           for k, t in slo.targets().items())
+        slo_fields = dict(goodput_requests_per_s=int(all_ok.sum()) / makespan_s,
+                          slo_attainment=attain, slo_target_fraction=fractions,
+                          slo_met=bool(targets_hold and attain >= slo.attainment))
+
+    energy: dict = {}
+    if energy_j is not None:
+        if not (math.isfinite(energy_j) and energy_j >= 0):
+            raise ValueError(f"energy_j must be finite >= 0 (got {energy_j})")
+        energy = dict(energy_j=energy_j,
+                      energy_j_per_token=energy_j / out_tokens if out_tokens else None,
+                      energy_j_per_request=energy_j / n_done if n_done else None,
+                      avg_power_w=energy_j / makespan_s)
+    if preemptions < 0:
+        raise ValueError(f"preemptions must be >= 0 (got {preemptions})")
+
+    return Metrics(
+        num_requests=n, num_completed=n_done, num_dropped=n - n_done,
+        ttft_ms=stats_of(ttft_ms[done]), tpot_ms=stats_of(tpot_ms[multi]),
+        e2e_s=stats_of(e2e_s[done]),
+        throughput_tokens_per_s=out_tokens / makespan_s,
+        throughput_total_tokens_per_s=total_tokens / makespan_s,
+        requests_per_s=n_done / makespan_s, makespan_s=makespan_s,
+        mfu=_utilisation(flops, peak_flops, makespan_s, "MFU"),
+        mbu=_utilisation(bytes, peak_bytes_per_s, makespan_s, "MBU"),
+        time_breakdown_ms={k: float(v) * 1e3 for k, v in sorted((breakdown or {}).items())},
+        preemptions=int(preemptions), **slo_fields, **energy)

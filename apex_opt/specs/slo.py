@@ -1,0 +1,120 @@
+"""Service-level objectives and search constraints (strict YAML).
+
+An SLO file looks like::
+
+    ttft_ms: {target: 2000, percentile: 90}   # time to first token, ms (queueing included)
+    tpot_ms: 60                               # short form: a number = p90 target
+    e2e_s: {target: 30, percentile: 99}       # end-to-end latency, seconds
+    attainment: 0.9                           # fraction of requests that must meet ALL targets
+    objective: latency                        # latency | throughput | energy | gpus
+    constraints: {max_gpus: 8, weight_dtypes: [bf16, fp8], kv_dtypes: [bf16]}
+
+Semantics (used by :func:`apex_opt.sim.metrics.compute_metrics`):
+
+* A request *meets the SLO* when it completed and each given target holds for it: TTFT <= ttft_ms,
+  TPOT <= tpot_ms (requests with a single output token have no TPOT and pass that target),
+  E2E <= e2e_s. Dropped requests never meet it.
+* ``slo_attainment`` is the fraction of all requests that meet the SLO.
+* A percentile target ``{target: T, percentile: p}`` holds when at least ``p`` % of all requests
+  (dropped ones count as missing it) meet ``T`` on that metric -- i.e. the p-th percentile is <= T.
+* The SLO is *met* when every percentile target holds and ``slo_attainment >= attainment``.
+
+Every target is optional; an SLO with no targets only carries the objective and constraints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BeforeValidator, Field, field_validator
+
+from .common import KVDType, PosFloat, StrictModel, WeightDType
+
+#: Percentile used when a target is given as a bare number.
+DEFAULT_PERCENTILE = 90.0
+
+
+class Target(StrictModel):
+    """A latency target at a percentile; a bare number means ``{target: N, percentile: 90}``."""
+
+    target: PosFloat = Field(description="Upper bound, in the unit of the field (ms or s).")
+    percentile: float = Field(DEFAULT_PERCENTILE, gt=0, le=100,
+                              description="Percentile of requests that must meet it (0 < p <= 100; "
+                                          "usually 50, 90, 95 or 99).")
+
+
+def _short_target(v: object) -> object:
+    """Short form: a bare number ``N`` means ``{target: N, percentile: 90}``."""
+    if isinstance(v, bool):
+        raise ValueError("expected a number or {target, percentile}, got a boolean")
+    if isinstance(v, (int, float)):
+        return {"target": v, "percentile": DEFAULT_PERCENTILE}
+    return v
+
+
+#: A target field: a number (p90 target) or ``{target, percentile}``.
+TargetField = Annotated[Target | None, BeforeValidator(
+    _short_target, json_schema_input_type=Union[float, Target, None])]
+
+
+class Constraints(StrictModel):
+    """Hard limits on the plans the solver may propose (all optional)."""
+
+    max_gpus: int | None = Field(None, ge=1, le=1_000_000,
+                                 description="Use at most this many GPUs.")
+    weight_dtypes: list[WeightDType] | None = Field(None, min_length=1,
+                                                    description="Allowed weight dtypes.")
+    kv_dtypes: list[KVDType] | None = Field(None, min_length=1,
+                                            description="Allowed KV-cache dtypes.")
+    pools: list[str] | None = Field(None, min_length=1, description="Only use these cluster pools.")
+    power_budget_w: PosFloat | None = Field(None, description="Average power budget in watts.")
+    max_tp: int | None = Field(None, ge=1, le=1024, description="Largest tensor-parallel degree.")
+    max_pp: int | None = Field(None, ge=1, le=1024, description="Largest pipeline-parallel degree.")
+
+    @field_validator("weight_dtypes", "kv_dtypes", "pools")
+    @classmethod
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"duplicate entries in {v}")
+        return v
+
+
+class SLOSpec(StrictModel):
+    """Latency targets, the required attainment, the objective and plan constraints."""
+
+    name: str | None = Field(None, description="SLO name.")
+    description: str | None = Field(None, description="Free text.")
+    ttft_ms: TargetField = Field(None, description="Time to first token (arrival -> first "
+                                                     "token, queueing included), milliseconds.")
+    tpot_ms: TargetField = Field(None, description="Time per output token after the first "
+                                                     "(per request: (finish - first) / "
+                                                     "(tokens - 1)), milliseconds.")
+    e2e_s: TargetField = Field(None, description="End-to-end latency (arrival -> last token), "
+                                                   "seconds.")
+    attainment: float = Field(0.9, gt=0, le=1, description="Fraction of requests that must meet "
+                                                           "all targets at once.")
+    objective: Literal["latency", "throughput", "energy", "gpus"] = Field(
+        "latency", description="What the search optimises among plans that meet the SLO.")
+    constraints: Constraints = Field(default_factory=Constraints,
+                                     description="Hard limits on plans.")
+
+    def targets(self) -> dict[str, Target]:
+        """The given targets keyed by field name (``ttft_ms``, ``tpot_ms``, ``e2e_s``)."""
+        out = {}
+        for k in ("ttft_ms", "tpot_ms", "e2e_s"):
+            t = getattr(self, k)
+            if t is not None:
+                out[k] = t
+        return out
+
+    @property
+    def has_targets(self) -> bool:
+        return bool(self.targets())
+
+
+def load_slo(path: str | Path) -> SLOSpec:
+    """Load and validate an SLO YAML/JSON file (raises InputError naming file/field/value)."""
+    from ..io import load_model_file
+
+    return load_model_file(SLOSpec, path)

@@ -1,0 +1,194 @@
+"""Synthetic workload specification (strict YAML).
+
+A workload file describes an open-loop stream of requests::
+
+    name: chat-3rps
+    num_requests: 500
+    seed: 0
+    arrival: {process: poisson, rate: 3.0}          # requests per second
+    prompt_len: {dist: lognormal, mean: 1000, cv: 0.8, min: 16, max: 8192}
+    output_len: {dist: lognormal, mean: 250, cv: 0.8, min: 1, max: 2048}
+
+Arrival processes (inter-arrival gaps; the first request arrives at t = 0):
+
+* ``poisson``  -- exponential gaps with mean ``1/rate``;
+* ``gamma``    -- gamma gaps with mean ``1/rate`` and coefficient of variation ``cv``
+  (``cv`` > 1 is burstier than Poisson, ``cv`` < 1 smoother, ``cv`` = 1 is Poisson);
+* ``constant`` -- gaps of exactly ``1/rate``.
+
+Length distributions (``prompt_len`` / ``output_len``), in tokens. A bare integer means a fixed
+length. Samples are rounded to integers and clipped to ``[min, max]`` (``min`` defaults to 1):
+
+* ``fixed``     -- always ``mean``;
+* ``uniform``   -- integers uniform on ``[min, max]`` (both required);
+* ``lognormal`` -- give exactly one of ``mean`` / ``median`` and exactly one of ``sigma`` (std of
+  the log) / ``cv`` (std/mean of the distribution itself, ``sigma = sqrt(ln(1 + cv^2))``);
+* ``normal``    -- ``mean`` and exactly one of ``sigma`` (std in tokens) / ``cv`` (= sigma/mean);
+* ``zipf``      -- ``P(k) ~ k^-alpha`` on the integers ``[min, max]`` (``max`` required).
+
+Clipping moves the realised mean slightly when the tails are cut; keep ``min``/``max`` wide when the
+mean matters.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BeforeValidator, Field, model_validator
+
+from .common import PosFloat, StrictModel
+
+#: Largest token count a length distribution may produce (sanity bound on user input).
+MAX_TOKENS = 10_000_000
+#: Largest number of requests a synthetic workload may ask for.
+MAX_REQUESTS = 10_000_000
+
+
+class ArrivalSpec(StrictModel):
+    """How requests arrive over time (open loop)."""
+
+    process: Literal["poisson", "gamma", "constant"] = Field(
+        "poisson", description="Inter-arrival process: poisson, gamma (bursty) or constant.")
+    rate: PosFloat = Field(description="Mean arrival rate in requests per second.")
+    cv: PosFloat | None = Field(None, description="Coefficient of variation of the inter-arrival "
+                                                  "gaps (gamma only; 1 = Poisson, > 1 = bursty).")
+
+    @model_validator(mode="after")
+    def _cv_only_for_gamma(self) -> "ArrivalSpec":
+        if self.process == "gamma" and self.cv is None:
+            raise ValueError("process 'gamma' needs 'cv' (coefficient of variation of the gaps)")
+        if self.process != "gamma" and self.cv is not None:
+            raise ValueError(f"'cv' only applies to process 'gamma', not {self.process!r}")
+        if self.cv is not None and self.cv > 100:
+            raise ValueError(f"cv {self.cv} is absurd (> 100)")
+        if self.rate > 1e7:
+            raise ValueError(f"rate {self.rate} req/s is absurd (> 1e7)")
+        return self
+
+
+TokenCount = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
+
+
+class LengthDist(StrictModel):
+    """A distribution of token counts (see the module docstring for each ``dist``)."""
+
+    dist: Literal["fixed", "uniform", "lognormal", "normal", "zipf"] = Field(
+        description="Distribution family.")
+    mean: PosFloat | None = Field(None, description="Mean in tokens (fixed: the value).")
+    median: PosFloat | None = Field(None, description="Median in tokens (lognormal only, "
+                                                      "instead of mean).")
+    sigma: PosFloat | None = Field(None, description="lognormal: std of log(length); "
+                                                     "normal: std in tokens.")
+    cv: PosFloat | None = Field(None, description="Std/mean of the distribution "
+                                                  "(instead of sigma).")
+    alpha: PosFloat | None = Field(None, description="zipf exponent: P(k) ~ k^-alpha.")
+    min: TokenCount = Field(1, description="Smallest length (samples are clipped up to it).")
+    max: TokenCount | None = Field(None, description="Largest length (samples are clipped down "
+                                                     "to it); required for uniform and zipf.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LengthDist":
+        given = {k for k in ("mean", "median", "sigma", "cv", "alpha")
+                 if getattr(self, k) is not None}
+        allowed, needed = _DIST_PARAMS[self.dist]
+        extra = given - allowed
+        if extra:
+            raise ValueError(f"dist {self.dist!r} does not take {sorted(extra)}")
+        for group in needed:
+            n = len(given & group)
+            if n != 1:
+                which = " or ".join(sorted(group))
+                raise ValueError(f"dist {self.dist!r} needs exactly one of {which}")
+        if self.dist in ("uniform", "zipf") and self.max is None:
+            raise ValueError(f"dist {self.dist!r} needs 'max'")
+        if self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) > max ({self.max})")
+        hi = self.max if self.max is not None else MAX_TOKENS
+        for k in ("mean", "median"):
+            v = getattr(self, k)
+            if v is not None and not (self.min <= v <= hi):
+                raise ValueError(f"{k} {v} is outside [min, max] = [{self.min}, {hi}]")
+        if self.dist == "fixed" and self.mean is not None and self.mean != int(self.mean):
+            raise ValueError(f"fixed length must be an integer (got {self.mean})")
+        if self.sigma is not None and self.dist == "lognormal" and self.sigma > 10:
+            raise ValueError(f"lognormal sigma {self.sigma} is absurd (> 10)")
+        if self.cv is not None and self.cv > 100:
+            raise ValueError(f"cv {self.cv} is absurd (> 100)")
+        return self
+
+    @property
+    def upper(self) -> int:
+        """Upper clip bound (``max`` or :data:`MAX_TOKENS`)."""
+        return self.max if self.max is not None else MAX_TOKENS
+
+
+# dist -> (parameters it accepts, groups of which exactly one must be given)
+_DIST_PARAMS: dict[str, tuple[set[str], list[set[str]]]] = {
+    "fixed": ({"mean"}, [{"mean"}]),
+    "uniform": (set(), []),
+    "lognormal": ({"mean", "median", "sigma", "cv"}, [{"mean", "median"}, {"sigma", "cv"}]),
+    "normal": ({"mean", "sigma", "cv"}, [{"mean"}, {"sigma", "cv"}]),
+    "zipf": ({"alpha"}, [{"alpha"}]),
+}
+
+
+def _int_is_fixed(v: object) -> object:
+    """Short form: a bare integer length means ``{dist: fixed, mean: N}``."""
+    if isinstance(v, bool):
+        raise ValueError("expected a token count or a distribution mapping, got a boolean")
+    if isinstance(v, int):
+        if not 1 <= v <= MAX_TOKENS:
+            raise ValueError(f"token count must be in [1, {MAX_TOKENS}]")
+        return {"dist": "fixed", "mean": v, "min": 1, "max": v}
+    if isinstance(v, float):
+        raise ValueError("token count must be an integer")
+    return v
+
+
+#: A length field: an integer (fixed length) or a distribution. Integers are turned into a
+#: ``fixed`` LengthDist before validation (the JSON Schema documents both forms).
+Length = Annotated[LengthDist, BeforeValidator(_int_is_fixed,
+                                               json_schema_input_type=Union[int, LengthDist])]
+
+
+class WorkloadSpec(StrictModel):
+    """A synthetic open-loop workload."""
+
+    name: str | None = Field(None, description="Workload name.")
+    description: str | None = Field(None, description="Free text.")
+    num_requests: int = Field(ge=1, le=MAX_REQUESTS, description="Number of requests.")
+    arrival: ArrivalSpec = Field(description="Arrival process.")
+    prompt_len: Length = Field(description="Prompt length in tokens: an integer or a distribution.")
+    output_len: Length = Field(description="Output length in tokens (>= 1): an integer or a "
+                                           "distribution.")
+    seed: int = Field(0, ge=0, le=2 ** 63 - 1, description="Random seed (used when the caller "
+                                                           "passes no generator).")
+
+    @property
+    def duration_s(self) -> float:
+        """Expected time between the first and the last arrival."""
+        return (self.num_requests - 1) / self.arrival.rate
+
+
+def load_workload(path: str | Path) -> WorkloadSpec:
+    """Load and validate a workload YAML/JSON file (raises InputError naming file/field/value)."""
+    from ..io import load_model_file
+
+    return load_model_file(WorkloadSpec, path)
+
+
+def json_schemas() -> dict:
+    """JSON Schemas of the user-facing workload and SLO files, keyed ``workload`` and ``slo``."""
+    from .slo import SLOSpec
+
+    return {"workload": WorkloadSpec.model_json_schema(), "slo": SLOSpec.model_json_schema()}
+
+
+def lognormal_params(d: LengthDist) -> tuple[float, float]:
+    """(mu, sigma) of log(length) for a lognormal LengthDist."""
+    sigma = d.sigma if d.sigma is not None else math.sqrt(math.log1p(d.cv ** 2))
+    if d.median is not None:
+        return math.log(d.median), sigma
+    return math.log(d.mean) - sigma ** 2 / 2, sigma
