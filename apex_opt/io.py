@@ -6,8 +6,10 @@ value, never a raw traceback.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,9 +33,53 @@ def read_text(path: str | Path) -> str:
         raise InputError(f"cannot read file ({exc.__class__.__name__}: {exc})", source=str(p)) from None
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping key given twice (raised while loading, turned into an InputError)."""
+
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:  # the keys written here; '<<' merges may be overridden
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # unhashable key: construct_mapping reports it
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise _DuplicateKey(key, line, seen[key])
+        seen[key] = line
+    loader.flatten_mapping(node)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _construct_unique_mapping)
+
+# PyYAML follows YAML 1.1, where ``1e6`` and ``1.0e6`` (no sign after the e) are strings; YAML 1.2
+# and every user read them as floats. Resolve them as floats too (the 1.1 forms still work).
+_FLOAT_1_2 = re.compile(r"""^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$""")
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2,
+                                       list("-+0123456789."))
+
+
 def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML safely; syntax errors and duplicate keys become an InputError naming the line."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise InputError(f"key given twice in one mapping (lines {exc.first} and {exc.line}); "
+                         f"remove one", source=source, field=str(exc.key)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -61,6 +107,8 @@ def load_data(path: str | Path) -> Any:
 def _loc(loc: tuple) -> str:
     out = ""
     for part in loc:
+        if part == "[key]":  # pydantic marks errors in a dict key this way; the key is already there
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:
@@ -68,22 +116,47 @@ def _loc(loc: tuple) -> str:
     return out or "<root>"
 
 
+def _clean_loc(err: dict) -> tuple:
+    return tuple(p for p in err.get("loc", ()) if not (isinstance(p, str) and p.startswith("function-")))
+
+
+def _misspelt(err: dict, errors: list[dict]) -> dict | None:
+    """For an unknown key, the "missing" error of the closest required key beside it (a typo)."""
+    loc = _clean_loc(err)
+    if not loc:
+        return None
+    beside = {str(_clean_loc(e)[-1]): e for e in errors
+              if e.get("type") == "missing" and _clean_loc(e) and _clean_loc(e)[:-1] == loc[:-1]}
+    close = difflib.get_close_matches(str(loc[-1]), list(beside), n=1, cutoff=0.6)
+    return beside[close[0]] if close else None
+
+
 def format_validation_error(exc: ValidationError, source: str) -> InputError:
-    """First error of a pydantic ValidationError as a one-line InputError."""
-    err = exc.errors()[0]
-    loc = _loc(tuple(p for p in err.get("loc", ()) if not (isinstance(p, str) and p.startswith("function-"))))
+    """The most telling error of a pydantic ValidationError as a one-line InputError.
+
+    An unknown field is reported before anything else: a misspelt key also makes the real key
+    "missing", and the misspelling is what the user must fix."""
+    errors = exc.errors()
+    err = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0])
+    loc = _loc(_clean_loc(err))
     kind = err.get("type", "")
     if kind == "extra_forbidden":
         msg = "unknown field (check the spelling; see the schema)"
+        typo = _misspelt(err, errors)
+        if typo is not None:  # the misspelt key also made the real one "missing": one mistake
+            msg += f"; did you mean '{_clean_loc(typo)[-1]}'?"
+            errors = [e for e in errors if e is not typo]
     elif kind == "missing":
         msg = "required field is missing"
         return InputError(msg, source=source, field=loc)
+    elif kind == "value_error" and "error" in err.get("ctx", {}):
+        msg = str(err["ctx"]["error"])  # our own validator's message, without pydantic's prefix
     else:
         msg = err.get("msg", "invalid value")
     value = err.get("input")
     if isinstance(value, (dict, list)) and kind != "extra_forbidden":
         value = None
-    more = len(exc.errors()) - 1
+    more = len(errors) - 1
     if more:
         msg += f" (+{more} more error{'s' if more > 1 else ''})"
     return InputError(msg, source=source, field=loc, value=value)

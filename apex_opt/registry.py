@@ -76,37 +76,25 @@ def load_model_config(ref: str) -> tuple[dict, str, str]:
 
 
 def load_device(ref: str | dict, source: str = "<device>"):
+    """Load a DeviceSpec from a bundled name, a YAML/JSON path, or an inline mapping."""
     from .specs.cluster import DeviceSpec
 
     if isinstance(ref, dict):
         return validate(DeviceSpec, ref, source)
+    if ref not in device_names() and _looks_like_path(ref):
+        return validate(DeviceSpec, load_data(ref), str(ref))
     data, src = _read_bundled("devices", ref, ".yaml", "device", device_names())
     return validate(DeviceSpec, data, src)
 
 
 def load_cluster(ref: str):
-    """Load a ClusterSpec from a bundled name or a YAML path; device names are resolved to the
-    bundled device catalogue."""
+    """Load a ClusterSpec from a bundled name or a YAML path. A pool's ``device`` may be a bundled
+    device name (resolved by :class:`apex_opt.specs.cluster.PoolSpec`) or an inline mapping."""
     from .specs.cluster import ClusterSpec
 
-    if _looks_like_path(ref):
+    if ref not in cluster_names() and _looks_like_path(ref):
         data = load_data(ref)
         src = str(ref)
     else:
         data, src = _read_bundled("clusters", ref, ".yaml", "cluster", cluster_names())
-    if not isinstance(data, dict):
-        raise InputError("expected a mapping at the top level", source=src)
-    pools = data.get("pools")
-    if isinstance(pools, list):
-        resolved = []
-        for i, pool in enumerate(pools):
-            if isinstance(pool, dict) and isinstance(pool.get("device"), str):
-                pool = dict(pool)
-                name = pool["device"]
-                if name not in device_names():
-                    raise InputError(f"unknown device name; bundled: {', '.join(device_names())}",
-                                     source=src, field=f"pools[{i}].device", value=name)
-                pool["device"] = load_device(name).model_dump()
-            resolved.append(pool)
-        data = {**data, "pools": resolved}
     return validate(ClusterSpec, data, src)

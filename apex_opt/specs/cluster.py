@@ -8,27 +8,39 @@ A cluster file (YAML, strict) looks like::
         device: h100-sxm-80gb          # a bundled device name, or an inline mapping (DeviceSpec)
         nodes: 1
         gpus_per_node: 8
-        intra_node: {kind: nvswitch, bandwidth_gbps: 450, latency_us: 2.5}
-        inter_node: {kind: infiniband, bandwidth_gbps: 50, latency_us: 5}
+        intra_node: {kind: nvswitch, bandwidth_gbps: 450, latency_us: 2.0}
+        inter_node: {kind: infiniband, bandwidth_gbps: 50, latency_us: 6}
 
 Units: memory in GiB (as the runtime reports it), TFLOP/s dense (no sparsity), GB/s = 1e9 B/s,
 per direction and per GPU for links, watts.
+
+The schema is strict: unknown fields are errors, numbers must be numbers (a quoted ``"80"`` or a
+boolean is rejected), counts must be integers, and every rate/size must be finite and > 0.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from .common import NonNegFloat, PosFloat, StrictModel
 
+#: Largest per-device memory we accept as sane (GiB).
+MAX_DEVICE_GIB = 4096.0
 
-class DeviceSpec(StrictModel):
+
+class _StrictNumbers(StrictModel):
+    """StrictModel that also refuses type coercion (``"80"`` or ``true`` for a number)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
+
+
+class DeviceSpec(_StrictNumbers):
     """One accelerator type, with dense datasheet numbers."""
 
-    name: str = Field(description="Device identifier, e.g. 'h100-sxm-80gb'.")
-    vendor: str = Field("nvidia", description="Vendor name (nvidia, amd, ...).")
+    name: str = Field(min_length=1, description="Device identifier, e.g. 'h100-sxm-80gb'.")
+    vendor: str = Field("nvidia", min_length=1, description="Vendor name (nvidia, amd, ...).")
     memory_gib: PosFloat = Field(description="Device memory in GiB as the runtime reports it.")
     peak_tflops: dict[Literal["bf16", "fp16", "fp8", "int8", "fp4"], PosFloat] = Field(
         description="Dense peak TFLOP/s per compute dtype (no structured-sparsity figures). "
@@ -47,14 +59,20 @@ class DeviceSpec(StrictModel):
             raise ValueError("peak_tflops must include 'bf16'")
         return v
 
-    @model_validator(mode="after")
-    def _sane(self) -> "DeviceSpec":
-        if self.idle_power_w >= self.power_limit_w:
-            raise ValueError(f"idle_power_w ({self.idle_power_w}) must be below power_limit_w "
-                             f"({self.power_limit_w})")
-        if self.memory_gib > 4096:
-            raise ValueError(f"memory_gib {self.memory_gib} is absurd (> 4096 GiB per device)")
-        return self
+    @field_validator("memory_gib")
+    @classmethod
+    def _memory_sane(cls, v: float) -> float:
+        if v > MAX_DEVICE_GIB:
+            raise ValueError(f"memory_gib {v} is absurd (> {MAX_DEVICE_GIB:g} GiB per device)")
+        return v
+
+    @field_validator("idle_power_w")
+    @classmethod
+    def _idle_below_limit(cls, v: float, info: ValidationInfo) -> float:
+        limit = info.data.get("power_limit_w")
+        if limit is not None and v >= limit:
+            raise ValueError(f"idle_power_w ({v}) must be below power_limit_w ({limit})")
+        return v
 
     def tflops(self, dtype: str) -> float:
         """Dense peak TFLOP/s for ``dtype``; falls back to bf16 when the device lacks that dtype
@@ -66,19 +84,60 @@ class DeviceSpec(StrictModel):
         return int(self.memory_gib * 1024 ** 3)
 
 
-class LinkSpec(StrictModel):
+class LinkSpec(_StrictNumbers):
     """A class of interconnect between GPUs."""
 
     kind: Literal["nvlink", "nvswitch", "xgmi", "pcie", "infiniband", "ethernet", "roce"] = Field(
         description="Link technology.")
-    bandwidth_gbps: PosFloat = Field(description="Unidirectional bandwidth per GPU in GB/s.")
+    bandwidth_gbps: PosFloat = Field(description="Unidirectional bandwidth per GPU in GB/s "
+                                                 "(aggregate over all of the GPU's links).")
     latency_us: NonNegFloat = Field(description="Per-hop / per-step latency in microseconds.")
+    peer_bandwidth_gbps: PosFloat | None = Field(
+        None, description="Only for a full mesh of direct point-to-point links (e.g. AMD xGMI): "
+                          "unidirectional bandwidth of ONE peer link in GB/s. A group of g GPUs "
+                          "then reaches min(bandwidth_gbps, (g-1) x peer_bandwidth_gbps). Leave "
+                          "unset for switched fabrics (NVSwitch, PCIe switch, network).")
+
+    @field_validator("peer_bandwidth_gbps")
+    @classmethod
+    def _peer_below_total(cls, v: float | None, info: ValidationInfo) -> float | None:
+        total = info.data.get("bandwidth_gbps")
+        if v is not None and total is not None and v > total:
+            raise ValueError(f"peer_bandwidth_gbps ({v}) cannot exceed bandwidth_gbps ({total})")
+        return v
+
+    def group_bandwidth_gbps(self, group_size: int) -> float:
+        """Unidirectional per-GPU bandwidth (GB/s) available to a collective over ``group_size``
+        GPUs on this link: the full ``bandwidth_gbps`` on a switched fabric; on a full mesh only
+        the ``group_size - 1`` links to the other members carry traffic."""
+        if group_size < 2:
+            return self.bandwidth_gbps
+        if self.peer_bandwidth_gbps is None:
+            return self.bandwidth_gbps
+        return min(self.bandwidth_gbps, (group_size - 1) * self.peer_bandwidth_gbps)
 
 
-class PoolSpec(StrictModel):
+def _resolve_device(v: Any) -> Any:
+    """A bundled device name becomes its DeviceSpec; mappings and specs pass through."""
+    if not isinstance(v, str):
+        return v
+    from ..errors import InputError
+    from ..registry import device_names, load_device
+
+    known = device_names()
+    if v not in known:
+        raise ValueError(f"unknown device name {v!r}; bundled: {', '.join(known)} "
+                         f"(or give the device inline as a mapping)")
+    try:
+        return load_device(v)
+    except InputError as exc:  # a broken bundled file: surface its own message
+        raise ValueError(str(exc)) from None
+
+
+class PoolSpec(_StrictNumbers):
     """A homogeneous group of nodes: same device, same links."""
 
-    name: str = Field(description="Pool name, unique within the cluster.")
+    name: str = Field(min_length=1, description="Pool name, unique within the cluster.")
     device: DeviceSpec = Field(description="The device type (bundled name or inline spec).")
     nodes: int = Field(ge=1, le=100_000, description="Number of nodes.")
     gpus_per_node: int = Field(ge=1, le=64, description="GPUs per node.")
@@ -86,21 +145,29 @@ class PoolSpec(StrictModel):
     inter_node: LinkSpec | None = Field(None, description="Network between nodes (per GPU). "
                                                           "Required when nodes > 1.")
 
-    @model_validator(mode="after")
-    def _net(self) -> "PoolSpec":
-        if self.nodes > 1 and self.inter_node is None:
-            raise ValueError(f"pool '{self.name}' has {self.nodes} nodes but no inter_node link")
-        return self
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device_by_name(cls, v: Any) -> Any:
+        return _resolve_device(v)
+
+    @field_validator("inter_node")
+    @classmethod
+    def _net(cls, v: LinkSpec | None, info: ValidationInfo) -> LinkSpec | None:
+        nodes = info.data.get("nodes")
+        if v is None and isinstance(nodes, int) and nodes > 1:
+            raise ValueError(f"pool '{info.data.get('name', '?')}' has {nodes} nodes but no "
+                             f"inter_node link")
+        return v
 
     @property
     def num_gpus(self) -> int:
         return self.nodes * self.gpus_per_node
 
 
-class ClusterSpec(StrictModel):
+class ClusterSpec(_StrictNumbers):
     """A cluster: one or more pools of nodes (heterogeneous when pools use different devices)."""
 
-    name: str = Field(description="Cluster name.")
+    name: str = Field(min_length=1, description="Cluster name.")
     description: str | None = Field(None, description="Free text.")
     pools: list[PoolSpec] = Field(min_length=1, description="Device pools.")
 
@@ -108,9 +175,9 @@ class ClusterSpec(StrictModel):
     @classmethod
     def _unique(cls, v: list[PoolSpec]) -> list[PoolSpec]:
         names = [p.name for p in v]
-        dup = {n for n in names if names.count(n) > 1}
+        dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"duplicate pool names: {sorted(dup)}")
+            raise ValueError(f"duplicate pool names: {', '.join(repr(n) for n in dup)}")
         return v
 
     @property
