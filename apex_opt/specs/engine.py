@@ -32,7 +32,8 @@ class EngineSpec(StrictModel):
                                                      "(sampling, detokenising, output processing).")
     host_multi_gpu_ms: NonNegFloat = Field(description="Extra CPU time per step to broadcast "
                                                        "step metadata to the workers (TP/PP > 1).")
-    graph_kernel_gap_us: NonNegFloat = Field(description="GPU-side gap per kernel in a CUDA graph.")
+    graph_launch_saving_us: NonNegFloat = Field(description="Launch latency per kernel that a CUDA-graph "
+                                                            "replay removes from isolated-kernel timings.")
     eager_launch_us: NonNegFloat = Field(description="CPU launch cost per kernel in eager mode.")
 
     def graph_batch_size(self, n: int) -> int | None:

@@ -1,0 +1,62 @@
+"""`apex-opt estimate`: one iteration's latency and energy."""
+
+from __future__ import annotations
+
+import click
+
+from ..estimate import estimate, parse_batch
+from ..report.render import console, table, to_json
+from ..specs.plan import ReplicaConfig
+from .common import cluster_option, json_option, kv_dtype_option, load_inputs, model_option, weight_dtype_option
+
+
+@click.command("estimate")
+@model_option
+@cluster_option
+@click.option("--tp", type=click.IntRange(1, 1024), default=1, show_default=True, help="Tensor-parallel degree.")
+@click.option("--pp", type=click.IntRange(1, 1024), default=1, show_default=True, help="Pipeline stages.")
+@click.option("--ep", type=click.IntRange(1, 1024), default=1, show_default=True, help="Expert-parallel degree (divides TP).")
+@click.option("--pool", default=None, help="Device pool of the cluster [default: the first].")
+@weight_dtype_option
+@kv_dtype_option
+@click.option("--batch", "batch_spec", required=True,
+              help="Work of the iteration: decode:NxCTX (N sequences at context CTX) and "
+                   "prefill:NxTOKENS[@CACHED], comma-separated.")
+@click.option("--custom-allreduce/--no-custom-allreduce", default=True, show_default=True,
+              help="vLLM's custom all-reduce kernel for TP inside one node.")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
+              help="Replay decode-only batches from CUDA graphs (padded batch sizes).")
+@json_option
+def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, batch_spec,
+            custom_allreduce, cuda_graphs, as_json):
+    """Latency and energy of ONE engine iteration of a replica, with a per-operator breakdown.
+
+    \b
+    Examples:
+      apex-opt estimate --model llama-3.1-70b --cluster h100-sxm-1x8 --tp 8 --batch decode:1x256
+      apex-opt estimate --model llama-3.1-70b --tp 4 --batch decode:16x1024,prefill:1x2048
+      apex-opt estimate --model deepseek-v3 --cluster h200-1x8 --tp 8 --weight-dtype fp8 --batch prefill:1x4096
+
+    Times come from the device's measured operator tables when it has a profile, else from the
+    roofline fitted on the H100 tables; collectives from the cluster's link classes.
+    """
+    model, cluster = load_inputs(model_ref, cluster_ref)
+    from ..errors import InputError
+    try:
+        cfg = ReplicaConfig(pool=pool, tp=tp, pp=pp, ep=ep, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
+                            custom_allreduce=custom_allreduce, cuda_graphs=cuda_graphs)
+    except ValueError as exc:
+        raise InputError(str(exc).splitlines()[-1], field="--ep", value=ep) from None
+    res = estimate(model, cluster, cfg, parse_batch(batch_spec))
+    if as_json:
+        click.echo(to_json(res))
+        return
+    con = console()
+    con.print(f"{model.name} on {res.tp * res.pp} x {res.device} (TP{res.tp} PP{res.pp} EP{res.ep}, "
+              f"{res.weight_dtype} weights, {res.kv_dtype} KV), batch {batch_spec}")
+    con.print(f"iteration {res.iteration_ms:.3f} ms · energy {res.energy_j:.3f} J "
+              f"({res.energy_j_per_token:.4f} J/token, {res.avg_power_w:.0f} W/GPU avg)")
+    con.print(table("breakdown", ["operator class", "ms"],
+                    [[k, f"{v:.3f}"] for k, v in res.breakdown.items()]))
+    if not res.memory_fits:
+        con.print("[yellow]warning[/]: this shape does not fit in memory (see `apex-opt check`)")

@@ -1,0 +1,295 @@
+"""Per-operator latency and power of one GPU, plus collectives.
+
+``DeviceCostModel(device)`` uses the device's measured profile when it names one (tables
+interpolated, see ``gemm.py`` / ``attention.py`` / ``elementwise.py``) and otherwise the roofline
+whose efficiencies were fitted on the bundled H100 profile (``roofline.py``), evaluated with the
+device's datasheet peaks. Every method returns :class:`OpCost` (seconds, average watts of one GPU).
+Calibrations are fitted once per profile (``functools.lru_cache``) and per-shape GEMM results are
+memoised, so the simulator's inner loop only pays dictionary look-ups.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..specs.cluster import DeviceSpec
+from . import attention as _attn
+from . import elementwise as _ew
+from .gemm import COMPUTE_DTYPES, GemmTable, GroupedCorrection, build_gemm_table, fit_grouped, table_dtype
+from .power import PowerFit, SustainedDerate, fit_derate, fit_power, parse_cases, power_w
+from .profile import REFERENCE_PROFILE, Profile, load_profile
+from .roofline import WEIGHT_BYTES, gemm_flops_bytes
+
+__all__ = ["OpCost", "DeviceCostModel", "CollectiveModel", "collective_model_for", "device_model",
+           "Calibration", "calibration"]
+
+
+class OpCost(NamedTuple):
+    time_s: float
+    power_w: float  # average power of one GPU while running it
+
+    @property
+    def energy_j(self) -> float:
+        return self.time_s * self.power_w
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Everything fitted on one profile."""
+
+    profile: Profile
+    gemm: dict[str, GemmTable]
+    grouped: GroupedCorrection
+    decode: _attn.DecodeFit
+    prefill: _attn.PrefillFit
+    stream: _attn.DecodeFit
+    table_ops: dict[str, _ew.TableCurve]
+    power: PowerFit
+    derate: SustainedDerate
+
+
+@lru_cache(maxsize=None)
+def calibration(profile_name: str = REFERENCE_PROFILE) -> Calibration:
+    """Fit all operator models on a bundled profile (once per process)."""
+    prof = load_profile(profile_name)
+    ds = prof.datasheet
+    gemm = {dt: build_gemm_table(prof, dt) for dt in ("bf16", "fp8")
+            if np.any(prof.table("gemm.csv")["dtype"] == dt)}
+    grouped = fit_grouped(prof, gemm["bf16"])
+    decode = _attn.fit_decode(_attn.decode_rows(prof), ds.hbm_bytes_per_s)
+    prefill = _attn.fit_prefill(_attn.prefill_rows(prof), ds.peak_flops["bf16"])
+    stream = _ew.fit_stream(*_ew.stream_rows(prof), ds.hbm_bytes_per_s)
+    cases = [c for c in parse_cases(prof) if c.kind == "attention" or c.seconds is not None]
+    utils, points = [], []
+    for c in cases:
+        peak = ds.peak_flops[c.dtype]
+        if c.kind == "attention":  # its ms_per_call includes host gaps: use the fitted kernel time
+            sec = float(decode.time(c.nbytes, ds.hbm_bytes_per_s))
+        else:
+            sec = c.seconds
+        utils.append((c.nbytes / (sec * ds.hbm_bytes_per_s), c.flops / (sec * peak)))
+        if c.kind == "gemm" and c.shape is not None:
+            t_burst, share = gemm[c.dtype].time(*c.shape)
+            points.append((t_burst, share, c.seconds / t_burst))
+    power = fit_power(cases, utils, prof.idle_w, ds.power_limit_w)
+    derate = fit_derate(points)
+    return Calibration(profile=prof, gemm=gemm, grouped=grouped, decode=decode, prefill=prefill,
+                       stream=stream, table_ops=_ew.table_curves(prof), power=power, derate=derate)
+
+
+_WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
+
+
+class DeviceCostModel:
+    """Latency and power of operators on one GPU of type ``device``.
+
+    ``use_profile=False`` ignores the device's measured tables (roofline only; used to check the
+    roofline against the tables). ``sustained=True`` applies the measured clock-throttling derate
+    to compute-bound work (back-to-back serving); ``False`` gives the short-burst table numbers.
+    """
+
+    def __init__(self, device: DeviceSpec, *, use_profile: bool = True, sustained: bool = True):
+        self.device = device
+        self.sustained = sustained
+        self.has_profile = bool(use_profile and device.profile)
+        self.cal = calibration(device.profile if self.has_profile else REFERENCE_PROFILE)
+        self.bw = device.hbm_bandwidth_gbps * 1e9
+        self.idle_power_w = float(device.idle_power_w)
+        self.power_limit_w = float(device.power_limit_w)
+        self._gemm_cache: dict[tuple, OpCost] = {}
+        self._ew_cache: dict[tuple, OpCost] = {}
+
+    # -- power -----------------------------------------------------------------------------------
+    def peak_flops(self, dtype: str) -> float:
+        return self.device.tflops(dtype) * 1e12
+
+    def power_at(self, u_mem: float, u_cmp: float, kind: str = "gemm") -> float:
+        """Watts of one GPU at the given HBM / compute utilisation (fractions of datasheet peak)."""
+        return power_w(self.cal.power, self.idle_power_w, self.power_limit_w, u_mem, u_cmp, kind)
+
+    def _cost(self, t: float, flops: float, nbytes: float, dtype: str, kind: str) -> OpCost:
+        if t <= 0:
+            return OpCost(0.0, self.idle_power_w)
+        return OpCost(t, self.power_at(nbytes / (t * self.bw), flops / (t * self.peak_flops(dtype)), kind))
+
+    def _derate(self, t: float, share: float) -> float:
+        return t * self.cal.derate.factor(t, share) if self.sustained else t
+
+    # -- GEMM ------------------------------------------------------------------------------------
+    def _resolve_dtypes(self, dtype: str, weight_dtype: str | None) -> tuple[str, str | None]:
+        if dtype not in COMPUTE_DTYPES:
+            raise InputError(f"unsupported GEMM compute dtype; use one of {', '.join(COMPUTE_DTYPES)}",
+                             field="dtype", value=dtype)
+        if weight_dtype is not None and weight_dtype not in _WEIGHT_DTYPES:
+            raise InputError(f"unsupported weight dtype; use one of {', '.join(_WEIGHT_DTYPES)}",
+                             field="weight_dtype", value=weight_dtype)
+        if dtype == "fp8" and "fp8" not in self.device.peak_tflops:
+            # no fp8 tensor cores (e.g. A100): fp8 checkpoints run as weight-only fp8, bf16 compute
+            return "bf16", "fp8" if weight_dtype in (None, "fp8") else weight_dtype
+        if weight_dtype is not None and WEIGHT_BYTES[weight_dtype] > WEIGHT_BYTES[table_dtype(dtype)]:
+            raise InputError(f"weights ({weight_dtype}) wider than the compute dtype ({dtype})",
+                             field="weight_dtype", value=weight_dtype)
+        wd = None if weight_dtype in (None, dtype) or WEIGHT_BYTES[weight_dtype] == WEIGHT_BYTES[dtype] else weight_dtype
+        return table_dtype(dtype), wd
+
+    def _gemm_time(self, m: float, n: int, k: int, dtype: str, wd: str | None) -> tuple[float, float]:
+        table = self.cal.gemm[dtype]
+        if self.has_profile:
+            return table.time(m, n, k, wd)
+        return table.roofline(m, n, k, wd, peak_flops=self.peak_flops(dtype), bw=self.bw)
+
+    def gemm(self, m: int, n: int, k: int, dtype: str = "bf16", weight_dtype: str | None = None) -> OpCost:
+        """y[m,n] = x[m,k] W[n,k]^T (m = tokens)."""
+        key = (m, n, k, dtype, weight_dtype)
+        hit = self._gemm_cache.get(key)
+        if hit is not None:
+            return hit
+        if not (m >= 0 and n > 0 and k > 0):
+            raise InputError("GEMM needs m >= 0 and n, k > 0", field="m/n/k", value=(m, n, k))
+        dt, wd = self._resolve_dtypes(dtype, weight_dtype)
+        if m == 0:
+            cost = OpCost(0.0, self.idle_power_w)
+        else:
+            t, share = self._gemm_time(float(m), n, k, dt, wd)
+            t = self._derate(t, share)
+            flops, nbytes = gemm_flops_bytes(m, n, k, dt, wd)
+            cost = self._cost(t, float(flops), float(nbytes), dt, "gemm")
+        self._gemm_cache[key] = cost
+        return cost
+
+    def grouped_gemm(self, experts: int, tokens_per_expert: float, n: int, k: int, dtype: str = "bf16",
+                     weight_dtype: str | None = None, imbalance: float = 1.0) -> OpCost:
+        """MoE experts of one GPU as one grouped GEMM. ``imbalance`` = max/mean tokens per expert
+        group: the busiest expert group sets the pace, so the effective tokens per expert are
+        ``tokens_per_expert * imbalance``."""
+        key = ("grouped", experts, tokens_per_expert, n, k, dtype, weight_dtype, imbalance)
+        hit = self._gemm_cache.get(key)
+        if hit is not None:
+            return hit
+        if experts < 0 or tokens_per_expert < 0 or imbalance < 1.0 or not math.isfinite(tokens_per_expert):
+            raise InputError("grouped GEMM needs experts >= 0, tokens >= 0, imbalance >= 1",
+                             field="experts/tokens_per_expert/imbalance",
+                             value=(experts, tokens_per_expert, imbalance))
+        dt, wd = self._resolve_dtypes(dtype, weight_dtype)
+        tokens = tokens_per_expert * imbalance
+        if experts == 0 or tokens <= 0:
+            cost = OpCost(0.0, self.idle_power_w)
+        else:
+            t1, share = self._gemm_time(tokens, n, k, dt, wd)
+            launch = self.cal.gemm[dt].fit.launch_s
+            t = self.cal.grouped(tokens) * (experts * max(t1 - launch, 0.0) + launch)
+            t = self._derate(t, share)
+            flops, nbytes = gemm_flops_bytes(tokens, n, k, dt, wd)
+            cost = self._cost(t, float(flops) * experts, float(nbytes) * experts, dt, "gemm")
+        self._gemm_cache[key] = cost
+        return cost
+
+    # -- attention -------------------------------------------------------------------------------
+    def _decode_mem(self, nbytes: float) -> float:
+        """Scalar fast path of :meth:`attention.DecodeFit.time` (inner loop of the simulator)."""
+        f = self.cal.decode
+        b = max(nbytes, 1.0)
+        return f.launch_s + b / (self.bw * f.eff) * (1.0 + (f.bytes_half / b) ** f.power)
+
+    def _prefill(self, causal: float, cached: float, tiles: float) -> float:
+        """Scalar fast path of :meth:`attention.PrefillFit.time`."""
+        f = self.cal.prefill
+        peak = self.peak_flops("bf16")
+        work = causal / (peak * f.eff_causal) + cached / (peak * f.eff_cached)
+        mult = max(1.0 + (f.tiles_half / max(tiles, 1.0)) ** f.power,
+                   max(f.eff_causal, f.eff_cached) / _attn.MAX_ATTN_EFF)
+        return f.launch_s + work * mult
+
+    def attention_decode(self, q_heads: int, kv_heads: int, head_dim: int, context_lens,
+                         kv_dtype: str = "bf16") -> OpCost:
+        """One query token per sequence against its own context length (per GPU heads)."""
+        ctx = _attn.context_array(context_lens)
+        total = float(ctx.sum())
+        if total <= 0 or ctx.size == 0:
+            return OpCost(0.0, self.idle_power_w)
+        nbytes = total * kv_heads * head_dim * 2 * _attn.kv_bytes(kv_dtype)
+        flops = 4.0 * q_heads * head_dim * total
+        t = max(self._decode_mem(nbytes), self._prefill(0.0, flops, ctx.size * q_heads))
+        return self._cost(t, flops, nbytes, "bf16", "attention")
+
+    def attention_prefill(self, q_heads: int, kv_heads: int, head_dim: int,
+                          chunks: Sequence[tuple[int, int]], kv_dtype: str = "bf16") -> OpCost:
+        """Causal attention of (new_tokens, cached_tokens_before) chunks (lower-right mask)."""
+        causal, cached, tiles = _attn.chunk_work(chunks, q_heads, 4.0 * head_dim)
+        if causal + cached <= 0:
+            return OpCost(0.0, self.idle_power_w)
+        arr = np.asarray(chunks, dtype=float).reshape(-1, 2)
+        nbytes = float(arr.sum()) * kv_heads * head_dim * 2 * _attn.kv_bytes(kv_dtype)
+        t = max(self._prefill(causal, cached, tiles), self._decode_mem(nbytes))
+        return self._cost(t, causal + cached, nbytes, "bf16", "attention")
+
+    def mla_decode(self, q_heads: int, kv_lora_rank: int, qk_rope_head_dim: int, context_lens,
+                   kv_dtype: str = "bf16") -> OpCost:
+        """MLA decode, absorbed form: reads the latent (kv_lora_rank + rope) once per token."""
+        ctx = _attn.context_array(context_lens)
+        total = float(ctx.sum())
+        if total <= 0 or ctx.size == 0:
+            return OpCost(0.0, self.idle_power_w)
+        nbytes = total * (kv_lora_rank + qk_rope_head_dim) * _attn.kv_bytes(kv_dtype)
+        flops = 2.0 * q_heads * total * (2 * kv_lora_rank + qk_rope_head_dim)
+        t = max(self._decode_mem(nbytes), self._prefill(0.0, flops, ctx.size * q_heads))
+        return self._cost(t, flops, nbytes, "bf16", "attention")
+
+    def mla_prefill(self, q_heads: int, qk_nope_head_dim: int, qk_rope_head_dim: int, v_head_dim: int,
+                    chunks: Sequence[tuple[int, int]], kv_dtype: str = "bf16") -> OpCost:
+        """MLA prefill as multi-head attention with qk_head_dim = nope + rope and v_head_dim."""
+        per_pair = 2.0 * (qk_nope_head_dim + qk_rope_head_dim + v_head_dim)
+        causal, cached, tiles = _attn.chunk_work(chunks, q_heads, per_pair)
+        if causal + cached <= 0:
+            return OpCost(0.0, self.idle_power_w)
+        arr = np.asarray(chunks, dtype=float).reshape(-1, 2)
+        nbytes = float(arr.sum()) * q_heads * (qk_nope_head_dim + qk_rope_head_dim + v_head_dim) \
+            * _attn.kv_bytes(kv_dtype)
+        t = max(self._prefill(causal, cached, tiles), self._decode_mem(nbytes))
+        return self._cost(t, causal + cached, nbytes, "bf16", "attention")
+
+    # -- memory-bound ----------------------------------------------------------------------------
+    def elementwise(self, op: str, tokens: int, hidden: int) -> OpCost:
+        key = (op, tokens, hidden)
+        hit = self._ew_cache.get(key)
+        if hit is not None:
+            return hit
+        nbytes = _ew.op_bytes(op, tokens, hidden)
+        if tokens == 0:
+            cost = OpCost(0.0, self.idle_power_w)
+        else:
+            curve = self.cal.table_ops.get(op) if self.has_profile else None
+            t = curve(float(tokens) * hidden) if curve is not None else float(self.cal.stream.time(nbytes, self.bw))
+            cost = self._cost(t, 0.0, nbytes, "bf16", "gemm")
+        self._ew_cache[key] = cost
+        return cost
+
+    def memcpy(self, nbytes: float) -> OpCost:
+        """Device-to-device copy of ``nbytes`` (read + write)."""
+        if not (nbytes >= 0 and math.isfinite(nbytes)):
+            raise InputError("copy size must be a finite number >= 0", field="nbytes", value=nbytes)
+        if nbytes == 0:
+            return OpCost(0.0, self.idle_power_w)
+        t = float(self.cal.stream.time(2.0 * nbytes, self.bw))
+        return self._cost(t, 0.0, 2.0 * nbytes, "bf16", "gemm")
+
+
+_MODELS: dict[str, DeviceCostModel] = {}
+
+
+def device_model(device: DeviceSpec) -> DeviceCostModel:
+    """Shared (memoised) :class:`DeviceCostModel` of a device (default options)."""
+    key = device.model_dump_json()
+    model = _MODELS.get(key)
+    if model is None:
+        model = _MODELS[key] = DeviceCostModel(device)
+    return model
+
+
+from .collectives import CollectiveModel, collective_model_for  # noqa: E402  (re-export)

@@ -1,0 +1,248 @@
+"""Collective communication time (NCCL ring/tree algorithms, vLLM custom all-reduce).
+
+For a collective over ``n`` GPUs moving a message of ``S`` bytes (the full buffer, as nccl-tests
+report it)::
+
+    t = link.latency + alpha + steps(n) * step + f(n) * S / (link.bandwidth * eff) + kappa * sqrt(f(n) * S)
+
+with the ring bus factors ``f``: all-reduce ``2(n-1)/n``, all-gather / reduce-scatter / all-to-all
+``(n-1)/n``, send/recv 1, and ``steps`` = 2(n-1), n-1, n-1, n-1, 1. ``alpha`` (software base
+latency), ``step`` (per ring step), ``eff`` (achieved fraction of the link bandwidth) and ``kappa``
+(pipeline fill: NCCL's mid-size messages, 1-16 MiB, run below the large-message bandwidth) are per
+link kind and per collective, read from ``data/links.yaml``. They were fitted (log-time least
+squares, messages >= 1 MiB) on NCCL measurements of one 8x H100-SXM NVSwitch node by
+``scripts/validate_costmodel.py --calibrate`` and are checked against the H100 and H200 tables (the
+H200 ones are held out) -- see ``links.yaml`` for the per-kind sources.
+
+Hierarchical groups (more GPUs than one node): all-reduce = intra-node reduce-scatter + inter-node
+all-reduce of the 1/g shard + intra-node all-gather; all-gather / reduce-scatter likewise; all-to-all
+is bound by the fraction ``1 - g/n`` of the data that leaves the node over the network.
+
+vLLM custom all-reduce (``custom=True``): one kernel over NVLink peer memory, for one node and
+messages up to ``CUSTOM_AR_MAX_BYTES``; one-shot (each GPU reads all peers' buffers: (n-1) S bytes)
+below 512 KiB for n <= 4 / 256 KiB for n <= 8 (and always for n = 2), two-shot (reduce-scatter +
+all-gather through peer memory: 2(n-1)/n S) above, like vLLM 0.6. Its latency is one kernel launch
+plus two barriers (one link latency each); larger messages fall back to NCCL.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from ..errors import InputError
+from ..io import parse_yaml
+from ..registry import data_dir
+from ..specs.cluster import DeviceSpec, LinkSpec, PoolSpec
+from .power import COMM_HBM_BYTES_PER_LINK_BYTE
+
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
+CUSTOM_AR_MAX_BYTES = 8 * 2 ** 20
+#: A kernel launch (the smallest measured single kernel on H100, ``residual_add`` of one token).
+KERNEL_LAUNCH_S = 4.5e-6
+
+
+def bus_factor(coll: str, n: int) -> float:
+    if coll == "all_reduce":
+        return 2.0 * (n - 1) / n
+    if coll in ("all_gather", "reduce_scatter", "all_to_all"):
+        return (n - 1) / n
+    return 1.0
+
+
+def ring_steps(coll: str, n: int) -> int:
+    if coll == "all_reduce":
+        return 2 * (n - 1)
+    if coll == "send_recv":
+        return 1
+    return n - 1
+
+
+@dataclass(frozen=True)
+class CollectiveParams:
+    """Calibrated constants of one collective on one link kind."""
+
+    alpha_s: float
+    step_s: float
+    efficiency: float
+    kappa: float  # s / sqrt(byte)
+
+    def time(self, coll: str, nbytes: float, n: int, link: LinkSpec) -> float:
+        if n <= 1 or nbytes <= 0:
+            return 0.0
+        f = bus_factor(coll, n)
+        bw = link.bandwidth_gbps * 1e9 * self.efficiency
+        return (link.latency_us * 1e-6 + self.alpha_s + ring_steps(coll, n) * self.step_s
+                + f * nbytes / bw + self.kappa * math.sqrt(f * nbytes))
+
+
+@lru_cache(maxsize=None)
+def link_table() -> dict[str, dict[str, CollectiveParams]]:
+    """Per link kind, per collective constants from ``data/links.yaml``."""
+    src = "<bundled links.yaml>"
+    data = parse_yaml((data_dir() / "links.yaml").read_text(encoding="utf-8"), src)
+    kinds = data.get("kinds") if isinstance(data, dict) else None
+    if not isinstance(kinds, dict):
+        raise InputError("expected a 'kinds' mapping", source=src, field="kinds")
+    out: dict[str, dict[str, CollectiveParams]] = {}
+    for kind, entry in kinds.items():
+        if isinstance(entry, dict) and "same_as" in entry:
+            continue
+        colls = entry.get("collectives", {}) if isinstance(entry, dict) else {}
+        params = {}
+        for coll in COLLECTIVES:
+            c = colls.get(coll)
+            if not isinstance(c, dict):
+                raise InputError("missing collective", source=src, field=f"kinds.{kind}.collectives.{coll}")
+            params[coll] = CollectiveParams(alpha_s=float(c["alpha_us"]) * 1e-6, step_s=float(c["step_us"]) * 1e-6,
+                                            efficiency=float(c["efficiency"]), kappa=float(c["kappa"]))
+        out[kind] = params
+    for kind, entry in kinds.items():
+        if isinstance(entry, dict) and "same_as" in entry:
+            out[kind] = out[entry["same_as"]]
+    return out
+
+
+def params_for(kind: str) -> dict[str, CollectiveParams]:
+    table = link_table()
+    if kind not in table:
+        raise InputError(f"no collective constants for link kind; known: {', '.join(sorted(table))}",
+                         field="kind", value=kind)
+    return table[kind]
+
+
+class CollectiveModel:
+    """Collective times (seconds) over one link class, optionally hierarchical over nodes."""
+
+    def __init__(self, link: LinkSpec, device: DeviceSpec | None = None, *,
+                 inter_link: LinkSpec | None = None, gpus_per_node: int | None = None):
+        self.link = link
+        self.device = device
+        self.params = params_for(link.kind)
+        self.inter_link = inter_link
+        self.inter_params = params_for(inter_link.kind) if inter_link is not None else None
+        self.gpus_per_node = gpus_per_node
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _check(self, nbytes: float, n: int) -> None:
+        if not (nbytes >= 0 and math.isfinite(nbytes)):
+            raise InputError("message size must be a finite number >= 0", field="nbytes", value=nbytes)
+        if n < 1:
+            raise InputError("group size must be >= 1", field="n", value=n)
+
+    def _flat(self, coll: str, nbytes: float, n: int) -> float:
+        return self.params[coll].time(coll, nbytes, n, self.link)
+
+    def _split(self, n: int) -> tuple[int, int] | None:
+        """(GPUs per node g, nodes) when the group spans nodes, else None."""
+        g = self.gpus_per_node
+        if self.inter_link is None or g is None or n <= g:
+            return None
+        return g, math.ceil(n / g)
+
+    def _inter(self, coll: str, nbytes: float, nodes: int) -> float:
+        assert self.inter_params is not None and self.inter_link is not None
+        return self.inter_params[coll].time(coll, nbytes, nodes, self.inter_link)
+
+    # -- collectives ---------------------------------------------------------------------------
+    def all_reduce(self, nbytes: float, n: int, custom: bool = False) -> float:
+        self._check(nbytes, n)
+        if n <= 1 or nbytes <= 0:
+            return 0.0
+        split = self._split(n)
+        if split is None:
+            if custom and nbytes <= CUSTOM_AR_MAX_BYTES and self.link.kind in ("nvlink", "nvswitch", "xgmi"):
+                return min(self._custom_all_reduce(nbytes, n), self._flat("all_reduce", nbytes, n))
+            return self._flat("all_reduce", nbytes, n)
+        g, nodes = split
+        return (self._flat("reduce_scatter", nbytes, g) + self._inter("all_reduce", nbytes / g, nodes)
+                + self._flat("all_gather", nbytes, g))
+
+    def _custom_all_reduce(self, nbytes: float, n: int) -> float:
+        one_shot = n == 2 or (n <= 4 and nbytes < 512 * 1024) or (n <= 8 and nbytes < 256 * 1024)
+        moved = (n - 1) * nbytes if one_shot else 2.0 * (n - 1) / n * nbytes
+        bw = self.link.bandwidth_gbps * 1e9 * self.params["all_reduce"].efficiency
+        return KERNEL_LAUNCH_S + 2.0 * self.link.latency_us * 1e-6 + moved / bw
+
+    def all_gather(self, nbytes_total: float, n: int) -> float:
+        self._check(nbytes_total, n)
+        split = self._split(n)
+        if split is None:
+            return self._flat("all_gather", nbytes_total, n)
+        g, nodes = split
+        return self._inter("all_gather", nbytes_total / g, nodes) + self._flat("all_gather", nbytes_total, g)
+
+    def reduce_scatter(self, nbytes_total: float, n: int) -> float:
+        self._check(nbytes_total, n)
+        split = self._split(n)
+        if split is None:
+            return self._flat("reduce_scatter", nbytes_total, n)
+        g, nodes = split
+        return self._flat("reduce_scatter", nbytes_total, g) + self._inter("reduce_scatter", nbytes_total / g, nodes)
+
+    def all_to_all(self, nbytes_total: float, n: int) -> float:
+        self._check(nbytes_total, n)
+        split = self._split(n)
+        if split is None:
+            return self._flat("all_to_all", nbytes_total, n)
+        g, nodes = split
+        intra = self._flat("all_to_all", nbytes_total * g / n, g)
+        inter = self._inter("all_to_all", nbytes_total * (1.0 - g / n) * nodes / (nodes - 1), nodes)
+        return max(intra, inter)
+
+    def send_recv(self, nbytes: float, inter_node: bool = False) -> float:
+        self._check(nbytes, 2)
+        if nbytes <= 0:
+            return 0.0
+        if inter_node and self.inter_link is not None:
+            return self._inter("send_recv", nbytes, 2)
+        return self._flat("send_recv", nbytes, 2)
+
+    def power_w(self, device: DeviceSpec | None = None) -> float:
+        """Average GPU power while communicating (see ``power.py``): the measured memory-activity
+        curve at the HBM traffic the link generates."""
+        from . import device_model  # local import: avoids a cycle
+
+        dev = device or self.device
+        if dev is None:
+            raise InputError("CollectiveModel.power_w needs a device", field="device", value=None)
+        link_bps = self.link.bandwidth_gbps * 1e9 * self.params["all_reduce"].efficiency
+        u_mem = COMM_HBM_BYTES_PER_LINK_BYTE * link_bps / (dev.hbm_bandwidth_gbps * 1e9)
+        return device_model(dev).power_at(u_mem, 0.0, "gemm")
+
+
+def collective_model_for(pool: PoolSpec, n_gpus: int) -> CollectiveModel:
+    """Intra-node link when the group fits in one node, else hierarchical intra + inter-node."""
+    if n_gpus < 1:
+        raise InputError("group size must be >= 1", field="n_gpus", value=n_gpus)
+    if n_gpus <= pool.gpus_per_node or pool.inter_node is None:
+        if n_gpus > pool.num_gpus:
+            raise InputError(f"group of {n_gpus} GPUs exceeds pool '{pool.name}' ({pool.num_gpus} GPUs)",
+                             field="n_gpus", value=n_gpus)
+        return CollectiveModel(pool.intra_node, pool.device)
+    if n_gpus > pool.num_gpus:
+        raise InputError(f"group of {n_gpus} GPUs exceeds pool '{pool.name}' ({pool.num_gpus} GPUs)",
+                         field="n_gpus", value=n_gpus)
+    return CollectiveModel(pool.intra_node, pool.device, inter_link=pool.inter_node,
+                           gpus_per_node=pool.gpus_per_node)
+
+
+def fit_collective(coll: str, nbytes, n, seconds, link: LinkSpec) -> CollectiveParams:
+    """Least-squares fit (log time) of one collective's constants on measured (bytes, n, seconds)."""
+    import numpy as np
+
+    from .fitting import least_squares
+
+    nbytes, n, seconds = (np.asarray(a, dtype=float) for a in (nbytes, n, seconds))
+    lt = np.log(seconds)
+
+    def make(x):
+        e = [float(v) for v in np.exp(x)]
+        return CollectiveParams(alpha_s=e[0], step_s=e[1], efficiency=e[2], kappa=e[3])
+
+    def resid(x):
+        p = make(x)
+        return np.log([p.time(coll, b, int(k), link) for b, k in zip(nbytes, n)]) - lt
+
+    return make(least_squares(resid, np.log([5e-6, 5e-7, 0.8, 1e-9])))

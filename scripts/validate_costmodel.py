@@ -1,0 +1,242 @@
+#!/usr/bin/env python
+"""Validate the operator cost model against the measured H100 profile and the NCCL references.
+
+* GEMM: leave-one-(n,k)-shape-out on gemm.csv (bf16 and fp8): the roofline is refitted without the
+  held-out shape and the shape is predicted from its nearest measured neighbours.
+* Decode / prefill attention: leave-one-head-configuration-out (refit without it).
+* H100 roofline (profile disabled) vs the table on the table's shapes.
+* Energy per TFLOP of a large GEMM vs energy.csv.
+* Collectives vs ../shared/reference/nccl-collectives (H100, H200), messages >= 1 MiB (skipped when
+  ../shared is absent). ``--calibrate`` refits the NVSwitch constants on the H100 table and prints
+  the YAML block for ``apex_opt/data/links.yaml``.
+
+Prints a table and ends with one JSON line of the headline numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from apex_opt.costmodel import DeviceCostModel, calibration  # noqa: E402
+from apex_opt.costmodel import attention as attn  # noqa: E402
+from apex_opt.costmodel.collectives import COLLECTIVES, CollectiveModel, fit_collective  # noqa: E402
+from apex_opt.costmodel.gemm import build_gemm_table  # noqa: E402
+from apex_opt.costmodel.profile import load_profile  # noqa: E402
+from apex_opt.specs.cluster import DeviceSpec, LinkSpec  # noqa: E402
+
+NCCL = ROOT.parent / "shared" / "reference" / "nccl-collectives"
+NCCL_FILES = {"all_reduce": "all_reduce", "all_gather": "all_gather", "reduce_scatter": "reduce_scatter",
+              "all_to_all": "alltoall", "send_recv": "sendrecv"}
+NCCL_GPUS = {"H100": "H100-SXM-80GB", "H200": "H200-SXM-141GB"}
+#: One 8-GPU NVSwitch node of H100/H200 SXM: 18 NVLink4 links x 25 GB/s per direction per GPU.
+NVSWITCH = LinkSpec(kind="nvswitch", bandwidth_gbps=450.0, latency_us=2.5)
+
+
+def h100(profile: bool = True) -> DeviceSpec:
+    """The H100 SXM datasheet as a DeviceSpec (built inline: independent of the device catalogue)."""
+    return DeviceSpec(name="h100-sxm-80gb", memory_gib=79.2, peak_tflops={"bf16": 989.4, "fp8": 1978.9},
+                      hbm_bandwidth_gbps=3350, power_limit_w=700, idle_power_w=75,
+                      profile="h100-sxm-80gb" if profile else None)
+
+
+def stats(err: np.ndarray) -> dict[str, float]:
+    err = np.abs(np.asarray(err, dtype=float))
+    return {"median": float(np.median(err)), "p90": float(np.percentile(err, 90)),
+            "mean": float(np.mean(err)), "n": int(err.size)}
+
+
+def gemm_loo(dtype: str) -> np.ndarray:
+    prof = load_profile("h100-sxm-80gb")
+    g = prof.table("gemm.csv")
+    sel = g["dtype"] == dtype
+    m, n, k, ms = (g[c][sel].astype(float) for c in ("m", "n", "k", "ms"))
+    errs = []
+    for shape in sorted({(int(a), int(b)) for a, b in zip(n, k)}):
+        table = build_gemm_table(prof, dtype, exclude=shape)
+        rows = (n == shape[0]) & (k == shape[1])
+        for mm, t in zip(m[rows], ms[rows]):
+            pred, _ = table.time(mm, shape[0], shape[1], exclude=shape)
+            errs.append(pred / (t * 1e-3) - 1.0)
+    return np.array(errs)
+
+
+def decode_loo() -> np.ndarray:
+    prof = load_profile("h100-sxm-80gb")
+    rows = attn.decode_rows(prof)
+    bw = prof.datasheet.hbm_bytes_per_s
+    cfg = rows["q_heads"] * 1000 + rows["kv_heads"]
+    errs = []
+    for c in np.unique(cfg):
+        fit = attn.fit_decode(rows, bw, mask=cfg != c)
+        sel = cfg == c
+        errs.append(fit.time(rows["bytes"][sel], bw) / rows["s"][sel] - 1.0)
+    return np.concatenate(errs)
+
+
+def prefill_loo() -> np.ndarray:
+    prof = load_profile("h100-sxm-80gb")
+    rows = attn.prefill_rows(prof)
+    peak = prof.datasheet.peak_flops["bf16"]
+    cfg = rows["q_heads"] * 1000 + rows["kv_heads"] + rows["chunked"] * 1e6
+    errs = []
+    for c in np.unique(cfg):
+        fit = attn.fit_prefill(rows, peak, mask=cfg != c)
+        sel = cfg == c
+        pred = fit.time(rows["f_causal"][sel], rows["f_cached"][sel], rows["tiles"][sel], peak)
+        errs.append(pred / rows["s"][sel] - 1.0)
+    return np.concatenate(errs)
+
+
+def roofline_agreement() -> dict[str, np.ndarray]:
+    """H100 with its table vs H100 roofline (profile disabled), burst clocks, on the table shapes."""
+    table_m = DeviceCostModel(h100(True), sustained=False)
+    roof_m = DeviceCostModel(h100(True), use_profile=False, sustained=False)
+    g = load_profile("h100-sxm-80gb").table("gemm.csv")
+    out = {}
+    for dtype in ("bf16", "fp8"):
+        sel = g["dtype"] == dtype
+        e = [roof_m.gemm(int(m), int(n), int(k), dtype).time_s / table_m.gemm(int(m), int(n), int(k), dtype).time_s - 1
+             for m, n, k in zip(g["m"][sel], g["n"][sel], g["k"][sel])]
+        out[dtype] = np.array(e)
+    return out
+
+
+def energy_check() -> dict[str, float]:
+    """J per TFLOP of an 8192^3 GEMM (sustained) vs energy.csv."""
+    model = DeviceCostModel(h100(True))
+    e = load_profile("h100-sxm-80gb").table("energy.csv")
+    out = {}
+    for dtype in ("bf16", "fp8"):
+        cost = model.gemm(8192, 8192, 8192, dtype)
+        tflop = 2 * 8192 ** 3 / 1e12
+        meas = [1.0 / float(t) for c, t in zip(e["case"], e["tflops"]) if str(c) == f"gemm_{dtype}_m8192_n8192_k8192"]
+        out[f"{dtype}_model_j_per_tflop"] = cost.time_s * cost.power_w / tflop
+        out[f"{dtype}_measured_j_per_tflop"] = meas[0] if meas else float("nan")
+    return out
+
+
+def read_nccl(gpu: str, coll: str) -> list[tuple[int, int, float, float]]:
+    """(nodes, gpus_per_node, bytes, seconds) rows."""
+    path = NCCL / NCCL_GPUS[gpu] / f"{NCCL_FILES[coll]}.csv"
+    rows = []
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            rows.append((int(r["num_nodes"]), int(r["num_gpus_per_node"]), float(r["size(kb)"]) * 1024.0,
+                         float(r["time(us)"]) * 1e-6))
+    return rows
+
+
+def collectives_check(min_bytes: float = 2 ** 20) -> dict[str, dict[str, float]] | None:
+    if not NCCL.is_dir():
+        return None
+    out: dict[str, dict[str, float]] = {}
+    for gpu in NCCL_GPUS:
+        model = CollectiveModel(NVSWITCH)
+        pooled = []
+        for coll in COLLECTIVES:
+            errs = []
+            for nodes, gpn, nbytes, sec in read_nccl(gpu, coll):
+                if nodes != 1 or nbytes < min_bytes:
+                    continue
+                n = gpn
+                pred = model.send_recv(nbytes) if coll == "send_recv" else getattr(model, coll)(nbytes, n)
+                errs.append(abs(pred / sec - 1.0))
+            out[f"{gpu}/{coll}"] = {"mape": float(np.mean(errs)), "n": len(errs)}
+            pooled += errs
+        out[f"{gpu}/all"] = {"mape": float(np.mean(pooled)), "n": len(pooled)}
+    return out
+
+
+def calibrate() -> str:
+    """Refit the NVSwitch constants on the H100 NCCL table (messages >= 1 MiB) -> YAML text."""
+    lines = ["    collectives:"]
+    for coll in COLLECTIVES:
+        rows = [r for r in read_nccl("H100", coll) if r[0] == 1 and r[2] >= 2 ** 20]
+        p = fit_collective(coll, [r[2] for r in rows], [r[1] for r in rows], [r[3] for r in rows], NVSWITCH)
+        lines.append(f"      {coll}: {{alpha_us: {p.alpha_s * 1e6:.3f}, step_us: {p.step_s * 1e6:.4f}, "
+                     f"efficiency: {p.efficiency:.4f}, kappa: {p.kappa:.4e}}}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calibrate", action="store_true", help="print refitted NVSwitch constants")
+    args = ap.parse_args()
+    if args.calibrate:
+        if not NCCL.is_dir():
+            sys.exit("../shared/reference/nccl-collectives not found")
+        print(calibrate())
+        return
+
+    cal = calibration()
+    res: dict[str, dict] = {}
+    for dtype in ("bf16", "fp8"):
+        res[f"gemm_loo_{dtype}"] = stats(gemm_loo(dtype))
+    both = np.concatenate([gemm_loo("bf16"), gemm_loo("fp8")])
+    res["gemm_loo_all"] = stats(both)
+    res["decode_attn_loo"] = stats(decode_loo())
+    res["prefill_attn_loo"] = stats(prefill_loo())
+    roof = roofline_agreement()
+    for dtype, e in roof.items():
+        res[f"roofline_vs_table_{dtype}"] = stats(e)
+    energy = energy_check()
+    coll = collectives_check()
+
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title="cost model validation (relative errors)")
+        for col in ("check", "median", "p90", "mean", "n"):
+            t.add_column(col)
+        for name, s in res.items():
+            t.add_row(name, f"{s['median']:.3f}", f"{s['p90']:.3f}", f"{s['mean']:.3f}", str(s["n"]))
+        console = Console()
+        console.print(t)
+        if coll:
+            tc = Table(title="collectives vs NCCL (messages >= 1 MiB)")
+            tc.add_column("gpu/collective")
+            tc.add_column("MAPE")
+            tc.add_column("n")
+            for k, v in coll.items():
+                tc.add_row(k, f"{v['mape']:.3f}", str(v["n"]))
+            console.print(tc)
+        else:
+            console.print("collectives: ../shared/reference absent, skipped")
+        console.print({k: round(v, 3) for k, v in energy.items()})
+        console.print(f"fits: gemm bf16 {cal.gemm['bf16'].fit}\n      gemm fp8 {cal.gemm['fp8'].fit}\n"
+                      f"      decode {cal.decode}\n      prefill {cal.prefill}\n      stream {cal.stream}\n"
+                      f"      power {cal.power}\n      derate {cal.derate}")
+    except ImportError:  # pragma: no cover
+        print(json.dumps(res, indent=1))
+
+    summary = {
+        "gemm_median_err": res["gemm_loo_all"]["median"], "gemm_p90_err": res["gemm_loo_all"]["p90"],
+        "gemm_bf16_median_err": res["gemm_loo_bf16"]["median"], "gemm_bf16_p90_err": res["gemm_loo_bf16"]["p90"],
+        "gemm_fp8_median_err": res["gemm_loo_fp8"]["median"], "gemm_fp8_p90_err": res["gemm_loo_fp8"]["p90"],
+        "decode_attn_median_err": res["decode_attn_loo"]["median"],
+        "decode_attn_p90_err": res["decode_attn_loo"]["p90"],
+        "prefill_attn_median_err": res["prefill_attn_loo"]["median"],
+        "prefill_attn_p90_err": res["prefill_attn_loo"]["p90"],
+        "roofline_vs_table_median": float(np.median(np.abs(np.concatenate(list(roof.values()))))),
+        "roofline_vs_table_p90": float(np.percentile(np.abs(np.concatenate(list(roof.values()))), 90)),
+        "collectives_mape_ge_1MiB": (float(np.mean([v["mape"] for k, v in coll.items() if k.endswith("/all")]))
+                                     if coll else None),
+        "collectives_h100_mape_ge_1MiB": coll["H100/all"]["mape"] if coll else None,
+        "collectives_h200_mape_ge_1MiB": coll["H200/all"]["mape"] if coll else None,
+        **{k: v for k, v in energy.items()},
+    }
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
+
+
+if __name__ == "__main__":
+    main()
