@@ -1,0 +1,191 @@
+"""`apex-opt simulate`: serve a trace or a synthetic workload with one plan, iteration by iteration."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import numpy as np
+
+from ..io import validate
+from ..report.render import console, table, to_json
+from ..sim.simulator import SimulationResult, simulate
+from ..sim.workload import Requests, generate, load_trace
+from ..specs.plan import Plan
+from ..specs.slo import load_slo
+from ..specs.workload import WorkloadSpec, load_workload
+from .common import cluster_option, json_option, kv_dtype_option, load_inputs, model_option, weight_dtype_option
+
+#: vLLM 0.6 turns chunked prefill on by default above this max_model_len.
+CHUNKED_DEFAULT_ABOVE = 32768
+_SRC = "<command line>"
+
+
+def _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
+              seed) -> Requests:
+    synthetic = [rate, num_requests, prompt_len, output_len]
+    given = sum(x is not None for x in (trace, workload)) + (any(v is not None for v in synthetic))
+    if given != 1:
+        raise click.UsageError("give exactly one of --trace FILE, --workload FILE.yaml, or "
+                               "--rate/--num-requests/--prompt-len/--output-len")
+    if trace is not None:
+        return load_trace(trace)
+    if workload is not None:
+        spec = load_workload(workload)
+        return generate(spec, np.random.default_rng(seed if seed is not None else spec.seed))
+    if any(v is None for v in synthetic):
+        raise click.UsageError("a synthetic workload needs all of --rate, --num-requests, "
+                               "--prompt-len and --output-len")
+    arr = {"process": arrival, "rate": rate}
+    if arrival == "gamma":
+        arr["cv"] = cv
+    spec = validate(WorkloadSpec, {"name": "cli", "num_requests": num_requests, "arrival": arr,
+                                   "prompt_len": prompt_len, "output_len": output_len,
+                                   "seed": seed or 0}, _SRC)
+    return generate(spec, np.random.default_rng(seed or 0))
+
+
+def _plan(model, opts: dict) -> Plan:
+    max_len = opts["max_model_len"] or model.max_position_embeddings
+    chunked = opts["chunked_prefill"]
+    if chunked is None:
+        chunked = max_len > CHUNKED_DEFAULT_ABOVE
+    group = {k: opts[k] for k in ("tp", "pp", "ep", "pool", "weight_dtype", "kv_dtype",
+                                  "max_num_seqs", "max_num_batched_tokens",
+                                  "gpu_memory_utilization", "max_model_len", "custom_allreduce",
+                                  "cuda_graphs")}
+    group["replicas"] = opts["dp"]
+    group["chunked_prefill"] = chunked
+    return validate(Plan, {"groups": [group], "router": opts["router"]}, _SRC)
+
+
+def _fmt(x, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def _render(res: SimulationResult) -> None:
+    con = console()
+    m = res.metrics
+    rows = []
+    for name, s, d in (("TTFT (ms)", m.ttft_ms, 1), ("TPOT (ms)", m.tpot_ms, 2),
+                       ("E2E (s)", m.e2e_s, 3)):
+        rows.append([name, _fmt(s.mean, d), _fmt(s.p50, d), _fmt(s.p90, d), _fmt(s.p99, d),
+                     _fmt(s.max, d)])
+    con.print(table(f"{res.model} on {res.cluster}: {res.plan.label()} ({res.plan.router})",
+                    ["latency", "mean", "p50", "p90", "p99", "max"], rows))
+    summary = [
+        ["requests completed / dropped", f"{m.num_completed:,} / {m.num_dropped:,}"],
+        ["token-weighted TPOT (ms)", _fmt(res.tpot_token_weighted_ms, 2)],
+        ["output tokens/s", _fmt(m.throughput_tokens_per_s)],
+        ["requests/s", _fmt(m.requests_per_s, 3)],
+        ["makespan (s)", _fmt(m.makespan_s, 2)],
+        ["energy (kJ)", _fmt(None if m.energy_j is None else m.energy_j / 1e3, 2)],
+        ["energy per output token (J)", _fmt(m.energy_j_per_token, 3)],
+        ["average power (W)", _fmt(m.avg_power_w, 0)],
+        ["MFU / MBU", f"{_fmt(m.mfu and m.mfu * 100)} % / {_fmt(m.mbu and m.mbu * 100)} %"],
+        ["preemptions", f"{m.preemptions:,}"],
+    ]
+    if m.slo_attainment is not None:
+        summary.append(["SLO attainment", f"{m.slo_attainment * 100:.1f} % "
+                                          f"({'met' if m.slo_met else 'NOT met'})"])
+        summary.append(["goodput (req/s)", _fmt(m.goodput_requests_per_s, 3)])
+    for reason, count in res.dropped_by_reason.items():
+        summary.append([f"dropped: {reason}", f"{count:,}"])
+    con.print(table(None, ["metric", "value"], summary))
+    rep = [[r.replica, r.label, r.pool, r.requests, r.iterations, r.preemptions,
+            f"{r.kv_blocks:,}", f"{r.max_kv_blocks_used:,}", f"{r.busy_fraction * 100:.0f} %"]
+           for r in res.replicas[:32]]
+    con.print(table("replicas" + (f" (first 32 of {len(res.replicas)})" if len(res.replicas) > 32
+                                   else ""),
+                    ["#", "shape", "pool", "requests", "iterations", "preempt", "KV blocks",
+                     "max used", "GPU busy"], rep))
+
+
+@click.command("simulate")
+@model_option
+@cluster_option
+@click.option("--tp", type=click.IntRange(1, 1024), required=True, help="Tensor-parallel degree.")
+@click.option("--pp", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Pipeline-parallel degree.")
+@click.option("--dp", type=click.IntRange(1, 100_000), default=1, show_default=True,
+              help="Data-parallel replicas.")
+@click.option("--ep", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Expert-parallel degree (MoE; divides --tp).")
+@click.option("--pool", default=None, help="Device pool of the cluster [default: the first].")
+@weight_dtype_option
+@kv_dtype_option
+@click.option("--trace", type=click.Path(dir_okay=False), default=None,
+              help="Request trace: APEX JSONL (StartTimeOffset/ContextTokens/GeneratedTokens) "
+                   "or Azure CSV.")
+@click.option("--workload", type=click.Path(dir_okay=False), default=None,
+              help="Synthetic workload YAML (arrival process + length distributions).")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Synthetic: requests per second.")
+@click.option("--num-requests", type=click.IntRange(1, 10_000_000), default=None,
+              help="Synthetic: number of requests.")
+@click.option("--prompt-len", type=click.IntRange(1, 10_000_000), default=None,
+              help="Synthetic: prompt tokens per request.")
+@click.option("--output-len", type=click.IntRange(1, 10_000_000), default=None,
+              help="Synthetic: output tokens per request.")
+@click.option("--arrival", type=click.Choice(["poisson", "gamma", "constant"]), default="poisson",
+              show_default=True, help="Synthetic: arrival process.")
+@click.option("--cv", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+              help="Synthetic gamma arrivals: coefficient of variation of the gaps.")
+@click.option("--seed", type=click.IntRange(0), default=None,
+              help="Seed of the synthetic workload [default: 0, or the workload file's seed].")
+@click.option("--slo", "slo_path", type=click.Path(dir_okay=False), default=None,
+              help="SLO YAML: report attainment and goodput against its targets.")
+@click.option("--max-num-seqs", type=click.IntRange(1, 65536), default=256, show_default=True,
+              help="Max sequences per iteration.")
+@click.option("--max-num-batched-tokens", type=click.IntRange(1, 10_000_000), default=None,
+              help="Token budget per iteration [default: 512 with chunked prefill, else "
+                   "max(max_model_len, 2048)].")
+@click.option("--chunked-prefill/--no-chunked-prefill", default=None,
+              help="Mixed decode+prefill batches [default: on when max_model_len > 32768, as "
+                   "vLLM 0.6].")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=0.9,
+              show_default=True, help="Share of device memory the engine may use.")
+@click.option("--max-model-len", type=click.IntRange(16, 10_000_000), default=None,
+              help="Max context per request [default: the model's maximum].")
+@click.option("--custom-allreduce/--no-custom-allreduce", default=True, show_default=True,
+              help="vLLM's custom all-reduce kernel for TP within a node.")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
+              help="CUDA graphs for decode batches.")
+@click.option("--router", type=click.Choice(["round_robin", "least_outstanding"]),
+              default="least_outstanding", show_default=True,
+              help="How requests are spread over the --dp replicas.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr [default: when stderr is a terminal].")
+@json_option
+def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_len, output_len,
+            arrival, cv, seed, slo_path, progress, as_json, **opts):
+    """Simulate serving a workload with ONE plan (DP x PP x TP replicas of a vLLM-0.6-like engine)
+    and report latency (TTFT / TPOT / E2E mean and percentiles), throughput and energy.
+
+    The engine is simulated iteration by iteration: continuous batching, paged KV cache (its size
+    from the memory model), chunked or unchunked prefill, preemption by recompute, CUDA-graph
+    padding, pipeline micro-batches, and a router over data-parallel replicas. Iteration times and
+    energy come from measured operator profiles.
+
+    The requests come from exactly one of: --trace FILE, --workload FILE.yaml, or the synthetic
+    flags --rate/--num-requests/--prompt-len/--output-len.
+
+    \b
+    Examples:
+      apex-opt simulate --model llama-3.1-70b --cluster h100-sxm-1x8 --tp 8 \\
+          --rate 2 --num-requests 500 --prompt-len 1000 --output-len 200
+      apex-opt simulate --tp 4 --dp 2 --trace my_trace.jsonl --slo slo.yaml --json
+
+    Exit codes: 2 bad input, 3 the plan does not fit (memory or GPU count).
+    """
+    model, cluster = load_inputs(model_ref, cluster_ref)
+    plan = _plan(model, opts)
+    requests = _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
+                         seed)
+    slo = load_slo(slo_path) if slo_path else None
+    show = progress if progress is not None else sys.stderr.isatty()
+    res = simulate(model, cluster, plan, requests, slo=slo, seed=seed or 0, progress=bool(show))
+    if as_json:
+        click.echo(to_json(res))
+    else:
+        _render(res)

@@ -1,0 +1,258 @@
+"""Public entry point of the serving simulator: :func:`simulate` a plan on a cluster for requests.
+
+Every replica of every plan group is a :class:`~apex_opt.sim.engine.ReplicaEngine` (vLLM-0.6-like
+scheduler, its KV-block count from :func:`apex_opt.memory.replica_memory`, its iteration times from
+:class:`apex_opt.costmodel.iteration.IterationCostModel`); a router spreads the requests over them
+(:mod:`apex_opt.sim.router`). Energy = active energy of every iteration + idle power of each GPU for
+the rest of the makespan (first arrival -> last event).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from ..costmodel.iteration import IterationCostModel
+from ..errors import InfeasibleError, InputError
+from ..memory import replica_memory
+from ..specs.cluster import ClusterSpec, PoolSpec
+from ..specs.engine import EngineSpec, load_engine
+from ..specs.model import ModelSpec
+from ..specs.plan import Plan, ReplicaConfig
+from ..specs.slo import SLOSpec
+from .engine import DROP_NONE, DROP_REASONS, EngineLimits, ReplicaEngine, RequestLog
+from .metrics import Metrics, compute_metrics, round_sig
+from .router import run_cluster
+from .workload import Requests
+
+#: Default cap on decode-only iterations costed as one run (see :func:`simulate`).
+DEFAULT_FAST_FORWARD = 64
+
+
+class ReplicaSummary(BaseModel):
+    """What one replica did over the run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group: int = Field(description="Index of the plan group.")
+    replica: int = Field(description="Global replica index.")
+    label: str = Field(description="Replica shape, e.g. TP8.")
+    pool: str
+    gpus: int
+    kv_blocks: int = Field(description="KV blocks of the replica (all virtual engines).")
+    max_kv_blocks_used: int = Field(description="Most blocks one virtual engine held at once.")
+    requests: int
+    dropped: int
+    iterations: int
+    prefill_iterations: int
+    decode_iterations: int
+    mixed_iterations: int
+    preemptions: int
+    recomputed_tokens: int = Field(description="Prompt + generated tokens prefilled again after "
+                                               "preemptions.")
+    busy_fraction: float = Field(description="GPU busy time / (GPUs x makespan).")
+    energy_j: float = Field(description="Active + idle energy of the replica's GPUs.")
+
+
+class SimulationResult(BaseModel):
+    """Outcome of :func:`simulate` (the ``--json`` of ``apex-opt simulate``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: int = 1
+    model: str
+    cluster: str
+    plan: Plan
+    seed: int
+    metrics: Metrics
+    tpot_token_weighted_ms: float | None = Field(
+        None, description="Mean inter-token latency over all tokens after the first of all "
+                          "requests (what vLLM's time_per_output_token histogram averages); "
+                          "metrics.tpot_ms is the per-request mean instead.")
+    dropped_by_reason: dict[str, int] = Field(default_factory=dict)
+    replicas: list[ReplicaSummary]
+    workload: dict
+
+    _timings: dict = PrivateAttr(default_factory=dict)
+
+    def per_request(self) -> dict[str, np.ndarray]:
+        """Per-request arrays of the run (not serialised): arrival_s, first_token_s, finish_s,
+        output_tokens, prompt_tokens, dropped (reason code, 0 = served), preemptions, replica."""
+        return self._timings
+
+
+def _pool_of(cluster: ClusterSpec, name: str | None, field: str) -> PoolSpec:
+    try:
+        return cluster.pool(name)
+    except KeyError:
+        raise InputError(f"unknown pool {name!r}; cluster {cluster.name} has "
+                         f"{', '.join(p.name for p in cluster.pools)}", field=field,
+                         value=name) from None
+
+
+def _check_gpu_counts(cluster: ClusterSpec, plan: Plan) -> None:
+    used: dict[str, int] = {}
+    for g in plan.groups:
+        pool = _pool_of(cluster, g.pool, "plan.groups.pool")
+        used[pool.name] = used.get(pool.name, 0) + g.replicas * g.gpus
+    for pool in cluster.pools:
+        if used.get(pool.name, 0) > pool.num_gpus:
+            raise InfeasibleError(
+                f"plan {plan.label()} needs {used[pool.name]} GPUs of pool {pool.name}, which "
+                f"has {pool.num_gpus}",
+                {"pool": pool.name, "needed": used[pool.name], "available": pool.num_gpus})
+
+
+def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
+                  engine: EngineSpec) -> EngineLimits:
+    """Resolved scheduler limits of one replica (vLLM defaults filled in)."""
+    max_len = cfg.resolved_max_model_len(model.max_position_embeddings)
+    return EngineLimits(
+        num_blocks=num_blocks, block_size=engine.block_size, max_num_seqs=cfg.max_num_seqs,
+        max_num_batched_tokens=cfg.resolved_batched_tokens(model.max_position_embeddings,
+                                                           engine.chunked_prefill_budget),
+        max_model_len=max_len, chunked_prefill=cfg.chunked_prefill, pp=cfg.pp)
+
+
+def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: RequestLog,
+                    num_blocks_override: int | None, engine: EngineSpec, debug: bool,
+                    breakdown: bool, fast_forward: int, async_output: bool) -> tuple[list[ReplicaEngine], list[tuple[int, str, str]]]:
+    engines: list[ReplicaEngine] = []
+    meta: list[tuple[int, str, str]] = []
+    for gi, g in enumerate(plan.groups):
+        cfg = g.replica()
+        pool = _pool_of(cluster, g.pool, f"plan.groups[{gi}].pool")
+        mem = replica_memory(model, pool.device, cfg, engine)
+        if num_blocks_override is None and not mem.fits:
+            raise InfeasibleError(f"{model.name} {cfg.label()} on {pool.name}: {mem.problem}",
+                                  {"group": gi, "problem": mem.problem,
+                                   "overflow_component": mem.overflow_component,
+                                   "overflow_bytes": mem.overflow_bytes})
+        blocks = num_blocks_override if num_blocks_override is not None else mem.kv_blocks
+        if blocks < cfg.pp:
+            raise InfeasibleError(f"{cfg.label()}: {blocks} KV blocks cannot be split over "
+                                  f"pp={cfg.pp} virtual engines")
+        limits = engine_limits(model, cfg, blocks, engine)
+        cost = IterationCostModel(model, pool, cfg, engine)
+        for _ in range(g.replicas):
+            engines.append(ReplicaEngine(len(engines), cost, limits, log, debug=debug,
+                                         breakdown=breakdown, fast_forward=fast_forward,
+                                         async_output=async_output and cfg.cuda_graphs))
+            meta.append((gi, cfg.label(), pool.name))
+    return engines, meta
+
+
+def _token_weighted_tpot_ms(first: np.ndarray, fin: np.ndarray, out: np.ndarray,
+                            served: np.ndarray) -> float | None:
+    multi = served & (out > 1)
+    gaps = int((out[multi] - 1).sum())
+    if not gaps:
+        return None
+    return round_sig(float((fin[multi] - first[multi]).sum()) / gaps * 1e3)
+
+
+def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Requests, *,
+             slo: SLOSpec | None = None, seed: int = 0, num_blocks_override: int | None = None,
+             progress: bool | Callable[[int, int], None] = False, debug: bool = False,
+             breakdown: bool = False, engine: EngineSpec | None = None,
+             fast_forward: int = DEFAULT_FAST_FORWARD,
+             async_output: bool = False) -> SimulationResult:
+    """Simulate serving ``requests`` with ``plan`` on ``cluster``.
+
+    ``num_blocks_override`` replaces every replica's KV-block count (tests, what-ifs; the memory
+    fit check is skipped then). ``progress`` = True shows a progress bar on stderr, or pass a
+    callable ``(routed, total)``. ``debug`` checks the KV-block invariants after every iteration;
+    ``breakdown`` accumulates the time per operator class (slower). ``fast_forward`` is the most
+    consecutive decode-only iterations (no arrival, finish or block shortage in between; pp = 1)
+    costed as one run, interpolating the iteration cost linearly in context length between its
+    first and last step; 1 costs every iteration separately. ``async_output`` models vLLM 0.6's
+    asynchronous output processing (host output work of one iteration overlaps the GPU work of
+    the next; pp == 1 with CUDA graphs only) -- off by default because the bundled cost model's
+    host time is calibrated as serial per-step time. The engine has no randomness:
+    ``seed`` is recorded for reproducibility of the caller's workload sampling.
+    Raises :class:`InfeasibleError` when a replica does not fit in memory or the plan needs more
+    GPUs than a pool has; :class:`InputError` for an unknown pool or no requests.
+    """
+    if len(requests) == 0:
+        raise InputError("no requests to simulate", source=requests.source)
+    if num_blocks_override is not None and num_blocks_override < 1:
+        raise InputError("must be >= 1", field="num_blocks_override", value=num_blocks_override)
+    engine = engine or load_engine()
+    _check_gpu_counts(cluster, plan)
+    log = RequestLog(requests.prompt_tokens, requests.output_tokens)
+    engines, meta = _build_replicas(model, cluster, plan, log, num_blocks_override, engine, debug,
+                                    breakdown, fast_forward, async_output)
+    n = len(requests)
+    end = _run(engines, requests, plan.router, progress, n)
+    if np.isfinite(log.finish_s).any():
+        end = max(end, float(np.nanmax(log.finish_s)))
+    start = float(requests.arrival_s[0])
+    makespan = max(end - start, 1e-9)
+    return _result(model, cluster, plan, requests, slo, seed, log, engines, meta, makespan)
+
+
+def _run(engines: list[ReplicaEngine], requests: Requests, router: str,
+         progress: bool | Callable[[int, int], None], n: int) -> float:
+    if callable(progress):
+        return run_cluster(engines, requests.arrival_s, router, progress=lambda k: progress(k, n))
+    if not progress:
+        return run_cluster(engines, requests.arrival_s, router)
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("simulating", total=n)
+        return run_cluster(engines, requests.arrival_s, router,
+                           progress=lambda k: bar.update(task, completed=k))
+
+
+def _result(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Requests,
+            slo: SLOSpec | None, seed: int, log: RequestLog, engines: list[ReplicaEngine],
+            meta: list[tuple[int, str, str]], makespan: float) -> SimulationResult:
+    served = log.dropped == DROP_NONE
+    summaries: list[ReplicaSummary] = []
+    energy = flops = nbytes = peak_f = peak_b = 0.0
+    bd_total: dict[str, float] = {}
+    for eng, (gi, label, pool) in zip(engines, meta):
+        st, cm = eng.stats, eng.cost
+        idle_s = max(0.0, cm.num_gpus * makespan - st.busy_gpu_s)
+        e = st.energy_j + cm.idle_power_w * idle_s
+        energy += e
+        flops += st.flops
+        nbytes += st.hbm_bytes
+        peak_f += cm.peak_flops
+        peak_b += cm.peak_bytes_per_s
+        for k, v in (eng.breakdown or {}).items():
+            bd_total[k] = bd_total.get(k, 0.0) + v
+        summaries.append(ReplicaSummary(
+            group=gi, replica=eng.index, label=label, pool=pool, gpus=cm.num_gpus,
+            kv_blocks=eng.lim.num_blocks, max_kv_blocks_used=st.max_blocks_used,
+            requests=st.requests, dropped=st.dropped, iterations=st.iterations,
+            prefill_iterations=st.prefill_iterations, decode_iterations=st.decode_iterations,
+            mixed_iterations=st.mixed_iterations, preemptions=st.preemptions,
+            recomputed_tokens=st.recomputed_tokens,
+            busy_fraction=round_sig(min(1.0, st.busy_gpu_s / (cm.num_gpus * makespan))),
+            energy_j=round_sig(e)))
+    metrics = compute_metrics(
+        requests.arrival_s, log.first_s, log.finish_s, requests.output_tokens,
+        requests.prompt_tokens, ~served, makespan_s=makespan, energy_j=energy, slo=slo,
+        breakdown=bd_total or None, flops=flops, bytes=nbytes, peak_flops=peak_f,
+        peak_bytes_per_s=peak_b, preemptions=int(log.preemptions.sum()))
+    reasons = {DROP_REASONS[c]: int((log.dropped == c).sum()) for c in DROP_REASONS
+               if (log.dropped == c).any()}
+    res = SimulationResult(
+        model=model.name, cluster=cluster.name, plan=plan, seed=seed, metrics=metrics,
+        tpot_token_weighted_ms=_token_weighted_tpot_ms(log.first_s, log.finish_s,
+                                                       requests.output_tokens, served),
+        dropped_by_reason=reasons, replicas=summaries,
+        workload=requests.summary().model_dump(mode="json"))
+    res._timings = {
+        "arrival_s": requests.arrival_s, "first_token_s": log.first_s, "finish_s": log.finish_s,
+        "prompt_tokens": requests.prompt_tokens, "output_tokens": requests.output_tokens,
+        "dropped": log.dropped, "preemptions": log.preemptions, "replica": log.replica}
+    return res
+
+
+__all__ = ["ReplicaSummary", "SimulationResult", "simulate", "engine_limits"]

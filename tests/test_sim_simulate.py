@@ -1,0 +1,151 @@
+"""`simulate()` with the real cost and memory models, and the `apex-opt simulate` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from apex_opt.errors import InfeasibleError, InputError
+from apex_opt.registry import load_cluster
+from apex_opt.report.render import to_json
+from apex_opt.sim.simulator import simulate
+from apex_opt.sim.workload import Requests, load_trace
+from apex_opt.specs.model import load_model
+from apex_opt.specs.plan import Plan, ReplicaGroup
+
+
+@pytest.fixture(scope="module")
+def m8():
+    return load_model("llama-3.1-8b")
+
+
+@pytest.fixture(scope="module")
+def node():
+    return load_cluster("h100-sxm-1x8")
+
+
+def _requests(n=200, rate=20.0, seed=0, prompt=(50, 1500), output=(1, 300)) -> Requests:
+    rng = np.random.default_rng(seed)
+    arrival = np.cumsum(rng.exponential(1 / rate, n))
+    return Requests(arrival, rng.integers(*prompt, n), rng.integers(*output, n))
+
+
+def _plan(**kw) -> Plan:
+    router = kw.pop("router", "least_outstanding")
+    return Plan(groups=(ReplicaGroup(**kw),), router=router)
+
+
+def test_simulate_basic_and_deterministic(m8, node):
+    req = _requests()
+    plan = _plan(tp=1, max_model_len=8192, chunked_prefill=False)
+    a = simulate(m8, node, plan, req, seed=3)
+    b = simulate(m8, node, plan, req, seed=3)
+    assert to_json(a) == to_json(b)
+    m = a.metrics
+    assert m.num_completed == 200 and m.num_dropped == 0
+    assert m.ttft_ms.mean / 1e3 <= m.e2e_s.mean
+    assert m.energy_j > 0 and m.throughput_tokens_per_s > 0
+    t = a.per_request()
+    assert np.all(t["first_token_s"] <= t["finish_s"])
+    # token-weighted TPOT from per-request timings
+    out = t["output_tokens"]
+    multi = out > 1
+    expect = (t["finish_s"] - t["first_token_s"])[multi].sum() / (out[multi] - 1).sum() * 1e3
+    assert a.tpot_token_weighted_ms == pytest.approx(expect, rel=1e-5)
+    r = a.replicas[0]
+    assert r.requests == 200 and 0 < r.busy_fraction <= 1
+    assert r.max_kv_blocks_used <= r.kv_blocks
+
+
+def test_dp_routers_conserve_requests(m8, node):
+    req = _requests(n=300, rate=60.0)
+    for router in ("round_robin", "least_outstanding"):
+        res = simulate(m8, node, _plan(tp=2, replicas=3, router=router, max_model_len=8192), req)
+        assert sum(r.requests for r in res.replicas) == 300
+        assert res.metrics.num_completed == 300
+        rep = res.per_request()["replica"]
+        assert set(np.unique(rep)) == {0, 1, 2}
+
+
+def test_heterogeneous_groups(m8, node):
+    plan = Plan(groups=(ReplicaGroup(tp=1, replicas=2, max_model_len=8192),
+                        ReplicaGroup(tp=2, replicas=1, max_model_len=8192, chunked_prefill=False)))
+    res = simulate(m8, node, plan, _requests(n=150, rate=40.0))
+    assert [r.label for r in res.replicas] == ["TP1", "TP1", "TP2"]
+    assert res.metrics.num_completed == 150
+
+
+def test_pipeline_parallel_runs(m8, node):
+    req = _requests(n=150, rate=30.0)
+    res = simulate(m8, node, _plan(tp=1, pp=2, max_model_len=8192), req, debug=True)
+    assert res.metrics.num_completed == 150
+    assert res.replicas[0].iterations > 0
+
+
+def test_tiny_kv_preempts(m8, node):
+    req = _requests(n=80, rate=200.0, prompt=(200, 600), output=(100, 400))
+    plan = _plan(tp=1, max_model_len=2048, chunked_prefill=False)
+    big = simulate(m8, node, plan, req)
+    tiny = simulate(m8, node, plan, req, num_blocks_override=200, debug=True)
+    assert big.metrics.preemptions == 0
+    assert tiny.metrics.preemptions > 0 and tiny.replicas[0].recomputed_tokens > 0
+    assert tiny.replicas[0].max_kv_blocks_used <= 200
+    assert tiny.metrics.e2e_s.mean > big.metrics.e2e_s.mean
+
+
+def test_drops_are_reported(m8, node):
+    req = Requests(np.array([0.0, 0.1]), np.array([100, 3000]), np.array([10, 2000]))
+    res = simulate(m8, node, _plan(tp=1, max_model_len=4096), req)
+    assert res.metrics.num_dropped == 1 and res.metrics.num_completed == 1
+    assert res.dropped_by_reason == {"prompt + output exceeds max_model_len": 1}
+
+
+def test_infeasible_memory_and_gpu_count(node):
+    big = load_model("llama-3.1-405b")
+    with pytest.raises(InfeasibleError, match="exceed"):
+        simulate(big, node, _plan(tp=1, max_model_len=8192), _requests(n=5))
+    with pytest.raises(InfeasibleError, match="GPUs"):
+        simulate(big, node, _plan(tp=8, replicas=2, max_model_len=8192), _requests(n=5))
+
+
+def test_unknown_pool_is_input_error(m8, node):
+    with pytest.raises(InputError, match="pool"):
+        simulate(m8, node, _plan(tp=1, pool="nope"), _requests(n=5))
+
+
+def test_cli_json_and_errors():
+    from apex_opt.commands.simulate import command
+
+    runner = CliRunner()
+    args = ["--model", "llama-3.1-8b", "--tp", "1", "--rate", "5", "--num-requests", "50",
+            "--prompt-len", "300", "--output-len", "50", "--max-model-len", "4096", "--json"]
+    r1 = runner.invoke(command, args)
+    assert r1.exit_code == 0, r1.output
+    doc = json.loads(r1.output)
+    assert doc["metrics"]["num_completed"] == 50
+    assert {"mean", "p50", "p90", "p99"} <= set(doc["metrics"]["ttft_ms"])
+    assert doc["plan"]["groups"][0]["chunked_prefill"] is False  # vLLM default at 4K context
+    assert runner.invoke(command, args).output == r1.output
+    table = runner.invoke(command, args[:-1])
+    assert table.exit_code == 0 and "TTFT" in table.output
+    both = runner.invoke(command, args + ["--trace", "x.jsonl"])
+    assert both.exit_code == 2
+    bad = runner.invoke(command, ["--model", "llama-3.1-405b", "--tp", "1", "--rate", "1",
+                                  "--num-requests", "5", "--prompt-len", "10", "--output-len", "5"])
+    assert isinstance(bad.exception, InfeasibleError)
+
+
+def test_validation_row_lmsys_8tp(validation_dir):
+    """One real vLLM run replayed: the simulator lands in the right range (regression guard)."""
+    model, node = load_model("llama-3.1-70b"), load_cluster("h100-sxm-1x8")
+    req = load_trace(validation_dir / "traces" / "vllm-llama_lmsys_05_validation_8TP.jsonl")
+    plan = _plan(tp=8, max_model_len=131072, gpu_memory_utilization=0.97, chunked_prefill=True,
+                 max_num_batched_tokens=512)
+    res = simulate(model, node, plan, req)
+    assert res.metrics.num_completed == 1024
+    # measured: TTFT 37.97 ms, token-weighted TPOT 14.32 ms, E2E 1.160 s
+    assert res.tpot_token_weighted_ms == pytest.approx(14.32, rel=0.3)
+    assert res.metrics.e2e_s.mean == pytest.approx(1.160, rel=0.3)
