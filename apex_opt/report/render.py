@@ -25,7 +25,9 @@ def console() -> Console:
 def table(title: str | None, columns: list[str], rows: list[list], *, right_from: int = 1) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold", show_lines=False)
     for i, c in enumerate(columns):
-        t.add_column(c, justify="right" if i >= right_from else "left", no_wrap=True)
+        right = i >= right_from
+        t.add_column(c, justify="right" if right else "left", no_wrap=right,
+                     overflow="ellipsis" if right else "fold")
     for r in rows:
         t.add_row(*[str(x) for x in r])
     return t
