@@ -25,6 +25,7 @@ class CheckOptions(BaseModel):
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None
     chunked_prefill: bool = True
+    engine: str = "vllm"
 
 
 class Suggestion(BaseModel):
@@ -61,7 +62,7 @@ def _cfg(shape, opts: CheckOptions) -> ReplicaConfig:
 
 
 def _reports(model: ModelSpec, cluster: ClusterSpec, opts: CheckOptions) -> list[MemoryReport]:
-    engine = load_engine()
+    engine = load_engine(opts.engine)
     out = []
     for pool in cluster.pools:
         for shape in enumerate_shapes(model, pool):

@@ -12,6 +12,7 @@ from .errors import InfeasibleError, InputError
 from .memory import replica_memory
 from .specs.cluster import ClusterSpec
 from .specs.model import ModelSpec
+from .specs.engine import EngineSpec, load_engine
 from .specs.plan import ReplicaConfig
 
 _ITEM = re.compile(r"^(decode|prefill):(\d+)x(\d+)(?:@(\d+))?$")
@@ -58,6 +59,7 @@ class EstimateResult(BaseModel):
     schema_version: int = 1
     model: str
     cluster: str
+    engine: str
     pool: str
     device: str
     tp: int
@@ -77,8 +79,10 @@ class EstimateResult(BaseModel):
     kv_tokens: int
 
 
-def estimate(model: ModelSpec, cluster: ClusterSpec, cfg: ReplicaConfig, batch: BatchSpec) -> EstimateResult:
-    """Cost of one iteration of ``batch`` on the replica ``cfg``."""
+def estimate(model: ModelSpec, cluster: ClusterSpec, cfg: ReplicaConfig, batch: BatchSpec,
+             engine: EngineSpec | None = None) -> EstimateResult:
+    """Cost of one iteration of ``batch`` on the replica ``cfg`` (engine: vLLM 0.6 by default)."""
+    engine = engine or load_engine()
     try:
         pool = cluster.pool(cfg.pool)
     except KeyError:
@@ -88,15 +92,15 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, cfg: ReplicaConfig, batch: 
         raise InfeasibleError(f"TP{cfg.tp} x PP{cfg.pp} needs {cfg.gpus} GPUs; pool '{pool.name}' has {pool.num_gpus}")
     if cfg.tp > pool.gpus_per_node:
         raise InfeasibleError(f"TP{cfg.tp} exceeds the {pool.gpus_per_node} GPUs of one node")
-    mem = replica_memory(model, pool.device, cfg)
-    cm = IterationCostModel(model, pool, cfg)
+    mem = replica_memory(model, pool.device, cfg, engine)
+    cm = IterationCostModel(model, pool, cfg, engine)
     c = cm.iteration(np.array(batch.decode_ctx, dtype=np.int64), batch.prefill, with_breakdown=True)
     idle = max(0.0, cm.num_gpus * c.time_s - c.busy_gpu_s) * cm.idle_power_w
     energy = c.energy_j + idle
     tokens = len(batch.decode_ctx) + sum(q for q, _ in batch.prefill)
     r = lambda x: float(f"{x:.6g}")  # noqa: E731
     return EstimateResult(
-        model=model.name, cluster=cluster.name, pool=pool.name, device=pool.device.name,
+        model=model.name, cluster=cluster.name, engine=engine.name, pool=pool.name, device=pool.device.name,
         tp=cfg.tp, pp=cfg.pp, ep=cfg.ep, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
         batch=batch, iteration_ms=r(c.time_s * 1e3), stage_ms=[r(t * 1e3) for t in c.stage_times_s],
         energy_j=r(energy), energy_j_per_token=r(energy / max(tokens, 1)),

@@ -6,7 +6,9 @@ one profiling forward pass with ``max_num_batched_tokens`` tokens spread over up
 
     kv_bytes = total_memory × gpu_memory_utilization − weights − peak_activations − non_torch
 
-and ``num_blocks = kv_bytes // (block_size × kv_bytes_per_token_on_this_device)``. With pipeline
+and ``num_blocks = kv_bytes // (block_size × kv_bytes_per_token_on_this_device)``. (SGLang instead
+sizes a static pool: weights + KV = total × ``mem_fraction_static``; activations, graphs and the
+context must fit in the remainder -- ``EngineSpec.kv_sizing == "static_fraction"``.) With pipeline
 parallelism every stage gets the same block count (the minimum over stages). The server refuses to
 start when ``num_blocks × block_size < max_model_len``. The CUDA context and the CUDA-graph pools
 sit outside the utilisation budget and must fit in the remaining ``1 − utilisation`` share.
@@ -217,7 +219,11 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
         comp = weight_bytes_by_component(model, cfg, s)
         w = sum(comp.values())
         kv_tok = kv_bytes_per_token_per_layer(model, cfg.tp, cfg.kv_dtype) * len(layers)
-        kv = budget - w - act - runtime
+        if engine.kv_sizing == "static_fraction":
+            # SGLang: weights + KV pool = total x mem_fraction_static; activations live outside
+            kv = budget - w - runtime
+        else:
+            kv = budget - w - act - runtime
         blocks = max(0, int(kv // (engine.block_size * kv_tok))) if kv > 0 else 0
         stages.append(StageMemory(stage=s, layers=len(layers), weights_bytes=w,
                                   weights_by_component=comp, activation_bytes=act,
@@ -228,10 +234,13 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
     kv_tokens = blocks * engine.block_size
     problem, comp_name, overflow = None, None, 0
     worst = min(stages, key=lambda s: s.kv_cache_bytes)
+    if engine.kv_sizing == "static_fraction":
+        outside += act
     if outside > total - budget:
         overflow = outside - (total - budget)
         comp_name = "cuda_context_and_graphs"
-        problem = (f"CUDA context + graphs need {outside / GIB:.2f} GiB outside the "
+        what = "CUDA context + graphs" + (" + activations" if engine.kv_sizing == "static_fraction" else "")
+        problem = (f"{what} need {outside / GIB:.2f} GiB outside the "
                    f"gpu_memory_utilization budget but only {(total - budget) / GIB:.2f} GiB is left; "
                    f"lower gpu_memory_utilization")
     elif worst.kv_cache_bytes <= 0:

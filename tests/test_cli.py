@@ -113,3 +113,23 @@ def test_help_texts():
     for cmd in (["--help"], ["check", "--help"], ["estimate", "--help"], ["models", "--help"]):
         r = run(*cmd)
         assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_simulate_and_estimate_engine_choice():
+    docs = {}
+    for e in ("vllm", "sglang"):
+        r = run("simulate", "--model", "llama-3.1-8b", "--cluster", "h100-sxm-1x8", "--tp", "1",
+                "--rate", "2", "--num-requests", "40", "--prompt-len", "300", "--output-len", "20",
+                "--engine", e, "--json")
+        assert r.exit_code == 0, r.output
+        docs[e] = json.loads(r.output)
+        assert docs[e]["engine"].startswith(e)
+        assert docs[e]["metrics"]["num_completed"] == 40
+    # the two engine models differ (host overhead, batching): same workload, different latency
+    assert docs["vllm"]["metrics"]["tpot_ms"]["mean"] != docs["sglang"]["metrics"]["tpot_ms"]["mean"]
+    r = run("estimate", "--model", "llama-3.1-8b", "--tp", "1", "--engine", "sglang",
+            "--batch", "decode:4x100", "--json")
+    assert r.exit_code == 0 and json.loads(r.output)["engine"] == "sglang"
+    bad = run("simulate", "--tp", "8", "--engine", "trt", "--rate", "1", "--num-requests", "2",
+              "--prompt-len", "5", "--output-len", "5")
+    assert bad.exit_code == 2 and "Traceback" not in bad.output

@@ -120,3 +120,20 @@ def test_real_vllm_runs_started(h100, validation_dir):
         assert rep.fits, (r["case_id"], rep.problem)
         assert rep.kv_tokens >= int(r["max_model_len"])
     assert not replica_memory(m, h100, ReplicaConfig(tp=1, max_model_len=4096)).fits
+
+
+def test_sglang_static_pool_sizing(h100):
+    """SGLang sizes weights + KV as one static share of memory; activations live outside it."""
+    from apex_opt.specs.engine import load_engine
+    m = load_model("llama-3.1-70b")
+    cfg = ReplicaConfig(tp=8, gpu_memory_utilization=0.85, max_model_len=8192)
+    sg = replica_memory(m, h100, cfg, load_engine("sglang"))
+    s = sg.stages[0]
+    assert s.kv_cache_bytes == s.budget_bytes - s.weights_bytes - s.runtime_overhead_bytes
+    assert sg.kv_tokens == sg.kv_blocks  # token-granular pool (page size 1)
+    vl = replica_memory(m, h100, cfg)
+    assert sg.stages[0].kv_cache_bytes > vl.stages[0].kv_cache_bytes
+    # the activation peak must fit in the remaining 1 - fraction
+    tight = replica_memory(m, h100, ReplicaConfig(tp=8, gpu_memory_utilization=0.99, max_model_len=8192),
+                           load_engine("sglang"))
+    assert not tight.fits and tight.overflow_component == "cuda_context_and_graphs"

@@ -229,3 +229,25 @@ def test_async_output_overlaps_host_with_next_step():
     assert log.finish_s[0] == pytest.approx(0.44)
     log2, _, _ = _run([0.0], prompt, output, cost=LinearCost(base=0.1, per_token=0.0, host=0.04))
     assert log2.finish_s[0] == pytest.approx(0.56)  # serial host: 4 × 0.14 s
+
+
+def test_prefill_first_sglang_chunks_without_mixing():
+    """SGLang-style batching: a chunked prefill runs in prefill-only iterations; the running decode
+    waits for every chunk (vLLM's chunked mode would carry it along in mixed batches)."""
+    arrival, prompt, output = [0.0, 0.05], [16, 1200], [50, 1]
+    log = RequestLog(np.asarray(prompt, dtype=np.int64), np.asarray(output, dtype=np.int64))
+    lim = EngineLimits(num_blocks=10_000, block_size=1, max_num_seqs=256, max_num_batched_tokens=512,
+                       max_model_len=8192, chunked_prefill=True, prefill_first=True,
+                       watermark_fraction=0.0)
+    cost = LinearCost(base=0.01, per_token=0.0)
+    eng = ReplicaEngine(0, cost, lim, log, debug=True)
+    run_cluster([eng], np.asarray(arrival), "round_robin")
+    # no iteration mixes decodes with prefill chunks
+    assert all(d == 0 or p == 0 for d, p in cost.calls)
+    # the 1200-token prompt takes three prefill-only chunks (512 + 512 + 176)
+    assert sum(1 for d, p in cost.calls if p and d == 0) == 4  # + the first request's own prefill
+    assert eng.stats.mixed_iterations == 0
+    mixed, (veng,), _ = _run(arrival, prompt, output, chunked=True, cost=LinearCost(base=0.01, per_token=0.0))
+    assert veng.stats.mixed_iterations >= 3
+    # request 0's decode stalls for the three chunks under prefill-first
+    assert log.finish_s[0] > mixed.finish_s[0]

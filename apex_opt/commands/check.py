@@ -7,7 +7,7 @@ import click
 from ..check import CheckOptions, check
 from ..errors import InfeasibleError
 from ..report.render import console, gib, table, to_json
-from .common import cluster_option, json_option, kv_dtype_option, load_inputs, model_option, weight_dtype_option
+from .common import cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option, weight_dtype_option
 
 
 @click.command("check")
@@ -25,9 +25,10 @@ from .common import cluster_option, json_option, kv_dtype_option, load_inputs, m
               help="Token budget per iteration [default: 512 with chunked prefill].")
 @click.option("--chunked-prefill/--no-chunked-prefill", default=True, show_default=True,
               help="Without chunked prefill the profiling pass runs max_model_len tokens.")
+@engine_option
 @json_option
 def command(model_ref, cluster_ref, weight_dtype, kv_dtype, max_model_len, gpu_memory_utilization,
-            max_num_seqs, max_num_batched_tokens, chunked_prefill, as_json):
+            max_num_seqs, max_num_batched_tokens, chunked_prefill, engine_name, as_json):
     """List every replica shape (TP x PP x EP on one device pool) whose weights, activations and
     runtime buffers fit in GPU memory, with the KV cache left over (tokens and 16-token blocks,
     sized the way vLLM sizes it).
@@ -43,7 +44,8 @@ def command(model_ref, cluster_ref, weight_dtype, kv_dtype, max_model_len, gpu_m
     model, cluster = load_inputs(model_ref, cluster_ref)
     opts = CheckOptions(weight_dtype=weight_dtype, kv_dtype=kv_dtype, max_model_len=max_model_len,
                         gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
-                        max_num_batched_tokens=max_num_batched_tokens, chunked_prefill=chunked_prefill)
+                        max_num_batched_tokens=max_num_batched_tokens, chunked_prefill=chunked_prefill,
+                        engine=engine_name)
     res = check(model, cluster, opts)
     if as_json:
         click.echo(to_json(res))

@@ -22,3 +22,9 @@ kv_dtype_option = click.option("--kv-dtype", type=click.Choice(["bf16", "fp8"]),
 
 def load_inputs(model_ref: str, cluster_ref: str):
     return load_model(model_ref), load_cluster(cluster_ref)
+engine_option = click.option(
+    "--engine", "engine_name", type=click.Choice(["vllm", "sglang"]), default="vllm",
+    show_default=True,
+    help="Serving engine to model: vllm (0.6 V0 scheduler: mixed chunked-prefill batches, "
+         "vLLM memory profiling) or sglang (prefill-first batches, chunked prefill 8192, "
+         "mem_fraction_static KV pool, token-granular KV).")

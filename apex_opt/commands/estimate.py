@@ -6,8 +6,9 @@ import click
 
 from ..estimate import estimate, parse_batch
 from ..report.render import console, table, to_json
+from ..specs.engine import load_engine
 from ..specs.plan import ReplicaConfig
-from .common import cluster_option, json_option, kv_dtype_option, load_inputs, model_option, weight_dtype_option
+from .common import cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option, weight_dtype_option
 
 
 @click.command("estimate")
@@ -26,9 +27,10 @@ from .common import cluster_option, json_option, kv_dtype_option, load_inputs, m
               help="vLLM's custom all-reduce kernel for TP inside one node.")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="Replay decode-only batches from CUDA graphs (padded batch sizes).")
+@engine_option
 @json_option
 def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, batch_spec,
-            custom_allreduce, cuda_graphs, as_json):
+            custom_allreduce, cuda_graphs, engine_name, as_json):
     """Latency and energy of ONE engine iteration of a replica, with a per-operator breakdown.
 
     \b
@@ -47,7 +49,7 @@ def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, ba
                             custom_allreduce=custom_allreduce, cuda_graphs=cuda_graphs)
     except ValueError as exc:
         raise InputError(str(exc).splitlines()[-1], field="--ep", value=ep) from None
-    res = estimate(model, cluster, cfg, parse_batch(batch_spec))
+    res = estimate(model, cluster, cfg, parse_batch(batch_spec), engine=load_engine(engine_name))
     if as_json:
         click.echo(to_json(res))
         return

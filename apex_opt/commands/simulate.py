@@ -14,7 +14,8 @@ from ..sim.workload import Requests, generate, load_trace
 from ..specs.plan import Plan
 from ..specs.slo import load_slo
 from ..specs.workload import WorkloadSpec, load_workload
-from .common import cluster_option, json_option, kv_dtype_option, load_inputs, model_option, weight_dtype_option
+from ..specs.engine import load_engine
+from .common import cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option, weight_dtype_option
 
 #: vLLM 0.6 turns chunked prefill on by default above this max_model_len.
 CHUNKED_DEFAULT_ABOVE = 32768
@@ -45,11 +46,11 @@ def _requests(trace, workload, rate, num_requests, prompt_len, output_len, arriv
     return generate(spec, np.random.default_rng(seed or 0))
 
 
-def _plan(model, opts: dict) -> Plan:
+def _plan(model, opts: dict, engine: str = "vllm") -> Plan:
     max_len = opts["max_model_len"] or model.max_position_embeddings
     chunked = opts["chunked_prefill"]
-    if chunked is None:
-        chunked = max_len > CHUNKED_DEFAULT_ABOVE
+    if chunked is None:  # SGLang chunks prefills by default; vLLM 0.6 only above 32K context
+        chunked = engine == "sglang" or max_len > CHUNKED_DEFAULT_ABOVE
     group = {k: opts[k] for k in ("tp", "pp", "ep", "pool", "weight_dtype", "kv_dtype",
                                   "max_num_seqs", "max_num_batched_tokens",
                                   "gpu_memory_utilization", "max_model_len", "custom_allreduce",
@@ -156,9 +157,10 @@ def _render(res: SimulationResult) -> None:
               help="How requests are spread over the --dp replicas.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
+@engine_option
 @json_option
 def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_len, output_len,
-            arrival, cv, seed, slo_path, progress, as_json, **opts):
+            arrival, cv, seed, slo_path, progress, engine_name, as_json, **opts):
     """Simulate serving a workload with ONE plan (DP x PP x TP replicas of a vLLM-0.6-like engine)
     and report latency (TTFT / TPOT / E2E mean and percentiles), throughput and energy.
 
@@ -179,12 +181,13 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     Exit codes: 2 bad input, 3 the plan does not fit (memory or GPU count).
     """
     model, cluster = load_inputs(model_ref, cluster_ref)
-    plan = _plan(model, opts)
+    plan = _plan(model, opts, engine_name)
     requests = _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
                          seed)
     slo = load_slo(slo_path) if slo_path else None
     show = progress if progress is not None else sys.stderr.isatty()
-    res = simulate(model, cluster, plan, requests, slo=slo, seed=seed or 0, progress=bool(show))
+    res = simulate(model, cluster, plan, requests, slo=slo, seed=seed or 0, progress=bool(show),
+                   engine=load_engine(engine_name))
     if as_json:
         click.echo(to_json(res))
     else:

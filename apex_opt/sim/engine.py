@@ -18,6 +18,8 @@ Scheduling (one call per iteration):
 * chunked prefill ON (``_schedule_chunked_prefill``): running decodes first (1 token each), then
   the partially prefilled sequences continue, then waiting requests are admitted with chunks that
   fill what is left of the token budget -- one mixed batch;
+* prefill-first (``_schedule_prefill_first``, SGLang): a prefill batch built like the chunked one
+  but without decodes runs whenever it is non-empty; otherwise all running sequences decode;
 * a decode that needs a new block when none is free preempts the *last* sequence of the running
   queue (recompute: its blocks are freed, it returns to the front of ``waiting`` and later
   prefills prompt + generated tokens again, keeping its generated tokens and first-token time).
@@ -79,6 +81,9 @@ class EngineLimits:
     chunked_prefill: bool
     pp: int = 1
     watermark_fraction: float = WATERMARK_FRACTION
+    #: SGLang-style batching: a (chunked) prefill batch runs whenever one can be formed and
+    #: decodes wait for it; no mixed decode+prefill batches
+    prefill_first: bool = False
 
     @property
     def blocks_per_virtual_engine(self) -> int:
@@ -257,7 +262,9 @@ class ReplicaEngine:
 
     # ------------------------------------------------------------------ scheduling
     def _step(self, ve: _VirtualEngine, t: float, horizon: float = float("inf")) -> float | None:
-        if self.lim.chunked_prefill:
+        if self.lim.prefill_first:
+            plan = self._schedule_prefill_first(ve)
+        elif self.lim.chunked_prefill:
             plan = self._schedule_chunked(ve)
         else:
             plan = self._schedule_default(ve)
@@ -422,11 +429,25 @@ class ReplicaEngine:
             return None
         return k, [], 0
 
-    def _schedule_chunked(self, ve: _VirtualEngine):
+    def _schedule_prefill_first(self, ve: _VirtualEngine):
+        """SGLang: a prefill batch (the chunked request first, then FCFS admissions, the last one
+        chunked to the token budget) runs whenever one can be formed, with no decodes in it;
+        otherwise every running sequence decodes."""
+        if ve.pre or ve.waiting:
+            plan = self._schedule_chunked(ve, with_decodes=False)
+            if plan is not None:
+                return plan
+        k = int(ve.d_id.shape[0])
+        if k == 0:
+            return None
+        k = self._reserve_decode_blocks(ve, k)
+        return (k, [], 0) if k else None
+
+    def _schedule_chunked(self, ve: _VirtualEngine, with_decodes: bool = True):
         """vLLM ``_schedule_chunked_prefill``: decodes, running prefills, new prefills; mixed."""
         log, lim = self.log, self.lim
         budget = lim.max_num_batched_tokens
-        k = min(int(ve.d_id.shape[0]), budget, lim.max_num_seqs)
+        k = min(int(ve.d_id.shape[0]), budget, lim.max_num_seqs) if with_decodes else 0
         if k:
             k = self._reserve_decode_blocks(ve, k)
         budget -= k

@@ -64,6 +64,7 @@ class SimulationResult(BaseModel):
     schema_version: int = 1
     model: str
     cluster: str
+    engine: str = Field("vllm-0.6", description="Engine model used (apex_opt/data/engines).")
     plan: Plan
     seed: int
     metrics: Metrics
@@ -113,7 +114,9 @@ def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
         num_blocks=num_blocks, block_size=engine.block_size, max_num_seqs=cfg.max_num_seqs,
         max_num_batched_tokens=cfg.resolved_batched_tokens(model.max_position_embeddings,
                                                            engine.chunked_prefill_budget),
-        max_model_len=max_len, chunked_prefill=cfg.chunked_prefill, pp=cfg.pp)
+        max_model_len=max_len, chunked_prefill=cfg.chunked_prefill, pp=cfg.pp,
+        watermark_fraction=engine.watermark_fraction,
+        prefill_first=engine.scheduler == "sglang" and cfg.chunked_prefill)
 
 
 def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: RequestLog,
@@ -190,7 +193,7 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
         end = max(end, float(np.nanmax(log.finish_s)))
     start = float(requests.arrival_s[0])
     makespan = max(end - start, 1e-9)
-    return _result(model, cluster, plan, requests, slo, seed, log, engines, meta, makespan)
+    return _result(model, cluster, plan, requests, slo, seed, log, engines, meta, makespan, engine)
 
 
 def _run(engines: list[ReplicaEngine], requests: Requests, router: str,
@@ -210,7 +213,8 @@ def _run(engines: list[ReplicaEngine], requests: Requests, router: str,
 
 def _result(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Requests,
             slo: SLOSpec | None, seed: int, log: RequestLog, engines: list[ReplicaEngine],
-            meta: list[tuple[int, str, str]], makespan: float) -> SimulationResult:
+            meta: list[tuple[int, str, str]], makespan: float,
+            engine: EngineSpec) -> SimulationResult:
     served = log.dropped == DROP_NONE
     summaries: list[ReplicaSummary] = []
     energy = flops = nbytes = peak_f = peak_b = 0.0
@@ -243,7 +247,8 @@ def _result(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reques
     reasons = {DROP_REASONS[c]: int((log.dropped == c).sum()) for c in DROP_REASONS
                if (log.dropped == c).any()}
     res = SimulationResult(
-        model=model.name, cluster=cluster.name, plan=plan, seed=seed, metrics=metrics,
+        model=model.name, cluster=cluster.name, engine=engine.name, plan=plan, seed=seed,
+        metrics=metrics,
         tpot_token_weighted_ms=_token_weighted_tpot_ms(log.first_s, log.finish_s,
                                                        requests.output_tokens, served),
         dropped_by_reason=reasons, replicas=summaries,

@@ -6,6 +6,7 @@ Loaded from ``apex_opt/data/engines/<name>.yaml`` so that no engine constant liv
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 
@@ -16,6 +17,17 @@ class EngineSpec(StrictModel):
     """Constants of one serving engine version."""
 
     name: str = Field(description="Engine identifier, e.g. 'vllm-0.6'.")
+    scheduler: Literal["vllm", "sglang"] = Field(
+        "vllm", description="'vllm': V0 scheduler (chunked prefill = mixed decode+prefill batches, "
+                            "decodes first). 'sglang': prefill-first (a prefill batch, chunked to the "
+                            "token budget, runs whenever one can be formed; decodes wait), no mixing.")
+    kv_sizing: Literal["profile_run", "static_fraction"] = Field(
+        "profile_run", description="'profile_run': KV = total*util - weights - profiled activation "
+                                   "peak - buffers (vLLM). 'static_fraction': weights + KV pool = "
+                                   "total*util (SGLang mem_fraction_static); activations, CUDA "
+                                   "graphs and context live in the rest.")
+    watermark_fraction: NonNegFloat = Field(0.01, description="Share of KV blocks kept free when "
+                                                               "admitting a prefill.")
     block_size: int = Field(16, ge=1, le=1024, description="KV-cache block size in tokens.")
     cuda_context_gib: NonNegFloat = Field(description="CUDA context + library workspaces per GPU "
                                                       "(outside the utilisation budget).")
