@@ -188,7 +188,10 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
     engines, meta = _build_replicas(model, cluster, plan, log, num_blocks_override, engine, debug,
                                     breakdown, fast_forward, async_output)
     n = len(requests)
-    end = _run(engines, requests, plan.router, progress, n)
+    # the engine sees a request only after the server has received, parsed and tokenised it;
+    # latencies are still measured from the client's arrival time
+    at_engine = requests.arrival_s + engine.request_overhead_ms * 1e-3
+    end = _run(engines, at_engine, plan.router, progress, n)
     if np.isfinite(log.finish_s).any():
         end = max(end, float(np.nanmax(log.finish_s)))
     start = float(requests.arrival_s[0])
@@ -196,18 +199,18 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
     return _result(model, cluster, plan, requests, slo, seed, log, engines, meta, makespan, engine)
 
 
-def _run(engines: list[ReplicaEngine], requests: Requests, router: str,
+def _run(engines: list[ReplicaEngine], arrival_s: np.ndarray, router: str,
          progress: bool | Callable[[int, int], None], n: int) -> float:
     if callable(progress):
-        return run_cluster(engines, requests.arrival_s, router, progress=lambda k: progress(k, n))
+        return run_cluster(engines, arrival_s, router, progress=lambda k: progress(k, n))
     if not progress:
-        return run_cluster(engines, requests.arrival_s, router)
+        return run_cluster(engines, arrival_s, router)
     from rich.console import Console
     from rich.progress import Progress
 
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("simulating", total=n)
-        return run_cluster(engines, requests.arrival_s, router,
+        return run_cluster(engines, arrival_s, router,
                            progress=lambda k: bar.update(task, completed=k))
 
 

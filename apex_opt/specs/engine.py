@@ -44,6 +44,10 @@ class EngineSpec(StrictModel):
                                                      "(sampling, detokenising, output processing).")
     host_multi_gpu_ms: NonNegFloat = Field(description="Extra CPU time per step to broadcast "
                                                        "step metadata to the workers (TP/PP > 1).")
+    request_overhead_ms: NonNegFloat = Field(
+        0.0, description="Per-request latency before the engine can schedule a new request "
+                         "(HTTP handling, request parsing, tokenisation, hand-off to the engine "
+                         "process) plus first-token output processing.")
     graph_launch_saving_us: NonNegFloat = Field(description="Launch latency per kernel that a CUDA-graph "
                                                             "replay removes from isolated-kernel timings.")
     eager_launch_us: NonNegFloat = Field(description="CPU launch cost per kernel in eager mode.")
