@@ -1,0 +1,224 @@
+"""Replica candidates: every (pool, TP, PP, EP, weight dtype, KV dtype, engine limits) a plan group
+may use, with its memory verdict (:func:`apex_opt.memory.replica_memory`) and the constraint groups
+it violates.
+
+A candidate's ``max_model_len`` is the workload's longest request (prompt + output) rounded up to a
+multiple of 256 tokens, so the memory check demands a KV cache of at least one such request: the
+"minimum KV budget for the workload's context lengths". Pipeline stages get the uneven split of
+:func:`apex_opt.solver.stages.split_layers`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..memory import linear_weight_bytes_per_elem, replica_memory
+from ..shapes import enumerate_shapes
+from ..sim.workload import Requests
+from ..specs.cluster import ClusterSpec, PoolSpec
+from ..specs.engine import EngineSpec, load_engine
+from ..specs.model import ModelSpec
+from ..specs.plan import ReplicaConfig, ReplicaGroup
+from ..specs.slo import SLOSpec
+from .stages import split_layers
+
+#: Engine limits searched: (max_num_seqs, max_num_batched_tokens), chunked prefill on.
+ENGINE_LIMITS: tuple[tuple[int, int], ...] = ((64, 512), (256, 512), (64, 2048), (256, 2048))
+#: Weight / KV dtypes searched when the SLO file does not restrict them. int4 needs a pre-quantised
+#: checkpoint, so it is only searched when the SLO file lists it.
+DEFAULT_WEIGHT_DTYPES = ("bf16", "fp8")
+ALL_WEIGHT_DTYPES = ("bf16", "fp8", "int4")
+DEFAULT_KV_DTYPES = ("bf16", "fp8")
+ALL_KV_DTYPES = ("bf16", "fp8")
+#: Granularity of the workload-derived max_model_len.
+MODEL_LEN_STEP = 256
+#: Deepest pipeline searched (deeper pipelines only add bubbles and per-stage overheads).
+MAX_PP = 16
+
+
+def node_aligned(gpus: int, gpus_per_node: int) -> bool:
+    """A replica either packs evenly into one node or takes whole nodes."""
+    if gpus <= gpus_per_node:
+        return gpus_per_node % gpus == 0
+    return gpus % gpus_per_node == 0
+
+
+def searched_shape(model: ModelSpec, pool: PoolSpec, shape) -> bool:
+    """Shapes the search considers: node-aligned, at most MAX_PP stages, and EP either off or over
+    the whole TP group (vLLM ``--enable-expert-parallel``, SGLang ``--ep-size`` = TP)."""
+    if shape.pp > MAX_PP or not node_aligned(shape.gpus, pool.gpus_per_node):
+        return False
+    return shape.ep in (1, shape.tp)
+
+
+@dataclass(frozen=True)
+class WorkloadStats:
+    """What the analytic surrogates need from a workload."""
+
+    num_requests: int
+    rate_req_s: float
+    mean_prompt: float
+    mean_output: float
+    max_seq_len: int
+    prompt_quantiles: tuple[float, ...]   # at the percentiles of PERCENTILES
+    output_quantiles: tuple[float, ...]
+
+    PERCENTILES = (50.0, 90.0, 95.0, 99.0)
+
+    def prompt_at(self, pct: float) -> float:
+        return float(np.interp(pct, self.PERCENTILES, self.prompt_quantiles))
+
+    def output_at(self, pct: float) -> float:
+        return float(np.interp(pct, self.PERCENTILES, self.output_quantiles))
+
+    @classmethod
+    def of(cls, req: Requests) -> "WorkloadStats":
+        n = len(req)
+        dur = req.duration_s
+        rate = (n - 1) / dur if n > 1 and dur > 0 else float(n)
+        pq = tuple(float(x) for x in np.percentile(req.prompt_tokens, cls.PERCENTILES))
+        oq = tuple(float(x) for x in np.percentile(req.output_tokens, cls.PERCENTILES))
+        return cls(n, float(rate), float(req.prompt_tokens.mean()), float(req.output_tokens.mean()),
+                   req.max_seq_len, pq, oq)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One replica configuration a plan group may use."""
+
+    index: int
+    pool: str
+    device: str
+    tp: int
+    pp: int
+    ep: int
+    weight_dtype: str
+    kv_dtype: str
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    layers_per_stage: tuple[int, ...]
+    fits: bool
+    memory_problem: str | None
+    kv_tokens: int
+    weights_bytes_max: int
+    max_replicas: int
+    violates: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp
+
+    @property
+    def cost_key(self) -> tuple:
+        """Candidates sharing this key share an iteration cost model."""
+        return (self.pool, self.tp, self.pp, self.ep, self.weight_dtype, self.kv_dtype,
+                self.layers_per_stage)
+
+    def config(self) -> ReplicaConfig:
+        return ReplicaConfig(pool=self.pool, tp=self.tp, pp=self.pp, ep=self.ep,
+                             layers_per_stage=self.layers_per_stage if self.pp > 1 else None,
+                             weight_dtype=self.weight_dtype, kv_dtype=self.kv_dtype,
+                             max_num_seqs=self.max_num_seqs,
+                             max_num_batched_tokens=self.max_num_batched_tokens,
+                             chunked_prefill=True, max_model_len=self.max_model_len)
+
+    def group(self, replicas: int) -> ReplicaGroup:
+        return ReplicaGroup(replicas=replicas, **self.config().model_dump())
+
+    def label(self) -> str:
+        return (f"{self.config().label()}@{self.pool}"
+                f"(seqs{self.max_num_seqs},tok{self.max_num_batched_tokens})")
+
+
+def workload_max_model_len(model: ModelSpec, stats: WorkloadStats) -> int:
+    """The workload's longest request rounded up to MODEL_LEN_STEP, capped at the model's limit."""
+    need = max(stats.max_seq_len, 1)
+    return int(min(model.max_position_embeddings, math.ceil(need / MODEL_LEN_STEP) * MODEL_LEN_STEP))
+
+
+def _total_linear_bytes(model: ModelSpec, weight_dtype: str) -> float:
+    """Lower bound on the weight bytes of the whole model in ``weight_dtype`` (linear layers only)."""
+    emb = model.embedding_params + model.lm_head_params
+    return (model.params_total - emb) * linear_weight_bytes_per_elem(weight_dtype)
+
+
+def _violations(slo: SLOSpec, pool: PoolSpec, tp: int, pp: int, wd: str, kv: str,
+                fits: bool) -> frozenset[str]:
+    c = slo.constraints
+    out = set()
+    if not fits:
+        out.add("memory")
+    if wd not in (c.weight_dtypes or DEFAULT_WEIGHT_DTYPES):
+        out.add("weight_dtypes")
+    if kv not in (c.kv_dtypes or DEFAULT_KV_DTYPES):
+        out.add("kv_dtypes")
+    if c.pools is not None and pool.name not in c.pools:
+        out.add("pools")
+    if c.max_tp is not None and tp > c.max_tp:
+        out.add("max_tp")
+    if c.max_pp is not None and pp > c.max_pp:
+        out.add("max_pp")
+    return frozenset(out)
+
+
+def enumerate_candidates(model: ModelSpec, cluster: ClusterSpec, stats: WorkloadStats,
+                         slo: SLOSpec, *, engine: EngineSpec | None = None,
+                         everything: bool = False,
+                         limits: tuple[tuple[int, int], ...] = ENGINE_LIMITS) -> list[Candidate]:
+    """Candidates of every pool. Normally only those violating no constraint group are returned;
+    ``everything=True`` returns all of them (dtypes outside the defaults included) with their
+    ``violates`` sets, for the infeasibility explanation. Shapes whose linear weights alone exceed
+    the pool's device memory skip the detailed memory check (they cannot fit)."""
+    engine = engine or load_engine()
+    max_len = workload_max_model_len(model, stats)
+    c = slo.constraints
+    wds = ALL_WEIGHT_DTYPES if everything else tuple(c.weight_dtypes or DEFAULT_WEIGHT_DTYPES)
+    kvs = ALL_KV_DTYPES if everything else tuple(c.kv_dtypes or DEFAULT_KV_DTYPES)
+    out: list[Candidate] = []
+    for pool in cluster.pools:
+        if not everything and c.pools is not None and pool.name not in c.pools:
+            continue
+        cap = pool.device.memory_bytes
+        for shape in enumerate_shapes(model, pool):
+            if not searched_shape(model, pool, shape):
+                continue
+            if not everything and ((c.max_tp and shape.tp > c.max_tp)
+                                   or (c.max_pp and shape.pp > c.max_pp)):
+                continue
+            for wd in wds:
+                hopeless = _total_linear_bytes(model, wd) / shape.gpus > cap
+                if hopeless and not everything:
+                    continue
+                split = split_layers(model, shape.pp, linear_weight_bytes_per_elem(wd))
+                for kv in kvs:
+                    for seqs, tokens in limits:
+                        cand = _candidate(model, pool, shape, wd, kv, seqs, tokens, max_len,
+                                          split, hopeless, engine, slo, len(out))
+                        if everything or not cand.violates:
+                            out.append(cand)
+    return [Candidate(**{**cand.__dict__, "index": i}) for i, cand in enumerate(out)]
+
+
+def _candidate(model: ModelSpec, pool: PoolSpec, shape, wd: str, kv: str, seqs: int, tokens: int,
+               max_len: int, split: tuple[int, ...], hopeless: bool, engine: EngineSpec,
+               slo: SLOSpec, index: int) -> Candidate:
+    max_rep = pool.num_gpus // shape.gpus
+    if hopeless:
+        fits, problem, kv_tokens, wmax = False, "linear weights alone exceed device memory", 0, 0
+    else:
+        cfg = ReplicaConfig(pool=pool.name, tp=shape.tp, pp=shape.pp, ep=shape.ep,
+                            layers_per_stage=split if shape.pp > 1 else None, weight_dtype=wd,
+                            kv_dtype=kv, max_num_seqs=seqs, max_num_batched_tokens=tokens,
+                            chunked_prefill=True, max_model_len=max_len)
+        mem = replica_memory(model, pool.device, cfg, engine)
+        fits, problem, kv_tokens, wmax = mem.fits, mem.problem, mem.kv_tokens, mem.weights_per_gpu_max
+    return Candidate(index=index, pool=pool.name, device=pool.device.name, tp=shape.tp,
+                     pp=shape.pp, ep=shape.ep, weight_dtype=wd, kv_dtype=kv, max_num_seqs=seqs,
+                     max_num_batched_tokens=tokens, max_model_len=max_len,
+                     layers_per_stage=split, fits=fits, memory_problem=problem,
+                     kv_tokens=kv_tokens, weights_bytes_max=wmax, max_replicas=max_rep,
+                     violates=_violations(slo, pool, shape.tp, shape.pp, wd, kv, fits))

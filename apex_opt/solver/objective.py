@@ -1,0 +1,263 @@
+"""Analytic surrogates of a replica and of a plan (steady state), and their integer scaling for CP-SAT.
+
+A replica under pipeline parallelism runs ``pp`` virtual engines (vLLM), each with its own scheduler,
+``1/pp`` of the KV blocks and ``1/pp`` of the requests. In steady state at ``lam`` requests/s per
+virtual engine, with mean prompt ``P`` and mean output ``D`` tokens, an iteration of period ``tau``
+carries ``b = lam·D·tau`` decoding sequences (Little's law) and ``p = lam·P·tau`` prefill tokens, and
+
+    tau = max(T_dec(b) + p·t_tok,  pp · (S_dec(b) + p·s_tok))
+
+where ``T_dec`` / ``S_dec`` are the iteration / slowest-stage times of a decode batch of ``b`` at the
+mean context (from :class:`~apex_opt.costmodel.iteration.IterationCostModel`) and ``t_tok`` /
+``s_tok`` the marginal cost of one prefill token in a chunk of ``max_num_batched_tokens``. The least
+fixed point exists while ``b <= max_num_seqs``, the KV cache holds ``b`` sequences of mean length and
+``b + p`` fits in the token budget; the largest such ``lam`` is the replica's capacity (at the SLO
+when ``tau`` must also stay within the TPOT target). Latency at load: TPOT = ``tau``, TTFT = prefill
+service ``ceil(P / (budget - b))·tau`` plus an M/M/1-style wait ``rho/(1-rho)`` times that service,
+E2E = TTFT + (D - 1)·TPOT. Power = active energy per period + idle power of the idle GPU share.
+
+A plan spreads its load over groups in proportion to their capacity (what a least-outstanding router
+converges to), so every replica runs at the same utilisation.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..costmodel.iteration import IterationCostModel
+from ..specs.cluster import ClusterSpec
+from ..specs.engine import EngineSpec, load_engine
+from ..specs.model import ModelSpec
+from ..specs.slo import SLOSpec
+from .candidates import Candidate, WorkloadStats
+
+#: Decode batch sizes at which the iteration cost is evaluated (interpolated in between).
+BATCH_GRID = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+#: Latency charged to an overloaded replica, per unit of utilisation (s).
+OVERLOAD_LATENCY_S = 3600.0
+#: Utilisation above which a replica counts as saturated.
+MAX_UTILISATION = 0.98
+
+
+@dataclass(frozen=True)
+class CostCurves:
+    """Iteration costs of one replica configuration (shared by its engine-limit variants)."""
+
+    b: tuple[float, ...]
+    t_dec: tuple[float, ...]
+    s_dec: tuple[float, ...]
+    e_dec: tuple[float, ...]
+    busy_dec: tuple[float, ...]
+    tok: dict            # budget -> (t_tok, s_tok, e_tok, busy_tok, host_s)
+    pp: int
+    gpus: int
+    idle_w: float
+
+
+def _interp(xs: tuple[float, ...], ys: tuple[float, ...], x: float) -> float:
+    if x <= xs[0]:
+        return ys[0]
+    i = bisect_left(xs, x)
+    if i >= len(xs):
+        # beyond the grid: extrapolate linearly from the last segment
+        x0, x1, y0, y1 = xs[-2], xs[-1], ys[-2], ys[-1]
+    else:
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def cost_curves(model: ModelSpec, cluster: ClusterSpec, cand: Candidate, stats: WorkloadStats,
+                engine: EngineSpec | None = None, budgets: tuple[int, ...] = (512, 2048)) -> CostCurves:
+    """Evaluate the iteration cost model of ``cand``'s configuration on the decode grid and on one
+    prefill chunk per token budget."""
+    engine = engine or load_engine()
+    pool = cluster.pool(cand.pool)
+    cm = IterationCostModel(model, pool, cand.config(), engine)
+    ctx = max(1, int(round(stats.mean_prompt + stats.mean_output / 2)))
+    rows = []
+    for b in BATCH_GRID:
+        c = cm.iteration(np.full(b, ctx, dtype=np.int64))
+        rows.append((c.time_s, max(c.stage_times_s), c.energy_j, c.busy_gpu_s))
+    tok = {}
+    cached = max(0, int(stats.mean_prompt / 2))
+    for budget in budgets:
+        c = cm.iteration(np.zeros(0, dtype=np.int64), [(budget, cached)])
+        host = cm.host_time(1)
+        tok[budget] = ((c.time_s - host) / budget, max(c.stage_times_s) / budget,
+                       c.energy_j / budget, c.busy_gpu_s / budget, host)
+    cols = list(zip(*rows))
+    return CostCurves(tuple(float(b) for b in BATCH_GRID), *(tuple(col) for col in cols), tok,
+                      cand.pp, cand.gpus, pool.device.idle_power_w)
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """Steady state of one replica at a given request rate."""
+
+    rate: float
+    stable: bool
+    utilisation: float
+    tau_s: float
+    batch: float
+    ttft_s: float
+    tpot_s: float
+    e2e_s: float
+    power_w: float
+
+
+class ReplicaModel:
+    """Steady-state surrogate of one candidate (see the module docstring)."""
+
+    def __init__(self, cand: Candidate, curves: CostCurves, stats: WorkloadStats):
+        self.cand, self.cv, self.st = cand, curves, stats
+        self.tok = curves.tok[cand.max_num_batched_tokens]
+        self.kv_seqs = cand.kv_tokens / curves.pp / max(1.0, stats.mean_prompt + stats.mean_output / 2)
+        self.max_b = min(cand.max_num_seqs, self.kv_seqs)
+        self._cap: dict[float | None, float] = {}
+
+    def _period(self, b: float, p: float) -> float:
+        cv, (t_tok, s_tok, *_rest) = self.cv, self.tok
+        t = _interp(cv.b, cv.t_dec, max(b, 1.0)) + p * t_tok
+        s = _interp(cv.b, cv.s_dec, max(b, 1.0)) + p * s_tok
+        return max(t, cv.pp * s)
+
+    def _fixed_point(self, lam_v: float, tpot_cap: float | None) -> tuple[float, float] | None:
+        """(tau, b) at ``lam_v`` req/s per virtual engine, or None when no stable state exists."""
+        D, P = self.st.mean_output, self.st.mean_prompt
+        budget = self.cand.max_num_batched_tokens
+        tau = self._period(1.0, 0.0)
+        for _ in range(200):
+            b, p = lam_v * D * tau, lam_v * P * tau
+            if b > self.max_b or b + p > budget:
+                return None
+            new = self._period(b, p)
+            if tpot_cap is not None and new > tpot_cap:
+                return None
+            if abs(new - tau) <= 1e-7 * tau:
+                return new, lam_v * D * new
+            tau = new
+        return None
+
+    def capacity(self, tpot_cap_s: float | None = None) -> float:
+        """Largest stable request rate (req/s) of the replica (with TPOT <= ``tpot_cap_s``)."""
+        if tpot_cap_s in self._cap:
+            return self._cap[tpot_cap_s]
+        pp = self.cv.pp
+        if self._fixed_point(1e-9, tpot_cap_s) is None:
+            self._cap[tpot_cap_s] = 0.0
+            return 0.0
+        hi = 1.0
+        while self._fixed_point(hi, tpot_cap_s) is not None and hi < 1e6:
+            hi *= 2.0
+        lo = hi / 2.0 if hi > 1.0 else 1e-9
+        if hi == 1.0:
+            lo = 1e-9
+        for _ in range(40):
+            mid = math.sqrt(lo * hi) if lo > 1e-9 else (lo + hi) / 2
+            if self._fixed_point(mid, tpot_cap_s) is None:
+                hi = mid
+            else:
+                lo = mid
+            if hi - lo <= 1e-4 * hi:
+                break
+        cap = lo * pp
+        self._cap[tpot_cap_s] = cap
+        return cap
+
+    def state(self, rate: float, prompt: float | None = None, output: float | None = None) -> ReplicaState:
+        """Steady state at ``rate`` req/s for this replica; TTFT / E2E for a request of ``prompt`` /
+        ``output`` tokens (default the means)."""
+        P = self.st.mean_prompt if prompt is None else prompt
+        D = self.st.mean_output if output is None else output
+        cap = self.capacity()
+        cv, tok = self.cv, self.tok
+        budget = self.cand.max_num_batched_tokens
+        rho = rate / cap if cap > 0 else math.inf
+        fp = self._fixed_point(rate / cv.pp, None) if rho < MAX_UTILISATION else None
+        if fp is None:
+            over = OVERLOAD_LATENCY_S * max(rho, 1.0)
+            return ReplicaState(rate, False, rho, math.inf, self.max_b, over, over, over,
+                                cv.gpus * 1e4)
+        tau, b = fp
+        chunks = math.ceil(P / max(1.0, budget - b))
+        service = chunks * tau
+        wait = service * rho / (1.0 - rho)
+        ttft = service + wait
+        e2e = ttft + max(0.0, D - 1.0) * tau
+        p = rate / cv.pp * self.st.mean_prompt * tau
+        energy = _interp(cv.b, cv.e_dec, max(b, 1.0)) + p * tok[2]
+        busy = _interp(cv.b, cv.busy_dec, max(b, 1.0)) + p * tok[3]
+        busy_frac = min(1.0, cv.pp * busy / (cv.gpus * tau))
+        power = cv.pp * energy / tau * (1.0 if rate > 0 else 0.0) \
+            + cv.idle_w * cv.gpus * (1.0 - (busy_frac if rate > 0 else 0.0))
+        return ReplicaState(rate, True, rho, tau, b, ttft, tau, e2e, power)
+
+    def floors(self, slo: SLOSpec) -> dict[str, float]:
+        """Unloaded latency of the SLO-percentile request (lower bounds used to screen)."""
+        out = {}
+        pct = {k: t.percentile for k, t in slo.targets().items()}
+        s0 = self.state(0.0, prompt=self.st.prompt_at(pct.get("ttft_ms", 50.0)))
+        out["ttft_ms"] = s0.ttft_s * 1e3 if s0.stable else math.inf
+        out["tpot_ms"] = s0.tpot_s * 1e3 if s0.stable else math.inf
+        pe = pct.get("e2e_s", 50.0)
+        s1 = self.state(0.0, prompt=self.st.prompt_at(pe), output=self.st.output_at(pe))
+        out["e2e_s"] = s1.e2e_s if s1.stable else math.inf
+        return out
+
+
+@dataclass(frozen=True)
+class PlanEstimate:
+    """Surrogate metrics of a whole plan at the workload's rate."""
+
+    capacity_req_s: float
+    capacity_at_slo_req_s: float
+    latency_s: float
+    ttft_s: float
+    tpot_s: float
+    power_w: float
+    energy_j_per_token: float
+    gpus: int
+    stable: bool
+
+
+def plan_estimate(groups: list[tuple[ReplicaModel, int]], stats: WorkloadStats,
+                  slo: SLOSpec, rate: float | None = None) -> PlanEstimate:
+    """Surrogate of a plan: load split in proportion to capacity, request-weighted latency."""
+    lam = stats.rate_req_s if rate is None else rate
+    tpot_cap = slo.tpot_ms.target / 1e3 if slo.tpot_ms is not None else None
+    caps = [m.capacity() * k for m, k in groups]
+    cap_slo = sum(m.capacity(tpot_cap) * k for m, k in groups)
+    total = sum(caps)
+    lat = ttft = tpot = power = 0.0
+    stable = total > 0
+    for (m, k), c in zip(groups, caps):
+        share = c / total if total > 0 else 1.0 / len(groups)
+        s = m.state(lam * share / k)
+        stable &= s.stable
+        lat += share * s.e2e_s
+        ttft += share * s.ttft_s
+        tpot += share * s.tpot_s
+        power += k * s.power_w
+    gpus = sum(m.cand.gpus * k for m, k in groups)
+    jpt = power / max(lam * stats.mean_output, 1e-12)
+    return PlanEstimate(total, cap_slo, lat, ttft, tpot, power, jpt, gpus, stable)
+
+
+# ---------------------------------------------------------------------------- integer scaling
+
+def to_us(seconds: float, cap: int = 10 ** 12) -> int:
+    """Seconds -> integer microseconds (clamped to ``cap``; inf -> cap)."""
+    if not math.isfinite(seconds):
+        return cap
+    return int(min(cap, max(0, round(seconds * 1e6))))
+
+
+def to_milli(x: float, cap: int = 10 ** 12) -> int:
+    """A rate / power / energy -> integer thousandths (mreq/s, mW, mJ), clamped."""
+    if not math.isfinite(x):
+        return cap
+    return int(min(cap, max(0, round(x * 1e3))))
