@@ -9,6 +9,7 @@ simulated metrics meet the SLO. ``exhaustive=True`` simulates every feasible pla
 
 from __future__ import annotations
 
+
 import concurrent.futures as cf
 import itertools
 import math
@@ -541,6 +542,10 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
                        chosen=chosen, baselines=baselines, energy_saving=saving, solver=info)
 
 
+#: a max_num_seqs cap this many times the mean in-flight requests per replica never binds
+SEQ_CAP_PEAK = 4.0
+
+
 def _rate_guess(space: SearchSpace, key: PlanKey) -> float:
     est = plan_estimate([(space.models[i], k) for i, k in key], space.stats, space.slo)
     return max(RATE_MIN_FACTOR, est.capacity_at_slo_req_s / space.stats.rate_req_s * 0.8)
@@ -550,13 +555,36 @@ def _shortlist(space: SearchSpace, objective: str, k: int, workers: int, seed: i
                time_limit_s: float) -> tuple[list[PlanKey], str]:
     """Top-K plans of the CP-SAT model; for ``energy`` also the top-K latency plans, so that the
     latency-optimal plan is simulated too and the saving against it is measured."""
-    res = run_top_k(PlanModel(space), k, workers=workers, seed=seed, time_limit_s=time_limit_s)
-    keys = list(res.plans)
+    res = run_top_k(PlanModel(space), 2 * k, workers=workers, seed=seed, time_limit_s=time_limit_s)
+    keys = _distinct(space, list(res.plans))[:k]
     if objective == "energy" and keys:
         lat = SearchSpace(space.cands, space.models, space.stats, space.slo, space.cluster, "latency")
-        more = run_top_k(PlanModel(lat), k, workers=workers, seed=seed, time_limit_s=time_limit_s)
-        keys += [p for p in more.plans if p not in keys]
+        more = run_top_k(PlanModel(lat), 2 * k, workers=workers, seed=seed, time_limit_s=time_limit_s)
+        keys += [p for p in _distinct(space, list(more.plans))[:k] if p not in keys]
     return keys, res.status
+
+
+def _distinct(space: SearchSpace, keys: list[PlanKey]) -> list[PlanKey]:
+    """Drop plans that differ from an earlier one only in ``max_num_seqs`` caps that cannot bind
+    at this load: by Little's law a replica holds ``rate x latency / replicas`` requests on
+    average, and a cap at least ``SEQ_CAP_PEAK`` times that is (practically) never reached, so
+    simulating both would show two identical rows instead of one more real alternative."""
+    seen: set = set()
+    out = []
+    for key in keys:
+        est = _surrogate(space, key)
+        replicas = sum(n for _, n in key)
+        inflight = space.stats.rate_req_s * est.latency_s / max(replicas, 1)
+        shape = tuple(sorted(
+            (space.cands[i].cost_key, space.cands[i].max_num_batched_tokens,
+             0 if space.cands[i].max_num_seqs >= SEQ_CAP_PEAK * inflight else space.cands[i].max_num_seqs,
+             n)
+            for i, n in key))
+        if shape in seen:
+            continue
+        seen.add(shape)
+        out.append(key)
+    return out
 
 
 def _baselines(space, chosen: PlanOut, objective, ctx, executor, workers, model_ref, model) -> list[Baseline]:
