@@ -10,7 +10,7 @@ import click
 
 from .errors import ApexError
 
-COMMANDS = ["solve", "simulate", "estimate", "check", "catalog", "profile"]
+COMMANDS = ["solve", "simulate", "estimate", "check", "catalog", "profile", "schema"]
 
 
 class ApexGroup(click.Group):

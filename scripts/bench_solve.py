@@ -4,12 +4,16 @@ shortlist's answer equals the `--exhaustive` answer.
 
 Cases: llama-3.1-70b on h100-sxm-1x8 with the creation trace (../shared/validation; a synthetic
 stand-in when absent), llama-3.1-405b on h100-sxm-4x8 and kimi-k2 on h100-sxm-16x8 with 1,000
-synthetic requests, and llama-3.1-70b on the heterogeneous mixed-h100-a100 cluster.
+synthetic requests, llama-3.1-70b on the heterogeneous mixed-h100-a100 cluster, and qwen2.5-32b on
+a small heterogeneous cluster (4 H100 + 4 A100) whose plan space the exhaustive reference covers.
 
 Prints a table and one final JSON line. Targets (2 cores): 70B <= 5 s, 405B <= 15 s, kimi <= 30 s,
 peak memory <= 1 GiB, same optimum as exhaustive while simulating <= 20 % of the feasible plans.
 
-    python scripts/bench_solve.py [--cases 70b,405b,kimi,hetero] [--exhaustive-limit 400]
+    python scripts/bench_solve.py [--cases 70b,405b,kimi,hetero,hetero-small] [--exhaustive-limit 1000]
+
+The exhaustive reference simulates every feasible plan (minutes per case); it is skipped above
+--exhaustive-limit plans (the 271k-plan mixed-h100-a100 case, and kimi-k2 unless raised to 2000).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import json
 import resource
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +38,23 @@ from apex_opt.specs.workload import WorkloadSpec  # noqa: E402
 
 TRACE = REPO.parent / "shared" / "validation" / "apex-h100x8" / "traces" / \
     "vllm-llama_creation_05_validation_8TP.jsonl"
-TARGET_S = {"70b": 5.0, "405b": 15.0, "kimi": 30.0, "hetero": 30.0}
+TARGET_S = {"70b": 5.0, "405b": 15.0, "kimi": 30.0, "hetero": 30.0, "hetero-small": 30.0}
+
+#: A heterogeneous case small enough for the exhaustive reference (~840 feasible plans): one node
+#: of 4 H100 and one of 4 A100, bf16 only, no pipeline parallelism.
+SMALL_MIXED = """name: small-mixed
+pools:
+  - {name: h100, device: h100-sxm-80gb, nodes: 1, gpus_per_node: 4,
+     intra_node: {kind: nvswitch, bandwidth_gbps: 450, latency_us: 1.0}}
+  - {name: a100, device: a100-sxm-80gb, nodes: 1, gpus_per_node: 4,
+     intra_node: {kind: nvswitch, bandwidth_gbps: 300, latency_us: 1.5}}
+"""
+SMALL_SLO = """ttft_ms: {target: 2000, percentile: 90}
+tpot_ms: {target: 60, percentile: 90}
+attainment: 0.9
+objective: latency
+constraints: {weight_dtypes: [bf16], kv_dtypes: [bf16], max_pp: 1}
+"""
 
 
 def _synthetic(n: int, rate: float, seed: int = 0):
@@ -51,6 +72,8 @@ def cases() -> dict:
         "405b": ("llama-3.1-405b", "h100-sxm-4x8", _synthetic(1000, 4.0), "1000 synthetic"),
         "kimi": ("kimi-k2", "h100-sxm-16x8", _synthetic(1000, 8.0), "1000 synthetic"),
         "hetero": ("llama-3.1-70b", "mixed-h100-a100", _synthetic(1000, 6.0), "1000 synthetic"),
+        "hetero-small": ("qwen2.5-32b", "small-mixed", _synthetic(1000, 10.0),
+                         "1000 synthetic, bf16, no PP"),
     }
 
 
@@ -65,8 +88,12 @@ def _best(res) -> tuple[str, float | None]:
     return p.label, p.objective_value
 
 
-def run_case(name: str, spec, slo, exhaustive_limit: int, workers: int) -> dict:
+def run_case(name: str, spec, slo, exhaustive_limit: int, workers: int, tmp: Path) -> dict:
     model_name, cluster_name, requests, what = spec
+    if name == "hetero-small":
+        (tmp / "small-mixed.yaml").write_text(SMALL_MIXED)
+        (tmp / "slo.yaml").write_text(SMALL_SLO)
+        cluster_name, slo = str(tmp / "small-mixed.yaml"), load_slo(str(tmp / "slo.yaml"))
     model, cluster = load_model(model_name), load_cluster(cluster_name)
     t0 = time.perf_counter()
     res = solve(model, cluster, requests, slo, workers=workers)
@@ -91,16 +118,17 @@ def run_case(name: str, spec, slo, exhaustive_limit: int, workers: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", default="70b,405b,kimi,hetero")
-    ap.add_argument("--exhaustive-limit", type=int, default=400,
+    ap.add_argument("--cases", default="70b,405b,kimi,hetero,hetero-small")
+    ap.add_argument("--exhaustive-limit", type=int, default=1000,
                     help="skip the exhaustive comparison when more plans than this are feasible")
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
     slo = load_slo(str(data_dir("examples") / "default-slo.yaml"))
     all_cases = cases()
     rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench-solve-"))
     for name in args.cases.split(","):
-        rows.append(run_case(name, all_cases[name], slo, args.exhaustive_limit, args.workers))
+        rows.append(run_case(name, all_cases[name], slo, args.exhaustive_limit, args.workers, tmp))
         r = rows[-1]
         print(f"{r['case']:7s} {r['model']:15s} {r['cluster']:16s} wall {r['wall_s']:6.2f} s "
               f"(target {r['target_s']:.0f}) feasible {r['plans_feasible']:6d} simulated "

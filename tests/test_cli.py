@@ -133,3 +133,13 @@ def test_simulate_and_estimate_engine_choice():
     bad = run("simulate", "--tp", "8", "--engine", "trt", "--rate", "1", "--num-requests", "2",
               "--prompt-len", "5", "--output-len", "5")
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("kind", ["slo", "workload", "cluster", "device", "plan"])
+def test_schema_command_prints_json_schema(kind):
+    r = run("schema", kind)
+    assert r.exit_code == 0
+    doc = json.loads(r.output)
+    assert doc.get("type") == "object" and doc.get("properties")
+    if kind in ("slo", "cluster"):
+        assert doc.get("additionalProperties") is False  # strict files
