@@ -409,15 +409,12 @@ class ReplicaEngine:
                 target = log.prompt[rid] + log.generated[rid]
                 if tokens + target > budget or seqs + 1 > self.lim.max_num_seqs:
                     break
-                need = _cdiv(target, self.bs)
-                if free - need < self.wm:
+                need = self._admit_head(ve, target, free)
+                if need is None:
                     break
-                ve.waiting.popleft()
                 free -= need
-                ve.used_blocks += need
                 tokens += target
                 seqs += 1
-                ve.pre.append([rid, target, 0])
                 prefill.append((target, 0))
             if prefill:
                 return 0, prefill, len(prefill)
@@ -466,22 +463,31 @@ class ReplicaEngine:
         while ve.waiting and budget > 0 and seqs < lim.max_num_seqs:
             rid = ve.waiting[0]
             target = log.prompt[rid] + log.generated[rid]
-            need = _cdiv(target, self.bs)
-            if free - need < self.wm:
+            need = self._admit_head(ve, target, free)
+            if need is None:
                 break
-            ve.waiting.popleft()
             free -= need
-            ve.used_blocks += need
             seqs += 1
             chunk = min(target, budget)
             budget -= chunk
-            ve.pre.append([rid, target, 0])
             prefill.append((chunk, 0))
             if chunk == target:
                 sampling += 1
         if k == 0 and not prefill:
             return None
         return k, prefill, sampling
+
+    def _admit_head(self, ve: _VirtualEngine, target: int, free: int) -> int | None:
+        """Admit the head of ``waiting`` (prefilling ``target`` tokens) if the blocks of its whole
+        prompt fit above the watermark: allocate them, queue it as prefilling, return the blocks
+        taken; else ``None``."""
+        need = _cdiv(target, self.bs)
+        if free - need < self.wm:
+            return None
+        rid = ve.waiting.popleft()
+        ve.used_blocks += need
+        ve.pre.append([rid, target, 0])
+        return need
 
     def _reserve_decode_blocks(self, ve: _VirtualEngine, k: int) -> int:
         """Blocks for the first ``k`` decodes' next token; preempt from the queue's end if short.
