@@ -19,7 +19,8 @@ all-reduce of the 1/g shard + intra-node all-gather; all-gather / reduce-scatter
 is bound by the fraction ``1 - g/n`` of the data that leaves the node over the network.
 
 vLLM custom all-reduce (``custom=True``): one kernel over NVLink peer memory, for one node and
-messages up to ``CUSTOM_AR_MAX_BYTES``; one-shot (each GPU reads all peers' buffers: (n-1) S bytes)
+messages strictly below ``CUSTOM_AR_MAX_BYTES`` (vLLM 0.6: ``inp_size < max_size``, so a full
+512-token bf16 batch of an 8192-wide model -- exactly 8 MiB -- goes to NCCL); one-shot (each GPU reads all peers' buffers: (n-1) S bytes)
 below 512 KiB for n <= 4 / 256 KiB for n <= 8 (and always for n = 2), two-shot (reduce-scatter +
 all-gather through peer memory: 2(n-1)/n S) above, like vLLM 0.6. Its latency is one kernel launch
 plus two barriers (one link latency each); larger messages fall back to NCCL.
@@ -152,7 +153,7 @@ class CollectiveModel:
             return 0.0
         split = self._split(n)
         if split is None:
-            if custom and nbytes <= CUSTOM_AR_MAX_BYTES and self.link.kind in ("nvlink", "nvswitch", "xgmi"):
+            if custom and nbytes < CUSTOM_AR_MAX_BYTES and self.link.kind in ("nvlink", "nvswitch", "xgmi"):
                 return min(self._custom_all_reduce(nbytes, n), self._flat("all_reduce", nbytes, n))
             return self._flat("all_reduce", nbytes, n)
         g, nodes = split
