@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from .costmodel.iteration import IterationCostModel
 from .errors import InfeasibleError, InputError
 from .memory import replica_memory
+from .shapes import shape_problem
 from .specs.cluster import ClusterSpec
 from .specs.model import ModelSpec
 from .specs.engine import EngineSpec, load_engine
@@ -88,6 +89,9 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, cfg: ReplicaConfig, batch: 
     except KeyError:
         raise InputError(f"no such pool; pools: {[p.name for p in cluster.pools]}", field="--pool",
                          value=cfg.pool) from None
+    problem = shape_problem(model, pool, cfg.tp, cfg.pp, cfg.ep)
+    if problem:
+        raise InputError(problem, field="--tp/--pp/--ep", value=f"{cfg.tp}/{cfg.pp}/{cfg.ep}")
     if cfg.gpus > pool.num_gpus:
         raise InfeasibleError(f"TP{cfg.tp} x PP{cfg.pp} needs {cfg.gpus} GPUs; pool '{pool.name}' has {pool.num_gpus}")
     if cfg.tp > pool.gpus_per_node:

@@ -59,3 +59,23 @@ def enumerate_shapes(model: ModelSpec, pool: PoolSpec, max_gpus: int | None = No
             for ep in eps:
                 out.append(Shape(pool.name, tp, pp, ep))
     return out
+
+
+def shape_problem(model: ModelSpec, pool: PoolSpec, tp: int, pp: int, ep: int) -> str | None:
+    """Why a TP/PP/EP shape cannot run ``model`` on ``pool`` (the engine would refuse it), or None."""
+    if model.num_attention_heads % tp:
+        return (f"tp={tp} does not divide the {model.num_attention_heads} attention heads of "
+                f"{model.name}; use one of {tp_degrees(model, pool) or [1]}")
+    if model.attention == "gqa" and model.num_kv_heads % tp and tp % model.num_kv_heads:
+        return (f"tp={tp} neither divides nor is a multiple of the {model.num_kv_heads} KV heads "
+                f"of {model.name}")
+    if tp > pool.gpus_per_node:
+        return (f"tp={tp} exceeds the {pool.gpus_per_node} GPUs of one node of pool "
+                f"'{pool.name}'; tensor parallelism stays inside a node (use --pp across nodes)")
+    if ep > 1 and model.moe is None:
+        return f"ep={ep} needs a mixture-of-experts model; {model.name} is dense"
+    if not valid_ep(model, tp, ep):
+        return f"ep={ep} must divide tp={tp} and the {model.moe.num_experts} experts of {model.name}"
+    if pp > model.num_layers:
+        return f"pp={pp} exceeds the {model.num_layers} layers of {model.name}"
+    return None

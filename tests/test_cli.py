@@ -143,3 +143,15 @@ def test_schema_command_prints_json_schema(kind):
     assert doc.get("type") == "object" and doc.get("properties")
     if kind in ("slo", "cluster"):
         assert doc.get("additionalProperties") is False  # strict files
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--tp", "3"], "attention heads"),
+    (["--tp", "8", "--ep", "2"], "dense"),
+    (["--cluster", "h100-sxm-2x8", "--tp", "16"], "one node"),
+])
+def test_invalid_parallel_shapes_are_bad_input(args, needle):
+    for cmd in (["simulate", "--rate", "1", "--num-requests", "3", "--prompt-len", "10",
+                 "--output-len", "3"], ["estimate", "--batch", "decode:1x10"]):
+        r = run(*cmd, *args)
+        one_line_error(r, 2, needle)

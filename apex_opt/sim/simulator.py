@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from ..costmodel.iteration import IterationCostModel
 from ..errors import InfeasibleError, InputError
 from ..memory import replica_memory
+from ..shapes import shape_problem
 from ..specs.cluster import ClusterSpec, PoolSpec
 from ..specs.engine import EngineSpec, load_engine
 from ..specs.model import ModelSpec
@@ -127,6 +128,9 @@ def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: Req
     for gi, g in enumerate(plan.groups):
         cfg = g.replica()
         pool = _pool_of(cluster, g.pool, f"plan.groups[{gi}].pool")
+        problem = shape_problem(model, pool, cfg.tp, cfg.pp, cfg.ep)
+        if problem:
+            raise InputError(problem, field=f"plan.groups[{gi}]", value=cfg.label())
         mem = replica_memory(model, pool.device, cfg, engine)
         if num_blocks_override is None and not mem.fits:
             raise InfeasibleError(f"{model.name} {cfg.label()} on {pool.name}: {mem.problem}",
