@@ -14,11 +14,9 @@ from ..sim.workload import Requests, generate, load_trace
 from ..specs.plan import Plan
 from ..specs.slo import load_slo
 from ..specs.workload import WorkloadSpec, load_workload
-from ..specs.engine import load_engine
+from ..specs.engine import EngineSpec, load_engine
 from .common import cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option, weight_dtype_option
 
-#: vLLM 0.6 turns chunked prefill on by default above this max_model_len.
-CHUNKED_DEFAULT_ABOVE = 32768
 _SRC = "<command line>"
 
 
@@ -46,11 +44,11 @@ def _requests(trace, workload, rate, num_requests, prompt_len, output_len, arriv
     return generate(spec, np.random.default_rng(seed or 0))
 
 
-def _plan(model, opts: dict, engine: str = "vllm") -> Plan:
+def _plan(model, opts: dict, engine: EngineSpec) -> Plan:
     max_len = opts["max_model_len"] or model.max_position_embeddings
     chunked = opts["chunked_prefill"]
-    if chunked is None:  # SGLang chunks prefills by default; vLLM 0.6 only above 32K context
-        chunked = engine == "sglang" or max_len > CHUNKED_DEFAULT_ABOVE
+    if chunked is None:  # the engine's own default (vLLM 0.6: only above 32K context)
+        chunked = max_len > engine.chunked_prefill_above_len
     group = {k: opts[k] for k in ("tp", "pp", "ep", "pool", "weight_dtype", "kv_dtype",
                                   "max_num_seqs", "max_num_batched_tokens",
                                   "gpu_memory_utilization", "max_model_len", "custom_allreduce",
@@ -142,8 +140,8 @@ def _render(res: SimulationResult) -> None:
               help="Token budget per iteration [default: 512 with chunked prefill, else "
                    "max(max_model_len, 2048)].")
 @click.option("--chunked-prefill/--no-chunked-prefill", default=None,
-              help="Mixed decode+prefill batches [default: on when max_model_len > 32768, as "
-                   "vLLM 0.6].")
+              help="Chunked prefill [default: the engine's own: vLLM 0.6 on when max_model_len > "
+                   "32768, SGLang always].")
 @click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=0.9,
               show_default=True, help="Share of device memory the engine may use.")
 @click.option("--max-model-len", type=click.IntRange(16, 10_000_000), default=None,
@@ -181,13 +179,14 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     Exit codes: 2 bad input, 3 the plan does not fit (memory or GPU count).
     """
     model, cluster = load_inputs(model_ref, cluster_ref)
-    plan = _plan(model, opts, engine_name)
+    engine = load_engine(engine_name)
+    plan = _plan(model, opts, engine)
     requests = _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
                          seed)
     slo = load_slo(slo_path) if slo_path else None
     show = progress if progress is not None else sys.stderr.isatty()
     res = simulate(model, cluster, plan, requests, slo=slo, seed=seed or 0, progress=bool(show),
-                   engine=load_engine(engine_name))
+                   engine=engine)
     if as_json:
         click.echo(to_json(res))
     else:

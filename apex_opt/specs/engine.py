@@ -39,6 +39,9 @@ class EngineSpec(StrictModel):
     cuda_graph_batch_sizes: tuple[int, ...] = Field(description="Captured decode batch sizes.")
     chunked_prefill_budget: int = Field(512, ge=1, description="Default max_num_batched_tokens "
                                                                 "with chunked prefill.")
+    chunked_prefill_above_len: int = Field(
+        32768, ge=0, description="Chunked prefill is on by default when max_model_len exceeds "
+                                 "this (vLLM 0.6: 32768; 0 = always on).")
     host_step_base_ms: NonNegFloat = Field(description="Fixed CPU time per engine step.")
     host_per_seq_us: NonNegFloat = Field(description="CPU time per sequence in a step "
                                                      "(sampling, detokenising, output processing).")
