@@ -24,7 +24,7 @@ import math
 import re
 import shlex
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -158,6 +158,39 @@ def _partition(group: ReplicaGroup) -> str | None:
         return ",".join(str(n) for n in group.layers_per_stage)
     return None
 
+class _EngineFlags(NamedTuple):
+    """How one engine spells the settings both launchers share."""
+
+    kv_fp8: str          # value of --kv-cache-dtype for an fp8 KV cache
+    eager: str           # flag that turns CUDA graphs off
+    partition_env: str   # env var carrying an uneven pipeline split
+
+
+_VLLM_FLAGS = _EngineFlags("fp8", "--enforce-eager", "VLLM_PP_LAYER_PARTITION")
+_SGLANG_FLAGS = _EngineFlags("fp8_e4m3", "--disable-cuda-graph", "SGLANG_PP_LAYER_PARTITION")
+
+
+def _add_dtype_and_runtime_flags(argv: list[str], env: dict[str, str], notes: list[str],
+                                 group: ReplicaGroup, checkpoint_dtype: str,
+                                 flags: _EngineFlags) -> bool:
+    """Append the quantisation, KV dtype, custom all-reduce and CUDA-graph flags (same order for
+    both engines) and set the uneven-split env var; returns whether the split was set."""
+    quant, qnotes = _quantization(group.weight_dtype, checkpoint_dtype)
+    notes += qnotes
+    if quant is not None:
+        argv += ["--quantization", quant]
+    if group.kv_dtype == "fp8":
+        argv += ["--kv-cache-dtype", flags.kv_fp8]
+    if not group.custom_allreduce:
+        argv.append("--disable-custom-all-reduce")
+    if not group.cuda_graphs:
+        argv.append(flags.eager)
+    part = _partition(group)
+    if part is not None:
+        env[flags.partition_env] = part
+    return part is not None
+
+
 
 # ---------------------------------------------------------------------------------- vLLM
 def vllm_argv(model_id: str, group: ReplicaGroup, *, port: int = 8000, host: str | None = None,
@@ -198,19 +231,7 @@ def vllm_argv(model_id: str, group: ReplicaGroup, *, port: int = 8000, host: str
     argv += ["--gpu-memory-utilization", _num(group.gpu_memory_utilization)]
     if group.max_model_len is not None:
         argv += ["--max-model-len", str(group.max_model_len)]
-    quant, qnotes = _quantization(group.weight_dtype, checkpoint_dtype)
-    notes += qnotes
-    if quant is not None:
-        argv += ["--quantization", quant]
-    if group.kv_dtype == "fp8":
-        argv += ["--kv-cache-dtype", "fp8"]
-    if not group.custom_allreduce:
-        argv.append("--disable-custom-all-reduce")
-    if not group.cuda_graphs:
-        argv.append("--enforce-eager")
-    part = _partition(group)
-    if part is not None:
-        env["VLLM_PP_LAYER_PARTITION"] = part
+    _add_dtype_and_runtime_flags(argv, env, notes, group, checkpoint_dtype, _VLLM_FLAGS)
     return Launch(argv=argv, env=env, notes=notes)
 
 
@@ -252,19 +273,7 @@ def sglang_argv(model_id: str, group: ReplicaGroup, *, port: int = 8000, host: s
                  "lower it if activations run out of memory")
     if group.max_model_len is not None:
         argv += ["--context-length", str(group.max_model_len)]
-    quant, qnotes = _quantization(group.weight_dtype, checkpoint_dtype)
-    notes += qnotes
-    if quant is not None:
-        argv += ["--quantization", quant]
-    if group.kv_dtype == "fp8":
-        argv += ["--kv-cache-dtype", "fp8_e4m3"]
-    if not group.custom_allreduce:
-        argv.append("--disable-custom-all-reduce")
-    if not group.cuda_graphs:
-        argv.append("--disable-cuda-graph")
-    part = _partition(group)
-    if part is not None:
-        env["SGLANG_PP_LAYER_PARTITION"] = part
+    if _add_dtype_and_runtime_flags(argv, env, notes, group, checkpoint_dtype, _SGLANG_FLAGS):
         notes.append("uneven pipeline split via SGLANG_PP_LAYER_PARTITION (recent SGLang)")
     return Launch(argv=argv, env=env, notes=notes)
 
