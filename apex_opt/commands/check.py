@@ -7,7 +7,8 @@ import click
 from ..check import CheckOptions, check
 from ..errors import InfeasibleError
 from ..report.render import console, gib, table, to_json
-from .common import cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option, weight_dtype_option
+from .common import (cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option,
+                     resolve_weight_dtype, weight_dtype_option)
 
 
 @click.command("check")
@@ -42,6 +43,7 @@ def command(model_ref, cluster_ref, weight_dtype, kv_dtype, max_model_len, gpu_m
       apex-opt check --model llama-3.1-405b --cluster h100-sxm-1x8 --weight-dtype fp8
     """
     model, cluster = load_inputs(model_ref, cluster_ref)
+    weight_dtype = resolve_weight_dtype(weight_dtype, model)
     opts = CheckOptions(weight_dtype=weight_dtype, kv_dtype=kv_dtype, max_model_len=max_model_len,
                         gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
                         max_num_batched_tokens=max_num_batched_tokens, chunked_prefill=chunked_prefill,

@@ -14,8 +14,15 @@ cluster_option = click.option(
     "--cluster", "cluster_ref", default="h100-sxm-1x8", show_default=True,
     help="Bundled cluster name (see `apex-opt clusters`) or path to a cluster YAML.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
-weight_dtype_option = click.option("--weight-dtype", type=click.Choice(["bf16", "fp8", "int4"]),
-                                   default="bf16", show_default=True, help="Weight storage dtype.")
+weight_dtype_option = click.option(
+    "--weight-dtype", type=click.Choice(["bf16", "fp8", "int4"]), default=None,
+    help="Weight storage dtype [default: the checkpoint's own, from its config.json "
+         "quantization_config: fp8 for fp8 checkpoints such as deepseek-v3, else bf16].")
+
+
+def resolve_weight_dtype(weight_dtype: str | None, model) -> str:
+    """``--weight-dtype`` as given, else the dtype the model's checkpoint is published in."""
+    return weight_dtype or model.default_weight_dtype
 kv_dtype_option = click.option("--kv-dtype", type=click.Choice(["bf16", "fp8"]), default="bf16",
                                show_default=True, help="KV-cache dtype.")
 

@@ -8,7 +8,8 @@ from ..estimate import estimate, parse_batch
 from ..report.render import console, table, to_json
 from ..specs.engine import load_engine
 from ..specs.plan import ReplicaConfig
-from .common import cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option, weight_dtype_option
+from .common import (cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option,
+                     resolve_weight_dtype, weight_dtype_option)
 
 
 @click.command("estimate")
@@ -43,6 +44,7 @@ def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, ba
     roofline fitted on the H100 tables; collectives from the cluster's link classes.
     """
     model, cluster = load_inputs(model_ref, cluster_ref)
+    weight_dtype = resolve_weight_dtype(weight_dtype, model)
     from ..errors import InputError
     try:
         cfg = ReplicaConfig(pool=pool, tp=tp, pp=pp, ep=ep, weight_dtype=weight_dtype, kv_dtype=kv_dtype,

@@ -15,7 +15,8 @@ from ..specs.plan import Plan
 from ..specs.slo import load_slo
 from ..specs.workload import WorkloadSpec, load_workload
 from ..specs.engine import EngineSpec, load_engine
-from .common import cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option, weight_dtype_option
+from .common import (cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option,
+                     resolve_weight_dtype, weight_dtype_option)
 
 _SRC = "<command line>"
 
@@ -49,6 +50,7 @@ def _plan(model, opts: dict, engine: EngineSpec) -> Plan:
     chunked = opts["chunked_prefill"]
     if chunked is None:  # the engine's own default (vLLM 0.6: only above 32K context)
         chunked = max_len > engine.chunked_prefill_above_len
+    opts = {**opts, "weight_dtype": resolve_weight_dtype(opts["weight_dtype"], model)}
     group = {k: opts[k] for k in ("tp", "pp", "ep", "pool", "weight_dtype", "kv_dtype",
                                   "max_num_seqs", "max_num_batched_tokens",
                                   "gpu_memory_utilization", "max_model_len", "custom_allreduce",

@@ -121,6 +121,11 @@ class ModelSpec(BaseModel):
     qkv_bias: bool = False          # Qwen2: bias on q, k, v projections
     qk_norm: bool = False           # Qwen3: per-head RMSNorm on q and k (weights of width head_dim)
     checkpoint_dtype: str = "bf16"  # dtype of the published weights ('fp8' for block-fp8 checkpoints)
+    #: how a quantized checkpoint scales its weights (selects the engine's GEMM kernel path, see
+    #: costmodel/kernels.yaml): 'fp8_block' (128x128 weight blocks, per-token-group activation quant:
+    #: DeepSeek-V3, Qwen3-FP8), 'fp8_tensor' / 'fp8_channel' (one scale per tensor / output channel,
+    #: dynamic per-tensor / per-token activation quant), 'int4_group' (AWQ/GPTQ), '' = not quantized.
+    quant_scheme: str = ""
 
     _moe_set: frozenset[int] = PrivateAttr(default=frozenset())
 
@@ -329,6 +334,13 @@ class ModelSpec(BaseModel):
         """Whole-model forward FLOPs of one token attending over ``context`` keys."""
         return self.linear_flops_per_token() + self.num_layers * self.attention_flops_per_token(context)
 
+    @property
+    def default_weight_dtype(self) -> str:
+        """The weight dtype a server loads this checkpoint in (``--weight-dtype`` default): the
+        checkpoint's own (fp8 for fp8 checkpoints, int4 for AWQ/GPTQ); int8 checkpoints are sized
+        like fp8 (one byte); unquantized fp16/bf16/fp32 checkpoints serve in bf16."""
+        return {"fp8": "fp8", "int8": "fp8", "int4": "int4"}.get(self.checkpoint_dtype, "bf16")
+
     # ------------------------------------------------------------------ report
     def summary(self) -> dict:
         """Plain dict for ``apex-opt models show --json``."""
@@ -345,6 +357,7 @@ class ModelSpec(BaseModel):
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "checkpoint_dtype": self.checkpoint_dtype,
+            "quant_scheme": self.quant_scheme,
             "num_experts": moe.num_experts if moe else 0,
             "experts_per_token": moe.experts_per_token if moe else 0,
             "expert_intermediate_size": moe.expert_intermediate_size if moe else 0,
@@ -450,8 +463,45 @@ def _checkpoint_dtype(cfg: dict) -> str:
         bits = q.get("bits")
         if method in ("gptq", "awq") and bits in (4, 8):
             return "int4" if bits == 4 else "int8"
-    dt = str(cfg.get("torch_dtype") or "bfloat16").lower()
+        if method == "modelopt" and "FP8" in str(q.get("quant_algo", "")).upper():
+            return "fp8"
+        w = _compressed_tensors_weights(q) if method == "compressed-tensors" else None
+        if w is not None:
+            if w.get("type") == "float" and w.get("num_bits") == 8:
+                return "fp8"
+            if w.get("type") == "int" and w.get("num_bits") in (4, 8):
+                return "int4" if w.get("num_bits") == 4 else "int8"
+    dt = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16").lower()
     return {"float16": "fp16", "float32": "fp32"}.get(dt, "bf16")
+
+
+def _compressed_tensors_weights(q: dict) -> dict | None:
+    """The ``weights`` block of the first config group of a compressed-tensors checkpoint."""
+    groups = q.get("config_groups")
+    if isinstance(groups, dict):
+        for g in groups.values():
+            if isinstance(g, dict) and isinstance(g.get("weights"), dict):
+                return g["weights"]
+    return None
+
+
+def _quant_scheme(cfg: dict, dtype: str) -> str:
+    """Scaling layout of a quantized checkpoint (see ``ModelSpec.quant_scheme``)."""
+    q = cfg.get("quantization_config")
+    if not isinstance(q, dict) or dtype in ("bf16", "fp16", "fp32"):
+        return ""
+    if dtype in ("int4", "int8"):
+        return "int4_group" if dtype == "int4" else "int8_channel"
+    method = str(q.get("quant_method", "")).lower()
+    if q.get("weight_block_size"):
+        return "fp8_block"
+    if method == "fbgemm_fp8":
+        return "fp8_channel"
+    w = _compressed_tensors_weights(q) if method == "compressed-tensors" else None
+    if w is not None:
+        strategy = str(w.get("strategy", "tensor")).lower()
+        return {"block": "fp8_block", "channel": "fp8_channel"}.get(strategy, "fp8_tensor")
+    return "fp8_tensor"
 
 
 def _mla(r: _Reader) -> MLASpec | None:
@@ -560,6 +610,7 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
         qkv_bias=r.get_bool("attention_bias", model_type in _QKV_BIAS_MODEL_TYPES),
         qk_norm=model_type.startswith("qwen3"),
         checkpoint_dtype=_checkpoint_dtype(text),
+        quant_scheme=_quant_scheme(text, _checkpoint_dtype(text)),
     )
 
 
