@@ -5,16 +5,57 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import click
 
-from .errors import ApexError
+from .errors import ApexError, ApexWarning
 
 COMMANDS = ["solve", "simulate", "estimate", "check", "catalog", "profile", "schema"]
 
 
+#: click >= 8.2 raises this (a UsageError) for a bare `apex-opt`: print the help, not an error line.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None,
+                  _default=warnings.showwarning):
+    """ApexWarnings as one ``apex-opt: warning: ...`` line on stderr; others as Python prints them."""
+    if issubclass(category, ApexWarning):
+        click.echo(f"apex-opt: warning: {message}", err=True)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 class ApexGroup(click.Group):
-    """Click group that turns apex-opt errors into one stderr line and an exit code."""
+    """Click group that turns apex-opt errors into one stderr line and an exit code.
+
+    Click's own usage errors (unknown option, bad value, missing argument) get the same one-line
+    ``apex-opt: error: ...`` form and exit 2 instead of click's multi-line usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", ApexWarning)
+            warnings.showwarning = _show_warning
+            try:
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            except _NO_ARGS_IS_HELP as exc:
+                click.echo(exc.format_message(), err=True)  # the help text itself
+                sys.exit(2)
+            except click.UsageError as exc:
+                where = exc.ctx.command_path if exc.ctx is not None else "apex-opt"
+                msg = " ".join(exc.format_message().split())
+                click.echo(f"apex-opt: error: {msg} (see '{where} --help')", err=True)
+                sys.exit(2)
+            except click.ClickException as exc:
+                click.echo(f"apex-opt: error: {' '.join(exc.format_message().split())}", err=True)
+                sys.exit(exc.exit_code)
+            except click.Abort:
+                click.echo("apex-opt: interrupted", err=True)
+                sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context):
         try:

@@ -48,3 +48,16 @@ class InfeasibleError(ApexError):
         super().__init__(explanation)
         self.explanation = explanation
         self.details = details or {}
+
+
+class ApexWarning(UserWarning):
+    """Something the user should know that does not stop the run (units that look wrong, parts of
+    a model that are not planned for). The CLI prints it as one ``apex-opt: warning: ...`` line on
+    stderr; library users get an ordinary :mod:`warnings` warning they can filter."""
+
+
+def warn(message: str) -> None:
+    """Issue an :class:`ApexWarning` attributed to the caller's caller."""
+    import warnings
+
+    warnings.warn(message, ApexWarning, stacklevel=3)

@@ -10,6 +10,7 @@ import difflib
 import json
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -131,11 +132,45 @@ def _misspelt(err: dict, errors: list[dict]) -> dict | None:
     return beside[close[0]] if close else None
 
 
-def format_validation_error(exc: ValidationError, source: str) -> InputError:
+def _model_classes(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic model classes inside a field annotation (through Optional, Union, Annotated,
+    list/tuple/dict values)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        out += _model_classes(arg)
+    return out
+
+
+def _fields_at(model: type[BaseModel] | None, loc: tuple) -> list[str]:
+    """Field names (and aliases) of the model that the location ``loc`` (without its last part)
+    points into, or [] when it cannot be followed."""
+    classes = [model] if model is not None else []
+    for part in loc[:-1]:
+        if isinstance(part, int) or not classes:
+            continue  # list index: the element type is what the annotation already gave
+        nxt: list[type[BaseModel]] = []
+        for c in classes:
+            f = c.model_fields.get(str(part))
+            if f is not None:
+                nxt += _model_classes(f.annotation)
+        classes = nxt
+    names: list[str] = []
+    for c in classes:
+        for name, f in c.model_fields.items():
+            names.append(f.alias or name)
+    return names
+
+
+def format_validation_error(exc: ValidationError, source: str,
+                            model: type[BaseModel] | None = None) -> InputError:
     """The most telling error of a pydantic ValidationError as a one-line InputError.
 
     An unknown field is reported before anything else: a misspelt key also makes the real key
-    "missing", and the misspelling is what the user must fix."""
+    "missing", and the misspelling is what the user must fix. With ``model`` (the class being
+    validated) an unknown key is also matched against the optional fields beside it, so
+    ``ttft_msec`` gets "did you mean 'ttft_ms'?"."""
     errors = exc.errors()
     err = next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0])
     loc = _loc(_clean_loc(err))
@@ -146,6 +181,12 @@ def format_validation_error(exc: ValidationError, source: str) -> InputError:
         if typo is not None:  # the misspelt key also made the real one "missing": one mistake
             msg += f"; did you mean '{_clean_loc(typo)[-1]}'?"
             errors = [e for e in errors if e is not typo]
+        else:
+            loc_t = _clean_loc(err)
+            close = difflib.get_close_matches(str(loc_t[-1]) if loc_t else "",
+                                              _fields_at(model, loc_t), n=1, cutoff=0.6)
+            if close:
+                msg += f"; did you mean '{close[0]}'?"
     elif kind == "missing":
         msg = "required field is missing"
         return InputError(msg, source=source, field=loc)
@@ -170,7 +211,7 @@ def validate(model: type[M], data: Any, source: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise format_validation_error(exc, source) from None
+        raise format_validation_error(exc, source, model) from None
 
 
 def load_model_file(model: type[M], path: str | Path) -> M:

@@ -26,7 +26,9 @@ def one_line_error(r, code, *needles):
 def test_models_json_has_required_fields():
     r = run("models", "--json")
     assert r.exit_code == 0
-    docs = json.loads(r.output)
+    doc = json.loads(r.output)
+    assert doc["schema_version"] == 1
+    docs = doc["models"]
     names = {d["name"] for d in docs}
     assert {"llama-3.1-70b", "deepseek-v3", "kimi-k2", "mixtral-8x22b"} <= names
     for d in docs:
@@ -37,6 +39,7 @@ def test_models_show_name_and_path(tmp_path):
     r = run("models", "show", "llama-3.1-70b", "--json")
     assert r.exit_code == 0
     d = json.loads(r.output)
+    assert d["schema_version"] == 1
     assert d["kv_bytes_per_token"] == 327680 and d["num_layers"] == 80
     from apex_opt.registry import data_dir
     cfg = tmp_path / "my-model"
@@ -50,7 +53,9 @@ def test_models_show_name_and_path(tmp_path):
 def test_clusters_lists_all():
     r = run("clusters", "--json")
     assert r.exit_code == 0
-    names = {c["name"] for c in json.loads(r.output)}
+    doc = json.loads(r.output)
+    assert doc["schema_version"] == 1
+    names = {c["name"] for c in doc["clusters"]}
     assert {"h100-sxm-1x8", "mixed-h100-a100", "l40s-1x8", "mi300x-1x8"} <= names
     assert run("clusters").exit_code == 0
 
@@ -155,3 +160,24 @@ def test_invalid_parallel_shapes_are_bad_input(args, needle):
                  "--output-len", "3"], ["estimate", "--batch", "decode:1x10"]):
         r = run(*cmd, *args)
         one_line_error(r, 2, needle)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["solve", "--bogus"], "No such option '--bogus'"),
+    (["simulate", "--tp", "x"], "'--tp'"),
+    (["schema"], "Missing argument"),
+    (["models", "show"], "Missing argument 'REF'"),
+    (["solve", "--objective", "speed"], "'--objective'"),
+])
+def test_click_usage_errors_are_one_line_exit_2(args, needle):
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.output
+    assert lines[0].startswith("apex-opt: error:") and needle in lines[0]
+    assert "Usage:" not in r.output and "--help" in lines[0]
+
+
+def test_help_still_exits_0():
+    r = run("solve", "--help")
+    assert r.exit_code == 0 and "Usage:" in r.output

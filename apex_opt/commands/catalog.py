@@ -10,6 +10,10 @@ from ..specs.model import load_model
 from .common import json_option
 
 
+#: Version of the `models --json` / `models show --json` / `clusters --json` documents.
+SCHEMA_VERSION = 1
+
+
 def _b(n: float) -> str:
     return f"{n / 1e9:,.2f} B" if n < 1e12 else f"{n / 1e12:,.3f} T"
 
@@ -20,13 +24,16 @@ def _b(n: float) -> str:
 def models(ctx, as_json):
     """List the bundled models (HF configs) with their sizes.
 
+    `--json` prints {"schema_version": 1, "models": [...]}.
+
     `apex-opt models show NAME|PATH` prints one model in detail; any HF config.json works as PATH.
     """
     if ctx.invoked_subcommand is not None:
         return
     specs = [load_model(n) for n in model_names()]
     if as_json:
-        click.echo(to_json([s.summary() for s in specs]))
+        click.echo(to_json({"schema_version": SCHEMA_VERSION,
+                            "models": [s.summary() for s in specs]}))
         return
     rows = []
     for s in specs:
@@ -46,7 +53,7 @@ def models_show(ref, as_json):
     s = load_model(ref)
     su = s.summary()
     if as_json:
-        click.echo(to_json(su))
+        click.echo(to_json({"schema_version": SCHEMA_VERSION, **su}))
         return
     con = console()
     con.print(table(f"{s.name}", ["field", "value"], [[k, v] for k, v in su.items()], right_from=9))
@@ -55,10 +62,14 @@ def models_show(ref, as_json):
 @click.command("clusters")
 @json_option
 def clusters(as_json):
-    """List the bundled clusters (device pools, GPUs, links)."""
+    """List the bundled clusters (device pools, GPUs, links).
+
+    `--json` prints {"schema_version": 1, "clusters": [...]} (each cluster as its YAML reads).
+    """
     specs = [load_cluster(n) for n in cluster_names()]
     if as_json:
-        click.echo(to_json([c.model_dump(mode="json") for c in specs]))
+        click.echo(to_json({"schema_version": SCHEMA_VERSION,
+                            "clusters": [c.model_dump(mode="json") for c in specs]}))
         return
     rows = []
     for c in specs:

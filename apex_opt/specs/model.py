@@ -454,6 +454,48 @@ def _architecture(cfg: dict, top: dict) -> tuple[str, str]:
     return model_type or "unknown", model_type
 
 
+#: model_types and architecture-name fragments of state-space / recurrent / hybrid models: their
+#: layers keep a fixed-size recurrent state instead of a growing KV cache, which the memory and
+#: cost models here do not describe.
+_SSM_MODEL_TYPES = frozenset({"mamba", "mamba2", "falcon_mamba", "jamba", "zamba", "zamba2",
+                              "bamba", "nemotron_h", "granitemoehybrid", "falcon_h1", "rwkv",
+                              "rwkv5", "rwkv6", "recurrent_gemma", "lfm2", "qwen3_next",
+                              "minimax", "plamo2"})
+_SSM_ARCH_PARTS = ("Mamba", "Jamba", "Zamba", "Bamba", "Rwkv", "RWKV", "RecurrentGemma",
+                   "NemotronH", "FalconH1", "Hybrid")
+#: layer_types entries that are attention (anything else, e.g. 'mamba', 'linear_attention', is not)
+_ATTENTION_LAYER_TYPES = frozenset({"attention", "full_attention", "sliding_attention",
+                                    "chunked_attention", "global", "local", "sliding_window"})
+#: keys that mark a vision-language wrapper (vision tower config / image-token plumbing)
+_VISION_KEYS = ("vision_config", "vision_tower", "mm_vision_tower", "visual", "image_token_index",
+                "image_token_id", "vision_start_token_id", "mm_projector_type")
+
+
+def _reject_ssm(arch: str, model_type: str, cfg: dict, source: str) -> None:
+    """One-line InputError for state-space / hybrid architectures (no KV-cache model here)."""
+    types = cfg.get("layer_types")
+    odd = sorted({str(t) for t in types if str(t) not in _ATTENTION_LAYER_TYPES}) \
+        if isinstance(types, list) else []
+    if model_type in _SSM_MODEL_TYPES or any(p in arch for p in _SSM_ARCH_PARTS) or odd:
+        what = f" (layer_types {', '.join(odd)})" if odd else ""
+        raise InputError(f"architecture {arch} is not supported: state-space / hybrid layers"
+                         f"{what} keep a recurrent state that apex-opt does not model",
+                         source=source, field="architectures")
+
+
+def _vision_warning(arch: str, top: dict, text_prefix: str, name: str) -> None:
+    """Warn that only the language model of a vision-language config is planned for."""
+    found = [k for k in _VISION_KEYS if k in top]
+    if not found:
+        return
+    from ..errors import warn
+
+    lm = f"its language model ({text_prefix.rstrip('.')})" if text_prefix else "its language model"
+    warn(f"{name}: {arch} is a vision-language model; planning for {lm} only: ignored are the "
+         f"vision tower and image tokens ({', '.join(found)}), so prompts with images need more "
+         f"memory and compute than planned")
+
+
 def _checkpoint_dtype(cfg: dict) -> str:
     q = cfg.get("quantization_config")
     if isinstance(q, dict):
@@ -573,6 +615,8 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
     text, prefix = _text_section(cfg, source)
     r = _Reader(text, source, prefix)
     arch, model_type = _architecture(text, cfg)
+    _reject_ssm(arch, model_type, text, source)
+    _vision_warning(arch, cfg, prefix, name)
     hidden = r.get_int("hidden_size")
     layers = r.get_int("num_hidden_layers", maximum=_MAX_LAYERS)
     heads = r.get_int("num_attention_heads")

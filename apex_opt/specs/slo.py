@@ -44,6 +44,15 @@ class Target(StrictModel):
                                           "usually 50, 90, 95 or 99).")
 
 
+    @field_validator("percentile")
+    @classmethod
+    def _not_a_fraction(cls, v: float) -> float:
+        # 0.99 is a fraction written where a percentile is expected: p0.99 is never an SLO
+        if v <= 1:
+            raise ValueError(f"percentiles are on a 0-100 scale: did you mean {v * 100:g}?")
+        return v
+
+
 def _short_target(v: object) -> object:
     """Short form: a bare number ``N`` means ``{target: N, percentile: 90}``."""
     if isinstance(v, bool):
@@ -94,6 +103,13 @@ class SLOSpec(StrictModel):
                                                    "seconds.")
     attainment: float = Field(0.9, gt=0, le=1, description="Fraction of requests that must meet "
                                                            "all targets at once.")
+
+    @field_validator("attainment", mode="before")
+    @classmethod
+    def _fraction(cls, v: object) -> object:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 1 < v <= 100:
+            raise ValueError(f"attainment is a fraction (0-1): did you mean {v / 100:g}?")
+        return v
     objective: Literal["latency", "throughput", "energy", "gpus"] = Field(
         "latency", description="What the search optimises among plans that meet the SLO.")
     constraints: Constraints = Field(default_factory=Constraints,
@@ -113,8 +129,34 @@ class SLOSpec(StrictModel):
         return bool(self.targets())
 
 
+#: Targets below these look like a unit slip (seconds written as ms, ...): a prefill of even one
+#: token plus the HTTP round trip takes milliseconds, and no GPU decodes a token in < 0.5 ms.
+UNIT_WARN_BELOW = {"ttft_ms": 1.0, "tpot_ms": 0.5}
+#: an end-to-end target above an hour is almost certainly milliseconds written as seconds
+UNIT_WARN_ABOVE = {"e2e_s": 3600.0}
+
+
+def unit_warnings(slo: SLOSpec) -> list[str]:
+    """Targets whose size suggests the wrong unit (empty when all look plausible)."""
+    out = []
+    for k, t in slo.targets().items():
+        unit = "ms" if k.endswith("_ms") else "s"
+        if k in UNIT_WARN_BELOW and t.target < UNIT_WARN_BELOW[k]:
+            out.append(f"{k}: {t.target:g} {unit} is below {UNIT_WARN_BELOW[k]:g} {unit}; the "
+                       f"unit is milliseconds (did you write seconds?)")
+        if k in UNIT_WARN_ABOVE and t.target > UNIT_WARN_ABOVE[k]:
+            out.append(f"{k}: {t.target:g} s is over an hour; the unit is seconds (did you write "
+                       f"milliseconds?)")
+    return out
+
+
 def load_slo(path: str | Path) -> SLOSpec:
-    """Load and validate an SLO YAML/JSON file (raises InputError naming file/field/value)."""
+    """Load and validate an SLO YAML/JSON file (raises InputError naming file/field/value; warns
+    with :class:`apex_opt.errors.ApexWarning` about targets whose unit looks wrong)."""
+    from ..errors import warn
     from ..io import load_model_file
 
-    return load_model_file(SLOSpec, path)
+    slo = load_model_file(SLOSpec, path)
+    for w in unit_warnings(slo):
+        warn(f"{path}: {w}")
+    return slo
