@@ -181,3 +181,32 @@ def test_click_usage_errors_are_one_line_exit_2(args, needle):
 def test_help_still_exits_0():
     r = run("solve", "--help")
     assert r.exit_code == 0 and "Usage:" in r.output
+
+
+def test_python_api_and_cli_give_identical_numbers():
+    """One truth for defaults: a ReplicaGroup with only the shape set and `simulate` with the same
+    flags resolve chunked prefill / token budget the same way (ReplicaConfig.resolved)."""
+    import numpy as np
+
+    from apex_opt import Plan, ReplicaGroup, load_cluster, load_model, simulate
+    from apex_opt.sim.workload import generate
+    from apex_opt.specs.workload import WorkloadSpec
+
+    r = run("simulate", "--model", "llama-3.1-8b", "--tp", "1", "--max-model-len", "8192",
+            "--rate", "4", "--num-requests", "40", "--prompt-len", "1500", "--output-len", "60",
+            "--json")
+    assert r.exit_code == 0, r.output
+    cli = json.loads(r.output)
+    spec = WorkloadSpec.model_validate({"name": "cli", "num_requests": 40, "prompt_len": 1500,
+                                        "output_len": 60, "seed": 0,
+                                        "arrival": {"process": "poisson", "rate": 4}})
+    req = generate(spec, np.random.default_rng(0))
+    api = simulate(load_model("llama-3.1-8b"), load_cluster("h100-sxm-1x8"),
+                   Plan(groups=(ReplicaGroup(tp=1, max_model_len=8192),)), req)
+    a = api.model_dump(mode="json")["metrics"]
+    c = cli["metrics"]
+    for k in ("ttft_ms", "tpot_ms", "e2e_s", "throughput_tokens_per_s", "energy_j",
+              "num_completed", "preemptions"):
+        assert a[k] == c[k], k
+    g = api.plan.groups[0]
+    assert g.chunked_prefill is None  # the plan itself keeps "engine default"

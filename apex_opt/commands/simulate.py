@@ -46,17 +46,14 @@ def _requests(trace, workload, rate, num_requests, prompt_len, output_len, arriv
 
 
 def _plan(model, opts: dict, engine: EngineSpec) -> Plan:
-    max_len = opts["max_model_len"] or model.max_position_embeddings
-    chunked = opts["chunked_prefill"]
-    if chunked is None:  # the engine's own default (vLLM 0.6: only above 32K context)
-        chunked = max_len > engine.chunked_prefill_above_len
+    # unset engine settings (chunked prefill, token budget) stay None: ReplicaConfig.resolved()
+    # fills in the engine's defaults, the same way for this command and for the Python API
     opts = {**opts, "weight_dtype": resolve_weight_dtype(opts["weight_dtype"], model)}
     group = {k: opts[k] for k in ("tp", "pp", "ep", "pool", "weight_dtype", "kv_dtype",
                                   "max_num_seqs", "max_num_batched_tokens",
                                   "gpu_memory_utilization", "max_model_len", "custom_allreduce",
-                                  "cuda_graphs")}
+                                  "cuda_graphs", "chunked_prefill")}
     group["replicas"] = opts["dp"]
-    group["chunked_prefill"] = chunked
     return validate(Plan, {"groups": [group], "router": opts["router"]}, _SRC)
 
 

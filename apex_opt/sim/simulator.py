@@ -109,7 +109,8 @@ def _check_gpu_counts(cluster: ClusterSpec, plan: Plan) -> None:
 
 def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
                   engine: EngineSpec) -> EngineLimits:
-    """Resolved scheduler limits of one replica (vLLM defaults filled in)."""
+    """Resolved scheduler limits of one replica (engine defaults filled in)."""
+    cfg = cfg.resolved(engine, model.max_position_embeddings)
     max_len = cfg.resolved_max_model_len(model.max_position_embeddings)
     return EngineLimits(
         num_blocks=num_blocks, block_size=engine.block_size, max_num_seqs=cfg.max_num_seqs,

@@ -4,11 +4,15 @@ checks it."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
+from typing_extensions import Self
 
 from .common import KVDType, StrictModel, WeightDType
+
+if TYPE_CHECKING:
+    from .engine import EngineSpec
 
 
 class ReplicaConfig(StrictModel):
@@ -26,9 +30,12 @@ class ReplicaConfig(StrictModel):
     max_num_seqs: int = Field(256, ge=1, le=65536, description="Max sequences per iteration.")
     max_num_batched_tokens: int | None = Field(
         None, ge=1, le=10_000_000,
-        description="Token budget per iteration (None = 512 with chunked prefill, else "
-                    "max(max_model_len, 2048), as vLLM 0.6).")
-    chunked_prefill: bool = Field(True, description="Chunked prefill (mixed decode+prefill batches).")
+        description="Token budget per iteration (None = the engine's default: its chunk budget "
+                    "with chunked prefill -- vLLM 0.6: 512, SGLang: 8192 -- else "
+                    "max(max_model_len, 2048)).")
+    chunked_prefill: bool | None = Field(
+        None, description="Chunked prefill (mixed decode+prefill batches); None = the engine's "
+                          "default (vLLM 0.6: on only when max_model_len > 32768; SGLang: on).")
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0,
                                           description="Fraction of device memory vLLM may use.")
     max_model_len: int | None = Field(None, ge=16, le=10_000_000,
@@ -55,9 +62,25 @@ class ReplicaConfig(StrictModel):
     def resolved_max_model_len(self, model_max: int) -> int:
         return self.max_model_len if self.max_model_len is not None else model_max
 
+    def resolved(self, engine: "EngineSpec", model_max: int) -> Self:
+        """This config with every engine default (a None field) filled in from ``engine``: the ONE
+        place defaults resolve, so the Python API, the CLI, the memory model, the simulator and
+        the launch commands agree. ``model_max`` is the model's maximum context."""
+        max_len = self.resolved_max_model_len(model_max)
+        chunked = (self.chunked_prefill if self.chunked_prefill is not None
+                   else max_len > engine.chunked_prefill_above_len)
+        tokens = self.max_num_batched_tokens
+        if tokens is None:  # vLLM 0.6 SchedulerConfig: chunk budget, else max(max_model_len, 2048)
+            tokens = engine.chunked_prefill_budget if chunked else max(max_len, 2048)
+        return self.model_copy(update={"chunked_prefill": chunked, "max_model_len": max_len,
+                                       "max_num_batched_tokens": tokens})
+
     def resolved_batched_tokens(self, model_max: int, chunk_budget: int = 512) -> int:
         if self.max_num_batched_tokens is not None:
             return self.max_num_batched_tokens
+        if self.chunked_prefill is None:
+            raise ValueError("chunked_prefill is the engine's default here: resolve the config "
+                             "first (cfg.resolved(engine, model_max))")
         if self.chunked_prefill:
             return chunk_budget
         return max(self.resolved_max_model_len(model_max), 2048)
