@@ -22,22 +22,35 @@ _SRC = "<command line>"
 
 
 def _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
-              seed) -> Requests:
+              seed, concurrency=None, sort_trace=False) -> Requests:
     synthetic = [rate, num_requests, prompt_len, output_len]
     given = sum(x is not None for x in (trace, workload)) + (any(v is not None for v in synthetic))
     if given != 1:
         raise click.UsageError("give exactly one of --trace FILE, --workload FILE.yaml, or "
-                               "--rate/--num-requests/--prompt-len/--output-len")
+                               "--rate/--num-requests/--prompt-len/--output-len (or "
+                               "--concurrency/--num-requests/--prompt-len/--output-len)")
+    if sort_trace and trace is None:
+        raise click.UsageError("--sort-trace only applies to --trace")
     if trace is not None:
-        return load_trace(trace)
+        req = load_trace(trace, sort=sort_trace)
+        return req.with_concurrency(concurrency) if concurrency is not None else req
     if workload is not None:
         spec = load_workload(workload)
-        return generate(spec, np.random.default_rng(seed if seed is not None else spec.seed))
+        req = generate(spec, np.random.default_rng(seed if seed is not None else spec.seed))
+        return req.with_concurrency(concurrency) if concurrency is not None else req
+    if concurrency is not None:  # closed loop: N clients, no arrival rate
+        if rate is not None:
+            raise click.UsageError("--rate and --concurrency exclude each other (a closed loop "
+                                   "sends as fast as requests finish)")
+        synthetic = synthetic[1:]
     if any(v is None for v in synthetic):
-        raise click.UsageError("a synthetic workload needs all of --rate, --num-requests, "
-                               "--prompt-len and --output-len")
-    arr = {"process": arrival, "rate": rate}
-    if arrival == "gamma":
+        raise click.UsageError("a synthetic workload needs all of --rate (or --concurrency), "
+                               "--num-requests, --prompt-len and --output-len")
+    if concurrency is not None:
+        arr = {"process": "closed_loop", "concurrency": concurrency}
+    else:
+        arr = {"process": arrival, "rate": rate}
+    if arrival == "gamma" and concurrency is None:
         arr["cv"] = cv
     spec = validate(WorkloadSpec, {"name": "cli", "num_requests": num_requests, "arrival": arr,
                                    "prompt_len": prompt_len, "output_len": output_len,
@@ -54,6 +67,8 @@ def _plan(model, opts: dict, engine: EngineSpec) -> Plan:
                                   "gpu_memory_utilization", "max_model_len", "custom_allreduce",
                                   "cuda_graphs", "chunked_prefill")}
     group["replicas"] = opts["dp"]
+    if opts.get("prefix_caching") is not None:  # None: the engine's own default
+        group["prefix_caching"] = opts["prefix_caching"]
     return validate(Plan, {"groups": [group], "router": opts["router"]}, _SRC)
 
 
@@ -113,8 +128,16 @@ def _render(res: SimulationResult) -> None:
 @weight_dtype_option
 @kv_dtype_option
 @click.option("--trace", type=click.Path(dir_okay=False), default=None,
-              help="Request trace: APEX JSONL (StartTimeOffset/ContextTokens/GeneratedTokens) "
-                   "or Azure CSV.")
+              help="Request trace: APEX JSONL (StartTimeOffset/ContextTokens/GeneratedTokens), "
+                   "Mooncake JSONL (timestamp/input_length/output_length/hash_ids: shared "
+                   "prefixes) or Azure CSV; the format is detected from the content.")
+@click.option("--sort-trace", is_flag=True, default=False,
+              help="Sort the --trace by arrival time instead of rejecting one that goes back.")
+@click.option("--concurrency", type=click.IntRange(1, 1_000_000), default=None,
+              help="Closed loop: N clients, each sending its next request as soon as its previous "
+                   "one finished (vllm bench serve --max-concurrency N); all start at t=0. Use "
+                   "with --num-requests/--prompt-len/--output-len, or with --workload/--trace "
+                   "for the lengths (their arrival times then only order the requests).")
 @click.option("--workload", type=click.Path(dir_okay=False), default=None,
               help="Synthetic workload YAML (arrival process + length distributions).")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -149,6 +172,9 @@ def _render(res: SimulationResult) -> None:
               help="vLLM's custom all-reduce kernel for TP within a node.")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="CUDA graphs for decode batches.")
+@click.option("--prefix-caching/--no-prefix-caching", default=None,
+              help="Reuse the KV cache of shared prompt prefixes (Mooncake hash_ids, workload "
+                   "'prefix' groups) [default: the engine's own].")
 @click.option("--router", type=click.Choice(["round_robin", "least_outstanding"]),
               default="least_outstanding", show_default=True,
               help="How requests are spread over the --dp replicas.")
@@ -157,7 +183,8 @@ def _render(res: SimulationResult) -> None:
 @engine_option
 @json_option
 def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_len, output_len,
-            arrival, cv, seed, slo_path, progress, engine_name, as_json, **opts):
+            arrival, cv, seed, slo_path, progress, engine_name, as_json, concurrency, sort_trace,
+            **opts):
     """Simulate serving a workload with ONE plan (DP x PP x TP replicas of a vLLM-0.6-like engine)
     and report latency (TTFT / TPOT / E2E mean and percentiles), throughput and energy.
 
@@ -174,6 +201,8 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
       apex-opt simulate --model llama-3.1-70b --cluster h100-sxm-1x8 --tp 8 \\
           --rate 2 --num-requests 500 --prompt-len 1000 --output-len 200
       apex-opt simulate --tp 4 --dp 2 --trace my_trace.jsonl --slo slo.yaml --json
+      apex-opt simulate --model llama-3.1-8b --tp 1 --concurrency 16 \\
+          --num-requests 200 --prompt-len 1024 --output-len 128
 
     Exit codes: 2 bad input, 3 the plan does not fit (memory or GPU count).
     """
@@ -181,7 +210,7 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     engine = load_engine(engine_name)
     plan = _plan(model, opts, engine)
     requests = _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
-                         seed)
+                         seed, concurrency, sort_trace)
     slo = load_slo(slo_path) if slo_path else None
     show = progress if progress is not None else sys.stderr.isatty()
     res = simulate(model, cluster, plan, requests, slo=slo, seed=seed or 0, progress=bool(show),

@@ -112,6 +112,9 @@ class RequestLog:
         self.dropped = np.zeros(n, dtype=np.int8)
         self.preemptions = np.zeros(n, dtype=np.int32)
         self.replica = np.full(n, -1, dtype=np.int32)
+        #: optional sink: when a list, the engine appends ``(request id, time s)`` whenever a
+        #: request finishes or is dropped (the router's closed-loop clients drain it)
+        self.done_sink: list[tuple[int, float]] | None = None
 
 
 @dataclass
@@ -228,6 +231,8 @@ class ReplicaEngine:
         if reason:
             log.dropped[rid] = reason
             self.stats.dropped += 1
+            if log.done_sink is not None:
+                log.done_sink.append((rid, t))
             return None
         v = min(range(len(self.ves)), key=lambda i: self.ves[i].unfinished)
         ve = self.ves[v]
@@ -546,6 +551,8 @@ class ReplicaEngine:
         idx = np.flatnonzero(done)
         fin_ids = ve.d_id[idx]
         self.log.finish_s[fin_ids] = end
+        if self.log.done_sink is not None:
+            self.log.done_sink.extend((r, end) for r in fin_ids.tolist())
         gen, out = self.log.generated, self.log.output
         for r in fin_ids.tolist():
             gen[r] = out[r]
@@ -582,6 +589,8 @@ class ReplicaEngine:
             rem = log.output[rid] - gen
             if rem <= 0:
                 log.finish_s[rid] = end
+                if log.done_sink is not None:
+                    log.done_sink.append((rid, end))
                 ve.used_blocks -= _cdiv(target, self.bs)
                 ve.pending_done += 1
             else:

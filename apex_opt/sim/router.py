@@ -8,6 +8,13 @@ batched together. Routers:
 * ``round_robin`` -- request ``i`` goes to replica ``i mod R`` (every replica sees the same share);
 * ``least_outstanding`` -- the replica with the fewest unfinished requests at the arrival time
   (ties: the lowest index), counting only iterations that have ended by then.
+
+:func:`run_closed_loop` drives a closed loop instead (``vllm bench serve --max-concurrency N``):
+N clients start together; whenever a request finishes (or is dropped) its client sends the next
+unsent request, in index order, so the next request goes to whichever client is free first. The
+engines report finishes through ``RequestLog.done_sink``; a freed client is an event at the finish
+time, so clients freed at the same instant send in finish order and the requests sent at one
+instant are queued before the idle engines are kicked (they batch together, as in the open loop).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 
-from .engine import ReplicaEngine
+from .engine import ReplicaEngine, RequestLog
 
 RouterName = Literal["round_robin", "least_outstanding"]
 ROUTERS: tuple[str, ...] = ("round_robin", "least_outstanding")
@@ -74,3 +81,97 @@ def run_cluster(engines: Sequence[ReplicaEngine], arrival_s: np.ndarray, router:
     if progress is not None:
         progress(i)
     return last
+
+
+_FREE = -1
+
+
+def run_closed_loop(engines: Sequence[ReplicaEngine], n: int, concurrency: int, router: str,
+                    log: RequestLog, *, start_s: float = 0.0, delay_s: float = 0.0,
+                    progress: Callable[[int], None] | None = None) -> tuple[float, np.ndarray]:
+    """Serve requests ``0 .. n-1`` to ``concurrency`` closed-loop clients that all start at
+    ``start_s``. A request sent at ``t`` reaches the engine at ``t + delay_s`` (front-end
+    latency). Returns (time of the last event, the time each request was sent: what its client
+    measures latency from).
+
+    Decode runs of an engine (``fast_forward``) never extend past a pending send; with several
+    replicas also not past the next event of any engine (a finish not yet scheduled may free a
+    client whose request the router sends to this replica)."""
+    if router not in ROUTERS:
+        raise ValueError(f"unknown router {router!r}; expected one of {ROUTERS}")
+    if not engines:
+        raise ValueError("run_closed_loop needs at least one replica")
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1 (got {concurrency})")
+    sink: list[tuple[int, float]] = []
+    log.done_sink = sink
+    r = len(engines)
+    sent = np.full(n, np.nan)
+    heap: list[tuple[float, int, int, int, int]] = []   # engine events
+    pend: list[tuple[float, int, int]] = []             # (time, seq, rid or _FREE)
+    push, pop = heapq.heappush, heapq.heappop
+    inf = float("inf")
+    seq = 0
+    for _ in range(min(concurrency, n)):
+        push(pend, (start_s, seq, _FREE))
+        seq += 1
+    nxt = 0            # next request to send
+    routed = 0
+    rr = 0
+    least = router == "least_outstanding" and r > 1
+    last = start_s
+    events = 0
+
+    def horizon() -> float:
+        h = pend[0][0] if pend else inf
+        if r > 1 and heap and heap[0][0] < h:
+            h = heap[0][0]
+        return h
+
+    while True:
+        if pend and (not heap or pend[0][0] <= heap[0][0]):
+            t, _, rid = pop(pend)
+            if rid == _FREE:  # a client is free: it sends the next request
+                if nxt >= n:
+                    continue
+                rid = nxt
+                nxt += 1
+                sent[rid] = t
+                if delay_s > 0:
+                    push(pend, (t + delay_s, seq, rid))
+                    seq += 1
+                    continue
+            if least:
+                e = min(range(r), key=lambda j: (engines[j].unfinished, j))
+            else:
+                e = rr
+                rr = (rr + 1) % r
+            v = engines[e].submit(rid, t)
+            routed += 1
+            if v is not None:
+                push(heap, (t, seq, _KICK, e, v))
+                seq += 1
+        elif heap:
+            t, _, kind, e, v = pop(heap)
+            eng = engines[e]
+            h = horizon()
+            end = eng.kick(v, t, h) if kind == _KICK else eng.complete(v, t, h)
+            if t > last:
+                last = t
+            if end is not None:
+                push(heap, (end, seq, _END, e, v))
+                seq += 1
+        else:
+            break
+        if sink:
+            for _, tf in sink:
+                push(pend, (tf, seq, _FREE))
+                seq += 1
+            sink.clear()
+        events += 1
+        if progress is not None and not events & 4095:
+            progress(routed)
+    log.done_sink = None
+    if progress is not None:
+        progress(routed)
+    return last, sent

@@ -25,7 +25,7 @@ from ..specs.plan import Plan, ReplicaConfig
 from ..specs.slo import SLOSpec
 from .engine import DROP_NONE, DROP_REASONS, EngineLimits, ReplicaEngine, RequestLog
 from .metrics import Metrics, compute_metrics, round_sig
-from .router import run_cluster
+from .router import run_closed_loop, run_cluster
 from .workload import Requests
 
 #: Default cap on decode-only iterations costed as one run (see :func:`simulate`).
@@ -196,7 +196,12 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
     # the engine sees a request only after the server has received, parsed and tokenised it;
     # latencies are still measured from the client's arrival time
     at_engine = requests.arrival_s + engine.request_overhead_ms * 1e-3
-    end = _run(engines, at_engine, plan.router, progress, n)
+    if requests.concurrency is not None:  # closed loop: latencies count from when each was sent
+        end, sent = _run_closed(engines, requests, plan.router, log,
+                                engine.request_overhead_ms * 1e-3, progress)
+        requests = requests.with_arrival_s(sent)
+    else:
+        end = _run(engines, at_engine, plan.router, progress, n)
     if np.isfinite(log.finish_s).any():
         end = max(end, float(np.nanmax(log.finish_s)))
     start = float(requests.arrival_s[0])
@@ -204,19 +209,36 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
     return _result(model, cluster, plan, requests, slo, seed, log, engines, meta, makespan, engine)
 
 
+def _run_closed(engines: list[ReplicaEngine], requests: Requests, router: str, log: RequestLog,
+                delay_s: float, progress: bool | Callable[[int, int], None]):
+    """Closed loop of ``requests.concurrency`` clients (see :func:`run_closed_loop`): returns
+    (end time, the time each request was sent)."""
+    n = len(requests)
+    out: list = []
+
+    def run(engines, _arrival, router, progress=None) -> float:
+        out.extend(run_closed_loop(engines, n, requests.concurrency, router, log,
+                                   start_s=float(requests.arrival_s[0]), delay_s=delay_s,
+                                   progress=progress))
+        return out[0]
+
+    _run(engines, requests.arrival_s, router, progress, n, runner=run)
+    return out[0], out[1]
+
+
 def _run(engines: list[ReplicaEngine], arrival_s: np.ndarray, router: str,
-         progress: bool | Callable[[int, int], None], n: int) -> float:
+         progress: bool | Callable[[int, int], None], n: int, runner=run_cluster) -> float:
     if callable(progress):
-        return run_cluster(engines, arrival_s, router, progress=lambda k: progress(k, n))
+        return runner(engines, arrival_s, router, progress=lambda k: progress(k, n))
     if not progress:
-        return run_cluster(engines, arrival_s, router)
+        return runner(engines, arrival_s, router)
     from rich.console import Console
     from rich.progress import Progress
 
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("simulating", total=n)
-        return run_cluster(engines, arrival_s, router,
-                           progress=lambda k: bar.update(task, completed=k))
+        return runner(engines, arrival_s, router,
+                      progress=lambda k: bar.update(task, completed=k))
 
 
 def _result(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Requests,

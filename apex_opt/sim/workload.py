@@ -1,15 +1,31 @@
 """Requests the simulator serves: trace loaders and synthetic generation.
 
 * :class:`Requests` -- a batch of requests as numpy arrays (arrival seconds, prompt and output
-  token counts), sorted by arrival.
-* :func:`load_trace` -- APEX JSONL (``StartTimeOffset`` ns, ``ContextTokens``, ``GeneratedTokens``)
-  or Azure LLM-inference CSV (``TIMESTAMP,ContextTokens,GeneratedTokens``). Broken traces raise
-  :class:`~apex_opt.errors.InputError` naming the file, line, field and value; nothing partial is
-  returned.
-* :func:`generate` -- sample a :class:`~apex_opt.specs.workload.WorkloadSpec` (vectorised).
+  token counts), sorted by arrival, optionally with the ids of their prompt's prefix blocks
+  (shared prefixes a prefix cache can reuse) and a closed-loop client count.
+* :func:`load_trace` -- three formats, told apart by the file's content:
 
-Arrival times of APEX traces keep their offsets (a data-parallel split of a trace starts where its
-first request arrived); Azure CSV times are converted to seconds after the first row.
+  - APEX JSONL (``StartTimeOffset`` ns, ``ContextTokens``, ``GeneratedTokens``);
+  - Mooncake JSONL (``timestamp`` ms, ``input_length``, ``output_length``, optional ``hash_ids``:
+    ids of the prompt's consecutive 512-token blocks; equal leading ids = a shared prefix);
+  - Azure LLM-inference CSV (``TIMESTAMP,ContextTokens,GeneratedTokens``; header names matched
+    case-insensitively).
+
+  Broken traces raise :class:`~apex_opt.errors.InputError` naming the file, line, field and value;
+  nothing partial is returned. A trace whose arrivals go backwards is an error unless
+  ``sort=True`` (``--sort-trace``) sorts it by arrival time (stable: equal times keep file order).
+* :func:`generate` -- sample a :class:`~apex_opt.specs.workload.WorkloadSpec` (vectorised),
+  including shared-prefix groups and closed-loop concurrency.
+
+Arrival times of APEX and Mooncake traces keep their offsets (a data-parallel split of a trace
+starts where its first request arrived); Azure CSV times are converted to seconds after the first
+row.
+
+Closed loop (``Requests.concurrency = N``): N clients each send their next request as soon as the
+previous one finished (``vllm bench serve --max-concurrency N``); all N start at the first arrival
+time and requests are sent in index order (the next unsent request goes to whichever client is
+free first). ``arrival_s`` then only orders the requests; the simulator measures latencies from
+the time each request was really sent.
 """
 
 from __future__ import annotations
@@ -25,15 +41,21 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from pydantic import Field
 
 from ..errors import InputError
 from ..io import read_text
 from ..specs.common import StrictModel
-from ..specs.workload import ArrivalSpec, LengthDist, WorkloadSpec, lognormal_params
+from ..specs.workload import (ArrivalSpec, LengthDist, PrefixSpec, WorkloadSpec,
+                               lognormal_params)
 from .metrics import R6, R6Opt, Stats, stats_of
 
 # --------------------------------------------------------------------------------------------
 # Requests
+
+
+#: Tokens per prefix block of Mooncake traces (``hash_ids``).
+MOONCAKE_BLOCK_TOKENS = 512
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,6 +65,16 @@ class Requests:
     ``arrival_s`` float64 seconds (non-decreasing), ``prompt_tokens`` int64 (>= 1),
     ``output_tokens`` int64 (>= 1), optional ``ids`` (one string per request) and a ``source``
     label (file path or ``synthetic:<name>``).
+
+    ``prefix_blocks`` (optional): per request, the ids of its prompt's consecutive blocks of
+    ``prefix_block_tokens`` tokens. Two requests whose tuples start with the same ids share those
+    blocks' tokens (a prefix cache may reuse them); the last id of a prompt may cover a partial
+    block (``prompt_tokens % prefix_block_tokens`` tokens). A tuple may be shorter than the
+    prompt's block count: the tokens after its last id are unique to the request. An empty tuple
+    = nothing known to be shared.
+
+    ``concurrency`` (optional): a closed loop of that many clients (see the module docstring);
+    ``None`` = open loop, requests arrive at ``arrival_s``.
     """
 
     arrival_s: np.ndarray
@@ -50,6 +82,9 @@ class Requests:
     output_tokens: np.ndarray
     ids: list[str] | None = None
     source: str = "synthetic"
+    prefix_blocks: list[tuple[int, ...]] | None = None
+    prefix_block_tokens: int = MOONCAKE_BLOCK_TOKENS
+    concurrency: int | None = None
 
     def __post_init__(self) -> None:
         arr = np.ascontiguousarray(self.arrival_s, dtype=np.float64)
@@ -67,20 +102,60 @@ class Requests:
             raise ValueError("Requests.arrival_s must be sorted (non-decreasing)")
         if n and (pr.min() < 1 or out.min() < 1):
             raise ValueError("Requests need >= 1 prompt token and >= 1 output token each")
+        if not (isinstance(self.prefix_block_tokens, (int, np.integer))
+                and self.prefix_block_tokens >= 1):
+            raise ValueError(f"prefix_block_tokens must be an integer >= 1 "
+                             f"(got {self.prefix_block_tokens!r})")
+        if self.prefix_blocks is not None:
+            if len(self.prefix_blocks) != n:
+                raise ValueError(f"Requests.prefix_blocks has {len(self.prefix_blocks)} entries "
+                                 f"for {n} requests")
+            bt = int(self.prefix_block_tokens)
+            blocks = [tuple(b) for b in self.prefix_blocks]
+            for i, (b, p) in enumerate(zip(blocks, pr.tolist())):
+                if len(b) > -(-p // bt):
+                    raise ValueError(f"request {i}: {len(b)} prefix blocks of {bt} tokens for a "
+                                     f"{p}-token prompt")
+            object.__setattr__(self, "prefix_blocks", blocks)
+        if self.concurrency is not None and not (isinstance(self.concurrency, (int, np.integer))
+                                                 and self.concurrency >= 1):
+            raise ValueError(f"concurrency must be an integer >= 1 (got {self.concurrency!r})")
         for a in (arr, pr, out):
             a.setflags(write=False)
         object.__setattr__(self, "arrival_s", arr)
         object.__setattr__(self, "prompt_tokens", pr)
         object.__setattr__(self, "output_tokens", out)
+        object.__setattr__(self, "prefix_block_tokens", int(self.prefix_block_tokens))
+        if self.concurrency is not None:
+            object.__setattr__(self, "concurrency", int(self.concurrency))
         if self.ids is not None:
             object.__setattr__(self, "ids", list(self.ids))
 
     def __len__(self) -> int:
         return int(self.arrival_s.shape[0])
 
+    def _replace(self, sel: np.ndarray | None = None, **kw) -> "Requests":
+        """A copy with the requests ``sel`` (all when None) and fields ``kw`` replaced."""
+        if sel is None:
+            fields = dict(arrival_s=self.arrival_s, prompt_tokens=self.prompt_tokens,
+                          output_tokens=self.output_tokens, ids=self.ids,
+                          prefix_blocks=self.prefix_blocks)
+        else:
+            fields = dict(
+                arrival_s=self.arrival_s[sel], prompt_tokens=self.prompt_tokens[sel],
+                output_tokens=self.output_tokens[sel],
+                ids=[self.ids[i] for i in sel] if self.ids is not None else None,
+                prefix_blocks=([self.prefix_blocks[i] for i in sel]
+                               if self.prefix_blocks is not None else None))
+        fields.update(source=self.source, prefix_block_tokens=self.prefix_block_tokens,
+                      concurrency=self.concurrency)
+        fields.update(kw)
+        return Requests(**fields)
+
     def subset(self, idx: slice | Sequence[int] | np.ndarray) -> "Requests":
         """The requests selected by a slice, a bool mask or an index array (duplicates dropped,
-        arrival order kept)."""
+        arrival order kept). A closed loop keeps its client count (at most one client per
+        request)."""
         if isinstance(idx, slice):
             sel = np.arange(len(self))[idx]
         else:
@@ -93,26 +168,66 @@ class Requests:
                 sel = np.unique(a.astype(np.int64))
                 if sel.size and (sel[0] < 0 or sel[-1] >= len(self)):
                     raise IndexError(f"request index out of range [0, {len(self)})")
-        ids = [self.ids[i] for i in sel] if self.ids is not None else None
-        return Requests(self.arrival_s[sel], self.prompt_tokens[sel], self.output_tokens[sel],
-                        ids, self.source)
+        conc = self.concurrency
+        if conc is not None:
+            conc = max(1, min(conc, int(sel.size)))
+        return self._replace(sel, concurrency=conc)
 
     def split_round_robin(self, k: int) -> list["Requests"]:
-        """Split over ``k`` replicas: request ``i`` goes to replica ``i % k``."""
+        """Split over ``k`` replicas: request ``i`` goes to replica ``i % k``. A closed loop's
+        clients are split the same way (part ``r`` gets clients ``r, r + k, ...``; at least
+        one)."""
         if k < 1:
             raise ValueError(f"split_round_robin needs k >= 1 (got {k})")
-        return [self.subset(slice(r, None, k)) for r in range(k)]
+        parts = [self.subset(slice(r, None, k)) for r in range(k)]
+        if self.concurrency is not None:
+            parts = [p._replace(concurrency=max(1, min(len(p), len(range(r, self.concurrency, k)))))
+                     if len(p) else p for r, p in enumerate(parts)]
+        return parts
+
+    def with_arrival_s(self, arrival_s: np.ndarray) -> "Requests":
+        """The same requests with other (sorted) arrival times, e.g. a closed loop's send
+        times."""
+        return self._replace(arrival_s=arrival_s)
+
+    def with_concurrency(self, n: int | None) -> "Requests":
+        """The same requests as a closed loop of ``n`` clients (``None`` = open loop again)."""
+        return self._replace(concurrency=n)
 
     def scaled_rate(self, factor: float) -> "Requests":
         """Same requests arriving ``factor`` times faster: gaps after the first arrival are
-        divided by ``factor`` (the first arrival time is kept)."""
+        divided by ``factor`` (the first arrival time is kept). A closed loop scales its client
+        count instead (rounded, at least 1): the offered load of a closed loop is its
+        concurrency."""
         if not (math.isfinite(factor) and factor > 0):
             raise ValueError(f"rate factor must be a finite number > 0 (got {factor})")
         if not len(self):
             return self
+        if self.concurrency is not None:
+            return self._replace(concurrency=max(1, round(self.concurrency * factor)))
         t0 = self.arrival_s[0]
-        return Requests(t0 + (self.arrival_s - t0) / factor, self.prompt_tokens,
-                        self.output_tokens, self.ids, self.source)
+        return self._replace(arrival_s=t0 + (self.arrival_s - t0) / factor)
+
+    def prefix_reuse_tokens(self) -> int:
+        """Prompt tokens in blocks whose whole prefix (this id after the same leading ids) an
+        earlier request already had: what an unbounded prefix cache could skip (an upper bound
+        on the cache hits of any real cache)."""
+        if self.prefix_blocks is None:
+            return 0
+        bt = self.prefix_block_tokens
+        trie: dict[tuple[int, int], int] = {}  # (parent node, block id) -> node
+        reused = 0
+        for blocks, p in zip(self.prefix_blocks, self.prompt_tokens.tolist()):
+            node, hit = 0, True
+            for j, b in enumerate(blocks):
+                nxt = trie.get((node, b))
+                if nxt is None:
+                    hit = False
+                    nxt = trie[(node, b)] = len(trie) + 1
+                elif hit:
+                    reused += min(bt, p - j * bt)
+                node = nxt
+        return reused
 
     @property
     def duration_s(self) -> float:
@@ -128,12 +243,17 @@ class Requests:
         """Counts, rate and length statistics (a pydantic model, for reports and ``--json``)."""
         n = len(self)
         dur = self.duration_s
+        closed = self.concurrency is not None
         return WorkloadSummary(
             source=self.source, num_requests=n, duration_s=dur,
-            rate_req_s=(n - 1) / dur if n > 1 and dur > 0 else None,
+            rate_req_s=(n - 1) / dur if n > 1 and dur > 0 and not closed else None,
             prompt_tokens=stats_of(self.prompt_tokens), output_tokens=stats_of(self.output_tokens),
             total_prompt_tokens=int(self.prompt_tokens.sum()),
-            total_output_tokens=int(self.output_tokens.sum()), max_seq_len=self.max_seq_len)
+            total_output_tokens=int(self.output_tokens.sum()), max_seq_len=self.max_seq_len,
+            concurrency=self.concurrency,
+            prefix_block_tokens=self.prefix_block_tokens if self.prefix_blocks is not None else None,
+            prefix_reuse_tokens=(self.prefix_reuse_tokens() if self.prefix_blocks is not None
+                                 else None))
 
 
 class WorkloadSummary(StrictModel):
@@ -148,29 +268,44 @@ class WorkloadSummary(StrictModel):
     total_prompt_tokens: int
     total_output_tokens: int
     max_seq_len: int
+    concurrency: int | None = Field(None, description="Closed-loop clients (None = open loop: "
+                                                      "requests arrive at their arrival times).")
+    prefix_block_tokens: int | None = Field(None, description="Tokens per prefix block id "
+                                                              "(None = no prefix information).")
+    prefix_reuse_tokens: int | None = Field(
+        None, description="Prompt tokens an unbounded prefix cache could reuse (blocks an "
+                          "earlier request already had after the same leading ids).")
 
 
 # --------------------------------------------------------------------------------------------
 # Trace loaders
 
 
-def load_trace(path: str | Path) -> Requests:
-    """Load a request trace: APEX JSONL or Azure CSV (by suffix, else by the first character)."""
+def load_trace(path: str | Path, *, sort: bool = False) -> Requests:
+    """Load a request trace: APEX JSONL, Mooncake JSONL or Azure CSV.
+
+    JSON lines (suffix ``.jsonl``/``.json``/``.ndjson``, or a file starting with ``{``) are APEX or
+    Mooncake by the fields of their first object; anything else is read as CSV. ``sort`` sorts
+    the requests by arrival time (stable) instead of rejecting a trace whose arrivals go back.
+    """
     text = read_text(path)
     src = str(path)
     suffix = Path(path).suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
-        return _load_jsonl(text, src)
+        return _load_jsonl(text, src, sort)
     if suffix == ".csv":
-        return _load_csv(text, src)
+        return _load_csv(text, src, sort)
     first = text.lstrip()[:1]
     if not first:
         raise InputError("trace is empty (no requests)", source=src)
-    return _load_jsonl(text, src) if first == "{" else _load_csv(text, src)
+    return _load_jsonl(text, src, sort) if first == "{" else _load_csv(text, src, sort)
 
 
 def _err(src: str, line: int, msg: str, fld: str | None = None, value: Any = None) -> InputError:
     return InputError(msg, source=f"{src}, line {line}", field=fld, value=value)
+
+
+_OUTPUT_FIELDS = ("GeneratedTokens", "output_length")
 
 
 def _as_count(v: Any, src: str, line: int, fld: str, minimum: int) -> int:
@@ -190,29 +325,40 @@ def _as_count(v: Any, src: str, line: int, fld: str, minimum: int) -> int:
     if v < 0:
         raise _err(src, line, "token count must not be negative", fld, raw)
     if v < minimum:
-        what = "output token" if fld == "GeneratedTokens" else "prompt token"
+        what = "output token" if fld in _OUTPUT_FIELDS else "prompt token"
         raise _err(src, line, f"token count must be >= {minimum} (every request needs at least "
                               f"one {what})", fld, raw)
     return v
 
 
-def _check_sorted(times: list, lines: list[int], src: str, fld: str) -> None:
+def _arrival_order(times: list, lines: list[int], src: str, fld: str, sort: bool,
+                   raw: Any = None) -> list[int] | None:
+    """None when ``times`` never decrease; else the stable sorting permutation (``sort``) or an
+    InputError naming the first line that goes back. ``raw(i)`` gives the value to quote."""
     for i in range(1, len(times)):
         if times[i] < times[i - 1]:
+            if sort:
+                return sorted(range(len(times)), key=times.__getitem__)
+            value = raw(i) if raw is not None else times[i]
             raise _err(src, lines[i], f"arrival times must be non-decreasing (previous request, "
-                                      f"line {lines[i - 1]}, has {times[i - 1]})", fld, times[i])
+                                      f"line {lines[i - 1]}, is later); pass --sort-trace "
+                                      f"(load_trace(..., sort=True)) to sort the trace by "
+                                      f"arrival time", fld, value)
+    return None
+
+
+def _permute(order: list[int] | None, *cols: list) -> tuple[list, ...]:
+    if order is None:
+        return cols
+    return tuple([c[i] for i in order] if c is not None else None for c in cols)
 
 
 _JSONL_FIELDS = ("StartTimeOffset", "ContextTokens", "GeneratedTokens")
+_MOONCAKE_FIELDS = ("timestamp", "input_length", "output_length")
 
 
-def _load_jsonl(text: str, src: str) -> Requests:
-    """APEX JSONL: one object per line; ``StartTimeOffset`` is in nanoseconds."""
-    t_ns: list[int | float] = []
-    prompt: list[int] = []
-    output: list[int] = []
-    ids: list[str | None] = []
-    lines: list[int] = []
+def _json_lines(text: str, src: str):
+    """(line number, object) of every non-blank line; malformed lines raise InputError."""
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -222,26 +368,116 @@ def _load_jsonl(text: str, src: str) -> Requests:
             raise _err(src, lineno, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(obj, dict):
             raise _err(src, lineno, f"expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
+
+
+def _load_jsonl(text: str, src: str, sort: bool = False) -> Requests:
+    """APEX or Mooncake JSONL, by the fields of the first object."""
+    rows = _json_lines(text, src)
+    first = next(rows, None)
+    if first is None:
+        raise InputError("trace is empty (no requests)", source=src)
+    obj = first[1]
+    if "StartTimeOffset" not in obj and any(k in obj for k in _MOONCAKE_FIELDS):
+        return _load_mooncake(first, rows, src, sort)
+    if "StartTimeOffset" not in obj and not any(k in obj for k in _JSONL_FIELDS):
+        raise _err(src, first[0], "unknown JSONL trace format: expected APEX fields "
+                                  f"({', '.join(_JSONL_FIELDS)}) or Mooncake fields "
+                                  f"({', '.join(_MOONCAKE_FIELDS)}[, hash_ids])", "fields",
+                   ",".join(list(obj)[:8]))
+    return _load_apex(first, rows, src, sort)
+
+
+def _time_value(obj: dict, fld: str, src: str, lineno: int, unit: str) -> int | float:
+    t = obj[fld]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+        raise _err(src, lineno, f"{fld} must be a number of {unit}", fld, t)
+    if t < 0:
+        raise _err(src, lineno, "arrival time must not be negative", fld, t)
+    return t
+
+
+def _load_apex(first, rows, src: str, sort: bool) -> Requests:
+    """APEX JSONL: one object per line; ``StartTimeOffset`` is in nanoseconds."""
+    t_ns: list[int | float] = []
+    prompt: list[int] = []
+    output: list[int] = []
+    ids: list[str | None] = []
+    lines: list[int] = []
+    for lineno, obj in _chain(first, rows):
         for k in _JSONL_FIELDS:
             if k not in obj:
                 raise _err(src, lineno, "required field is missing", k)
-        t = obj["StartTimeOffset"]
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
-            raise _err(src, lineno, "StartTimeOffset must be a number of nanoseconds",
-                       "StartTimeOffset", t)
-        if t < 0:
-            raise _err(src, lineno, "arrival time must not be negative", "StartTimeOffset", t)
-        t_ns.append(t)
+        t_ns.append(_time_value(obj, "StartTimeOffset", src, lineno, "nanoseconds"))
         prompt.append(_as_count(obj["ContextTokens"], src, lineno, "ContextTokens", 1))
         output.append(_as_count(obj["GeneratedTokens"], src, lineno, "GeneratedTokens", 1))
         rid = obj.get("RequestID")
         ids.append(None if rid is None else str(rid))
         lines.append(lineno)
-    if not lines:
-        raise InputError("trace is empty (no requests)", source=src)
-    _check_sorted(t_ns, lines, src, "StartTimeOffset")
+    order = _arrival_order(t_ns, lines, src, "StartTimeOffset", sort)
+    t_ns, prompt, output, ids, lines = _permute(order, t_ns, prompt, output, ids, lines)
     arrival = np.asarray(t_ns, dtype=np.float64) / 1e9
     return Requests(arrival, np.asarray(prompt), np.asarray(output), _fill_ids(ids, lines), src)
+
+
+def _chain(first, rows):
+    yield first
+    yield from rows
+
+
+def _hash_ids(v: Any, prompt: int, src: str, lineno: int) -> tuple[int, ...]:
+    """Mooncake ``hash_ids``: a list of integer block ids, at most one per 512-token block."""
+    if not isinstance(v, list):
+        raise _err(src, lineno, "hash_ids must be a list of integer block ids", "hash_ids",
+                   _short(v))
+    for x in v:
+        if isinstance(x, bool) or not isinstance(x, int):
+            raise _err(src, lineno, "hash_ids must be a list of integer block ids", "hash_ids",
+                       _short(x))
+    nblocks = -(-prompt // MOONCAKE_BLOCK_TOKENS)
+    if len(v) > nblocks:
+        raise _err(src, lineno, f"{len(v)} hash_ids for a {prompt}-token prompt, which has "
+                                f"only {nblocks} blocks of {MOONCAKE_BLOCK_TOKENS} tokens",
+                   "hash_ids", _short(v))
+    return tuple(v)
+
+
+def _short(v: Any) -> Any:
+    r = json.dumps(v) if not isinstance(v, str) else v
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _load_mooncake(first, rows, src: str, sort: bool) -> Requests:
+    """Mooncake JSONL (kvcache-ai/Mooncake FAST'25 traces): ``timestamp`` ms, ``input_length``,
+    ``output_length``, optional ``hash_ids`` (ids of the prompt's 512-token blocks)."""
+    t_ms: list[int | float] = []
+    prompt: list[int] = []
+    output: list[int] = []
+    blocks: list[tuple[int, ...]] = []
+    lines: list[int] = []
+    any_hash = False
+    for lineno, obj in _chain(first, rows):
+        for k in _MOONCAKE_FIELDS:
+            if k not in obj:
+                raise _err(src, lineno, "required field is missing (Mooncake trace: timestamp, "
+                                        "input_length, output_length[, hash_ids])", k)
+        t_ms.append(_time_value(obj, "timestamp", src, lineno, "milliseconds"))
+        p = _as_count(obj["input_length"], src, lineno, "input_length", 1)
+        prompt.append(p)
+        output.append(_as_count(obj["output_length"], src, lineno, "output_length", 1))
+        h = obj.get("hash_ids")
+        if h is None:
+            blocks.append(())
+        else:
+            any_hash = True
+            blocks.append(_hash_ids(h, p, src, lineno))
+        lines.append(lineno)
+    order = _arrival_order(t_ms, lines, src, "timestamp", sort)
+    t_ms, prompt, output, blocks = _permute(order, t_ms, prompt, output, blocks)
+    arrival = np.asarray(t_ms, dtype=np.float64) / 1e3
+    return Requests(arrival, np.asarray(prompt), np.asarray(output), None, src,
+                    prefix_blocks=blocks if any_hash else None,
+                    prefix_block_tokens=MOONCAKE_BLOCK_TOKENS)
 
 
 def _fill_ids(ids: list[str | None], lines: list[int]) -> list[str] | None:
@@ -279,8 +515,9 @@ def _parse_timestamp(s: str) -> tuple[str, int]:
     return "dt", secs * 1_000_000_000 + ns
 
 
-def _load_csv(text: str, src: str) -> Requests:
-    """Azure LLM-inference CSV: ``TIMESTAMP,ContextTokens,GeneratedTokens`` (extra columns ok)."""
+def _load_csv(text: str, src: str, sort: bool = False) -> Requests:
+    """Azure LLM-inference CSV: ``TIMESTAMP,ContextTokens,GeneratedTokens`` (extra columns ok;
+    header names matched case-insensitively)."""
     reader = csv.reader(io.StringIO(text))
     header: list[str] | None = None
     for row in reader:
@@ -289,12 +526,13 @@ def _load_csv(text: str, src: str) -> Requests:
             break
     if header is None:
         raise InputError("trace is empty (no header, no requests)", source=src)
-    missing = [c for c in _CSV_FIELDS if c not in header]
+    folded = [h.casefold() for h in header]
+    missing = [c for c in _CSV_FIELDS if c.casefold() not in folded]
     if missing:
         raise InputError(f"CSV header lacks column(s) {', '.join(missing)}; expected "
-                         f"{','.join(_CSV_FIELDS)}", source=src, field="header",
+                         f"{','.join(_CSV_FIELDS)} (any letter case)", source=src, field="header",
                          value=",".join(header))
-    col = {c: header.index(c) for c in _CSV_FIELDS}
+    col = {c: folded.index(c.casefold()) for c in _CSV_FIELDS}
     width = max(col.values()) + 1
     t_ns: list[int] = []
     prompt: list[int] = []
@@ -328,11 +566,9 @@ def _load_csv(text: str, src: str) -> Requests:
         lines.append(lineno)
     if not lines:
         raise InputError("trace is empty (header only, no requests)", source=src)
-    for i in range(1, len(t_ns)):
-        if t_ns[i] < t_ns[i - 1]:
-            raise _err(src, lines[i], f"arrival times must be non-decreasing (previous request, "
-                                      f"line {lines[i - 1]}, is later)", "TIMESTAMP",
-                       _raw_field(text, lines[i], col["TIMESTAMP"]))
+    order = _arrival_order(t_ns, lines, src, "TIMESTAMP", sort,
+                           lambda i: _raw_field(text, lines[i], col["TIMESTAMP"]))
+    t_ns, prompt, output = _permute(order, t_ns, prompt, output)
     t0 = t_ns[0]  # exact integer ns; subtract before converting (absolute ns overflow int64)
     arrival = np.asarray([t - t0 for t in t_ns], dtype=np.float64) / 1e9
     return Requests(arrival, np.asarray(prompt), np.asarray(output), None, src)
@@ -353,7 +589,9 @@ def generate(spec: WorkloadSpec, rng: np.random.Generator | None = None) -> Requ
     """Sample ``spec`` (vectorised). Without ``rng`` a generator seeded with ``spec.seed`` is used.
 
     Arrivals, prompt lengths and output lengths come from three independent child generators, so
-    changing one distribution does not change the samples of the others.
+    changing one distribution does not change the samples of the others (the prefix groups, when
+    the spec has them, from a fourth). A closed loop has all arrival times 0 and
+    ``Requests.concurrency`` set.
     """
     if rng is None:
         rng = np.random.default_rng(spec.seed)
@@ -364,11 +602,39 @@ def generate(spec: WorkloadSpec, rng: np.random.Generator | None = None) -> Requ
     prompt = sample_lengths(spec.prompt_len, n, r_prompt)
     output = sample_lengths(spec.output_len, n, r_out)
     name = spec.name or "workload"
-    return Requests(arrival, prompt, output, None, f"synthetic:{name}")
+    blocks, bt = None, MOONCAKE_BLOCK_TOKENS
+    if spec.prefix is not None:
+        r_prefix = np.random.default_rng(int(rng.integers(0, 2 ** 63 - 1)))
+        blocks, bt = prefix_blocks(spec.prefix, prompt, r_prefix)
+    return Requests(arrival, prompt, output, None, f"synthetic:{name}", prefix_blocks=blocks,
+                    prefix_block_tokens=bt, concurrency=spec.arrival.concurrency)
+
+
+def prefix_blocks(p: PrefixSpec, prompt: np.ndarray,
+                  rng: np.random.Generator) -> tuple[list[tuple[int, ...]], int]:
+    """Prefix-block ids of shared-prefix groups, and the block size in tokens.
+
+    Group ``g`` owns ids ``g*K .. g*K + K - 1`` for its ``K = shared_tokens // block_tokens``
+    whole shared blocks; a request lists the ids of the shared blocks its prompt covers (only
+    whole blocks: ``min(prompt, shared_tokens) // block_tokens``). The rest of its prompt is
+    unique to it, which a tuple shorter than the prompt's block count means."""
+    n = int(prompt.shape[0])
+    if p.assignment == "round_robin":
+        group = np.arange(n, dtype=np.int64) % p.groups
+    else:
+        group = rng.integers(0, p.groups, size=n, dtype=np.int64)
+    bt = p.block_tokens
+    k = p.shared_tokens // bt
+    m = np.minimum(prompt, p.shared_tokens) // bt
+    return [tuple(range(g * k, g * k + c)) for g, c in zip(group.tolist(), m.tolist())], bt
 
 
 def sample_arrivals(a: ArrivalSpec, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Arrival times (s) of ``n`` requests; the first arrives at 0."""
+    """Arrival times (s) of ``n`` requests; the first arrives at 0 (a closed loop: all at 0, the
+    times only order the requests)."""
+    if a.process == "closed_loop":
+        return np.zeros(n, dtype=np.float64)
+    assert a.rate is not None
     mean_gap = 1.0 / a.rate
     if a.process == "constant":
         gaps = np.full(n - 1, mean_gap)

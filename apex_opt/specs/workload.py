@@ -1,6 +1,6 @@
 """Synthetic workload specification (strict YAML).
 
-A workload file describes an open-loop stream of requests::
+A workload file describes a stream of requests (open loop, or a closed loop of clients)::
 
     name: chat-3rps
     num_requests: 500
@@ -14,7 +14,23 @@ Arrival processes (inter-arrival gaps; the first request arrives at t = 0):
 * ``poisson``  -- exponential gaps with mean ``1/rate``;
 * ``gamma``    -- gamma gaps with mean ``1/rate`` and coefficient of variation ``cv``
   (``cv`` > 1 is burstier than Poisson, ``cv`` < 1 smoother, ``cv`` = 1 is Poisson);
-* ``constant`` -- gaps of exactly ``1/rate``.
+* ``constant`` -- gaps of exactly ``1/rate``;
+* ``closed_loop`` -- ``concurrency`` clients, each sending its next request as soon as its
+  previous one finished (what ``vllm bench serve --max-concurrency N`` and most published
+  concurrency sweeps do); all clients start at t = 0; no ``rate``::
+
+      arrival: {process: closed_loop, concurrency: 64}
+
+Shared prefixes (optional ``prefix``): every request belongs to one of ``groups`` groups (drawn
+uniformly at random, or ``assignment: round_robin``) whose first ``shared_tokens`` prompt tokens
+are identical, e.g. a per-tenant system prompt::
+
+    prefix: {groups: 10, shared_tokens: 150}          # block_tokens: 16 by default
+
+The shared part is expressed as ids of ``block_tokens``-token blocks (``Requests.prefix_blocks``),
+so only whole blocks are shared: 150 shared tokens at 16-token blocks share 144 (vLLM's prefix
+cache also hashes only full 16-token blocks); ``block_tokens: 1`` shares exactly. A prompt shorter
+than ``shared_tokens`` shares its whole (block-rounded) length.
 
 Length distributions (``prompt_len`` / ``output_len``), in tokens. A bare integer means a fixed
 length. Samples are rounded to integers and clipped to ``[min, max]`` (``min`` defaults to 1):
@@ -46,24 +62,46 @@ MAX_TOKENS = 10_000_000
 MAX_REQUESTS = 10_000_000
 
 
-class ArrivalSpec(StrictModel):
-    """How requests arrive over time (open loop)."""
+#: Most clients a closed loop may have.
+MAX_CONCURRENCY = 1_000_000
 
-    process: Literal["poisson", "gamma", "constant"] = Field(
-        "poisson", description="Inter-arrival process: poisson, gamma (bursty) or constant.")
-    rate: PosFloat = Field(description="Mean arrival rate in requests per second.")
+
+class ArrivalSpec(StrictModel):
+    """How requests arrive over time: an open-loop process at ``rate``, or a closed loop of
+    ``concurrency`` clients."""
+
+    process: Literal["poisson", "gamma", "constant", "closed_loop"] = Field(
+        "poisson", description="Inter-arrival process: poisson, gamma (bursty), constant, or "
+                               "closed_loop (N clients, each sends its next request when its "
+                               "previous one finished).")
+    rate: PosFloat | None = Field(None, description="Mean arrival rate in requests per second "
+                                                    "(open-loop processes).")
     cv: PosFloat | None = Field(None, description="Coefficient of variation of the inter-arrival "
                                                   "gaps (gamma only; 1 = Poisson, > 1 = bursty).")
+    concurrency: int | None = Field(None, ge=1, le=MAX_CONCURRENCY,
+                                    description="Clients of a closed loop (closed_loop only).")
 
     @model_validator(mode="after")
     def _cv_only_for_gamma(self) -> "ArrivalSpec":
+        if self.process == "closed_loop":
+            if self.concurrency is None:
+                raise ValueError("process 'closed_loop' needs 'concurrency' (number of clients)")
+            if self.rate is not None:
+                raise ValueError("'rate' does not apply to process 'closed_loop' (the clients "
+                                 "send as fast as requests finish)")
+        else:
+            if self.rate is None:
+                raise ValueError(f"process {self.process!r} needs 'rate' (requests per second)")
+            if self.concurrency is not None:
+                raise ValueError(f"'concurrency' only applies to process 'closed_loop', not "
+                                 f"{self.process!r}")
         if self.process == "gamma" and self.cv is None:
             raise ValueError("process 'gamma' needs 'cv' (coefficient of variation of the gaps)")
         if self.process != "gamma" and self.cv is not None:
             raise ValueError(f"'cv' only applies to process 'gamma', not {self.process!r}")
         if self.cv is not None and self.cv > 100:
             raise ValueError(f"cv {self.cv} is absurd (> 100)")
-        if self.rate > 1e7:
+        if self.rate is not None and self.rate > 1e7:
             raise ValueError(f"rate {self.rate} req/s is absurd (> 1e7)")
         return self
 
@@ -153,8 +191,23 @@ Length = Annotated[LengthDist, BeforeValidator(_int_is_fixed,
                                                json_schema_input_type=Union[int, LengthDist])]
 
 
+class PrefixSpec(StrictModel):
+    """Shared prompt prefixes: each request belongs to a group whose first ``shared_tokens``
+    prompt tokens are identical (see the module docstring)."""
+
+    groups: int = Field(ge=1, le=MAX_REQUESTS, description="Number of prefix groups.")
+    shared_tokens: int = Field(ge=1, le=MAX_TOKENS, description="Identical leading prompt tokens "
+                                                                "of every request of a group.")
+    block_tokens: int = Field(16, ge=1, le=4096, description="Granularity of the prefix ids in "
+                                                             "tokens (only whole blocks are "
+                                                             "shared; 1 = exact).")
+    assignment: Literal["random", "round_robin"] = Field(
+        "random", description="How requests pick their group: uniformly at random, or request "
+                              "i -> group i mod groups.")
+
+
 class WorkloadSpec(StrictModel):
-    """A synthetic open-loop workload."""
+    """A synthetic workload (open loop, or a closed loop of clients)."""
 
     name: str | None = Field(None, description="Workload name.")
     description: str | None = Field(None, description="Free text.")
@@ -163,12 +216,17 @@ class WorkloadSpec(StrictModel):
     prompt_len: Length = Field(description="Prompt length in tokens: an integer or a distribution.")
     output_len: Length = Field(description="Output length in tokens (>= 1): an integer or a "
                                            "distribution.")
+    prefix: PrefixSpec | None = Field(None, description="Shared prompt prefixes (groups x "
+                                                       "shared tokens); None = no sharing.")
     seed: int = Field(0, ge=0, le=2 ** 63 - 1, description="Random seed (used when the caller "
                                                            "passes no generator).")
 
     @property
-    def duration_s(self) -> float:
-        """Expected time between the first and the last arrival."""
+    def duration_s(self) -> float | None:
+        """Expected time between the first and the last arrival (None for a closed loop: it
+        depends on how fast the requests are served)."""
+        if self.arrival.rate is None:
+            return None
         return (self.num_requests - 1) / self.arrival.rate
 
 
