@@ -35,7 +35,13 @@ from ..specs.engine import EngineSpec, load_engine
 from ..specs.model import ModelSpec
 from ..specs.plan import ReplicaConfig
 from .collectives import collective_model_for
+from .kernels import kernel_facts
+from .power import IterationWork, check_gpu_settings, dvfs_model
 from . import DeviceCostModel
+
+#: MLA's absorbed per-head GEMMs (run in bf16 whatever the checkpoint dtype)
+_ABSORBED = frozenset({"w_uk", "w_uv"})
+
 
 class IterationCost(NamedTuple):
     """Cost of one iteration of one replica."""
@@ -47,6 +53,8 @@ class IterationCost(NamedTuple):
     flops: float
     hbm_bytes: float
     breakdown: dict[str, float] | None
+    #: SM clock (MHz) the iteration ran at when a clock / power cap is set (None = default)
+    sm_clock_mhz: float | None = None
 
 
 @dataclass
@@ -58,9 +66,17 @@ class _Part:
     flops: float = 0.0
     bytes: float = 0.0
     kernels: int = 0
+    #: seconds bound by SM throughput (DVFS: they scale with 1 / SM clock)
+    cmp_time: float = 0.0
+    peak: float = 0.0
+    bw: float = 0.0
 
     def add(self, cls: str, t: float, p: float, bd: dict[str, float], n: float = 1.0,
             kernels: int = 1, flops: float = 0.0, nbytes: float = 0.0) -> None:
+        if flops > 0 and self.peak > 0:
+            tc = flops / self.peak
+            tm = nbytes / self.bw if self.bw > 0 else 0.0
+            self.cmp_time += t * n * tc / (tc + tm)
         self.time += t * n
         self.energy += t * p * n
         self.flops += flops * n
@@ -81,11 +97,22 @@ class IterationCostModel:
         self.tp, self.pp, self.ep = cfg.tp, cfg.pp, cfg.ep
         self.num_gpus = cfg.tp * cfg.pp
         self.moe_imbalance = moe_imbalance
-        self.idle_power_w = pool.device.idle_power_w
+        # DVFS (apex_opt/costmodel/power.py): clock / power-cap settings and the awake power of
+        # the GPUs in the gaps between kernels (host part of a step, idle replica)
+        self.dvfs = dvfs_model(pool.device)
+        self.sm_clock_mhz, self.power_cap_w = cfg.sm_clock_mhz, cfg.power_cap_w
+        check_gpu_settings(pool.device, cfg.sm_clock_mhz, cfg.power_cap_w)
+        self.idle_power_w = (self.dvfs.base_power(min(cfg.sm_clock_mhz or self.dvfs.f_max, self.dvfs.f_max))
+                             if self.dvfs is not None else pool.device.idle_power_w)
         self.compute_dtype = "fp8" if (cfg.weight_dtype == "fp8" and "fp8" in pool.device.peak_tflops) else "bf16"
         self.weight_dtype = None if cfg.weight_dtype == "bf16" else cfg.weight_dtype
         self.peak_flops = pool.device.tflops(self.compute_dtype) * 1e12 * self.num_gpus
         self.peak_bytes_per_s = pool.device.hbm_bandwidth_gbps * 1e9 * self.num_gpus
+        # energy per FLOP at max clock and memory-activity power, from the fitted power model
+        fit = self.dev.cal.power
+        span = pool.device.power_limit_w - pool.device.idle_power_w
+        self._j_per_flop = span * fit.a_cmp / (pool.device.tflops(self.compute_dtype) * 1e12)
+        self._mem_w = (span * fit.a_mem, fit.gamma)
         self.tp_comm = collective_model_for(pool, cfg.tp) if cfg.tp > 1 else None
         self.custom_ar = cfg.custom_allreduce and cfg.tp > 1 and cfg.tp <= pool.gpus_per_node
         cross_node = cfg.tp * cfg.pp > pool.gpus_per_node
@@ -109,6 +136,25 @@ class IterationCostModel:
             self.local_experts = model.moe.num_experts // cfg.ep
         self.hidden = h
         self.vocab_shard = -(-model.vocab_size // tp)
+        # kernel paths (data/kernels.yaml): fp8 W8A8 quantizes each GEMM input dynamically with the
+        # checkpoint's scheme (online fp8 of a bf16 checkpoint: per-tensor); block-fp8 MoE tiles
+        kf = kernel_facts()
+        scheme = model.quant_scheme if (cfg.weight_dtype == model.checkpoint_dtype == "fp8"
+                                        and model.quant_scheme) else "fp8_tensor"
+        self.block_fp8 = scheme == "fp8_block"
+        self.act_quant = kf.scheme_act_quant.get(scheme) if self.compute_dtype == "fp8" else None
+        self.act_quant_kernels = kf.act_quant[self.act_quant].kernels if self.act_quant else 0
+        self.moe_kernels = 2 + kf.moe_aux_kernels + (2 if self.compute_dtype == "fp8" else 0)
+        self.mla_norms: tuple[int, ...] = ()
+        if model.attention == "mla":
+            # decode runs MLA weight-absorbed: kv_b_proj becomes two per-head batched GEMMs, q_nope
+            # x W_UK (into the latent) before attention and latent x W_UV after, in bf16 (vLLM
+            # MLACommonImpl dequantizes kv_b_proj at load; sglang forward_absorb uses torch.bmm)
+            mla = model.mla
+            self.attn_ops = [op for op in self.attn_ops if op[0] != "kv_b"] + [
+                ("w_uk", self.q_heads * mla.kv_lora_rank, mla.qk_nope_head_dim),
+                ("w_uv", self.q_heads * mla.v_head_dim, mla.kv_lora_rank)][:kf.mla_absorbed_bmm_kernels]
+            self.mla_norms = ((mla.q_lora_rank,) if mla.q_lora_rank else ()) + (mla.kv_lora_rank,)
         self.graph = cfg.cuda_graphs
         self._token_cache: dict = {}
 
@@ -123,11 +169,21 @@ class IterationCostModel:
             return op.name, op.n // tp, op.k
         return op.name, op.n, op.k // tp
 
-    def _gemm(self, part: _Part, bd: dict, cls: str, m: int, n: int, k: int, count: float) -> None:
+    def _gemm(self, part: _Part, bd: dict, cls: str, m: int, n: int, k: int, count: float,
+              bf16: bool = False) -> None:
+        if bf16:  # e.g. MLA's absorbed W_UK / W_UV batched GEMMs (dequantized to bf16 at load)
+            c = self.dev.gemm(m, n, k, "bf16", None)
+            part.add(cls, c.time_s, c.power_w, bd, count, flops=2.0 * m * n * k,
+                     nbytes=n * k * 2.0 + 2.0 * m * (n + k))
+            return
         c = self.dev.gemm(m, n, k, self.compute_dtype, self.weight_dtype)
         wb = DTYPE_BYTES.get(self.cfg.weight_dtype, 2)
         part.add(cls, c.time_s, c.power_w, bd, count, flops=2.0 * m * n * k,
                  nbytes=n * k * wb + 2.0 * m * (n + k))
+        if self.act_quant is not None:  # W8A8: dynamic fp8 quant of this GEMM's input first
+            q = self.dev.act_quant(self.act_quant, m, k)
+            part.add("act_quant", q.time_s, q.power_w, bd, count,
+                     kernels=self.act_quant_kernels, nbytes=3.0 * m * k)
 
     def _allreduce(self, part: _Part, bd: dict, tokens: int, count: float) -> None:
         if self.tp_comm is None:
@@ -147,10 +203,14 @@ class IterationCostModel:
         parts = []
         h = self.hidden
         for s, (n_dense, n_moe) in enumerate(self.stage_layers):
-            part = _Part()
+            part = _Part(peak=self.peak_flops / self.num_gpus,
+                         bw=self.peak_bytes_per_s / self.num_gpus)
             n_layers = n_dense + n_moe
             for name, n, k in self.attn_ops:
-                self._gemm(part, bd, "attention_proj", tokens, n, k, n_layers)
+                self._gemm(part, bd, "attention_proj", tokens, n, k, n_layers, bf16=name in _ABSORBED)
+            for width in self.mla_norms:  # MLA: q_a_layernorm, kv_a_layernorm
+                c = self.dev.elementwise("rmsnorm", tokens, width)
+                part.add("elementwise", c.time_s, c.power_w, bd, n_layers, nbytes=4.0 * tokens * width)
             for op, width in (("fused_add_rmsnorm", h), ("fused_add_rmsnorm", h)):
                 c = self.dev.elementwise(op, tokens, width)
                 part.add("elementwise", c.time_s, c.power_w, bd, n_layers, nbytes=4.0 * tokens * width)
@@ -191,19 +251,19 @@ class IterationCostModel:
         # router (replicated, tiny) + top-k
         c = self.dev.gemm(tokens, moe.num_experts, self.hidden, "bf16", None)
         part.add("moe_router", c.time_s, c.power_w, bd, n_moe)
-        assignments = tokens * moe.experts_per_token
-        # expected number of distinct local experts that receive at least one token
-        p_hit = 1.0 - (1.0 - 1.0 / moe.num_experts) ** assignments
-        active = max(1.0, self.local_experts * p_hit)
-        per_rank = assignments / self.ep * (self.moe_imbalance if self.ep > 1 else 1.0)
-        per_expert = max(per_rank / active, 1e-9)
-        n_active = max(1, int(round(active)))
-        for name, n, k in self.expert_ops:
-            c = self.dev.grouped_gemm(n_active, per_expert, n, k, self.compute_dtype, self.weight_dtype)
-            part.add("moe_experts", c.time_s, c.power_w, bd, n_moe,
-                     flops=2.0 * per_rank * n * k, nbytes=n_active * n * k * DTYPE_BYTES.get(self.cfg.weight_dtype, 2))
-        c = self.dev.elementwise("silu_and_mul", int(max(1, per_rank)), self.expert_ops[0][1] // 2)
-        part.add("elementwise", c.time_s, c.power_w, bd, n_moe)
+        # routed experts: Triton fused_moe (two grouped GEMMs streaming every hit expert's weights,
+        # tokens padded per expert to BLOCK_SIZE_M, + top-k/align/silu/sum and fp8 quant kernels)
+        etp = self.tp // self.ep
+        c = self.dev.fused_moe(tokens, self.hidden, moe.expert_intermediate_size, moe.experts_per_token,
+                               moe.num_experts, etp, self.ep, self.compute_dtype, self.weight_dtype,
+                               imbalance=self.moe_imbalance if self.ep > 1 else 1.0,
+                               block_fp8=self.block_fp8)
+        assignments = tokens * moe.experts_per_token / self.ep
+        active = self.local_experts * (1.0 - (1.0 - moe.experts_per_token / moe.num_experts) ** tokens)
+        wbytes = sum(n * k for _, n, k in self.expert_ops) * DTYPE_BYTES.get(self.cfg.weight_dtype, 2)
+        part.add("moe_experts", c.time_s, c.power_w, bd, n_moe, kernels=self.moe_kernels,
+                 flops=2.0 * assignments * sum(n * k for _, n, k in self.expert_ops),
+                 nbytes=max(1.0, active) * wbytes)
         for name, n, k in self.shared_ops:
             self._gemm(part, bd, "moe_shared", tokens, n, k, n_moe)
 
@@ -269,6 +329,10 @@ class IterationCostModel:
         parts, bd_tok = self._token_work(tokens, sampling)
         a_t, a_e, a_f, a_b = self._attention(decode_ctx, prefill)
         stage_times, energy, busy, flops, nbytes = [], 0.0, 0.0, 0.0, 0.0
+        cmp_s = 0.0
+        gpu_peak, gpu_bw = self.peak_flops / self.num_gpus, self.peak_bytes_per_s / self.num_gpus
+        a_tc, a_tm = a_f / gpu_peak, a_b / gpu_bw
+        a_cmp = a_t * a_tc / (a_tc + a_tm) if a_tc > 0 else 0.0
         bd = dict(bd_tok) if with_breakdown else None
         for s, part in enumerate(parts):
             n_layers = sum(self.stage_layers[s])
@@ -284,6 +348,7 @@ class IterationCostModel:
             stage_times.append(t)
             energy += (part.energy + a_e * n_layers) * self.tp
             busy += gpu * self.tp
+            cmp_s += min(gpu, part.cmp_time + a_cmp * n_layers) * self.tp
             flops += (part.flops + a_f * n_layers) * self.tp
             nbytes += (part.bytes + a_b * n_layers) * self.tp
             if bd is not None:
@@ -294,7 +359,27 @@ class IterationCostModel:
         if bd is not None:
             bd["host"] = host
         total = sum(stage_times) + host
+        if self.dvfs is not None and (self.sm_clock_mhz is not None or self.power_cap_w is not None):
+            ft, fe, _, f1 = self.dvfs.apply(self.work(total, busy, cmp_s, flops, nbytes),
+                                            self.sm_clock_mhz, self.power_cap_w)
+            stage_times = [t * ft for t in stage_times]
+            total = sum(stage_times) + host
+            return IterationCost(total, tuple(stage_times), energy * fe, busy * ft, flops, nbytes,
+                                 bd, f1)
         return IterationCost(total, tuple(stage_times), energy, busy, flops, nbytes, bd)
+
+    def work(self, time_s: float, busy_gpu_s: float, cmp_gpu_s: float, flops: float,
+             nbytes: float) -> IterationWork:
+        """One average GPU's share of an iteration, split for the DVFS model (all inputs are
+        totals over the replica's GPUs except ``time_s``)."""
+        g = self.num_gpus
+        t_gpu = busy_gpu_s / g
+        bw = self.peak_bytes_per_s / g
+        u = min(1.0, nbytes / g / (t_gpu * bw)) if t_gpu > 0 else 0.0
+        a, gamma = self._mem_w
+        return IterationWork(t_host=max(0.0, time_s - t_gpu), t_other=max(0.0, t_gpu - cmp_gpu_s / g),
+                             t_cmp=min(t_gpu, cmp_gpu_s / g), e_mem=a * u ** gamma * t_gpu,
+                             e_cmp=self._j_per_flop * flops / g)
 
     def host_time(self, num_seqs: int) -> float:
         """CPU time of one engine step for ``num_seqs`` sequences."""

@@ -150,3 +150,191 @@ def power_w(fit: PowerFit, idle_w: float, limit_w: float, u_mem: float, u_cmp: f
             kind: str = "gemm") -> float:
     """Average watts of one GPU at the given utilisations."""
     return idle_w + (limit_w - idle_w) * fit.activity(u_mem, u_cmp, kind)
+
+
+# ------------------------------------------------------------------------------------------------
+# DVFS: SM clock and power cap
+# ------------------------------------------------------------------------------------------------
+#
+# Energy of one engine iteration on one GPU, at SM clock ``f`` (the memory clock is fixed):
+#
+#     T(f) = T_host + T_other + T_cmp * f_max / f
+#     E(f) = P_base(f) * T(f) + E_mem + E_cmp * v(f)^2
+#     P_base(f) = P_idle + (P_awake - P_idle) * (f / f_max) * v(f)^2
+#
+# * ``T_cmp`` is the share of the GPU time bound by SM throughput (per operator
+#   t * t_c / (t_c + t_m), its roofline compute time over compute + memory time), ``T_other`` the
+#   memory-, link- and launch-bound rest, ``T_host`` the CPU part of the step (GPU awake, no kernel);
+# * switching energy per FLOP scales with V^2 (CMOS, C V^2 per transition): ``E_cmp`` = FLOPs x the
+#   energy per FLOP at max clock, which is the fitted ``a_cmp`` slope of the profile's power rows
+#   ((P_limit - P_idle) * a_cmp / peak FLOP/s, ~0.97 pJ/FLOP bf16 on H100 SXM);
+# * the energy of moving a byte through HBM does not depend on the SM clock (``E_mem``, from the
+#   fitted memory-activity term at the iteration's average HBM utilisation);
+# * an awake GPU with no kernel (``P_awake``, measured 130 W at 1980 MHz on H100 SXM vs 75 W idle
+#   at 345 MHz) pays clock-tree and leakage power ~ f V^2 above the settled idle;
+# * v(f) is the core voltage relative to the max-clock voltage: flat at ``voltage_at_knee`` below
+#   ``voltage_knee_mhz``, linear up to 1 at ``sm_clock_max_mhz`` (device file).
+#
+# A power cap C becomes a clock: the GPU's power controller lowers the SM clock until the average
+# power over its window (longer than one iteration) is at most C, so the iteration runs at the
+# largest f <= min(locked clock, f_max) with E(f) / T(f) <= C (P is increasing in f; bisection).
+# The default limit (TDP) is a cap like any other, so the default clock f0 of an iteration comes
+# from the same rule. The operator tables already contain the default throttling, so a setting is
+# applied RELATIVE to the default: time x T_gpu(f1) / T_gpu(f0), busy energy x
+# E_busy(f1) / E_busy(f0). The default (no clock, no cap) therefore reproduces the calibrated
+# numbers exactly, and a setting changes them only through the physics above.
+
+
+@dataclass(frozen=True)
+class IterationWork:
+    """What one GPU does in one iteration, split for the DVFS model (seconds, joules, FLOPs)."""
+
+    t_host: float
+    t_other: float
+    t_cmp: float
+    e_mem: float
+    e_cmp: float
+
+
+@dataclass(frozen=True)
+class DvfsModel:
+    """Clock / voltage / power behaviour of one device type (see the comment block above)."""
+
+    f_min: float
+    f_max: float
+    f_knee: float
+    v_knee: float
+    p_idle: float
+    p_awake: float
+    p_limit: float
+    p_cap_min: float
+
+    def voltage(self, f: float) -> float:
+        """Core voltage at SM clock ``f`` relative to the voltage at ``f_max``."""
+        if f <= self.f_knee:
+            return self.v_knee
+        if self.f_max <= self.f_knee:
+            return 1.0
+        return self.v_knee + (1.0 - self.v_knee) * (min(f, self.f_max) - self.f_knee) / (self.f_max - self.f_knee)
+
+    def base_power(self, f: float) -> float:
+        """Watts of an awake GPU running no kernel at SM clock ``f``."""
+        v = self.voltage(f)
+        return self.p_idle + (self.p_awake - self.p_idle) * (f / self.f_max) * v * v
+
+    def gpu_time(self, w: IterationWork, f: float) -> float:
+        return w.t_other + w.t_cmp * self.f_max / f
+
+    def busy_energy(self, w: IterationWork, f: float) -> float:
+        """Energy while kernels run (the host part excluded)."""
+        v = self.voltage(f)
+        return self.base_power(f) * self.gpu_time(w, f) + w.e_mem + w.e_cmp * v * v
+
+    def power(self, w: IterationWork, f: float) -> float:
+        """Average watts over the whole iteration window (host part at the awake power)."""
+        t = w.t_host + self.gpu_time(w, f)
+        if t <= 0:
+            return self.base_power(f)
+        return (self.busy_energy(w, f) + self.base_power(f) * w.t_host) / t
+
+    def settle(self, w: IterationWork, clock_mhz: float | None, cap_w: float | None) -> float:
+        """SM clock the GPU runs this iteration at: the locked clock (or f_max), lowered until the
+        average power is at most the cap (default: the board limit)."""
+        hi = min(self.f_max, float(clock_mhz)) if clock_mhz is not None else self.f_max
+        cap = self.p_limit if cap_w is None else min(float(cap_w), self.p_limit)
+        if self.power(w, hi) <= cap:
+            return hi
+        lo = self.f_min
+        if self.power(w, lo) >= cap:
+            return lo  # the cap cannot be met: the GPU sits at its lowest clock
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            if self.power(w, mid) > cap:
+                hi = mid
+            else:
+                lo = mid
+        return lo
+
+    def default_clock(self, w: IterationWork) -> float:
+        """Clock that produced the DEFAULT (calibrated) times of ``w``: the largest f <= f_max
+        at which doing ``w``'s FLOPs and bytes in ``w``'s times stays within the board limit."""
+        t = w.t_host + w.t_other + w.t_cmp
+        if t <= 0:
+            return self.f_max
+
+        def p(f: float) -> float:
+            v = self.voltage(f)
+            return (self.base_power(f) * t + w.e_mem + w.e_cmp * v * v) / t
+
+        if p(self.f_max) <= self.p_limit:
+            return self.f_max
+        lo, hi = self.f_min, self.f_max
+        if p(lo) >= self.p_limit:
+            return lo
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            if p(mid) > self.p_limit:
+                hi = mid
+            else:
+                lo = mid
+        return lo
+
+    def at_max_clock(self, w: IterationWork) -> IterationWork:
+        """``w`` (default times, at :meth:`default_clock`) re-expressed at ``f_max``."""
+        f0 = self.default_clock(w)
+        return IterationWork(w.t_host, w.t_other, w.t_cmp * f0 / self.f_max, w.e_mem, w.e_cmp)
+
+    def apply(self, w: IterationWork, clock_mhz: float | None, cap_w: float | None) -> tuple[float, float, float, float]:
+        """(GPU-time factor, busy-energy factor, default clock f0, new clock f1) of a setting
+        relative to the default (no locked clock, cap = board limit). ``w`` holds the default
+        (calibrated) times."""
+        f0 = self.default_clock(w)
+        w = IterationWork(w.t_host, w.t_other, w.t_cmp * f0 / self.f_max, w.e_mem, w.e_cmp)
+        f1 = self.settle(w, clock_mhz, cap_w)
+        if f1 >= f0 and (clock_mhz is None or clock_mhz >= f0):
+            return 1.0, 1.0, f0, f0
+        t0, t1 = self.gpu_time(w, f0), self.gpu_time(w, f1)
+        e0, e1 = self.busy_energy(w, f0), self.busy_energy(w, f1)
+        return (t1 / t0 if t0 > 0 else 1.0), (e1 / e0 if e0 > 0 else 1.0), f0, f1
+
+
+def dvfs_model(device, idle_w_fit: float | None = None) -> DvfsModel | None:
+    """The device's :class:`DvfsModel`, or None when its file lacks the clock data."""
+    d = device
+    if d.sm_clock_max_mhz is None or d.sm_clock_min_mhz is None:
+        return None
+    knee = d.voltage_knee_mhz if d.voltage_knee_mhz is not None else d.sm_clock_min_mhz
+    vk = d.voltage_at_knee if d.voltage_at_knee is not None else 1.0
+    awake = d.active_idle_power_w if d.active_idle_power_w is not None else d.idle_power_w
+    return DvfsModel(f_min=float(d.sm_clock_min_mhz), f_max=float(d.sm_clock_max_mhz),
+                     f_knee=float(knee), v_knee=float(vk), p_idle=float(d.idle_power_w),
+                     p_awake=float(awake), p_limit=float(d.power_limit_w),
+                     p_cap_min=float(d.power_cap_min_w if d.power_cap_min_w is not None else d.idle_power_w))
+
+
+def check_gpu_settings(device, sm_clock_mhz: int | None, power_cap_w: float | None, *,
+                       source: str | None = None, prefix: str = "") -> None:
+    """Raise InputError when a clock / cap is outside what ``device`` accepts (names the range)."""
+    from ..errors import InputError
+
+    if sm_clock_mhz is None and power_cap_w is None:
+        return
+    if sm_clock_mhz is not None:
+        if device.sm_clock_max_mhz is None or device.sm_clock_min_mhz is None:
+            raise InputError(f"device {device.name} has no SM clock range in its file "
+                             f"(sm_clock_min_mhz / sm_clock_max_mhz)", source=source,
+                             field=f"{prefix}sm_clock_mhz", value=sm_clock_mhz)
+        lo, hi = device.sm_clock_min_mhz, device.sm_clock_max_mhz
+        if not lo <= sm_clock_mhz <= hi:
+            raise InputError(f"outside the {device.name} SM clock range {lo:g}-{hi:g} MHz",
+                             source=source, field=f"{prefix}sm_clock_mhz", value=sm_clock_mhz)
+    if power_cap_w is not None:
+        lo = device.power_cap_min_w if device.power_cap_min_w is not None else None
+        hi = device.power_limit_w
+        if lo is None:
+            raise InputError(f"device {device.name} has no power-limit range in its file "
+                             f"(power_cap_min_w)", source=source, field=f"{prefix}power_cap_w",
+                             value=power_cap_w)
+        if not lo <= power_cap_w <= hi:
+            raise InputError(f"outside the {device.name} power-limit range {lo:g}-{hi:g} W",
+                             source=source, field=f"{prefix}power_cap_w", value=power_cap_w)

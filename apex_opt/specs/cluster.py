@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .common import NonNegFloat, PosFloat, StrictModel
 
@@ -50,6 +50,27 @@ class DeviceSpec(_StrictNumbers):
     idle_power_w: PosFloat = Field(description="Power drawn while idle, in watts.")
     profile: str | None = Field(None, description="Name of a bundled measured operator profile "
                                                   "(apex_opt/data/profiles/<name>), if any.")
+    # --- DVFS and facility power (optional; see apex_opt/costmodel/power.py) -------------------
+    sm_clock_min_mhz: PosFloat | None = Field(None, description="Lowest settable SM clock (MHz), "
+                                              "as `nvidia-smi -q -d SUPPORTED_CLOCKS` lists.")
+    sm_clock_base_mhz: PosFloat | None = Field(None, description="Base (guaranteed) SM clock, MHz.")
+    sm_clock_max_mhz: PosFloat | None = Field(None, description="Max boost SM clock, MHz: the "
+                                              "clock an unconstrained busy GPU runs at.")
+    mem_clock_mhz: PosFloat | None = Field(None, description="Memory clock, MHz (not changed by "
+                                           "the SM clock knob).")
+    power_cap_min_w: PosFloat | None = Field(None, description="Lowest settable power limit "
+                                             "(`nvidia-smi -q -d POWER`: Min Power Limit), W.")
+    voltage_knee_mhz: PosFloat | None = Field(None, description="SM clock below which the core "
+                                              "voltage stays at its floor (V-f curve knee), MHz.")
+    voltage_at_knee: PosFloat | None = Field(None, description="Core voltage at and below the knee "
+                                             "as a fraction of the voltage at max clock (0-1]; "
+                                             "linear in between.")
+    active_idle_power_w: PosFloat | None = Field(None, description="Power of a GPU that is awake "
+                                                 "at its boost clock but runs no kernel (gaps "
+                                                 "between engine steps), W.")
+    host_power_per_gpu_w: NonNegFloat | None = Field(None, description="Non-GPU node power "
+                                                     "(CPUs, memory, NICs, switches, fans) per GPU "
+                                                     "slot of a typical server, W.")
     source: str | None = Field(None, description="Where the numbers come from (datasheet).")
 
     @field_validator("peak_tflops")
@@ -73,6 +94,21 @@ class DeviceSpec(_StrictNumbers):
         if limit is not None and v >= limit:
             raise ValueError(f"idle_power_w ({v}) must be below power_limit_w ({limit})")
         return v
+
+    @model_validator(mode="after")
+    def _dvfs_consistent(self) -> "DeviceSpec":
+        lo, base, hi = self.sm_clock_min_mhz, self.sm_clock_base_mhz, self.sm_clock_max_mhz
+        known = [c for c in (lo, base, hi) if c is not None]
+        if known != sorted(known):
+            raise ValueError(f"need sm_clock_min_mhz <= sm_clock_base_mhz <= sm_clock_max_mhz "
+                             f"(got {lo}, {base}, {hi})")
+        if self.voltage_at_knee is not None and self.voltage_at_knee > 1:
+            raise ValueError(f"voltage_at_knee ({self.voltage_at_knee}) is a fraction of the "
+                             f"max-clock voltage and must be <= 1")
+        if self.power_cap_min_w is not None and self.power_cap_min_w > self.power_limit_w:
+            raise ValueError(f"power_cap_min_w ({self.power_cap_min_w}) exceeds power_limit_w "
+                             f"({self.power_limit_w})")
+        return self
 
     def tflops(self, dtype: str) -> float:
         """Dense peak TFLOP/s for ``dtype``; falls back to bf16 when the device lacks that dtype
@@ -144,6 +180,12 @@ class PoolSpec(_StrictNumbers):
     intra_node: LinkSpec = Field(description="Link between GPUs of one node.")
     inter_node: LinkSpec | None = Field(None, description="Network between nodes (per GPU). "
                                                           "Required when nodes > 1.")
+    gpu_price_per_hour: NonNegFloat | None = Field(None, description="Price of one GPU of this "
+                                                   "pool per hour (any currency, e.g. $), "
+                                                   "for the cost objective and $/Mtok.")
+    host_power_w: NonNegFloat | None = Field(None, description="Non-GPU power of one node, W "
+                                             "(default: the device's host_power_per_gpu_w x "
+                                             "gpus_per_node).")
 
     @field_validator("device", mode="before")
     @classmethod
@@ -163,6 +205,13 @@ class PoolSpec(_StrictNumbers):
     def num_gpus(self) -> int:
         return self.nodes * self.gpus_per_node
 
+    @property
+    def node_host_power_w(self) -> float:
+        """Non-GPU power of one node (W): ``host_power_w`` or the device's per-GPU host share."""
+        if self.host_power_w is not None:
+            return float(self.host_power_w)
+        return float(self.device.host_power_per_gpu_w or 0.0) * self.gpus_per_node
+
 
 class ClusterSpec(_StrictNumbers):
     """A cluster: one or more pools of nodes (heterogeneous when pools use different devices)."""
@@ -170,6 +219,11 @@ class ClusterSpec(_StrictNumbers):
     name: str = Field(min_length=1, description="Cluster name.")
     description: str | None = Field(None, description="Free text.")
     pools: list[PoolSpec] = Field(min_length=1, description="Device pools.")
+    electricity_price_per_kwh: NonNegFloat | None = Field(
+        None, description="Electricity price per kWh (same currency as gpu_price_per_hour).")
+    pue: float | None = Field(None, ge=1.0, le=5.0, description="Facility power usage "
+                                                             "effectiveness (>= 1): facility "
+                                                             "energy / IT energy.")
 
     @field_validator("pools")
     @classmethod

@@ -42,6 +42,13 @@ class ReplicaConfig(StrictModel):
                                       description="Max context (None = the model's maximum).")
     custom_allreduce: bool = Field(True, description="vLLM custom all-reduce (single node).")
     cuda_graphs: bool = Field(True, description="CUDA graphs for decode batches.")
+    sm_clock_mhz: int | None = Field(None, ge=1, le=10_000,
+                                     description="Locked SM clock (nvidia-smi -lgc) in MHz; None = "
+                                                 "driver default (boost, lowered by the power "
+                                                 "limit under load).")
+    power_cap_w: float | None = Field(None, gt=0, le=10_000,
+                                      description="Board power limit (nvidia-smi -pl) in W; None = "
+                                                  "the device's default limit (TDP).")
 
     @model_validator(mode="after")
     def _shape(self) -> "ReplicaConfig":
@@ -95,6 +102,10 @@ class ReplicaConfig(StrictModel):
             parts.append(f"w{self.weight_dtype}")
         if self.kv_dtype != "bf16":
             parts.append(f"kv{self.kv_dtype}")
+        if self.sm_clock_mhz is not None:
+            parts.append(f"{self.sm_clock_mhz}MHz")
+        if self.power_cap_w is not None:
+            parts.append(f"{self.power_cap_w:g}W")
         return "-".join(parts)
 
 
