@@ -25,7 +25,11 @@ SLO = SLOSpec(ttft_ms={"target": 1000, "percentile": 90}, tpot_ms=40, constraint
 
 @pytest.fixture(scope="module")
 def results() -> dict:
-    return {obj: solve(M, C, REQ, SLO, objective=obj, top_k=4, executor="serial")
+    from apex_opt.commands.solve import make_launcher
+
+    launcher = make_launcher("llama-3.1-8b", M, C)
+    return {obj: solve(M, C, REQ, SLO, objective=obj, top_k=4, executor="serial", launcher=launcher,
+                       also_launch=("sglang",) if obj == "latency" else ())
             for obj in ("latency", "energy", "gpus", "throughput")}
 
 
@@ -65,7 +69,7 @@ def test_energy_plan_no_worse_than_latency_plan(results) -> None:
 
 def test_json_contract(results) -> None:
     d = json.loads(results["latency"].model_dump_json())
-    assert d["schema_version"] == 1
+    assert d["schema_version"] == 2
     assert {"status", "wall_s", "plans_feasible", "plans_simulated"} <= set(d["solver"])
     p = d["plans"][0]
     assert {"groups", "gpus", "metrics", "slo_met", "launch"} <= set(p)
@@ -74,13 +78,18 @@ def test_json_contract(results) -> None:
     assert {"ttft_ms", "tpot_ms", "e2e_s", "energy_j_per_token"} <= set(p["metrics"])
     assert p["launch"]["vllm"].startswith("vllm serve") or "vllm serve" in p["launch"]["vllm"]
     assert "sglang" in p["launch"]["sglang"]
+    assert set(d["plans"][1]["launch"]) == {"vllm"}  # other engines only for the chosen plan
+    assert d["also_simulated"][0]["engine"] == "sglang" and d["also_simulated"][0]["metrics"]
     assert f"--tensor-parallel-size {p['groups'][0]['tp']}" in p["launch"]["vllm"]
     assert [b["name"] for b in d["baselines"]] == ["max-tp-dp", "min-tp-dp"]
     assert d["chosen"]["groups"][0]["stages"]
 
 
 def test_deterministic(results) -> None:
-    again = solve(M, C, REQ, SLO, objective="latency", top_k=4, executor="process", workers=2)
+    from apex_opt.commands.solve import make_launcher
+
+    again = solve(M, C, REQ, SLO, objective="latency", top_k=4, executor="process", workers=2,
+                  launcher=make_launcher("llama-3.1-8b", M, C), also_launch=("sglang",))
     a = json.loads(results["latency"].model_dump_json())
     b = json.loads(again.model_dump_json())
     for d in (a, b):

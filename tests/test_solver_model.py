@@ -7,7 +7,8 @@ import pytest
 
 from apex_opt.errors import InfeasibleError
 from apex_opt.registry import load_cluster
-from apex_opt.search import _space, feasible_plans, solve
+from apex_opt.search import feasible_plans, solve
+from apex_opt.solver.space import build_space as _space
 from apex_opt.sim.workload import Requests
 from apex_opt.solver.candidates import WorkloadStats
 from apex_opt.solver.explain import conflicting_groups

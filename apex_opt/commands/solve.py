@@ -10,7 +10,7 @@ from ..errors import InputError
 from ..registry import data_dir
 from ..report.render import console, table, to_json
 from ..search import DEFAULT_TIME_LIMIT_S, DEFAULT_TOP_K, OBJECTIVES, SolveResult, solve
-from .common import cluster_option, json_option, load_inputs, model_option
+from .common import cluster_option, engine_option, json_option, load_inputs, model_option
 
 DEFAULT_WORKLOAD = "default-workload.yaml"
 DEFAULT_SLO = "default-slo.yaml"
@@ -32,6 +32,23 @@ def _load_slo(path: str | None):
     from ..specs.slo import load_slo
 
     return load_slo(path or str(data_dir("examples") / DEFAULT_SLO))
+
+
+def launch_family(engine_name: str) -> str:
+    """The launch-command vocabulary of an engine profile (``sglang*`` -> sglang, else vllm)."""
+    return "sglang" if engine_name.startswith("sglang") else "vllm"
+
+
+def make_launcher(model_ref: str, model, cluster):
+    """``launcher(plan, engine_name)`` for :func:`apex_opt.search.solve`: the shell commands that
+    start every replica of the plan with that engine."""
+    from ..report.launch import launch_plan
+
+    def launcher(plan, engine_name: str) -> str:
+        lp = launch_plan(model_ref, model, plan, engine=launch_family(engine_name), cluster=cluster)
+        return "\n".join(nc.command for g in lp.groups for r in g.replicas for nc in r.commands)
+
+    return launcher
 
 
 def _fmt(x, spec: str = ".1f") -> str:
@@ -83,11 +100,15 @@ def render_tables(res: SolveResult) -> None:
         e = res.energy_saving
         con.print(f"energy: {e.chosen_j_per_token:.3f} J/token vs {e.latency_plan_j_per_token:.3f} "
                   f"for the latency-optimal plan ({e.latency_plan}): {e.saving_fraction:.1%} saved")
+    for o in res.also_simulated:
+        m = o.metrics
+        con.print(f"chosen plan with {o.engine}: TTFT p90 {_fmt(m.ttft_ms.p90, '.0f')} ms, TPOT p90 "
+                  f"{_fmt(m.tpot_ms.p90, '.1f')} ms, {_fmt(m.energy_j_per_token, '.3f')} J/token, "
+                  f"SLO {'met' if o.slo_met else 'NOT met'} (simulated)")
     if res.plans:
-        con.print("[bold]launch (vLLM)[/]")
-        con.print(res.plans[0].launch.vllm, markup=False)
-        con.print("[bold]launch (SGLang)[/]")
-        con.print(res.plans[0].launch.sglang, markup=False)
+        for name, cmd in res.plans[0].launch.items():
+            con.print(f"[bold]launch ({name})[/]")
+            con.print(cmd, markup=False)
 
 
 @click.command("solve")
@@ -115,12 +136,16 @@ def render_tables(res: SolveResult) -> None:
 @click.option("--time-limit", "time_limit", type=click.FloatRange(0.01, 3600), default=DEFAULT_TIME_LIMIT_S,
               show_default=True, help="CP-SAT deterministic time limit per solve (seconds).")
 @click.option("--seed", type=int, default=0, show_default=True, help="CP-SAT random seed.")
+@engine_option
+@click.option("--also-launch", "also_launch", multiple=True, type=click.Choice(["vllm", "sglang"]),
+              help="Also print the chosen plan's launch commands for this engine, with the plan "
+                   "simulated on it too (repeatable).")
 @json_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the latency / throughput / energy Pareto plot of the simulated plans "
                    "(.png/.svg/.pdf; needs the 'plot' extra).")
 def command(model_ref, cluster_ref, trace, workload, slo_path, objective, top_k, exhaustive,
-            workers, executor, time_limit, seed, as_json, plot_path):
+            workers, executor, time_limit, seed, engine_name, also_launch, as_json, plot_path):
     """Find the best parallel plan (DP/PP/TP/EP, weight/KV dtypes, engine limits) for serving a
     model on a cluster, for a workload and SLO, and print how to launch it.
 
@@ -158,7 +183,9 @@ def command(model_ref, cluster_ref, trace, workload, slo_path, objective, top_k,
 
         res = solve(model, cluster, requests, slo, objective=objective, top_k=top_k,
                     exhaustive=exhaustive, workers=workers, executor=executor, seed=seed,
-                    time_limit_s=time_limit, model_ref=model_ref, progress=progress)
+                    time_limit_s=time_limit, model_ref=model_ref, engine=engine_name,
+                    also_launch=tuple(also_launch), launcher=make_launcher(model_ref, model, cluster),
+                    progress=progress)
     if plot_path:
         from ..report.plot import pareto_plot
 

@@ -9,6 +9,7 @@ dtype, dropping a user limit) and kept only when the relaxed problem is feasible
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from ortools.sat.python import cp_model
@@ -19,6 +20,7 @@ from ..specs.model import ModelSpec
 from ..specs.slo import SLOSpec
 from .candidates import WorkloadStats
 from .model import SCREEN_SLACK, PlanModel, SearchSpace
+from .space import build_space
 
 #: Largest growth factor of a pool tried when proposing more GPUs.
 MAX_GROWTH = 16
@@ -47,7 +49,7 @@ def conflicting_groups(space: SearchSpace) -> list[str]:
 
 
 def _with_slo(space: SearchSpace, slo: SLOSpec) -> SearchSpace:
-    return SearchSpace(space.cands, space.models, space.stats, slo, space.cluster, space.objective)
+    return dataclasses.replace(space, slo=slo)
 
 
 def _relaxed_target(space: SearchSpace, name: str) -> float | None:
@@ -88,8 +90,6 @@ def _grown(cluster: ClusterSpec, factor: int) -> ClusterSpec:
 def _fix(model: ModelSpec, cluster: ClusterSpec, stats: WorkloadStats, slo: SLOSpec, objective: str,
          space: SearchSpace, group: str) -> dict | None:
     """A verified fix for one conflicting group, or None."""
-    from ..search import _space
-
     c = slo.constraints
     if group in ("ttft_ms", "tpot_ms", "e2e_s"):
         new = _relaxed_target(space, group)
@@ -111,7 +111,7 @@ def _fix(model: ModelSpec, cluster: ClusterSpec, stats: WorkloadStats, slo: SLOS
     if group in ("gpus_available", "load", "memory"):
         for factor in (2, 4, 8, MAX_GROWTH):
             bigger = _grown(cluster, factor)
-            sp = _space(model, bigger, stats, slo, objective)
+            sp = build_space(model, bigger, stats, slo, objective, engine=space.engine)
             if sp.cands and _feasible(sp):
                 return {"group": group, "change": f"more GPUs: {bigger.num_gpus} instead of "
                                                   f"{cluster.num_gpus} ({factor}x the nodes)",
@@ -121,11 +121,9 @@ def _fix(model: ModelSpec, cluster: ClusterSpec, stats: WorkloadStats, slo: SLOS
 
 
 def explain(model: ModelSpec, cluster: ClusterSpec, stats: WorkloadStats, slo: SLOSpec,
-            objective: str, space: SearchSpace | None) -> InfeasibleError:
+            objective: str, space: SearchSpace | None, engine=None) -> InfeasibleError:
     """Build the :class:`InfeasibleError` for a search with no feasible plan."""
-    from ..search import _space
-
-    full = _space(model, cluster, stats, slo, objective, everything=True)
+    full = build_space(model, cluster, stats, slo, objective, everything=True, engine=engine)
     if not full.cands:
         groups = ["memory"]
         fixes = [f for f in [_fix(model, cluster, stats, slo.model_copy(update={

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from ..specs.cluster import ClusterSpec
+from ..specs.engine import EngineSpec
 from ..specs.slo import SLOSpec
 from .candidates import Candidate, WorkloadStats
 from .objective import ReplicaModel, plan_estimate, to_milli, to_us
@@ -59,6 +60,7 @@ class SearchSpace:
     slo: SLOSpec
     cluster: ClusterSpec
     objective: str
+    engine: EngineSpec | None = None
 
     def slo_violations(self, i: int) -> set[str]:
         """SLO screens candidate ``i`` fails."""

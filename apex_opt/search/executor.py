@@ -1,0 +1,172 @@
+"""Where plans are simulated: in this process, a process pool, or Ray.
+
+An executor is built around one :class:`SimContext` (model, cluster, workload, SLO, engine) and
+maps :class:`SimJob` s to :class:`SimOutcome` s in submission order, so the answer never depends
+on which worker finished first. No module-global state: every job carries its context (pickled
+once per job for the process pool, put once in the object store for Ray).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import functools
+import os
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from ..errors import InputError
+from ..sim.metrics import Metrics
+from ..sim.simulator import simulate
+from ..sim.workload import Requests
+from ..specs.cluster import ClusterSpec
+from ..specs.engine import EngineSpec
+from ..specs.model import ModelSpec
+from ..specs.plan import Plan
+from ..specs.slo import SLOSpec
+from .rates import highest_rate
+
+EXECUTORS = ("process", "ray", "serial")
+
+
+@dataclass(frozen=True)
+class SimContext:
+    """Everything a simulation job needs besides the plan."""
+
+    model: ModelSpec
+    cluster: ClusterSpec
+    requests: Requests
+    slo: SLOSpec
+    engine: EngineSpec
+
+    def simulate(self, plan: Plan, factor: float = 1.0, breakdown: bool = False,
+                 engine: EngineSpec | None = None) -> Metrics:
+        """Metrics of ``plan`` on the workload with its arrival rate scaled by ``factor``."""
+        req = self.requests if factor == 1.0 else self.requests.scaled_rate(factor)
+        return simulate(self.model, self.cluster, plan, req, slo=self.slo, breakdown=breakdown,
+                        engine=engine or self.engine).metrics
+
+
+@dataclass(frozen=True)
+class SimJob:
+    """Simulate ``plan``; with ``rate_search`` find the highest rate factor meeting the SLO
+    (starting the search at ``rate_guess``)."""
+
+    plan: Plan
+    rate_search: bool = False
+    rate_guess: float = 1.0
+    breakdown: bool = False
+    engine: EngineSpec | None = None
+
+
+@dataclass(frozen=True)
+class SimOutcome:
+    metrics: Metrics
+    #: rate factor of ``metrics`` (1.0 unless rate-searched; 0.0 = no rate met the SLO)
+    rate_factor: float = 1.0
+
+
+def slo_met(m: Metrics) -> bool:
+    return m.slo_met is not False and m.num_completed > 0
+
+
+def run_job(ctx: SimContext, job: SimJob) -> SimOutcome:
+    if not job.rate_search:
+        return SimOutcome(ctx.simulate(job.plan, breakdown=job.breakdown, engine=job.engine))
+    sim = functools.partial(ctx.simulate, job.plan, breakdown=job.breakdown, engine=job.engine)
+    m, f = highest_rate(sim, slo_met, job.rate_guess)
+    return SimOutcome(m, f)
+
+
+Progress = Callable[[int, int], None] | None
+
+
+class Executor:
+    """Serial executor (and the interface of the others)."""
+
+    name = "serial"
+
+    def __init__(self, ctx: SimContext):
+        self.ctx = ctx
+        self.done = 0
+
+    def map(self, jobs: Sequence[SimJob], progress: Progress = None) -> list[SimOutcome]:
+        out = []
+        for j in jobs:
+            out.append(run_job(self.ctx, j))
+            self._tick(progress)
+        return out
+
+    def _tick(self, progress: Progress, n: int = 1) -> None:
+        self.done += n
+        if progress:
+            progress(self.done, 0)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ProcessExecutor(Executor):
+    """A process pool kept open across batches (the refinement loop submits several)."""
+
+    name = "process"
+
+    def __init__(self, ctx: SimContext, workers: int):
+        super().__init__(ctx)
+        self.procs = max(1, workers if workers > 1 else (os.cpu_count() or 1))
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def map(self, jobs: Sequence[SimJob], progress: Progress = None) -> list[SimOutcome]:
+        if len(jobs) <= 1 and self._pool is None:
+            return super().map(jobs, progress)
+        if self._pool is None:
+            self._pool = cf.ProcessPoolExecutor(max_workers=self.procs)
+        fn = functools.partial(run_job, self.ctx)
+        futs = {self._pool.submit(fn, j): i for i, j in enumerate(jobs)}
+        results: list = [None] * len(jobs)
+        for fut in cf.as_completed(futs):
+            results[futs[fut]] = fut.result()
+            self._tick(progress)
+        return results
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class RayExecutor(Executor):
+    name = "ray"
+
+    def __init__(self, ctx: SimContext):
+        super().__init__(ctx)
+        try:
+            import ray  # type: ignore
+        except ImportError:
+            raise InputError("the ray executor needs the 'ray' extra: pip install 'apex-opt[ray]'",
+                             field="--executor", value="ray") from None
+        if not ray.is_initialized():
+            ray.init(ignore_reinit_error=True, log_to_driver=False)
+        self._ray = ray
+        self._ref = ray.put(ctx)
+        self._remote = ray.remote(run_job)
+
+    def map(self, jobs: Sequence[SimJob], progress: Progress = None) -> list[SimOutcome]:
+        out = self._ray.get([self._remote.remote(self._ref, j) for j in jobs])
+        self._tick(progress, len(jobs))
+        return out
+
+
+def make_executor(kind: str, ctx: SimContext, workers: int) -> Executor:
+    if kind not in EXECUTORS:
+        raise InputError("use process, ray or serial", field="executor", value=kind)
+    if kind == "ray":
+        return RayExecutor(ctx)
+    if kind == "process":
+        return ProcessExecutor(ctx, workers)
+    return Executor(ctx)

@@ -1,0 +1,223 @@
+"""``solve``: candidates -> shortlist -> simulate -> rank -> baselines and detail.
+
+The CP-SAT model (:mod:`apex_opt.solver.model`) ranks plans by an analytic surrogate; the shortlist
+is simulated on the user's workload (:mod:`.executor`; results in submission order so the answer
+is deterministic) and ranked by the objective among the plans whose simulated metrics meet the
+SLO. ``exhaustive=True`` simulates every feasible plan instead.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+from ..errors import InputError
+from ..memory import GIB, replica_memory
+from ..sim.metrics import Metrics, round_sig
+from ..sim.workload import Requests
+from ..solver.candidates import WorkloadStats
+from ..solver.explain import explain, explain_simulated
+from ..solver.model import SearchSpace
+from ..solver.space import build_space
+from ..specs.cluster import ClusterSpec
+from ..specs.engine import EngineSpec, load_engine
+from ..specs.model import ModelSpec
+from ..specs.plan import Plan
+from ..specs.slo import SLOSpec
+from .baselines import baseline_keys
+from .executor import Executor, SimContext, SimJob, SimOutcome, make_executor, slo_met
+from .objectives import OBJECTIVES, better, objective_value, rank_key
+from .plans import (PlanKey, count_feasible, estimate, feasible_plans, group_out, plan_label,
+                    surrogate_out, to_plan)
+from .rates import RATE_MIN_FACTOR
+from .results import (Baseline, ChosenDetail, EnergySaving, GroupDetail, OtherEngine, PlanOut,
+                      SolveResult, SolverInfo, StageDetail)
+from .shortlist import shortlist as make_shortlist
+
+DEFAULT_TOP_K = 6
+DEFAULT_TIME_LIMIT_S = 10.0
+DEFAULT_ENGINE = "vllm"
+
+#: ``launcher(plan, engine_name) -> shell commands``; the CLI passes the report layer's renderer.
+Launcher = Callable[[Plan, str], str]
+
+
+def workload_rate_check(requests: Requests) -> None:
+    if len(requests) < 2:
+        raise InputError("the workload needs at least 2 requests to define a rate",
+                         source=requests.source, field="num_requests", value=len(requests))
+
+
+def _check_args(slo: SLOSpec, objective: str, top_k: int) -> None:
+    if objective not in OBJECTIVES:
+        raise InputError(f"unknown objective; use one of {', '.join(OBJECTIVES)}",
+                         field="objective", value=objective)
+    if objective == "throughput" and not slo.has_targets:
+        raise InputError("the throughput objective needs at least one SLO target (ttft_ms, "
+                         "tpot_ms or e2e_s) to define an SLO-meeting rate", field="objective",
+                         value=objective)
+    if top_k < 1:
+        raise InputError("must be >= 1", field="top_k", value=top_k)
+
+
+def _rate_guess(space: SearchSpace, key: PlanKey) -> float:
+    est = estimate(space, key)
+    return max(RATE_MIN_FACTOR, est.capacity_at_slo_req_s / space.stats.rate_req_s * 0.8)
+
+
+def _job(space: SearchSpace, key: PlanKey, objective: str, breakdown: bool = False) -> SimJob:
+    rs = objective == "throughput"
+    return SimJob(to_plan(space, key), rate_search=rs,
+                  rate_guess=_rate_guess(space, key) if rs else 1.0, breakdown=breakdown)
+
+
+def _launches(plan: Plan, launcher: Launcher | None, engines: tuple[str, ...]) -> dict[str, str]:
+    return {e: launcher(plan, e) for e in engines} if launcher else {}
+
+
+def _plan_out(space: SearchSpace, key: PlanKey, out: SimOutcome | None, objective: str,
+              launch: dict[str, str]) -> PlanOut:
+    plan = to_plan(space, key)
+    gpus = plan.gpus
+    metrics = out.metrics if out else None
+    rate = None
+    met = None
+    if out is not None:
+        if objective == "throughput":
+            # the rate the plan actually served at the highest SLO-meeting arrival rate (a
+            # compressed finite trace ends in a drain, so the arrival rate would overstate it)
+            rate = (0.0 if out.rate_factor <= 0 else
+                    min(space.stats.rate_req_s * out.rate_factor, metrics.requests_per_s))
+            met = slo_met(metrics) and out.rate_factor > 0
+        else:
+            rate = space.stats.rate_req_s
+            met = slo_met(metrics)
+    return PlanOut(rank=0, label=plan_label(space, key), groups=[group_out(space, i, k) for i, k in key],
+                   gpus=gpus, metrics=metrics, slo_met=met,
+                   objective_value=objective_value(objective, metrics, gpus, rate),
+                   rate_req_s=round_sig(rate) if rate is not None else None,
+                   rate_per_gpu=round_sig(rate / gpus) if rate is not None else None,
+                   surrogate=surrogate_out(space, key), launch=launch)
+
+
+def _chosen_detail(model: ModelSpec, space: SearchSpace, key: PlanKey, engine: EngineSpec,
+                   metrics: Metrics) -> ChosenDetail:
+    groups = []
+    for i, k in key:
+        c = space.cands[i]
+        mem = replica_memory(model, space.cluster.pool(c.pool).device, c.config(), engine)
+        stages = [StageDetail(stage=s.stage, layers=s.layers,
+                              weights_gib=round_sig(s.weights_bytes / GIB),
+                              activations_gib=round_sig(s.activation_bytes / GIB),
+                              kv_cache_gib=round_sig(max(0, s.kv_cache_bytes) / GIB),
+                              other_gib=round_sig((s.runtime_overhead_bytes + s.outside_budget_bytes) / GIB))
+                  for s in mem.stages]
+        groups.append(GroupDetail(label=f"{k}x{c.config().label()}", device=c.device,
+                                  kv_tokens=mem.kv_tokens, stages=stages))
+    return ChosenDetail(label=plan_label(space, key), groups=groups,
+                        time_breakdown_ms=dict(metrics.time_breakdown_ms))
+
+
+def _baselines(space: SearchSpace, chosen: PlanOut, objective: str, ex: Executor,
+               engine: EngineSpec) -> list[Baseline]:
+    specs = baseline_keys(space, (256, engine.chunked_prefill_budget))
+    keys = [key for _n, _d, key, _p in specs if key is not None]
+    results = iter(ex.map([_job(space, key, objective) for key in keys])) if keys else iter(())
+    out = []
+    for name, desc, key, problem in specs:
+        if key is None:
+            out.append(Baseline(name=name, description=desc, plan=None, problem=problem))
+            continue
+        p = _plan_out(space, key, next(results), objective, {})
+        gain = None
+        if chosen.objective_value is not None and p.objective_value is not None and p.slo_met:
+            g = better(objective, chosen.objective_value, p.objective_value)
+            gain = round_sig(g) if math.isfinite(g) else None
+        out.append(Baseline(name=name, description=desc, plan=p, gain=gain))
+    return out
+
+
+def _energy_saving(ranked: list[PlanOut]) -> EnergySaving | None:
+    met = [p for p in ranked if p.slo_met and p.metrics is not None]
+    if not met:
+        return None
+    lat = min(met, key=lambda p: (p.metrics.e2e_s.mean or math.inf, p.gpus, p.label))
+    chosen = ranked[0]
+    a, b = chosen.metrics.energy_j_per_token if chosen.metrics else None, lat.metrics.energy_j_per_token
+    saving = round_sig(1 - a / b) if a is not None and b else None
+    return EnergySaving(latency_plan=lat.label, latency_plan_j_per_token=b,
+                        chosen_j_per_token=a, saving_fraction=saving)
+
+
+def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSpec, *,
+          objective: str | None = None, top_k: int = DEFAULT_TOP_K, exhaustive: bool = False,
+          workers: int = 1, executor: str = "process", seed: int = 0,
+          time_limit_s: float = DEFAULT_TIME_LIMIT_S, model_ref: str | None = None,
+          engine: str | EngineSpec = DEFAULT_ENGINE, also_launch: tuple[str, ...] = (),
+          launcher: Launcher | None = None,
+          progress: Callable[[str, int, int], None] | None = None) -> SolveResult:
+    """Plan serving ``model`` on ``cluster`` for ``requests`` under ``slo``, every plan simulated
+    with ``engine`` (a bundled engine name or spec). ``launcher(plan, engine_name)`` renders launch
+    commands (for ``engine`` and every engine of ``also_launch``, whose simulation of the chosen
+    plan is reported too).
+
+    Raises :class:`InfeasibleError` (with an explanation and verified fixes) when no plan can meet
+    memory or the SLO, :class:`InputError` for bad arguments.
+    """
+    t0 = time.perf_counter()
+    objective = objective or slo.objective
+    _check_args(slo, objective, top_k)
+    workload_rate_check(requests)
+    eng = engine if isinstance(engine, EngineSpec) else load_engine(engine)
+    eng_key = engine if isinstance(engine, str) else eng.name
+    other_keys = tuple(dict.fromkeys(e for e in also_launch if e != eng_key))
+    others = tuple(load_engine(e) for e in other_keys)
+    stats = WorkloadStats.of(requests)
+    space = build_space(model, cluster, stats, slo, objective, engine=eng)
+    if not space.cands:
+        raise explain(model, cluster, stats, slo, objective, None, engine=eng)
+    status = "EXHAUSTIVE"
+    if exhaustive:
+        keys = feasible_plans(space)
+        n_feasible = len(keys)
+    else:
+        n_feasible = count_feasible(space)
+        keys, status = make_shortlist(space, objective, top_k, workers, seed, time_limit_s)
+        if not keys:
+            raise explain(model, cluster, stats, slo, objective, space, engine=eng)
+    ctx = SimContext(model, cluster, requests, slo, eng)
+    cb = (lambda d, n: progress("simulating", d, n)) if progress else None
+    with make_executor(executor, ctx, workers) as ex:
+        results = ex.map([_job(space, key, objective) for key in keys], cb)
+        plans = [_plan_out(space, key, r, objective, {}) for key, r in zip(keys, results)]
+        order = sorted(range(len(plans)), key=lambda j: rank_key(objective, plans[j]))
+        if not plans[order[0]].slo_met:
+            raise explain_simulated(slo, [plans[j] for j in order], objective)
+        best = order[0]
+        best_key = keys[best]
+        best_plan = to_plan(space, best_key)
+        names = (eng_key,) + other_keys
+        ranked = [plans[j].model_copy(update={
+            "rank": r + 1, "launch": _launches(to_plan(space, keys[j]), launcher, names[:1])})
+            for r, j in enumerate(order)]
+        ranked[0] = ranked[0].model_copy(update={"launch": _launches(best_plan, launcher, names)})
+        bd = ex.map([SimJob(best_plan, breakdown=True)])[0].metrics
+        chosen = _chosen_detail(model, space, best_key, eng, bd)
+        baselines = _baselines(space, ranked[0], objective, ex, eng)
+        also = []
+        if others:
+            outs = ex.map([SimJob(best_plan, engine=o) for o in others])
+            also = [OtherEngine(engine=k, metrics=r.metrics, slo_met=slo_met(r.metrics),
+                                launch=ranked[0].launch.get(k, "")) for k, r in zip(other_keys, outs)]
+    saving = _energy_saving(ranked) if objective == "energy" else None
+    info = SolverInfo(status=status, wall_s=round(time.perf_counter() - t0, 3),
+                      plans_feasible=n_feasible, plans_simulated=len(keys),
+                      candidates=len(space.cands), shortlist=len(keys), objective=objective,
+                      exhaustive=exhaustive, workers=workers, executor=executor, seed=seed,
+                      engine=eng_key)
+    return SolveResult(model=model.name, cluster=cluster.name, objective=objective,
+                       slo=slo.model_dump(mode="json"),
+                       workload=requests.summary().model_dump(mode="json"), plans=ranked,
+                       chosen=chosen, baselines=baselines, energy_saving=saving,
+                       also_simulated=also, solver=info)

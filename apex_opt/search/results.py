@@ -1,0 +1,149 @@
+"""Result models of ``apex-opt solve`` (its ``--json`` contract)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..sim.metrics import Metrics
+
+SCHEMA_VERSION = 2
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GroupOut(_Out):
+    """One replica group of a plan."""
+
+    pool: str
+    device: str
+    replicas: int
+    tp: int
+    pp: int
+    ep: int
+    weight_dtype: str
+    kv_dtype: str
+    layers_per_stage: list[int]
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int
+    chunked_prefill: bool = True
+    gpus_per_replica: int
+
+
+class Surrogate(_Out):
+    """The analytic estimates the CP-SAT model ranked the plan by."""
+
+    capacity_req_s: float
+    capacity_at_slo_req_s: float
+    latency_s: float
+    ttft_ms: float
+    tpot_ms: float
+    power_w: float
+    energy_j_per_token: float
+
+
+class PlanOut(_Out):
+    """One ranked plan."""
+
+    rank: int
+    label: str
+    groups: list[GroupOut]
+    gpus: int
+    metrics: Metrics | None = Field(description="Simulated metrics (same shape as `simulate --json`).")
+    slo_met: bool | None
+    objective_value: float | None = Field(description="Simulated value of the objective "
+                                                      "(s, J/token, GPUs or req/s).")
+    rate_req_s: float | None = Field(None, description="Request rate simulated (for `throughput`: "
+                                                       "the highest rate the plan sustains within "
+                                                       "the SLO).")
+    rate_per_gpu: float | None = None
+    surrogate: Surrogate
+    launch: dict[str, str] = Field(default_factory=dict, description="Shell commands (one line per "
+                                   "process) that start the plan, per engine.")
+
+
+class StageDetail(_Out):
+    stage: int
+    layers: int
+    weights_gib: float
+    activations_gib: float
+    kv_cache_gib: float
+    other_gib: float
+
+
+class GroupDetail(_Out):
+    label: str
+    device: str
+    kv_tokens: int
+    stages: list[StageDetail]
+
+
+class ChosenDetail(_Out):
+    """The chosen plan in detail: per-stage layers, memory per device, time breakdown."""
+
+    label: str
+    groups: list[GroupDetail]
+    time_breakdown_ms: dict[str, float]
+
+
+class Baseline(_Out):
+    name: str
+    description: str
+    plan: PlanOut | None
+    problem: str | None = None
+    gain: float | None = Field(None, description="How many times better the chosen plan is on "
+                                                 "the objective (> 1 = better).")
+
+
+class EnergySaving(_Out):
+    latency_plan: str
+    latency_plan_j_per_token: float | None
+    chosen_j_per_token: float | None
+    saving_fraction: float | None
+
+
+class OtherEngine(_Out):
+    """The chosen plan simulated with another engine (``--also-launch``)."""
+
+    engine: str
+    metrics: Metrics
+    slo_met: bool
+    launch: str
+
+
+class SolverInfo(_Out):
+    status: str
+    wall_s: float
+    plans_feasible: int
+    plans_simulated: int
+    candidates: int
+    shortlist: int
+    objective: str
+    exhaustive: bool
+    workers: int
+    executor: str
+    seed: int
+    engine: str = Field("vllm", description="Engine profile every plan was simulated with.")
+    optimality_gap: float | None = Field(
+        None, description="Largest relative improvement over the chosen plan that an unsimulated "
+                          "plan could still offer by the surrogate's bound (0 = none; None = "
+                          "not bounded).")
+
+
+class SolveResult(_Out):
+    """The output of ``apex-opt solve`` (``--json``)."""
+
+    schema_version: int = SCHEMA_VERSION
+    model: str
+    cluster: str
+    objective: str
+    slo: dict
+    workload: dict
+    plans: list[PlanOut]
+    chosen: ChosenDetail | None
+    baselines: list[Baseline]
+    energy_saving: EnergySaving | None = None
+    also_simulated: list[OtherEngine] = Field(default_factory=list)
+    solver: SolverInfo

@@ -1,0 +1,32 @@
+"""Build the :class:`~apex_opt.solver.model.SearchSpace` of a problem: the replica candidates and
+their steady-state surrogates (one iteration-cost curve per distinct replica configuration)."""
+
+from __future__ import annotations
+
+from ..specs.cluster import ClusterSpec
+from ..specs.engine import EngineSpec, load_engine
+from ..specs.model import ModelSpec
+from ..specs.slo import SLOSpec
+from .candidates import WorkloadStats, enumerate_candidates
+from .model import SearchSpace
+from .objective import ReplicaModel, cost_curves
+
+
+def build_space(model: ModelSpec, cluster: ClusterSpec, stats: WorkloadStats, slo: SLOSpec,
+                objective: str, everything: bool = False,
+                engine: EngineSpec | None = None) -> SearchSpace:
+    """Candidates of every pool with their surrogates. ``everything=True`` keeps candidates that
+    violate a user constraint (the infeasibility explanation relaxes them one group at a time)
+    but drops those that cannot fit in memory."""
+    engine = engine or load_engine()
+    cands = enumerate_candidates(model, cluster, stats, slo, engine=engine, everything=everything)
+    if everything:
+        cands = [c for c in cands if c.fits]
+    curves: dict = {}
+    models = []
+    for c in cands:
+        cv = curves.get(c.cost_key)
+        if cv is None:
+            cv = curves[c.cost_key] = cost_curves(model, cluster, c, stats, engine)
+        models.append(ReplicaModel(c, cv, stats))
+    return SearchSpace(cands, models, stats, slo, cluster, objective, engine)
