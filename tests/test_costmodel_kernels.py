@@ -40,3 +40,82 @@ def test_deepseek_v3_fits_one_h200_node_without_flags():
     res = CliRunner().invoke(main, ["check", "--model", "deepseek-v3", "--cluster", "h200-1x8",
                                     "--weight-dtype", "bf16", "--json"])
     assert res.exit_code == 3
+
+
+# ---------------------------------------------------------------------------------- kernel physics
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from apex_opt.costmodel import DeviceCostModel  # noqa: E402
+from apex_opt.costmodel.iteration import IterationCostModel  # noqa: E402
+from apex_opt.registry import load_cluster, load_device  # noqa: E402
+from apex_opt.specs.plan import ReplicaConfig  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def h200():
+    return DeviceCostModel(load_device("h200-sxm-141gb"))
+
+
+def _bd(model, cluster, cfg, decode=(), prefill=()):
+    it = IterationCostModel(load_model(model), load_cluster(cluster).pools[0], cfg)
+    return it.iteration(np.asarray(decode, dtype=int), list(prefill), with_breakdown=True)
+
+
+def test_fp8_activation_quant_is_charged_and_grows_with_tokens(h200):
+    small, large = h200.act_quant("fp8_tensor", 16, 8192), h200.act_quant("fp8_tensor", 8192, 8192)
+    assert large.time_s > 8 * small.time_s
+    # per-tensor dynamic quant is two passes (max, then quant); per-token one
+    assert h200.act_quant("fp8_tensor", 8192, 8192).time_s > 1.4 * h200.act_quant("fp8_channel", 8192, 8192).time_s
+    cfg8 = ReplicaConfig(tp=8, weight_dtype="fp8")
+    f8 = _bd("llama-3.1-70b", "h100-sxm-1x8", cfg8, prefill=[(4096, 0)])
+    bf = _bd("llama-3.1-70b", "h100-sxm-1x8", ReplicaConfig(tp=8), prefill=[(4096, 0)])
+    assert f8.breakdown["act_quant"] > 0.05 * f8.breakdown["attention_proj"]
+    assert "act_quant" not in bf.breakdown
+
+
+def test_a100_fp8_runs_weight_only_marlin_bound_by_weight_bytes():
+    a100 = DeviceCostModel(load_device("a100-sxm-80gb"))
+    bf, f8, i4 = (a100.gemm(1, 8192, 8192, "bf16", wd).time_s for wd in (None, "fp8", "int4"))
+    # decode GEMM streams the weights: fp8 ~ half, int4 ~ a quarter (+ group scales) of bf16
+    assert 0.45 < f8 / bf < 0.65 and 0.25 < i4 / bf < 0.45
+    # large m is compute-bound on bf16 tensor cores, with Marlin's dequant overhead on top
+    assert a100.gemm(8192, 8192, 8192, "fp8").time_s > a100.gemm(8192, 8192, 8192, "bf16").time_s
+    # no fp8 activation quant on A100 (not W8A8)
+    res = _bd("llama-3.1-70b", "a100-80g-1x8", ReplicaConfig(tp=8, weight_dtype="fp8"), prefill=[(2048, 0)])
+    assert "act_quant" not in res.breakdown
+
+
+def test_fused_moe_small_batch_reads_each_active_experts_weights(h200):
+    # Mixtral-like layer, one token, top-2 of 8: two experts' weights (bf16) are streamed
+    one = h200.fused_moe(1, 4096, 14336, 2, 8, balanced=True).time_s
+    expert_bytes = 3 * 4096 * 14336 * 2.0
+    bw = 4.8e12
+    assert 2 * expert_bytes / bw < one < 2 * expert_bytes / (0.6 * bw)
+    two = h200.fused_moe(2, 4096, 14336, 2, 8, balanced=True).time_s
+    assert two == pytest.approx(2 * one, rel=0.15)
+    # all 8 experts hit from 4 tokens on: time saturates until compute takes over
+    t4, t64 = (h200.fused_moe(t, 4096, 14336, 2, 8, balanced=True).time_s for t in (4, 64))
+    assert t64 == pytest.approx(t4, rel=0.1)
+    # random routing over 256 experts: expected distinct experts grow sub-linearly
+    r1, r16 = (h200.fused_moe(t, 7168, 2048, 8, 256, tp=8, dtype="fp8", block_fp8=True).time_s for t in (1, 16))
+    assert 4 < r16 / r1 < 16
+
+
+def test_mla_decode_scales_with_latent_kv(h200):
+    short = h200.mla_decode(16, 512, 64, [1024] * 64).time_s
+    long = h200.mla_decode(16, 512, 64, [8192] * 64).time_s
+    assert 4 < long / short < 8.5
+    # latent bytes per token and layer: (512 + 64) x 2 B, shared by all heads
+    nbytes = 64 * 8192 * 576 * 2.0
+    assert long > nbytes / 4.8e12
+
+
+def test_deepseek_decode_has_the_kernels_engines_run():
+    res = _bd("deepseek-v3", "h200-1x8", ReplicaConfig(tp=8, weight_dtype="fp8"), decode=[1536] * 4)
+    bd = res.breakdown
+    for cls in ("act_quant", "moe_experts", "moe_shared", "moe_router", "attention", "communication"):
+        assert bd[cls] > 0, cls
+    # more concurrent streams hit more experts: MoE time grows well before compute matters
+    res16 = _bd("deepseek-v3", "h200-1x8", ReplicaConfig(tp=8, weight_dtype="fp8"), decode=[1536] * 16)
+    assert res16.breakdown["moe_experts"] > 1.8 * bd["moe_experts"]

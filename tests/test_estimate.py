@@ -14,6 +14,7 @@ from apex_opt.errors import InputError
 from apex_opt.estimate import estimate, parse_batch
 from apex_opt.memory import weight_bytes_by_component
 from apex_opt.registry import load_cluster
+from apex_opt.specs.engine import load_engine
 from apex_opt.specs.model import load_model
 from apex_opt.specs.plan import ReplicaConfig
 
@@ -41,8 +42,9 @@ def _measured_tpot(validation_dir, case_id):
     ("decode:10x800", "vllm-llama_creation_05_validation_8TP"),    # ~10 requests in flight
 ])
 def test_tp8_decode_matches_real_vllm(node, llama70, validation_dir, batch, case):
+    # these runs are vLLM 0.6 (V0 engine: its per-sequence host cost is part of the step)
     measured = _measured_tpot(validation_dir, case)
-    res = estimate(llama70, node, ReplicaConfig(tp=8), parse_batch(batch))
+    res = estimate(llama70, node, ReplicaConfig(tp=8), parse_batch(batch), engine=load_engine("vllm-0.6"))
     assert res.iteration_ms == pytest.approx(measured, rel=0.15)
 
 
@@ -50,7 +52,8 @@ def test_fp8_faster_for_large_prefill_and_half_weight_memory(node, llama70):
     bf = IterationCostModel(llama70, node.pools[0], ReplicaConfig(tp=8))
     f8 = IterationCostModel(llama70, node.pools[0], ReplicaConfig(tp=8, weight_dtype="fp8"))
     pre = [(4096, 0)] * 2
-    assert f8.iteration(np.zeros(0, int), pre).time_s < 0.8 * bf.iteration(np.zeros(0, int), pre).time_s
+    # fp8 GEMMs are ~2x faster but each input is quantized first (dynamic per-tensor: 2 kernels)
+    assert f8.iteration(np.zeros(0, int), pre).time_s < 0.85 * bf.iteration(np.zeros(0, int), pre).time_s
     wb = weight_bytes_by_component(llama70, ReplicaConfig(tp=8), 0)
     wf = weight_bytes_by_component(llama70, ReplicaConfig(tp=8, weight_dtype="fp8"), 0)
     linear = ("attention", "mlp")

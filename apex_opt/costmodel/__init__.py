@@ -190,6 +190,92 @@ class DeviceCostModel:
         self._gemm_cache[key] = cost
         return cost
 
+    def fused_moe(self, tokens: float, hidden: int, inter: int, topk: int, experts: int, tp: int = 1,
+                  ep: int = 1, dtype: str = "bf16", weight_dtype: str | None = None, *,
+                  balanced: bool = False, imbalance: float = 1.0, block_fp8: bool = False) -> OpCost:
+        """One MoE layer's routed experts on one GPU as the Triton ``fused_moe`` runs them (vLLM,
+        SGLang): two grouped GEMM kernels (w13: hidden -> 2*inter/tp, w2: inter/tp -> hidden), each
+        ONE launch that streams the weights of every local expert that received a token, plus the
+        aux kernels (router top-k, align, silu_and_mul, moe_sum; fp8 W8A8 adds the activation quant
+        of both GEMM inputs). Tokens of each expert are padded to the kernel's BLOCK_SIZE_M.
+
+        ``tokens``: tokens of the layer (all of them reach every EP rank). Active experts: with
+        random routing the expected number of distinct experts hit; ``balanced=True``: tokens spread
+        evenly (the kernel benchmarks' "balanced" distribution). ``imbalance`` scales the busiest EP
+        rank's assignments."""
+        key = ("moe", tokens, hidden, inter, topk, experts, tp, ep, dtype, weight_dtype, balanced,
+               imbalance, block_fp8)
+        hit = self._gemm_cache.get(key)
+        if hit is not None:
+            return hit
+        if tokens < 0 or topk < 1 or experts < topk or ep < 1 or tp < 1 or experts % ep or imbalance < 1.0:
+            raise InputError("fused MoE needs tokens >= 0, 1 <= topk <= experts, EP dividing experts",
+                             field="tokens/topk/experts/ep", value=(tokens, topk, experts, ep))
+        if tokens == 0:
+            return OpCost(0.0, self.idle_power_w)
+        from .kernels import kernel_facts
+
+        kf = kernel_facts()
+        dt, wd = self._resolve_dtypes(dtype, weight_dtype)
+        e_local = experts // ep
+        inter_l = max(1, inter // tp)
+        assign = tokens * topk / ep * (imbalance if ep > 1 else 1.0)
+        if balanced:
+            active = min(float(e_local), max(1.0, math.ceil(assign)))
+        else:
+            active = max(1.0, e_local * (1.0 - (1.0 - topk / experts) ** tokens))
+        per_expert = assign / active
+        if block_fp8 and dt == "fp8":
+            bm = kf.moe_block_m_fp8_block
+        else:
+            bm = kf.moe_block_m_small if tokens <= experts else kf.moe_block_m_large
+        padded = active * math.ceil(per_expert / bm) * bm
+        fit = self.cal.gemm[dt].fit
+        peak, bw = self.peak_flops(dt), self.bw
+        wb = WEIGHT_BYTES[wd or dt]
+        ab = 1.0 if dt == "fp8" else 2.0
+        marlin = wd is not None and dt == "bf16"
+        t_tot = e_tot = fl_tot = by_tot = 0.0
+        for n, k in ((2 * inter_l, hidden), (hidden, inter_l)):
+            flops = 2.0 * padded * n * k
+            nbytes = active * n * k * wb + assign * k * ab + assign * n * 2.0
+            if marlin:
+                flops *= 1.0 + kf.marlin_compute_overhead.get(wd, 0.0)
+            t = float(fit.time(flops, nbytes, peak, bw))
+            t = self._derate(t, float(fit.compute_share(flops, nbytes, peak, bw)))
+            fl_tot += flops
+            by_tot += nbytes
+            t_tot += t
+        aux = [self.elementwise("router_topk", int(math.ceil(tokens)), experts),
+               self.elementwise("moe_align", int(math.ceil(assign)), 1),
+               self.elementwise("silu_and_mul", int(math.ceil(assign)), inter_l),
+               self.elementwise("moe_sum", int(math.ceil(tokens)), topk * hidden)]
+        if dt == "fp8":
+            scheme = "fp8_block" if block_fp8 else "fp8_channel"
+            aux += [self.act_quant(scheme, int(math.ceil(tokens)), hidden),
+                    self.act_quant(scheme, int(math.ceil(assign)), inter_l)]
+        t_aux = sum(c.time_s for c in aux)
+        e_aux = sum(c.energy_j for c in aux)
+        cost = self._cost(t_tot, fl_tot, by_tot, dt, "gemm")
+        cost = OpCost(t_tot + t_aux, (cost.energy_j + e_aux) / (t_tot + t_aux))
+        self._gemm_cache[key] = cost
+        return cost
+
+    def act_quant(self, scheme: str, tokens: int, hidden: int) -> OpCost:
+        """Dynamic fp8 activation quantization before a W8A8 GEMM (``scheme``: fp8_tensor = two
+        kernels, max-reduce then quant; fp8_channel = per-token, one kernel; fp8_block =
+        per-token-group 128, one kernel). See data/kernels.yaml."""
+        from .kernels import kernel_facts
+
+        q = kernel_facts().act_quant.get(scheme)
+        if q is None:
+            raise InputError("unknown activation-quant scheme", field="scheme", value=scheme)
+        if tokens <= 0:
+            return OpCost(0.0, self.idle_power_w)
+        nbytes = q.bytes_per_elt * float(tokens) * hidden
+        t = q.kernels * float(self.cal.stream.time(nbytes / q.kernels, self.bw))
+        return self._cost(t, 0.0, nbytes, "bf16", "gemm")
+
     # -- attention -------------------------------------------------------------------------------
     def _decode_mem(self, nbytes: float) -> float:
         """Scalar fast path of :meth:`attention.DecodeFit.time` (inner loop of the simulator)."""

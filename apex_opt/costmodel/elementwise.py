@@ -45,6 +45,12 @@ STREAM_BYTES_PER_ELT = {
     "residual_add": 6.0,
     "rmsnorm": 4.0,
     "silu_mul": 6.0,
+    # MoE aux kernels (vLLM/SGLang fused_moe): router logits in fp32 (hidden = experts), the
+    # token-to-expert sort (hidden = 1, ids in int32 read + written), the top-k weighted sum of the
+    # expert outputs (hidden = topk x model hidden: read bf16, write 1/topk of it).
+    "router_topk": 4.0,
+    "moe_align": 8.0,
+    "moe_sum": 2.5,
 }
 OPS = tuple(STREAM_BYTES_PER_ELT)
 

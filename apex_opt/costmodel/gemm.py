@@ -28,7 +28,7 @@ import numpy as np
 from ..errors import InputError
 from .fitting import interp_log
 from .profile import Profile
-from .roofline import DEQUANT_OVERHEAD, RooflineFit, fit_roofline, gemm_flops_bytes
+from .roofline import RooflineFit, dequant_overhead, fit_roofline, gemm_flops_bytes
 
 K_NEAREST = 4
 #: Regulariser of the inverse-distance weights (in squared log2 units).
@@ -63,7 +63,7 @@ class GemmTable:
         wd = weight_dtype if weight_dtype and weight_dtype != self.dtype else None
         flops, nbytes = gemm_flops_bytes(m, n, k, self.dtype, wd)
         if wd is not None:
-            flops = flops * (1.0 + DEQUANT_OVERHEAD.get(wd, 0.0))
+            flops = flops * (1.0 + dequant_overhead(wd))
         return float(self.fit.time(flops, nbytes, pf, b)), float(self.fit.compute_share(flops, nbytes, pf, b))
 
     def correction(self, m: float, n: int, k: int, exclude: tuple[int, int] | None = None) -> float:

@@ -30,10 +30,13 @@ import numpy as np
 
 from .fitting import least_squares
 
-#: bf16 compute with weight-only quantized weights: extra compute for dequantisation in the
-#: compute-bound regime (Marlin/machete-style kernels run slightly below cuBLAS bf16; assumption,
-#: not measured in the bundled profile).
-DEQUANT_OVERHEAD = {"bf16": 0.0, "fp16": 0.0, "fp8": 0.05, "int4": 0.10}
+def dequant_overhead(weight_dtype: str) -> float:
+    """bf16 compute with weight-only quantized weights (Marlin: fp8 on GPUs without fp8 cores,
+    AWQ/GPTQ int4): extra compute time for in-register dequantisation in the compute-bound regime
+    (``data/kernels.yaml`` marlin.compute_overhead, with its source)."""
+    from .kernels import kernel_facts
+
+    return kernel_facts().marlin_compute_overhead.get(weight_dtype, 0.0)
 #: Bytes per weight element including group scales (int4: group 128 with a bf16 scale).
 WEIGHT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5 + 2.0 / 128}
 #: Bytes per activation element for a compute dtype (fp8 GEMMs read fp8 activations).
