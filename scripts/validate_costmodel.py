@@ -9,6 +9,11 @@
 * Collectives vs ../shared/reference/nccl-collectives (H100, H200), messages >= 1 MiB (skipped when
   ../shared is absent). ``--calibrate`` refits the NVSwitch constants on the H100 table and prints
   the YAML block for ``apex_opt/data/links.yaml``.
+* Modern kernels (``../shared/validation/modern/kernels``, vLLM 0.14-0.24 microbenchmarks): GEMM
+  bf16/fp8, context and generation attention, Triton fused MoE (bf16) and FlashInfer-CUTLASS fp8 MoE,
+  NCCL and vLLM custom all-reduce, per GPU and kernel kind (median / p90 |error|, signed median).
+  H100 uses its bundled profile; H200, A100 and L40S are held out (roofline with their datasheet
+  peaks from apex_opt/data/devices). The tables are read in place, never copied.
 
 Prints a table and ends with one JSON line of the headline numbers.
 """
@@ -34,6 +39,10 @@ from apex_opt.costmodel.profile import load_profile  # noqa: E402
 from apex_opt.specs.cluster import DeviceSpec, LinkSpec  # noqa: E402
 
 NCCL = ROOT.parent / "shared" / "reference" / "nccl-collectives"
+MODERN_KERNELS = ROOT.parent / "shared" / "validation" / "modern" / "kernels"
+#: kernel-table GPU prefix -> (bundled device, bundled cluster for its links)
+MODERN_GPUS = {"h100_sxm": ("h100-sxm-80gb", "h100-sxm-1x8"), "h200_sxm": ("h200-sxm-141gb", "h200-1x8"),
+               "a100_sxm": ("a100-sxm-80gb", "a100-80g-1x8"), "l40s": ("l40s", "l40s-1x8")}
 NCCL_FILES = {"all_reduce": "all_reduce", "all_gather": "all_gather", "reduce_scatter": "reduce_scatter",
               "all_to_all": "alltoall", "send_recv": "sendrecv"}
 NCCL_GPUS = {"H100": "H100-SXM-80GB", "H200": "H200-SXM-141GB"}
@@ -156,6 +165,71 @@ def collectives_check(min_bytes: float = 2 ** 20) -> dict[str, dict[str, float]]
     return out
 
 
+def _modern_rows(gpu: str, kind: str) -> list[dict]:
+    files = sorted(MODERN_KERNELS.glob(f"{gpu}_*_{kind}.csv"))
+    if not files:
+        return []
+    with open(files[0], newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def modern_kernels() -> dict[str, np.ndarray] | None:
+    """Signed relative errors (pred / measured - 1) per '<gpu>/<kind>'."""
+    if not MODERN_KERNELS.is_dir():
+        return None
+    from apex_opt.registry import load_cluster, load_device
+    from apex_opt.costmodel.collectives import collective_model_for
+
+    out: dict[str, np.ndarray] = {}
+    for gpu, (dname, cname) in MODERN_GPUS.items():
+        dev = DeviceCostModel(load_device(dname))
+        errs: dict[str, list[float]] = {}
+
+        def put(kind: str, pred_s: float, meas_ms: str) -> None:
+            errs.setdefault(kind, []).append(pred_s * 1e3 / float(meas_ms) - 1.0)
+
+        for r in _modern_rows(gpu, "gemm"):
+            dt = "bf16" if r["gemm_dtype"] == "bfloat16" else "fp8"
+            put(f"gemm_{dt}", dev.gemm(int(r["m"]), int(r["n"]), int(r["k"]), dt).time_s, r["latency"])
+        for r in _modern_rows(gpu, "ctx_attention"):
+            if r["kv_cache_dtype"] != "bfloat16":
+                continue
+            chunks = [(int(r["isl"]), 0)] * int(r["batch_size"])
+            put("ctx_attention", dev.attention_prefill(int(r["num_heads"]), int(r["num_key_value_heads"]),
+                                                       int(r["head_dim"]), chunks).time_s, r["latency"])
+        for r in _modern_rows(gpu, "gen_attention"):
+            if r["kv_cache_dtype"] != "bfloat16":
+                continue
+            ctx = [int(r["isl"]) + int(r["step"])] * int(r["batch_size"])
+            put("gen_attention", dev.attention_decode(int(r["num_heads"]), int(r["num_key_value_heads"]),
+                                                      int(r["head_dim"]), ctx).time_s, r["latency"])
+        for r in _modern_rows(gpu, "moe"):
+            dt = "bf16" if r["moe_dtype"] == "bfloat16" else "fp8"
+            kind = "moe_triton_bf16" if dt == "bf16" else "moe_flashinfer_fp8"
+            t = dev.fused_moe(int(r["num_tokens"]), int(r["hidden_size"]), int(r["inter_size"]), int(r["topk"]),
+                              int(r["num_experts"]), int(r["moe_tp_size"]), int(r["moe_ep_size"]), dt,
+                              balanced=r["distribution"] == "balanced").time_s
+            put(kind, t, r["latency"])
+        pool = load_cluster(cname).pools[0]
+        for kind in ("nccl", "custom_allreduce"):
+            for r in _modern_rows(gpu, kind):
+                if r.get("nccl_dtype", "half") != "half" or r.get("backend") == "vllm_eager":
+                    continue
+                n = int(r["num_gpus"])
+                cm = collective_model_for(pool, n)
+                op = {"alltoall": "all_to_all"}.get(r["op_name"], r["op_name"])
+                # NCCL tables give elements (half = 2 B); the custom all-reduce table gives bytes
+                nbytes = float(r["message_size"]) * (2.0 if kind == "nccl" else 1.0)
+                if op == "all_reduce":
+                    t = cm.all_reduce(nbytes, n, custom=kind == "custom_allreduce")
+                else:
+                    t = getattr(cm, op)(nbytes, n)
+                put(kind, t, r["latency"])
+        for kind, e in errs.items():
+            out[f"{gpu}/{kind}"] = np.array(e)
+    return out
+
+
 def calibrate() -> str:
     """Refit the NVSwitch constants on the H100 NCCL table (messages >= 1 MiB) -> YAML text."""
     lines = ["    collectives:"]
@@ -190,6 +264,7 @@ def main() -> None:
         res[f"roofline_vs_table_{dtype}"] = stats(e)
     energy = energy_check()
     coll = collectives_check()
+    modern = modern_kernels()
 
     try:
         from rich.console import Console
@@ -212,6 +287,16 @@ def main() -> None:
             console.print(tc)
         else:
             console.print("collectives: ../shared/reference absent, skipped")
+        if modern:
+            tm = Table(title="modern kernels (vLLM 0.14-0.24 tables; H200/A100/L40S held out)")
+            for col in ("gpu/kind", "median |err|", "p90 |err|", "signed median", "n"):
+                tm.add_column(col)
+            for k, e in modern.items():
+                tm.add_row(k, f"{np.median(np.abs(e)):.3f}", f"{np.percentile(np.abs(e), 90):.3f}",
+                           f"{np.median(e):+.3f}", str(e.size))
+            console.print(tm)
+        else:
+            console.print("modern kernels: ../shared/validation/modern/kernels absent, skipped")
         console.print({k: round(v, 3) for k, v in energy.items()})
         console.print(f"fits: gemm bf16 {cal.gemm['bf16'].fit}\n      gemm fp8 {cal.gemm['fp8'].fit}\n"
                       f"      decode {cal.decode}\n      prefill {cal.prefill}\n      stream {cal.stream}\n"
@@ -234,6 +319,8 @@ def main() -> None:
         "collectives_h100_mape_ge_1MiB": coll["H100/all"]["mape"] if coll else None,
         "collectives_h200_mape_ge_1MiB": coll["H200/all"]["mape"] if coll else None,
         **{k: v for k, v in energy.items()},
+        "modern_kernels_median_err": ({k: round(float(np.median(np.abs(e))), 3) for k, e in modern.items()}
+                                      if modern else None),
     }
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
 
