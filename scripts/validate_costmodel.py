@@ -218,8 +218,10 @@ def modern_kernels() -> dict[str, np.ndarray] | None:
                 n = int(r["num_gpus"])
                 cm = collective_model_for(pool, n)
                 op = {"alltoall": "all_to_all"}.get(r["op_name"], r["op_name"])
-                # NCCL tables give elements (half = 2 B); the custom all-reduce table gives bytes
-                nbytes = float(r["message_size"]) * (2.0 if kind == "nccl" else 1.0)
+                # message_size counts 2-byte elements in both tables (half / bfloat16): the
+                # largest custom all-reduce rows then give ~470 GB/s bus bandwidth on 8x H100,
+                # NVLink-SHARP territory, while bytes would give an implausible ~235 GB/s
+                nbytes = float(r["message_size"]) * 2.0
                 if op == "all_reduce":
                     t = cm.all_reduce(nbytes, n, custom=kind == "custom_allreduce")
                 else:
