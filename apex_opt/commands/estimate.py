@@ -28,10 +28,17 @@ from .common import (cluster_option, engine_option, json_option, kv_dtype_option
               help="vLLM's custom all-reduce kernel for TP inside one node.")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="Replay decode-only batches from CUDA graphs (padded batch sizes).")
+@click.option("--sm-clock-mhz", type=click.IntRange(1, 10_000), default=None,
+              help="Lock the GPUs' SM clock (MHz, as `nvidia-smi -lgc`), e.g. 1410 "
+                   "[default: driver default].")
+@click.option("--power-cap-w", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="GPU board power limit (W, as `nvidia-smi -pl`), e.g. 500 "
+                   "[default: the device's TDP].")
 @engine_option
 @json_option
 def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, batch_spec,
-            custom_allreduce, cuda_graphs, engine_name, as_json):
+            custom_allreduce, cuda_graphs, engine_name, as_json, sm_clock_mhz=None,
+            power_cap_w=None):
     """Latency and energy of ONE engine iteration of a replica, with a per-operator breakdown.
 
     \b
@@ -46,9 +53,19 @@ def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, ba
     model, cluster = load_inputs(model_ref, cluster_ref)
     weight_dtype = resolve_weight_dtype(weight_dtype, model)
     from ..errors import InputError
+    if sm_clock_mhz is not None or power_cap_w is not None:
+        from ..costmodel.power import check_gpu_settings
+        try:
+            dev = cluster.pool(pool).device
+        except KeyError:
+            dev = None
+        if dev is not None:
+            check_gpu_settings(dev, sm_clock_mhz, power_cap_w, source="<command line>",
+                               names=("--sm-clock-mhz", "--power-cap-w"))
     try:
         cfg = ReplicaConfig(pool=pool, tp=tp, pp=pp, ep=ep, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                            custom_allreduce=custom_allreduce, cuda_graphs=cuda_graphs)
+                            custom_allreduce=custom_allreduce, cuda_graphs=cuda_graphs,
+                            sm_clock_mhz=sm_clock_mhz, power_cap_w=power_cap_w)
     except ValueError as exc:
         raise InputError(str(exc).splitlines()[-1], field="--ep", value=ep) from None
     res = estimate(model, cluster, cfg, parse_batch(batch_spec), engine=load_engine(engine_name))

@@ -65,11 +65,49 @@ def _plan(model, opts: dict, engine: EngineSpec) -> Plan:
     group = {k: opts[k] for k in ("tp", "pp", "ep", "pool", "weight_dtype", "kv_dtype",
                                   "max_num_seqs", "max_num_batched_tokens",
                                   "gpu_memory_utilization", "max_model_len", "custom_allreduce",
-                                  "cuda_graphs", "chunked_prefill")}
+                                  "cuda_graphs", "chunked_prefill", "sm_clock_mhz", "power_cap_w")}
     group["replicas"] = opts["dp"]
     if opts.get("prefix_caching") is not None:  # None: the engine's own default
         group["prefix_caching"] = opts["prefix_caching"]
     return validate(Plan, {"groups": [group], "router": opts["router"]}, _SRC)
+
+
+def _check_gpu_settings(cluster, opts: dict) -> None:
+    """--sm-clock-mhz / --power-cap-w inside the pool device's range (else exit 2)."""
+    if opts.get("sm_clock_mhz") is None and opts.get("power_cap_w") is None:
+        return
+    from ..costmodel.power import check_gpu_settings
+
+    try:
+        pool = cluster.pool(opts.get("pool"))
+    except KeyError:
+        return  # the simulator reports the unknown pool
+    check_gpu_settings(pool.device, opts.get("sm_clock_mhz"), opts.get("power_cap_w"), source=_SRC,
+                       names=("--sm-clock-mhz", "--power-cap-w"))
+
+
+def _render_energy(con, e) -> None:
+    """What the energy numbers count (sim/metrics.py EnergyReport)."""
+    win = e.steady_state or e.whole_run
+    rows = [
+        ["window", f"{win.window.replace('_', ' ')} {win.start_s:,.1f}-{win.end_s:,.1f} s"
+                   + ("" if e.steady_state else " (run never fills its batch: no steady state)")],
+        [f"GPU power, {e.plan_gpus} plan GPUs (W)", _fmt(e.gpu_power_w, 0)],
+        [f"host power, {e.plan_nodes} node(s) (W)", _fmt(e.host_power_w, 0)],
+        ["node power = GPUs + host (W)", _fmt(e.node_power_w, 0)],
+        ["GPU / node energy per output token (J)",
+         f"{_fmt(e.gpu_energy_j_per_token, 4)} / {_fmt(e.node_energy_j_per_token, 4)}"],
+        ["node energy per day at this rate (kWh)", _fmt(e.kwh_per_day, 1)
+         + (f" (x PUE {e.pue:g} = {e.facility_kwh_per_day:,.1f})" if e.pue != 1 else "")],
+        [f"not counted: {e.free_gpus} free GPUs idle (W)", _fmt(e.free_gpu_idle_power_w, 0)],
+    ]
+    if e.steady_state is not None:
+        w = e.whole_run
+        rows.append(["whole run: GPU W / J per token", f"{_fmt(w.gpu_power_w, 0)} / "
+                                                        f"{_fmt(w.gpu_energy_j_per_token, 4)}"])
+    if e.cost_per_mtok is not None:
+        rows.append(["cost per 1M output tokens", _fmt(e.cost_per_mtok, 3)])
+    con.print(table("energy accounting", ["what", "value"], rows))
 
 
 def _fmt(x, digits: int = 1) -> str:
@@ -105,6 +143,8 @@ def _render(res: SimulationResult) -> None:
     for reason, count in res.dropped_by_reason.items():
         summary.append([f"dropped: {reason}", f"{count:,}"])
     con.print(table(None, ["metric", "value"], summary))
+    if res.energy is not None:
+        _render_energy(con, res.energy)
     rep = [[r.replica, r.label, r.pool, r.requests, r.iterations, r.preemptions,
             f"{r.kv_blocks:,}", f"{r.max_kv_blocks_used:,}", f"{r.busy_fraction * 100:.0f} %"]
            for r in res.replicas[:32]]
@@ -178,6 +218,12 @@ def _render(res: SimulationResult) -> None:
 @click.option("--router", type=click.Choice(["round_robin", "least_outstanding"]),
               default="least_outstanding", show_default=True,
               help="How requests are spread over the --dp replicas.")
+@click.option("--sm-clock-mhz", type=click.IntRange(1, 10_000), default=None,
+              help="Lock the GPUs' SM clock (MHz, as `nvidia-smi -lgc`), e.g. 1410 "
+                   "[default: driver default].")
+@click.option("--power-cap-w", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="GPU board power limit (W, as `nvidia-smi -pl`), e.g. 500 "
+                   "[default: the device's TDP].")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
 @engine_option
@@ -207,6 +253,7 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     Exit codes: 2 bad input, 3 the plan does not fit (memory or GPU count).
     """
     model, cluster = load_inputs(model_ref, cluster_ref)
+    _check_gpu_settings(cluster, opts)
     engine = load_engine(engine_name)
     plan = _plan(model, opts, engine)
     requests = _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,

@@ -313,8 +313,10 @@ def dvfs_model(device, idle_w_fit: float | None = None) -> DvfsModel | None:
 
 
 def check_gpu_settings(device, sm_clock_mhz: int | None, power_cap_w: float | None, *,
-                       source: str | None = None, prefix: str = "") -> None:
-    """Raise InputError when a clock / cap is outside what ``device`` accepts (names the range)."""
+                       source: str | None = None, prefix: str = "",
+                       names: tuple[str, str] = ("sm_clock_mhz", "power_cap_w")) -> None:
+    """Raise InputError when a clock / cap is outside what ``device`` accepts (names the range).
+    ``names`` are the field names to report (e.g. the CLI flags)."""
     from ..errors import InputError
 
     if sm_clock_mhz is None and power_cap_w is None:
@@ -323,18 +325,18 @@ def check_gpu_settings(device, sm_clock_mhz: int | None, power_cap_w: float | No
         if device.sm_clock_max_mhz is None or device.sm_clock_min_mhz is None:
             raise InputError(f"device {device.name} has no SM clock range in its file "
                              f"(sm_clock_min_mhz / sm_clock_max_mhz)", source=source,
-                             field=f"{prefix}sm_clock_mhz", value=sm_clock_mhz)
+                             field=f"{prefix}{names[0]}", value=sm_clock_mhz)
         lo, hi = device.sm_clock_min_mhz, device.sm_clock_max_mhz
         if not lo <= sm_clock_mhz <= hi:
             raise InputError(f"outside the {device.name} SM clock range {lo:g}-{hi:g} MHz",
-                             source=source, field=f"{prefix}sm_clock_mhz", value=sm_clock_mhz)
+                             source=source, field=f"{prefix}{names[0]}", value=sm_clock_mhz)
     if power_cap_w is not None:
         lo = device.power_cap_min_w if device.power_cap_min_w is not None else None
         hi = device.power_limit_w
         if lo is None:
             raise InputError(f"device {device.name} has no power-limit range in its file "
-                             f"(power_cap_min_w)", source=source, field=f"{prefix}power_cap_w",
+                             f"(power_cap_min_w)", source=source, field=f"{prefix}{names[1]}",
                              value=power_cap_w)
         if not lo <= power_cap_w <= hi:
             raise InputError(f"outside the {device.name} power-limit range {lo:g}-{hi:g} W",
-                             source=source, field=f"{prefix}power_cap_w", value=power_cap_w)
+                             source=source, field=f"{prefix}{names[1]}", value=power_cap_w)

@@ -223,3 +223,203 @@ def compute_metrics(arrival_s, first_token_s, finish_s, output_tokens, prompt_to
         mbu=_utilisation(bytes, peak_bytes_per_s, makespan_s, "MBU"),
         time_breakdown_ms={k: float(v) * 1e3 for k, v in sorted((breakdown or {}).items())},
         preemptions=int(preemptions), **slo_fields, **energy)
+
+
+# ------------------------------------------------------------------------------------------------
+# Energy accounting: what is counted, over which window, and what it costs
+# ------------------------------------------------------------------------------------------------
+#
+# * plan GPUs: every GPU of every replica, from the first arrival to the last event; kernels at
+#   the cost model's power, the gaps between kernels (host part of a step, an idle replica) at the
+#   device's awake power (``active_idle_power_w``, clock-dependent, see costmodel/power.py);
+# * host: the non-GPU power of every node the plan occupies (``PoolSpec.node_host_power_w``:
+#   CPUs, memory, NICs, switches, fans), counted as constant;
+# * free GPUs: GPUs of the cluster the plan leaves unused, at the device's idle power -- reported
+#   on their own, NOT in the plan's energy, J/token or $/Mtok;
+# * facility: node energy x PUE (cluster ``pue``, default 1) for the electricity cost;
+# * windows: ``whole_run`` = first arrival -> last event; ``steady_state`` = from the time the
+#   first C requests have their first token to the time N - C requests have finished (C = the
+#   plan's total max_num_seqs, N = requests), i.e. ramp-up and drain left out, as ML.ENERGY
+#   measures; None when the run never fills (N <= C).
+
+HOURS_PER_DAY = 24.0
+J_PER_KWH = 3.6e6
+
+
+class EnergyWindow(_Out):
+    """GPU energy and output tokens over one time window of the run."""
+
+    window: str
+    start_s: R6
+    end_s: R6
+    duration_s: R6
+    output_tokens: R6
+    gpu_energy_j: R6
+    gpu_power_w: R6
+    gpu_energy_j_per_token: R6Opt = None
+    throughput_tokens_per_s: R6
+
+
+class EnergyReport(_Out):
+    """Power, energy and money of a plan (see the module comment for what is counted)."""
+
+    plan_gpus: int
+    plan_nodes: int
+    free_gpus: int
+    gpu_power_w: R6
+    host_power_w: R6
+    node_power_w: R6
+    free_gpu_idle_power_w: R6
+    gpu_energy_j_per_token: R6Opt = None
+    node_energy_j_per_token: R6Opt = None
+    kwh_per_day: R6 = 0.0
+    facility_kwh_per_day: R6 = 0.0
+    pue: R6 = 1.0
+    gpu_cost_per_hour: R6Opt = None
+    energy_cost_per_hour: R6Opt = None
+    cost_per_mtok: R6Opt = None
+    whole_run: EnergyWindow
+    steady_state: EnergyWindow | None = None
+
+
+def plan_gpus_by_pool(cluster, plan) -> dict[str, int]:
+    """GPUs the plan uses in each pool (pool name -> count)."""
+    used: dict[str, int] = {}
+    for g in plan.groups:
+        name = cluster.pool(g.pool).name
+        used[name] = used.get(name, 0) + g.replicas * g.gpus
+    return used
+
+
+def plan_nodes_by_pool(cluster, plan) -> dict[str, int]:
+    """Nodes the plan occupies in each pool (whole nodes: replicas packed onto nodes)."""
+    return {name: -(-n // cluster.pool(name).gpus_per_node)
+            for name, n in plan_gpus_by_pool(cluster, plan).items()}
+
+
+def plan_host_power_w(cluster, plan) -> float:
+    """Non-GPU power (W) of the nodes the plan occupies."""
+    return sum(cluster.pool(name).node_host_power_w * nodes
+               for name, nodes in plan_nodes_by_pool(cluster, plan).items())
+
+
+def plan_node_power_w(cluster, plan, gpu_power_w: float) -> float:
+    """Whole-node power (W): the plan's GPU power + the host power of its nodes. This is what an
+    SLO ``power_budget_w`` is compared with."""
+    return float(gpu_power_w) + plan_host_power_w(cluster, plan)
+
+
+def free_gpu_idle_power_w(cluster, plan) -> float:
+    """Idle power (W) of the cluster's GPUs the plan leaves unused."""
+    used = plan_gpus_by_pool(cluster, plan)
+    return sum((p.num_gpus - used.get(p.name, 0)) * p.device.idle_power_w for p in cluster.pools)
+
+
+def plan_gpu_cost_per_hour(cluster, plan) -> float | None:
+    """GPU-hour price of the plan per hour (None when a used pool has no price)."""
+    total = 0.0
+    for name, n in plan_gpus_by_pool(cluster, plan).items():
+        price = cluster.pool(name).gpu_price_per_hour
+        if price is None:
+            return None
+        total += price * n
+    return total
+
+
+def cost_per_mtok(cluster, plan, output_tokens_per_s: float, node_power_w: float) -> float | None:
+    """Money per million output tokens: (GPU-hours x price + node energy x PUE x electricity
+    price) / tokens. GPU prices are required; a missing electricity price counts energy as free.
+    None without GPU prices or without throughput."""
+    gpu = plan_gpu_cost_per_hour(cluster, plan)
+    if gpu is None or not output_tokens_per_s > 0:
+        return None
+    pue = cluster.pue if cluster.pue is not None else 1.0
+    kwh_price = cluster.electricity_price_per_kwh or 0.0
+    per_hour = gpu + node_power_w / 1e3 * pue * kwh_price
+    return per_hour / (output_tokens_per_s * 3600.0) * 1e6
+
+
+def steady_state_bounds(first_s: np.ndarray, finish_s: np.ndarray, served: np.ndarray,
+                        concurrency: int) -> tuple[float, float] | None:
+    """(start, end) of the steady-state window (see the module comment) or None."""
+    f = np.sort(first_s[served])
+    e = np.sort(finish_s[served])
+    n = f.shape[0]
+    c = int(concurrency)
+    if c < 1 or n - c < 1:
+        return None
+    t0, t1 = float(f[min(c, n) - 1]), float(e[n - c - 1])
+    return (t0, t1) if t1 > t0 else None
+
+
+def tokens_in_window(first_s: np.ndarray, finish_s: np.ndarray, output_tokens: np.ndarray,
+                     served: np.ndarray, t0: float, t1: float) -> float:
+    """Output tokens emitted in [t0, t1]: token k of a request at first + k (finish - first) /
+    (n - 1) (evenly spaced between its first token and its finish)."""
+    f, e, n = first_s[served], finish_s[served], output_tokens[served].astype(np.float64)
+    gap = np.where(n > 1, (e - f) / np.maximum(n - 1, 1), np.inf)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lo = np.where(f >= t0, 0.0, np.ceil((t0 - f) / gap))
+        hi = np.where(e <= t1, n - 1, np.floor((t1 - f) / gap))
+    count = np.clip(hi, -1, n - 1) - np.clip(lo, 0, n) + 1
+    return float(np.clip(count, 0, None).sum())
+
+
+class EnergyTimeline:
+    """Cumulative busy energy / busy GPU-seconds of one replica, sampled at its iteration starts
+    (the engine charges an iteration when it starts it)."""
+
+    def __init__(self, num_gpus: int, gap_power_w: float):
+        self.num_gpus = num_gpus
+        self.gap_power_w = gap_power_w
+        self.t: list[float] = [0.0]
+        self.e: list[float] = [0.0]
+        self.busy: list[float] = [0.0]
+
+    def record(self, t: float, energy_j: float, busy_gpu_s: float) -> None:
+        if energy_j != self.e[-1] or busy_gpu_s != self.busy[-1]:
+            self.t.append(t)
+            self.e.append(energy_j)
+            self.busy.append(busy_gpu_s)
+
+    def _at(self, t: float) -> tuple[float, float]:
+        i = int(np.searchsorted(np.asarray(self.t), t, side="right")) - 1
+        return self.e[max(i, 0)], self.busy[max(i, 0)]
+
+    def energy(self, t0: float, t1: float) -> float:
+        """GPU energy of the replica in [t0, t1]: iterations started in it + gaps at the awake
+        power."""
+        e0, b0 = self._at(t0)
+        e1, b1 = self._at(t1)
+        busy = min(b1 - b0, self.num_gpus * (t1 - t0))
+        return (e1 - e0) + self.gap_power_w * max(0.0, self.num_gpus * (t1 - t0) - busy)
+
+
+def energy_window(name: str, t0: float, t1: float, energy_j: float, tokens: float) -> EnergyWindow:
+    d = max(t1 - t0, 1e-12)
+    return EnergyWindow(window=name, start_s=t0, end_s=t1, duration_s=d, output_tokens=tokens,
+                        gpu_energy_j=energy_j, gpu_power_w=energy_j / d,
+                        gpu_energy_j_per_token=energy_j / tokens if tokens else None,
+                        throughput_tokens_per_s=tokens / d)
+
+
+def energy_report(cluster, plan, whole: EnergyWindow, steady: EnergyWindow | None) -> EnergyReport:
+    """Assemble :class:`EnergyReport`; rates (W, kWh/day, $/Mtok) from the steady-state window
+    when there is one (what the plan draws while serving), else from the whole run."""
+    base = steady if steady is not None else whole
+    host = plan_host_power_w(cluster, plan)
+    node = base.gpu_power_w + host
+    pue = cluster.pue if cluster.pue is not None else 1.0
+    tps = base.throughput_tokens_per_s
+    gpu_cost = plan_gpu_cost_per_hour(cluster, plan)
+    kwh_price = cluster.electricity_price_per_kwh
+    return EnergyReport(
+        plan_gpus=plan.gpus, plan_nodes=sum(plan_nodes_by_pool(cluster, plan).values()),
+        free_gpus=cluster.num_gpus - plan.gpus, gpu_power_w=base.gpu_power_w, host_power_w=host,
+        node_power_w=node, free_gpu_idle_power_w=free_gpu_idle_power_w(cluster, plan),
+        gpu_energy_j_per_token=base.gpu_power_w / tps if tps > 0 else None,
+        node_energy_j_per_token=node / tps if tps > 0 else None,
+        kwh_per_day=node * HOURS_PER_DAY / 1e3, facility_kwh_per_day=node * pue * HOURS_PER_DAY / 1e3,
+        pue=pue, gpu_cost_per_hour=gpu_cost,
+        energy_cost_per_hour=node / 1e3 * pue * kwh_price if kwh_price is not None else None,
+        cost_per_mtok=cost_per_mtok(cluster, plan, tps, node), whole_run=whole, steady_state=steady)

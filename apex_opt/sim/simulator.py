@@ -24,7 +24,8 @@ from ..specs.model import ModelSpec
 from ..specs.plan import Plan, ReplicaConfig
 from ..specs.slo import SLOSpec
 from .engine import DROP_NONE, DROP_REASONS, EngineLimits, ReplicaEngine, RequestLog
-from .metrics import Metrics, compute_metrics, round_sig
+from .metrics import (EnergyReport, EnergyTimeline, Metrics, compute_metrics, energy_report,
+                      energy_window, round_sig, steady_state_bounds, tokens_in_window)
 from .router import run_closed_loop, run_cluster
 from .workload import Requests
 
@@ -76,6 +77,9 @@ class SimulationResult(BaseModel):
     dropped_by_reason: dict[str, int] = Field(default_factory=dict)
     replicas: list[ReplicaSummary]
     workload: dict
+    energy: EnergyReport | None = Field(
+        None, description="Power / energy / cost accounting: plan GPUs, host power of its nodes, "
+                          "free GPUs apart; whole-run and steady-state windows (sim/metrics.py).")
 
     _timings: dict = PrivateAttr(default_factory=dict)
 
@@ -192,6 +196,7 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
     log = RequestLog(requests.prompt_tokens, requests.output_tokens)
     engines, meta = _build_replicas(model, cluster, plan, log, num_blocks_override, engine, debug,
                                     breakdown, fast_forward, async_output)
+    timelines = _attach_timelines(engines)
     n = len(requests)
     # the engine sees a request only after the server has received, parsed and tokenised it;
     # latencies are still measured from the client's arrival time
@@ -206,7 +211,44 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
         end = max(end, float(np.nanmax(log.finish_s)))
     start = float(requests.arrival_s[0])
     makespan = max(end - start, 1e-9)
-    return _result(model, cluster, plan, requests, slo, seed, log, engines, meta, makespan, engine)
+    return _result(model, cluster, plan, requests, slo, seed, log, engines, meta, makespan, engine,
+                   timelines)
+
+
+def _attach_timelines(engines: list[ReplicaEngine]) -> list[EnergyTimeline]:
+    """Record each replica's cumulative energy after every kick / complete (for the steady-state
+    window of the energy report)."""
+    out = []
+    for eng in engines:
+        tl = EnergyTimeline(eng.cost.num_gpus, eng.cost.idle_power_w)
+        st = eng.stats
+        for name in ("kick", "complete"):
+            def wrapped(v, t, *a, _fn=getattr(eng, name), _tl=tl, _st=st, **k):
+                r = _fn(v, t, *a, **k)
+                _tl.record(t, _st.energy_j, _st.busy_gpu_s)
+                return r
+            setattr(eng, name, wrapped)
+        out.append(tl)
+    return out
+
+
+def _energy(cluster: ClusterSpec, plan: Plan, requests: Requests, log: RequestLog,
+            engines: list[ReplicaEngine], timelines: list[EnergyTimeline], served: np.ndarray,
+            energy_j: float, makespan: float) -> EnergyReport:
+    start = float(requests.arrival_s[0])
+    out = requests.output_tokens
+    whole = energy_window("whole_run", start, start + makespan, energy_j, float(out[served].sum()))
+    conc = sum(e.lim.max_num_seqs for e in engines)
+    if requests.concurrency is not None:
+        conc = min(conc, int(requests.concurrency))
+    bounds = steady_state_bounds(log.first_s, log.finish_s, served, conc)
+    steady = None
+    if bounds is not None:
+        t0, t1 = bounds
+        e = sum(tl.energy(t0, t1) for tl in timelines)
+        steady = energy_window("steady_state", t0, t1, e,
+                               tokens_in_window(log.first_s, log.finish_s, out, served, t0, t1))
+    return energy_report(cluster, plan, whole, steady)
 
 
 def _run_closed(engines: list[ReplicaEngine], requests: Requests, router: str, log: RequestLog,
@@ -244,7 +286,7 @@ def _run(engines: list[ReplicaEngine], arrival_s: np.ndarray, router: str,
 def _result(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Requests,
             slo: SLOSpec | None, seed: int, log: RequestLog, engines: list[ReplicaEngine],
             meta: list[tuple[int, str, str]], makespan: float,
-            engine: EngineSpec) -> SimulationResult:
+            engine: EngineSpec, timelines: list[EnergyTimeline] | None = None) -> SimulationResult:
     served = log.dropped == DROP_NONE
     summaries: list[ReplicaSummary] = []
     energy = flops = nbytes = peak_f = peak_b = 0.0
@@ -282,7 +324,9 @@ def _result(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reques
         tpot_token_weighted_ms=_token_weighted_tpot_ms(log.first_s, log.finish_s,
                                                        requests.output_tokens, served),
         dropped_by_reason=reasons, replicas=summaries,
-        workload=requests.summary().model_dump(mode="json"))
+        workload=requests.summary().model_dump(mode="json"),
+        energy=(_energy(cluster, plan, requests, log, engines, timelines, served, energy, makespan)
+                if timelines is not None else None))
     res._timings = {
         "arrival_s": requests.arrival_s, "first_token_s": log.first_s, "finish_s": log.finish_s,
         "prompt_tokens": requests.prompt_tokens, "output_tokens": requests.output_tokens,
