@@ -21,8 +21,8 @@ class CheckOptions(BaseModel):
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
     max_model_len: int | None = None
-    gpu_memory_utilization: float = 0.9
-    max_num_seqs: int = 256
+    gpu_memory_utilization: float | None = None  # None: the engine's (vLLM 0.9, SGLang by GPU)
+    max_num_seqs: int | None = None  # None: the engine's default for the device
     max_num_batched_tokens: int | None = None
     chunked_prefill: bool = True
     engine: str = "vllm"
@@ -53,12 +53,14 @@ class CheckResult(BaseModel):
 
 
 def _cfg(shape, opts: CheckOptions) -> ReplicaConfig:
+    # an unset utilisation stays unset: the engine's own default applies (SGLang: by GPU memory)
+    util = ({} if opts.gpu_memory_utilization is None
+            else {"gpu_memory_utilization": opts.gpu_memory_utilization})
     return ReplicaConfig(pool=shape.pool, tp=shape.tp, pp=shape.pp, ep=shape.ep,
                          weight_dtype=opts.weight_dtype, kv_dtype=opts.kv_dtype,
                          max_model_len=opts.max_model_len, max_num_seqs=opts.max_num_seqs,
                          max_num_batched_tokens=opts.max_num_batched_tokens,
-                         chunked_prefill=opts.chunked_prefill,
-                         gpu_memory_utilization=opts.gpu_memory_utilization)
+                         chunked_prefill=opts.chunked_prefill, **util)
 
 
 def _reports(model: ModelSpec, cluster: ClusterSpec, opts: CheckOptions) -> list[MemoryReport]:

@@ -11,7 +11,7 @@ import click
 
 from .errors import ApexError, ApexWarning
 
-COMMANDS = ["solve", "simulate", "estimate", "check", "catalog", "profile", "schema"]
+COMMANDS = ["solve", "simulate", "estimate", "check", "catalog", "engines", "profile", "schema"]
 
 
 #: click >= 8.2 raises this (a UsageError) for a bare `apex-opt`: print the help, not an error line.

@@ -201,7 +201,8 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
                    engine: EngineSpec | None = None) -> MemoryReport:
     """Memory breakdown, KV blocks and the fit verdict of ``cfg`` on ``device``."""
     engine = engine or load_engine()
-    cfg = cfg.resolved(engine, model.max_position_embeddings)  # engine defaults, one place
+    # engine defaults (by GPU memory where the engine decides so), one place
+    cfg = cfg.resolved(engine, model.max_position_embeddings, device)
     max_len = cfg.resolved_max_model_len(model.max_position_embeddings)
     tokens = cfg.resolved_batched_tokens(max_len, engine.chunked_prefill_budget)
     total = device.memory_bytes

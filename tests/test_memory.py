@@ -89,11 +89,29 @@ def test_kv_capacity_arithmetic(h100):
 
 
 def test_unchunked_profile_pass_costs_more_activation(h100):
+    """vLLM 0.6: the profiling pass runs the token budget (512 chunked, max_model_len without)."""
+    from apex_opt.specs.engine import load_engine
+    v0 = load_engine("vllm-0.6")
     m = load_model("llama-3.1-70b")
-    chunked = replica_memory(m, h100, ReplicaConfig(tp=2, max_model_len=24272))
-    full = replica_memory(m, h100, ReplicaConfig(tp=2, max_model_len=24272, chunked_prefill=False))
+    chunked = replica_memory(m, h100, ReplicaConfig(tp=2, max_model_len=24272, chunked_prefill=True),
+                             v0)
+    full = replica_memory(m, h100, ReplicaConfig(tp=2, max_model_len=24272, chunked_prefill=False),
+                          v0)
     assert full.max_num_batched_tokens == 24272 and chunked.max_num_batched_tokens == 512
     assert full.stages[0].activation_bytes > 4 * chunked.stages[0].activation_bytes
+
+
+def test_v1_profiles_its_device_default_budget(h100):
+    """vLLM V1 (default engine) profiles its own default budget: 8192 tokens on an H100, more
+    activation memory than V0's 512-token pass, so fewer KV blocks at the same utilisation."""
+    from apex_opt.specs.engine import load_engine
+    m = load_model("llama-3.1-8b")
+    v1 = replica_memory(m, h100, ReplicaConfig(tp=1, max_model_len=8192))
+    v0 = replica_memory(m, h100, ReplicaConfig(tp=1, max_model_len=8192, chunked_prefill=True),
+                        load_engine("vllm-0.6"))
+    assert v1.max_num_batched_tokens == 8192 and v0.max_num_batched_tokens == 512
+    assert v1.stages[0].activation_bytes > v0.stages[0].activation_bytes
+    assert v1.kv_blocks < v0.kv_blocks
 
 
 def test_utilisation_margin_must_hold_context_and_graphs(h100):
@@ -105,6 +123,7 @@ def test_utilisation_margin_must_hold_context_and_graphs(h100):
 def test_real_vllm_runs_started(h100, validation_dir):
     """Every configuration in the ground truth started on real vLLM 0.6.0, so vLLM's own KV sizing
     found room for at least max_model_len tokens. Our model must agree (and TP 1 cannot hold 70B)."""
+    from apex_opt.specs.engine import load_engine
     m = load_model("llama-3.1-70b")
     with open(validation_dir / "ground_truth.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["engine"] == "vllm" and "Llama" in r["model_hf"]]
@@ -116,7 +135,7 @@ def test_real_vllm_runs_started(h100, validation_dir):
                             max_num_batched_tokens=int(r["max_num_batched_tokens"]),
                             max_num_seqs=int(r["max_num_seqs"]),
                             custom_allreduce=r["custom_allreduce"] == "True")
-        rep = replica_memory(m, h100, cfg)
+        rep = replica_memory(m, h100, cfg, load_engine("vllm-0.6"))
         assert rep.fits, (r["case_id"], rep.problem)
         assert rep.kv_tokens >= int(r["max_model_len"])
     assert not replica_memory(m, h100, ReplicaConfig(tp=1, max_model_len=4096)).fits

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from apex_opt.errors import InfeasibleError, InputError
 from apex_opt.registry import load_cluster
 from apex_opt.report.render import to_json
+from apex_opt.specs.engine import load_engine
 from apex_opt.sim.simulator import simulate
 from apex_opt.sim.workload import Requests, load_trace
 from apex_opt.specs.model import load_model
@@ -127,7 +128,8 @@ def test_cli_json_and_errors():
     doc = json.loads(r1.output)
     assert doc["metrics"]["num_completed"] == 50
     assert {"mean", "p50", "p90", "p99"} <= set(doc["metrics"]["ttft_ms"])
-    assert doc["plan"]["groups"][0]["chunked_prefill"] is False  # vLLM default at 4K context
+    # unset engine settings stay unset in the plan: the engine (vLLM V1 by default) fills them
+    assert doc["engine"] == "vllm" and doc["plan"]["groups"][0]["chunked_prefill"] is None
     assert runner.invoke(command, args).output == r1.output
     table = runner.invoke(command, args[:-1])
     assert table.exit_code == 0 and "TTFT" in table.output
@@ -144,7 +146,7 @@ def test_validation_row_lmsys_8tp(validation_dir):
     req = load_trace(validation_dir / "traces" / "vllm-llama_lmsys_05_validation_8TP.jsonl")
     plan = _plan(tp=8, max_model_len=131072, gpu_memory_utilization=0.97, chunked_prefill=True,
                  max_num_batched_tokens=512)
-    res = simulate(model, node, plan, req)
+    res = simulate(model, node, plan, req, engine=load_engine("vllm-0.6"))  # a vLLM 0.6.0 run
     assert res.metrics.num_completed == 1024
     # measured: TTFT 37.97 ms, token-weighted TPOT 14.32 ms, E2E 1.160 s
     assert res.tpot_token_weighted_ms == pytest.approx(14.32, rel=0.3)

@@ -7,6 +7,7 @@ import click
 from ..check import CheckOptions, check
 from ..errors import InfeasibleError
 from ..report.render import console, gib, table, to_json
+from ..specs.engine import load_engine
 from .common import (cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option,
                      resolve_weight_dtype, weight_dtype_option)
 
@@ -18,10 +19,12 @@ from .common import (cluster_option, engine_option, json_option, kv_dtype_option
 @kv_dtype_option
 @click.option("--max-model-len", type=click.IntRange(16, 10_000_000), default=None,
               help="Max context per request [default: the model's maximum].")
-@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=0.9,
-              show_default=True, help="Share of device memory the engine may use.")
-@click.option("--max-num-seqs", type=click.IntRange(1, 65536), default=256, show_default=True,
-              help="Max sequences per iteration (sizes the sampler's profiling peak).")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=None,
+              help="Share of device memory the engine may use [default: the engine's: vLLM 0.9, "
+                   "SGLang's mem_fraction_static by GPU memory].")
+@click.option("--max-num-seqs", type=click.IntRange(1, 65536), default=None,
+              help="Max sequences per iteration (sizes the sampler's profiling peak) [default: "
+                   "the engine's for the GPU: vLLM V1 1024 on H100/H200, 256 elsewhere].")
 @click.option("--max-num-batched-tokens", type=click.IntRange(1, 10_000_000), default=None,
               help="Token budget per iteration [default: 512 with chunked prefill].")
 @click.option("--chunked-prefill/--no-chunked-prefill", default=True, show_default=True,
@@ -44,6 +47,7 @@ def command(model_ref, cluster_ref, weight_dtype, kv_dtype, max_model_len, gpu_m
     """
     model, cluster = load_inputs(model_ref, cluster_ref)
     weight_dtype = resolve_weight_dtype(weight_dtype, model)
+    engine_name = load_engine(engine_name).label  # unknown names: exit 2 listing the valid ones
     opts = CheckOptions(weight_dtype=weight_dtype, kv_dtype=kv_dtype, max_model_len=max_model_len,
                         gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
                         max_num_batched_tokens=max_num_batched_tokens, chunked_prefill=chunked_prefill,
@@ -64,7 +68,8 @@ def command(model_ref, cluster_ref, weight_dtype, kv_dtype, max_model_len, gpu_m
                              gib(kv), f"{r.kv_tokens:,}", f"{r.kv_blocks:,}", r.max_concurrent_full_len])
             con.print(table(f"{model.name} on {cluster.name}: {len(res.feasible)} of "
                             f"{res.shapes_considered} shapes fit ({weight_dtype} weights, {kv_dtype} KV, "
-                            f"max_model_len {res.feasible[0].max_model_len}, util {gpu_memory_utilization})",
+                            f"max_model_len {res.feasible[0].max_model_len}, util "
+                            f"{res.feasible[0].gpu_memory_utilization}, engine {engine_name})",
                             ["pool", "device", "TP", "PP", "EP", "GPUs", "weights GiB/GPU", "act GiB",
                              "buffers GiB", "KV GiB/GPU", "KV tokens", "blocks", "full-len seqs"],
                             rows, right_from=2))

@@ -29,9 +29,17 @@ kv_dtype_option = click.option("--kv-dtype", type=click.Choice(["bf16", "fp8"]),
 
 def load_inputs(model_ref: str, cluster_ref: str):
     return load_model(model_ref), load_cluster(cluster_ref)
+def _engine_help() -> str:
+    try:
+        from ..specs.engine import all_engines
+
+        names = ", ".join(f"{e.name} ({e.engine} {e.versions})" for e in all_engines())
+    except Exception:  # pragma: no cover - help must render even with broken data
+        names = "see `apex-opt engines`"
+    return ("Serving-engine profile to model [default: vllm, the V1 engine]: " + names +
+            ". NAME@VERSION pins a release (e.g. vllm@0.12: no async scheduling). "
+            "List them with `apex-opt engines`.")
+
+
 engine_option = click.option(
-    "--engine", "engine_name", type=click.Choice(["vllm", "sglang"]), default="vllm",
-    show_default=True,
-    help="Serving engine to model: vllm (0.6 V0 scheduler: mixed chunked-prefill batches, "
-         "vLLM memory profiling) or sglang (prefill-first batches, chunked prefill 8192, "
-         "mem_fraction_static KV pool, token-granular KV).")
+    "--engine", "engine_name", default=None, metavar="NAME[@VERSION]", help=_engine_help())

@@ -7,6 +7,7 @@ import sys
 import click
 import numpy as np
 
+from ..errors import InputError
 from ..io import validate
 from ..report.render import console, table, to_json
 from ..sim.simulator import SimulationResult, simulate
@@ -67,6 +68,8 @@ def _plan(model, opts: dict, engine: EngineSpec) -> Plan:
                                   "gpu_memory_utilization", "max_model_len", "custom_allreduce",
                                   "cuda_graphs", "chunked_prefill", "sm_clock_mhz", "power_cap_w")}
     group["replicas"] = opts["dp"]
+    if group["gpu_memory_utilization"] is None:  # unset: the engine's own (SGLang: by GPU)
+        del group["gpu_memory_utilization"]
     if opts.get("prefix_caching") is not None:  # None: the engine's own default
         group["prefix_caching"] = opts["prefix_caching"]
     return validate(Plan, {"groups": [group], "router": opts["router"]}, _SRC)
@@ -114,16 +117,23 @@ def _fmt(x, digits: int = 1) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
-def _render(res: SimulationResult) -> None:
+def _render(res: SimulationResult, slo=None, workload=None) -> None:
+    from ..report.tables import slo_line, workload_line
+
     con = console()
     m = res.metrics
+    if workload is not None:  # the workload actually used, defaults included
+        con.print(workload_line(workload))
+    if slo is not None:  # how the SLO is judged
+        con.print(slo_line(slo))
     rows = []
     for name, s, d in (("TTFT (ms)", m.ttft_ms, 1), ("TPOT (ms)", m.tpot_ms, 2),
                        ("E2E (s)", m.e2e_s, 3)):
         rows.append([name, _fmt(s.mean, d), _fmt(s.p50, d), _fmt(s.p90, d), _fmt(s.p99, d),
                      _fmt(s.max, d)])
-    con.print(table(f"{res.model} on {res.cluster}: {res.plan.label()} ({res.plan.router})",
-                    ["latency", "mean", "p50", "p90", "p99", "max"], rows))
+    con.print(f"{res.model} on {res.cluster}: {res.plan.label()} ({res.plan.router}) -- "
+              f"{m.num_completed:,} requests completed, {m.num_dropped:,} dropped")
+    con.print(table(None, ["latency", "mean", "p50", "p90", "p99", "max"], rows))
     summary = [
         ["requests completed / dropped", f"{m.num_completed:,} / {m.num_dropped:,}"],
         ["token-weighted TPOT (ms)", _fmt(res.tpot_token_weighted_ms, 2)],
@@ -196,16 +206,19 @@ def _render(res: SimulationResult) -> None:
               help="Seed of the synthetic workload [default: 0, or the workload file's seed].")
 @click.option("--slo", "slo_path", type=click.Path(dir_okay=False), default=None,
               help="SLO YAML: report attainment and goodput against its targets.")
-@click.option("--max-num-seqs", type=click.IntRange(1, 65536), default=256, show_default=True,
-              help="Max sequences per iteration.")
+@click.option("--max-num-seqs", type=click.IntRange(1, 65536), default=None,
+              help="Max sequences per iteration [default: the engine's for the GPU: vLLM V1 "
+                   "1024 on H100/H200, 256 elsewhere; vLLM 0.6 256; SGLang 2048].")
 @click.option("--max-num-batched-tokens", type=click.IntRange(1, 10_000_000), default=None,
-              help="Token budget per iteration [default: 512 with chunked prefill, else "
-                   "max(max_model_len, 2048)].")
+              help="Token budget per iteration [default: the engine's with chunked prefill -- "
+                   "vLLM V1 8192 on H100/H200 (2048 elsewhere), vLLM 0.6 512, SGLang 8192 -- "
+                   "else max(max_model_len, 2048)].")
 @click.option("--chunked-prefill/--no-chunked-prefill", default=None,
-              help="Chunked prefill [default: the engine's own: vLLM 0.6 on when max_model_len > "
-                   "32768, SGLang always].")
-@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=0.9,
-              show_default=True, help="Share of device memory the engine may use.")
+              help="Chunked prefill [default: the engine's own: vLLM V1 and SGLang always, "
+                   "vLLM 0.6 when max_model_len > 32768].")
+@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=None,
+              help="Share of device memory the engine may use [default: the engine's: vLLM 0.9, "
+                   "SGLang's mem_fraction_static by GPU memory].")
 @click.option("--max-model-len", type=click.IntRange(16, 10_000_000), default=None,
               help="Max context per request [default: the model's maximum].")
 @click.option("--custom-allreduce/--no-custom-allreduce", default=True, show_default=True,
@@ -231,8 +244,8 @@ def _render(res: SimulationResult) -> None:
 def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_len, output_len,
             arrival, cv, seed, slo_path, progress, engine_name, as_json, concurrency, sort_trace,
             **opts):
-    """Simulate serving a workload with ONE plan (DP x PP x TP replicas of a vLLM-0.6-like engine)
-    and report latency (TTFT / TPOT / E2E mean and percentiles), throughput and energy.
+    """Simulate serving a workload with ONE plan (DP x PP x TP replicas of the --engine: vLLM V1
+    by default, see `apex-opt engines`) and report latency (TTFT / TPOT / E2E mean and percentiles), throughput and energy.
 
     The engine is simulated iteration by iteration: continuous batching, paged KV cache (its size
     from the memory model), chunked or unchunked prefill, preemption by recompute, CUDA-graph
@@ -256,6 +269,14 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     _check_gpu_settings(cluster, opts)
     engine = load_engine(engine_name)
     plan = _plan(model, opts, engine)
+    for gi, g in enumerate(plan.groups):  # refuse what the real engine refuses to start with
+        pool = cluster.pool(g.pool) if g.pool is None or g.pool in [x.name for x in cluster.pools] \
+            else None
+        cfg = g.replica().resolved(engine, model.max_position_embeddings,
+                                   pool.device if pool is not None else None)
+        refusal = cfg.engine_refusal(engine)
+        if refusal:
+            raise InputError(refusal, source=_SRC, field=f"groups[{gi}]", value=cfg.label())
     requests = _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
                          seed, concurrency, sort_trace)
     slo = load_slo(slo_path) if slo_path else None
@@ -265,4 +286,4 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     if as_json:
         click.echo(to_json(res))
     else:
-        _render(res)
+        _render(res, slo, requests.summary())

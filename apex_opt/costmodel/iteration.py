@@ -156,6 +156,10 @@ class IterationCostModel:
                 ("w_uv", self.q_heads * mla.v_head_dim, mla.kv_lora_rank)][:kf.mla_absorbed_bmm_kernels]
             self.mla_norms = ((mla.q_lora_rank,) if mla.q_lora_rank else ()) + (mla.kv_lora_rank,)
         self.graph = cfg.cuda_graphs
+        #: largest captured batch (SGLang's cuda_graph_max_bs by GPU memory and TP; None = all
+        #: of the engine's capture sizes)
+        self.graph_max_bs = self.engine.cuda_graph_max_bs(pool.device.name,
+                                                          float(pool.device.memory_gib), cfg.tp)
         self._token_cache: dict = {}
 
     # ------------------------------------------------------------------ helpers
@@ -315,14 +319,23 @@ class IterationCostModel:
         n_dec = int(decode_ctx.shape[0])
         n_pre_tok = int(sum(q for q, _ in prefill))
         sampling = n_dec + (len(prefill) if prefill_sampling is None else prefill_sampling)
-        graph = self.graph and not prefill and n_dec > 0
         tokens = n_dec + n_pre_tok
-        if graph:
-            padded = self.engine.graph_batch_size(n_dec)
-            if padded is None:
-                graph = False
-            else:
-                tokens = sampling = padded
+        # CUDA-graph mode of the engine (EngineSpec.cuda_graph_mode): a full graph for decode-only
+        # batches (padded to a captured batch size); vLLM V1's piecewise graphs for batches up to
+        # the largest capture size (tokens padded; attention runs eagerly between the pieces)
+        mode = self.engine.cuda_graph_mode
+        graph = piecewise = False
+        if self.graph and tokens:
+            if not prefill and mode != "piecewise":
+                padded = self.engine.graph_batch_size(n_dec, self.graph_max_bs)
+                if padded is not None:
+                    graph = True
+                    tokens = sampling = padded
+            if not graph and mode != "decode_only":
+                padded = self.engine.graph_batch_size(tokens, self.graph_max_bs)
+                if padded is not None:
+                    piecewise = True
+                    tokens = padded
         if tokens == 0:
             return IterationCost(0.0, tuple(0.0 for _ in range(self.pp)), 0.0, 0.0, 0.0, 0.0,
                                  {} if with_breakdown else None)
@@ -342,6 +355,10 @@ class IterationCostModel:
                 saving = kernels * self.engine.graph_launch_saving_us * 1e-6
                 gpu = max(gpu - saving, 0.5 * gpu)
                 t = gpu
+            elif piecewise:  # graphed pieces; per layer the CPU replays them + eager attention
+                saving = part.kernels * self.engine.graph_launch_saving_us * 1e-6
+                gpu = max(gpu - saving, 0.5 * gpu)
+                t = max(gpu, n_layers * self.engine.piecewise_layer_cpu_us * 1e-6)
             else:
                 launch_cpu = kernels * self.engine.eager_launch_us * 1e-6
                 t = max(gpu, launch_cpu)

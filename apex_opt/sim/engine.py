@@ -1,48 +1,70 @@
-"""One serving replica, iteration by iteration, scheduled like vLLM 0.6.0's V0 engine.
+"""One serving replica, iteration by iteration, scheduled like vLLM (V0 or V1) or SGLang.
 
 State per *virtual engine* (vLLM runs ``pp`` of them under pipeline parallelism, each with its own
 scheduler and ``num_blocks // pp`` KV blocks; with ``pp == 1`` there is one):
 
 * ``waiting`` -- FCFS deque of request ids (preempted requests go back to its front);
 * the running queue in admission order: decoding sequences as numpy arrays (id, sequence length,
-  tokens still to generate) followed by partially prefilled sequences (chunked prefill only);
+  tokens still to generate) followed by partially prefilled sequences ``[id, target, done, alloc]``
+  (tokens to prefill, tokens in the KV cache, tokens with KV blocks allocated);
 * the number of KV blocks in use (paged KV: a sequence with ``n`` tokens in its KV cache holds
-  ``ceil(n / block_size)`` blocks; a prefill allocates the blocks of its whole prompt up front).
+  ``ceil(n / block_size)`` blocks), and optionally a :class:`~apex_opt.sim.prefix_cache.PrefixCache`
+  whose referenced blocks count once however many requests share them.
 
-Scheduling (one call per iteration):
+Scheduling policies (``EngineLimits.policy``), one call per iteration:
 
-* chunked prefill OFF (``_schedule_default``): admit waiting requests FCFS while the token budget
-  (``max_num_batched_tokens``, whole prompts), the sequence budget (``max_num_seqs`` including the
-  running ones) and the free blocks (keeping a watermark of 1 % of the blocks free) allow; if any
-  was admitted the iteration is prefill-only, otherwise every running sequence decodes one token;
-* chunked prefill ON (``_schedule_chunked_prefill``): running decodes first (1 token each), then
-  the partially prefilled sequences continue, then waiting requests are admitted with chunks that
-  fill what is left of the token budget -- one mixed batch;
-* prefill-first (``_schedule_prefill_first``, SGLang): a prefill batch built like the chunked one
-  but without decodes runs whenever it is non-empty; otherwise all running sequences decode;
-* a decode that needs a new block when none is free preempts the *last* sequence of the running
-  queue (recompute: its blocks are freed, it returns to the front of ``waiting`` and later
-  prefills prompt + generated tokens again, keeping its generated tokens and first-token time).
+* ``v0`` (vLLM 0.6), chunked prefill OFF (``_schedule_default``): admit waiting requests FCFS
+  while the token budget (whole prompts), ``max_num_seqs`` and the free blocks (keeping a 1 %
+  watermark) allow; if any was admitted the iteration is prefill-only, else every running
+  sequence decodes one token. Chunked prefill ON: running decodes first (1 token each), then the
+  partially prefilled sequences continue, then waiting requests are admitted with chunks that fill
+  what is left of the token budget -- one mixed batch; a prompt's blocks are allocated whole at
+  admission.
+* ``v1`` (vLLM V1, ``vllm/v1/core/sched/scheduler.py``): the same single token budget over
+  running requests first (decodes, then partial prefills), then waiting requests (the last one
+  chunked; at most ``long_prefill_token_threshold`` tokens per request and step when set), but
+  blocks are allocated per scheduled chunk, there is no watermark, a running request that cannot
+  get its blocks preempts from the end of the running queue, and no waiting request is admitted
+  in a step that preempted.
+* ``sglang`` (prefill-first, ``_schedule_prefill_first``): a prefill batch (the chunked request
+  first, then FCFS admissions, the last one chunked to the budget) runs whenever one can be
+  formed, with no decodes in it; admission keeps room for the running requests' remaining output
+  times the new-token ratio (decaying per decode step from ``init`` to ``min``, reset by a
+  preemption); otherwise all running sequences decode.
+
+With a prefix cache, admission first looks up the longest cached prefix of the request's prompt
+(``RequestLog.prefix_blocks``), references it and prefills only the rest; units of the prompt are
+cached as soon as its prefill has computed them; finished or preempted requests release their
+prefix (it stays cached, evictable least-recently-used when free blocks are needed).
+
+A decode that needs a new block when none is free preempts the *last* sequence of the running
+queue (recompute: its blocks are freed, it returns to the front of ``waiting`` and later prefills
+prompt + generated tokens again, keeping its generated tokens and first-token time).
 
 A prefill that completes a prompt yields a token at the end of its iteration (the first token for a
 fresh request); each decode yields one token. Requests that can never be served (prompt + output >
 ``max_model_len``, larger than the KV cache, or -- without chunked prefill -- larger than the token
-budget) are dropped on arrival with a reason code, never lost.
+budget) are dropped on arrival with a reason code, never lost. ``RequestLog.done_sink`` (when set)
+receives ``(request id, time)`` for every finish or drop (closed-loop clients).
 
 Time: an iteration of a virtual engine starts when it is scheduled; the host part of
 ``IterationCost.time_s`` (``time_s − Σ stage_times_s``) runs first, then stage ``s`` runs when it
 is free and stage ``s − 1`` has finished (micro-batches of different virtual engines overlap in the
 pipeline). The next iteration of the same virtual engine is scheduled when this one leaves the last
-stage. With ``pp == 1`` an iteration simply takes ``time_s``.
+stage. With ``pp == 1`` an iteration simply takes ``time_s``, or -- with async scheduling (vLLM V1
+``--async-scheduling``, SGLang's overlap scheduler) -- ``max(GPU, host) + serial host`` (the host
+work of the next step overlaps this step's GPU work).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Literal, Protocol, Sequence
 
 import numpy as np
+
+from .prefix_cache import PrefixCache
 
 #: Reason codes of dropped requests (0 = served).
 DROP_NONE = 0
@@ -82,8 +104,23 @@ class EngineLimits:
     pp: int = 1
     watermark_fraction: float = WATERMARK_FRACTION
     #: SGLang-style batching: a (chunked) prefill batch runs whenever one can be formed and
-    #: decodes wait for it; no mixed decode+prefill batches
+    #: decodes wait for it; no mixed decode+prefill batches (same as ``policy="sglang"``)
     prefill_first: bool = False
+    #: scheduler policy (see the module docstring)
+    policy: Literal["v0", "v1", "sglang"] = "v0"
+    #: prefix caching on (needs ``RequestLog.prefix_blocks`` to find anything to share)
+    prefix_caching: bool = False
+    #: vLLM V1: at most this many prefill tokens per request and step (0 = no limit)
+    long_prefill_token_threshold: int = 0
+    #: SGLang decode-room reserve: (init ratio, min ratio, decay per decode step); None = off
+    new_token_ratio: tuple[float, float, float] | None = None
+    #: SGLang clips each request's remaining output at this for the reserve
+    #: (CLIP_MAX_NEW_TOKENS_ESTIMATION in schedule_policy.py)
+    new_token_clip: int = 4096
+
+    @property
+    def mode(self) -> str:
+        return "sglang" if self.prefill_first else self.policy
 
     @property
     def blocks_per_virtual_engine(self) -> int:
@@ -102,8 +139,12 @@ class RequestLog:
     request leaves them (preemption or finish).
     """
 
-    def __init__(self, prompt: np.ndarray, output: np.ndarray):
+    def __init__(self, prompt: np.ndarray, output: np.ndarray,
+                 prefix_blocks: list[tuple[int, ...]] | None = None, prefix_block_tokens: int = 512):
         n = int(prompt.shape[0])
+        #: per request, ids of its prompt's consecutive prefix units (None = no sharing known)
+        self.prefix_blocks = prefix_blocks
+        self.prefix_block_tokens = int(prefix_block_tokens)
         self.prompt: list[int] = prompt.tolist()
         self.output: list[int] = output.tolist()
         self.generated: list[int] = [0] * n
@@ -137,6 +178,8 @@ class ReplicaStats:
     hbm_bytes: float = 0.0
     max_blocks_used: int = 0
     last_event_s: float = 0.0
+    prefix_hit_tokens: int = 0
+    evicted_blocks: int = 0
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -154,13 +197,20 @@ class _VirtualEngine:
     d_id: np.ndarray = field(default_factory=lambda: _EMPTY)
     d_len: np.ndarray = field(default_factory=lambda: _EMPTY)
     d_rem: np.ndarray = field(default_factory=lambda: _EMPTY)
-    # partially prefilled sequences (chunked prefill): [id, target tokens, tokens done]
+    # partially prefilled sequences: [id, target tokens, tokens done, tokens allocated]
     pre: list = field(default_factory=list)
     used_blocks: int = 0
     busy: bool = False
     kick_pending: bool = False
     unfinished: int = 0
     pending_done: int = 0
+    cache: PrefixCache | None = None
+    # per request with a prefix: its chain of cache nodes and the blocks it uses from them
+    chain: dict = field(default_factory=dict)
+    hit: dict = field(default_factory=dict)
+    # requests whose units can no longer be inserted (a duplicate was cached first)
+    no_insert: set = field(default_factory=set)
+    ratio: float = 0.0
 
     def running(self) -> int:
         return int(self.d_id.shape[0]) + len(self.pre)
@@ -178,7 +228,7 @@ class ReplicaEngine:
 
     def __init__(self, index: int, cost: CostModel, limits: EngineLimits, log: RequestLog, *,
                  debug: bool = False, breakdown: bool = False, fast_forward: int = 1,
-                 async_output: bool = False):
+                 async_output: bool = False, host_serial_s: float | None = None):
         if limits.blocks_per_virtual_engine < 1:
             raise ValueError(f"replica {index}: no KV blocks per virtual engine "
                              f"({limits.num_blocks} blocks over pp={limits.pp})")
@@ -192,10 +242,20 @@ class ReplicaEngine:
         #: vLLM 0.6 async output processing (overlaps host output work with the next GPU step);
         #: only with pp == 1 (vLLM disables it under pipeline parallelism)
         self.async_output = async_output and limits.pp == 1
+        #: host time per step that cannot overlap the GPU under async scheduling (None = the
+        #: cost's own ``host_serial_s`` if it has one, else 0)
+        self.host_serial_s = host_serial_s
         self.bs = limits.block_size
         self.nb = limits.blocks_per_virtual_engine
         self.wm = limits.watermark_blocks
         self.ves = [_VirtualEngine() for _ in range(limits.pp)]
+        self.mode = limits.mode
+        self.use_cache = bool(limits.prefix_caching and log.prefix_blocks is not None)
+        for ve in self.ves:
+            if self.use_cache:
+                ve.cache = PrefixCache(self.bs, log.prefix_block_tokens)
+            if limits.new_token_ratio is not None:
+                ve.ratio = limits.new_token_ratio[0]
         self.stage_free = [0.0] * limits.pp
         self.stats = ReplicaStats()
         #: seconds by operator class summed over iterations (only when ``breakdown``)
@@ -267,9 +327,9 @@ class ReplicaEngine:
 
     # ------------------------------------------------------------------ scheduling
     def _step(self, ve: _VirtualEngine, t: float, horizon: float = float("inf")) -> float | None:
-        if self.lim.prefill_first:
+        if self.mode == "sglang":
             plan = self._schedule_prefill_first(ve)
-        elif self.lim.chunked_prefill:
+        elif self.mode == "v1" or self.lim.chunked_prefill:
             plan = self._schedule_chunked(ve)
         else:
             plan = self._schedule_default(ve)
@@ -326,7 +386,7 @@ class ReplicaEngine:
         """
         lens = ve.d_len[:k]
         m = min(self.ff, int(ve.d_rem[:k].min()))
-        free = self.nb - ve.used_blocks
+        free = self._free(ve)
         if m > 1 and self._extra_blocks(lens, m - 1) > free:
             lo, hi = 1, m - 1  # largest m with extra(m - 1) <= free: extra(0) == 0 fits
             while lo < hi:
@@ -364,6 +424,7 @@ class ReplicaEngine:
         st.hbm_bytes += tot[4]
         if m > 1:
             ve.used_blocks += self._extra_blocks(lens, m - 1)
+            self._evict_if_needed(ve)
             if ve.used_blocks > st.max_blocks_used:
                 st.max_blocks_used = ve.used_blocks
         self._advance_decodes(ve, k, m, end + lag)
@@ -384,7 +445,8 @@ class ReplicaEngine:
             return c.time_s, 0.0
         gpu = sum(c.stage_times_s)
         host = max(0.0, c.time_s - gpu)
-        serial = min(host, float(getattr(c, "host_serial_s", 0.0)))
+        serial = min(host, self.host_serial_s if self.host_serial_s is not None
+                     else float(getattr(c, "host_serial_s", 0.0)))
         period = serial + max(gpu, host - serial)
         return period, c.time_s - period
 
@@ -403,7 +465,6 @@ class ReplicaEngine:
     def _schedule_default(self, ve: _VirtualEngine):
         """vLLM ``_schedule_default`` without chunking: prefill-only or decode-only iterations."""
         log = self.log
-        free = self.nb - ve.used_blocks
         if ve.waiting:
             budget = self.lim.max_num_batched_tokens
             seqs = ve.running()
@@ -414,22 +475,23 @@ class ReplicaEngine:
                 target = log.prompt[rid] + log.generated[rid]
                 if tokens + target > budget or seqs + 1 > self.lim.max_num_seqs:
                     break
-                need = self._admit_head(ve, target, free)
-                if need is None:
+                adm = self._admit_head(ve, target, target, whole=True)
+                if adm is None:
                     break
-                free -= need
+                chunk, cached = adm
                 tokens += target
                 seqs += 1
-                prefill.append((target, 0))
+                prefill.append((chunk, cached))
             if prefill:
                 return 0, prefill, len(prefill)
+        return self._decode_only(ve)
+
+    def _decode_only(self, ve: _VirtualEngine):
         k = int(ve.d_id.shape[0])
         if k == 0:
             return None
         k = self._reserve_decode_blocks(ve, k)
-        if k == 0:
-            return None
-        return k, [], 0
+        return (k, [], 0) if k else None
 
     def _schedule_prefill_first(self, ve: _VirtualEngine):
         """SGLang: a prefill batch (the chunked request first, then FCFS admissions, the last one
@@ -439,97 +501,230 @@ class ReplicaEngine:
             plan = self._schedule_chunked(ve, with_decodes=False)
             if plan is not None:
                 return plan
-        k = int(ve.d_id.shape[0])
-        if k == 0:
-            return None
-        k = self._reserve_decode_blocks(ve, k)
-        return (k, [], 0) if k else None
+        return self._decode_only(ve)
+
+    def _chunk_cap(self, n: int, budget: int) -> int:
+        cap = min(n, budget)
+        th = self.lim.long_prefill_token_threshold
+        return min(cap, th) if th > 0 else cap
 
     def _schedule_chunked(self, ve: _VirtualEngine, with_decodes: bool = True):
-        """vLLM ``_schedule_chunked_prefill``: decodes, running prefills, new prefills; mixed."""
+        """One token budget: running decodes, running (partial) prefills, then new prefills.
+
+        vLLM 0.6 ``_schedule_chunked_prefill`` and V1 ``Scheduler.schedule`` (V1: blocks per
+        chunk, preemption when a running prefill cannot grow, no admission after a preemption);
+        with ``with_decodes=False`` the prefill batch of SGLang's prefill-first policy."""
         log, lim = self.log, self.lim
+        v1 = self.mode == "v1"
         budget = lim.max_num_batched_tokens
+        preempted_before = self.stats.preemptions
         k = min(int(ve.d_id.shape[0]), budget, lim.max_num_seqs) if with_decodes else 0
         if k:
             k = self._reserve_decode_blocks(ve, k)
         budget -= k
         prefill: list[tuple[int, int]] = []
         sampling = 0
-        for entry in ve.pre:
+        i = 0
+        while i < len(ve.pre):
+            entry = ve.pre[i]
             if budget <= 0:
                 break
-            chunk = min(entry[1] - entry[2], budget)
+            chunk = self._chunk_cap(entry[1] - entry[2], budget)
+            if v1 and entry[2] + chunk > entry[3]:
+                grow = _cdiv(entry[2] + chunk, self.bs) - _cdiv(entry[3], self.bs)
+                if grow > self._free(ve):
+                    k = self._preempt_for(ve, k, grow, i)
+                    if i >= len(ve.pre):  # this prefill itself was preempted
+                        break
+                ve.used_blocks += grow
+                entry[3] = entry[2] + chunk
+                self._evict_if_needed(ve)
             prefill.append((chunk, entry[2]))
             budget -= chunk
             if entry[2] + chunk == entry[1]:
                 sampling += 1
+            i += 1
         seqs = ve.running()
-        free = self.nb - ve.used_blocks
-        while ve.waiting and budget > 0 and seqs < lim.max_num_seqs:
+        reserve = self._decode_reserve(ve) if self.mode == "sglang" else 0.0
+        admit = not (v1 and self.stats.preemptions > preempted_before)
+        while admit and ve.waiting and budget > 0 and seqs < lim.max_num_seqs \
+                and len(prefill) == len(ve.pre):
             rid = ve.waiting[0]
             target = log.prompt[rid] + log.generated[rid]
-            need = self._admit_head(ve, target, free)
-            if need is None:
+            adm = self._admit_head(ve, target, budget, whole=not v1, reserve=reserve)
+            if adm is None:
                 break
-            free -= need
+            chunk, cached = adm
             seqs += 1
-            chunk = min(target, budget)
             budget -= chunk
-            prefill.append((chunk, 0))
-            if chunk == target:
+            prefill.append((chunk, cached))
+            if cached + chunk == target:
                 sampling += 1
+            if self.mode == "sglang" and self.lim.new_token_ratio is not None:
+                reserve += self._ratio_tokens(ve, rid) / self.bs
         if k == 0 and not prefill:
             return None
         return k, prefill, sampling
 
-    def _admit_head(self, ve: _VirtualEngine, target: int, free: int) -> int | None:
-        """Admit the head of ``waiting`` (prefilling ``target`` tokens) if the blocks of its whole
-        prompt fit above the watermark: allocate them, queue it as prefilling, return the blocks
-        taken; else ``None``."""
-        need = _cdiv(target, self.bs)
-        if free - need < self.wm:
+    # ------------------------------------------------------------------ KV blocks
+    def _free(self, ve: _VirtualEngine) -> int:
+        """Blocks an allocation may take now (free cached prefix blocks are evictable)."""
+        return self.nb - ve.used_blocks
+
+    def _evict_if_needed(self, ve: _VirtualEngine) -> None:
+        c = ve.cache
+        if c is not None and ve.used_blocks + c.free_blocks > self.nb:
+            self.stats.evicted_blocks += c.evict(ve.used_blocks + c.free_blocks - self.nb)
+
+    def _ratio_tokens(self, ve: _VirtualEngine, rid: int) -> float:
+        left = self.log.output[rid] - self.log.generated[rid]
+        return ve.ratio * min(left, self.lim.new_token_clip)
+
+    def _decode_reserve(self, ve: _VirtualEngine) -> float:
+        """SGLang: room kept for the running requests' future tokens (new-token ratio)."""
+        if self.lim.new_token_ratio is None:
+            return 0.0
+        clip = self.lim.new_token_clip
+        left = float(np.minimum(ve.d_rem, clip).sum()) if ve.d_id.shape[0] else 0.0
+        for e in ve.pre:
+            left += min(self.log.output[e[0]] - self.log.generated[e[0]], clip)
+        return ve.ratio * left / self.bs
+
+    def _admit_head(self, ve: _VirtualEngine, target: int, budget: int, *, whole: bool,
+                    reserve: float = 0.0) -> tuple[int, int] | None:
+        """Admit the head of ``waiting`` (``target`` tokens to prefill) if its blocks fit: look up
+        its cached prefix, allocate the blocks of the whole prompt (``whole``: vLLM 0.6, SGLang)
+        or of this step's chunk (vLLM V1) above the watermark / decode reserve, queue it as
+        prefilling. Returns (chunk tokens this step, cached tokens before it) or ``None``."""
+        rid = ve.waiting[0]
+        chain: list[int] = []
+        hit = 0
+        cache = ve.cache
+        if cache is not None:
+            ids = self.log.prefix_blocks[rid]
+            if ids:
+                chain, hit = cache.match(ids, self.log.prompt[rid], target)
+                if hit == 0:
+                    chain = []
+        cached = hit * self.bs
+        chunk = self._chunk_cap(target - cached, budget)
+        alloc = target if whole else cached + chunk
+        need = _cdiv(alloc, self.bs) - hit
+        revive = sum(cache.blocks[n] for n in chain if cache.refs[n] == 0) if chain else 0
+        free = self._free(ve) - revive - need
+        if free < self.wm:
             return None
-        rid = ve.waiting.popleft()
-        ve.used_blocks += need
-        ve.pre.append([rid, target, 0])
-        return need
+        if self.mode == "sglang" and self.lim.new_token_ratio is not None \
+                and free < reserve + self._ratio_tokens(ve, rid) / self.bs:
+            return None  # SGLang PrefillAdder: no room for its and the running outputs
+        ve.waiting.popleft()
+        if chain:
+            cache.ref(chain)
+            ve.chain[rid] = chain
+            ve.hit[rid] = hit
+            self.stats.prefix_hit_tokens += cached
+        elif cache is not None:
+            ve.chain[rid] = []
+            ve.hit[rid] = 0
+        ve.used_blocks += revive + need
+        ve.pre.append([rid, target, cached, alloc])
+        self._evict_if_needed(ve)
+        return chunk, cached
+
+    def _cache_progress(self, ve: _VirtualEngine, rid: int, done: int) -> None:
+        """Insert the prompt units of ``rid`` its prefill has computed (``done`` tokens)."""
+        cache = ve.cache
+        ids = self.log.prefix_blocks[rid]
+        if not ids or rid in ve.no_insert:
+            return
+        chain = ve.chain.setdefault(rid, [])
+        hit = ve.hit.get(rid, 0)
+        if hit != sum(cache.blocks[n] for n in chain):  # capped full-prompt hit: nothing new
+            return
+        prompt = self.log.prompt[rid]
+        unit = cache.unit
+        k = len(chain)
+        while k < len(ids) and min((k + 1) * unit, prompt) <= done:
+            b = cache.unit_blocks(k, prompt)
+            node = cache.insert(chain[-1] if chain else 0, ids[k], b)
+            if node is None:
+                ve.no_insert.add(rid)
+                break
+            chain.append(node)
+            hit += b
+            k += 1
+        ve.hit[rid] = hit
+
+    def _release(self, ve: _VirtualEngine, rid: int) -> int:
+        """Drop ``rid``'s prefix references; returns (blocks it used from the cache, blocks that
+        became free cached) as one number to subtract from ``used_blocks`` besides its private
+        blocks: the private part is ``ceil(len / bs) - hit``."""
+        chain = ve.chain.pop(rid, None)
+        ve.no_insert.discard(rid)
+        hit = ve.hit.pop(rid, 0)
+        if not chain:
+            return hit
+        freed = ve.cache.release(chain)
+        return hit - freed  # used -= private (= blocks - hit) + freed  <=> blocks - (hit - freed)
 
     def _reserve_decode_blocks(self, ve: _VirtualEngine, k: int) -> int:
         """Blocks for the first ``k`` decodes' next token; preempt from the queue's end if short.
         Returns how many decodes run (a prefix of the decode arrays)."""
         need_flags = (ve.d_len[:k] - 1) % self.bs == 0
         need = int(np.count_nonzero(need_flags))
-        free = self.nb - ve.used_blocks
+        free = self._free(ve)
         if need > free:
             k, need = self._preempt(ve, k, need, need_flags)
         ve.used_blocks += need
+        self._evict_if_needed(ve)
         return k
+
+    def _preempt_one(self, ve: _VirtualEngine) -> tuple[int, bool]:
+        """Preempt the last request of the running queue: (its id, was it a decode)."""
+        log = self.log
+        if ve.pre:
+            rid, _target, _done, alloc = ve.pre.pop()
+            ve.used_blocks -= _cdiv(alloc, self.bs) - self._release(ve, rid)
+            dec = False
+        else:
+            n = int(ve.d_id.shape[0]) - 1
+            rid = int(ve.d_id[n])
+            length = int(ve.d_len[n])
+            log.generated[rid] = length - log.prompt[rid]
+            ve.used_blocks -= _cdiv(length - 1, self.bs) - self._release(ve, rid)
+            ve.d_id, ve.d_len, ve.d_rem = ve.d_id[:n], ve.d_len[:n], ve.d_rem[:n]
+            dec = True
+        log.preemptions[rid] += 1
+        self.stats.preemptions += 1
+        if self.lim.new_token_ratio is not None:  # SGLang resets its estimate on retraction
+            ve.ratio = self.lim.new_token_ratio[0]
+        return rid, dec
 
     def _preempt(self, ve: _VirtualEngine, k: int, need: int, flags: np.ndarray) -> tuple[int, int]:
         """Preempt (recompute) from the end of the running queue until ``need`` blocks are free."""
-        log, st = self.log, self.stats
         victims: list[int] = []
-        n = int(ve.d_id.shape[0])
-        while need > self.nb - ve.used_blocks:
-            if ve.pre:
-                rid, target, _done = ve.pre.pop()
-                ve.used_blocks -= _cdiv(target, self.bs)
-            else:
-                n -= 1
-                rid = int(ve.d_id[n])
-                length = int(ve.d_len[n])
-                log.generated[rid] = length - log.prompt[rid]
-                ve.used_blocks -= _cdiv(length - 1, self.bs)
+        while need > self._free(ve):
+            n_before = int(ve.d_id.shape[0])
+            rid, dec = self._preempt_one(ve)
+            if dec:
+                n = n_before - 1
                 if n < k:
                     k = n
                     need -= int(flags[n])
             victims.append(rid)
-            log.preemptions[rid] += 1
-            st.preemptions += 1
-        if n < ve.d_id.shape[0]:
-            ve.d_id, ve.d_len, ve.d_rem = ve.d_id[:n], ve.d_len[:n], ve.d_rem[:n]
         ve.waiting.extendleft(victims)
         return k, need
+
+    def _preempt_for(self, ve: _VirtualEngine, k: int, grow: int, i: int) -> int:
+        """V1: running prefill ``i`` needs ``grow`` blocks: preempt from the end of the running
+        queue (the partial prefills admitted after it, then itself -- the decodes were admitted
+        before it) until they fit or it was preempted. Returns the scheduled decodes."""
+        victims: list[int] = []
+        while grow > self._free(ve) and len(ve.pre) > i:
+            rid, _ = self._preempt_one(ve)
+            victims.append(rid)
+        ve.waiting.extendleft(victims)
+        return k
 
     # ------------------------------------------------------------------ effects
     def _advance_decodes(self, ve: _VirtualEngine, k: int, steps: int, end: float) -> None:
@@ -537,6 +732,9 @@ class ReplicaEngine:
         if k == 0:
             return
         self.stats.decode_tokens += k * steps
+        if self.lim.new_token_ratio is not None:
+            lo, dec = self.lim.new_token_ratio[1], self.lim.new_token_ratio[2]
+            ve.ratio = max(lo, ve.ratio - dec * steps)
         if k == ve.d_id.shape[0]:
             ve.d_len = ve.d_len + steps
             ve.d_rem = ve.d_rem - steps
@@ -556,8 +754,11 @@ class ReplicaEngine:
         gen, out = self.log.generated, self.log.output
         for r in fin_ids.tolist():
             gen[r] = out[r]
-        freed = -(-(ve.d_len[idx] - 1) // self.bs)
-        ve.used_blocks -= int(freed.sum())
+        freed = int((-(-(ve.d_len[idx] - 1) // self.bs)).sum())
+        if ve.chain:
+            for r in fin_ids.tolist():
+                freed -= self._release(ve, r)
+        ve.used_blocks -= freed
         ve.pending_done += int(idx.shape[0])
         keep = np.ones(ve.d_id.shape[0], dtype=bool)
         keep[idx] = False
@@ -571,13 +772,15 @@ class ReplicaEngine:
             if i >= len(prefill):
                 remaining.append(entry)
                 continue
-            rid, target, done = entry
+            rid, target, done, alloc = entry
             chunk = prefill[i][0]
             done += chunk
             if log.generated[rid]:
                 st.recomputed_tokens += chunk
             else:
                 st.prefill_tokens += chunk
+            if ve.cache is not None:
+                self._cache_progress(ve, rid, min(done, log.prompt[rid]))
             if done < target:
                 entry[2] = done
                 remaining.append(entry)
@@ -591,7 +794,7 @@ class ReplicaEngine:
                 log.finish_s[rid] = end
                 if log.done_sink is not None:
                     log.done_sink.append((rid, end))
-                ve.used_blocks -= _cdiv(target, self.bs)
+                ve.used_blocks -= _cdiv(target, self.bs) - self._release(ve, rid)
                 ve.pending_done += 1
             else:
                 new_id.append(rid)
@@ -605,7 +808,15 @@ class ReplicaEngine:
 
     def _check(self, ve: _VirtualEngine) -> None:
         """Debug invariant: block accounting matches the running set and stays within capacity."""
-        held = int((-(-(ve.d_len - 1) // self.bs)).sum()) + sum(_cdiv(e[1], self.bs) for e in ve.pre)
+        hit = ve.hit
+        held = sum(_cdiv(int(n) - 1, self.bs) - hit.get(int(r), 0)
+                   for r, n in zip(ve.d_id.tolist(), ve.d_len.tolist()))
+        held += sum(_cdiv(e[3], self.bs) - hit.get(e[0], 0) for e in ve.pre)
+        if ve.cache is not None:
+            c = ve.cache
+            held += sum(c.blocks[n] for n, r in c.refs.items() if r > 0)
+            assert c.free_blocks == sum(c.blocks[n] for n in c.free), "free cached blocks"
+            assert ve.used_blocks + c.free_blocks <= self.nb, "cache over capacity"
         assert held == ve.used_blocks, f"block accounting {ve.used_blocks} != held {held}"
         assert 0 <= ve.used_blocks <= self.nb, f"{ve.used_blocks} blocks used of {self.nb}"
         assert ve.running() <= self.lim.max_num_seqs

@@ -1,7 +1,7 @@
 """Public entry point of the serving simulator: :func:`simulate` a plan on a cluster for requests.
 
-Every replica of every plan group is a :class:`~apex_opt.sim.engine.ReplicaEngine` (vLLM-0.6-like
-scheduler, its KV-block count from :func:`apex_opt.memory.replica_memory`, its iteration times from
+Every replica of every plan group is a :class:`~apex_opt.sim.engine.ReplicaEngine` (scheduled as
+the engine profile says: vLLM V1 by default, vLLM 0.6 or SGLang; its KV-block count from :func:`apex_opt.memory.replica_memory`, its iteration times from
 :class:`apex_opt.costmodel.iteration.IterationCostModel`); a router spreads the requests over them
 (:mod:`apex_opt.sim.router`). Energy = active energy of every iteration + idle power of each GPU for
 the rest of the makespan (first arrival -> last event).
@@ -54,6 +54,8 @@ class ReplicaSummary(BaseModel):
     preemptions: int
     recomputed_tokens: int = Field(description="Prompt + generated tokens prefilled again after "
                                                "preemptions.")
+    prefix_hit_tokens: int = Field(0, description="Prompt tokens served from the prefix cache "
+                                                  "instead of being prefilled.")
     busy_fraction: float = Field(description="GPU busy time / (GPUs x makespan).")
     energy_j: float = Field(description="Active + idle energy of the replica's GPUs.")
 
@@ -66,7 +68,8 @@ class SimulationResult(BaseModel):
     schema_version: int = 1
     model: str
     cluster: str
-    engine: str = Field("vllm-0.6", description="Engine model used (apex_opt/data/engines).")
+    engine: str = Field("vllm", description="Engine profile used (apex_opt/data/engines; "
+                                            "NAME@VERSION when a release was pinned).")
     plan: Plan
     seed: int
     metrics: Metrics
@@ -112,17 +115,26 @@ def _check_gpu_counts(cluster: ClusterSpec, plan: Plan) -> None:
 
 
 def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
-                  engine: EngineSpec) -> EngineLimits:
-    """Resolved scheduler limits of one replica (engine defaults filled in)."""
-    cfg = cfg.resolved(engine, model.max_position_embeddings)
+                  engine: EngineSpec, device=None) -> EngineLimits:
+    """Resolved scheduler limits of one replica (engine defaults -- by ``device`` memory where
+    the engine picks them so -- filled in)."""
+    cfg = cfg.resolved(engine, model.max_position_embeddings, device)
     max_len = cfg.resolved_max_model_len(model.max_position_embeddings)
+    policy = {"vllm": "v0", "vllm_v1": "v1", "sglang": "sglang"}[engine.scheduler]
+    if policy == "sglang" and not cfg.chunked_prefill:
+        policy = "v0"  # SGLang with --chunked-prefill-size -1: whole-prompt prefill batches
+    ntr = engine.new_token_ratio
     return EngineLimits(
         num_blocks=num_blocks, block_size=engine.block_size, max_num_seqs=cfg.max_num_seqs,
         max_num_batched_tokens=cfg.resolved_batched_tokens(model.max_position_embeddings,
                                                            engine.chunked_prefill_budget),
         max_model_len=max_len, chunked_prefill=cfg.chunked_prefill, pp=cfg.pp,
-        watermark_fraction=engine.watermark_fraction,
-        prefill_first=engine.scheduler == "sglang" and cfg.chunked_prefill)
+        watermark_fraction=engine.watermark_fraction, policy=policy,
+        prefix_caching=bool(cfg.prefix_caching) and engine.prefix_cache != "none",
+        long_prefill_token_threshold=engine.long_prefill_token_threshold,
+        new_token_ratio=(None if ntr is None or policy != "sglang" else
+                         (ntr.init, ntr.init * ntr.min_factor,
+                          (ntr.init - ntr.init * ntr.min_factor) / ntr.decay_steps)))
 
 
 def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: RequestLog,
@@ -146,12 +158,16 @@ def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: Req
         if blocks < cfg.pp:
             raise InfeasibleError(f"{cfg.label()}: {blocks} KV blocks cannot be split over "
                                   f"pp={cfg.pp} virtual engines")
-        limits = engine_limits(model, cfg, blocks, engine)
+        limits = engine_limits(model, cfg, blocks, engine, pool.device)
         cost = IterationCostModel(model, pool, cfg, engine)
+        # vLLM V1 async scheduling / SGLang overlap scheduler (the engine's own), or vLLM 0.6's
+        # async output processing when asked for (CUDA graphs on)
+        overlap = engine.async_scheduling or (async_output and cfg.cuda_graphs)
+        serial = engine.host_serial_ms * 1e-3 if engine.async_scheduling else None
         for _ in range(g.replicas):
             engines.append(ReplicaEngine(len(engines), cost, limits, log, debug=debug,
                                          breakdown=breakdown, fast_forward=fast_forward,
-                                         async_output=async_output and cfg.cuda_graphs))
+                                         async_output=overlap, host_serial_s=serial))
             meta.append((gi, cfg.label(), pool.name))
     return engines, meta
 
@@ -193,7 +209,9 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
         raise InputError("must be >= 1", field="num_blocks_override", value=num_blocks_override)
     engine = engine or load_engine()
     _check_gpu_counts(cluster, plan)
-    log = RequestLog(requests.prompt_tokens, requests.output_tokens)
+    log = RequestLog(requests.prompt_tokens, requests.output_tokens,
+                     getattr(requests, "prefix_blocks", None),
+                     getattr(requests, "prefix_block_tokens", 512))
     engines, meta = _build_replicas(model, cluster, plan, log, num_blocks_override, engine, debug,
                                     breakdown, fast_forward, async_output)
     timelines = _attach_timelines(engines)
@@ -308,6 +326,7 @@ def _result(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reques
             requests=st.requests, dropped=st.dropped, iterations=st.iterations,
             prefill_iterations=st.prefill_iterations, decode_iterations=st.decode_iterations,
             mixed_iterations=st.mixed_iterations, preemptions=st.preemptions,
+            prefix_hit_tokens=st.prefix_hit_tokens,
             recomputed_tokens=st.recomputed_tokens,
             busy_fraction=round_sig(min(1.0, st.busy_gpu_s / (cm.num_gpus * makespan))),
             energy_j=round_sig(e)))
@@ -319,7 +338,7 @@ def _result(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reques
     reasons = {DROP_REASONS[c]: int((log.dropped == c).sum()) for c in DROP_REASONS
                if (log.dropped == c).any()}
     res = SimulationResult(
-        model=model.name, cluster=cluster.name, engine=engine.name, plan=plan, seed=seed,
+        model=model.name, cluster=cluster.name, engine=engine.label, plan=plan, seed=seed,
         metrics=metrics,
         tpot_token_weighted_ms=_token_weighted_tpot_ms(log.first_s, log.finish_s,
                                                        requests.output_tokens, served),

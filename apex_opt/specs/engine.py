@@ -1,6 +1,15 @@
-"""Serving-engine behaviour constants (memory outside the KV budget, CUDA-graph sizes, ...).
+"""Serving-engine profiles: every fact of one engine generation, as versioned data.
 
-Loaded from ``apex_opt/data/engines/<name>.yaml`` so that no engine constant lives in code.
+Loaded from ``apex_opt/data/engines/<name>.yaml`` so that no engine constant lives in code. A profile
+says which engine it models (``engine``: vllm | sglang), which releases (``versions``, a PEP 440
+specifier), its scheduler policy, its defaults (token budget, max sequences, chunked prefill, prefix
+caching -- by GPU memory where the engine decides by it), how it sizes memory, its CUDA-graph mode and
+capture sizes, its host (CPU) costs, whether host work overlaps the GPU (async scheduling / overlap
+scheduler), the front-end latency and its launch-flag vocabulary.
+
+``load_engine("vllm")`` loads a profile; ``load_engine("vllm@0.10")`` also checks the release against
+``versions`` and applies the profile's ``version_overrides`` for it (e.g. async scheduling only where
+that release has it on by default).
 """
 
 from __future__ import annotations
@@ -8,27 +17,83 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .common import NonNegFloat, StrictModel
 
 
-class EngineSpec(StrictModel):
-    """Constants of one serving engine version."""
+class BatchDefaults(StrictModel):
+    """Default scheduler limits for devices of at least ``min_device_gib`` memory."""
 
-    name: str = Field(description="Engine identifier, e.g. 'vllm-0.6'.")
-    scheduler: Literal["vllm", "sglang"] = Field(
-        "vllm", description="'vllm': V0 scheduler (chunked prefill = mixed decode+prefill batches, "
-                            "decodes first). 'sglang': prefill-first (a prefill batch, chunked to the "
-                            "token budget, runs whenever one can be formed; decodes wait), no mixing.")
+    min_device_gib: NonNegFloat = Field(0.0, description="Smallest device memory (GiB) of the tier.")
+    exclude_devices: tuple[str, ...] = Field(
+        (), description="Device-name substrings excluded from this tier (vLLM keeps A100 on the "
+                        "small defaults).")
+    max_num_batched_tokens: int = Field(ge=1, description="Token budget per step.")
+    max_num_seqs: int = Field(ge=1, description="Max running sequences.")
+    cuda_graph_max_bs_tp_lt4: int | None = Field(
+        None, ge=1, description="Largest captured decode batch when TP < 4 (SGLang); None = all "
+                                "of cuda_graph_batch_sizes.")
+    cuda_graph_max_bs_tp_ge4: int | None = Field(
+        None, ge=1, description="Largest captured decode batch when TP >= 4 (SGLang).")
+
+
+class StaticFractionRule(StrictModel):
+    """SGLang ``mem_fraction_static`` default: total minus a reserve, or a table by TP size."""
+
+    rule: Literal["reserve", "tp_table"] = Field(
+        description="'reserve' (SGLang 0.5): (total - reserved) / total with reserved from the "
+                    "chunk size, CUDA-graph batch and TP x PP; 'tp_table' (SGLang 0.4): fixed "
+                    "fraction by TP size.")
+    base_mib: NonNegFloat = Field(0.0, description="Constant reserve (attention metadata).")
+    per_chunk_token_mib: NonNegFloat = Field(0.0, description="Reserve per chunked-prefill token "
+                                                               "(activations), at least 2048 tokens.")
+    per_graph_bs_mib: NonNegFloat = Field(0.0, description="Reserve per CUDA-graph batch entry.")
+    per_gpu_mib: NonNegFloat = Field(0.0, description="Reserve per GPU of TP x PP.")
+    min_reserve_mib_large_gpu: NonNegFloat = Field(
+        0.0, description="Floor on the reserve for devices above 60 GiB.")
+    tp_table: dict[int, float] = Field(
+        default_factory=dict, description="'tp_table': fraction for TP >= key (largest key wins).")
+
+
+class NewTokenRatio(StrictModel):
+    """SGLang's reserve of decode room when admitting prefills (schedule_policy / scheduler)."""
+
+    init: float = Field(gt=0, le=1, description="Initial ratio (SGLANG_INIT_NEW_TOKEN_RATIO).")
+    min_factor: float = Field(gt=0, le=1, description="min ratio = init x min_factor.")
+    decay_steps: int = Field(ge=1, description="Decode steps to decay from init to min.")
+
+
+class EngineSpec(StrictModel):
+    """Every behaviour constant of one serving-engine generation."""
+
+    name: str = Field(description="Profile name, e.g. 'vllm', 'vllm-0.6', 'sglang'.")
+    engine: Literal["vllm", "sglang"] = Field(description="Which engine this profile models.")
+    versions: str = Field(description="PEP 440 specifier of the releases modelled, e.g. "
+                                      "'>=0.9,<0.20'.")
+    reference_version: str = Field(description="Release whose behaviour the constants describe "
+                                               "when no version is given.")
+    default: bool = Field(False, description="The default profile (exactly one is).")
+    description: str = Field("", description="One line for `apex-opt engines`.")
+    scheduler: Literal["vllm", "vllm_v1", "sglang"] = Field(
+        "vllm", description="'vllm': V0 scheduler (unchunked: prefill-only or decode-only steps; "
+                            "chunked: decodes first, then prefills, whole prompt's blocks at "
+                            "admission, watermark). 'vllm_v1': one token budget per step over "
+                            "running requests first (decodes and partial prefills), then waiting "
+                            "ones; blocks allocated per chunk; no watermark. 'sglang': "
+                            "prefill-first (a chunked prefill batch runs whenever one can be "
+                            "formed; decodes wait), admission reserves decode room with the "
+                            "new-token ratio.")
     kv_sizing: Literal["profile_run", "static_fraction"] = Field(
         "profile_run", description="'profile_run': KV = total*util - weights - profiled activation "
                                    "peak - buffers (vLLM). 'static_fraction': weights + KV pool = "
-                                   "total*util (SGLang mem_fraction_static); activations, CUDA "
+                                   "total*mem_fraction_static (SGLang); activations, CUDA "
                                    "graphs and context live in the rest.")
+    static_fraction: StaticFractionRule | None = Field(
+        None, description="How SGLang picks mem_fraction_static when the plan does not set it.")
     watermark_fraction: NonNegFloat = Field(0.01, description="Share of KV blocks kept free when "
-                                                               "admitting a prefill.")
-    block_size: int = Field(16, ge=1, le=1024, description="KV-cache block size in tokens.")
+                                                               "admitting a prefill (V0 only).")
+    block_size: int = Field(16, ge=1, le=1024, description="KV-cache block (page) size in tokens.")
     cuda_context_gib: NonNegFloat = Field(description="CUDA context + library workspaces per GPU "
                                                       "(outside the utilisation budget).")
     cuda_graph_gib: NonNegFloat = Field(description="CUDA-graph memory pools per GPU, allocated "
@@ -36,17 +101,53 @@ class EngineSpec(StrictModel):
     nccl_buffers_gib: NonNegFloat = Field(description="NCCL buffers per GPU of a multi-GPU replica.")
     custom_allreduce_buffers_gib: NonNegFloat = Field(description="Custom all-reduce IPC buffers.")
     allocator_slack: NonNegFloat = Field(description="Fractional slack on the activation peak.")
-    cuda_graph_batch_sizes: tuple[int, ...] = Field(description="Captured decode batch sizes.")
+    cuda_graph_mode: Literal["decode_only", "piecewise", "full_and_piecewise"] = Field(
+        "decode_only", description="'decode_only': decode-only batches replay a full graph, "
+                                   "anything with a prefill runs eagerly (V0, SGLang). "
+                                   "'piecewise': every batch up to the largest capture size "
+                                   "replays graphs of the GEMM/elementwise pieces, attention runs "
+                                   "eagerly between them (vLLM V1 0.9-0.10). "
+                                   "'full_and_piecewise': decode-only batches replay full graphs, "
+                                   "mixed batches piecewise ones (vLLM V1 >= 0.11).")
+    cuda_graph_batch_sizes: tuple[int, ...] = Field(description="Captured batch sizes (decode "
+                                                                "sequences, or tokens for "
+                                                                "piecewise graphs).")
     chunked_prefill_budget: int = Field(512, ge=1, description="Default max_num_batched_tokens "
-                                                                "with chunked prefill.")
+                                                                "with chunked prefill when no "
+                                                                "batch_defaults tier applies.")
     chunked_prefill_above_len: int = Field(
         32768, ge=0, description="Chunked prefill is on by default when max_model_len exceeds "
                                  "this (vLLM 0.6: 32768; 0 = always on).")
+    batch_defaults: tuple[BatchDefaults, ...] = Field(
+        (), description="Default (max_num_batched_tokens, max_num_seqs) by device memory; the "
+                        "first tier the device qualifies for wins.")
+    default_max_num_seqs: int = Field(256, ge=1, description="max_num_seqs when no tier applies.")
+    long_prefill_token_threshold: int = Field(
+        0, ge=0, description="vLLM V1: a request prefills at most this many tokens per step "
+                             "(0 = no limit, the default with max_num_partial_prefills = 1).")
+    max_num_partial_prefills: int = Field(1, ge=1, description="vLLM: concurrent partial "
+                                                               "prefills (default 1).")
+    prefix_caching: bool = Field(False, description="Prefix caching on by default.")
+    prefix_cache: Literal["none", "block_hash", "radix"] = Field(
+        "none", description="'block_hash' (vLLM): whole full blocks reused by chained block "
+                            "hashes, never the whole prompt; free cached blocks evicted LRU. "
+                            "'radix' (SGLang): token-granular radix tree, LRU leaf eviction.")
+    new_token_ratio: NewTokenRatio | None = Field(
+        None, description="SGLang decode-room reserve at admission (None = no reserve).")
     host_step_base_ms: NonNegFloat = Field(description="Fixed CPU time per engine step.")
     host_per_seq_us: NonNegFloat = Field(description="CPU time per sequence in a step "
-                                                     "(sampling, detokenising, output processing).")
+                                                     "(scheduling, input preparation, sampling "
+                                                     "bookkeeping, output processing).")
     host_multi_gpu_ms: NonNegFloat = Field(description="Extra CPU time per step to broadcast "
                                                        "step metadata to the workers (TP/PP > 1).")
+    async_scheduling: bool = Field(
+        False, description="Host work of step N+1 (scheduling, input preparation, output "
+                           "processing of step N) overlaps the GPU work of step N: the step "
+                           "period is max(GPU, host) + host_serial_ms (vLLM async scheduling, "
+                           "SGLang overlap scheduler).")
+    host_serial_ms: NonNegFloat = Field(
+        0.0, description="With async_scheduling: host time per step that cannot overlap the GPU "
+                         "(waiting for the sampled tokens and launching the next step).")
     request_overhead_ms: NonNegFloat = Field(
         0.0, description="Per-request latency before the engine can schedule a new request "
                          "(HTTP handling, request parsing, tokenisation, hand-off to the engine "
@@ -54,20 +155,198 @@ class EngineSpec(StrictModel):
     graph_launch_saving_us: NonNegFloat = Field(description="Launch latency per kernel that a CUDA-graph "
                                                             "replay removes from isolated-kernel timings.")
     eager_launch_us: NonNegFloat = Field(description="CPU launch cost per kernel in eager mode.")
+    piecewise_layer_cpu_us: NonNegFloat = Field(
+        0.0, description="Piecewise graphs: CPU time per layer to replay the graph pieces and run "
+                         "the eager attention op between them.")
+    dp_attention: bool = Field(False, description="Supports data-parallel attention (SGLang "
+                                                  "--enable-dp-attention for MLA models).")
+    launch_flags: dict[str, str] = Field(
+        default_factory=dict, description="Planner concept -> CLI flag spelling of this engine "
+                                          "(e.g. max_num_seqs -> --max-running-requests).")
+    flag_vocabulary: tuple[str, ...] = Field((), description="CLI flags this release accepts "
+                                                             "that a launch command may use.")
+    version_overrides: tuple[dict, ...] = Field(
+        (), description="[{versions: SPEC, field: value, ...}]: field values for releases "
+                        "matching SPEC (applied in order by load_engine('name@version')).")
+    version: str | None = Field(None, description="Release pinned by 'name@version' (None = "
+                                                  "reference_version).")
 
-    def graph_batch_size(self, n: int) -> int | None:
-        """Captured CUDA-graph size a decode batch of ``n`` is padded to (None = runs eagerly)."""
+    @model_validator(mode="after")
+    def _check(self) -> "EngineSpec":
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+        from packaging.version import InvalidVersion, Version
+
+        try:
+            spec = SpecifierSet(self.versions)
+        except InvalidSpecifier:
+            raise ValueError(f"versions {self.versions!r} is not a PEP 440 specifier") from None
+        try:
+            ref = Version(self.reference_version)
+        except InvalidVersion:
+            raise ValueError(f"reference_version {self.reference_version!r} is not a version") \
+                from None
+        if ref not in spec:
+            raise ValueError(f"reference_version {ref} is outside versions {self.versions}")
+        if list(self.cuda_graph_batch_sizes) != sorted(set(self.cuda_graph_batch_sizes)):
+            raise ValueError("cuda_graph_batch_sizes must be strictly increasing")
+        for o in self.version_overrides:
+            if "versions" not in o:
+                raise ValueError("every version_overrides entry needs 'versions'")
+            SpecifierSet(str(o["versions"]))
+            bad = set(o) - {"versions"} - set(type(self).model_fields)
+            if bad:
+                raise ValueError(f"version_overrides: unknown fields {sorted(bad)}")
+        return self
+
+    # ------------------------------------------------------------------ derived behaviour
+    @property
+    def label(self) -> str:
+        """'vllm@0.12' when a release is pinned, else the profile name."""
+        return f"{self.name}@{self.version}" if self.version else self.name
+
+    def graph_batch_size(self, n: int, max_bs: int | None = None) -> int | None:
+        """Captured CUDA-graph size a batch of ``n`` is padded to (None = no graph fits)."""
         for s in self.cuda_graph_batch_sizes:
+            if max_bs is not None and s > max_bs:
+                return None
             if s >= n:
                 return s
         return None
 
+    def _tier(self, device_name: str, device_gib: float) -> BatchDefaults | None:
+        name = device_name.lower()
+        for t in self.batch_defaults:
+            if device_gib >= t.min_device_gib and not any(x in name for x in t.exclude_devices):
+                return t
+        return None
 
-@lru_cache(maxsize=8)
-def load_engine(name: str = "vllm") -> EngineSpec:
-    from ..io import parse_yaml, validate
+    def default_batched_tokens(self, device_name: str, device_gib: float) -> int:
+        """Default max_num_batched_tokens (chunked prefill) on a device."""
+        t = self._tier(device_name, device_gib)
+        return t.max_num_batched_tokens if t else self.chunked_prefill_budget
+
+    def default_max_num_seqs_for(self, device_name: str, device_gib: float) -> int:
+        """Default max_num_seqs on a device."""
+        t = self._tier(device_name, device_gib)
+        return t.max_num_seqs if t else self.default_max_num_seqs
+
+    def cuda_graph_max_bs(self, device_name: str, device_gib: float, tp: int) -> int | None:
+        """Largest captured decode batch (None = every size in cuda_graph_batch_sizes)."""
+        t = self._tier(device_name, device_gib)
+        if t is None:
+            return None
+        return t.cuda_graph_max_bs_tp_lt4 if tp < 4 else t.cuda_graph_max_bs_tp_ge4
+
+    def mem_fraction_static(self, device_gib: float, tp: int, pp: int, chunk: int,
+                            graph_max_bs: int) -> float | None:
+        """SGLang's default mem_fraction_static (None = not a static-fraction engine)."""
+        r = self.static_fraction
+        if r is None:
+            return None
+        if r.rule == "tp_table":
+            frac = None
+            for k in sorted(r.tp_table):
+                if tp >= k:
+                    frac = r.tp_table[k]
+            return frac
+        mem_mib = device_gib * 1024
+        reserved = (r.base_mib + max(chunk, 2048) * r.per_chunk_token_mib
+                    + graph_max_bs * r.per_graph_bs_mib + tp * pp * r.per_gpu_mib)
+        if device_gib > 60:
+            reserved = max(reserved, r.min_reserve_mib_large_gpu)
+        return round((mem_mib - reserved) / mem_mib, 3)
+
+
+def _engine_dir():
     from ..registry import data_dir
 
-    f = data_dir("engines") / f"{name}.yaml"
+    return data_dir("engines")
+
+
+def engine_names() -> list[str]:
+    """Bundled engine profiles."""
+    return sorted(f.name[:-5] for f in _engine_dir().iterdir() if f.name.endswith(".yaml"))
+
+
+@lru_cache(maxsize=32)
+def _load_profile(name: str) -> EngineSpec:
+    from ..io import parse_yaml, validate
+
+    f = _engine_dir() / f"{name}.yaml"
     src = f"<bundled engine {name}>"
     return validate(EngineSpec, parse_yaml(f.read_text(encoding="utf-8"), src), src)
+
+
+def all_engines() -> list[EngineSpec]:
+    return [_load_profile(n) for n in engine_names()]
+
+
+def default_engine_name() -> str:
+    defaults = [e.name for e in all_engines() if e.default]
+    if len(defaults) != 1:  # pragma: no cover - guarded by tests/test_engines.py
+        raise RuntimeError(f"exactly one bundled engine must be the default, found {defaults}")
+    return defaults[0]
+
+
+@lru_cache(maxsize=64)
+def load_engine(name: str | None = None) -> EngineSpec:
+    """Engine profile ``name`` (default: the default profile, vLLM V1), optionally ``name@X.Y``
+    to pin a release: it must match the profile's ``versions`` and picks its overrides.
+
+    Raises :class:`~apex_opt.errors.InputError` for an unknown name or a release outside the
+    profile's range (one line naming the value and the valid names)."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    from ..errors import InputError
+
+    if name is None:
+        name = default_engine_name()
+    base, _, ver = str(name).partition("@")
+    names = engine_names()
+    if base not in names:
+        raise InputError(f"unknown engine {base!r}; valid engines: {', '.join(names)} "
+                         f"(optionally NAME@VERSION, see `apex-opt engines`)",
+                         field="engine", value=name)
+    spec = _load_profile(base)
+    if not ver:
+        return spec
+    try:
+        v = Version(ver)
+    except InvalidVersion:
+        raise InputError(f"{ver!r} is not a version number (e.g. {base}@{spec.reference_version})",
+                         field="engine", value=name) from None
+    if v not in SpecifierSet(spec.versions):
+        fits = [e.name for e in all_engines() if e.engine == spec.engine
+                and v in SpecifierSet(e.versions)]
+        hint = f"; use {fits[0]}@{ver}" if fits else ""
+        raise InputError(f"engine profile {base} models {spec.engine} {spec.versions}, not "
+                         f"{ver}{hint}", field="engine", value=name)
+    data = spec.model_dump()
+    for o in spec.version_overrides:
+        if v in SpecifierSet(str(o["versions"])):
+            data.update({k: val for k, val in o.items() if k != "versions"})
+    data["version"] = str(v)
+    return EngineSpec(**data)
+
+
+def engine_for(engine: str, version: str | None) -> str:
+    """Profile name (with @version) for an engine family and release, e.g. ('vllm', '0.6.0') ->
+    'vllm-0.6@0.6.0'; no version -> the family's profile marked default or named like it."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    fam = [e for e in all_engines() if e.engine == engine]
+    if not fam:
+        from ..errors import InputError
+
+        raise InputError(f"unknown engine family {engine!r}", field="engine", value=engine)
+    if not version:
+        named = [e for e in fam if e.name == engine]
+        return (named or fam)[0].name
+    v = Version(version)
+    for e in fam:
+        if v in SpecifierSet(e.versions):
+            return f"{e.name}@{v}"
+    newest = max(fam, key=lambda e: Version(e.reference_version))
+    return newest.name

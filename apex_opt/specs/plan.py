@@ -27,7 +27,11 @@ class ReplicaConfig(StrictModel):
         None, description="Decoder layers of each pipeline stage (None = vLLM's default split).")
     weight_dtype: WeightDType = Field("bf16", description="Weight storage dtype.")
     kv_dtype: KVDType = Field("bf16", description="KV-cache dtype.")
-    max_num_seqs: int = Field(256, ge=1, le=65536, description="Max sequences per iteration.")
+    max_num_seqs: int | None = Field(
+        None, ge=1, le=65536,
+        description="Max sequences per iteration (None = the engine's default for the device: "
+                    "vLLM V1 1024 on >= 70 GiB GPUs other than A100, else 256; vLLM 0.6: 256; "
+                    "SGLang: 2048).")
     max_num_batched_tokens: int | None = Field(
         None, ge=1, le=10_000_000,
         description="Token budget per iteration (None = the engine's default: its chunk budget "
@@ -42,6 +46,9 @@ class ReplicaConfig(StrictModel):
                                       description="Max context (None = the model's maximum).")
     custom_allreduce: bool = Field(True, description="vLLM custom all-reduce (single node).")
     cuda_graphs: bool = Field(True, description="CUDA graphs for decode batches.")
+    prefix_caching: bool | None = Field(
+        None, description="Reuse the KV cache of shared prompt prefixes (None = the engine's "
+                          "default: vLLM V1 and SGLang on, vLLM 0.6 off).")
     sm_clock_mhz: int | None = Field(None, ge=1, le=10_000,
                                      description="Locked SM clock (nvidia-smi -lgc) in MHz; None = "
                                                  "driver default (boost, lowered by the power "
@@ -69,18 +76,36 @@ class ReplicaConfig(StrictModel):
     def resolved_max_model_len(self, model_max: int) -> int:
         return self.max_model_len if self.max_model_len is not None else model_max
 
-    def resolved(self, engine: "EngineSpec", model_max: int) -> Self:
+    def resolved(self, engine: "EngineSpec", model_max: int, device=None) -> Self:
         """This config with every engine default (a None field) filled in from ``engine``: the ONE
         place defaults resolve, so the Python API, the CLI, the memory model, the simulator and
-        the launch commands agree. ``model_max`` is the model's maximum context."""
+        the launch commands agree. ``model_max`` is the model's maximum context; ``device`` (a
+        DeviceSpec) picks the engine's defaults by GPU memory (vLLM V1, SGLang); without it the
+        engine's device-independent fallbacks apply."""
         max_len = self.resolved_max_model_len(model_max)
         chunked = (self.chunked_prefill if self.chunked_prefill is not None
                    else max_len > engine.chunked_prefill_above_len)
+        dev_name = device.name if device is not None else ""
+        dev_gib = float(device.memory_gib) if device is not None else 0.0
         tokens = self.max_num_batched_tokens
-        if tokens is None:  # vLLM 0.6 SchedulerConfig: chunk budget, else max(max_model_len, 2048)
-            tokens = engine.chunked_prefill_budget if chunked else max(max_len, 2048)
-        return self.model_copy(update={"chunked_prefill": chunked, "max_model_len": max_len,
-                                       "max_num_batched_tokens": tokens})
+        if tokens is None:  # chunk budget (by GPU where the engine decides so), else
+            # max(max_model_len, 2048) as vLLM 0.6's SchedulerConfig
+            tokens = (engine.default_batched_tokens(dev_name, dev_gib) if chunked
+                      else max(max_len, 2048))
+        seqs = self.max_num_seqs
+        if seqs is None:
+            seqs = engine.default_max_num_seqs_for(dev_name, dev_gib)
+        prefix = self.prefix_caching if self.prefix_caching is not None else engine.prefix_caching
+        update = {"chunked_prefill": chunked, "max_model_len": max_len,
+                  "max_num_batched_tokens": tokens, "max_num_seqs": seqs, "prefix_caching": prefix}
+        if "gpu_memory_utilization" not in self.model_fields_set and device is not None:
+            # SGLang picks mem_fraction_static itself (by GPU memory, chunk size, graph batch, TP)
+            frac = engine.mem_fraction_static(
+                dev_gib, self.tp, self.pp, tokens,
+                engine.cuda_graph_max_bs(dev_name, dev_gib, self.tp) or 0)
+            if frac is not None:
+                update["gpu_memory_utilization"] = frac
+        return self.model_copy(update=update)
 
     def resolved_batched_tokens(self, model_max: int, chunk_budget: int = 512) -> int:
         if self.max_num_batched_tokens is not None:
@@ -91,6 +116,27 @@ class ReplicaConfig(StrictModel):
         if self.chunked_prefill:
             return chunk_budget
         return max(self.resolved_max_model_len(model_max), 2048)
+
+    def engine_refusal(self, engine: "EngineSpec") -> str | None:
+        """Why the real engine would refuse to start with this (resolved) config, else None.
+
+        vLLM's SchedulerConfig._verify_args (0.6 and V1) rejects a token budget below
+        max_model_len without chunked prefill (a long prompt could never be scheduled) and a
+        budget below max_num_seqs."""
+        if engine.scheduler not in ("vllm", "vllm_v1"):
+            return None
+        tokens, max_len = self.max_num_batched_tokens, self.max_model_len
+        if tokens is None or max_len is None or self.chunked_prefill is None:
+            return None
+        if not self.chunked_prefill and tokens < max_len:
+            return (f"vLLM refuses max_num_batched_tokens ({tokens}) < max_model_len ({max_len}) "
+                    f"without chunked prefill: raise --max-num-batched-tokens to {max_len}, lower "
+                    f"--max-model-len, or use --chunked-prefill")
+        if self.max_num_seqs is not None and tokens < self.max_num_seqs:
+            return (f"vLLM refuses max_num_batched_tokens ({tokens}) < max_num_seqs "
+                    f"({self.max_num_seqs}): raise --max-num-batched-tokens or lower "
+                    f"--max-num-seqs")
+        return None
 
     def label(self) -> str:
         parts = [f"TP{self.tp}"]
@@ -115,7 +161,8 @@ class ReplicaGroup(ReplicaConfig):
     replicas: int = Field(1, ge=1, le=100_000, description="Number of data-parallel replicas.")
 
     def replica(self) -> ReplicaConfig:
-        return ReplicaConfig(**self.model_dump(exclude={"replicas"}))
+        # unset fields stay unset: engine defaults (e.g. SGLang's mem_fraction_static) still apply
+        return ReplicaConfig(**self.model_dump(exclude={"replicas"}, exclude_unset=True))
 
 
 class Plan(StrictModel):
