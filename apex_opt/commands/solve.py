@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
-from ..errors import InputError
+from ..errors import InfeasibleError, InputError
 from ..registry import data_dir
 from ..report.render import console, table, to_json
 from ..search import DEFAULT_TIME_LIMIT_S, DEFAULT_TOP_K, OBJECTIVES, SolveResult, solve
@@ -34,19 +35,19 @@ def _load_slo(path: str | None):
     return load_slo(path or str(data_dir("examples") / DEFAULT_SLO))
 
 
-def launch_family(engine_name: str) -> str:
-    """The launch-command vocabulary of an engine profile (``sglang*`` -> sglang, else vllm)."""
-    return "sglang" if engine_name.startswith("sglang") else "vllm"
-
-
-def make_launcher(model_ref: str, model, cluster):
-    """``launcher(plan, engine_name)`` for :func:`apex_opt.search.solve`: the shell commands that
-    start every replica of the plan with that engine."""
+def make_launcher(model_ref: str, model, cluster, *, hf_id: str | None = None,
+                  max_model_len: int | None = None, keep: dict | None = None):
+    """``launcher(plan, engine_name)`` for :func:`apex_opt.search.solve`: the shell script that
+    starts every process of the plan with that engine (``keep`` collects the structured
+    :class:`~apex_opt.report.launch.LaunchPlan` per (plan label, engine) for ``--json``)."""
     from ..report.launch import launch_plan
 
     def launcher(plan, engine_name: str) -> str:
-        lp = launch_plan(model_ref, model, plan, engine=launch_family(engine_name), cluster=cluster)
-        return "\n".join(nc.command for g in lp.groups for r in g.replicas for nc in r.commands)
+        lp = launch_plan(model_ref, model, plan, engine=engine_name, cluster=cluster, hf_id=hf_id,
+                         max_model_len=max_model_len)
+        if keep is not None:
+            keep[(plan.label(), engine_name)] = lp
+        return lp.script
 
     return launcher
 
@@ -56,59 +57,10 @@ def _fmt(x, spec: str = ".1f") -> str:
 
 
 def render_tables(res: SolveResult) -> None:
-    """Rich tables of a :class:`SolveResult` on stdout."""
-    con = console()
-    s = res.solver
-    con.print(f"{res.model} on {res.cluster} · objective {res.objective} · "
-              f"{s.plans_simulated} of {s.plans_feasible} feasible plans simulated "
-              f"({s.candidates} replica candidates, CP-SAT {s.status}, {s.wall_s:.2f} s)")
-    rows = []
-    for p in res.plans:
-        m = p.metrics
-        rows.append([p.rank, p.label, p.gpus, _fmt(m and m.ttft_ms.p90, ".0f"),
-                     _fmt(m and m.tpot_ms.p90, ".1f"), _fmt(m and m.e2e_s.p90, ".2f"),
-                     _fmt(m and m.throughput_tokens_per_s, ".0f"),
-                     _fmt(m and m.energy_j_per_token, ".3f"),
-                     _fmt(m and m.slo_attainment, ".3f"), "yes" if p.slo_met else "no",
-                     _fmt(p.rate_per_gpu, ".3f") if res.objective == "throughput" else
-                     _fmt(p.objective_value, ".4g")])
-    last = "req/s/GPU" if res.objective == "throughput" else "objective"
-    con.print(table("ranked plans (simulated)",
-                    ["#", "plan", "GPUs", "TTFT p90 ms", "TPOT p90 ms", "E2E p90 s", "tok/s",
-                     "J/token", "SLO attain.", "SLO met", last], rows, right_from=2))
-    if res.chosen:
-        c = res.chosen
-        srows = [[g.label, st.stage, st.layers, f"{st.weights_gib:.1f}", f"{st.activations_gib:.2f}",
-                  f"{st.kv_cache_gib:.1f}", f"{st.other_gib:.2f}", g.kv_tokens]
-                 for g in c.groups for st in g.stages]
-        con.print(table(f"chosen plan: {c.label} -- memory per device (GiB)",
-                        ["group", "stage", "layers", "weights", "activations", "KV cache", "other",
-                         "KV tokens"], srows, right_from=1))
-        total = sum(c.time_breakdown_ms.values()) or 1.0
-        con.print(table("time breakdown (all replicas, simulated)", ["component", "ms", "share"],
-                        [[k, f"{v:.0f}", f"{v / total:.1%}"] for k, v in
-                         sorted(c.time_breakdown_ms.items(), key=lambda kv: -kv[1])]))
-    brows = []
-    for b in res.baselines:
-        p = b.plan
-        brows.append([b.name, p.label if p else b.problem, p.gpus if p else "-",
-                      _fmt(p and p.objective_value, ".4g"), "yes" if p and p.slo_met else "no",
-                      f"{b.gain:.2f}x" if b.gain else "-"])
-    con.print(table("baselines (same simulator)", ["baseline", "plan", "GPUs", "objective",
-                                                   "SLO met", "chosen is better by"], brows))
-    if res.energy_saving and res.energy_saving.saving_fraction is not None:
-        e = res.energy_saving
-        con.print(f"energy: {e.chosen_j_per_token:.3f} J/token vs {e.latency_plan_j_per_token:.3f} "
-                  f"for the latency-optimal plan ({e.latency_plan}): {e.saving_fraction:.1%} saved")
-    for o in res.also_simulated:
-        m = o.metrics
-        con.print(f"chosen plan with {o.engine}: TTFT p90 {_fmt(m.ttft_ms.p90, '.0f')} ms, TPOT p90 "
-                  f"{_fmt(m.tpot_ms.p90, '.1f')} ms, {_fmt(m.energy_j_per_token, '.3f')} J/token, "
-                  f"SLO {'met' if o.slo_met else 'NOT met'} (simulated)")
-    if res.plans:
-        for name, cmd in res.plans[0].launch.items():
-            con.print(f"[bold]launch ({name})[/]")
-            con.print(cmd, markup=False)
+    """Rich tables of a :class:`SolveResult` on stdout (apex_opt/report/tables.py)."""
+    from ..report.tables import render_solve
+
+    render_solve(res)
 
 
 @click.command("solve")
@@ -140,12 +92,23 @@ def render_tables(res: SolveResult) -> None:
 @click.option("--also-launch", "also_launch", multiple=True, type=click.Choice(["vllm", "sglang"]),
               help="Also print the chosen plan's launch commands for this engine, with the plan "
                    "simulated on it too (repeatable).")
+@click.option("--max-model-len", "max_model_len", type=click.IntRange(16, 10_000_000),
+              default=None,
+              help="Longest request (prompt + output tokens) the deployment must accept; every "
+                   "plan's KV cache must hold one such request and the launch commands use it "
+                   "[default: the model's maximum when it fits, else the largest that fits, with "
+                   "a note]. Example: --max-model-len 32768.")
+@click.option("--hf-id", "hf_id", default=None, metavar="ORG/NAME|DIR",
+              help="Model argument of the launch commands (Hub repo or local weights folder), for "
+                   "--model given as a local config.json. Example: --hf-id "
+                   "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4.")
 @json_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the latency / throughput / energy Pareto plot of the simulated plans "
                    "(.png/.svg/.pdf; needs the 'plot' extra).")
 def command(model_ref, cluster_ref, trace, workload, slo_path, objective, top_k, exhaustive,
-            workers, executor, time_limit, seed, engine_name, also_launch, as_json, plot_path):
+            workers, executor, time_limit, seed, engine_name, also_launch, max_model_len, hf_id,
+            as_json, plot_path):
     """Find the best parallel plan (DP/PP/TP/EP, weight/KV dtypes, engine limits) for serving a
     model on a cluster, for a workload and SLO, and print how to launch it.
 
@@ -166,6 +129,13 @@ def command(model_ref, cluster_ref, trace, workload, slo_path, objective, top_k,
     model, cluster = load_inputs(model_ref, cluster_ref)
     requests = _load_requests(trace, workload)
     slo = _load_slo(slo_path)
+    if max_model_len is not None and max_model_len > model.max_position_embeddings:
+        raise InputError(f"exceeds the maximum context of {model.name} "
+                         f"({model.max_position_embeddings})", field="--max-model-len",
+                         value=max_model_len)
+    if max_model_len is not None:  # the CLI flag overrides the SLO file's constraint
+        slo = slo.model_copy(update={"constraints": slo.constraints.model_copy(
+            update={"max_model_len": max_model_len})})
     if plot_path:
         try:
             import matplotlib  # noqa: F401
@@ -181,11 +151,24 @@ def command(model_ref, cluster_ref, trace, workload, slo_path, objective, top_k,
         def progress(what: str, done: int, total: int) -> None:
             bar.update(task, description=what, completed=done, total=total)
 
-        res = solve(model, cluster, requests, slo, objective=objective, top_k=top_k,
-                    exhaustive=exhaustive, workers=workers, executor=executor, seed=seed,
-                    time_limit_s=time_limit, model_ref=model_ref, engine=engine_name,
-                    also_launch=tuple(also_launch), launcher=make_launcher(model_ref, model, cluster),
-                    progress=progress)
+        kept: dict = {}
+        launcher = make_launcher(model_ref, model, cluster, hf_id=hf_id, keep=kept,
+                                 max_model_len=slo.constraints.max_model_len)
+        try:
+            res = solve(model, cluster, requests, slo, objective=objective, top_k=top_k,
+                        exhaustive=exhaustive, workers=workers, executor=executor, seed=seed,
+                        time_limit_s=time_limit, model_ref=model_ref, engine=engine_name,
+                        also_launch=tuple(also_launch), launcher=launcher, progress=progress)
+        except InfeasibleError as exc:
+            from ..report.tables import infeasible_document, render_infeasible
+
+            doc = infeasible_document(exc, model=model.name, cluster=cluster.name, slo=slo,
+                                      workload=requests.summary())
+            if as_json:  # still one machine-readable document, and exit 3
+                click.echo(to_json(doc))
+                sys.exit(exc.exit_code)
+            render_infeasible(doc)
+            raise
     if plot_path:
         from ..report.plot import pareto_plot
 
@@ -193,6 +176,11 @@ def command(model_ref, cluster_ref, trace, workload, slo_path, objective, top_k,
                   for p in res.plans if p.metrics is not None]
         pareto_plot(points, Path(plot_path), title=f"{res.model} on {res.cluster}")
     if as_json:
-        click.echo(to_json(res))
+        doc = res.model_dump(mode="json")
+        if res.plans:  # structured launch data (per process) of the chosen plan, per engine
+            chosen = res.plans[0].launch
+            doc["launch_plans"] = {e: lp.model_dump(mode="json") for (_label, e), lp in
+                                   kept.items() if chosen.get(e) == lp.script}
+        click.echo(to_json(doc))
         return
     render_tables(res)

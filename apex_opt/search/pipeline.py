@@ -33,9 +33,13 @@ from .plans import (PlanKey, count_feasible, estimate, feasible_plans, group_out
 from .rates import RATE_MIN_FACTOR
 from .results import (Baseline, ChosenDetail, EnergySaving, GroupDetail, OtherEngine, PlanOut,
                       SolveResult, SolverInfo, StageDetail)
-from .shortlist import shortlist as make_shortlist
+from .shortlist import SimScore, latency_space, ranked_plans, refine
 
-DEFAULT_TOP_K = 6
+DEFAULT_TOP_K = 4
+#: Simulation budget of the refinement: this share of the feasible plans (at least top_k) ...
+BUDGET_SHARE = 0.2
+#: ... and at most this many simulations.
+MAX_SIMS = 48
 DEFAULT_TIME_LIMIT_S = 10.0
 DEFAULT_ENGINE = "vllm"
 
@@ -64,6 +68,14 @@ def _check_args(slo: SLOSpec, objective: str, top_k: int) -> None:
 def _rate_guess(space: SearchSpace, key: PlanKey) -> float:
     est = estimate(space, key)
     return max(RATE_MIN_FACTOR, est.capacity_at_slo_req_s / space.stats.rate_req_s * 0.8)
+
+
+def _fast_breakdown() -> bool:
+    """Whether the simulator collects the time breakdown without slowing down (then every
+    shortlist simulation collects it and the chosen plan needs no second run)."""
+    from ..sim import engine as sim_engine
+
+    return bool(getattr(sim_engine, "FAST_BREAKDOWN", False))
 
 
 def _job(space: SearchSpace, key: PlanKey, objective: str, breakdown: bool = False) -> SimJob:
@@ -119,17 +131,14 @@ def _chosen_detail(model: ModelSpec, space: SearchSpace, key: PlanKey, engine: E
                         time_breakdown_ms=dict(metrics.time_breakdown_ms))
 
 
-def _baselines(space: SearchSpace, chosen: PlanOut, objective: str, ex: Executor,
-               engine: EngineSpec) -> list[Baseline]:
-    specs = baseline_keys(space, (256, engine.chunked_prefill_budget))
-    keys = [key for _n, _d, key, _p in specs if key is not None]
-    results = iter(ex.map([_job(space, key, objective) for key in keys])) if keys else iter(())
+def _baselines(space: SearchSpace, chosen: PlanOut, objective: str,
+               specs: list, cache: dict) -> list[Baseline]:
     out = []
     for name, desc, key, problem in specs:
         if key is None:
             out.append(Baseline(name=name, description=desc, plan=None, problem=problem))
             continue
-        p = _plan_out(space, key, next(results), objective, {})
+        p = _plan_out(space, key, cache[key], objective, {})
         gain = None
         if chosen.objective_value is not None and p.objective_value is not None and p.slo_met:
             g = better(objective, chosen.objective_value, p.objective_value)
@@ -155,7 +164,7 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
           workers: int = 1, executor: str = "process", seed: int = 0,
           time_limit_s: float = DEFAULT_TIME_LIMIT_S, model_ref: str | None = None,
           engine: str | EngineSpec = DEFAULT_ENGINE, also_launch: tuple[str, ...] = (),
-          launcher: Launcher | None = None,
+          launcher: Launcher | None = None, max_sims: int | None = None,
           progress: Callable[[str, int, int], None] | None = None) -> SolveResult:
     """Plan serving ``model`` on ``cluster`` for ``requests`` under ``slo``, every plan simulated
     with ``engine`` (a bundled engine name or spec). ``launcher(plan, engine_name)`` renders launch
@@ -177,45 +186,85 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
     space = build_space(model, cluster, stats, slo, objective, engine=eng)
     if not space.cands:
         raise explain(model, cluster, stats, slo, objective, None, engine=eng)
-    status = "EXHAUSTIVE"
-    if exhaustive:
-        keys = feasible_plans(space)
-        n_feasible = len(keys)
-    else:
-        n_feasible = count_feasible(space)
-        keys, status = make_shortlist(space, objective, top_k, workers, seed, time_limit_s)
-        if not keys:
-            raise explain(model, cluster, stats, slo, objective, space, engine=eng)
     ctx = SimContext(model, cluster, requests, slo, eng)
     cb = (lambda d, n: progress("simulating", d, n)) if progress else None
+    fast_bd = _fast_breakdown()
+    cache: dict[PlanKey, SimOutcome] = {}
+    gap = None
     with make_executor(executor, ctx, workers) as ex:
-        results = ex.map([_job(space, key, objective) for key in keys], cb)
-        plans = [_plan_out(space, key, r, objective, {}) for key, r in zip(keys, results)]
+
+        def run(keys: list[PlanKey]) -> None:
+            todo = [k for k in dict.fromkeys(keys) if k not in cache]
+            if todo:
+                outs = ex.map([_job(space, k, objective, breakdown=fast_bd) for k in todo], cb)
+                cache.update(zip(todo, outs))
+
+        if exhaustive:
+            keys = feasible_plans(space)
+            n_feasible = len(keys)
+            run(keys)
+            status, gap = "EXHAUSTIVE", 0.0
+        else:
+            n_feasible = count_feasible(space)
+            source, st = ranked_plans(space, workers, seed, time_limit_s)
+            procs = getattr(ex, "procs", 1)
+            budget = min(max(top_k, MAX_SIMS if max_sims is None else max_sims),
+                         max(top_k, math.ceil(BUDGET_SHARE * n_feasible)))
+
+            def sim_batch(batch) -> list[SimScore]:
+                run([s.key for s in batch])
+                out = []
+                for s in batch:
+                    po = _plan_out(space, s.key, cache[s.key], objective, {})
+                    out.append(SimScore(bool(po.slo_met), po.objective_value,
+                                        po.metrics.e2e_s.mean if po.metrics else None))
+                return out
+
+            ref = refine(space, source, sim_batch, first=top_k, batch=max(1, procs), budget=budget)
+            keys = [s.key for s in ref.plans]
+            gap = None if ref.gap is None else round_sig(ref.gap)
+            status = st[0] if st else "UNKNOWN"
+            if not keys:
+                raise explain(model, cluster, stats, slo, objective, space, engine=eng)
+            if objective == "energy":
+                # the latency-optimal plan, to measure the saving against
+                lat_src, _ = ranked_plans(latency_space(space), workers, seed, time_limit_s)
+                first = next(lat_src, None)
+                if first is not None and first.key not in cache:
+                    run([first.key])
+                    keys.append(first.key)
+        base_specs = baseline_keys(space, (256, eng.chunked_prefill_budget))
+        plans = [_plan_out(space, key, cache[key], objective, {}) for key in keys]
         order = sorted(range(len(plans)), key=lambda j: rank_key(objective, plans[j]))
         if not plans[order[0]].slo_met:
             raise explain_simulated(slo, [plans[j] for j in order], objective)
-        best = order[0]
-        best_key = keys[best]
+        best_key = keys[order[0]]
         best_plan = to_plan(space, best_key)
         names = (eng_key,) + other_keys
         ranked = [plans[j].model_copy(update={
             "rank": r + 1, "launch": _launches(to_plan(space, keys[j]), launcher, names[:1])})
             for r, j in enumerate(order)]
         ranked[0] = ranked[0].model_copy(update={"launch": _launches(best_plan, launcher, names)})
-        bd = ex.map([SimJob(best_plan, breakdown=True)])[0].metrics
+        # one batch for what is left: baselines, the other engines, the breakdown (if needed)
+        extra = [SimJob(best_plan, engine=o) for o in others]
+        if not fast_bd:
+            extra.append(SimJob(best_plan, breakdown=True))
+        todo = [k for _n, _d, k, _p in base_specs if k is not None and k not in cache]
+        todo = list(dict.fromkeys(todo))
+        outs = ex.map([_job(space, k, objective) for k in todo] + extra)
+        cache.update(zip(todo, outs[:len(todo)]))
+        rest = outs[len(todo):]
+        bd = rest.pop().metrics if not fast_bd else cache[best_key].metrics
         chosen = _chosen_detail(model, space, best_key, eng, bd)
-        baselines = _baselines(space, ranked[0], objective, ex, eng)
-        also = []
-        if others:
-            outs = ex.map([SimJob(best_plan, engine=o) for o in others])
-            also = [OtherEngine(engine=k, metrics=r.metrics, slo_met=slo_met(r.metrics),
-                                launch=ranked[0].launch.get(k, "")) for k, r in zip(other_keys, outs)]
+        baselines = _baselines(space, ranked[0], objective, base_specs, cache)
+        also = [OtherEngine(engine=k, metrics=r.metrics, slo_met=slo_met(r.metrics),
+                            launch=ranked[0].launch.get(k, "")) for k, r in zip(other_keys, rest)]
     saving = _energy_saving(ranked) if objective == "energy" else None
     info = SolverInfo(status=status, wall_s=round(time.perf_counter() - t0, 3),
-                      plans_feasible=n_feasible, plans_simulated=len(keys),
+                      plans_feasible=n_feasible, plans_simulated=len(cache),
                       candidates=len(space.cands), shortlist=len(keys), objective=objective,
                       exhaustive=exhaustive, workers=workers, executor=executor, seed=seed,
-                      engine=eng_key)
+                      engine=eng_key, optimality_gap=gap)
     return SolveResult(model=model.name, cluster=cluster.name, objective=objective,
                        slo=slo.model_dump(mode="json"),
                        workload=requests.summary().model_dump(mode="json"), plans=ranked,

@@ -1,48 +1,296 @@
-"""The CP-SAT shortlist: top-K plans by the analytic surrogate (no-good cuts), without twins."""
+"""Which plans get simulated: plans in surrogate order, without twins, refined until the
+surrogate's bound says no unsimulated plan can beat the best simulated one.
+
+Source of plans (:func:`ranked_plans`): when the plan space is small enough every feasible plan
+is scored by the analytic surrogate and sorted; otherwise the CP-SAT model yields plans best-first
+by no-good cuts. Either way plans that differ only in knobs that cannot change the outcome (a
+``max_num_seqs`` cap that cannot bind at this load) are collapsed before simulation.
+
+Refinement (:func:`refine`): simulate the first plans; after each batch compare the simulated
+objective of every SLO-meeting plan with its surrogate value; the most optimistic ratio seen
+(less a margin) turns the surrogate value of the next plan into a bound on what it could
+simulate at. Stop when that bound cannot beat the best simulated plan (optimality gap 0) or the
+simulation budget is spent (the gap is what the bound still allows).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
-from ..solver.model import PlanModel, SearchSpace
-from ..solver.topk import top_k as run_top_k
-from .plans import PlanKey, estimate
+from ..solver.model import LOAD_SLACK, PlanModel, SearchSpace
+from ..solver.objective import PlanEstimate
+from .objectives import MAXIMISE
+from .plans import PlanKey, count_feasible, estimate, feasible_plans, plan_gpus
 
 #: a max_num_seqs cap this many times the mean in-flight requests per replica never binds
 SEQ_CAP_PEAK = 4.0
+#: Plan spaces up to this many plans are scored exhaustively by the surrogate (else CP-SAT).
+ENUMERATE_LIMIT = 20_000
+#: Safety margin on the surrogate/simulation ratio when bounding unsimulated plans.
+BOUND_MARGIN = 0.05
+#: A plan whose surrogate mean latency exceeds a percentile target by this factor is simulated
+#: only after every plan predicted to meet the SLO.
+HOPELESS_FACTOR = 1.5
+#: ``gpus``: plans simulated per GPU count before escalating to the next count.
+PER_LEVEL = 2
 
 
-def shortlist(space: SearchSpace, objective: str, k: int, workers: int, seed: int,
-              time_limit_s: float) -> tuple[list[PlanKey], str]:
-    """Top-K plans of the CP-SAT model; for ``energy`` also the top-K latency plans, so that the
-    latency-optimal plan is simulated too and the saving against it is measured."""
-    res = run_top_k(PlanModel(space), 2 * k, workers=workers, seed=seed, time_limit_s=time_limit_s)
-    keys = distinct(space, list(res.plans))[:k]
-    if objective == "energy" and keys:
-        lat = dataclasses.replace(space, objective="latency")
-        more = run_top_k(PlanModel(lat), 2 * k, workers=workers, seed=seed, time_limit_s=time_limit_s)
-        keys += [p for p in distinct(space, list(more.plans))[:k] if p not in keys]
-    return keys, res.status
+@dataclass(frozen=True)
+class Scored:
+    """A plan with its surrogate estimate and surrogate objective value (as the objective reads:
+    seconds, J/token, GPUs or req/s)."""
+
+    key: PlanKey
+    est: PlanEstimate
+    gpus: int
+    value: float
+    hopeless: bool
 
 
-def distinct(space: SearchSpace, keys: list[PlanKey]) -> list[PlanKey]:
-    """Drop plans that differ from an earlier one only in ``max_num_seqs`` caps that cannot bind
-    at this load: by Little's law a replica holds ``rate x latency / replicas`` requests on
-    average, and a cap at least ``SEQ_CAP_PEAK`` times that is (practically) never reached, so
-    simulating both would show two identical rows instead of one more real alternative."""
+def surrogate_value(objective: str, est: PlanEstimate, gpus: int) -> float:
+    if objective == "latency":
+        return est.latency_s
+    if objective == "energy":
+        return est.energy_j_per_token
+    if objective == "gpus":
+        return float(gpus)
+    return est.capacity_at_slo_req_s
+
+
+def _hopeless(space: SearchSpace, est: PlanEstimate) -> bool:
+    """The surrogate's mean latency misses a target by far (means sit below the p50+ percentiles
+    the targets are written at), or the plan is overloaded."""
+    if not est.stable and space.objective != "throughput":
+        return True
+    slo = space.slo
+    for name, val in (("ttft_ms", est.ttft_s * 1e3), ("tpot_ms", est.tpot_s * 1e3),
+                      ("e2e_s", est.latency_s)):
+        t = getattr(slo, name)
+        if t is not None and t.percentile >= 50 and val > HOPELESS_FACTOR * t.target:
+            if space.objective == "throughput" and name != "tpot_ms":
+                continue  # queueing at the workload's rate says nothing about the top rate
+            return True
+    return False
+
+
+def score(space: SearchSpace, key: PlanKey) -> Scored:
+    est = estimate(space, key)
+    g = plan_gpus(space, key)
+    return Scored(key, est, g, surrogate_value(space.objective, est, g), _hopeless(space, est))
+
+
+def _order(objective: str, s: Scored) -> tuple:
+    if objective == "gpus":
+        return (s.gpus, s.est.latency_s)
+    if objective in MAXIMISE:
+        return (-s.value, s.gpus)
+    return (s.value, s.est.latency_s)
+
+
+def _shape(space: SearchSpace, s: Scored) -> tuple:
+    """What determines a plan's simulated outcome: max_num_seqs caps that cannot bind at this load
+    (by Little's law a replica holds ``rate x latency / replicas`` requests on average; a cap
+    ``SEQ_CAP_PEAK`` times that is practically never reached) are left out."""
+    replicas = sum(n for _, n in s.key)
+    lat = s.est.latency_s if math.isfinite(s.est.latency_s) else math.inf
+    rate = space.stats.rate_req_s
+    if space.objective == "throughput":
+        rate = max(rate, s.est.capacity_at_slo_req_s)
+    inflight = rate * lat / max(replicas, 1)
+    return tuple(sorted(
+        (space.cands[i].cost_key, space.cands[i].max_num_batched_tokens,
+         0 if space.cands[i].max_num_seqs >= SEQ_CAP_PEAK * inflight else space.cands[i].max_num_seqs,
+         n)
+        for i, n in s.key))
+
+
+def distinct(space: SearchSpace, plans: Iterator[Scored]) -> Iterator[Scored]:
     seen: set = set()
-    out = []
-    for key in keys:
-        est = estimate(space, key)
-        replicas = sum(n for _, n in key)
-        inflight = space.stats.rate_req_s * est.latency_s / max(replicas, 1)
-        shape = tuple(sorted(
-            (space.cands[i].cost_key, space.cands[i].max_num_batched_tokens,
-             0 if space.cands[i].max_num_seqs >= SEQ_CAP_PEAK * inflight else space.cands[i].max_num_seqs,
-             n)
-            for i, n in key))
-        if shape in seen:
-            continue
-        seen.add(shape)
-        out.append(key)
-    return out
+    for s in plans:
+        sh = _shape(space, s)
+        if sh not in seen:
+            seen.add(sh)
+            yield s
+
+
+def _cpsat_plans(space: SearchSpace, workers: int, seed: int, time_limit_s: float,
+                 status: list) -> Iterator[Scored]:
+    """Plans best-first from the CP-SAT model (one re-solve per plan, no-good cut each)."""
+    from ortools.sat.python import cp_model
+
+    pm = PlanModel(space)
+    while True:
+        solver = pm.solver(workers=workers, seed=seed, time_limit_s=time_limit_s)
+        st = solver.solve(pm.m)
+        if not status:
+            status.append(solver.status_name(st))
+        if st not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return
+        key = pm.solution(solver)
+        pm.add_nogood(key)
+        yield score(space, key)
+
+
+def ranked_plans(space: SearchSpace, workers: int = 1, seed: int = 0,
+                 time_limit_s: float = 10.0) -> tuple[Iterator[Scored], list]:
+    """Distinct plans in surrogate order (predicted-hopeless ones last) and a one-element status
+    list ('ENUMERATED' or the first CP-SAT status, filled once the iterator starts)."""
+    objective = space.objective
+    status: list = []
+    if count_feasible(space) <= ENUMERATE_LIMIT:
+        status.append("ENUMERATED")
+        screened = _screened(space)
+        need = LOAD_SLACK * space.stats.rate_req_s
+        scored = [score(space, k) for k in feasible_plans(space)
+                  if all(i not in screened for i, _ in k)]
+        if objective != "throughput":
+            scored = [s for s in scored if s.est.capacity_req_s >= need]
+        scored.sort(key=lambda s: (s.hopeless, _order(objective, s)))
+        return distinct(space, iter(scored)), status
+    # CP-SAT order, with predicted-hopeless plans held back until the rest is exhausted
+    def gen() -> Iterator[Scored]:
+        held = []
+        for s in distinct(space, _cpsat_plans(space, workers, seed, time_limit_s, status)):
+            if s.hopeless:
+                held.append(s)
+            else:
+                yield s
+        yield from held
+    return gen(), status
+
+
+def _screened(space: SearchSpace) -> set[int]:
+    """Candidates the CP-SAT model would forbid by its SLO screens (unloaded floors)."""
+    return {i for i in range(len(space.cands)) if space.slo_violations(i)}
+
+
+# ---------------------------------------------------------------------------- refinement
+
+@dataclass
+class SimScore:
+    met: bool
+    value: float | None     # simulated objective value
+    latency: float | None   # simulated mean E2E latency (the gpus objective's tie-break)
+
+
+@dataclass
+class Refined:
+    plans: list[Scored]
+    sims: list[SimScore]
+    gap: float | None
+    stopped: str
+
+
+def refine(space: SearchSpace, plans: Iterator[Scored],
+           simulate: Callable[[list[Scored]], list[SimScore]], *, first: int, batch: int,
+           budget: int) -> Refined:
+    """Simulate plans from ``plans`` (surrogate order) until the bound says no better plan remains
+    or ``budget`` simulations are spent."""
+    objective = space.objective
+    maximise = objective in MAXIMISE
+    done: list[Scored] = []
+    sims: list[SimScore] = []
+    it = iter(plans)
+    nxt: list[Scored] = []
+
+    def pull() -> Scored | None:
+        if nxt:
+            return nxt.pop(0)
+        return next(it, None)
+
+    def best() -> tuple[float | None, Scored | None]:
+        met = [(r.value, s) for s, r in zip(done, sims) if r.met and r.value is not None]
+        if not met:
+            return None, None
+        if objective == "gpus":
+            return min(met, key=lambda vs: (vs[1].gpus, vs[0]))[0], min(met, key=lambda vs: (vs[1].gpus, vs[0]))[1]
+        v, s = (max if maximise else min)(met, key=lambda vs: vs[0])
+        return v, s
+
+    def ratio() -> float | None:
+        """Most optimistic simulated/surrogate ratio among SLO-meeting plans."""
+        rs = []
+        for s, r in zip(done, sims):
+            if not (r.met and r.value is not None):
+                continue
+            sv = s.est.latency_s if objective == "gpus" else s.value
+            rv = r.latency if objective == "gpus" else r.value
+            if sv > 0 and math.isfinite(sv) and rv > 0:
+                rs.append(rv / sv)
+        if not rs:
+            return None
+        return max(rs) * (1 + BOUND_MARGIN) if maximise else min(rs) * (1 - BOUND_MARGIN)
+
+    def could_beat(s: Scored) -> tuple[bool, float | None]:
+        """(could it beat the best, relative gap it could still close)."""
+        bv, bs = best()
+        if bv is None:
+            return True, None
+        r = ratio()
+        if objective == "gpus":
+            if s.gpus > bs.gpus:
+                return False, 0.0
+            if s.gpus < bs.gpus:
+                return True, None
+            bound = s.est.latency_s * r if r else 0.0
+            # best value here is the best plan's latency (tie-break within the GPU count)
+            lat = _best_latency(done, sims, bs.gpus)
+            return bound < lat, max(0.0, 1 - bound / lat) if math.isfinite(lat) else None
+        bound = s.value * r if r else (math.inf if maximise else 0.0)
+        if maximise:
+            return bound > bv, max(0.0, bound / bv - 1) if bv > 0 else None
+        return bound < bv, max(0.0, 1 - bound / bv) if bv > 0 else None
+
+    level_tries: dict[int, int] = {}
+    gap: float | None = 0.0
+    stopped = "bound"
+    while len(done) < budget:
+        want = first if not done else batch
+        chosen: list[Scored] = []
+        while len(chosen) < want and len(done) + len(chosen) < budget:
+            s = pull()
+            if s is None:
+                break
+            ok, g = could_beat(s)
+            if not ok:
+                if objective == "gpus" and s.gpus > (best()[1].gpus if best()[1] else 0):
+                    nxt.insert(0, s)
+                    break
+                if not s.hopeless:
+                    # surrogate order: nothing after this one can beat the best either
+                    nxt.insert(0, s)
+                    break
+                continue
+            if objective == "gpus" and best()[1] is None:
+                n = level_tries.get(s.gpus, 0)
+                if n >= PER_LEVEL:
+                    continue  # escalate: this GPU count had its tries
+                level_tries[s.gpus] = n + 1
+            chosen.append(s)
+        if not chosen:
+            break
+        done += chosen
+        sims += simulate(chosen)
+    else:
+        stopped = "budget"
+    # the gap: what the next unsimulated plan could still gain by the bound
+    s = pull()
+    if s is None:
+        gap, stopped = 0.0, "exhausted" if stopped != "bound" else stopped
+    else:
+        ok, g = could_beat(s)
+        gap = 0.0 if not ok else g
+    return Refined(done, sims, gap, stopped)
+
+
+def _best_latency(done: list[Scored], sims: list[SimScore], gpus: int) -> float:
+    lats = [r.latency for s, r in zip(done, sims)
+            if r.met and s.gpus == gpus and r.latency is not None]
+    return min(lats) if lats else math.inf
+
+
+def latency_space(space: SearchSpace) -> SearchSpace:
+    return dataclasses.replace(space, objective="latency")

@@ -18,8 +18,8 @@ Constraint groups (each can be switched by one literal -- the assumptions of :mo
 Objectives (minimised): ``latency`` -- on a one-pool search the exact surrogate E2E of each
 ``x[c, k]`` (µs); with several pools, log(max unloaded latency) + log(1/(1 - rate/capacity)) by
 tangent cuts; ``energy`` -- surrogate plan power (mW, idle + dynamic), ties by latency; ``gpus`` --
-GPUs, ties by latency; ``throughput`` -- maximise the smallest per-GPU capacity at the SLO, ties by
-fewer GPUs.
+GPUs, ties by latency; ``throughput`` -- maximise the plan's capacity at the TPOT target (the
+highest rate it can sustain within the SLO), ties by fewer GPUs.
 """
 
 from __future__ import annotations
@@ -212,12 +212,8 @@ class PlanModel:
             return
         obj = sp.objective
         if obj == "throughput":
-            tpot = sp.slo.tpot_ms.target / 1e3 if sp.slo.tpot_ms else None
-            zr = m.new_int_var(0, 10 ** 12, "rate_per_gpu")
-            for (i, k), v in self.x.items():
-                r = to_milli(1e3 * sp.models[i].capacity(tpot) / sp.cands[i].gpus)
-                m.add(zr <= r).only_enforce_if(v)
-            m.maximize(zr * 4096 - self._gpus())
+            # the highest SLO-meeting rate of the whole plan (TPOT-capped capacity), ties: fewer GPUs
+            m.maximize(self._capacity_expr(tpot=True) * 4096 - self._gpus())
             return
         lat, lat_cap = self._latency_expr()
         if obj == "latency":
