@@ -116,6 +116,16 @@ def row_plan(row: dict, model, engine) -> tuple:
     dp = _i(row["dp"]) or 1
     ep = _i(row["ep"]) or 1  # blank / 0: no expert parallelism (vLLM default: experts TP-sharded)
     note = ""
+    # aiconfigurator records the MoE split separately ("moe_tp2 moe_ep1"); some Qwen3-235B rows
+    # say attention tp1 (num_gpus 1) with moe_tp2 or 4: the fp8 weights (~220 GiB) need those
+    # moe_tp x moe_ep GPUs, so the run used them; replay on that many GPUs as TP (experts
+    # TP-sharded / EP as recorded). The plan has no separate attention-TP degree.
+    m = re.search(r"moe_tp(\d+) moe_ep(\d+)", row.get("notes", ""))
+    if m:
+        moe_gpus = int(m.group(1)) * int(m.group(2))
+        if moe_gpus > tp * dp:
+            note += f"attn tp{tp} moe_tp{m.group(1)} moe_ep{m.group(2)}: replayed as TP{moe_gpus}; "
+            tp, ep = moe_gpus // dp, int(m.group(2))
     if dp > 1:
         note += (f"dp{dp}: attention-DP replayed as {dp} replicas; " if _uses_mla(model)
                  or getattr(model, "is_moe", False) else "")

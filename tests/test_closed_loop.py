@@ -1,0 +1,154 @@
+"""Closed-loop concurrency (vllm bench serve --max-concurrency N): N clients, each sending its next
+request when its previous one finished."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from apex_opt.errors import InputError
+from apex_opt.io import validate
+from apex_opt.registry import load_cluster
+from apex_opt.sim.simulator import simulate
+from apex_opt.sim.workload import Requests, generate
+from apex_opt.specs.model import load_model
+from apex_opt.specs.plan import Plan, ReplicaGroup
+from apex_opt.specs.workload import WorkloadSpec, load_workload
+
+MODEL = "llama-3.1-8b"
+
+
+def _max_in_flight(arrival: np.ndarray, finish: np.ndarray) -> int:
+    """Most requests sent but not finished at any instant (a finish at t frees its slot before a
+    send at the same t)."""
+    ev = sorted([(t, 1) for t in arrival] + [(t, -1) for t in finish])
+    cur = peak = 0
+    for _, d in ev:
+        cur += d
+        peak = max(peak, cur)
+    return peak
+
+
+def _run(req: Requests, replicas: int = 1, **kw):
+    plan = Plan(groups=(ReplicaGroup(tp=1, replicas=replicas, max_model_len=8192, **kw),))
+    return simulate(load_model(MODEL), load_cluster("h100-sxm-1x8"), plan, req)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_never_more_than_n_in_flight(replicas):
+    rng = np.random.default_rng(3)
+    n, conc = 120, 8
+    req = Requests(np.zeros(n), rng.integers(50, 1500, n), rng.integers(5, 120, n),
+                   concurrency=conc)
+    res = _run(req, replicas)
+    pr = res.per_request()
+    arr, fin = pr["arrival_s"], pr["finish_s"]
+    assert res.metrics.num_completed == n
+    assert np.isfinite(arr).all() and np.isfinite(fin).all()
+    assert (fin > arr).all()
+    assert _max_in_flight(arr, fin) == conc  # the bound holds and is reached
+    # all clients start together; every later request is sent exactly when an earlier one finished
+    assert (arr[:conc] == 0).all() and (arr[conc:] > 0).all()
+    fin_set = set(fin.tolist())
+    assert all(a in fin_set for a in arr[conc:].tolist())
+    # requests go out in index order
+    assert (np.diff(arr) >= 0).all()
+    assert res.workload["concurrency"] == conc
+
+
+def test_latency_counts_from_the_send_time_and_littles_law():
+    n, conc = 160, 16
+    req = Requests(np.zeros(n), np.full(n, 1024), np.full(n, 128), concurrency=conc)
+    res = _run(req)
+    m = res.metrics
+    pr = res.per_request()
+    ttft = (pr["first_token_s"] - pr["arrival_s"]) * 1e3
+    assert m.ttft_ms.mean == pytest.approx(float(ttft.mean()), rel=1e-3)
+    # queueing behind the other clients is in TTFT, but no request waits for a whole E2E
+    assert m.ttft_ms.max < m.e2e_s.mean * 1e3
+    # Little's law: clients = throughput x E2E (up to the ramp-down at the end)
+    assert m.requests_per_s * m.e2e_s.mean == pytest.approx(conc, rel=0.15)
+
+
+def test_more_clients_more_load():
+    n = 96
+    res = {c: _run(Requests(np.zeros(n), np.full(n, 512), np.full(n, 64), concurrency=c))
+           for c in (1, 4, 32)}
+    tput = [res[c].metrics.throughput_tokens_per_s for c in (1, 4, 32)]
+    tpot = [res[c].metrics.tpot_ms.mean for c in (1, 4, 32)]
+    assert tput[0] < tput[1] < tput[2]
+    assert tpot[2] > max(tpot[:2])  # 32 sequences per step decode slower than 1 or 4
+    # one client: strictly sequential requests, nothing ever queues
+    pr = res[1].per_request()
+    assert _max_in_flight(pr["arrival_s"], pr["finish_s"]) == 1
+    np.testing.assert_allclose(pr["arrival_s"][1:], pr["finish_s"][:-1])
+
+
+def test_dropped_request_frees_its_client():
+    # request 1 cannot fit max_model_len: dropped at once, its client sends request 2 right away
+    req = Requests(np.zeros(4), np.array([100, 9000, 100, 100]), np.array([20, 20, 20, 20]),
+                   concurrency=2)
+    res = _run(req)
+    pr = res.per_request()
+    assert res.metrics.num_dropped == 1 and res.metrics.num_completed == 3
+    # sent when the engine rejected request 1 (after the front-end hop), long before request 0
+    # finished
+    assert 0.0 <= pr["arrival_s"][2] < 0.05 < pr["finish_s"][0]
+    assert _max_in_flight(pr["arrival_s"][pr["dropped"] == 0],
+                          pr["finish_s"][pr["dropped"] == 0]) <= 2
+
+
+def test_concurrency_above_requests_sends_all_at_once():
+    req = Requests(np.zeros(5), np.full(5, 200), np.full(5, 10), concurrency=50)
+    pr = _run(req).per_request()
+    assert (pr["arrival_s"] == 0).all()
+
+
+def test_requests_concurrency_carried_and_split():
+    r = Requests(np.zeros(10), np.full(10, 5), np.full(10, 5), concurrency=5)
+    assert r.subset(slice(0, 3)).concurrency == 3
+    parts = r.split_round_robin(2)
+    assert [p.concurrency for p in parts] == [3, 2] and [len(p) for p in parts] == [5, 5]
+    assert r.scaled_rate(2.0).concurrency == 10 and r.scaled_rate(0.01).concurrency == 1
+    assert r.with_concurrency(None).concurrency is None
+    assert r.summary().rate_req_s is None
+    with pytest.raises(ValueError, match="concurrency"):
+        Requests(np.zeros(1), np.array([1]), np.array([1]), concurrency=0)
+
+
+def test_workload_yaml_closed_loop(tmp_path):
+    p = tmp_path / "w.yaml"
+    p.write_text("num_requests: 40\narrival: {process: closed_loop, concurrency: 4}\n"
+                 "prompt_len: 300\noutput_len: {dist: uniform, min: 10, max: 50}\n")
+    spec = load_workload(p)
+    r = generate(spec)
+    assert r.concurrency == 4 and (r.arrival_s == 0).all() and len(r) == 40
+    assert spec.duration_s is None
+    for bad, words in [({"process": "closed_loop"}, "needs 'concurrency'"),
+                       ({"process": "closed_loop", "concurrency": 4, "rate": 2}, "rate"),
+                       ({"process": "poisson", "rate": 2, "concurrency": 4}, "only applies"),
+                       ({"process": "poisson"}, "needs 'rate'"),
+                       ({"process": "closed_loop", "concurrency": 0}, "concurrency")]:
+        with pytest.raises(InputError, match=words):
+            validate(WorkloadSpec, {"num_requests": 5, "arrival": bad, "prompt_len": 5,
+                                    "output_len": 5}, "w.yaml")
+
+
+def test_cli_concurrency():
+    from apex_opt.commands.simulate import command
+
+    runner = CliRunner()
+    base = ["--model", MODEL, "--tp", "1", "--num-requests", "40", "--prompt-len", "256",
+            "--output-len", "32", "--max-model-len", "4096"]
+    r = runner.invoke(command, base + ["--concurrency", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["workload"]["concurrency"] == 4 and doc["metrics"]["num_completed"] == 40
+    bad = runner.invoke(command, base + ["--concurrency", "4", "--rate", "3"])
+    assert bad.exit_code == 2 and "--concurrency" in bad.output
+    miss = runner.invoke(command, ["--model", MODEL, "--tp", "1", "--concurrency", "4",
+                                   "--num-requests", "10"])
+    assert miss.exit_code == 2 and "--prompt-len" in miss.output
