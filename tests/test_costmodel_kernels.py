@@ -119,3 +119,43 @@ def test_deepseek_decode_has_the_kernels_engines_run():
     # more concurrent streams hit more experts: MoE time grows well before compute matters
     res16 = _bd("deepseek-v3", "h200-1x8", ReplicaConfig(tp=8, weight_dtype="fp8"), decode=[1536] * 16)
     assert res16.breakdown["moe_experts"] > 1.8 * bd["moe_experts"]
+
+
+class _DPAttention:
+    """A ReplicaConfig with an attention-DP size (the cost model reads ``cfg.dp_attention``)."""
+
+    def __init__(self, cfg: ReplicaConfig, dp: int):
+        self._cfg, self.dp_attention = cfg, dp
+
+    def __getattr__(self, name):
+        return getattr(self._cfg, name)
+
+
+def test_dp_attention_splits_attention_and_gathers_for_the_moe():
+    model, pool = load_model("deepseek-v3"), load_cluster("h200-1x8").pools[0]
+    cfg = ReplicaConfig(tp=8, weight_dtype="fp8")
+    tp_only = IterationCostModel(model, pool, cfg)
+    dpa = IterationCostModel(model, pool, _DPAttention(cfg, 8))
+    ctx = np.full(256, 4096)
+    a_tp = tp_only.iteration(ctx, with_breakdown=True).breakdown
+    a_dp = dpa.iteration(ctx, with_breakdown=True).breakdown
+    # each rank reads only its own 32 sequences' latent KV (TP reads all 256 on every GPU)
+    assert a_dp["attention"] < 0.5 * a_tp["attention"]
+    # ... but holds whole attention weights (no TP split of the projections)
+    assert a_dp["attention_proj"] > 1.5 * a_tp["attention_proj"]
+    # the MoE still sees every token
+    assert a_dp["moe_experts"] == pytest.approx(a_tp["moe_experts"])
+    # uneven split: 9 sequences over 8 ranks -> the rank with 2 sets the pace
+    t9 = dpa._attention(np.full(9, 4096), [])[0]
+    t8 = dpa._attention(np.full(8, 4096), [])[0]
+    assert t9 > t8
+
+
+def test_dp_attention_needs_mla_and_a_dividing_size():
+    pool = load_cluster("h100-sxm-1x8").pools[0]
+    from apex_opt.errors import InputError
+
+    with pytest.raises(InputError):
+        IterationCostModel(load_model("llama-3.1-70b"), pool, _DPAttention(ReplicaConfig(tp=8), 8))
+    with pytest.raises(InputError):
+        IterationCostModel(load_model("deepseek-v3"), pool, _DPAttention(ReplicaConfig(tp=8, weight_dtype="fp8"), 3))

@@ -28,6 +28,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from ..memory import kv_heads_per_rank, stage_layer_ranges
 from ..specs.cluster import PoolSpec
 from ..specs.common import DTYPE_BYTES
@@ -122,10 +123,22 @@ class IterationCostModel:
         self.stage_layers = [(sum(1 for i in r if not model.is_moe_layer(i)),
                               sum(1 for i in r if model.is_moe_layer(i))) for r in ranges]
         h, tp = model.hidden_size, cfg.tp
-        self.q_heads = model.num_attention_heads // tp
-        self.kv_heads = kv_heads_per_rank(model, tp)
+        # DP attention (SGLang --enable-dp-attention, MLA models): `attn_dp` data-parallel attention
+        # ranks of tp/attn_dp GPUs each; each runs attention (projections, norms, MLA) for its own
+        # requests only, then the MLP/MoE runs over the tokens of all ranks, gathered before and
+        # reduce-scattered after every layer's MLP (sglang layers/dp_attention.py dp_gather /
+        # dp_scatter). ReplicaConfig.dp_attention: the attention-DP size (True = tp).
+        dpa = getattr(cfg, "dp_attention", 1)
+        self.attn_dp = tp if dpa is True else max(1, int(dpa or 1))
+        if self.attn_dp > 1 and (tp % self.attn_dp or model.attention != "mla"):
+            raise InputError("DP attention needs an MLA model and a DP size dividing TP",
+                             field="dp_attention", value=self.attn_dp)
+        self.attn_tp = tp // self.attn_dp
+        self.attn_comm = collective_model_for(pool, self.attn_tp) if self.attn_tp > 1 else None
+        self.q_heads = model.num_attention_heads // self.attn_tp
+        self.kv_heads = kv_heads_per_rank(model, self.attn_tp)
         self.kv_bytes = DTYPE_BYTES[cfg.kv_dtype]
-        self.attn_ops = [self._shard(op) for op in model.attention_linear_ops()]
+        self.attn_ops = [self._shard(op, self.attn_tp) for op in model.attention_linear_ops()]
         self.mlp_ops = [self._shard(op) for op in model.dense_mlp_linear_ops()]
         self.shared_ops = [self._shard(op) for op in model.shared_expert_linear_ops()]
         if model.moe:
@@ -163,8 +176,8 @@ class IterationCostModel:
         self._token_cache: dict = {}
 
     # ------------------------------------------------------------------ helpers
-    def _shard(self, op) -> tuple[str, int, int]:
-        tp, m = self.tp, self.model
+    def _shard(self, op, tp: int | None = None) -> tuple[str, int, int]:
+        tp, m = tp or self.tp, self.model
         if op.split == "replicated":
             return op.name, op.n, op.k
         if op.name == "qkv" and m.attention == "gqa":
@@ -196,6 +209,19 @@ class IterationCostModel:
         t = self.tp_comm.all_reduce(nbytes, self.tp, custom=self.custom_ar)
         part.add("communication", t, self.tp_comm.power_w(), bd, count)
 
+    def _dp_attention_comm(self, part: _Part, bd: dict, tokens: int, t_att: int, n_layers: int) -> None:
+        """DP attention: all-reduce inside each attention-TP group after o_proj (when it has more
+        than one GPU), then per layer an all-gather of every rank's hidden states (padded to the
+        busiest rank) before the MLP/MoE and a reduce-scatter of its output back to the ranks."""
+        if self.attn_comm is not None:
+            t = self.attn_comm.all_reduce(t_att * self.hidden * 2.0, self.attn_tp, custom=self.custom_ar)
+            part.add("communication", t, self.attn_comm.power_w(), bd, n_layers)
+        if self.tp_comm is None:
+            return
+        nbytes = self.attn_dp * t_att * self.hidden * 2.0
+        t = self.tp_comm.all_gather(nbytes, self.tp) + self.tp_comm.reduce_scatter(nbytes, self.tp)
+        part.add("communication", t, self.tp_comm.power_w(), bd, n_layers, kernels=2)
+
     # ------------------------------------------------------------------ token-count-only work
     def _token_work(self, tokens: int, sampling: int) -> tuple[tuple[_Part, ...], dict]:
         """Per-stage cost of everything except attention for ``tokens`` tokens (cached)."""
@@ -206,21 +232,29 @@ class IterationCostModel:
         bd: dict[str, float] = {}
         parts = []
         h = self.hidden
+        # attention side: the busiest DP-attention rank's tokens (all tokens without DP attention)
+        t_att = -(-tokens // self.attn_dp)
+        mla = self.model.mla
+        rope_width = ((self.q_heads + 1) * mla.qk_rope_head_dim if mla is not None
+                      else (self.q_heads + self.kv_heads) * self.model.head_dim)
         for s, (n_dense, n_moe) in enumerate(self.stage_layers):
             part = _Part(peak=self.peak_flops / self.num_gpus,
                          bw=self.peak_bytes_per_s / self.num_gpus)
             n_layers = n_dense + n_moe
             for name, n, k in self.attn_ops:
-                self._gemm(part, bd, "attention_proj", tokens, n, k, n_layers, bf16=name in _ABSORBED)
+                self._gemm(part, bd, "attention_proj", t_att, n, k, n_layers, bf16=name in _ABSORBED)
             for width in self.mla_norms:  # MLA: q_a_layernorm, kv_a_layernorm
-                c = self.dev.elementwise("rmsnorm", tokens, width)
-                part.add("elementwise", c.time_s, c.power_w, bd, n_layers, nbytes=4.0 * tokens * width)
+                c = self.dev.elementwise("rmsnorm", t_att, width)
+                part.add("elementwise", c.time_s, c.power_w, bd, n_layers, nbytes=4.0 * t_att * width)
             for op, width in (("fused_add_rmsnorm", h), ("fused_add_rmsnorm", h)):
-                c = self.dev.elementwise(op, tokens, width)
-                part.add("elementwise", c.time_s, c.power_w, bd, n_layers, nbytes=4.0 * tokens * width)
-            rope = self.dev.elementwise("rope", tokens, (self.q_heads + self.kv_heads) * self.model.head_dim)
+                c = self.dev.elementwise(op, t_att, width)
+                part.add("elementwise", c.time_s, c.power_w, bd, n_layers, nbytes=4.0 * t_att * width)
+            rope = self.dev.elementwise("rope", t_att, rope_width)
             part.add("elementwise", rope.time_s, rope.power_w, bd, n_layers)
-            self._allreduce(part, bd, tokens, 2 * n_layers)
+            if self.attn_dp == 1:
+                self._allreduce(part, bd, tokens, 2 * n_layers)
+            else:
+                self._dp_attention_comm(part, bd, tokens, t_att, n_layers)
             if n_dense:
                 for name, n, k in self.mlp_ops:
                     self._gemm(part, bd, "mlp", tokens, n, k, n_dense)
@@ -273,7 +307,18 @@ class IterationCostModel:
 
     # ------------------------------------------------------------------ attention
     def _attention(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]]) -> tuple[float, float, float, float]:
-        """(time, energy/GPU, flops, bytes) of attention in ONE layer on one GPU."""
+        """(time, energy/GPU, flops, bytes) of attention in ONE layer on one GPU. With DP attention
+        the sequences are spread round-robin over the ranks (SGLang's DP controller): the slowest
+        rank sets the time, energy / FLOPs / bytes are the ranks' mean."""
+        if self.attn_dp == 1:
+            return self._attention_rank(decode_ctx, prefill)
+        ranks = [self._attention_rank(decode_ctx[r::self.attn_dp], list(prefill)[r::self.attn_dp])
+                 for r in range(self.attn_dp)]
+        d = float(self.attn_dp)
+        return (max(x[0] for x in ranks), sum(x[1] for x in ranks) / d, sum(x[2] for x in ranks) / d,
+                sum(x[3] for x in ranks) / d)
+
+    def _attention_rank(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]]) -> tuple[float, float, float, float]:
         t = e = fl = by = 0.0
         m = self.model
         if m.attention == "mla":
