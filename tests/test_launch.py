@@ -1,21 +1,26 @@
-"""Launch commands: exact argv for representative replica shapes, placement, and quoting."""
+"""Launch commands that run as printed: argv per engine profile, checkpoints, placement and labels,
+data-parallel routing, --max-model-len, flags checked against each release's vocabulary, and the
+rendered script executed by a real shell."""
 
 from __future__ import annotations
 
-import shlex
+import json
+import shutil
+import subprocess
 
 import pytest
 
 from apex_opt.errors import InputError
-from apex_opt.registry import model_names
+from apex_opt.registry import load_cluster, model_names
 from apex_opt.report.launch import (Launch, hf_model_id, launch_commands, launch_plan,
-                                    needs_trust_remote_code, render, sglang_argv, vllm_argv)
+                                    needs_trust_remote_code, render, sglang_argv, unknown_flags,
+                                    vllm_argv, vocabulary)
 from apex_opt.specs.cluster import ClusterSpec
+from apex_opt.specs.engine import engine_names, load_engine
 from apex_opt.specs.model import load_model
 from apex_opt.specs.plan import Plan, ReplicaGroup
 
 LLAMA = "meta-llama/Llama-3.1-70B-Instruct"
-VLLM_HEAD = ["vllm", "serve", LLAMA]
 
 
 @pytest.fixture(scope="module")
@@ -35,230 +40,289 @@ def _cluster(nodes: int = 2, gpn: int = 8) -> ClusterSpec:
         "inter_node": {"kind": "infiniband", "bandwidth_gbps": 50, "latency_us": 6}}]})
 
 
+def _plan(**kw) -> Plan:
+    return Plan(groups=(ReplicaGroup(**kw),))
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+# ------------------------------------------------------------------------------- model argument
 def test_hf_ids_of_bundled_models(llama, deepseek):
     assert hf_model_id("llama-3.1-70b", llama) == LLAMA
     assert hf_model_id("deepseek-v3", deepseek) == "deepseek-ai/DeepSeek-V3"
     assert needs_trust_remote_code("deepseek-v3", deepseek)
     assert not needs_trust_remote_code("llama-3.1-70b", llama)
-    expected = {"kimi-k2": "moonshotai/Kimi-K2-Instruct", "qwen3-235b-a22b": "Qwen/Qwen3-235B-A22B",
-                "mixtral-8x7b": "mistralai/Mixtral-8x7B-Instruct-v0.1",
-                "mistral-large-2407": "mistralai/Mistral-Large-Instruct-2407"}
-    for name, repo in expected.items():
-        assert hf_model_id(name, load_model(name)) == repo
 
 
 def test_every_bundled_model_has_a_repo():
     for name in model_names():
-        repo = hf_model_id(name, load_model(name))
-        assert repo.count("/") == 1 and " " not in repo, (name, repo)
+        assert "/" in hf_model_id(name, load_model(name))
 
 
-def test_path_reference_is_the_local_model_dir(llama):
-    assert hf_model_id("/models/llama/config.json", llama) == "/models/llama"
-    assert hf_model_id("/models/llama", llama) == "/models/llama"
-    assert not needs_trust_remote_code("/models/llama", llama)
+def test_local_config_becomes_an_absolute_folder_or_the_hf_id(tmp_path, monkeypatch, llama):
+    d = tmp_path / "my-model"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert hf_model_id("my-model/config.json", llama) == str(d)  # absolute, not 'my-model'
+    assert hf_model_id("my-model/config.json", llama, hf_id="org/name") == "org/name"
+    lp = launch_plan("my-model/config.json", llama, _plan(tp=8), cluster=load_cluster("h100-sxm-1x8"))
+    assert lp.processes[0].argv[2] == str(d)
+    assert any("no weights" in n and "--hf-id" in n for n in lp.notes)
+    lp = launch_plan("my-model/config.json", llama, _plan(tp=8), hf_id="org/name",
+                     cluster=load_cluster("h100-sxm-1x8"))
+    assert lp.processes[0].argv[2] == "org/name" and not any("no weights" in n for n in lp.notes)
 
 
 def test_unknown_name_is_an_input_error(llama):
-    renamed = llama.model_copy(update={"name": "no-such-model"})
-    with pytest.raises(InputError, match="no-such-model"):
-        hf_model_id("no-such-model", renamed)
+    with pytest.raises(InputError, match="--hf-id"):
+        hf_model_id("no-such-model", llama.model_copy(update={"name": "no-such-model"}))
 
 
-def test_vllm_tp8_bf16():
-    launch = vllm_argv(LLAMA, ReplicaGroup(tp=8))
-    assert launch.argv == VLLM_HEAD + [
-        "--port", "8000", "--tensor-parallel-size", "8", "--pipeline-parallel-size", "1",
-        "--max-num-seqs", "256", "--max-num-batched-tokens", "512", "--enable-chunked-prefill",
-        "--gpu-memory-utilization", "0.9"]
-    assert launch.env == {} and launch.notes == []
-    assert render(launch) == shlex.join(launch.argv)
+# ------------------------------------------------------------------------------- checkpoints
+def test_fp8_from_bf16_is_online_quantisation(llama):
+    lp = launch_plan("llama-3.1-70b", llama, _plan(tp=8, weight_dtype="fp8", kv_dtype="fp8"),
+                     engine="vllm-0.6")
+    argv = lp.processes[0].argv
+    assert _flag(argv, "--quantization") == "fp8" and _flag(argv, "--kv-cache-dtype") == "fp8"
+    assert any("quantised online" in n for n in lp.notes)
 
 
-def test_vllm_fp8_weights_and_kv_on_bf16_checkpoint():
-    g = ReplicaGroup(tp=2, weight_dtype="fp8", kv_dtype="fp8", max_num_seqs=128,
-                     gpu_memory_utilization=0.95, max_model_len=8192)
-    launch = vllm_argv(LLAMA, g, port=9000, host="0.0.0.0")
-    assert launch.argv == VLLM_HEAD + [
-        "--host", "0.0.0.0", "--port", "9000", "--tensor-parallel-size", "2",
-        "--pipeline-parallel-size", "1", "--max-num-seqs", "128", "--max-num-batched-tokens", "512",
-        "--enable-chunked-prefill", "--gpu-memory-utilization", "0.95", "--max-model-len", "8192",
-        "--quantization", "fp8", "--kv-cache-dtype", "fp8"]
+def test_fp8_checkpoint_needs_no_quantization_flag(deepseek):
+    lp = launch_plan("deepseek-v3", deepseek, _plan(tp=8, pp=2, weight_dtype="fp8"),
+                     cluster=_cluster())
+    server = [p for p in lp.processes if p.role == "server"][0]
+    assert "--quantization" not in server.argv and "--trust-remote-code" in server.argv
 
 
-def test_vllm_fp8_checkpoint_needs_no_quantization_flag(deepseek):
-    g = ReplicaGroup(tp=8, ep=8, weight_dtype="fp8")
-    launch = vllm_argv("deepseek-ai/DeepSeek-V3", g, checkpoint_dtype=deepseek.checkpoint_dtype,
-                       trust_remote_code=True)
-    assert "--quantization" not in launch.argv
-    assert launch.argv[3] == "--trust-remote-code"
-    assert "--enable-expert-parallel" in launch.argv
+def test_int4_needs_an_awq_or_gptq_checkpoint(llama, tmp_path):
+    lp = launch_plan("llama-3.1-70b", llama, _plan(tp=4, weight_dtype="int4"))
+    model_arg = lp.processes[0].argv[2]
+    assert model_arg.startswith("${INT4_CHECKPOINT:?") and "--quantization" not in lp.processes[0].argv
+    assert any("AWQ or GPTQ" in n for n in lp.notes)
+    lp = launch_plan("llama-3.1-70b", llama, _plan(tp=4, weight_dtype="int4"),
+                     hf_id="hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4")
+    assert lp.processes[0].argv[2] == "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4"
 
 
-def test_vllm_bf16_from_fp8_checkpoint_is_flagged():
-    launch = vllm_argv("deepseek-ai/DeepSeek-V3", ReplicaGroup(tp=8), checkpoint_dtype="fp8")
-    assert "--quantization" not in launch.argv
-    assert any("bf16 copy" in n for n in launch.notes)
+def test_bf16_from_an_fp8_checkpoint_needs_a_copy(deepseek):
+    lp = launch_plan("deepseek-v3", deepseek, _plan(tp=8, pp=4, weight_dtype="bf16"),
+                     cluster=load_cluster("h100-sxm-4x8"))
+    server = [p for p in lp.processes if p.role == "server"][0]
+    assert server.argv[2].startswith("${BF16_CHECKPOINT:?")
 
 
-def test_vllm_int4_needs_awq_checkpoint():
-    launch = vllm_argv(LLAMA, ReplicaGroup(tp=2, weight_dtype="int4"))
-    i = launch.argv.index("--quantization")
-    assert launch.argv[i + 1] == "awq_marlin"
-    assert any("AWQ checkpoint" in n for n in launch.notes)
+# ------------------------------------------------------------------------------- argv per engine
+def test_vllm_06_switches_chunked_prefill_with_its_own_spelling(llama):
+    on = vllm_argv(LLAMA, ReplicaGroup(tp=8, chunked_prefill=True, max_num_batched_tokens=2048),
+                   engine="vllm-0.6", model_max_len=llama.max_position_embeddings)
+    off = vllm_argv(LLAMA, ReplicaGroup(tp=8, chunked_prefill=False, max_model_len=8192),
+                    engine="vllm-0.6", model_max_len=llama.max_position_embeddings)
+    assert "--enable-chunked-prefill" in on.argv and _flag(on.argv, "--max-num-batched-tokens") == "2048"
+    # vLLM 0.6 parses the flag with StoreBoolean: "=False" is the off form, and the unchunked
+    # budget is max(max_model_len, 2048), as the plan was simulated
+    assert "--enable-chunked-prefill=False" in off.argv
+    assert _flag(off.argv, "--max-num-batched-tokens") == "8192"
 
 
-def test_vllm_uneven_pp_split_goes_to_env():
-    g = ReplicaGroup(tp=4, pp=2, layers_per_stage=(42, 38))
-    launch = vllm_argv(LLAMA, g)
-    assert launch.env == {"VLLM_PP_LAYER_PARTITION": "42,38"}
-    assert launch.argv[5:9] == ["--tensor-parallel-size", "4", "--pipeline-parallel-size", "2"]
-    line = render(launch)
-    assert line.startswith("VLLM_PP_LAYER_PARTITION=42,38 vllm serve ")
-    assert shlex.split(line) == ["VLLM_PP_LAYER_PARTITION=42,38"] + launch.argv
+def test_vllm_v1_always_chunks(llama):
+    a = vllm_argv(LLAMA, ReplicaGroup(tp=8, max_num_batched_tokens=8192), engine="vllm",
+                  model_max_len=llama.max_position_embeddings)
+    assert not any(t.startswith("--enable-chunked-prefill") for t in a.argv)
+    b = vllm_argv(LLAMA, ReplicaGroup(tp=8, chunked_prefill=False, max_num_batched_tokens=8192),
+                  engine="vllm", model_max_len=llama.max_position_embeddings)
+    assert any("always chunks" in n for n in b.notes)
 
 
-def test_vllm_ep_chunked_off_custom_ar_off_eager():
-    g = ReplicaGroup(tp=8, ep=8, chunked_prefill=False, custom_allreduce=False, cuda_graphs=False,
-                     max_model_len=32768)
-    launch = vllm_argv("mistralai/Mixtral-8x7B-Instruct-v0.1", g, model_max_len=32768)
-    assert launch.argv == ["vllm", "serve", "mistralai/Mixtral-8x7B-Instruct-v0.1",
-                           "--port", "8000", "--tensor-parallel-size", "8",
-                           "--pipeline-parallel-size", "1", "--enable-expert-parallel",
-                           "--max-num-seqs", "256", "--max-num-batched-tokens", "32768",
-                           "--enable-chunked-prefill=False", "--gpu-memory-utilization", "0.9",
-                           "--max-model-len", "32768", "--disable-custom-all-reduce",
-                           "--enforce-eager"]
-
-
-def test_vllm_partial_ep_is_explained():
-    launch = vllm_argv(LLAMA, ReplicaGroup(tp=8, ep=2))
-    assert any("EP = TP" in n for n in launch.notes)
-
-
-def test_vllm_budget_below_max_num_seqs_is_flagged():
-    launch = vllm_argv(LLAMA, ReplicaGroup(tp=8, max_num_seqs=1024))
-    assert any("max_num_batched_tokens (512) < max_num_seqs (1024)" in n for n in launch.notes)
+def test_uneven_pp_split_goes_to_env():
+    g = ReplicaGroup(tp=4, pp=2, layers_per_stage=(39, 41))
+    assert vllm_argv(LLAMA, g).env == {"VLLM_PP_LAYER_PARTITION": "39,41"}
+    assert sglang_argv(LLAMA, g).env == {"SGLANG_PP_LAYER_PARTITION": "39,41"}
 
 
 def test_sglang_argv():
-    g = ReplicaGroup(tp=8, ep=4, weight_dtype="fp8", kv_dtype="fp8", max_num_seqs=64,
-                     max_num_batched_tokens=4096, gpu_memory_utilization=0.85,
-                     max_model_len=16384, cuda_graphs=False, custom_allreduce=False)
-    launch = sglang_argv(LLAMA, g, port=30000)
-    assert launch.argv == [
-        "python", "-m", "sglang.launch_server", "--model-path", LLAMA, "--port", "30000",
-        "--tp", "8", "--ep-size", "4", "--max-running-requests", "64",
-        "--chunked-prefill-size", "4096", "--mem-fraction-static", "0.85",
-        "--context-length", "16384", "--quantization", "fp8", "--kv-cache-dtype", "fp8_e4m3",
-        "--disable-custom-all-reduce", "--disable-cuda-graph"]
+    a = sglang_argv(LLAMA, ReplicaGroup(tp=4, ep=2, kv_dtype="fp8", max_num_batched_tokens=4096,
+                                        chunked_prefill=True, cuda_graphs=False))
+    assert a.argv[:5] == ["python", "-m", "sglang.launch_server", "--model-path", LLAMA]
+    assert _flag(a.argv, "--tp-size") == "4" and _flag(a.argv, "--ep-size") == "2"
+    assert _flag(a.argv, "--chunked-prefill-size") == "4096"
+    assert _flag(a.argv, "--kv-cache-dtype") == "fp8_e4m3" and "--disable-cuda-graph" in a.argv
+    off = sglang_argv(LLAMA, ReplicaGroup(tp=2, chunked_prefill=False, max_num_batched_tokens=16384))
+    assert _flag(off.argv, "--chunked-prefill-size") == "-1"
+    assert _flag(off.argv, "--max-prefill-tokens") == "16384"
 
 
-def test_sglang_chunked_off_and_pp():
-    g = ReplicaGroup(tp=4, pp=2, layers_per_stage=(40, 40), chunked_prefill=False)
-    launch = sglang_argv(LLAMA, g, model_max_len=131072)
-    a = launch.argv
-    assert a[a.index("--pp-size") + 1] == "2"
-    assert a[a.index("--chunked-prefill-size") + 1] == "-1"
-    assert a[a.index("--max-prefill-tokens") + 1] == "131072"
-    assert launch.env == {"SGLANG_PP_LAYER_PARTITION": "40,40"}
-    with pytest.raises(InputError, match="dist_init_addr"):
-        sglang_argv(LLAMA, g, nnodes=2)
+# ------------------------------------------------------------------------------- placement
+def test_dp_without_engine_support_is_n_ports_and_a_load_balancer(llama):
+    lp = launch_plan("llama-3.1-70b", llama, _plan(tp=4, replicas=2), engine="vllm-0.6",
+                     cluster=load_cluster("h100-sxm-1x8"))
+    s = [p for p in lp.processes if p.role == "server"]
+    assert [(p.cuda_visible_devices, p.port) for p in s] == [("0,1,2,3", 8000), ("4,5,6,7", 8001)]
+    assert [p.replicas for p in s] == [[0], [1]]
+    assert len(lp.endpoints) == 2 and any("load balancer" in n for n in lp.notes)
 
 
-def test_render_quotes_awkward_values():
-    launch = Launch(argv=["vllm", "serve", "/models/my model's dir", "--port", "8000"],
-                    env={"B": "x y", "A": "1"})
-    line = render(launch)
-    assert line.startswith("A=1 B='x y' vllm serve ")
-    assert shlex.split(line) == ["A=1", "B=x y"] + launch.argv
+@pytest.mark.parametrize("engine, flag", [("vllm", "--data-parallel-size"), ("sglang", "--dp-size")])
+def test_dp_with_engine_support_is_one_server(llama, engine, flag):
+    lp = launch_plan("llama-3.1-70b", llama, _plan(tp=4, replicas=2), engine=engine,
+                     cluster=load_cluster("h100-sxm-1x8"))
+    assert len(lp.processes) == 1 and lp.processes[0].replicas == [0, 1]
+    assert _flag(lp.processes[0].argv, flag) == "2"
+    assert lp.processes[0].cuda_visible_devices is None  # the whole node
+    assert len(lp.endpoints) == 1 and any(flag in n and "balances" in n for n in lp.notes)
 
 
-def test_two_tp4_replicas_share_a_node(llama):
-    plan = Plan(groups=[ReplicaGroup(tp=4, replicas=2)])
-    out = launch_commands("llama-3.1-70b", llama, plan)
-    reps = out["groups"][0]["replicas"]
-    assert [r["cuda_visible_devices"] for r in reps] == ["0,1,2,3", "4,5,6,7"]
-    assert [r["port"] for r in reps] == [8000, 8001]
-    assert [r["nodes"] for r in reps] == [[0], [0]]
-    for r in reps:
-        (cmd,) = r["commands"]
-        assert cmd["command"] == (f"CUDA_VISIBLE_DEVICES={r['cuda_visible_devices']} "
-                                  + shlex.join(cmd["launch"]["argv"]))
-        assert cmd["launch"]["argv"][:3] == VLLM_HEAD
-        assert cmd["launch"]["argv"][4] == str(r["port"])
-    assert any("load balancer" in n for n in out["notes"])
+def test_packing_moves_to_the_next_node(llama):
+    plan = Plan(groups=(ReplicaGroup(tp=2, replicas=3, weight_dtype="fp8"),
+                        ReplicaGroup(tp=4, replicas=1, weight_dtype="fp8")))
+    lp = launch_plan("llama-3.1-70b", llama, plan, engine="vllm-0.6", cluster=_cluster())
+    s = [(p.node, p.cuda_visible_devices) for p in lp.processes]
+    assert s == [(0, "0,1"), (0, "2,3"), (0, "4,5"), (1, "0,1,2,3")]
 
 
-def test_packing_moves_to_the_next_node_when_a_replica_does_not_fit(llama):
-    plan = Plan(groups=[ReplicaGroup(tp=2, replicas=3), ReplicaGroup(tp=4, replicas=2)])
-    lp = launch_plan("llama-3.1-70b", llama, plan, cluster=_cluster())
-    a, b = lp.groups
-    assert [(r.nodes, r.cuda_visible_devices, r.port) for r in a.replicas] == [
-        ([0], "0,1", 8000), ([0], "2,3", 8001), ([0], "4,5", 8002)]
-    assert [(r.nodes, r.cuda_visible_devices, r.port) for r in b.replicas] == [
-        ([1], "0,1,2,3", 8000), ([1], "4,5,6,7", 8001)]
-    assert a.pool == "h100"
+def test_multi_node_vllm_uses_ray_with_distinct_lines_per_node(llama):
+    lp = launch_plan("llama-3.1-70b", llama, _plan(tp=8, pp=2, layers_per_stage=(40, 40)),
+                     engine="vllm-0.6", cluster=_cluster())
+    roles = [(p.role, p.node) for p in lp.processes]
+    assert roles == [("ray-head", 0), ("ray-worker", 1), ("server", 0)]
+    assert lp.processes[1].argv == ["ray", "start", "--address=H100_NODE0_IP:6379"]
+    assert _flag(lp.processes[2].argv, "--distributed-executor-backend") == "ray"
+    assert all(p.env.get("VLLM_PP_LAYER_PARTITION") == "40,40" for p in lp.processes)
 
 
-def test_whole_node_replica_has_no_device_mask(llama):
-    lp = launch_plan("llama-3.1-70b", llama, Plan(groups=[ReplicaGroup(tp=8, replicas=2)]))
-    assert [(r.nodes, r.cuda_visible_devices, r.port) for r in lp.groups[0].replicas] == [
-        ([0], None, 8000), ([1], None, 8000)]
-    assert lp.notes and "least_outstanding" in lp.notes[0]
-
-
-def test_multi_node_pp_vllm_uses_ray(llama):
-    plan = Plan(groups=[ReplicaGroup(tp=8, pp=2, layers_per_stage=(41, 39))])
-    lp = launch_plan("llama-3.1-70b", llama, plan, cluster=_cluster())
-    (rep,) = lp.groups[0].replicas
-    assert rep.nodes == [0, 1]
-    head, worker, serve = rep.commands
-    assert (head.node, head.launch.argv) == (0, ["ray", "start", "--head", "--port=6379"])
-    assert (worker.node, worker.launch.argv) == (1, ["ray", "start",
-                                                     "--address=H100_NODE0_IP:6379"])
-    assert serve.node == 0
-    assert serve.launch.argv[serve.launch.argv.index("--distributed-executor-backend") + 1] == "ray"
-    assert all(c.launch.env == {"VLLM_PP_LAYER_PARTITION": "41,39"} for c in rep.commands)
-    assert any("Ray" in n for n in lp.groups[0].notes)
-    assert lp.notes == []
-
-
-def test_multi_node_sglang_one_process_per_node(llama):
-    plan = Plan(groups=[ReplicaGroup(tp=8, pp=2)])
-    lp = launch_plan("llama-3.1-70b", llama, plan, engine="sglang")
-    cmds = lp.groups[0].replicas[0].commands
-    assert [c.node for c in cmds] == [0, 1]
-    for rank, c in enumerate(cmds):
-        a = c.launch.argv
-        assert a[a.index("--nnodes") + 1] == "2"
-        assert a[a.index("--node-rank") + 1] == str(rank)
-        assert a[a.index("--dist-init-addr") + 1] == "NODE0_IP:50000"
+def test_multi_node_sglang_one_process_per_node_with_its_rank(llama):
+    lp = launch_plan("llama-3.1-70b", llama, _plan(tp=8, pp=2), engine="sglang", cluster=_cluster())
+    assert [(p.node, _flag(p.argv, "--node-rank")) for p in lp.processes] == [(0, "0"), (1, "1")]
+    assert all(_flag(p.argv, "--dist-init-addr") == "H100_NODE0_IP:50000" for p in lp.processes)
+    assert lp.processes[0].command != lp.processes[1].command
 
 
 def test_plan_errors(llama):
-    with pytest.raises(InputError, match="sum to the model's 80"):
-        launch_plan("llama-3.1-70b", llama,
-                    Plan(groups=[ReplicaGroup(tp=8, pp=2, layers_per_stage=(40, 39))]))
-    with pytest.raises(InputError, match="needs 2 nodes"):
-        launch_plan("llama-3.1-70b", llama, Plan(groups=[ReplicaGroup(tp=8, replicas=2)]),
-                    cluster=_cluster(nodes=1))
     with pytest.raises(InputError, match="pool"):
-        launch_plan("llama-3.1-70b", llama, Plan(groups=[ReplicaGroup(tp=8, pool="a100")]),
-                    cluster=_cluster())
-    with pytest.raises(InputError, match="engine"):
-        launch_plan("llama-3.1-70b", llama, Plan(groups=[ReplicaGroup(tp=8)]),
-                    engine="trtllm")  # type: ignore[arg-type]
+        launch_plan("llama-3.1-70b", llama, _plan(tp=8, pool="a100"), cluster=_cluster())
+    with pytest.raises(InputError, match="nodes"):
+        launch_plan("llama-3.1-70b", llama, _plan(tp=8, replicas=3), cluster=_cluster())
+    with pytest.raises(InputError, match="layers"):
+        launch_plan("llama-3.1-70b", llama, _plan(tp=8, pp=2, layers_per_stage=(10, 10)))
 
 
-def test_every_command_round_trips_through_the_shell(llama, deepseek):
-    plan = Plan(groups=[ReplicaGroup(tp=4, pp=4, layers_per_stage=(16, 15, 15, 15), ep=4,
-                                     weight_dtype="fp8", kv_dtype="fp8", cuda_graphs=False),
-                        ReplicaGroup(tp=2, replicas=4, chunked_prefill=False)])
-    for engine in ("vllm", "sglang"):
-        out = launch_commands("deepseek-v3", deepseek, plan, engine=engine)
-        for g in out["groups"]:
-            for r in g["replicas"]:
-                for c in r["commands"]:
-                    env = [f"{k}={v}" for k, v in sorted(c["launch"]["env"].items())]
-                    assert shlex.split(c["command"]) == env + c["launch"]["argv"]
+# ------------------------------------------------------------------------------- labels / json
+def test_every_process_is_labelled_in_the_script(llama):
+    lp = launch_plan("llama-3.1-70b", llama, _plan(tp=2, replicas=2, weight_dtype="fp8"),
+                     engine="vllm-0.6", cluster=load_cluster("h100-sxm-1x8"))
+    for p in lp.processes:
+        assert f"# {p.label}\n{p.command}" in lp.script
+        assert f"node {p.node} of pool h100" in p.label and "replica" in p.label
+        assert "GPUs" in p.label and f"port {p.port}" in p.label
+    # long commands are continued with backslashes, one flag per line
+    assert " \\\n    --tensor-parallel-size 2" in lp.script
+
+
+def test_json_has_structured_process_data(llama):
+    d = launch_commands("llama-3.1-70b", llama, _plan(tp=4, replicas=2), engine="vllm-0.6",
+                        cluster=load_cluster("h100-sxm-1x8"))
+    json.dumps(d)
+    p = d["processes"][1]
+    assert {"node", "pool", "device_ids", "port", "env", "argv", "command", "label"} <= set(p)
+    assert p["device_ids"] == [4, 5, 6, 7] and p["env"]["CUDA_VISIBLE_DEVICES"] == "4,5,6,7"
+    assert p["argv"][:3] == ["vllm", "serve", LLAMA]
+
+
+def test_gpu_clock_and_power_cap_commands_come_first(llama):
+    lp = launch_plan("llama-3.1-70b", llama, _plan(tp=4, replicas=2, sm_clock_mhz=1410,
+                                                   power_cap_w=500),
+                     engine="vllm-0.6", cluster=load_cluster("h100-sxm-1x8"))
+    roles = [p.role for p in lp.processes]
+    assert roles[0] == "gpu-settings" and roles.index("server") > 0
+    cmds = [p.command for p in lp.processes if p.role == "gpu-settings"]
+    assert any("-lgc 1410,1410" in c and "-i 0,1,2,3" in c for c in cmds)
+    assert any("-pl 500" in c and "-i 4,5,6,7" in c for c in cmds)
+
+
+# ------------------------------------------------------------------------------- max_model_len
+def test_max_model_len_defaults_to_the_models_when_it_fits(llama):
+    lp = launch_plan("llama-3.1-70b", llama, _plan(tp=8, weight_dtype="fp8"),
+                     cluster=load_cluster("h100-sxm-1x8"))
+    assert lp.max_model_len == llama.max_position_embeddings == 131072
+    assert _flag(lp.processes[0].argv, "--max-model-len") == "131072"
+
+
+def test_max_model_len_is_the_largest_that_fits_with_a_note():
+    m = load_model("qwen2.5-32b")  # 65 GB of bf16 weights on one 80 GB GPU: a few GB of KV
+    lp = launch_plan("qwen2.5-32b", m, _plan(tp=1), cluster=load_cluster("h100-sxm-1x8"))
+    assert 1024 < lp.max_model_len < m.max_position_embeddings
+    note = next(n for n in lp.notes if n.startswith("--max-model-len"))
+    assert "KV cache" in note and f"{m.max_position_embeddings:,}" in note
+
+
+def test_requested_max_model_len_wins_and_is_checked(llama):
+    lp = launch_plan("llama-3.1-70b", llama, _plan(tp=8), max_model_len=32768)
+    assert _flag(lp.processes[0].argv, "--max-model-len") == "32768"
+    with pytest.raises(InputError, match="maximum context"):
+        launch_plan("llama-3.1-70b", llama, _plan(tp=8), max_model_len=10**6)
+
+
+# ------------------------------------------------------------------------------- dry run
+_PLANS = [
+    dict(tp=8, weight_dtype="fp8", kv_dtype="fp8", max_num_batched_tokens=2048),
+    dict(tp=4, replicas=2, chunked_prefill=False, max_model_len=8192),
+    dict(tp=2, pp=2, layers_per_stage=(41, 39), custom_allreduce=False, cuda_graphs=False,
+         max_num_seqs=64, max_num_batched_tokens=512),
+    dict(tp=8, pp=2),                       # two nodes
+]
+
+
+@pytest.mark.parametrize("engine", engine_names())
+def test_every_printed_flag_exists_in_the_simulated_release(llama, engine):
+    """A --dry-run of the argument parser: each flag of every command must be in the vocabulary
+    of the engine profile the plan is simulated with (apex_opt/data/engines/*.yaml)."""
+    spec = load_engine(engine)
+    assert vocabulary(spec), f"engine profile {engine} has no flag_vocabulary"
+    for kw in _PLANS:
+        lp = launch_plan("llama-3.1-70b", llama, _plan(**kw), engine=engine, cluster=_cluster())
+        assert unknown_flags(lp) == [], (engine, kw)
+    moe = load_model("qwen3-30b-a3b")
+    lp = launch_plan("qwen3-30b-a3b", moe, _plan(tp=4, ep=4), engine=engine, cluster=_cluster())
+    assert unknown_flags(lp) == []
+
+
+def test_unknown_flags_catches_a_misspelling(llama):
+    lp = launch_plan("llama-3.1-70b", llama, _plan(tp=8), engine="vllm")
+    bad = lp.model_copy(update={"processes": [lp.processes[0].model_copy(
+        update={"argv": lp.processes[0].argv + ["--max-num-seq", "8"]})]})
+    assert unknown_flags(bad) == ["--max-num-seq"]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("engine", ["vllm-0.6", "vllm", "sglang"])
+def test_the_script_runs_in_a_real_shell_as_printed(llama, engine, tmp_path):
+    """Run the rendered script with bash, with `vllm`, `python`, `ray` and `sudo` replaced by
+    functions that print their environment and arguments: every command must reach the engine
+    with exactly the argv and env of its process."""
+    plan = Plan(groups=(ReplicaGroup(tp=2, replicas=2, layers_per_stage=None, weight_dtype="int4",
+                                     max_num_batched_tokens=1024),
+                        ReplicaGroup(tp=8, pp=2, layers_per_stage=(41, 39))))
+    lp = launch_plan("llama-3.1-70b", llama, plan, engine=engine, cluster=_cluster(nodes=3))
+    stub = ('_show() { printf "%s\\0" "CVD=${CUDA_VISIBLE_DEVICES-}" '
+            '"PART=${VLLM_PP_LAYER_PARTITION-}${SGLANG_PP_LAYER_PARTITION-}" "$@"; printf "\\n"; }\n'
+            'vllm() { _show vllm "$@"; }\npython() { _show python "$@"; }\nray() { _show ray "$@"; }\n')
+    out = subprocess.run(["bash", "-c", stub + lp.script], capture_output=True, text=True,
+                         env={"INT4_CHECKPOINT": "org/awq", "PATH": "/usr/bin:/bin"}, check=True)
+    got = [line.split("\0")[:-1] for line in out.stdout.split("\n") if line]
+    want = [[f"CVD={p.env.get('CUDA_VISIBLE_DEVICES', '')}",
+             "PART=" + p.env.get("VLLM_PP_LAYER_PARTITION", p.env.get("SGLANG_PP_LAYER_PARTITION", "")),
+             *[("org/awq" if a.startswith("${INT4_CHECKPOINT") else a) for a in p.argv]]
+            for p in lp.processes]
+    assert got == want
+
+
+def test_render_quotes_and_wraps():
+    short = Launch(argv=["ray", "start", "--head"], env={})
+    assert render(short) == "ray start --head"
+    long = Launch(argv=["vllm", "serve", "a b"] + [f"--flag-{i}" for i in range(12)],
+                  env={"X": "1 2"})
+    text = render(long)
+    assert text.splitlines()[0] == "X='1 2' vllm serve 'a b' \\"
+    assert all(line.startswith("    --flag-") for line in text.splitlines()[1:])

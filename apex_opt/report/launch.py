@@ -1,20 +1,27 @@
-"""Launch commands for a plan: the vLLM / SGLang command line of every replica, ready to paste.
+"""Launch commands for a plan: every process to start, on which node, with which GPUs, ready to paste.
 
-Pure functions, no I/O beyond reading the bundled HF-id table. A command is a :class:`Launch`
-(argv, extra environment, notes for the operator); :func:`render` turns it into one shell line.
+Pure functions, no I/O beyond reading the bundled HF-id table (and, for a local model folder,
+whether it holds weights). A plan becomes a :class:`LaunchPlan`: a flat list of
+:class:`Process` (node, pool, replicas, GPU ids, port, env, argv and the rendered command) plus
+the endpoints a client or load balancer talks to and notes for the operator.
+:attr:`LaunchPlan.script` is the whole thing as a shell script: each process preceded by a
+``# node ... GPUs ...`` comment, long commands broken with ``\\`` continuations.
 
-Flag spellings follow vLLM >= 0.6 (``vllm serve``) and recent SGLang (``sglang.launch_server``):
+Flag spellings and the flags a release accepts come from the engine profile the plan was simulated
+with (``launch_flags`` / ``flag_vocabulary`` in ``apex_opt/data/engines/*.yaml``);
+:func:`unknown_flags` lists any printed flag outside that vocabulary (the tests require none).
 
-* vLLM: ``--enable-chunked-prefill`` on, ``--enable-chunked-prefill=False`` off (0.6 parses the
-  value with ``StoreBoolean``); an uneven pipeline split is the environment variable
-  ``VLLM_PP_LAYER_PARTITION``; replicas spanning nodes run on a Ray cluster
-  (``--distributed-executor-backend ray``).
-* SGLang: ``--chunked-prefill-size -1`` turns chunking off; multi-node replicas run one process per
-  node with ``--nnodes/--node-rank/--dist-init-addr``.
+* vLLM: an uneven pipeline split is ``VLLM_PP_LAYER_PARTITION``; replicas spanning nodes run on a
+  Ray cluster (``ray start`` on every node, ``--distributed-executor-backend ray`` on the head).
+  Releases with ``--data-parallel-size`` (V1) serve the replicas that share a node from ONE server
+  that balances requests over them itself; older ones run one server per replica.
+* SGLang: ``--dp-size`` likewise; multi-node replicas run one process per node with
+  ``--nnodes/--node-rank/--dist-init-addr``; ``--chunked-prefill-size -1`` turns chunking off.
 
-Data-parallel replicas are separate servers: replicas that fit in a node are packed onto it with
-disjoint ``CUDA_VISIBLE_DEVICES`` ranges and distinct ports; larger replicas take whole nodes.
-Node addresses are unknown here and appear as placeholders such as ``NODE1_IP``.
+Replicas that fit in a node are packed onto it with disjoint ``CUDA_VISIBLE_DEVICES`` ranges and
+distinct ports; larger replicas take whole nodes. Node addresses are unknown here and appear as
+placeholders such as ``H100_NODE1_IP``; a checkpoint the tool cannot name (an AWQ copy for int4
+weights) is a ``"${INT4_CHECKPOINT:?...}"`` reference the shell refuses to run without.
 """
 
 from __future__ import annotations
@@ -24,19 +31,20 @@ import math
 import re
 import shlex
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InputError
 from ..io import parse_yaml
 from ..registry import data_dir
-from ..specs.cluster import ClusterSpec
+from ..specs.cluster import ClusterSpec, DeviceSpec
 from ..specs.common import StrictModel
+from ..specs.engine import EngineSpec, load_engine
 from ..specs.model import ModelSpec
-from ..specs.plan import Plan, ReplicaGroup
+from ..specs.plan import Plan, ReplicaConfig, ReplicaGroup
 
-Engine = Literal["vllm", "sglang"]
+Family = Literal["vllm", "sglang"]
 
 _HF_IDS_FILE = "hf_ids.yaml"
 _HF_IDS_SOURCE = f"<bundled {_HF_IDS_FILE}>"
@@ -45,9 +53,41 @@ RAY_PORT = 6379
 SGLANG_DIST_PORT = 50000
 #: Default GPUs per node when no cluster is given.
 DEFAULT_GPUS_PER_NODE = 8
-#: Weight dtypes an engine can produce at load time from a 16-bit checkpoint.
-_ONLINE_QUANT = {"fp8": "fp8"}
 _SIXTEEN_BIT = frozenset({"bf16", "fp16"})
+#: Weight dtypes an engine produces at load time from a 16-bit checkpoint (--quantization value).
+_ONLINE_QUANT = {"fp8": "fp8"}
+#: Indentation of continuation lines; commands longer than WRAP_AT characters are wrapped.
+_INDENT = "    "
+WRAP_AT = 100
+
+#: Flag spellings used when an engine profile has no ``launch_flags`` (vLLM 0.6 / SGLang 0.4).
+_DEFAULT_FLAGS: dict[str, dict[str, str]] = {
+    "vllm": {
+        "tensor_parallel": "--tensor-parallel-size", "pipeline_parallel": "--pipeline-parallel-size",
+        "max_num_seqs": "--max-num-seqs", "max_num_batched_tokens": "--max-num-batched-tokens",
+        "max_model_len": "--max-model-len", "gpu_memory_utilization": "--gpu-memory-utilization",
+        "chunked_prefill_on": "--enable-chunked-prefill",
+        "chunked_prefill_off": "--enable-chunked-prefill=False",
+        "quantization": "--quantization", "kv_cache_dtype": "--kv-cache-dtype",
+        "eager": "--enforce-eager", "custom_allreduce_off": "--disable-custom-all-reduce"},
+    "sglang": {
+        "tensor_parallel": "--tp-size", "pipeline_parallel": "--pp-size",
+        "expert_parallel": "--ep-size", "max_num_seqs": "--max-running-requests",
+        "max_num_batched_tokens": "--chunked-prefill-size", "max_model_len": "--context-length",
+        "gpu_memory_utilization": "--mem-fraction-static", "quantization": "--quantization",
+        "kv_cache_dtype": "--kv-cache-dtype", "eager": "--disable-cuda-graph",
+        "custom_allreduce_off": "--disable-custom-all-reduce"},
+}
+#: Flags every release of the family has that the profiles' launch_flags do not name.
+_FIXED_FLAGS = {"vllm": {"host": "--host", "port": "--port",
+                         "trust_remote_code": "--trust-remote-code",
+                         "executor": "--distributed-executor-backend"},
+                "sglang": {"model": "--model-path", "host": "--host", "port": "--port",
+                           "trust_remote_code": "--trust-remote-code", "nnodes": "--nnodes",
+                           "node_rank": "--node-rank", "dist_init_addr": "--dist-init-addr",
+                           "max_prefill_tokens": "--max-prefill-tokens"}}
+_KV_FP8 = {"vllm": "fp8", "sglang": "fp8_e4m3"}
+_PARTITION_ENV = {"vllm": "VLLM_PP_LAYER_PARTITION", "sglang": "SGLANG_PP_LAYER_PARTITION"}
 
 
 class _Out(BaseModel):
@@ -55,23 +95,55 @@ class _Out(BaseModel):
 
 
 class Launch(_Out):
-    """One process to start: its argv, extra environment, and notes for the operator."""
+    """One command: its argv, extra environment, and notes for the operator."""
 
     argv: list[str]
     env: dict[str, str] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
 
 
-def render(launch: Launch) -> str:
-    """One shell line: ``K=V ...`` assignments (sorted) followed by the shell-quoted argv."""
+# ---------------------------------------------------------------------------------- rendering
+#: ``${NAME:?message}``: a value the operator must supply; rendered in double quotes so the shell
+#: expands it (and stops with the message when it is unset).
+_REQUIRED_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*:\?[^}\"`$\\]*\}$")
+
+
+def _quote(tok: str) -> str:
+    return f'"{tok}"' if _REQUIRED_REF.match(tok) else shlex.quote(tok)
+
+
+def _chunks(argv: list[str]) -> list[list[str]]:
+    """argv split into the command head (up to the first flag) and one chunk per flag + values."""
+    out: list[list[str]] = [[]]
+    for tok in argv:
+        if tok.startswith("--") and out[-1]:
+            out.append([tok])
+        else:
+            out[-1].append(tok)
+    return out
+
+
+def render(launch: Launch, *, wrap: bool = True) -> str:
+    """Shell text of a command: ``K=V ...`` assignments (sorted) then the quoted argv; with
+    ``wrap`` each flag goes on its own ``\\``-continued line (pasteable as is)."""
     env = [f"{k}={shlex.quote(v)}" for k, v in sorted(launch.env.items())]
-    return " ".join(env + [shlex.join(launch.argv)])
+    line = " ".join(env + [_quote(t) for t in launch.argv])
+    if not wrap or len(line) <= WRAP_AT:
+        return line
+    chunks = _chunks(launch.argv)
+    lines = [" ".join(env + [_quote(t) for t in chunks[0]])]
+    lines += [_INDENT + " ".join(_quote(t) for t in c) for c in chunks[1:]]
+    return " \\\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------- model ids
 class _HFEntry(StrictModel):
     repo: str = Field(min_length=3, pattern=r"^[\w.-]+/[\w.-]+$")
     trust_remote_code: bool = False
+    int4: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$",
+                             description="A published AWQ/GPTQ int4 copy of the repo.")
+    fp8: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$",
+                            description="A published fp8 copy of the repo.")
 
 
 @functools.lru_cache(maxsize=1)
@@ -99,219 +171,291 @@ def _is_path_ref(model_ref: str) -> bool:
         Path(model_ref).exists()
 
 
-def hf_model_id(model_ref: str, model: ModelSpec) -> str:
-    """What to pass as the engine's model: the HF repo of a bundled model name, or the local
-    model directory of a path reference (a ``config.json`` path becomes its folder)."""
+def _entry(model_ref: str, model: ModelSpec) -> _HFEntry | None:
     if _is_path_ref(model_ref):
-        p = Path(model_ref)
-        return str(p.parent if p.name == "config.json" or p.suffix == ".json" else p)
-    table = _hf_table()
-    name = model_ref if model_ref in table else model.name
-    if name not in table:
-        raise InputError(f"no Hugging Face repo known for model {model_ref!r}; pass the local "
-                         f"model directory instead, or add it to apex_opt/data/{_HF_IDS_FILE}",
-                         source=_HF_IDS_SOURCE, field=model_ref)
-    return table[name].repo
+        return None
+    return _hf_table().get(model_ref) or _hf_table().get(model.name)
+
+
+def hf_model_id(model_ref: str, model: ModelSpec, hf_id: str | None = None) -> str:
+    """What to pass as the engine's model: ``hf_id`` when given, the HF repo of a bundled model
+    name, or the ABSOLUTE local model folder of a path reference (a ``config.json`` path becomes
+    its folder), so the command works from any directory."""
+    if hf_id:
+        return hf_id
+    if _is_path_ref(model_ref):
+        p = Path(model_ref).expanduser().resolve()
+        return str(p.parent if p.suffix == ".json" else p)
+    entry = _entry(model_ref, model)
+    if entry is None:
+        raise InputError(f"no Hugging Face repo known for model {model_ref!r}; pass --hf-id "
+                         f"ORG/NAME (or the local model directory), or add it to "
+                         f"apex_opt/data/{_HF_IDS_FILE}", source=_HF_IDS_SOURCE, field=model_ref)
+    return entry.repo
 
 
 def needs_trust_remote_code(model_ref: str, model: ModelSpec) -> bool:
     """True when the model's repo ships custom code the engine must be allowed to run."""
-    if _is_path_ref(model_ref):
-        return False
-    entry = _hf_table().get(model_ref) or _hf_table().get(model.name)
+    entry = _entry(model_ref, model)
     return bool(entry and entry.trust_remote_code)
 
 
-# ---------------------------------------------------------------------------------- shared rules
+def _local_folder_notes(model_id: str, model_ref: str, hf_id: str | None) -> list[str]:
+    if hf_id or not _is_path_ref(model_ref):
+        return []
+    folder = Path(model_id)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        return [f"{folder} holds a config but no weights (*.safetensors): pass --hf-id ORG/NAME "
+                f"(the Hub repo of this model) or download the weights into it"]
+    return []
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def checkpoint_for(weight: str, checkpoint: str, model_id: str, entry: _HFEntry | None,
+                   hf_id: str | None) -> tuple[str, str | None, list[str]]:
+    """(model argument, ``--quantization`` value or None, notes) for serving ``weight``-dtype
+    weights of a model whose published checkpoint is ``checkpoint``.
+
+    fp8 from a 16-bit checkpoint is quantised online (``--quantization fp8``); int4 needs a
+    pre-quantised AWQ / GPTQ checkpoint (the engine reads its ``quantization_config``), named
+    from the bundled table or ``--hf-id`` when known, else a ``${INT4_CHECKPOINT:?...}``
+    reference; a dtype the engine cannot produce from the checkpoint likewise needs a copy."""
+    ckpt = "bf16" if checkpoint in _SIXTEEN_BIT else checkpoint
+    if weight == ckpt:
+        return model_id, None, []
+    if weight in _ONLINE_QUANT and ckpt == "bf16":
+        return model_id, _ONLINE_QUANT[weight], [
+            f"{weight} weights: quantised online at load time from the {checkpoint} checkpoint "
+            f"(--quantization {_ONLINE_QUANT[weight]}, dynamic scales); an {weight} checkpoint "
+            f"given with --hf-id loads without it"]
+    if hf_id:
+        return hf_id, None, [f"{weight} weights: --hf-id {hf_id} must be an {weight} checkpoint "
+                             f"({'AWQ or GPTQ' if weight == 'int4' else weight}); the engine reads "
+                             f"its quantization_config"]
+    known = getattr(entry, weight, None) if entry is not None and weight in ("int4", "fp8") else None
+    if known:
+        return known, None, [f"{weight} weights: serving the pre-quantised checkpoint {known} "
+                             f"(the engine reads its quantization_config)"]
+    var = f"{weight.upper()}_CHECKPOINT"
+    kind = "an AWQ or GPTQ int4" if weight == "int4" else f"a {weight}"
+    return (f"${{{var}:?set {var} to {kind} copy of {model_id}}}", None,
+            [f"{weight} weights cannot be made from the {checkpoint} checkpoint at load time: set "
+             f"{var} to {kind} checkpoint of {model_id} (Hub id or folder), or pass --hf-id"])
+
+
+# ---------------------------------------------------------------------------------- engine
+def _profile(engine: str | EngineSpec) -> EngineSpec:
+    return engine if isinstance(engine, EngineSpec) else load_engine(engine)
+
+
+def family_of(spec: EngineSpec) -> Family:
+    fam = getattr(spec, "engine", None) or ("sglang" if spec.scheduler == "sglang" else "vllm")
+    return "sglang" if fam == "sglang" else "vllm"
+
+
+def _flags(spec: EngineSpec) -> dict[str, str]:
+    fam = family_of(spec)
+    own = dict(getattr(spec, "launch_flags", None) or {})
+    base = {} if own else dict(_DEFAULT_FLAGS[fam])
+    return {**base, **own, **_FIXED_FLAGS[fam]}
+
+
+def vocabulary(spec: EngineSpec) -> frozenset[str]:
+    """Flags the profile's release accepts (empty = the profile does not say)."""
+    return frozenset(getattr(spec, "flag_vocabulary", ()) or ())
+
+
 def _num(x: float) -> str:
     """Shortest round-trip spelling of a float flag value (0.9 -> '0.9')."""
     return repr(float(x))
 
 
-def _quantization(weight: str, checkpoint: str) -> tuple[str | None, list[str]]:
-    """``--quantization`` value for storing ``weight`` from a ``checkpoint``, and notes."""
-    ckpt = "bf16" if checkpoint in _SIXTEEN_BIT else checkpoint
-    if weight == ckpt:
-        return None, []  # the engine reads a quantised checkpoint's own quantization_config
-    if weight in _ONLINE_QUANT and ckpt == "bf16":
-        return _ONLINE_QUANT[weight], [f"{weight} weights are quantised at load time from the "
-                                       f"{checkpoint} checkpoint (dynamic per-tensor scales)"]
-    if weight == "int4":
-        return "awq_marlin", ["int4 weights need a pre-quantised AWQ checkpoint: replace the model "
-                              "with an AWQ repo or directory (for a GPTQ one use --quantization "
-                              "gptq_marlin)"]
-    return None, [f"{weight} weights cannot be produced from the {checkpoint} checkpoint at load "
-                  f"time: pass a {weight} copy of the checkpoint as the model"]
-
-
-def _batched_tokens(group: ReplicaGroup, model_max_len: int | None) -> int | None:
-    """The per-iteration token budget the plan assumed (None = leave the engine's default)."""
-    if group.max_num_batched_tokens is not None or group.chunked_prefill:
-        return group.resolved_batched_tokens(model_max_len or 0)
-    if group.max_model_len is None and model_max_len is None:
-        return None
-    return group.resolved_batched_tokens(model_max_len or 0)
-
-
-def _partition(group: ReplicaGroup) -> str | None:
+def _partition(group: ReplicaConfig) -> str | None:
     if group.pp > 1 and group.layers_per_stage is not None:
         return ",".join(str(n) for n in group.layers_per_stage)
     return None
 
-class _EngineFlags(NamedTuple):
-    """How one engine spells the settings both launchers share."""
 
-    kv_fp8: str          # value of --kv-cache-dtype for an fp8 KV cache
-    eager: str           # flag that turns CUDA graphs off
-    partition_env: str   # env var carrying an uneven pipeline split
+class _Ctx(BaseModel):
+    """What every process of a plan shares."""
 
+    model_config = ConfigDict(arbitrary_types_allowed=True)
 
-_VLLM_FLAGS = _EngineFlags("fp8", "--enforce-eager", "VLLM_PP_LAYER_PARTITION")
-_SGLANG_FLAGS = _EngineFlags("fp8_e4m3", "--disable-cuda-graph", "SGLANG_PP_LAYER_PARTITION")
-
-
-def _add_dtype_and_runtime_flags(argv: list[str], env: dict[str, str], notes: list[str],
-                                 group: ReplicaGroup, checkpoint_dtype: str,
-                                 flags: _EngineFlags) -> bool:
-    """Append the quantisation, KV dtype, custom all-reduce and CUDA-graph flags (same order for
-    both engines) and set the uneven-split env var; returns whether the split was set."""
-    quant, qnotes = _quantization(group.weight_dtype, checkpoint_dtype)
-    notes += qnotes
-    if quant is not None:
-        argv += ["--quantization", quant]
-    if group.kv_dtype == "fp8":
-        argv += ["--kv-cache-dtype", flags.kv_fp8]
-    if not group.custom_allreduce:
-        argv.append("--disable-custom-all-reduce")
-    if not group.cuda_graphs:
-        argv.append(flags.eager)
-    part = _partition(group)
-    if part is not None:
-        env[flags.partition_env] = part
-    return part is not None
+    spec: EngineSpec
+    family: str
+    flags: dict[str, str]
+    model_arg: str
+    quant: str | None
+    max_model_len: int | None
+    trust_remote_code: bool
+    host: str | None
 
 
-
-# ---------------------------------------------------------------------------------- vLLM
-def vllm_argv(model_id: str, group: ReplicaGroup, *, port: int = 8000, host: str | None = None,
-              model_max_len: int | None = None, checkpoint_dtype: str = "bf16",
-              trust_remote_code: bool = False, nnodes: int = 1) -> Launch:
-    """``vllm serve`` for one replica of ``group``.
-
-    ``model_max_len`` (the model's maximum context) lets the token budget of a non-chunked replica
-    be resolved as the plan did; ``nnodes`` > 1 selects the Ray executor.
-    """
-    argv = ["vllm", "serve", model_id]
+def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int, dp: int = 1, nnodes: int = 1,
+                 node_rank: int = 0, dist_init_addr: str | None = None) -> Launch:
+    """The engine's server command for one replica shape (``cfg`` already resolved)."""
+    f, fam = ctx.flags, ctx.family
     notes: list[str] = []
     env: dict[str, str] = {}
-    if trust_remote_code:
-        argv.append("--trust-remote-code")
-    if host is not None:
-        argv += ["--host", host]
-    argv += ["--port", str(port), "--tensor-parallel-size", str(group.tp),
-             "--pipeline-parallel-size", str(group.pp)]
-    if group.ep > 1:
-        argv.append("--enable-expert-parallel")
-        notes.append("--enable-expert-parallel needs vLLM >= 0.8")
-        if group.ep != group.tp:
-            notes.append(f"vLLM spreads experts over all {group.tp} TP ranks (EP = TP); the plan's "
-                         f"ep={group.ep} with experts sharded over {group.tp // group.ep} GPUs "
-                         f"has no vLLM flag (SGLang: --ep-size)")
+    if fam == "vllm":
+        argv = ["vllm", "serve", ctx.model_arg]
+    else:
+        argv = ["python", "-m", "sglang.launch_server", f["model"], ctx.model_arg]
+    if ctx.trust_remote_code:
+        argv.append(f["trust_remote_code"])
+    if ctx.host is not None:
+        argv += [f["host"], ctx.host]
+    argv += [f["port"], str(port), f["tensor_parallel"], str(cfg.tp)]
+    if cfg.pp > 1 or fam == "vllm":
+        argv += [f["pipeline_parallel"], str(cfg.pp)]
+    if dp > 1:
+        argv += [f["data_parallel"], str(dp)]
+    if cfg.ep > 1:
+        if "expert_parallel" not in f:
+            notes.append(f"this {ctx.spec.label} release has no expert-parallel flag: experts are "
+                         f"sharded over all {cfg.tp} TP ranks instead of ep={cfg.ep} groups")
+        elif fam == "vllm":
+            argv.append(f["expert_parallel"])
+            if cfg.ep != cfg.tp:
+                notes.append(f"vLLM spreads experts over all {cfg.tp} TP ranks (EP = TP); the "
+                             f"plan's ep={cfg.ep} (experts sharded over {cfg.tp // cfg.ep} GPUs) "
+                             f"has no vLLM flag (SGLang: --ep-size)")
+        else:
+            argv += [f["expert_parallel"], str(cfg.ep)]
     if nnodes > 1:
-        argv += ["--distributed-executor-backend", "ray"]
-    argv += ["--max-num-seqs", str(group.max_num_seqs)]
-    tokens = _batched_tokens(group, model_max_len)
-    if tokens is not None:
-        argv += ["--max-num-batched-tokens", str(tokens)]
-        if tokens < group.max_num_seqs:
+        if fam == "vllm":
+            argv += [f["executor"], "ray"]
+        else:
+            argv += [f["nnodes"], str(nnodes), f["node_rank"], str(node_rank),
+                     f["dist_init_addr"], str(dist_init_addr)]
+    argv += [f["max_num_seqs"], str(cfg.max_num_seqs)]
+    tokens = cfg.max_num_batched_tokens
+    if fam == "vllm":
+        argv += [f["max_num_batched_tokens"], str(tokens)]
+        if "chunked_prefill_on" in f:  # V0: a switch; V1 always chunks
+            argv.append(f["chunked_prefill_on"] if cfg.chunked_prefill else f["chunked_prefill_off"])
+        elif not cfg.chunked_prefill:
+            notes.append(f"{ctx.spec.label} always chunks prefills; the unchunked plan runs "
+                         f"chunked with the same token budget")
+        if tokens is not None and tokens < cfg.max_num_seqs:
             notes.append(f"vLLM rejects max_num_batched_tokens ({tokens}) < max_num_seqs "
-                         f"({group.max_num_seqs})")
-    argv.append("--enable-chunked-prefill" if group.chunked_prefill
-                else "--enable-chunked-prefill=False")
-    argv += ["--gpu-memory-utilization", _num(group.gpu_memory_utilization)]
-    if group.max_model_len is not None:
-        argv += ["--max-model-len", str(group.max_model_len)]
-    _add_dtype_and_runtime_flags(argv, env, notes, group, checkpoint_dtype, _VLLM_FLAGS)
+                         f"({cfg.max_num_seqs})")
+    elif cfg.chunked_prefill:
+        argv += [f["max_num_batched_tokens"], str(tokens)]
+    else:
+        argv += [f["max_num_batched_tokens"], "-1", f["max_prefill_tokens"], str(tokens)]
+    argv += [f["gpu_memory_utilization"], _num(cfg.gpu_memory_utilization)]
+    if fam == "sglang":
+        notes.append("--mem-fraction-static is SGLang's share of memory for weights + KV cache; "
+                     "lower it if activations run out of memory")
+    if ctx.max_model_len is not None:
+        argv += [f["max_model_len"], str(ctx.max_model_len)]
+    if ctx.quant is not None:
+        argv += [f["quantization"], ctx.quant]
+    if cfg.kv_dtype == "fp8":
+        argv += [f["kv_cache_dtype"], _KV_FP8[fam]]
+    if not cfg.custom_allreduce:
+        argv.append(f["custom_allreduce_off"])
+    if not cfg.cuda_graphs:
+        argv.append(f["eager"])
+    part = _partition(cfg)
+    if part is not None:
+        env[_PARTITION_ENV[fam]] = part
+        if fam == "sglang":
+            notes.append("uneven pipeline split via SGLANG_PP_LAYER_PARTITION (recent SGLang)")
     return Launch(argv=argv, env=env, notes=notes)
 
 
-# ---------------------------------------------------------------------------------- SGLang
-def sglang_argv(model_id: str, group: ReplicaGroup, *, port: int = 8000, host: str | None = None,
+# ---------------------------------------------------------------------------------- argv API
+def _argv_ctx(family: Family, model_id: str, model_max_len: int | None, checkpoint_dtype: str,
+              weight: str, trust_remote_code: bool, host: str | None,
+              engine: str | EngineSpec | None) -> tuple[_Ctx, list[str]]:
+    spec = _profile(engine or family)
+    model_arg, quant, qnotes = checkpoint_for(weight, checkpoint_dtype, model_id, None, None)
+    return _Ctx(spec=spec, family=family, flags=_flags(spec), model_arg=model_arg, quant=quant,
+                max_model_len=model_max_len, trust_remote_code=trust_remote_code,
+                host=host), qnotes
+
+
+def _resolve(group: ReplicaConfig, spec: EngineSpec, model_max: int | None,
+              device: DeviceSpec | None = None) -> ReplicaConfig:
+    return group.resolved(spec, model_max or group.max_model_len or 2048, device)
+
+
+def vllm_argv(model_id: str, group: ReplicaConfig, *, port: int = 8000, host: str | None = None,
+              model_max_len: int | None = None, checkpoint_dtype: str = "bf16",
+              trust_remote_code: bool = False, nnodes: int = 1,
+              engine: str | EngineSpec | None = None) -> Launch:
+    """``vllm serve`` for one replica of ``group`` (``engine``: the profile, default 'vllm')."""
+    ctx, qnotes = _argv_ctx("vllm", model_id, group.max_model_len, checkpoint_dtype,
+                            group.weight_dtype, trust_remote_code, host, engine)
+    cfg = _resolve(group, ctx.spec, model_max_len)
+    out = _server_argv(ctx, cfg, port=port, nnodes=nnodes)
+    return out.model_copy(update={"notes": qnotes + out.notes})
+
+
+def sglang_argv(model_id: str, group: ReplicaConfig, *, port: int = 8000, host: str | None = None,
                 model_max_len: int | None = None, checkpoint_dtype: str = "bf16",
                 trust_remote_code: bool = False, nnodes: int = 1, node_rank: int = 0,
-                dist_init_addr: str | None = None) -> Launch:
+                dist_init_addr: str | None = None,
+                engine: str | EngineSpec | None = None) -> Launch:
     """``python -m sglang.launch_server`` for one replica of ``group`` (one node of it when
     ``nnodes`` > 1: ``node_rank`` and ``dist_init_addr`` = head ``IP:PORT``)."""
-    argv = ["python", "-m", "sglang.launch_server", "--model-path", model_id]
-    notes: list[str] = []
-    env: dict[str, str] = {}
-    if trust_remote_code:
-        argv.append("--trust-remote-code")
-    if host is not None:
-        argv += ["--host", host]
-    argv += ["--port", str(port), "--tp", str(group.tp)]
-    if group.pp > 1:
-        argv += ["--pp-size", str(group.pp)]
-    if group.ep > 1:
-        argv += ["--ep-size", str(group.ep)]
-    if nnodes > 1:
-        if dist_init_addr is None:
-            raise InputError("required when nnodes > 1 (head IP:PORT)", field="dist_init_addr",
-                             value=dist_init_addr)
-        argv += ["--nnodes", str(nnodes), "--node-rank", str(node_rank),
-                 "--dist-init-addr", dist_init_addr]
-    argv += ["--max-running-requests", str(group.max_num_seqs)]
-    tokens = _batched_tokens(group, model_max_len)
-    if group.chunked_prefill:
-        argv += ["--chunked-prefill-size", str(tokens)]
-    else:
-        argv += ["--chunked-prefill-size", "-1"]
-        if tokens is not None:
-            argv += ["--max-prefill-tokens", str(tokens)]
-    argv += ["--mem-fraction-static", _num(group.gpu_memory_utilization)]
-    notes.append("--mem-fraction-static is SGLang's share of memory for weights + KV cache; "
-                 "lower it if activations run out of memory")
-    if group.max_model_len is not None:
-        argv += ["--context-length", str(group.max_model_len)]
-    if _add_dtype_and_runtime_flags(argv, env, notes, group, checkpoint_dtype, _SGLANG_FLAGS):
-        notes.append("uneven pipeline split via SGLANG_PP_LAYER_PARTITION (recent SGLang)")
-    return Launch(argv=argv, env=env, notes=notes)
+    if nnodes > 1 and dist_init_addr is None:
+        raise InputError("required when nnodes > 1 (head IP:PORT)", field="dist_init_addr",
+                         value=dist_init_addr)
+    ctx, qnotes = _argv_ctx("sglang", model_id, group.max_model_len, checkpoint_dtype,
+                            group.weight_dtype, trust_remote_code, host, engine)
+    cfg = _resolve(group, ctx.spec, model_max_len)
+    out = _server_argv(ctx, cfg, port=port, nnodes=nnodes, node_rank=node_rank,
+                       dist_init_addr=dist_init_addr)
+    return out.model_copy(update={"notes": qnotes + out.notes})
 
 
-# ---------------------------------------------------------------------------------- placement
-class NodeCommand(_Out):
-    """A command to run on one node of a pool (in list order)."""
+# ---------------------------------------------------------------------------------- plan output
+class Process(_Out):
+    """One process to start on one node (in list order)."""
 
-    node: int
-    launch: Launch
-    command: str
-
-
-class ReplicaLaunch(_Out):
-    """Where one replica runs and how to start it."""
-
-    replica: int
-    nodes: list[int]
-    cuda_visible_devices: str | None
-    port: int
-    commands: list[NodeCommand]
-
-
-class GroupLaunch(_Out):
-    group: int
-    label: str
+    node: int = Field(description="Node index inside its pool (from 0).")
+    node_addr: str = Field(description="Placeholder for the node's address, e.g. H100_NODE0_IP.")
     pool: str | None
-    replicas: list[ReplicaLaunch]
-    notes: list[str] = Field(default_factory=list)
+    group: int = Field(description="Plan group index.")
+    replicas: list[int] = Field(description="Replica indices (within the group) this process "
+                                            "serves or belongs to.")
+    role: Literal["gpu-settings", "server", "ray-head", "ray-worker", "server-rank"] = Field(
+        description="gpu-settings: admin command locking the SM clock / power cap the plan "
+                    "assumed (run before the engine); server: an HTTP endpoint; ray-head / "
+                    "ray-worker: the Ray cluster of a multi-node vLLM replica; server-rank: a "
+                    "non-head node of a multi-node SGLang replica.")
+    device_ids: list[int] = Field(description="GPU indices on the node this process drives.")
+    cuda_visible_devices: str | None
+    port: int | None = Field(description="HTTP port of a server (None for helper processes).")
+    env: dict[str, str]
+    argv: list[str]
+    command: str = Field(description="The rendered shell command (with continuations).")
+    label: str = Field(description="One-line description (the comment above the command).")
+
+
+class Endpoint(_Out):
+    """An HTTP endpoint requests go to."""
+
+    node_addr: str
+    port: int
+    group: int
+    replicas: int = Field(description="Data-parallel replicas behind this endpoint.")
 
 
 class LaunchPlan(_Out):
-    """Every command of a plan, per group and replica."""
+    """Every process of a plan, the endpoints to route to, and notes."""
 
-    engine: Engine
-    model: str
-    groups: list[GroupLaunch]
+    engine: str = Field(description="Engine profile the commands are for, e.g. 'vllm@0.6.0'.")
+    family: str
+    model: str = Field(description="Model argument of the server commands.")
+    max_model_len: int | None
+    processes: list[Process]
+    endpoints: list[Endpoint]
     notes: list[str] = Field(default_factory=list)
+    script: str = Field(description="All commands as one pasteable shell script.")
 
 
 class _Slot(BaseModel):
@@ -319,16 +463,14 @@ class _Slot(BaseModel):
 
     nodes: list[int]
     devices: list[int] | None  # None = whole nodes
-    port: int
 
 
 class _PoolCursor:
     """Packs replicas onto the nodes of one pool, first fit in order."""
 
-    def __init__(self, gpus_per_node: int, nodes: int | None, base_port: int):
-        self.gpn, self.max_nodes, self.base_port = gpus_per_node, nodes, base_port
+    def __init__(self, gpus_per_node: int):
+        self.gpn = gpus_per_node
         self.next_gpu = 0
-        self.ports: dict[int, int] = {}
 
     def place(self, gpus: int) -> _Slot:
         node, local = divmod(self.next_gpu, self.gpn)
@@ -336,18 +478,12 @@ class _PoolCursor:
             if local + gpus > self.gpn:
                 node, local = node + 1, 0
             self.next_gpu = node * self.gpn + local + gpus
-            return _Slot(nodes=[node], devices=list(range(local, local + gpus)),
-                         port=self._port(node))
+            return _Slot(nodes=[node], devices=list(range(local, local + gpus)))
         if local:
             node += 1
         count = math.ceil(gpus / self.gpn)
         self.next_gpu = (node + count) * self.gpn
-        return _Slot(nodes=list(range(node, node + count)), devices=None, port=self._port(node))
-
-    def _port(self, node: int) -> int:
-        n = self.ports.get(node, 0)
-        self.ports[node] = n + 1
-        return self.base_port + n
+        return _Slot(nodes=list(range(node, node + count)), devices=None)
 
     @property
     def nodes_used(self) -> int:
@@ -363,86 +499,252 @@ def _node_addr(pool: str | None, node: int) -> str:
     return f"{_addr_prefix(pool)}NODE{node}_IP"
 
 
+def _gpus_text(devices: list[int]) -> str:
+    if devices and devices == list(range(devices[0], devices[-1] + 1)) and len(devices) > 1:
+        return f"GPUs {devices[0]}-{devices[-1]}"
+    return "GPU" + ("s " if len(devices) != 1 else " ") + ",".join(map(str, devices))
+
+
+def _check_layers(group: ReplicaGroup, model: ModelSpec, index: int) -> None:
+    if group.layers_per_stage is not None and sum(group.layers_per_stage) != model.num_layers:
+        raise InputError(f"layers per stage must sum to the model's {model.num_layers} layers",
+                         source="plan", field=f"groups[{index}].layers_per_stage",
+                         value=list(group.layers_per_stage))
+
+
+def serving_max_model_len(model: ModelSpec, plan: Plan, cluster: ClusterSpec | None,
+                          spec: EngineSpec, requested: int | None = None) -> tuple[int, list[str]]:
+    """``--max-model-len`` for the commands, and a note when it is below the model's own.
+
+    ``requested`` (the user's ``--max-model-len``) wins. Otherwise the model's maximum when every
+    group's KV cache holds one request of that length (vLLM refuses to start otherwise), else the
+    largest length that fits; an unchunked group is also capped at its token budget (the engine
+    refuses max_num_batched_tokens < max_model_len without chunked prefill)."""
+    model_max = model.max_position_embeddings
+    if requested is not None:
+        if requested > model_max:
+            raise InputError(f"exceeds the model's maximum context ({model_max})",
+                             field="--max-model-len", value=requested)
+        return requested, []
+    from ..memory import replica_memory
+
+    best, why = model_max, ""
+    for i, g in enumerate(plan.groups):
+        device = None
+        if cluster is not None:
+            try:
+                device = cluster.pool(g.pool).device
+            except KeyError:
+                device = None
+        length = model_max
+        for _ in range(4):  # unchunked budgets grow with the length: settle on a fixed point
+            cfg = g.replica().model_copy(update={"max_model_len": length})
+            if device is None:
+                cap = length
+            else:
+                mem = replica_memory(model, device, cfg, spec)
+                cap = mem.kv_tokens if mem.fits or mem.kv_tokens > 0 else length
+            r = cfg.resolved(spec, model_max, device)
+            if not r.chunked_prefill and g.max_num_batched_tokens is not None:
+                cap = min(cap, r.max_num_batched_tokens)
+            if cap >= length:
+                break
+            length = max(16, cap)
+        if length < best:
+            best = length
+            why = (f"the KV cache of {g.label()} holds {length:,} tokens" if device is not None
+                   else f"the unchunked token budget of {g.label()} is {length:,}")
+    notes = [] if best >= model_max else [
+        f"--max-model-len {best}: {why}, below the model's own {model_max:,}; longer requests "
+        f"are rejected (solve --max-model-len N plans for N)"]
+    return best, notes
+
+
+def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
+                engine: str | EngineSpec = "vllm", cluster: ClusterSpec | None = None,
+                gpus_per_node: int | None = None, base_port: int = 8000,
+                host: str | None = None, hf_id: str | None = None,
+                max_model_len: int | None = None) -> LaunchPlan:
+    """Every process that starts ``plan`` with ``engine`` (an engine profile name such as 'vllm',
+    'vllm-0.6', 'sglang@0.5.9', or a spec): replicas packed onto nodes in order (per pool),
+    disjoint ``CUDA_VISIBLE_DEVICES``, ports ``base_port, base_port+1, ...`` per node.
+
+    ``hf_id`` replaces the model argument (the Python API's ``model_ref`` may be a local
+    config.json); ``max_model_len`` is the context the user needs (default: see
+    :func:`serving_max_model_len`). GPUs per node come from ``cluster`` (per pool), else
+    ``gpus_per_node`` (default 8). Raises :class:`InputError` when a group's pool is unknown, its
+    stage split does not cover the model, or the plan needs more nodes than a pool has."""
+    spec = _profile(engine)
+    fam = family_of(spec)
+    model_id = hf_model_id(model_ref, model, hf_id)
+    entry = _entry(model_ref, model) if not hf_id else None
+    trust = needs_trust_remote_code(model_ref, model) if not hf_id else False
+    length, notes = serving_max_model_len(model, plan, cluster, spec, max_model_len)
+    notes = _local_folder_notes(model_id, model_ref, hf_id) + notes
+    flags = _flags(spec)
+    processes: list[Process] = []
+    endpoints: list[Endpoint] = []
+    cursors: dict[str | None, _PoolCursor] = {}
+    ports: dict[tuple[str | None, int], int] = {}
+
+    def next_port(pool: str | None, node: int) -> int:
+        n = ports.get((pool, node), 0)
+        ports[(pool, node)] = n + 1
+        return base_port + n
+
+    for gi, g in enumerate(plan.groups):
+        _check_layers(g, model, gi)
+        pool_name, gpn, max_nodes, device = _pool_shape(g.pool, cluster, gpus_per_node, gi)
+        cfg = g.replica().resolved(spec, model.max_position_embeddings, device)
+        model_arg, quant, qnotes = checkpoint_for(g.weight_dtype, model.checkpoint_dtype, model_id,
+                                                  entry, hf_id)
+        notes += [n for n in qnotes if n not in notes]
+        ctx = _Ctx(spec=spec, family=fam, flags=flags, model_arg=model_arg, quant=quant,
+                   max_model_len=length, trust_remote_code=trust, host=host)
+        cur = cursors.setdefault(pool_name, _PoolCursor(gpn))
+        slots = [cur.place(g.gpus) for _ in range(g.replicas)]
+        if max_nodes is not None and cur.nodes_used > max_nodes:
+            raise InputError(f"the plan needs {cur.nodes_used} nodes of pool {pool_name!r}, which "
+                             f"has {max_nodes}", source="plan", field=f"groups[{gi}].replicas",
+                             value=g.replicas)
+        glabel = f"group {gi} {g.replicas}x{g.label()}"
+        engine_dp = "data_parallel" in flags
+        # replicas inside one node: one server per replica, or one per node with the engine's DP
+        by_node: dict[int, list[tuple[int, _Slot]]] = {}
+        for r, slot in enumerate(slots):
+            if slot.devices is not None:
+                by_node.setdefault(slot.nodes[0], []).append((r, slot))
+        for node, items in by_node.items():
+            batches = [items] if engine_dp else [[it] for it in items]
+            for batch in batches:
+                reps = [r for r, _ in batch]
+                devices = [d for _, s in batch for d in (s.devices or [])]
+                port = next_port(pool_name, node)
+                launch = _server_argv(ctx, cfg, port=port, dp=len(batch))
+                env = dict(launch.env)
+                cvd = ",".join(map(str, devices)) if len(devices) < gpn else None
+                if cvd is not None:
+                    env["CUDA_VISIBLE_DEVICES"] = cvd
+                launch = launch.model_copy(update={"env": env})
+                notes += [n for n in launch.notes if n not in notes]
+                addr = _node_addr(pool_name, node)
+                processes += _gpu_settings(g, device, node, addr, pool_name, gi, reps, devices,
+                                           glabel)
+                what = (f"replicas {reps[0]}-{reps[-1]} (--{'data-parallel-size' if fam == 'vllm' else 'dp-size'} {len(reps)})"
+                        if len(reps) > 1 else f"replica {reps[0]}")
+                label = (f"node {node} of pool {pool_name or '-'} ({addr}) | {glabel} | {what} | "
+                         f"{_gpus_text(devices)} | port {port}")
+                processes.append(Process(node=node, node_addr=addr, pool=pool_name, group=gi,
+                                         replicas=reps, role="server", device_ids=devices,
+                                         cuda_visible_devices=cvd, port=port, env=env,
+                                         argv=launch.argv, command=render(launch), label=label))
+                endpoints.append(Endpoint(node_addr=addr, port=port, group=gi, replicas=len(reps)))
+        for r, slot in enumerate(slots):
+            if slot.devices is None:
+                procs = _multi_node(ctx, cfg, slot, pool_name, gpn, gi, r, glabel, next_port)
+                for n in slot.nodes:
+                    processes += _gpu_settings(g, device, n, _node_addr(pool_name, n), pool_name,
+                                               gi, [r], list(range(gpn)), glabel)
+                processes += procs
+                head = procs[-1] if fam == "vllm" else procs[0]
+                endpoints.append(Endpoint(node_addr=head.node_addr, port=head.port or base_port,
+                                          group=gi, replicas=1))
+        notes += [n for n in _group_notes(g, gpn, fam, pool_name) if n not in notes]
+    notes += _routing_notes(plan, endpoints, fam)
+    return LaunchPlan(engine=getattr(spec, "label", spec.name), family=fam,
+                      model=model_id, max_model_len=length, processes=processes,
+                      endpoints=endpoints, notes=notes, script=_script(processes, notes))
+
+
+def _gpu_settings(group: ReplicaGroup, device: DeviceSpec | None, node: int, addr: str,
+                  pool: str | None, gi: int, replicas: list[int], devices: list[int],
+                  glabel: str) -> list[Process]:
+    """The clock / power-cap admin commands of a group (helper "energy"'s gpu_settings)."""
+    clk, cap = getattr(group, "sm_clock_mhz", None), getattr(group, "power_cap_w", None)
+    if clk is None and cap is None:
+        return []
+    if device is None:
+        raise InputError("a plan with sm_clock_mhz / power_cap_w needs the cluster (its device) "
+                         "to print the GPU settings", field="cluster", value=None)
+    from .gpu_settings import group_gpu_setting_commands
+
+    out = []
+    for cmd in group_gpu_setting_commands(device, group, devices, with_reset=False):
+        argv = shlex.split(cmd)
+        what = ", ".join(x for x in (f"SM clock {clk} MHz" if clk is not None else "",
+                                     f"power cap {cap:g} W" if cap is not None else "") if x)
+        label = (f"node {node} of pool {pool or '-'} ({addr}) | {glabel} | "
+                 f"replica{'s' if len(replicas) > 1 else ''} {','.join(map(str, replicas))} | "
+                 f"{_gpus_text(devices)} | GPU setting the plan assumed ({what}; needs root)")
+        out.append(Process(node=node, node_addr=addr, pool=pool, group=gi, replicas=replicas,
+                           role="gpu-settings", device_ids=devices, cuda_visible_devices=None,
+                           port=None, env={}, argv=argv, command=cmd, label=label))
+    return out
+
+
 def _pool_shape(plan_pool: str | None, cluster: ClusterSpec | None, gpus_per_node: int | None,
-                index: int) -> tuple[str | None, int, int | None]:
-    """(pool name, GPUs per node, node count or None) for a group."""
+                index: int) -> tuple[str | None, int, int | None, DeviceSpec | None]:
+    """(pool name, GPUs per node, node count or None, device or None) for a group."""
     if cluster is None:
-        return plan_pool, gpus_per_node or DEFAULT_GPUS_PER_NODE, None
+        return plan_pool, gpus_per_node or DEFAULT_GPUS_PER_NODE, None, None
     try:
         p = cluster.pool(plan_pool)
     except KeyError:
         raise InputError(f"pool not in cluster {cluster.name!r} (pools: "
                          f"{', '.join(x.name for x in cluster.pools)})", source="plan",
                          field=f"groups[{index}].pool", value=plan_pool) from None
-    return p.name, gpus_per_node or p.gpus_per_node, p.nodes
+    return p.name, gpus_per_node or p.gpus_per_node, p.nodes, p.device
 
 
-class _Ctx(BaseModel):
-    """What every replica command of a plan shares."""
-
-    engine: Engine
-    model_id: str
-    model_max_len: int
-    checkpoint_dtype: str
-    trust_remote_code: bool
-    host: str | None
-
-
-def _serve(ctx: _Ctx, group: ReplicaGroup, port: int, nnodes: int = 1, node_rank: int = 0,
-           dist_init_addr: str | None = None) -> Launch:
-    common = dict(port=port, host=ctx.host, model_max_len=ctx.model_max_len,
-                  checkpoint_dtype=ctx.checkpoint_dtype, trust_remote_code=ctx.trust_remote_code,
-                  nnodes=nnodes)
-    if ctx.engine == "vllm":
-        return vllm_argv(ctx.model_id, group, **common)
-    return sglang_argv(ctx.model_id, group, node_rank=node_rank, dist_init_addr=dist_init_addr,
-                       **common)
-
-
-def _with_env(launch: Launch, extra: dict[str, str]) -> Launch:
-    return launch.model_copy(update={"env": {**launch.env, **extra}})
-
-
-def _cmd(node: int, launch: Launch) -> NodeCommand:
-    return NodeCommand(node=node, launch=launch, command=render(launch))
-
-
-def _single_node(ctx: _Ctx, group: ReplicaGroup, slot: _Slot, gpn: int) -> list[NodeCommand]:
-    """A replica inside one node; it sees only its GPUs unless it uses the whole node."""
-    launch = _serve(ctx, group, slot.port)
-    assert slot.devices is not None
-    if len(slot.devices) < gpn:
-        launch = _with_env(launch, {"CUDA_VISIBLE_DEVICES": ",".join(map(str, slot.devices))})
-    return [_cmd(slot.nodes[0], launch)]
-
-
-def _multi_node(ctx: _Ctx, group: ReplicaGroup, slot: _Slot, pool: str | None) -> list[NodeCommand]:
+def _multi_node(ctx: _Ctx, cfg: ReplicaConfig, slot: _Slot, pool: str | None, gpn: int, gi: int,
+                replica: int, glabel: str, next_port) -> list[Process]:
+    """The processes of one replica spanning whole nodes."""
     head = slot.nodes[0]
     head_addr = _node_addr(pool, head)
-    part_env = dict(_serve(ctx, group, slot.port).env)  # Ray workers inherit the raylet's env
-    if ctx.engine == "vllm":
-        cmds = [_cmd(head, Launch(argv=["ray", "start", "--head", f"--port={RAY_PORT}"],
-                                  env=part_env))]
-        cmds += [_cmd(n, Launch(argv=["ray", "start", f"--address={head_addr}:{RAY_PORT}"],
-                                env=part_env)) for n in slot.nodes[1:]]
-        cmds.append(_cmd(head, _serve(ctx, group, slot.port, nnodes=len(slot.nodes))))
-        return cmds
-    addr = f"{head_addr}:{SGLANG_DIST_PORT}"
-    return [_cmd(n, _serve(ctx, group, slot.port, nnodes=len(slot.nodes), node_rank=r,
-                           dist_init_addr=addr)) for r, n in enumerate(slot.nodes)]
+    nn = len(slot.nodes)
+    port = next_port(pool, head)
+    devices = list(range(gpn))
+    out: list[Process] = []
+
+    def add(node: int, launch: Launch, role: str, port_: int | None, what: str) -> None:
+        addr = _node_addr(pool, node)
+        label = (f"node {node} of pool {pool or '-'} ({addr}) | {glabel} | replica {replica} "
+                 f"({what}) | {_gpus_text(devices)}" + (f" | port {port_}" if port_ else ""))
+        out.append(Process(node=node, node_addr=addr, pool=pool, group=gi, replicas=[replica],
+                           role=role, device_ids=devices, cuda_visible_devices=None, port=port_,
+                           env=launch.env, argv=launch.argv, command=render(launch), label=label))
+
+    server = _server_argv(ctx, cfg, port=port, nnodes=nn, node_rank=0,
+                          dist_init_addr=f"{head_addr}:{SGLANG_DIST_PORT}")
+    if ctx.family == "vllm":
+        part_env = dict(server.env)  # Ray workers inherit the raylet's environment
+        add(head, Launch(argv=["ray", "start", "--head", f"--port={RAY_PORT}"], env=part_env),
+            "ray-head", None, f"Ray head, 1 of {nn} nodes")
+        for k, n in enumerate(slot.nodes[1:], start=2):
+            add(n, Launch(argv=["ray", "start", f"--address={head_addr}:{RAY_PORT}"],
+                          env=part_env), "ray-worker", None, f"Ray worker, {k} of {nn} nodes")
+        add(head, server, "server", port, f"server on the Ray head, after every 'ray start'")
+        return out
+    for rank, n in enumerate(slot.nodes):
+        launch = server if rank == 0 else _server_argv(
+            ctx, cfg, port=port, nnodes=nn, node_rank=rank,
+            dist_init_addr=f"{head_addr}:{SGLANG_DIST_PORT}")
+        add(n, launch, "server" if rank == 0 else "server-rank",
+            port if rank == 0 else None, f"node-rank {rank} of {nn}")
+    return out
 
 
-def _group_notes(group: ReplicaGroup, gpn: int, engine: Engine, pool: str | None) -> list[str]:
+def _group_notes(group: ReplicaGroup, gpn: int, family: str, pool: str | None) -> list[str]:
     notes: list[str] = []
     if group.gpus <= gpn:
         return notes
     nodes = math.ceil(group.gpus / gpn)
-    if engine == "vllm":
-        notes.append(f"each replica spans {nodes} nodes: start Ray on them first (the 'ray start' "
-                     f"commands, head first), then run 'vllm serve' on the head node")
+    if family == "vllm":
+        notes.append(f"each replica of {group.label()} spans {nodes} nodes: run the 'ray start' "
+                     f"commands first (head first), then 'vllm serve' on the head node")
     else:
-        notes.append(f"each replica spans {nodes} nodes: run the command on every node "
-                     f"(--nnodes {nodes}, one --node-rank each)")
+        notes.append(f"each replica of {group.label()} spans {nodes} nodes: run its command on "
+                     f"every node (one --node-rank each)")
     notes.append(f"replace {_addr_prefix(pool)}NODE<n>_IP with the address of node <n> of the pool "
                  f"(nodes numbered from 0)")
     if group.tp > gpn:
@@ -454,57 +756,49 @@ def _group_notes(group: ReplicaGroup, gpn: int, engine: Engine, pool: str | None
     return notes
 
 
-def _check_layers(group: ReplicaGroup, model: ModelSpec, index: int) -> None:
-    if group.layers_per_stage is not None and sum(group.layers_per_stage) != model.num_layers:
-        raise InputError(f"layers per stage must sum to the model's {model.num_layers} layers",
-                         source="plan", field=f"groups[{index}].layers_per_stage",
-                         value=list(group.layers_per_stage))
+def _routing_notes(plan: Plan, endpoints: list[Endpoint], family: str) -> list[str]:
+    replicas = sum(g.replicas for g in plan.groups)
+    if replicas == 1:
+        return []
+    inside = [e for e in endpoints if e.replicas > 1]
+    out = []
+    if inside:
+        flag = "--data-parallel-size" if family == "vllm" else "--dp-size"
+        out.append(f"{flag}: one server balances requests over its data-parallel replicas itself")
+    if len(endpoints) > 1:
+        eps = ", ".join(f"{e.node_addr}:{e.port}" for e in endpoints)
+        out.append(f"{len(endpoints)} endpoints ({eps}): put a load balancer in front of them "
+                   f"(the plan assumed routing '{plan.router}': least outstanding requests, e.g. "
+                   f"nginx least_conn)" if plan.router == "least_outstanding" else
+                   f"{len(endpoints)} endpoints ({eps}): put a round-robin load balancer in front "
+                   f"of them (the plan assumed routing 'round_robin')")
+    return out
 
 
-def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *, engine: Engine = "vllm",
-                cluster: ClusterSpec | None = None, gpus_per_node: int | None = None,
-                base_port: int = 8000, host: str | None = None) -> LaunchPlan:
-    """Commands for every replica of ``plan``: replicas packed onto nodes in order (per pool),
-    disjoint ``CUDA_VISIBLE_DEVICES`` and ports ``base_port, base_port+1, ...`` per node.
-
-    GPUs per node come from ``cluster`` (per pool), else ``gpus_per_node`` (default 8). Raises
-    :class:`InputError` when a group's pool is unknown, its stage split does not cover the model, or
-    the plan needs more nodes than a pool has.
-    """
-    if engine not in ("vllm", "sglang"):
-        raise InputError("unknown engine; use 'vllm' or 'sglang'", field="engine", value=engine)
-    ctx = _Ctx(engine=engine, model_id=hf_model_id(model_ref, model),
-               model_max_len=model.max_position_embeddings, checkpoint_dtype=model.checkpoint_dtype,
-               trust_remote_code=needs_trust_remote_code(model_ref, model), host=host)
-    cursors: dict[str | None, _PoolCursor] = {}
-    groups: list[GroupLaunch] = []
-    for i, g in enumerate(plan.groups):
-        _check_layers(g, model, i)
-        pool, gpn, max_nodes = _pool_shape(g.pool, cluster, gpus_per_node, i)
-        cur = cursors.setdefault(pool, _PoolCursor(gpn, max_nodes, base_port))
-        replicas = [_replica(ctx, g, r, cur.place(g.gpus), gpn, pool) for r in range(g.replicas)]
-        if max_nodes is not None and cur.nodes_used > max_nodes:
-            raise InputError(f"the plan needs {cur.nodes_used} nodes of pool {pool!r}, which has "
-                             f"{max_nodes}", source="plan", field=f"groups[{i}].replicas",
-                             value=g.replicas)
-        groups.append(GroupLaunch(group=i, label=f"{g.replicas}x{g.label()}", pool=pool,
-                                  replicas=replicas, notes=_group_notes(g, gpn, engine, pool)))
-    n = sum(g.replicas for g in plan.groups)
-    notes = [] if n == 1 else [f"{n} replicas: put a load balancer in front of their endpoints "
-                               f"(the plan assumed routing '{plan.router}')"]
-    return LaunchPlan(engine=engine, model=ctx.model_id, groups=groups, notes=notes)
+def _script(processes: list[Process], notes: list[str]) -> str:
+    """Notes as comments, then each process under its label comment, a blank line between."""
+    head = "".join(f"# note: {n}\n" for n in notes)
+    body = "\n\n".join(f"# {p.label}\n{p.command}" for p in processes)
+    return head + ("\n" if head else "") + body
 
 
-def _replica(ctx: _Ctx, group: ReplicaGroup, index: int, slot: _Slot, gpn: int,
-             pool: str | None) -> ReplicaLaunch:
-    if slot.devices is None:
-        cmds = _multi_node(ctx, group, slot, pool)
-        devices = None
-    else:
-        cmds = _single_node(ctx, group, slot, gpn)
-        devices = cmds[0].launch.env.get("CUDA_VISIBLE_DEVICES")
-    return ReplicaLaunch(replica=index, nodes=slot.nodes, cuda_visible_devices=devices,
-                         port=slot.port, commands=cmds)
+def unknown_flags(lp: LaunchPlan, spec: EngineSpec | str | None = None) -> list[str]:
+    """Flags of the engine commands of ``lp`` that the profile's ``flag_vocabulary`` lacks
+    (``--flag=value`` counts as ``--flag``; Ray's own commands are not checked). Empty when the
+    profile has no vocabulary."""
+    spec = _profile(spec or lp.engine)
+    vocab = vocabulary(spec)
+    if not vocab:
+        return []
+    bad: list[str] = []
+    for p in lp.processes:
+        if p.role in ("ray-head", "ray-worker", "gpu-settings"):
+            continue
+        for tok in p.argv:
+            name = tok.split("=", 1)[0]
+            if tok.startswith("--") and name not in vocab and name not in bad:
+                bad.append(name)
+    return bad
 
 
 def launch_commands(model_ref: str, model: ModelSpec, plan: Plan, **kwargs) -> dict:

@@ -22,11 +22,14 @@ def console() -> Console:
                    highlight=False, soft_wrap=False)
 
 
-def table(title: str | None, columns: list[str], rows: list[list], *, right_from: int = 1) -> Table:
+def table(title: str | None, columns: list[str], rows: list[list], *, right_from: int = 1,
+          no_wrap: tuple[int, ...] = ()) -> Table:
+    """A left-titled table; columns from ``right_from`` are right-aligned numbers, the columns in
+    ``no_wrap`` (e.g. plan labels) are never folded."""
     t = Table(title=title, title_justify="left", header_style="bold", show_lines=False)
     for i, c in enumerate(columns):
         right = i >= right_from
-        t.add_column(c, justify="right" if right else "left", no_wrap=right,
+        t.add_column(c, justify="right" if right else "left", no_wrap=right or i in no_wrap,
                      overflow="ellipsis" if right else "fold")
     for r in rows:
         t.add_row(*[str(x) for x in r])

@@ -174,7 +174,8 @@ def enumerate_candidates(model: ModelSpec, cluster: ClusterSpec, stats: Workload
     ``violates`` sets, for the infeasibility explanation. Shapes whose linear weights alone exceed
     the pool's device memory skip the detailed memory check (they cannot fit)."""
     engine = engine or load_engine()
-    max_len = workload_max_model_len(model, stats)
+    # the user's required context (solve --max-model-len / SLO constraint) wins over the workload's
+    max_len = getattr(slo.constraints, "max_model_len", None) or workload_max_model_len(model, stats)
     c = slo.constraints
     wds = ALL_WEIGHT_DTYPES if everything else tuple(c.weight_dtypes or DEFAULT_WEIGHT_DTYPES)
     kvs = ALL_KV_DTYPES if everything else tuple(c.kv_dtypes or DEFAULT_KV_DTYPES)

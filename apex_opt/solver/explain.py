@@ -175,4 +175,5 @@ def explain_simulated(slo: SLOSpec, ranked: list, objective: str) -> InfeasibleE
         text += "; nearest fixes: " + "; ".join(f["change"] for f in fixes)
     text += "; or add GPUs"
     return InfeasibleError(text, {"conflicting_groups": failed, "fixes": fixes,
-                                  "closest_plan": best.label, "stage": "simulation"})
+                                  "closest_plan": best.label, "stage": "simulation",
+                                  "closest_plans": list(ranked[:3])})  # for solve --json

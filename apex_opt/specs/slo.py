@@ -80,6 +80,12 @@ class Constraints(StrictModel):
     power_budget_w: PosFloat | None = Field(None, description="Average power budget in watts.")
     max_tp: int | None = Field(None, ge=1, le=1024, description="Largest tensor-parallel degree.")
     max_pp: int | None = Field(None, ge=1, le=1024, description="Largest pipeline-parallel degree.")
+    max_model_len: int | None = Field(
+        None, ge=16, le=10_000_000,
+        description="Longest request (prompt + output tokens) the deployment must accept: every "
+                    "replica's KV cache must hold one, and launch commands use it as "
+                    "--max-model-len (default: the workload's longest request for the search, the "
+                    "model's maximum where it fits for the commands).")
 
     @field_validator("weight_dtypes", "kv_dtypes", "pools")
     @classmethod
