@@ -180,6 +180,55 @@ def test_azure_csv_missing_column(tmp_path):
         load_trace(p)
 
 
+def test_azure_csv_headers_any_case(tmp_path):
+    p = _write(tmp_path, "lc.csv", "timestamp,contexttokens,GENERATEDTOKENS,extra\n"
+                                     "1.5,10,4,x\n2.0,20,5,y\n")
+    r = load_trace(p)
+    np.testing.assert_allclose(r.arrival_s, [0.0, 0.5])
+    assert r.prompt_tokens.tolist() == [10, 20] and r.output_tokens.tolist() == [4, 5]
+    with pytest.raises(InputError, match=r"lacks column.*GeneratedTokens.*any letter case"):
+        load_trace(_write(tmp_path, "m.csv", "timestamp,contexttokens\n1,2\n"))
+
+
+def test_unsorted_csv_sort_flag(tmp_path):
+    text = ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:50,1,1\n"
+            "2023-11-16 18:15:46,2,2\n2023-11-16 18:15:50,3,3\n")
+    p = _write(tmp_path, "u.csv", text)
+    with pytest.raises(InputError) as ei:
+        load_trace(p)
+    msg = str(ei.value)
+    assert "line 3" in msg and "TIMESTAMP" in msg and "18:15:46" in msg and "--sort-trace" in msg
+    r = load_trace(p, sort=True)
+    np.testing.assert_allclose(r.arrival_s, [0.0, 4.0, 4.0])  # relative to the earliest request
+    assert r.prompt_tokens.tolist() == [2, 1, 3]  # stable for equal times
+
+
+def test_unsorted_jsonl_sort_flag_keeps_ids(tmp_path):
+    rows = [{**_GOOD, "StartTimeOffset": 20, "RequestID": "b"},
+            {**_GOOD, "StartTimeOffset": 10, "RequestID": "a"}]
+    p = _write(tmp_path, "u.jsonl", _jsonl(rows))
+    with pytest.raises(InputError, match="--sort-trace"):
+        load_trace(p)
+    r = load_trace(p, sort=True)
+    assert r.ids == ["a", "b"] and r.arrival_s.tolist() == [1e-8, 2e-8]
+
+
+def test_cli_sort_trace(tmp_path):
+    from click.testing import CliRunner
+
+    from apex_opt.cli import main
+
+    rows = [{**_GOOD, "StartTimeOffset": 2_000_000}, {**_GOOD, "StartTimeOffset": 1_000_000}]
+    p = _write(tmp_path, "u.jsonl", _jsonl(rows))
+    args = ["simulate", "--model", "llama-3.2-1b", "--tp", "1", "--max-model-len", "2048",
+            "--json", "--trace", str(p)]
+    bad = CliRunner().invoke(main, args)
+    assert bad.exit_code == 2 and "--sort-trace" in bad.output
+    ok = CliRunner().invoke(main, args + ["--sort-trace"])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["metrics"]["num_completed"] == 2
+
+
 # ------------------------------------------------------------------------------- real traces
 
 @pytest.fixture
@@ -368,6 +417,56 @@ def test_generate_100k_is_fast():
     r = generate(spec)
     assert len(r) == 100_000
     assert time.perf_counter() - t < 0.5  # typically a few ms
+
+
+def _prefix_spec(**prefix) -> WorkloadSpec:
+    return validate(WorkloadSpec, {"num_requests": 400, "arrival": {"rate": 5},
+                                   "prompt_len": {"dist": "uniform", "min": 200, "max": 900},
+                                   "output_len": 20, "prefix": prefix}, "w.yaml")
+
+
+def test_shared_prefix_groups():
+    spec = _prefix_spec(groups=10, shared_tokens=150)
+    r = generate(spec)
+    assert r.prefix_block_tokens == 16 and len(r.prefix_blocks) == 400
+    # 150 shared tokens -> 9 whole 16-token blocks (144 tokens) per request, ids of its group
+    assert {len(b) for b in r.prefix_blocks} == {9}
+    groups = {b for b in r.prefix_blocks}
+    assert len(groups) == 10
+    assert all(b == tuple(range(b[0], b[0] + 9)) and b[0] % 9 == 0 for b in groups)
+    # every request but the first of each group could reuse its 144 shared tokens
+    assert r.prefix_reuse_tokens() == (400 - 10) * 144
+    # the lengths and arrivals do not depend on the prefix (independent generator)
+    plain = generate(spec.model_copy(update={"prefix": None}))
+    np.testing.assert_array_equal(plain.prompt_tokens, r.prompt_tokens)
+    np.testing.assert_array_equal(plain.arrival_s, r.arrival_s)
+    assert plain.prefix_blocks is None
+    # deterministic
+    assert generate(spec).prefix_blocks == r.prefix_blocks
+
+
+def test_shared_prefix_exact_tokens_short_prompts_and_round_robin():
+    r = generate(_prefix_spec(groups=3, shared_tokens=150, block_tokens=1,
+                              assignment="round_robin"))
+    assert [b[0] // 150 for b in r.prefix_blocks[:6]] == [0, 1, 2, 0, 1, 2]
+    assert {len(b) for b in r.prefix_blocks} == {150}
+    # prompts shorter than the shared part share what they have
+    spec = validate(WorkloadSpec, {"num_requests": 4, "arrival": {"rate": 1}, "prompt_len": 40,
+                                   "output_len": 2, "prefix": {"groups": 1,
+                                                               "shared_tokens": 100}}, "w")
+    assert generate(spec).prefix_blocks == [(0, 1)] * 4  # 40 tokens -> 2 whole 16-token blocks
+
+
+@pytest.mark.parametrize("prefix, field", [({"groups": 0, "shared_tokens": 10}, "groups"),
+                                           ({"groups": 2}, "shared_tokens"),
+                                           ({"groups": 2, "shared_tokens": 10,
+                                             "block_tokens": 0}, "block_tokens"),
+                                           ({"groups": 2, "shared_tokens": 10,
+                                             "assignment": "hash"}, "assignment"),
+                                           ({"groups": 2, "shared_tokens": 10, "x": 1}, "x")])
+def test_prefix_spec_errors(prefix, field):
+    with pytest.raises(InputError, match=rf"prefix\.{field}"):
+        _prefix_spec(**prefix)
 
 
 def test_sample_arrivals_single_request():
