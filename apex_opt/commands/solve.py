@@ -17,16 +17,20 @@ DEFAULT_WORKLOAD = "default-workload.yaml"
 DEFAULT_SLO = "default-slo.yaml"
 
 
-def _load_requests(trace: str | None, workload: str | None):
+def _load_requests(trace: str | None, workload: str | None, sort_trace: bool = False,
+                   concurrency: int | None = None):
     from ..sim.workload import generate, load_trace
     from ..specs.workload import load_workload
 
     if trace and workload:
         raise InputError("give either --trace or --workload, not both", field="--trace", value=trace)
+    if sort_trace and not trace:
+        raise InputError("--sort-trace only applies to --trace", field="--sort-trace", value=True)
     if trace:
-        return load_trace(trace)
-    path = workload or str(data_dir("examples") / DEFAULT_WORKLOAD)
-    return generate(load_workload(path))
+        req = load_trace(trace, sort=sort_trace)
+    else:
+        req = generate(load_workload(workload or str(data_dir("examples") / DEFAULT_WORKLOAD)))
+    return req.with_concurrency(concurrency) if concurrency is not None else req
 
 
 def _load_slo(path: str | None):
@@ -67,7 +71,14 @@ def render_tables(res: SolveResult) -> None:
 @model_option
 @cluster_option
 @click.option("--trace", type=click.Path(dir_okay=False), default=None,
-              help="Replay this request trace (APEX JSONL or Azure CSV).")
+              help="Replay this request trace (APEX JSONL, Mooncake JSONL with hash_ids, or "
+                   "Azure CSV; detected from the content).")
+@click.option("--sort-trace", is_flag=True, default=False,
+              help="Sort the --trace by arrival time instead of rejecting one that goes back.")
+@click.option("--concurrency", type=click.IntRange(1, 1_000_000), default=None,
+              help="Serve the workload's requests as a closed loop of N clients (each sends its "
+                   "next request when its previous one finished) instead of at their arrival "
+                   "times.")
 @click.option("--workload", type=click.Path(dir_okay=False), default=None,
               help="Synthetic workload YAML (rate, number of requests, length distributions) "
                    "[default: the bundled chat example, 500 requests at 3 req/s].")
@@ -106,7 +117,7 @@ def render_tables(res: SolveResult) -> None:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the latency / throughput / energy Pareto plot of the simulated plans "
                    "(.png/.svg/.pdf; needs the 'plot' extra).")
-def command(model_ref, cluster_ref, trace, workload, slo_path, objective, top_k, exhaustive,
+def command(model_ref, cluster_ref, trace, sort_trace, concurrency, workload, slo_path, objective, top_k, exhaustive,
             workers, executor, time_limit, seed, engine_name, also_launch, max_model_len, hf_id,
             as_json, plot_path):
     """Find the best parallel plan (DP/PP/TP/EP, weight/KV dtypes, engine limits) for serving a
@@ -127,7 +138,7 @@ def command(model_ref, cluster_ref, trace, workload, slo_path, objective, top_k,
     conflicting constraints and verified fixes).
     """
     model, cluster = load_inputs(model_ref, cluster_ref)
-    requests = _load_requests(trace, workload)
+    requests = _load_requests(trace, workload, sort_trace, concurrency)
     slo = _load_slo(slo_path)
     if max_model_len is not None and max_model_len > model.max_position_embeddings:
         raise InputError(f"exceeds the maximum context of {model.name} "
@@ -169,12 +180,10 @@ def command(model_ref, cluster_ref, trace, workload, slo_path, objective, top_k,
                 sys.exit(exc.exit_code)
             render_infeasible(doc)
             raise
-    if plot_path:
-        from ..report.plot import pareto_plot
+    if plot_path:  # objective vs GPUs and J/token vs the SLO's latency percentile
+        from ..report.plot import solve_plot
 
-        points = [{"label": p.label, "slo_met": p.slo_met, **p.metrics.model_dump(mode="json")}
-                  for p in res.plans if p.metrics is not None]
-        pareto_plot(points, Path(plot_path), title=f"{res.model} on {res.cluster}")
+        solve_plot(res, Path(plot_path))
     if as_json:
         doc = res.model_dump(mode="json")
         if res.plans:  # structured launch data (per process) of the chosen plan, per engine
