@@ -104,7 +104,7 @@ def resolve_engine(engine: str, version: str):
 
 
 def _uses_mla(model) -> bool:
-    return bool(getattr(model, "kv_lora_rank", None) or getattr(model, "mla", None))
+    return getattr(model, "attention", None) == "mla" or bool(getattr(model, "kv_lora_rank", None))
 
 
 def row_plan(row: dict, model, engine) -> tuple:
@@ -126,11 +126,19 @@ def row_plan(row: dict, model, engine) -> tuple:
         if moe_gpus > tp * dp:
             note += f"attn tp{tp} moe_tp{m.group(1)} moe_ep{m.group(2)}: replayed as TP{moe_gpus}; "
             tp, ep = moe_gpus // dp, int(m.group(2))
-    if dp > 1:
-        note += (f"dp{dp}: attention-DP replayed as {dp} replicas; " if _uses_mla(model)
-                 or getattr(model, "is_moe", False) else "")
-    g: dict = {"tp": tp, "pp": pp, "ep": ep, "replicas": dp,
-               "weight_dtype": (row["weight_dtype"] or "bf16").strip()}
+    replicas = dp
+    g: dict = {}
+    if dp > 1 and _uses_mla(model):
+        # DP attention (SGLang --enable-dp-attention): one replica of tp x dp GPUs whose attention
+        # runs on dp ranks of tp GPUs, the MoE/MLP over all of them
+        if "dp_attention" in ReplicaGroup.model_fields:
+            g["dp_attention"] = dp
+            tp, replicas = tp * dp, 1
+            note += f"attention-DP {dp} in one TP{tp} replica; "
+        else:
+            note += f"dp{dp}: attention-DP replayed as {dp} replicas (no dp_attention field); "
+    g.update({"tp": tp, "pp": pp, "ep": ep, "replicas": replicas,
+              "weight_dtype": (row["weight_dtype"] or "bf16").strip()})
     kv = (row["kv_dtype"] or "").strip()
     if kv:
         g["kv_dtype"] = kv
