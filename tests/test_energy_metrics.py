@@ -111,5 +111,5 @@ def test_simulate_reports_energy_accounting():
     assert e.whole_run.gpu_energy_j == pytest.approx(res.metrics.energy_j, rel=1e-5)
     assert 0 < e.steady_state.duration_s < e.whole_run.duration_s
     assert 75 < e.gpu_power_w <= 700
-    assert e.node_power_w == pytest.approx(e.gpu_power_w + e.host_power_w)
+    assert e.node_power_w == pytest.approx(e.gpu_power_w + e.host_power_w, rel=1e-5)
     assert e.cost_per_mtok is None

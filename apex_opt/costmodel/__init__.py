@@ -100,7 +100,9 @@ class DeviceCostModel:
         self.has_profile = bool(use_profile and device.profile)
         self.cal = calibration(device.profile if self.has_profile else REFERENCE_PROFILE)
         self.bw = device.hbm_bandwidth_gbps * 1e9
-        self.idle_power_w = float(device.idle_power_w)
+        # floor of a busy GPU's power: awake at its boost clock (the power fit's own baseline, the
+        # profile's measured ~130 W on H100), not the settled idle of a long-idle card
+        self.idle_power_w = float(device.active_idle_power_w or device.idle_power_w)
         self.power_limit_w = float(device.power_limit_w)
         self._gemm_cache: dict[tuple, OpCost] = {}
         self._ew_cache: dict[tuple, OpCost] = {}

@@ -54,7 +54,8 @@ class IterationCost(NamedTuple):
     flops: float
     hbm_bytes: float
     breakdown: dict[str, float] | None
-    #: SM clock (MHz) the iteration ran at when a clock / power cap is set (None = default)
+    #: SM clock (MHz) the iteration settled at when a clock / cap is set or the board limit
+    #: throttled it (None = boost clock, unthrottled)
     sm_clock_mhz: float | None = None
 
 
@@ -71,10 +72,21 @@ class _Part:
     cmp_time: float = 0.0
     peak: float = 0.0
     bw: float = 0.0
+    #: power window (DVFS): activity energy split memory / compute, compute seconds at max clock
+    e_mem: float = 0.0
+    e_cmp: float = 0.0
+    cmp_max: float = 0.0
+    split: object = None
 
     def add(self, cls: str, t: float, p: float, bd: dict[str, float], n: float = 1.0,
             kernels: int = 1, flops: float = 0.0, nbytes: float = 0.0) -> None:
-        if flops > 0 and self.peak > 0:
+        if self.split is not None:
+            em, ec, tc_, tcm = self.split(t, p, flops, nbytes)
+            self.e_mem += em * n
+            self.e_cmp += ec * n
+            self.cmp_time += tc_ * n
+            self.cmp_max += tcm * n
+        elif flops > 0 and self.peak > 0:
             tc = flops / self.peak
             tm = nbytes / self.bw if self.bw > 0 else 0.0
             self.cmp_time += t * n * tc / (tc + tm)
@@ -94,13 +106,16 @@ class IterationCostModel:
         self.model, self.pool, self.cfg = model, pool, cfg
         self.engine = engine or load_engine()
         self.device = pool.device
+        self.dvfs = dvfs_model(pool.device)
+        # kernel times: the profile's sustained (back-to-back) times; with DVFS data the board
+        # power limit (or a set cap / clock) is also applied over each iteration, the power
+        # controller's window (see _power_window)
         self.dev = DeviceCostModel(pool.device)
         self.tp, self.pp, self.ep = cfg.tp, cfg.pp, cfg.ep
         self.num_gpus = cfg.tp * cfg.pp
         self.moe_imbalance = moe_imbalance
         # DVFS (apex_opt/costmodel/power.py): clock / power-cap settings and the awake power of
         # the GPUs in the gaps between kernels (host part of a step, idle replica)
-        self.dvfs = dvfs_model(pool.device)
         self.sm_clock_mhz, self.power_cap_w = cfg.sm_clock_mhz, cfg.power_cap_w
         check_gpu_settings(pool.device, cfg.sm_clock_mhz, cfg.power_cap_w)
         self.idle_power_w = (self.dvfs.base_power(min(cfg.sm_clock_mhz or self.dvfs.f_max, self.dvfs.f_max))
@@ -111,9 +126,13 @@ class IterationCostModel:
         self.peak_bytes_per_s = pool.device.hbm_bandwidth_gbps * 1e9 * self.num_gpus
         # energy per FLOP at max clock and memory-activity power, from the fitted power model
         fit = self.dev.cal.power
-        span = pool.device.power_limit_w - pool.device.idle_power_w
+        self._awake_w = self.dev.idle_power_w
+        span = pool.device.power_limit_w - self._awake_w
+        self._span_w = span
         self._j_per_flop = span * fit.a_cmp / (pool.device.tflops(self.compute_dtype) * 1e12)
         self._mem_w = (span * fit.a_mem, fit.gamma)
+        self._tau_s = self.dev.cal.derate.tau_s
+        self._split_cache: dict = {}
         self.tp_comm = collective_model_for(pool, cfg.tp) if cfg.tp > 1 else None
         self.custom_ar = cfg.custom_allreduce and cfg.tp > 1 and cfg.tp <= pool.gpus_per_node
         cross_node = cfg.tp * cfg.pp > pool.gpus_per_node
@@ -239,7 +258,8 @@ class IterationCostModel:
                       else (self.q_heads + self.kv_heads) * self.model.head_dim)
         for s, (n_dense, n_moe) in enumerate(self.stage_layers):
             part = _Part(peak=self.peak_flops / self.num_gpus,
-                         bw=self.peak_bytes_per_s / self.num_gpus)
+                         bw=self.peak_bytes_per_s / self.num_gpus,
+                         split=self._split if self.dvfs is not None else None)
             n_layers = n_dense + n_moe
             for name, n, k in self.attn_ops:
                 self._gemm(part, bd, "attention_proj", t_att, n, k, n_layers, bf16=name in _ABSORBED)
@@ -388,7 +408,14 @@ class IterationCostModel:
         a_t, a_e, a_f, a_b = self._attention(decode_ctx, prefill)
         stage_times, energy, busy, flops, nbytes = [], 0.0, 0.0, 0.0, 0.0
         cmp_s = 0.0
+        win = [0.0, 0.0, 0.0, 0.0, 0.0]  # e_mem, e_cmp, cmp (table), cmp at f_max, kernel time
+        if self.dvfs is not None and a_t > 0:
+            a_em, a_ec, a_c, a_cm = self._split(a_t, a_e / a_t, a_f, a_b)
+            a_em = max(0.0, a_e - self._awake_w * a_t - a_ec)  # attention: its own fitted power
+        else:
+            a_em = a_ec = a_c = a_cm = 0.0
         gpu_peak, gpu_bw = self.peak_flops / self.num_gpus, self.peak_bytes_per_s / self.num_gpus
+
         a_tc, a_tm = a_f / gpu_peak, a_b / gpu_bw
         a_cmp = a_t * a_tc / (a_tc + a_tm) if a_tc > 0 else 0.0
         bd = dict(bd_tok) if with_breakdown else None
@@ -411,6 +438,11 @@ class IterationCostModel:
             energy += (part.energy + a_e * n_layers) * self.tp
             busy += gpu * self.tp
             cmp_s += min(gpu, part.cmp_time + a_cmp * n_layers) * self.tp
+            if self.dvfs is not None:
+                for i, v in enumerate((part.e_mem + a_em * n_layers, part.e_cmp + a_ec * n_layers,
+                                       part.cmp_time + a_c * n_layers, part.cmp_max + a_cm * n_layers,
+                                       part.time + a_t * n_layers)):
+                    win[i] += v * self.tp
             flops += (part.flops + a_f * n_layers) * self.tp
             nbytes += (part.bytes + a_b * n_layers) * self.tp
             if bd is not None:
@@ -421,14 +453,70 @@ class IterationCostModel:
         if bd is not None:
             bd["host"] = host
         total = sum(stage_times) + host
-        if self.dvfs is not None and (self.sm_clock_mhz is not None or self.power_cap_w is not None):
-            ft, fe, _, f1 = self.dvfs.apply(self.work(total, busy, cmp_s, flops, nbytes),
-                                            self.sm_clock_mhz, self.power_cap_w)
-            stage_times = [t * ft for t in stage_times]
-            total = sum(stage_times) + host
-            return IterationCost(total, tuple(stage_times), energy * fe, busy * ft, flops, nbytes,
-                                 bd, f1)
+        if self.dvfs is not None and win[4] > 0:
+            return self._power_window(total, host, stage_times, busy, flops, nbytes, bd, win)
         return IterationCost(total, tuple(stage_times), energy, busy, flops, nbytes, bd)
+
+    def _power_window(self, total, host, stage_times, busy, flops, nbytes, bd, win) -> IterationCost:
+        """Apply the board power limit (or a set cap / locked clock) over the iteration: the clock
+        settles where the iteration's average power meets the cap (costmodel/power.py); the
+        compute-bound seconds stretch with 1 / clock, the energy follows f V^2."""
+        g = self.num_gpus
+        e_mem, e_cmp, cmp_tab, cmp_max, t_kern = (v / g for v in win)
+        t_other = max(0.0, t_kern - cmp_tab)
+        gpu = busy / g
+        # the cap holds over the GPU's busy time: with asynchronous scheduling (vLLM V1, SGLang)
+        # the host part of a step overlaps the GPU, so its gaps cannot be counted on to pull the
+        # average down
+        w = IterationWork(t_host=0.0, t_other=t_other, t_cmp=cmp_max, e_mem=e_mem, e_cmp=e_cmp)
+        f = self.dvfs.settle(w, self.sm_clock_mhz, self.power_cap_w)
+        ft = self.dvfs.gpu_time(w, f) / t_kern
+        stage_times = [t * ft for t in stage_times]
+        total = sum(stage_times) + host
+        if bd is not None and ft != 1.0:
+            for k in bd:
+                if k != "host":
+                    bd[k] *= ft
+        busy_new = busy * ft
+        v = self.dvfs.voltage(f)
+        energy = (self.dvfs.base_power(f) * busy_new / g + e_mem + e_cmp * v * v) * g
+        return IterationCost(total, tuple(stage_times), energy, busy_new, flops, nbytes, bd,
+                             f if (self.sm_clock_mhz is not None or self.power_cap_w is not None
+                                   or f < self.dvfs.f_max) else None)
+
+    def _split(self, t: float, p: float, flops: float, nbytes: float) -> tuple[float, float, float, float]:
+        """One kernel for the power window: (memory activity J, compute activity J -- unclipped,
+        i.e. what it would draw at max clock --, compute-bound seconds, the same at max clock).
+
+        The compute-bound share of a kernel is its roofline compute time over compute + memory
+        time. Its table time was measured at max clock when short, at the clock its own power
+        settles at when long (the controller needs ~``tau`` = the profile's fitted derate time
+        constant to pull the clock down): clock = f_max e^(-t/tau) + f_alone (1 - e^(-t/tau)).
+        """
+        if t <= 0:
+            return 0.0, 0.0, 0.0, 0.0
+        key = (t, p, flops, nbytes)
+        hit = self._split_cache.get(key)
+        if hit is not None:
+            return hit
+        g = self.num_gpus
+        peak, bw = self.peak_flops / g, self.peak_bytes_per_s / g
+        if flops <= 0 and nbytes <= 0:  # links, tiny ops: their own power, clock-independent
+            out = (max(0.0, p - self._awake_w) * t, 0.0, 0.0, 0.0)
+        else:
+            fit = self.dev.cal.power
+            tc, tm = flops / peak, nbytes / bw
+            share = tc / (tc + tm) if tc > 0 else 0.0
+            e_mem = self._span_w * fit.a_mem * min(1.0, tm / t) ** fit.gamma * t
+            e_cmp = self._j_per_flop * flops
+            f_max = self.dvfs.f_max
+            f_alone = self.dvfs.default_clock(IterationWork(0.0, (1 - share) * t, share * t, e_mem, e_cmp))
+            w = float(np.exp(-t / self._tau_s))
+            f_tab = f_max * w + f_alone * (1.0 - w)
+            out = (e_mem, e_cmp, share * t, share * t * f_tab / f_max)
+        if len(self._split_cache) < 200_000:
+            self._split_cache[key] = out
+        return out
 
     def work(self, time_s: float, busy_gpu_s: float, cmp_gpu_s: float, flops: float,
              nbytes: float) -> IterationWork:
