@@ -24,7 +24,7 @@ SLO = SLOSpec(ttft_ms={"target": 1000, "percentile": 90}, tpot_ms=40, constraint
 
 
 @pytest.fixture(scope="module")
-def results() -> dict:
+def results() -> dict:  # used only by slow tests (four end-to-end solves)
     from apex_opt.commands.solve import make_launcher
 
     launcher = make_launcher("llama-3.1-8b", M, C)
@@ -43,6 +43,7 @@ def _plan(p) -> Plan:
 
 
 @pytest.mark.parametrize("obj", ["latency", "energy", "gpus", "throughput"])
+@pytest.mark.slow
 def test_each_objective_returns_valid_slo_meeting_plans(results, obj) -> None:
     r = results[obj]
     assert r.objective == obj and r.plans and r.plans[0].slo_met
@@ -55,10 +56,12 @@ def test_each_objective_returns_valid_slo_meeting_plans(results, obj) -> None:
     assert vals == (sorted(vals, reverse=True) if obj == "throughput" else sorted(vals))
 
 
+@pytest.mark.slow
 def test_gpus_objective_uses_fewest(results) -> None:
     assert results["gpus"].plans[0].gpus <= min(p.gpus for p in results["latency"].plans if p.slo_met)
 
 
+@pytest.mark.slow
 def test_energy_plan_no_worse_than_latency_plan(results) -> None:
     e, lat = results["energy"], results["latency"]
     ej = e.plans[0].metrics.energy_j_per_token
@@ -67,6 +70,7 @@ def test_energy_plan_no_worse_than_latency_plan(results) -> None:
     assert e.energy_saving.chosen_j_per_token == ej
 
 
+@pytest.mark.slow
 def test_json_contract(results) -> None:
     d = json.loads(results["latency"].model_dump_json())
     assert d["schema_version"] == 2
@@ -85,6 +89,7 @@ def test_json_contract(results) -> None:
     assert d["chosen"]["groups"][0]["stages"]
 
 
+@pytest.mark.slow
 def test_deterministic(results) -> None:
     from apex_opt.commands.solve import make_launcher
 
@@ -98,6 +103,7 @@ def test_deterministic(results) -> None:
     assert a == b
 
 
+@pytest.mark.slow
 def test_chosen_beats_or_ties_baselines(results) -> None:
     r = results["latency"]
     for b in r.baselines:
