@@ -122,7 +122,7 @@ def test_help_texts():
 
 def test_simulate_and_estimate_engine_choice():
     docs = {}
-    for e in ("vllm", "sglang"):
+    for e in ("vllm-0.6", "sglang"):
         r = run("simulate", "--model", "llama-3.1-8b", "--cluster", "h100-sxm-1x8", "--tp", "1",
                 "--rate", "2", "--num-requests", "40", "--prompt-len", "300", "--output-len", "20",
                 "--engine", e, "--json")
@@ -130,8 +130,8 @@ def test_simulate_and_estimate_engine_choice():
         docs[e] = json.loads(r.output)
         assert docs[e]["engine"].startswith(e)
         assert docs[e]["metrics"]["num_completed"] == 40
-    # the two engine models differ (host overhead, batching): same workload, different latency
-    assert docs["vllm"]["metrics"]["tpot_ms"]["mean"] != docs["sglang"]["metrics"]["tpot_ms"]["mean"]
+    # V0's serial host loop vs SGLang's overlapped one: same workload, different latency
+    assert docs["vllm-0.6"]["metrics"]["tpot_ms"]["mean"] != docs["sglang"]["metrics"]["tpot_ms"]["mean"]
     r = run("estimate", "--model", "llama-3.1-8b", "--tp", "1", "--engine", "sglang",
             "--batch", "decode:4x100", "--json")
     assert r.exit_code == 0 and json.loads(r.output)["engine"] == "sglang"
@@ -210,3 +210,110 @@ def test_python_api_and_cli_give_identical_numbers():
         assert a[k] == c[k], k
     g = api.plan.groups[0]
     assert g.chunked_prefill is None  # the plan itself keeps "engine default"
+
+
+# ------------------------------------------------------------------------- solve output (issue 10)
+_WL = ("num_requests: 40\nseed: 1\narrival: {process: poisson, rate: 2}\nprompt_len: 300\n"
+       "output_len: 50\n")
+_SLO_P99 = ("ttft_ms: {target: 500, percentile: 99}\ntpot_ms: 40\n"
+            "constraints: {max_gpus: 2, weight_dtypes: [bf16, int4], kv_dtypes: [bf16], max_pp: 1}\n")
+
+
+@pytest.fixture(scope="module")
+def solved(tmp_path_factory):
+    d = tmp_path_factory.mktemp("solve")
+    (d / "wl.yaml").write_text(_WL)
+    (d / "slo.yaml").write_text(_SLO_P99)
+    r = run("solve", "--model", "llama-3.1-8b", "--workload", str(d / "wl.yaml"), "--slo",
+            str(d / "slo.yaml"), "--executor", "serial", "--max-model-len", "16384", "--hf-id",
+            "my-org/llama-8b-awq", "--json")
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output)
+
+
+def test_solve_json_has_structured_launch_data(solved):
+    lp = solved["launch_plans"]["vllm"]
+    assert lp["script"] == solved["plans"][0]["launch"]["vllm"]
+    server = next(p for p in lp["processes"] if p["role"] == "server")
+    assert {"node", "pool", "device_ids", "port", "env", "argv", "command"} <= set(server)
+    argv = server["argv"]
+    assert argv[2] == "my-org/llama-8b-awq"                 # --hf-id is the model argument
+    assert argv[argv.index("--max-model-len") + 1] == "16384"  # the user's --max-model-len
+    assert all(g["max_model_len"] == 16384 for p in solved["plans"] for g in p["groups"])
+    assert solved["slo"]["constraints"]["max_model_len"] == 16384
+
+
+def test_solve_tables_follow_the_slo(solved, capsys):
+    from apex_opt.report.tables import render_solve
+    from apex_opt.search.results import SolveResult
+
+    doc = {k: v for k, v in solved.items() if k != "launch_plans"}
+    render_solve(SolveResult.model_validate(doc))
+    out = capsys.readouterr().out
+    assert "TTFT p99 ms" in out and "TPOT p90 ms" in out and "TTFT p90" not in out
+    assert "dropped" in out
+    assert "SLO: TTFT p99 <= 500 ms, TPOT p90 <= 40 ms; met when each percentile holds" in out
+    assert "attainment" in out
+    assert "workload: " in out and "40 requests" in out
+    assert "# node 0 of pool h100" in out and " \\\n    --port" in out
+
+
+def test_workload_header_names_the_bundled_default():
+    from apex_opt.report.tables import workload_line
+
+    line = workload_line({"source": "/x/apex_opt/data/examples/default-workload.yaml",
+                          "num_requests": 500, "rate_req_s": 2.9,
+                          "prompt_tokens": {"mean": 1064.0, "max": 8192.0},
+                          "output_tokens": {"mean": 253.0, "max": 1272.0}})
+    assert line.startswith("workload: bundled default default-workload.yaml (500 requests, 2.9 req/s")
+
+
+def test_infeasible_solve_json_is_still_a_document(tmp_path):
+    (tmp_path / "wl.yaml").write_text(_WL)
+    (tmp_path / "slo.yaml").write_text("constraints: {weight_dtypes: [bf16]}\n")
+    r = run("solve", "--model", "llama-3.1-405b", "--workload", str(tmp_path / "wl.yaml"),
+            "--slo", str(tmp_path / "slo.yaml"), "--json")
+    assert r.exit_code == 3
+    doc = json.loads(r.output[r.output.index("{"):])
+    assert doc["status"] == "infeasible" and doc["schema_version"] == 1
+    assert "weight_dtypes" in doc["conflicting_groups"]
+    assert doc["fixes"] and doc["diagnosis"].startswith("no plan for llama-3.1-405b")
+    assert {"closest_plans", "slo", "workload"} <= set(doc)
+
+
+def test_infeasible_document_carries_the_closest_simulated_plans(solved):
+    from apex_opt.errors import InfeasibleError
+    from apex_opt.report.tables import infeasible_document
+    from apex_opt.search.results import PlanOut
+
+    plans = [PlanOut.model_validate(p) for p in solved["plans"][:2]]
+    exc = InfeasibleError("none of the simulated plans meets the SLO",
+                          {"conflicting_groups": ["tpot_ms"], "fixes": [], "stage": "simulation",
+                           "closest_plans": plans})
+    doc = infeasible_document(exc, model="m", cluster="c", slo={"tpot_ms": None}, workload={})
+    json.dumps(doc)
+    assert [p["label"] for p in doc["closest_plans"]] == [p.label for p in plans]
+    assert doc["stage"] == "simulation" and doc["closest_plans"][0]["metrics"]
+
+
+def test_solve_max_model_len_beyond_the_model_is_exit_2():
+    r = run("solve", "--model", "llama-3.2-1b", "--max-model-len", "999999")
+    assert r.exit_code == 2 and "--max-model-len" in r.output
+
+
+def test_simulate_refuses_what_vllm_refuses():
+    r = run("simulate", "--model", "llama-3.1-8b", "--tp", "1", "--engine", "vllm-0.6",
+            "--max-model-len", "8192", "--max-num-batched-tokens", "4096", "--no-chunked-prefill",
+            "--rate", "1", "--num-requests", "4", "--prompt-len", "16", "--output-len", "4")
+    assert r.exit_code == 2
+    assert "max_num_batched_tokens (4096) < max_model_len (8192)" in r.output
+
+
+def test_simulate_header_names_workload_slo_and_dropped(tmp_path):
+    (tmp_path / "slo.yaml").write_text("ttft_ms: {target: 200, percentile: 99}\n")
+    r = run("simulate", "--model", "llama-3.2-1b", "--tp", "1", "--rate", "2", "--num-requests",
+            "10", "--prompt-len", "64", "--output-len", "8", "--slo", str(tmp_path / "slo.yaml"))
+    assert r.exit_code == 0, r.output
+    assert "workload: synthetic:cli (10 requests" in r.output
+    assert "SLO: TTFT p99 <= 200 ms" in r.output
+    assert "10 requests completed, 0 dropped" in r.output
