@@ -469,8 +469,21 @@ class IterationCostModel:
         # the host part of a step overlaps the GPU, so its gaps cannot be counted on to pull the
         # average down
         w = IterationWork(t_host=0.0, t_other=t_other, t_cmp=cmp_max, e_mem=e_mem, e_cmp=e_cmp)
-        f = self.dvfs.settle(w, self.sm_clock_mhz, self.power_cap_w)
-        ft = self.dvfs.gpu_time(w, f) / t_kern
+        # default: the calibrated kernel times stand unless the iteration as a whole would exceed
+        # the board limit at them (then the clock drops and the compute-bound share stretches);
+        # never faster than the tables (their long kernels were measured at their own settled
+        # clock, and the controller acts within ~tau, shorter than an iteration)
+        dv = self.dvfs
+        f_def = dv.settle(w, None, None)
+        t_def = max(t_kern, dv.gpu_time(w, f_def))
+        knobs = self.sm_clock_mhz is not None or self.power_cap_w is not None
+        f = f_def
+        t_gpu = t_def
+        if knobs:
+            f = dv.settle(w, self.sm_clock_mhz, self.power_cap_w)
+            if f < f_def:
+                t_gpu = t_def * dv.gpu_time(w, f) / dv.gpu_time(w, f_def)
+        ft = t_gpu / t_kern
         stage_times = [t * ft for t in stage_times]
         total = sum(stage_times) + host
         if bd is not None and ft != 1.0:
@@ -478,11 +491,10 @@ class IterationCostModel:
                 if k != "host":
                     bd[k] *= ft
         busy_new = busy * ft
-        v = self.dvfs.voltage(f)
-        energy = (self.dvfs.base_power(f) * busy_new / g + e_mem + e_cmp * v * v) * g
+        v = dv.voltage(f)
+        energy = (dv.base_power(f) * busy_new / g + e_mem + e_cmp * v * v) * g
         return IterationCost(total, tuple(stage_times), energy, busy_new, flops, nbytes, bd,
-                             f if (self.sm_clock_mhz is not None or self.power_cap_w is not None
-                                   or f < self.dvfs.f_max) else None)
+                             f if (knobs or f < dv.f_max) else None)
 
     def _split(self, t: float, p: float, flops: float, nbytes: float) -> tuple[float, float, float, float]:
         """One kernel for the power window: (memory activity J, compute activity J -- unclipped,
