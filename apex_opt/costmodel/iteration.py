@@ -36,12 +36,14 @@ from ..specs.engine import EngineSpec, load_engine
 from ..specs.model import ModelSpec
 from ..specs.plan import ReplicaConfig
 from .collectives import collective_model_for
-from .kernels import kernel_facts
+from .kernels import engine_kernels, kernel_facts
 from .power import IterationWork, check_gpu_settings, dvfs_model
 from . import DeviceCostModel
 
 #: MLA's absorbed per-head GEMMs (run in bf16 whatever the checkpoint dtype)
 _ABSORBED = frozenset({"w_uk", "w_uv"})
+#: GEMMs whose input is the attention output (no norm/activation kernel to fuse its fp8 quant into)
+_AFTER_ATTENTION = frozenset({"o"})
 
 
 class IterationCost(NamedTuple):
@@ -176,6 +178,11 @@ class IterationCostModel:
         self.block_fp8 = scheme == "fp8_block"
         self.act_quant = kf.scheme_act_quant.get(scheme) if self.compute_dtype == "fp8" else None
         self.act_quant_kernels = kf.act_quant[self.act_quant].kernels if self.act_quant else 0
+        # vLLM V1 compiles RMSNorm / SiluAndMul / QuantFP8 as native ops that Inductor fuses: the
+        # quant of a GEMM input produced by a norm or an activation adds only its fp8 write to
+        # that kernel; engines that run them as custom ops launch a separate quant kernel
+        self.quant_fused = bool(engine_kernels(self.engine.name).get("act_quant_fused_into_producer", False))
+        self.stream_bw = self.dev.bw * self.dev.cal.stream.eff
         self.moe_kernels = 2 + kf.moe_aux_kernels + (2 if self.compute_dtype == "fp8" else 0)
         self.mla_norms: tuple[int, ...] = ()
         if model.attention == "mla":
@@ -206,7 +213,7 @@ class IterationCostModel:
         return op.name, op.n, op.k // tp
 
     def _gemm(self, part: _Part, bd: dict, cls: str, m: int, n: int, k: int, count: float,
-              bf16: bool = False) -> None:
+              bf16: bool = False, fusible: bool = True) -> None:
         if bf16:  # e.g. MLA's absorbed W_UK / W_UV batched GEMMs (dequantized to bf16 at load)
             c = self.dev.gemm(m, n, k, "bf16", None)
             part.add(cls, c.time_s, c.power_w, bd, count, flops=2.0 * m * n * k,
@@ -217,6 +224,10 @@ class IterationCostModel:
         part.add(cls, c.time_s, c.power_w, bd, count, flops=2.0 * m * n * k,
                  nbytes=n * k * wb + 2.0 * m * (n + k))
         if self.act_quant is not None:  # W8A8: dynamic fp8 quant of this GEMM's input first
+            if self.quant_fused and fusible:
+                t = m * k * 1.0 / self.stream_bw  # fp8 copy written by the producing kernel
+                part.add("act_quant", t, c.power_w, bd, count, kernels=0, nbytes=1.0 * m * k)
+                return
             q = self.dev.act_quant(self.act_quant, m, k)
             part.add("act_quant", q.time_s, q.power_w, bd, count,
                      kernels=self.act_quant_kernels, nbytes=3.0 * m * k)
@@ -262,7 +273,8 @@ class IterationCostModel:
                          split=self._split if self.dvfs is not None else None)
             n_layers = n_dense + n_moe
             for name, n, k in self.attn_ops:
-                self._gemm(part, bd, "attention_proj", t_att, n, k, n_layers, bf16=name in _ABSORBED)
+                self._gemm(part, bd, "attention_proj", t_att, n, k, n_layers, bf16=name in _ABSORBED,
+                           fusible=name not in _AFTER_ATTENTION)
             for width in self.mla_norms:  # MLA: q_a_layernorm, kv_a_layernorm
                 c = self.dev.elementwise("rmsnorm", t_att, width)
                 part.add("elementwise", c.time_s, c.power_w, bd, n_layers, nbytes=4.0 * t_att * width)
@@ -288,7 +300,8 @@ class IterationCostModel:
             if s == self.pp - 1 and sampling:
                 c = self.dev.elementwise("rmsnorm", sampling, h)
                 part.add("elementwise", c.time_s, c.power_w, bd)
-                self._gemm(part, bd, "lm_head", sampling, self.vocab_shard, h, 1)
+                # the LM head is not quantized (ParallelLMHead stays bf16 in fp8 checkpoints)
+                self._gemm(part, bd, "lm_head", sampling, self.vocab_shard, h, 1, bf16=True)
                 if self.tp_comm is not None:
                     t = self.tp_comm.all_gather(sampling * self.model.vocab_size * 2.0, self.tp)
                     part.add("communication", t, self.tp_comm.power_w(), bd)
@@ -447,6 +460,9 @@ class IterationCostModel:
             nbytes += (part.bytes + a_b * n_layers) * self.tp
             if bd is not None:
                 bd["attention"] = bd.get("attention", 0.0) + a_t * n_layers
+                raw = part.time + a_t * n_layers
+                if gpu < raw:  # launch latency a CUDA graph removes (negative: the parts sum to the step)
+                    bd["cuda_graph_saving"] = bd.get("cuda_graph_saving", 0.0) - (raw - gpu)
                 if t > gpu:
                     bd["launch_overhead"] = bd.get("launch_overhead", 0.0) + (t - gpu)
         host = self.host_time(n_dec + len(prefill))
