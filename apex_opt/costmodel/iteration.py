@@ -37,7 +37,13 @@ from ..specs.model import ModelSpec
 from ..specs.plan import ReplicaConfig
 from .collectives import collective_model_for
 from .kernels import engine_kernels, kernel_facts
-from .power import IterationWork, check_gpu_settings, dvfs_model
+from .power import IterationWork, check_gpu_settings, dvfs_model, memory_activity_per_utilisation
+
+
+@lru_cache(maxsize=None)
+def _mem_activity(profile_name: str) -> float:
+    from .profile import load_profile
+    return memory_activity_per_utilisation(load_profile(profile_name))
 from . import DeviceCostModel
 
 #: MLA's absorbed per-head GEMMs (run in bf16 whatever the checkpoint dtype)
@@ -134,6 +140,10 @@ class IterationCostModel:
         self._j_per_flop = span * fit.a_cmp / (pool.device.tflops(self.compute_dtype) * 1e12)
         self._mem_w = (span * fit.a_mem, fit.gamma)
         self._tau_s = self.dev.cal.derate.tau_s
+        # memory energy is linear in bytes moved (a constant energy per byte, measured on the
+        # profile's memory-bound rows), J per byte of this device
+        self._j_per_byte = (span * _mem_activity(self.dev.cal.profile.name)
+                            / (pool.device.hbm_bandwidth_gbps * 1e9))
         self._split_cache: dict = {}
         self.tp_comm = collective_model_for(pool, cfg.tp) if cfg.tp > 1 else None
         self.custom_ar = cfg.custom_allreduce and cfg.tp > 1 and cfg.tp <= pool.gpus_per_node
@@ -532,10 +542,9 @@ class IterationCostModel:
         if flops <= 0 and nbytes <= 0:  # links, tiny ops: their own power, clock-independent
             out = (max(0.0, p - self._awake_w) * t, 0.0, 0.0, 0.0)
         else:
-            fit = self.dev.cal.power
             tc, tm = flops / peak, nbytes / bw
             share = tc / (tc + tm) if tc > 0 else 0.0
-            e_mem = self._span_w * fit.a_mem * min(1.0, tm / t) ** fit.gamma * t
+            e_mem = self._j_per_byte * nbytes
             e_cmp = self._j_per_flop * flops
             f_max = self.dvfs.f_max
             f_alone = self.dvfs.default_clock(IterationWork(0.0, (1 - share) * t, share * t, e_mem, e_cmp))

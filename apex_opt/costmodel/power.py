@@ -340,3 +340,25 @@ def check_gpu_settings(device, sm_clock_mhz: int | None, power_cap_w: float | No
         if not lo <= power_cap_w <= hi:
             raise InputError(f"outside the {device.name} power-limit range {lo:g}-{hi:g} W",
                              source=source, field=f"{prefix}{names[1]}", value=power_cap_w)
+
+
+#: memory-bound profile rows used for the energy per byte: FLOP utilisation below this
+MEMORY_BOUND_U_CMP = 0.05
+
+
+def memory_activity_per_utilisation(profile) -> float:
+    """Activity per unit of HBM utilisation of memory-bound work, from the profile's measured
+    power rows: median over the weight-streaming GEMMs (m <= 16) and the device copy of
+    (W - awake) / (P_limit - awake) / u_mem, with each row's own back-to-back time. Power linear in
+    bandwidth = a constant energy per byte moved (~128 pJ/B on H100 SXM: DRAM access plus the
+    on-chip path), which is what a memory-bound kernel of any size pays per byte."""
+    ds = profile.datasheet
+    vals = []
+    for c in parse_cases(profile):
+        if c.kind == "attention" or c.seconds is None or c.seconds <= 0:
+            continue
+        u_mem = c.nbytes / (c.seconds * ds.hbm_bytes_per_s)
+        u_cmp = c.flops / (c.seconds * ds.peak_flops[c.dtype])
+        if u_cmp < MEMORY_BOUND_U_CMP and u_mem > 0.3:
+            vals.append((c.watts - profile.idle_w) / (ds.power_limit_w - profile.idle_w) / u_mem)
+    return float(np.median(vals)) if vals else float("nan")
