@@ -159,3 +159,18 @@ def test_dp_attention_needs_mla_and_a_dividing_size():
         IterationCostModel(load_model("llama-3.1-70b"), pool, _DPAttention(ReplicaConfig(tp=8), 8))
     with pytest.raises(InputError):
         IterationCostModel(load_model("deepseek-v3"), pool, _DPAttention(ReplicaConfig(tp=8, weight_dtype="fp8"), 3))
+
+
+def test_v1_fuses_fp8_input_quant_into_the_producing_kernel():
+    from apex_opt.specs.engine import load_engine
+
+    model, pool = load_model("llama-3.1-70b"), load_cluster("h100-sxm-1x8").pools[0]
+    cfg = ReplicaConfig(tp=4, weight_dtype="fp8")
+    ctx = np.full(64, 2048)
+    v1 = IterationCostModel(model, pool, cfg, load_engine("vllm")).iteration(ctx, with_breakdown=True)
+    sg = IterationCostModel(model, pool, cfg, load_engine("sglang")).iteration(ctx, with_breakdown=True)
+    # V1: only o_proj's input (after attention) needs its own quant kernel; SGLang launches four
+    assert 0 < v1.breakdown["act_quant"] < 0.5 * sg.breakdown["act_quant"]
+    # the LM head is never quantized: same bf16 time under both dtypes
+    bf = IterationCostModel(model, pool, ReplicaConfig(tp=4), load_engine("vllm")).iteration(ctx, with_breakdown=True)
+    assert v1.breakdown["lm_head"] == pytest.approx(bf.breakdown["lm_head"])
