@@ -1,4 +1,6 @@
-"""Pareto front (pure) and the Pareto plot (skipped without matplotlib)."""
+"""Pareto front (pure) and the decision plot: objective vs GPUs and J/token vs the SLO's latency
+percentile, only the front and the chosen plan labelled, no label overlapping another (skipped
+without matplotlib)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import itertools
 import pytest
 
 from apex_opt.errors import InputError
-from apex_opt.report.plot import metric, pareto_front, pareto_plot
+from apex_opt.report.plot import decision_plot, metric, pareto_front
 
 KEYS = [("thr", "max"), ("lat", "min")]
 
@@ -65,6 +67,30 @@ def test_metric_dotted_paths():
     assert metric(p, "label") is None
 
 
+def _plan(label, gpus, obj, e2e, energy, slo=True, chosen=False):
+    return {"label": label, "gpus": gpus, "objective_value": obj, "slo_met": slo,
+            "chosen": chosen, "metrics": {"e2e_s": {"p90": e2e}, "energy_j_per_token": energy}}
+
+
+def _dense_plans():
+    """30 plans, several at the same spot (twins that differ in a non-binding limit)."""
+    out = []
+    for i in range(30):
+        g = 1 + i % 8
+        out.append(_plan(f"{g}xTP{1 + i % 3}-variant{i}", g, 2.0 + 0.6 * g + (i % 5) * 0.1,
+                         3.0 + (i % 7) * 0.4 - 0.2 * g, 1.0 + 0.3 * g + (i % 4) * 0.05,
+                         slo=i % 6 != 5, chosen=i == 0))
+    out += [dict(out[1], label="twin-a"), dict(out[1], label="twin-b")]
+    return out
+
+
+def _draw(pts, path, **kw):
+    args = dict(objective="latency", latency_key="metrics.e2e_s.p90",
+                caption="llama-3.1-70b on h100-sxm-1x8 · workload w · SLO s", title="t")
+    args.update(kw)
+    return decision_plot(pts, path, **args)
+
+
 def test_missing_matplotlib_is_an_input_error(tmp_path, monkeypatch):
     real_import = builtins.__import__
 
@@ -75,29 +101,49 @@ def test_missing_matplotlib_is_an_input_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(InputError, match=r"pip install 'apex-opt\[plot\]'"):
-        pareto_plot([_p("a", 1, 1)], tmp_path / "x.png", title="t")
+        _draw([_plan("a", 1, 1, 1, 1)], tmp_path / "x.png")
 
 
 def test_bad_suffix_and_no_points(tmp_path):
     with pytest.raises(InputError, match="format"):
-        pareto_plot([_p("a", 1, 1)], tmp_path / "x.jpg", title="t")
+        _draw([_plan("a", 1, 1, 1, 1)], tmp_path / "x.jpg")
     with pytest.raises(InputError, match="nothing to plot"):
-        pareto_plot([], tmp_path / "x.png", title="t")
+        _draw([], tmp_path / "x.png")
+
+
+def test_only_the_front_and_the_chosen_plan_are_labelled_without_overlap(tmp_path):
+    pytest.importorskip("matplotlib")
+    pts = _dense_plans()
+    stats = _draw(pts, tmp_path / "p.png")
+    front_obj = set(pareto_front(pts, [("gpus", "min"), ("objective_value", "min")]))
+    front_en = set(pareto_front(pts, [("metrics.e2e_s.p90", "min"),
+                                      ("metrics.energy_j_per_token", "min")]))
+    assert stats["objective"]["points"] == stats["energy"]["points"] == len(pts)
+    assert stats["objective"]["front"] == len(front_obj)
+    assert stats["energy"]["front"] == len(front_en)
+    # labels: front + chosen, points at the same spot sharing one label -- never all plans
+    assert 1 <= stats["objective"]["labels"] <= len(front_obj | {0}) < len(pts)
+    assert 1 <= stats["energy"]["labels"] <= len(front_en | {0}) < len(pts)
+    assert stats["objective"]["overlaps"] == 0 and stats["energy"]["overlaps"] == 0
 
 
 @pytest.mark.parametrize("suffix", [".png", ".svg"])
 def test_plot_is_written_and_deterministic(tmp_path, suffix):
     pytest.importorskip("matplotlib")
-    pts = [_p("1xTP8", 3000, 4.0, 0.30), _p("2xTP4", 4200, 5.5, 0.25, slo=False),
-           _p("4xTP2-wfp8", 5000, 9.0, 0.20), _p("8xTP1", 2500, 12.0, 0.35),
-           _p("no-energy", 1000, 2.0)]
-    a = pareto_plot(pts, tmp_path / f"a{suffix}", title="llama-3.1-70b on 8xH100")
-    b = pareto_plot(pts, tmp_path / "sub" / f"b{suffix}", title="llama-3.1-70b on 8xH100")
-    assert a == tmp_path / f"a{suffix}"
-    data = a.read_bytes()
+    pts = _dense_plans()
+    _draw(pts, tmp_path / f"a{suffix}")
+    _draw(pts, tmp_path / "sub" / f"b{suffix}")
+    data = (tmp_path / f"a{suffix}").read_bytes()
     assert len(data) > 5000
-    assert data == b.read_bytes()
+    assert data == (tmp_path / "sub" / f"b{suffix}").read_bytes()
     if suffix == ".png":
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
     else:
         assert b"<svg" in data and b"Date" not in data
+
+
+def test_throughput_objective_front_maximises(tmp_path):
+    pytest.importorskip("matplotlib")
+    pts = [_plan("a", 1, 0.5, 2, 1), _plan("b", 2, 0.9, 2, 1), _plan("c", 2, 0.4, 2, 1)]
+    stats = _draw(pts, tmp_path / "t.png", objective="throughput")
+    assert stats["objective"]["front"] == 2  # a (fewest GPUs) and b (highest rate per GPU)
