@@ -115,8 +115,9 @@ def render_tables(res: SolveResult) -> None:
                    "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4.")
 @json_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-              help="Write the latency / throughput / energy Pareto plot of the simulated plans "
-                   "(.png/.svg/.pdf; needs the 'plot' extra).")
+              help="Write the decision plot of the simulated plans: objective vs GPUs and "
+                   "J/token vs the SLO's latency percentile, Pareto fronts, the chosen plan "
+                   "starred (.png/.svg/.pdf; needs the 'plot' extra). Example: --plot plans.png")
 def command(model_ref, cluster_ref, trace, sort_trace, concurrency, workload, slo_path, objective, top_k, exhaustive,
             workers, executor, time_limit, seed, engine_name, also_launch, max_model_len, hf_id,
             as_json, plot_path):
@@ -133,9 +134,16 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, workload, sl
       apex-opt solve                       # the bundled example: llama-3.1-70b on 8x H100
       apex-opt solve --model llama-3.1-8b --cluster h100-sxm-1x8 --objective energy
       apex-opt solve --trace my_trace.jsonl --slo my_slo.yaml --json > plan.json
+      apex-opt solve --model ./my-model/config.json --hf-id my-org/my-model \
+          --cluster my-cluster.yaml --trace azure.csv --max-model-len 32768 --plot plans.png
+
+    The launch commands are a shell script: one labelled block per process (node, pool,
+    replicas, GPUs, port), to paste on the node it names; `--json` adds `launch_plans` with
+    each process's node, GPU ids, port, env and argv.
 
     Exit codes: 0 ok, 2 bad input, 3 no plan meets memory or the SLO (the message names the
-    conflicting constraints and verified fixes).
+    conflicting constraints and verified fixes; with --json the document has status,
+    diagnosis, fixes and the closest simulated plans).
     """
     model, cluster = load_inputs(model_ref, cluster_ref)
     requests = _load_requests(trace, workload, sort_trace, concurrency)
