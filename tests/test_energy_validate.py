@@ -1,0 +1,53 @@
+"""scripts/validate_energy.py replays measured ML.ENERGY rows (skips without ../shared)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("validate_energy", REPO / "scripts" / "validate_energy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def energy_rows(shared_dir: Path) -> dict[str, dict]:
+    path = shared_dir / "validation" / "energy" / "energy_runs.csv"
+    if not path.is_file():
+        pytest.skip("../shared/validation/energy is absent")
+    return {r["case_id"]: r for r in csv.DictReader(path.open())}
+
+
+def test_row_setup_reads_the_run(energy_rows):
+    v = _script()
+    s = v.row_setup(energy_rows["mlev3-lm-arena-chat-Llama-3.1-8B-Instruct-H100-g1-tp1-ep1-mns8"])
+    assert s["v3"] and s["task"] == "lm-arena-chat" and s["mns"] == 8 and s["tp"] == 1
+    assert s["n"] == 1024 and s["out_mean"] == pytest.approx(388.7)
+    assert s["max_model_len"] == 20480
+    s2 = v.row_setup(energy_rows["mlev2-chat-Meta-Llama-3.1-405B-Instruct-H100-tp8-pp2-mns128"])
+    assert not s2["v3"] and s2["pp"] == 2 and s2["tp"] == 8
+
+
+@pytest.mark.slow
+def test_replay_small_batch_row_within_bounds(energy_rows):
+    v = _script()
+    out = v.simulate_row(energy_rows["mlev3-lm-arena-chat-Llama-3.1-8B-Instruct-H100-g1-tp1-ep1-mns8"])
+    assert out["window"] == "steady_state"
+    # measured 486 W, 0.455 J/token, 1070 tok/s; the replay must land in the right regime
+    assert abs(out["err_pct"]["tok_s"]) < 15
+    assert abs(out["err_pct"]["power_w"]) < 25
+    assert abs(out["err_pct"]["j_per_tok"]) < 25
+
+
+def test_unknown_architecture_is_skipped(energy_rows):
+    v = _script()
+    row = energy_rows["mlev2-code-starcoder2-3b-H100-tp1-pp1-mns64"]
+    assert v.simulate_row(row) is None
