@@ -153,6 +153,8 @@ class RequestLog:
         self.dropped = np.zeros(n, dtype=np.int8)
         self.preemptions = np.zeros(n, dtype=np.int32)
         self.replica = np.full(n, -1, dtype=np.int32)
+        #: when each request reached its engine's waiting queue
+        self.queued_s: list[float] = [0.0] * n
         #: optional sink: when a list, the engine appends ``(request id, time s)`` whenever a
         #: request finishes or is dropped (the router's closed-loop clients drain it)
         self.done_sink: list[tuple[int, float]] | None = None
@@ -211,6 +213,9 @@ class _VirtualEngine:
     # requests whose units can no longer be inserted (a duplicate was cached first)
     no_insert: set = field(default_factory=set)
     ratio: float = 0.0
+    # start of the step now running / last run (async scheduling visibility cutoff)
+    last_start: float = float("-inf")
+    cutoff: float = float("inf")
 
     def running(self) -> int:
         return int(self.d_id.shape[0]) + len(self.pre)
@@ -228,7 +233,8 @@ class ReplicaEngine:
 
     def __init__(self, index: int, cost: CostModel, limits: EngineLimits, log: RequestLog, *,
                  debug: bool = False, breakdown: bool = False, fast_forward: int = 1,
-                 async_output: bool = False, host_serial_s: float | None = None):
+                 async_output: bool = False, host_serial_s: float | None = None,
+                 lookahead: bool = False):
         if limits.blocks_per_virtual_engine < 1:
             raise ValueError(f"replica {index}: no KV blocks per virtual engine "
                              f"({limits.num_blocks} blocks over pp={limits.pp})")
@@ -245,6 +251,9 @@ class ReplicaEngine:
         #: host time per step that cannot overlap the GPU under async scheduling (None = the
         #: cost's own ``host_serial_s`` if it has one, else 0)
         self.host_serial_s = host_serial_s
+        #: async scheduling schedules step N+1 when step N starts: requests arriving during step
+        #: N join step N+2 at the earliest
+        self.lookahead = lookahead
         self.bs = limits.block_size
         self.nb = limits.blocks_per_virtual_engine
         self.wm = limits.watermark_blocks
@@ -286,6 +295,7 @@ class ReplicaEngine:
         else ``None``."""
         log = self.log
         log.replica[rid] = self.index
+        log.queued_s[rid] = t
         self.stats.requests += 1
         reason = self.drop_reason(rid)
         if reason:
@@ -310,6 +320,7 @@ class ReplicaEngine:
         ve.kick_pending = False
         if ve.busy:
             return None
+        ve.cutoff = t  # an idle engine schedules what just arrived at once
         return self._step(ve, t, horizon)
 
     def complete(self, v: int, t: float, horizon: float = float("inf")) -> float | None:
@@ -320,21 +331,30 @@ class ReplicaEngine:
         ve.unfinished -= ve.pending_done
         ve.pending_done = 0
         self.stats.last_event_s = max(self.stats.last_event_s, t)
+        # async scheduling: the step starting now was scheduled when the previous one started,
+        # so it only sees requests that had arrived by then
+        ve.cutoff = ve.last_start if self.lookahead else t
         return self._step(ve, t, horizon)
 
     def idle(self, v: int) -> bool:
         return not self.ves[v].busy
 
     # ------------------------------------------------------------------ scheduling
-    def _step(self, ve: _VirtualEngine, t: float, horizon: float = float("inf")) -> float | None:
+    def _schedule(self, ve: _VirtualEngine):
         if self.mode == "sglang":
-            plan = self._schedule_prefill_first(ve)
-        elif self.mode == "v1" or self.lim.chunked_prefill:
-            plan = self._schedule_chunked(ve)
-        else:
-            plan = self._schedule_default(ve)
+            return self._schedule_prefill_first(ve)
+        if self.mode == "v1" or self.lim.chunked_prefill:
+            return self._schedule_chunked(ve)
+        return self._schedule_default(ve)
+
+    def _step(self, ve: _VirtualEngine, t: float, horizon: float = float("inf")) -> float | None:
+        plan = self._schedule(ve)
+        if plan is None and ve.waiting and ve.cutoff < t:
+            ve.cutoff = t  # nothing was scheduled ahead: the engine loop schedules them now
+            plan = self._schedule(ve)
         if plan is None:
             return None
+        ve.last_start = t
         k, prefill, sampling = plan
         st = self.stats
         if ve.used_blocks > st.max_blocks_used:  # peak: blocks are freed only after the step
@@ -345,8 +365,9 @@ class ReplicaEngine:
         if bd is not None and c.breakdown:
             for key, val in c.breakdown.items():
                 bd[key] = bd.get(key, 0.0) + val
+        hidden = bool(ve.waiting) and self.log.queued_s[ve.waiting[-1]] > ve.cutoff
         if (not prefill and self.ff > 1 and self.lim.pp == 1 and bd is None
-                and k == ve.d_id.shape[0] and not ve.pre):
+                and k == ve.d_id.shape[0] and not ve.pre and not hidden):
             end = self._decode_run(ve, k, t, horizon, c)
         else:
             period, lag = self._period(c)
@@ -415,6 +436,7 @@ class ReplicaEngine:
         tri = m * (m - 1) / 2
         tot = [a * m + sl * tri for a, sl in zip(vals0, slopes)]
         end = t + tot[0]
+        ve.last_start = end - (vals0[0] + slopes[0] * (m - 1))
         st = self.stats
         st.iterations += m
         st.decode_iterations += m
@@ -472,6 +494,8 @@ class ReplicaEngine:
             prefill: list[tuple[int, int]] = []
             while ve.waiting:
                 rid = ve.waiting[0]
+                if log.queued_s[rid] > ve.cutoff:
+                    break
                 target = log.prompt[rid] + log.generated[rid]
                 if tokens + target > budget or seqs + 1 > self.lim.max_num_seqs:
                     break
@@ -550,6 +574,8 @@ class ReplicaEngine:
         while admit and ve.waiting and budget > 0 and seqs < lim.max_num_seqs \
                 and len(prefill) == len(ve.pre):
             rid = ve.waiting[0]
+            if log.queued_s[rid] > ve.cutoff:  # not yet seen by the (one step ahead) scheduler
+                break
             target = log.prompt[rid] + log.generated[rid]
             adm = self._admit_head(ve, target, budget, whole=not v1, reserve=reserve)
             if adm is None:

@@ -167,7 +167,8 @@ def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: Req
         for _ in range(g.replicas):
             engines.append(ReplicaEngine(len(engines), cost, limits, log, debug=debug,
                                          breakdown=breakdown, fast_forward=fast_forward,
-                                         async_output=overlap, host_serial_s=serial))
+                                         async_output=overlap, host_serial_s=serial,
+                                         lookahead=engine.async_scheduling))
             meta.append((gi, cfg.label(), pool.name))
     return engines, meta
 
