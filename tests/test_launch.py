@@ -326,3 +326,17 @@ def test_render_quotes_and_wraps():
     text = render(long)
     assert text.splitlines()[0] == "X='1 2' vllm serve 'a b' \\"
     assert all(line.startswith("    --flag-") for line in text.splitlines()[1:])
+
+
+@pytest.mark.parametrize("engine, on, off", [("vllm-0.6", "--enable-prefix-caching", None),
+                                             ("sglang", None, "--disable-radix-cache")])
+def test_prefix_caching_flag_only_when_it_differs_from_the_default(llama, engine, on, off):
+    spec = load_engine(engine)
+    same = launch_plan("llama-3.1-70b", llama, _plan(tp=8, prefix_caching=spec.prefix_caching),
+                       engine=engine)
+    assert not any("prefix" in t or "radix" in t for t in same.processes[0].argv)
+    other = launch_plan("llama-3.1-70b", llama, _plan(tp=8, prefix_caching=not spec.prefix_caching),
+                        engine=engine)
+    flag = on if not spec.prefix_caching else off
+    assert flag in other.processes[0].argv
+    assert unknown_flags(other) == []

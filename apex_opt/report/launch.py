@@ -350,6 +350,14 @@ def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int, dp: int = 1, nnode
                      "lower it if activations run out of memory")
     if ctx.max_model_len is not None:
         argv += [f["max_model_len"], str(ctx.max_model_len)]
+    pc = getattr(cfg, "prefix_caching", None)
+    if pc is not None and pc != getattr(ctx.spec, "prefix_caching", pc):  # only against the default
+        key = "prefix_caching_on" if pc else "prefix_caching_off"
+        if key in f:
+            argv.append(f[key])
+        else:
+            notes.append(f"{ctx.spec.label} has no flag to turn prefix caching "
+                         f"{'on' if pc else 'off'}; the plan assumed it {'on' if pc else 'off'}")
     if ctx.quant is not None:
         argv += [f["quantization"], ctx.quant]
     if cfg.kv_dtype == "fp8":
