@@ -10,6 +10,8 @@
 Reports wall time, simulated iterations and µs per iteration (engine + cost model), peak RSS of
 the process (resource.getrusage) and ends with one JSON line.
 
+Both run the default engine model (vLLM V1: shared token budget, async scheduling, prefix cache).
+
 Usage: PYTHONPATH=. python scripts/bench_simulate.py [--shared ../shared] [--requests 100000]
 """
 
@@ -31,6 +33,7 @@ from apex_opt.registry import load_cluster  # noqa: E402
 from apex_opt.report.render import console, table  # noqa: E402
 from apex_opt.sim.simulator import simulate  # noqa: E402
 from apex_opt.sim.workload import generate, load_trace  # noqa: E402
+from apex_opt.specs.engine import load_engine  # noqa: E402
 from apex_opt.specs.model import load_model  # noqa: E402
 from apex_opt.specs.plan import Plan, ReplicaGroup  # noqa: E402
 from apex_opt.specs.workload import WorkloadSpec  # noqa: E402
@@ -43,12 +46,16 @@ def _peak_rss_mib() -> float:
     return kb / 1024
 
 
+#: the engine model benchmarked: the default profile (vLLM V1)
+ENGINE = "vllm"
+
+
 def _run(name: str, model, cluster, plan: Plan, requests, target_s: float) -> dict:
     t0 = time.perf_counter()
-    res = simulate(model, cluster, plan, requests)
+    res = simulate(model, cluster, plan, requests, engine=load_engine(ENGINE))
     wall = time.perf_counter() - t0
     iters = sum(r.iterations for r in res.replicas)
-    return {"case": name, "requests": len(requests), "iterations": iters, "wall_s": round(wall, 3),
+    return {"case": name, "engine": res.engine, "requests": len(requests), "iterations": iters, "wall_s": round(wall, 3),
             "us_per_iteration": round(wall / max(iters, 1) * 1e6, 1), "target_s": target_s,
             "ok": wall <= target_s, "preemptions": res.metrics.preemptions,
             "throughput_tok_s": round(res.metrics.throughput_tokens_per_s, 1),
@@ -67,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(groups=(ReplicaGroup(tp=8, max_model_len=131072, gpu_memory_utilization=0.97,
                                          chunked_prefill=True, max_num_batched_tokens=512),))
         req = load_trace(trace)
-        simulate(model, cluster, plan, req.subset(slice(0, 32)))  # warm imports / caches
+        simulate(model, cluster, plan, req.subset(slice(0, 32)),
+                 engine=load_engine(ENGINE))  # warm imports / caches
         out.append(_run("lmsys-1024 TP8", model, cluster, plan, req, 0.5))
     spec = WorkloadSpec(name="saturation", num_requests=args.requests,
                         arrival={"process": "poisson", "rate": 40.0},
