@@ -167,7 +167,7 @@ def simulate_row(row: dict) -> dict | None:
     else:
         engine = load_engine("vllm-0.6")
         g = ReplicaGroup(tp=s["tp"], pp=s["pp"], replicas=1, max_num_seqs=s["mns"],
-                         chunked_prefill=False, max_model_len=min(model.max_position_embeddings, 8192),
+                         chunked_prefill=False,  # vLLM 0.5.4 flags of the run; max_model_len default
                          weight_dtype="fp8" if s["fp8"] else "bf16")
     plan = Plan(groups=(g,), router="round_robin")
     t = time.perf_counter()
@@ -182,7 +182,9 @@ def simulate_row(row: dict) -> dict | None:
     return {"case": row["case_id"], "source": src, "group": f"{src} {row['model_hf'].split('/')[-1]} tp{s['tp']}"
             + (f"pp{s['pp']}" if s["pp"] > 1 else "") + (" " + s["task"] if s["task"] == "gpqa" else ""),
             "mns": s["mns"], "gpus": gpus, "pred": pred, "meas": meas, "err_pct": err,
-            "window": win.window, "sim_s": time.perf_counter() - t}
+            "window": win.window, "sim_s": time.perf_counter() - t,
+            # diagnostic (not scored): median inter-token latency, measured vs simulated per-request p50
+            "itl_ms": (float(row["tpot_ms"]) if row["tpot_ms"] else None, res.metrics.tpot_ms.p50)}
 
 
 def _mape(rows: list[dict], k: str) -> float:
@@ -208,8 +210,13 @@ def main() -> int:
         rows = [r for r in rows if r["case_id"].startswith(a.source)]
     t0 = time.perf_counter()
     done, skipped = [], []
+    failed: list[str] = []
     for r in rows:
-        out = simulate_row(r)
+        try:
+            out = simulate_row(r)
+        except Exception as exc:  # noqa: BLE001 -- one broken row must not hide the others
+            failed.append(f"{r['case_id']}: {str(exc).splitlines()[0][:160]}")
+            continue
         (done if out is not None else skipped).append(out or r["model_hf"])
     con = console()
     if not a.json_only:
@@ -219,10 +226,11 @@ def main() -> int:
             body.append([r["case"][:58], r["mns"],
                          f"{m['power_w']:.0f}", f"{p['power_w']:.0f}", f"{e['power_w']:+.1f}",
                          f"{m['j_per_tok']:.3f}", f"{p['j_per_tok']:.3f}", f"{e['j_per_tok']:+.1f}",
-                         f"{m['tok_s']:.0f}", f"{p['tok_s']:.0f}", f"{e['tok_s']:+.1f}"])
+                         f"{m['tok_s']:.0f}", f"{p['tok_s']:.0f}", f"{e['tok_s']:+.1f}",
+                         "/".join("-" if x is None else f"{x:.1f}" for x in r["itl_ms"])])
         con.print(table("per row (power = sum over GPUs, steady-state window)",
                         ["case", "mns", "W meas", "W sim", "err %", "J/tok meas", "J/tok sim", "err %",
-                         "tok/s meas", "tok/s sim", "err %"], body))
+                         "tok/s meas", "tok/s sim", "err %", "ITL ms meas/sim"], body))
         groups: dict[str, list] = {}
         for r in done:
             groups.setdefault(r["group"], []).append(r)
@@ -234,7 +242,10 @@ def main() -> int:
         con.print(table("MAPE % per group", ["group", "rows", "power", "J/token", "tok/s"], gt))
         if skipped:
             con.print(f"skipped (no architecture numbers): {', '.join(sorted(set(skipped)))}")
+        for f in failed:
+            con.print(f"FAILED {f}")
     summary = {"validation": "energy", "rows": len(done), "skipped_rows": len(skipped),
+               "failed_rows": len(failed),
                "target_mape_pct": TARGET_MAPE, "wall_s": round(time.perf_counter() - t0, 1)}
     for src in ("mlev3", "mlev2"):
         v = [r for r in done if r["source"] == src]
