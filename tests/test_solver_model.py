@@ -53,6 +53,7 @@ def test_conflicting_groups_name_the_slo() -> None:
     assert "ttft_ms" in conflicting_groups(space)
 
 
+@pytest.mark.slow
 def test_infeasible_slo_explained_with_verified_fix() -> None:
     with pytest.raises(InfeasibleError) as ei:
         solve(M, C, REQ, SLOSpec(ttft_ms=1), executor="serial")
@@ -65,6 +66,7 @@ def test_infeasible_slo_explained_with_verified_fix() -> None:
     assert res.plans
 
 
+@pytest.mark.slow
 def test_memory_infeasible_names_memory_and_more_gpus() -> None:
     big = load_model("llama-3.1-405b")
     with pytest.raises(InfeasibleError) as ei:

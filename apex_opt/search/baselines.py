@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from ..solver.candidates import engine_defaults
 from ..solver.model import SearchSpace
+from ..specs.engine import EngineSpec
 from .plans import PlanKey, plan_gpus
 
 #: (name, description, candidate order) of the baselines.
@@ -13,15 +15,16 @@ BASELINES = (
 )
 
 
-def baseline_keys(space: SearchSpace, limits: tuple[int, int]) -> list[tuple[str, str, PlanKey | None, str | None]]:
-    """The baselines as plan keys (None when no candidate fits). ``limits`` = the engine's
-    default (max_num_seqs, max_num_batched_tokens); bf16 weights and KV unless not allowed."""
+def baseline_keys(space: SearchSpace, engine: EngineSpec) -> list[tuple[str, str, PlanKey | None, str | None]]:
+    """The baselines as plan keys (None when no candidate fits): the engine's default
+    (max_num_seqs, max_num_batched_tokens) on each pool's device; bf16 weights and KV unless not
+    allowed."""
     out = []
     mg = space.slo.constraints.max_gpus
-    seqs, tokens = limits
     for name, desc, order in BASELINES:
         key: list[tuple[int, int]] = []
         for pool in space.cluster.pools:
+            seqs, tokens = engine_defaults(engine, pool)
             cands = [(i, c) for i, c in enumerate(space.cands) if c.pool == pool.name
                      and c.max_num_seqs == seqs and c.max_num_batched_tokens == tokens]
             if not cands:

@@ -12,12 +12,12 @@ import math
 import time
 from typing import Callable
 
-from ..errors import InputError
+from ..errors import InfeasibleError, InputError
 from ..memory import GIB, replica_memory
 from ..sim.metrics import Metrics, round_sig
 from ..sim.workload import Requests
 from ..solver.candidates import WorkloadStats
-from ..solver.explain import explain, explain_simulated
+from ..solver.explain import explain
 from ..solver.model import SearchSpace
 from ..solver.space import build_space
 from ..specs.cluster import ClusterSpec
@@ -26,6 +26,7 @@ from ..specs.model import ModelSpec
 from ..specs.plan import Plan
 from ..specs.slo import SLOSpec
 from .baselines import baseline_keys
+from .fixes import explain_simulated, verify_fixes
 from .executor import Executor, SimContext, SimJob, SimOutcome, make_executor, slo_met
 from .objectives import OBJECTIVES, better, objective_value, rank_key
 from .plans import (PlanKey, count_feasible, estimate, feasible_plans, group_out, plan_label,
@@ -165,7 +166,8 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
           time_limit_s: float = DEFAULT_TIME_LIMIT_S, model_ref: str | None = None,
           engine: str | EngineSpec = DEFAULT_ENGINE, also_launch: tuple[str, ...] = (),
           launcher: Launcher | None = None, max_sims: int | None = None,
-          progress: Callable[[str, int, int], None] | None = None) -> SolveResult:
+          progress: Callable[[str, int, int], None] | None = None,
+          _detail: bool = True, _verify: bool = True) -> SolveResult:
     """Plan serving ``model`` on ``cluster`` for ``requests`` under ``slo``, every plan simulated
     with ``engine`` (a bundled engine name or spec). ``launcher(plan, engine_name)`` renders launch
     commands (for ``engine`` and every engine of ``also_launch``, whose simulation of the chosen
@@ -183,9 +185,20 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
     other_keys = tuple(dict.fromkeys(e for e in also_launch if e != eng_key))
     others = tuple(load_engine(e) for e in other_keys)
     stats = WorkloadStats.of(requests)
+
+    def resolve(cl: ClusterSpec, sl: SLOSpec, rq: Requests):
+        """Best simulated plan of a relaxed problem (no details, no further explanations)."""
+        r = solve(model, cl, rq, sl, objective=objective, top_k=2, workers=workers,
+                  executor=executor, seed=seed, time_limit_s=time_limit_s, engine=eng,
+                  max_sims=6, _detail=False, _verify=False)
+        return r.plans[0]
+
+    def infeasible(err):
+        return verify_fixes(err, cluster, slo, requests, resolve) if _verify else err
+
     space = build_space(model, cluster, stats, slo, objective, engine=eng)
     if not space.cands:
-        raise explain(model, cluster, stats, slo, objective, None, engine=eng)
+        raise infeasible(explain(model, cluster, stats, slo, objective, None, engine=eng))
     ctx = SimContext(model, cluster, requests, slo, eng)
     cb = (lambda d, n: progress("simulating", d, n)) if progress else None
     fast_bd = _fast_breakdown()
@@ -225,7 +238,7 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
             gap = None if ref.gap is None else round_sig(ref.gap)
             status = st[0] if st else "UNKNOWN"
             if not keys:
-                raise explain(model, cluster, stats, slo, objective, space, engine=eng)
+                raise infeasible(explain(model, cluster, stats, slo, objective, space, engine=eng))
             if objective == "energy":
                 # the latency-optimal plan, to measure the saving against
                 lat_src, _ = ranked_plans(latency_space(space), workers, seed, time_limit_s)
@@ -233,11 +246,12 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
                 if first is not None and first.key not in cache:
                     run([first.key])
                     keys.append(first.key)
-        base_specs = baseline_keys(space, (256, eng.chunked_prefill_budget))
+        base_specs = baseline_keys(space, eng)
         plans = [_plan_out(space, key, cache[key], objective, {}) for key in keys]
         order = sorted(range(len(plans)), key=lambda j: rank_key(objective, plans[j]))
-        if not plans[order[0]].slo_met:
-            raise explain_simulated(slo, [plans[j] for j in order], objective)
+        if not plans[order[0]].slo_met and _verify:
+            raise explain_simulated(ctx, [plans[j] for j in order],
+                                    {plans[j].label: to_plan(space, keys[j]) for j in order}, resolve)
         best_key = keys[order[0]]
         best_plan = to_plan(space, best_key)
         names = (eng_key,) + other_keys
@@ -245,6 +259,14 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
             "rank": r + 1, "launch": _launches(to_plan(space, keys[j]), launcher, names[:1])})
             for r, j in enumerate(order)]
         ranked[0] = ranked[0].model_copy(update={"launch": _launches(best_plan, launcher, names)})
+        if not _detail:
+            return SolveResult(model=model.name, cluster=cluster.name, objective=objective,
+                               slo=slo.model_dump(mode="json"), workload={}, plans=ranked,
+                               chosen=None, baselines=[], solver=SolverInfo(
+                                   status=status, wall_s=0.0, plans_feasible=n_feasible,
+                                   plans_simulated=len(cache), candidates=len(space.cands),
+                                   shortlist=len(keys), objective=objective, exhaustive=exhaustive,
+                                   workers=workers, executor=executor, seed=seed, engine=eng_key))
         # one batch for what is left: baselines, the other engines, the breakdown (if needed)
         extra = [SimJob(best_plan, engine=o) for o in others]
         if not fast_bd:

@@ -25,8 +25,24 @@ from ..specs.plan import ReplicaConfig, ReplicaGroup
 from ..specs.slo import SLOSpec
 from .stages import split_layers
 
-#: Engine limits searched: (max_num_seqs, max_num_batched_tokens), chunked prefill on.
-ENGINE_LIMITS: tuple[tuple[int, int], ...] = ((64, 512), (256, 512), (64, 2048), (256, 2048))
+
+
+def engine_defaults(engine: EngineSpec, pool: PoolSpec) -> tuple[int, int]:
+    """The engine's own (max_num_seqs, max_num_batched_tokens) on the pool's device."""
+    dev = pool.device
+    gib = dev.memory_bytes / 2 ** 30
+    return (engine.default_max_num_seqs_for(dev.name, gib),
+            engine.default_batched_tokens(dev.name, gib))
+
+
+def engine_limits(engine: EngineSpec, pool: PoolSpec) -> tuple[tuple[int, int], ...]:
+    """Engine limits searched on a pool: (max_num_seqs, max_num_batched_tokens) pairs, the
+    engine's device default scaled by the factors of its data file
+    (``search_max_num_seqs_factors`` x ``search_batched_tokens_factors``)."""
+    seqs, tokens = engine_defaults(engine, pool)
+    ss = sorted({max(1, int(round(seqs * f))) for f in engine.search_max_num_seqs_factors})
+    ts = sorted({max(16, int(round(tokens * f))) for f in engine.search_batched_tokens_factors})
+    return tuple((s, t) for t in ts for s in ss)
 #: Weight / KV dtypes searched when the SLO file does not restrict them. int4 needs a pre-quantised
 #: checkpoint, so it is only searched when the SLO file lists it.
 DEFAULT_WEIGHT_DTYPES = ("bf16", "fp8")
@@ -168,7 +184,7 @@ def _violations(slo: SLOSpec, pool: PoolSpec, tp: int, pp: int, wd: str, kv: str
 def enumerate_candidates(model: ModelSpec, cluster: ClusterSpec, stats: WorkloadStats,
                          slo: SLOSpec, *, engine: EngineSpec | None = None,
                          everything: bool = False,
-                         limits: tuple[tuple[int, int], ...] = ENGINE_LIMITS) -> list[Candidate]:
+                         limits: tuple[tuple[int, int], ...] | None = None) -> list[Candidate]:
     """Candidates of every pool. Normally only those violating no constraint group are returned;
     ``everything=True`` returns all of them (dtypes outside the defaults included) with their
     ``violates`` sets, for the infeasibility explanation. Shapes whose linear weights alone exceed
@@ -184,6 +200,7 @@ def enumerate_candidates(model: ModelSpec, cluster: ClusterSpec, stats: Workload
         if not everything and c.pools is not None and pool.name not in c.pools:
             continue
         cap = pool.device.memory_bytes
+        pool_limits = limits or engine_limits(engine, pool)
         for shape in enumerate_shapes(model, pool):
             if not searched_shape(model, pool, shape):
                 continue
@@ -196,7 +213,7 @@ def enumerate_candidates(model: ModelSpec, cluster: ClusterSpec, stats: Workload
                     continue
                 split = split_layers(model, shape.pp, linear_weight_bytes_per_elem(wd))
                 for kv in kvs:
-                    for seqs, tokens in limits:
+                    for seqs, tokens in pool_limits:
                         cand = _candidate(model, pool, shape, wd, kv, seqs, tokens, max_len,
                                           split, hopeless, engine, slo, len(out))
                         if everything or not cand.violates:

@@ -75,7 +75,9 @@ def _round_up(x: float) -> float:
     return round(math.ceil(x / step) * step, 6)
 
 
-def _grown(cluster: ClusterSpec, factor: int) -> ClusterSpec:
+def grown(cluster: ClusterSpec, factor: int) -> ClusterSpec:
+    """``cluster`` with ``factor`` times the nodes in every pool (a network added where a pool had
+    one node)."""
     from ..specs.cluster import LinkSpec
 
     pools = []
@@ -110,12 +112,12 @@ def _fix(model: ModelSpec, cluster: ClusterSpec, stats: WorkloadStats, slo: SLOS
         return None
     if group in ("gpus_available", "load", "memory"):
         for factor in (2, 4, 8, MAX_GROWTH):
-            bigger = _grown(cluster, factor)
+            bigger = grown(cluster, factor)
             sp = build_space(model, bigger, stats, slo, objective, engine=space.engine)
             if sp.cands and _feasible(sp):
                 return {"group": group, "change": f"more GPUs: {bigger.num_gpus} instead of "
                                                   f"{cluster.num_gpus} ({factor}x the nodes)",
-                        "value": bigger.num_gpus, "verified": True}
+                        "value": bigger.num_gpus, "factor": factor, "verified": True}
         return None
     return None
 

@@ -38,7 +38,7 @@ from .objective import ReplicaModel, plan_estimate, to_milli, to_us
 #: A candidate is screened out by an SLO target only when its unloaded floor x this exceeds it.
 SCREEN_SLACK = 0.8
 #: A plan must offer at least this fraction of the workload's rate as capacity.
-LOAD_SLACK = 0.7
+LOAD_SLACK = 0.5
 #: Groups applied per candidate.
 CANDIDATE_GROUPS = ("memory", "weight_dtypes", "kv_dtypes", "pools", "max_tp", "max_pp",
                     "ttft_ms", "tpot_ms", "e2e_s")

@@ -56,6 +56,8 @@ class CostCurves:
     pp: int
     gpus: int
     idle_w: float
+    #: front-end latency of every request before the engine sees it (HTTP, tokenisation, IPC)
+    overhead_s: float = 0.0
 
 
 def _interp(xs: tuple[float, ...], ys: tuple[float, ...], x: float) -> float:
@@ -91,7 +93,8 @@ def cost_curves(model: ModelSpec, cluster: ClusterSpec, cand: Candidate, stats: 
                        c.energy_j / budget, c.busy_gpu_s / budget, host)
     cols = list(zip(*rows))
     return CostCurves(tuple(float(b) for b in BATCH_GRID), *(tuple(col) for col in cols), tok,
-                      cand.pp, cand.gpus, pool.device.idle_power_w)
+                      cand.pp, cand.gpus, pool.device.idle_power_w,
+                      float(getattr(engine, "request_overhead_ms", 0.0)) * 1e-3)
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,7 @@ class ReplicaModel:
         chunks = math.ceil(P / max(1.0, budget - b))
         service = chunks * tau
         wait = service * rho / (1.0 - rho)
-        ttft = service + wait
+        ttft = service + wait + cv.overhead_s
         e2e = ttft + max(0.0, D - 1.0) * tau
         p = rate / cv.pp * self.st.mean_prompt * tau
         energy = _interp(cv.b, cv.e_dec, max(b, 1.0)) + p * tok[2]

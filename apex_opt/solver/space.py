@@ -22,11 +22,15 @@ def build_space(model: ModelSpec, cluster: ClusterSpec, stats: WorkloadStats, sl
     cands = enumerate_candidates(model, cluster, stats, slo, engine=engine, everything=everything)
     if everything:
         cands = [c for c in cands if c.fits]
+    budgets: dict = {}
+    for c in cands:
+        budgets.setdefault(c.cost_key, set()).add(c.max_num_batched_tokens)
     curves: dict = {}
     models = []
     for c in cands:
         cv = curves.get(c.cost_key)
         if cv is None:
-            cv = curves[c.cost_key] = cost_curves(model, cluster, c, stats, engine)
+            cv = curves[c.cost_key] = cost_curves(model, cluster, c, stats, engine,
+                                                  budgets=tuple(sorted(budgets[c.cost_key])))
         models.append(ReplicaModel(c, cv, stats))
     return SearchSpace(cands, models, stats, slo, cluster, objective, engine)

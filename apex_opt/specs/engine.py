@@ -122,6 +122,12 @@ class EngineSpec(StrictModel):
         (), description="Default (max_num_batched_tokens, max_num_seqs) by device memory; the "
                         "first tier the device qualifies for wins.")
     default_max_num_seqs: int = Field(256, ge=1, description="max_num_seqs when no tier applies.")
+    search_max_num_seqs_factors: tuple[float, ...] = Field(
+        (0.25, 1.0), min_length=1, description="solve: max_num_seqs values searched, as factors of "
+                                               "the engine's default on the device.")
+    search_batched_tokens_factors: tuple[float, ...] = Field(
+        (0.25, 1.0), min_length=1, description="solve: max_num_batched_tokens values searched, as "
+                                               "factors of the engine's default on the device.")
     long_prefill_token_threshold: int = Field(
         0, ge=0, description="vLLM V1: a request prefills at most this many tokens per step "
                              "(0 = no limit, the default with max_num_partial_prefills = 1).")
