@@ -268,6 +268,7 @@ def test_workload_header_names_the_bundled_default():
     assert line.startswith("workload: bundled default default-workload.yaml (500 requests, 2.9 req/s")
 
 
+@pytest.mark.slow  # an end-to-end infeasible solve with verified fixes (~10 s on 2 cores)
 def test_infeasible_solve_json_is_still_a_document(tmp_path):
     (tmp_path / "wl.yaml").write_text(_WL)
     (tmp_path / "slo.yaml").write_text("constraints: {weight_dtypes: [bf16]}\n")

@@ -99,12 +99,15 @@ def test_fp8_checkpoint_needs_no_quantization_flag(deepseek):
 
 def test_int4_needs_an_awq_or_gptq_checkpoint(llama, tmp_path):
     lp = launch_plan("llama-3.1-70b", llama, _plan(tp=4, weight_dtype="int4"))
+    assert lp.processes[0].argv[2] == "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4"
+    assert any("pre-quantised checkpoint" in n for n in lp.notes)
+    qwen = load_model("qwen2.5-32b")  # no published int4 copy in the table: the shell must be told
+    lp = launch_plan("qwen2.5-32b", qwen, _plan(tp=4, weight_dtype="int4"))
     model_arg = lp.processes[0].argv[2]
     assert model_arg.startswith("${INT4_CHECKPOINT:?") and "--quantization" not in lp.processes[0].argv
     assert any("AWQ or GPTQ" in n for n in lp.notes)
-    lp = launch_plan("llama-3.1-70b", llama, _plan(tp=4, weight_dtype="int4"),
-                     hf_id="hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4")
-    assert lp.processes[0].argv[2] == "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4"
+    lp = launch_plan("qwen2.5-32b", qwen, _plan(tp=4, weight_dtype="int4"), hf_id="org/qwen-awq")
+    assert lp.processes[0].argv[2] == "org/qwen-awq"
 
 
 def test_bf16_from_an_fp8_checkpoint_needs_a_copy(deepseek):
@@ -304,7 +307,8 @@ def test_the_script_runs_in_a_real_shell_as_printed(llama, engine, tmp_path):
     plan = Plan(groups=(ReplicaGroup(tp=2, replicas=2, layers_per_stage=None, weight_dtype="int4",
                                      max_num_batched_tokens=1024),
                         ReplicaGroup(tp=8, pp=2, layers_per_stage=(41, 39))))
-    lp = launch_plan("llama-3.1-70b", llama, plan, engine=engine, cluster=_cluster(nodes=3))
+    lp = launch_plan("llama-3.1-70b", llama, plan, engine=engine, cluster=_cluster(nodes=3),
+                     hf_id="${INT4_CHECKPOINT:?set INT4_CHECKPOINT}")
     stub = ('_show() { printf "%s\\0" "CVD=${CUDA_VISIBLE_DEVICES-}" '
             '"PART=${VLLM_PP_LAYER_PARTITION-}${SGLANG_PP_LAYER_PARTITION-}" "$@"; printf "\\n"; }\n'
             'vllm() { _show vllm "$@"; }\npython() { _show python "$@"; }\nray() { _show ray "$@"; }\n')
