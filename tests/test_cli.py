@@ -318,3 +318,14 @@ def test_simulate_header_names_workload_slo_and_dropped(tmp_path):
     assert "workload: synthetic:cli (10 requests" in r.output
     assert "SLO: TTFT p99 <= 200 ms" in r.output
     assert "10 requests completed, 0 dropped" in r.output
+
+
+def test_help_texts_show_the_new_flags_with_examples():
+    r = run("solve", "--help")
+    assert r.exit_code == 0
+    text = " ".join(r.output.split())
+    for needle in ("--max-model-len", "--hf-id", "Example: --max-model-len 32768",
+                   "--hf-id my-org/my-model", "--plot plans.png", "launch_plans"):
+        assert needle in text, needle
+    r = run("schema", "--help")
+    assert "apex-opt schema cluster" in r.output and "bundled device name" in r.output
