@@ -24,7 +24,7 @@ class CheckOptions(BaseModel):
     gpu_memory_utilization: float | None = None  # None: the engine's (vLLM 0.9, SGLang by GPU)
     max_num_seqs: int | None = None  # None: the engine's default for the device
     max_num_batched_tokens: int | None = None
-    chunked_prefill: bool = True
+    chunked_prefill: bool | None = None  # None = the engine's default (ReplicaConfig.resolved)
     engine: str = "vllm"
 
 

@@ -27,8 +27,10 @@ from .common import (cluster_option, engine_option, json_option, kv_dtype_option
                    "the engine's for the GPU: vLLM V1 1024 on H100/H200, 256 elsewhere].")
 @click.option("--max-num-batched-tokens", type=click.IntRange(1, 10_000_000), default=None,
               help="Token budget per iteration [default: 512 with chunked prefill].")
-@click.option("--chunked-prefill/--no-chunked-prefill", default=True, show_default=True,
-              help="Without chunked prefill the profiling pass runs max_model_len tokens.")
+@click.option("--chunked-prefill/--no-chunked-prefill", default=None,
+              help="Without chunked prefill the profiling pass runs max_model_len tokens "
+                   "[default: the engine's own, as simulate: vLLM 0.6 only above 32K context, "
+                   "vLLM V1 and SGLang always].")
 @engine_option
 @json_option
 def command(model_ref, cluster_ref, weight_dtype, kv_dtype, max_model_len, gpu_memory_utilization,
