@@ -344,3 +344,16 @@ def test_prefix_caching_flag_only_when_it_differs_from_the_default(llama, engine
     flag = on if not spec.prefix_caching else off
     assert flag in other.processes[0].argv
     assert unknown_flags(other) == []
+
+
+def test_sglang_data_parallel_attention(deepseek):
+    if "attention_dp" not in ReplicaGroup.model_fields:
+        pytest.skip("plan has no attention_dp field")
+    plan = _plan(tp=8, attention_dp=8, weight_dtype="fp8", replicas=2)
+    lp = launch_plan("deepseek-v3", deepseek, plan, engine="sglang", cluster=_cluster())
+    assert len(lp.processes) == 2  # --dp-size is taken by attention DP: one server per replica
+    argv = lp.processes[0].argv
+    assert "--enable-dp-attention" in argv and _flag(argv, "--dp-size") == "8"
+    assert unknown_flags(lp) == []
+    v = launch_plan("deepseek-v3", deepseek, plan, engine="vllm", cluster=_cluster())
+    assert any("attention_dp=8" in n for n in v.notes)

@@ -308,7 +308,14 @@ def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int, dp: int = 1, nnode
     argv += [f["port"], str(port), f["tensor_parallel"], str(cfg.tp)]
     if cfg.pp > 1 or fam == "vllm":
         argv += [f["pipeline_parallel"], str(cfg.pp)]
-    if dp > 1:
+    adp = getattr(cfg, "attention_dp", 1) or 1
+    if adp > 1:  # data-parallel attention inside the TP group (MLA models)
+        if fam == "sglang" and "dp_attention" in f and "data_parallel" in f:
+            argv += [f["dp_attention"], f["data_parallel"], str(adp)]
+        else:
+            notes.append(f"{ctx.spec.label} has no data-parallel-attention flag for this shape: "
+                         f"the plan's attention_dp={adp} runs as plain TP{cfg.tp}")
+    elif dp > 1:
         argv += [f["data_parallel"], str(dp)]
     if cfg.ep > 1:
         if "expert_parallel" not in f:
@@ -616,7 +623,9 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
                              f"has {max_nodes}", source="plan", field=f"groups[{gi}].replicas",
                              value=g.replicas)
         glabel = f"group {gi} {g.replicas}x{g.label()}"
-        engine_dp = "data_parallel" in flags
+        # one server per node for its replicas with the engine's own DP (not when --dp-size
+        # already means data-parallel attention inside each replica)
+        engine_dp = "data_parallel" in flags and (getattr(g, "attention_dp", 1) or 1) == 1
         # replicas inside one node: one server per replica, or one per node with the engine's DP
         by_node: dict[int, list[tuple[int, _Slot]]] = {}
         for r, slot in enumerate(slots):
