@@ -298,11 +298,15 @@ def summarise(results: list[dict]) -> dict:
 
 def render(results: list[dict], summ: dict, wall: float) -> str:
     lines: list[str] = []
+    prev = ""
     hdr = (f"{'case':58} {'load':>18} {'TTFT ms':>9} {'meas':>9} {'err%':>7} {'TPOT ms':>8} "
            f"{'meas':>8} {'err%':>7} {'E2E s':>8} {'meas':>8} {'err%':>7} {'tok/s err%':>10}  note")
     lines.append("predicted vs measured (signed error = (pred - meas) / meas)")
     lines.append(hdr)
-    for r in results:
+    for i, r in enumerate(sorted(results, key=lambda r: r["group"])):
+        if i == 0 or r["group"] != prev:
+            lines.append(f"-- {r['group']}")
+            prev = r["group"]
         case = r["case"]
         case = case if len(case) <= 58 else case[:27] + "~" + case[-30:]
         if "error" in r:
