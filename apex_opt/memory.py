@@ -97,7 +97,8 @@ def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int) 
     tp, wb = cfg.tp, linear_weight_bytes_per_elem(cfg.weight_dtype)
     bf16 = DTYPE_BYTES["bf16"]
     layers = stage_layer_ranges(model.num_layers, cfg)[stage]
-    attn = _ops_params(model.attention_linear_ops(), tp, model)
+    # data-parallel attention (SGLang): each attention rank is tp / attention_dp GPUs
+    attn = _ops_params(model.attention_linear_ops(), tp // cfg.attention_dp, model)
     dense = _ops_params(model.dense_mlp_linear_ops(), tp, model)
     shared = _ops_params(model.shared_expert_linear_ops(), tp, model) if model.moe else 0.0
     expert = _ops_params(model.expert_linear_ops(), 1, model) if model.moe else 0.0
@@ -220,7 +221,8 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
     for s, layers in enumerate(ranges):
         comp = weight_bytes_by_component(model, cfg, s)
         w = sum(comp.values())
-        kv_tok = kv_bytes_per_token_per_layer(model, cfg.tp, cfg.kv_dtype) * len(layers)
+        kv_tok = kv_bytes_per_token_per_layer(model, cfg.tp // cfg.attention_dp,
+                                              cfg.kv_dtype) * len(layers)
         if engine.kv_sizing == "static_fraction":
             # SGLang: weights + KV pool = total x mem_fraction_static; activations live outside
             kv = budget - w - runtime
@@ -232,8 +234,11 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
                                   runtime_overhead_bytes=runtime, outside_budget_bytes=outside,
                                   budget_bytes=budget, kv_cache_bytes=int(kv),
                                   kv_bytes_per_token=kv_tok, kv_blocks=blocks))
-    blocks = min(s.kv_blocks for s in stages)
+    # with data-parallel attention every attention rank holds a pool of its own requests
+    rank_blocks = min(s.kv_blocks for s in stages)
+    blocks = rank_blocks * cfg.attention_dp
     kv_tokens = blocks * engine.block_size
+    rank_tokens = rank_blocks * engine.block_size
     problem, comp_name, overflow = None, None, 0
     worst = min(stages, key=lambda s: s.kv_cache_bytes)
     if engine.kv_sizing == "static_fraction":
@@ -252,10 +257,12 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
                    f"{worst.activation_bytes / GIB:.1f} GiB + buffers {runtime / GIB:.2f} GiB exceed the "
                    f"{budget / GIB:.1f} GiB budget by {-worst.kv_cache_bytes / GIB:.1f} GiB "
                    f"(largest component: {comp_name})")
-    elif kv_tokens < max_len:
-        overflow = int((max_len - kv_tokens) * worst.kv_bytes_per_token)
+    elif rank_tokens < max_len:
+        overflow = int((max_len - rank_tokens) * worst.kv_bytes_per_token)
         comp_name = "kv_cache"
-        problem = (f"KV cache holds {kv_tokens} tokens, fewer than max_model_len={max_len} "
+        problem = (f"KV cache holds {rank_tokens} tokens"
+                   + (" per attention-DP rank" if cfg.attention_dp > 1 else "")
+                   + f", fewer than max_model_len={max_len} "
                    f"(short by {overflow / GIB:.2f} GiB per GPU)")
     return MemoryReport(
         pool=cfg.pool, device=device.name, tp=cfg.tp, pp=cfg.pp, ep=cfg.ep, gpus=cfg.gpus,
@@ -263,6 +270,6 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
         layers_per_stage=[len(r) for r in ranges], max_model_len=max_len,
         max_num_batched_tokens=tokens, gpu_memory_utilization=cfg.gpu_memory_utilization,
         device_memory_bytes=total, stages=stages, kv_blocks=blocks, kv_tokens=kv_tokens,
-        max_concurrent_full_len=kv_tokens // max_len if max_len else 0,
+        max_concurrent_full_len=cfg.attention_dp * (rank_tokens // max_len) if max_len else 0,
         fits=problem is None, problem=problem, overflow_component=comp_name,
         overflow_bytes=int(overflow))

@@ -177,3 +177,34 @@ def test_sglang_new_token_ratio_reserves_decode_room():
     without, _ = _run(EngineLimits(**kw), prompt, output, arrival)
     # reserve 0.7 x 2000 = 1400 tokens for request 0: 3000 - 1001 - 1400 < 1000 + 7 -> waits
     assert with_ratio.first_s[1] > without.first_s[1] + 0.05
+
+
+def test_attention_dp_memory_routing_and_lockstep():
+    """SGLang DP attention (DeepSeek MLA): attention weights replicated per rank, a KV pool per
+    rank (more tokens in total), requests spread round robin over the ranks, one forward for all."""
+    from apex_opt.memory import replica_memory
+
+    sg = load_engine("sglang")
+    m = load_model("deepseek-v3")
+    dev = load_cluster("h200-1x8").pools[0].device
+    one = replica_memory(m, dev, ReplicaConfig(tp=8, weight_dtype="fp8", max_model_len=16384), sg)
+    dp8 = replica_memory(m, dev, ReplicaConfig(tp=8, weight_dtype="fp8", attention_dp=8,
+                                               max_model_len=16384), sg)
+    assert one.fits and dp8.fits
+    w1 = one.stages[0].weights_by_component["attention"]
+    # sharded projections are 8x larger per GPU (the MLA down-projections were replicated)
+    assert 4 * w1 < dp8.stages[0].weights_by_component["attention"] <= 8 * w1
+    assert dp8.gpu_memory_utilization < one.gpu_memory_utilization  # SGLang's DP reserve
+    assert dp8.kv_tokens > 2 * one.kv_tokens
+    with pytest.raises(ValueError, match="attention_dp"):
+        ReplicaConfig(tp=8, attention_dp=3)
+    # scheduler: 4 ranks, 8 requests -> 2 per rank; every step serves all ranks together
+    lim = EngineLimits(num_blocks=4000, block_size=1, max_num_seqs=64, max_num_batched_tokens=8192,
+                       max_model_len=4096, chunked_prefill=True, policy="sglang",
+                       watermark_fraction=0.0, attention_dp=4)
+    log, eng = _run(lim, [100] * 8, [20] * 8, [0.0] * 8)
+    assert [ve.unfinished for ve in eng.ves] == [0, 0, 0, 0]
+    assert np.all(np.isfinite(log.finish_s))
+    # one prefill step for all 8 (two per rank) then 19 lockstep decode steps
+    assert eng.stats.iterations == 20 and eng.stats.prefill_iterations == 1
+    assert eng.stats.max_blocks_used <= 1000  # each rank holds its own quarter of the pool

@@ -66,7 +66,8 @@ def _plan(model, opts: dict, engine: EngineSpec) -> Plan:
     group = {k: opts[k] for k in ("tp", "pp", "ep", "pool", "weight_dtype", "kv_dtype",
                                   "max_num_seqs", "max_num_batched_tokens",
                                   "gpu_memory_utilization", "max_model_len", "custom_allreduce",
-                                  "cuda_graphs", "chunked_prefill", "sm_clock_mhz", "power_cap_w")}
+                                  "cuda_graphs", "chunked_prefill", "sm_clock_mhz", "power_cap_w",
+                                  "attention_dp")}
     group["replicas"] = opts["dp"]
     if group["gpu_memory_utilization"] is None:  # unset: the engine's own (SGLang: by GPU)
         del group["gpu_memory_utilization"]
@@ -174,6 +175,9 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
               help="Data-parallel replicas.")
 @click.option("--ep", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Expert-parallel degree (MoE; divides --tp).")
+@click.option("--attention-dp", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="SGLang data-parallel attention ranks inside the TP group (--enable-dp-attention "
+                   "--dp-size N; MLA models such as deepseek-v3), e.g. --tp 8 --attention-dp 8.")
 @click.option("--pool", default=None, help="Device pool of the cluster [default: the first].")
 @weight_dtype_option
 @kv_dtype_option

@@ -117,6 +117,10 @@ class EngineLimits:
     #: SGLang clips each request's remaining output at this for the reserve
     #: (CLIP_MAX_NEW_TOKENS_ESTIMATION in schedule_policy.py)
     new_token_clip: int = 4096
+    #: SGLang data-parallel attention: this many attention ranks, each with its own scheduler,
+    #: requests (routed round robin) and 1/attention_dp of the KV blocks, stepping together
+    #: (the MoE/MLP layers run over all ranks' tokens); needs pp == 1
+    attention_dp: int = 1
 
     @property
     def mode(self) -> str:
@@ -124,7 +128,12 @@ class EngineLimits:
 
     @property
     def blocks_per_virtual_engine(self) -> int:
-        return self.num_blocks // self.pp
+        return self.num_blocks // self.schedulers
+
+    @property
+    def schedulers(self) -> int:
+        """Independent schedulers of the replica: PP virtual engines or attention-DP ranks."""
+        return max(self.pp, self.attention_dp)
 
     @property
     def watermark_blocks(self) -> int:
@@ -257,7 +266,10 @@ class ReplicaEngine:
         self.bs = limits.block_size
         self.nb = limits.blocks_per_virtual_engine
         self.wm = limits.watermark_blocks
-        self.ves = [_VirtualEngine() for _ in range(limits.pp)]
+        self.ves = [_VirtualEngine() for _ in range(limits.schedulers)]
+        #: attention-DP ranks step together (one forward over every rank's batch)
+        self.lockstep = limits.attention_dp > 1
+        self._rr = 0
         self.mode = limits.mode
         self.use_cache = bool(limits.prefix_caching and log.prefix_blocks is not None)
         for ve in self.ves:
@@ -304,10 +316,17 @@ class ReplicaEngine:
             if log.done_sink is not None:
                 log.done_sink.append((rid, t))
             return None
-        v = min(range(len(self.ves)), key=lambda i: self.ves[i].unfinished)
-        ve = self.ves[v]
-        ve.waiting.append(rid)
-        ve.unfinished += 1
+        if self.lockstep:  # SGLang's DP controller: round robin over the attention ranks
+            ve = self.ves[self._rr]
+            self._rr = (self._rr + 1) % len(self.ves)
+            ve.waiting.append(rid)
+            ve.unfinished += 1
+            v, ve = 0, self.ves[0]  # rank 0 carries the replica's busy / kick state
+        else:
+            v = min(range(len(self.ves)), key=lambda i: self.ves[i].unfinished)
+            ve = self.ves[v]
+            ve.waiting.append(rid)
+            ve.unfinished += 1
         if ve.busy or ve.kick_pending:
             return None
         ve.kick_pending = True
@@ -321,6 +340,10 @@ class ReplicaEngine:
         if ve.busy:
             return None
         ve.cutoff = t  # an idle engine schedules what just arrived at once
+        if self.lockstep:
+            for r in self.ves:
+                r.cutoff = t
+            return self._step_lockstep(t)
         return self._step(ve, t, horizon)
 
     def complete(self, v: int, t: float, horizon: float = float("inf")) -> float | None:
@@ -333,6 +356,12 @@ class ReplicaEngine:
         self.stats.last_event_s = max(self.stats.last_event_s, t)
         # async scheduling: the step starting now was scheduled when the previous one started,
         # so it only sees requests that had arrived by then
+        if self.lockstep:
+            for r in self.ves:
+                r.unfinished -= r.pending_done
+                r.pending_done = 0
+                r.cutoff = r.last_start if self.lookahead else t
+            return self._step_lockstep(t)
         ve.cutoff = ve.last_start if self.lookahead else t
         return self._step(ve, t, horizon)
 
@@ -346,6 +375,67 @@ class ReplicaEngine:
         if self.mode == "v1" or self.lim.chunked_prefill:
             return self._schedule_chunked(ve)
         return self._schedule_default(ve)
+
+    def _step_lockstep(self, t: float) -> float | None:
+        """Attention-DP ranks: every rank schedules its own batch; one forward runs them all
+        (MoE/MLP over all ranks' tokens; attention per rank -- the cost model takes the ranks'
+        batches as ``attention_ranks`` when it supports it, else the union batch)."""
+        plans = []
+        for ve in self.ves:
+            plan = self._schedule(ve)
+            if plan is None and ve.waiting and ve.cutoff < t:
+                ve.cutoff = t
+                plan = self._schedule(ve)
+            plans.append(plan)
+        if all(p is None for p in plans):
+            return None
+        ctxs, prefill, sampling, ranks = [], [], 0, []
+        for ve, plan in zip(self.ves, plans):
+            if plan is None:
+                ranks.append((_EMPTY, []))
+                continue
+            k, pf, smp = plan
+            ctxs.append(ve.d_len[:k])
+            prefill.extend(pf)
+            sampling += smp
+            ranks.append((ve.d_len[:k], pf))
+        ctx = np.concatenate(ctxs) if ctxs else _EMPTY
+        bd = self.breakdown
+        kw = {"attention_ranks": ranks} if getattr(self.cost, "supports_attention_dp", False) else {}
+        c = self.cost.iteration(ctx, prefill, prefill_sampling=sampling,
+                                with_breakdown=bd is not None, **kw)
+        if bd is not None and c.breakdown:
+            for key, val in c.breakdown.items():
+                bd[key] = bd.get(key, 0.0) + val
+        period, lag = self._period(c)
+        end = t + period
+        st = self.stats
+        st.iterations += 1
+        st.energy_j += c.energy_j
+        st.busy_gpu_s += c.busy_gpu_s
+        st.flops += c.flops
+        st.hbm_bytes += c.hbm_bytes
+        n_dec = int(ctx.shape[0])
+        if prefill and n_dec:
+            st.mixed_iterations += 1
+        elif prefill:
+            st.prefill_iterations += 1
+        else:
+            st.decode_iterations += 1
+        for ve, plan in zip(self.ves, plans):
+            if ve.used_blocks > st.max_blocks_used:
+                st.max_blocks_used = ve.used_blocks
+            ve.last_start = t
+            if plan is None:
+                continue
+            k, pf, _ = plan
+            self._advance_decodes(ve, k, 1, end + lag)
+            if pf:
+                self._advance_prefills(ve, pf, end + lag)
+            if self.debug:
+                self._check(ve)
+        self.ves[0].busy = True
+        return end
 
     def _step(self, ve: _VirtualEngine, t: float, horizon: float = float("inf")) -> float | None:
         plan = self._schedule(ve)

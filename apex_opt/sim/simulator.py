@@ -132,6 +132,7 @@ def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
         watermark_fraction=engine.watermark_fraction, policy=policy,
         prefix_caching=bool(cfg.prefix_caching) and engine.prefix_cache != "none",
         long_prefill_token_threshold=engine.long_prefill_token_threshold,
+        attention_dp=cfg.attention_dp,
         new_token_ratio=(None if ntr is None or policy != "sglang" else
                          (ntr.init, ntr.init * ntr.min_factor,
                           (ntr.init - ntr.init * ntr.min_factor) / ntr.decay_steps)))
@@ -155,9 +156,14 @@ def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: Req
                                    "overflow_component": mem.overflow_component,
                                    "overflow_bytes": mem.overflow_bytes})
         blocks = num_blocks_override if num_blocks_override is not None else mem.kv_blocks
-        if blocks < cfg.pp:
+        if blocks < max(cfg.pp, cfg.attention_dp):
             raise InfeasibleError(f"{cfg.label()}: {blocks} KV blocks cannot be split over "
-                                  f"pp={cfg.pp} virtual engines")
+                                  f"pp={cfg.pp} virtual engines / "
+                                  f"attention_dp={cfg.attention_dp} ranks")
+        if cfg.attention_dp > 1 and engine.engine != "sglang":
+            raise InputError(f"data-parallel attention is an SGLang feature (--enable-dp-attention);"
+                             f" engine {engine.name} has none", field=f"plan.groups[{gi}].attention_dp",
+                             value=cfg.attention_dp)
         limits = engine_limits(model, cfg, blocks, engine, pool.device)
         cost = IterationCostModel(model, pool, cfg, engine)
         # vLLM V1 async scheduling / SGLang overlap scheduler (the engine's own), or vLLM 0.6's

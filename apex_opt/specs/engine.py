@@ -52,6 +52,13 @@ class StaticFractionRule(StrictModel):
     per_gpu_mib: NonNegFloat = Field(0.0, description="Reserve per GPU of TP x PP.")
     min_reserve_mib_large_gpu: NonNegFloat = Field(
         0.0, description="Floor on the reserve for devices above 60 GiB.")
+    per_graph_bs_dp_mib: NonNegFloat = Field(
+        0.0, description="Data-parallel attention: extra reserve per CUDA-graph batch entry and "
+                         "attention rank (padding).")
+    per_graph_bs_dp_large_mib: NonNegFloat = Field(
+        0.0, description="... and a further reserve per entry and rank when the graph batch "
+                         "exceeds large_graph_bs.")
+    large_graph_bs: int = Field(300, ge=1, description="See per_graph_bs_dp_large_mib.")
     tp_table: dict[int, float] = Field(
         default_factory=dict, description="'tp_table': fraction for TP >= key (largest key wins).")
 
@@ -244,7 +251,7 @@ class EngineSpec(StrictModel):
         return t.cuda_graph_max_bs_tp_lt4 if tp < 4 else t.cuda_graph_max_bs_tp_ge4
 
     def mem_fraction_static(self, device_gib: float, tp: int, pp: int, chunk: int,
-                            graph_max_bs: int) -> float | None:
+                            graph_max_bs: int, attention_dp: int = 1) -> float | None:
         """SGLang's default mem_fraction_static (None = not a static-fraction engine)."""
         r = self.static_fraction
         if r is None:
@@ -258,6 +265,10 @@ class EngineSpec(StrictModel):
         mem_mib = device_gib * 1024
         reserved = (r.base_mib + max(chunk, 2048) * r.per_chunk_token_mib
                     + graph_max_bs * r.per_graph_bs_mib + tp * pp * r.per_gpu_mib)
+        if attention_dp > 1:
+            reserved += graph_max_bs * attention_dp * r.per_graph_bs_dp_mib
+            if graph_max_bs > r.large_graph_bs:
+                reserved += graph_max_bs * attention_dp * r.per_graph_bs_dp_large_mib
         if device_gib > 60:
             reserved = max(reserved, r.min_reserve_mib_large_gpu)
         return round((mem_mib - reserved) / mem_mib, 3)

@@ -49,6 +49,12 @@ class ReplicaConfig(StrictModel):
     prefix_caching: bool | None = Field(
         None, description="Reuse the KV cache of shared prompt prefixes (None = the engine's "
                           "default: vLLM V1 and SGLang on, vLLM 0.6 off).")
+    attention_dp: int = Field(
+        1, ge=1, le=1024,
+        description="Data-parallel attention inside the TP group (SGLang --enable-dp-attention "
+                    "--dp-size N, for MLA models such as DeepSeek): N attention ranks of tp/N "
+                    "GPUs each, each with its own requests and KV cache; MoE/MLP still over all "
+                    "tp GPUs. Divides tp; 1 = off.")
     sm_clock_mhz: int | None = Field(None, ge=1, le=10_000,
                                      description="Locked SM clock (nvidia-smi -lgc) in MHz; None = "
                                                  "driver default (boost, lowered by the power "
@@ -61,6 +67,10 @@ class ReplicaConfig(StrictModel):
     def _shape(self) -> "ReplicaConfig":
         if self.tp % self.ep:
             raise ValueError(f"ep ({self.ep}) must divide tp ({self.tp})")
+        if self.tp % self.attention_dp:
+            raise ValueError(f"attention_dp ({self.attention_dp}) must divide tp ({self.tp})")
+        if self.attention_dp > 1 and self.pp > 1:
+            raise ValueError("attention_dp > 1 needs pp = 1")
         if self.layers_per_stage is not None:
             if len(self.layers_per_stage) != self.pp:
                 raise ValueError(f"layers_per_stage has {len(self.layers_per_stage)} entries, "
@@ -102,7 +112,7 @@ class ReplicaConfig(StrictModel):
             # SGLang picks mem_fraction_static itself (by GPU memory, chunk size, graph batch, TP)
             frac = engine.mem_fraction_static(
                 dev_gib, self.tp, self.pp, tokens,
-                engine.cuda_graph_max_bs(dev_name, dev_gib, self.tp) or 0)
+                engine.cuda_graph_max_bs(dev_name, dev_gib, self.tp) or 0, self.attention_dp)
             if frac is not None:
                 update["gpu_memory_utilization"] = frac
         return self.model_copy(update=update)
@@ -148,6 +158,8 @@ class ReplicaConfig(StrictModel):
             parts.append(f"w{self.weight_dtype}")
         if self.kv_dtype != "bf16":
             parts.append(f"kv{self.kv_dtype}")
+        if self.attention_dp > 1:
+            parts.append(f"ADP{self.attention_dp}")
         if self.sm_clock_mhz is not None:
             parts.append(f"{self.sm_clock_mhz}MHz")
         if self.power_cap_w is not None:
