@@ -566,7 +566,7 @@ def test_slo_forms(tmp_path):
     ({"attainment": 0}, "attainment"),
     ({"attainment": 1.5}, "attainment"),
     ({"attainment": float("nan")}, "attainment"),
-    ({"objective": "cost"}, "objective"),
+    ({"objective": "fastest"}, "objective"),
     ({"constraints": {"weight_dtypes": ["fp16"]}}, "constraints.weight_dtypes[0]"),
     ({"constraints": {"kv_dtypes": ["int4"]}}, "constraints.kv_dtypes[0]"),
     ({"constraints": {"kv_dtypes": []}}, "constraints.kv_dtypes"),
