@@ -257,7 +257,7 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
                    f"{worst.activation_bytes / GIB:.1f} GiB + buffers {runtime / GIB:.2f} GiB exceed the "
                    f"{budget / GIB:.1f} GiB budget by {-worst.kv_cache_bytes / GIB:.1f} GiB "
                    f"(largest component: {comp_name})")
-    elif rank_tokens < max_len:
+    elif rank_tokens < max_len and engine.kv_must_hold_max_len:
         overflow = int((max_len - rank_tokens) * worst.kv_bytes_per_token)
         comp_name = "kv_cache"
         problem = (f"KV cache holds {rank_tokens} tokens"

@@ -98,6 +98,9 @@ class EngineSpec(StrictModel):
                                    "graphs and context live in the rest.")
     static_fraction: StaticFractionRule | None = Field(
         None, description="How SGLang picks mem_fraction_static when the plan does not set it.")
+    kv_must_hold_max_len: bool = Field(
+        True, description="The server refuses to start when the KV cache holds fewer tokens than "
+                          "max_model_len (vLLM); SGLang starts anyway and rejects longer requests.")
     watermark_fraction: NonNegFloat = Field(0.01, description="Share of KV blocks kept free when "
                                                                "admitting a prefill (V0 only).")
     block_size: int = Field(16, ge=1, le=1024, description="KV-cache block (page) size in tokens.")
