@@ -208,3 +208,17 @@ def test_attention_dp_memory_routing_and_lockstep():
     # one prefill step for all 8 (two per rank) then 19 lockstep decode steps
     assert eng.stats.iterations == 20 and eng.stats.prefill_iterations == 1
     assert eng.stats.max_blocks_used <= 1000  # each rank holds its own quarter of the pool
+
+
+def test_sglang_starts_with_a_kv_pool_shorter_than_the_context():
+    """vLLM refuses to start when the KV cache cannot hold max_model_len tokens; SGLang starts
+    (and rejects longer requests), e.g. Qwen3-32B bf16 on one H100 at its 40,960-token context."""
+    from apex_opt.memory import replica_memory
+
+    m = load_model("qwen3-32b")
+    dev = load_cluster("h100-sxm-1x8").pools[0].device
+    cfg = ReplicaConfig(tp=1)
+    v = replica_memory(m, dev, cfg, load_engine("vllm"))
+    s = replica_memory(m, dev, cfg, load_engine("sglang"))
+    assert not v.fits and v.overflow_component == "kv_cache"
+    assert s.fits and 0 < s.kv_tokens < m.max_position_embeddings
