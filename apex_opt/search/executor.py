@@ -41,9 +41,14 @@ class SimContext:
     def simulate(self, plan: Plan, factor: float = 1.0, breakdown: bool = False,
                  engine: EngineSpec | None = None) -> Metrics:
         """Metrics of ``plan`` on the workload with its arrival rate scaled by ``factor``."""
+        return self.run(plan, factor, breakdown, engine).metrics
+
+    def run(self, plan: Plan, factor: float = 1.0, breakdown: bool = False,
+            engine: EngineSpec | None = None):
+        """The full :class:`~apex_opt.sim.simulator.SimulationResult`."""
         req = self.requests if factor == 1.0 else self.requests.scaled_rate(factor)
         return simulate(self.model, self.cluster, plan, req, slo=self.slo, breakdown=breakdown,
-                        engine=engine or self.engine).metrics
+                        engine=engine or self.engine)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class SimOutcome:
     metrics: Metrics
     #: rate factor of ``metrics`` (1.0 unless rate-searched; 0.0 = no rate met the SLO)
     rate_factor: float = 1.0
+    #: $ per million output tokens (GPU-hours + node energy; None without prices)
+    cost_per_mtok: float | None = None
 
 
 def slo_met(m: Metrics) -> bool:
@@ -71,7 +78,9 @@ def slo_met(m: Metrics) -> bool:
 
 def run_job(ctx: SimContext, job: SimJob) -> SimOutcome:
     if not job.rate_search:
-        return SimOutcome(ctx.simulate(job.plan, breakdown=job.breakdown, engine=job.engine))
+        res = ctx.run(job.plan, breakdown=job.breakdown, engine=job.engine)
+        energy = getattr(res, "energy", None)
+        return SimOutcome(res.metrics, 1.0, getattr(energy, "cost_per_mtok", None))
     sim = functools.partial(ctx.simulate, job.plan, breakdown=job.breakdown, engine=job.engine)
     m, f = highest_rate(sim, slo_met, job.rate_guess)
     return SimOutcome(m, f)

@@ -5,7 +5,10 @@
   power of every GPU the plan allocates (busy or not) -- lower is better;
 * ``gpus``: GPUs the plan allocates -- fewer is better (ties: lower latency);
 * ``throughput``: the highest request rate (req/s) the plan sustains within the SLO on the
-  user's cluster -- higher is better (ties: fewer GPUs).
+  user's cluster -- higher is better (ties: fewer GPUs);
+* ``cost``: $ per million output tokens at the workload's rate: the GPU-hours of the GPUs the
+  plan allocates at the cluster's ``gpu_price_per_hour`` plus the energy of its nodes (GPUs +
+  host, x PUE) at ``electricity_price_per_kwh`` -- lower is better.
 
 Only plans whose simulation meets the SLO compete; the rest rank after them by attainment.
 """
@@ -17,14 +20,17 @@ import math
 from ..sim.metrics import Metrics
 from .results import PlanOut
 
-OBJECTIVES = ("latency", "throughput", "energy", "gpus")
+OBJECTIVES = ("latency", "throughput", "energy", "gpus", "cost")
 #: Objectives where a larger value is better.
 MAXIMISE = frozenset({"throughput"})
 
 
-def objective_value(objective: str, m: Metrics | None, gpus: int, rate: float | None) -> float | None:
+def objective_value(objective: str, m: Metrics | None, gpus: int, rate: float | None,
+                    cost: float | None = None) -> float | None:
     if m is None:
         return None
+    if objective == "cost":
+        return cost
     if objective == "latency":
         return m.e2e_s.mean
     if objective == "energy":

@@ -34,6 +34,7 @@ from .plans import (PlanKey, count_feasible, estimate, feasible_plans, group_out
 from .rates import RATE_MIN_FACTOR
 from .results import (Baseline, ChosenDetail, EnergySaving, GroupDetail, OtherEngine, PlanOut,
                       SolveResult, SolverInfo, StageDetail)
+from .clocks import clocked_variants
 from .shortlist import SimScore, latency_space, ranked_plans, refine
 
 DEFAULT_TOP_K = 4
@@ -66,6 +67,14 @@ def _check_args(slo: SLOSpec, objective: str, top_k: int) -> None:
         raise InputError("must be >= 1", field="top_k", value=top_k)
 
 
+def _check_prices(cluster: ClusterSpec) -> None:
+    for i, p in enumerate(cluster.pools):
+        if getattr(p, "gpu_price_per_hour", None) is None:
+            raise InputError("the cost objective needs a GPU price for every pool of the cluster "
+                             "(and electricity_price_per_kwh for the energy part)",
+                             source=cluster.name, field=f"pools[{i}].gpu_price_per_hour", value=None)
+
+
 def _rate_guess(space: SearchSpace, key: PlanKey) -> float:
     est = estimate(space, key)
     return max(RATE_MIN_FACTOR, est.capacity_at_slo_req_s / space.stats.rate_req_s * 0.8)
@@ -83,6 +92,15 @@ def _job(space: SearchSpace, key: PlanKey, objective: str, breakdown: bool = Fal
     rs = objective == "throughput"
     return SimJob(to_plan(space, key), rate_search=rs,
                   rate_guess=_rate_guess(space, key) if rs else 1.0, breakdown=breakdown)
+
+
+#: Objectives that search the GPU clock of the chosen plans.
+CLOCKED_OBJECTIVES = frozenset({"energy", "cost"})
+
+
+def _met_value(space: SearchSpace, key: PlanKey, out: SimOutcome, objective: str) -> float | None:
+    po = _plan_out(space, key, out, objective, {})
+    return po.objective_value if po.slo_met else None
 
 
 def _launches(plan: Plan, launcher: Launcher | None, engines: tuple[str, ...]) -> dict[str, str]:
@@ -108,7 +126,8 @@ def _plan_out(space: SearchSpace, key: PlanKey, out: SimOutcome | None, objectiv
             met = slo_met(metrics)
     return PlanOut(rank=0, label=plan_label(space, key), groups=[group_out(space, i, k) for i, k in key],
                    gpus=gpus, metrics=metrics, slo_met=met,
-                   objective_value=objective_value(objective, metrics, gpus, rate),
+                   objective_value=objective_value(objective, metrics, gpus, rate,
+                                                   out.cost_per_mtok if out else None),
                    rate_req_s=round_sig(rate) if rate is not None else None,
                    rate_per_gpu=round_sig(rate / gpus) if rate is not None else None,
                    surrogate=surrogate_out(space, key), launch=launch)
@@ -149,7 +168,9 @@ def _baselines(space: SearchSpace, chosen: PlanOut, objective: str,
 
 
 def _energy_saving(ranked: list[PlanOut]) -> EnergySaving | None:
-    met = [p for p in ranked if p.slo_met and p.metrics is not None]
+    """Against the latency-optimal SLO-meeting plan at default clocks."""
+    met = [p for p in ranked if p.slo_met and p.metrics is not None
+           and all(g.sm_clock_mhz is None for g in p.groups)]
     if not met:
         return None
     lat = min(met, key=lambda p: (p.metrics.e2e_s.mean or math.inf, p.gpus, p.label))
@@ -157,7 +178,9 @@ def _energy_saving(ranked: list[PlanOut]) -> EnergySaving | None:
     a, b = chosen.metrics.energy_j_per_token if chosen.metrics else None, lat.metrics.energy_j_per_token
     saving = round_sig(1 - a / b) if a is not None and b else None
     return EnergySaving(latency_plan=lat.label, latency_plan_j_per_token=b,
-                        chosen_j_per_token=a, saving_fraction=saving)
+                        chosen_j_per_token=a, saving_fraction=saving,
+                        latency_plan_e2e_s=lat.metrics.e2e_s.mean,
+                        chosen_e2e_s=chosen.metrics.e2e_s.mean if chosen.metrics else None)
 
 
 def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSpec, *,
@@ -167,11 +190,12 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
           engine: str | EngineSpec = DEFAULT_ENGINE, also_launch: tuple[str, ...] = (),
           launcher: Launcher | None = None, max_sims: int | None = None,
           progress: Callable[[str, int, int], None] | None = None,
-          _detail: bool = True, _verify: bool = True) -> SolveResult:
+          gpu_clocks: bool = True, _detail: bool = True, _verify: bool = True) -> SolveResult:
     """Plan serving ``model`` on ``cluster`` for ``requests`` under ``slo``, every plan simulated
     with ``engine`` (a bundled engine name or spec). ``launcher(plan, engine_name)`` renders launch
     commands (for ``engine`` and every engine of ``also_launch``, whose simulation of the chosen
-    plan is reported too).
+    plan is reported too). With ``gpu_clocks`` the energy and cost objectives also try locked
+    GPU clocks on their best plans (each setting simulated).
 
     Raises :class:`InfeasibleError` (with an explanation and verified fixes) when no plan can meet
     memory or the SLO, :class:`InputError` for bad arguments.
@@ -180,6 +204,8 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
     objective = objective or slo.objective
     _check_args(slo, objective, top_k)
     workload_rate_check(requests)
+    if objective == "cost":
+        _check_prices(cluster)
     eng = engine if isinstance(engine, EngineSpec) else load_engine(engine)
     eng_key = engine if isinstance(engine, str) else eng.name
     other_keys = tuple(dict.fromkeys(e for e in also_launch if e != eng_key))
@@ -203,6 +229,7 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
     cb = (lambda d, n: progress("simulating", d, n)) if progress else None
     fast_bd = _fast_breakdown()
     cache: dict[PlanKey, SimOutcome] = {}
+    clock_cache: dict = {}
     gap = None
     with make_executor(executor, ctx, workers) as ex:
 
@@ -246,6 +273,14 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
                 if first is not None and first.key not in cache:
                     run([first.key])
                     keys.append(first.key)
+        if objective in CLOCKED_OBJECTIVES and gpu_clocks:
+            # GPU clock as a knob: clocked variants of the best SLO-meeting plans, simulated
+            met = sorted((k for k in keys if cache[k] is not None and _met_value(
+                space, k, cache[k], objective) is not None),
+                key=lambda k: _met_value(space, k, cache[k], objective))
+            variants = [v for v in clocked_variants(model, space, met, clock_cache) if v not in cache]
+            run(variants)
+            keys += variants
         base_specs = baseline_keys(space, eng)
         plans = [_plan_out(space, key, cache[key], objective, {}) for key in keys]
         order = sorted(range(len(plans)), key=lambda j: rank_key(objective, plans[j]))

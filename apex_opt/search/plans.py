@@ -87,4 +87,4 @@ def group_out(space: SearchSpace, i: int, k: int) -> GroupOut:
                     weight_dtype=c.weight_dtype, kv_dtype=c.kv_dtype,
                     layers_per_stage=list(c.layers_per_stage), max_num_seqs=c.max_num_seqs,
                     max_num_batched_tokens=c.max_num_batched_tokens, max_model_len=c.max_model_len,
-                    gpus_per_replica=c.gpus)
+                    gpus_per_replica=c.gpus, sm_clock_mhz=c.sm_clock_mhz)

@@ -30,6 +30,8 @@ class GroupOut(_Out):
     max_model_len: int
     chunked_prefill: bool = True
     gpus_per_replica: int
+    sm_clock_mhz: int | None = Field(None, description="Locked SM clock (nvidia-smi -lgc), MHz; "
+                                                       "None = the driver's default.")
 
 
 class Surrogate(_Out):
@@ -98,10 +100,15 @@ class Baseline(_Out):
 
 
 class EnergySaving(_Out):
+    """The chosen plan against the latency-optimal plan at default clocks (both simulated)."""
+
     latency_plan: str
     latency_plan_j_per_token: float | None
     chosen_j_per_token: float | None
     saving_fraction: float | None
+    latency_plan_e2e_s: float | None = None
+    chosen_e2e_s: float | None = Field(None, description="Mean E2E latency of the chosen plan: "
+                                                         "the latency given up for the saving.")
 
 
 class OtherEngine(_Out):

@@ -35,7 +35,18 @@ BOUND_MARGIN = 0.05
 #: only after every plan predicted to meet the SLO.
 HOPELESS_FACTOR = 1.5
 #: ``gpus``: plans simulated per GPU count before escalating to the next count.
-PER_LEVEL = 2
+PER_LEVEL = 4
+#: Extra margin when a plan's shape family (TP x PP x EP x replicas per pool) has no simulated
+#: SLO-meeting member yet: the surrogate's error differs most between families.
+FAMILY_MARGIN = 0.25
+#: The first batch is picked among this many times its size of the best plans.
+DIVERSITY_POOL = 3
+
+
+def family(space: SearchSpace, s: "Scored") -> tuple:
+    """The parallel shape of a plan: (pool, TP, PP, EP, replicas) per group."""
+    return tuple(sorted((space.cands[i].pool, space.cands[i].tp, space.cands[i].pp, space.cands[i].ep, k)
+                        for i, k in s.key))
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,17 @@ class Scored:
     gpus: int
     value: float
     hopeless: bool
+
+
+def _cost(space: SearchSpace, key: PlanKey, est: PlanEstimate) -> float:
+    """Surrogate $ per million output tokens: GPU-hours at the pools' prices + GPU energy x PUE at
+    the electricity price (host power left out), over the workload's output tokens."""
+    cl = space.cluster
+    price = sum(space.cands[i].gpus * k * (cl.pool(space.cands[i].pool).gpu_price_per_hour or 0.0)
+                for i, k in key)
+    energy = est.power_w / 1000.0 * (cl.pue or 1.0) * (cl.electricity_price_per_kwh or 0.0)
+    tokens_h = space.stats.rate_req_s * space.stats.mean_output * 3600.0
+    return (price + energy) / max(tokens_h, 1e-9) * 1e6
 
 
 def surrogate_value(objective: str, est: PlanEstimate, gpus: int) -> float:
@@ -79,7 +101,8 @@ def _hopeless(space: SearchSpace, est: PlanEstimate) -> bool:
 def score(space: SearchSpace, key: PlanKey) -> Scored:
     est = estimate(space, key)
     g = plan_gpus(space, key)
-    return Scored(key, est, g, surrogate_value(space.objective, est, g), _hopeless(space, est))
+    v = _cost(space, key, est) if space.objective == "cost" else surrogate_value(space.objective, est, g)
+    return Scored(key, est, g, v, _hopeless(space, est))
 
 
 def _order(objective: str, s: Scored) -> tuple:
@@ -210,10 +233,21 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
         v, s = (max if maximise else min)(met, key=lambda vs: vs[0])
         return v, s
 
-    def ratio() -> float | None:
-        """Most optimistic simulated/surrogate ratio among SLO-meeting plans."""
+    def ratio(fam: tuple | None = None) -> float | None:
+        """Most optimistic simulated/surrogate ratio among SLO-meeting plans (of the shape family
+        ``fam`` when one of it was simulated; else of all, with a wider margin)."""
+        if fam is not None:
+            own = [(s, r) for s, r in zip(done, sims) if family(space, s) == fam]
+            if any(r.met and r.value is not None for _s, r in own):
+                return _ratio(own)
+        r = _ratio(list(zip(done, sims)))
+        if r is None:
+            return None
+        return r * (1 + FAMILY_MARGIN) if maximise else r * (1 - FAMILY_MARGIN)
+
+    def _ratio(pairs) -> float | None:
         rs = []
-        for s, r in zip(done, sims):
+        for s, r in pairs:
             if not (r.met and r.value is not None):
                 continue
             sv = s.est.latency_s if objective == "gpus" else s.value
@@ -229,7 +263,7 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
         bv, bs = best()
         if bv is None:
             return True, None
-        r = ratio()
+        r = ratio(family(space, s))
         if objective == "gpus":
             if s.gpus > bs.gpus:
                 return False, 0.0
@@ -247,6 +281,24 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
     level_tries: dict[int, int] = {}
     gap: float | None = 0.0
     stopped = "bound"
+    if first > 1:
+        # the first batch spans shape families, so that the ratios bounding the rest are measured
+        # on more than one kind of plan
+        head = []
+        for _ in range(first * DIVERSITY_POOL):
+            s = next(it, None)
+            if s is None:
+                break
+            head.append(s)
+        picked, fams = [], set()
+        for s in head:
+            if family(space, s) not in fams and len(picked) < first:
+                picked.append(s)
+                fams.add(family(space, s))
+        for s in head:
+            if s not in picked and len(picked) < first:
+                picked.append(s)
+        nxt.extend(picked + [s for s in head if s not in picked])
     while len(done) < budget:
         want = first if not done else batch
         chosen: list[Scored] = []

@@ -123,6 +123,8 @@ class Candidate:
     weights_bytes_max: int
     max_replicas: int
     violates: frozenset[str] = field(default_factory=frozenset)
+    #: locked SM clock (MHz) of the replica's GPUs; None = the driver's default
+    sm_clock_mhz: int | None = None
 
     @property
     def gpus(self) -> int:
@@ -132,7 +134,7 @@ class Candidate:
     def cost_key(self) -> tuple:
         """Candidates sharing this key share an iteration cost model."""
         return (self.pool, self.tp, self.pp, self.ep, self.weight_dtype, self.kv_dtype,
-                self.layers_per_stage)
+                self.layers_per_stage, self.sm_clock_mhz)
 
     def config(self) -> ReplicaConfig:
         return ReplicaConfig(pool=self.pool, tp=self.tp, pp=self.pp, ep=self.ep,
@@ -140,7 +142,8 @@ class Candidate:
                              weight_dtype=self.weight_dtype, kv_dtype=self.kv_dtype,
                              max_num_seqs=self.max_num_seqs,
                              max_num_batched_tokens=self.max_num_batched_tokens,
-                             chunked_prefill=True, max_model_len=self.max_model_len)
+                             chunked_prefill=True, max_model_len=self.max_model_len,
+                             sm_clock_mhz=self.sm_clock_mhz)
 
     def group(self, replicas: int) -> ReplicaGroup:
         return ReplicaGroup(replicas=replicas, **self.config().model_dump())

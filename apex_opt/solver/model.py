@@ -220,13 +220,22 @@ class PlanModel:
             m.minimize(lat)
         elif obj == "gpus":
             m.minimize(self._gpus() * (lat_cap + 1) + lat)
-        elif obj == "energy":
+        elif obj in ("energy", "cost"):
             pools = {sp.cands[i].pool for (i, _k) in self.x}
             if len(pools) <= 1:
                 power = sum(to_milli(self.single_value(i, k)[1]) * v for (i, k), v in self.x.items())
             else:
                 power = self._power_expr()
-            m.minimize(power * 1024 + lat)
+            if obj == "energy":
+                m.minimize(power * 1024 + lat)
+                return
+            # cost per hour in milli-units: GPU-hours at the pool price + energy (W -> kWh) x price
+            cl = sp.cluster
+            kwh = (cl.electricity_price_per_kwh or 0.0) * (cl.pue or 1.0) / 1000.0
+            gpu_cost = sum(to_milli(k * sp.cands[i].gpus * (cl.pool(sp.cands[i].pool).gpu_price_per_hour
+                                                            or 0.0) * 1000) * v
+                           for (i, k), v in self.x.items())
+            m.minimize(gpu_cost + power * int(round(kwh * 1e6)) + lat)
         else:
             raise ValueError(f"unknown objective {obj!r}")
 

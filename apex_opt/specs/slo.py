@@ -6,7 +6,7 @@ An SLO file looks like::
     tpot_ms: 60                               # short form: a number = p90 target
     e2e_s: {target: 30, percentile: 99}       # end-to-end latency, seconds
     attainment: 0.9                           # fraction of requests that must meet ALL targets
-    objective: latency                        # latency | throughput | energy | gpus
+    objective: latency                        # latency | throughput | energy | gpus | cost
     constraints: {max_gpus: 8, weight_dtypes: [bf16, fp8], kv_dtypes: [bf16]}
 
 Semantics (used by :func:`apex_opt.sim.metrics.compute_metrics`):
@@ -116,7 +116,7 @@ class SLOSpec(StrictModel):
         if isinstance(v, (int, float)) and not isinstance(v, bool) and 1 < v <= 100:
             raise ValueError(f"attainment is a fraction (0-1): did you mean {v / 100:g}?")
         return v
-    objective: Literal["latency", "throughput", "energy", "gpus"] = Field(
+    objective: Literal["latency", "throughput", "energy", "gpus", "cost"] = Field(
         "latency", description="What the search optimises among plans that meet the SLO.")
     constraints: Constraints = Field(default_factory=Constraints,
                                      description="Hard limits on plans.")
