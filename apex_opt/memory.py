@@ -224,8 +224,10 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
         kv_tok = kv_bytes_per_token_per_layer(model, cfg.tp // cfg.attention_dp,
                                               cfg.kv_dtype) * len(layers)
         if engine.kv_sizing == "static_fraction":
-            # SGLang: weights + KV pool = total x mem_fraction_static; activations live outside
-            kv = budget - w - runtime
+            # SGLang: weights + KV pool = total x mem_fraction_static; activations live outside.
+            # It measures the free memory after loading the weights (profile_max_num_token), so
+            # the CUDA context (and NCCL buffers) already taken count against the pool too
+            kv = budget - w - runtime - int(engine.cuda_context_gib * GIB)
         else:
             kv = budget - w - act - runtime
         blocks = max(0, int(kv // (engine.block_size * kv_tok))) if kv > 0 else 0
@@ -242,7 +244,7 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
     problem, comp_name, overflow = None, None, 0
     worst = min(stages, key=lambda s: s.kv_cache_bytes)
     if engine.kv_sizing == "static_fraction":
-        outside += act
+        outside += act - int(engine.cuda_context_gib * GIB)  # the context is inside the pool
     if outside > total - budget:
         overflow = outside - (total - budget)
         comp_name = "cuda_context_and_graphs"
