@@ -490,7 +490,13 @@ class IterationCostModel:
         g = self.num_gpus
         e_mem, e_cmp, cmp_tab, cmp_max, t_kern = (v / g for v in win)
         t_other = max(0.0, t_kern - cmp_tab)
-        gpu = busy / g
+        dv = self.dvfs
+        knobs = self.sm_clock_mhz is not None or self.power_cap_w is not None
+        if not knobs:  # fast path: under the board limit at boost clock -> tables stand
+            t_max = t_other + cmp_max
+            if t_max > 0 and dv.p_awake + (e_mem + e_cmp) / t_max <= dv.p_limit:
+                energy = dv.p_awake * busy + (e_mem + e_cmp) * g
+                return IterationCost(total, tuple(stage_times), energy, busy, flops, nbytes, bd)
         # the cap holds over the GPU's busy time: with asynchronous scheduling (vLLM V1, SGLang)
         # the host part of a step overlaps the GPU, so its gaps cannot be counted on to pull the
         # average down
@@ -499,10 +505,8 @@ class IterationCostModel:
         # the board limit at them (then the clock drops and the compute-bound share stretches);
         # never faster than the tables (their long kernels were measured at their own settled
         # clock, and the controller acts within ~tau, shorter than an iteration)
-        dv = self.dvfs
         f_def = dv.settle(w, None, None)
         t_def = max(t_kern, dv.gpu_time(w, f_def))
-        knobs = self.sm_clock_mhz is not None or self.power_cap_w is not None
         f = f_def
         t_gpu = t_def
         if knobs:
