@@ -46,6 +46,7 @@ def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, ba
       apex-opt estimate --model llama-3.1-70b --cluster h100-sxm-1x8 --tp 8 --batch decode:1x256
       apex-opt estimate --model llama-3.1-70b --tp 4 --batch decode:16x1024,prefill:1x2048
       apex-opt estimate --model deepseek-v3 --cluster h200-1x8 --tp 8 --weight-dtype fp8 --batch prefill:1x4096
+      apex-opt estimate --model llama-3.1-8b --tp 1 --batch decode:256x1000 --power-cap-w 400
 
     Times come from the device's measured operator tables when it has a profile, else from the
     roofline fitted on the H100 tables; collectives from the cluster's link classes.

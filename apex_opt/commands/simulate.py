@@ -266,6 +266,8 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
       apex-opt simulate --tp 4 --dp 2 --trace my_trace.jsonl --slo slo.yaml --json
       apex-opt simulate --model llama-3.1-8b --tp 1 --concurrency 16 \\
           --num-requests 200 --prompt-len 1024 --output-len 128
+      apex-opt simulate --model llama-3.1-8b --tp 1 --concurrency 256 --max-num-seqs 256 \\
+          --num-requests 2000 --prompt-len 200 --output-len 400 --sm-clock-mhz 1410
 
     Exit codes: 2 bad input, 3 the plan does not fit (memory or GPU count).
     """

@@ -127,7 +127,8 @@ class IterationCostModel:
         self.sm_clock_mhz, self.power_cap_w = cfg.sm_clock_mhz, cfg.power_cap_w
         check_gpu_settings(pool.device, cfg.sm_clock_mhz, cfg.power_cap_w)
         self.idle_power_w = (self.dvfs.base_power(min(cfg.sm_clock_mhz or self.dvfs.f_max, self.dvfs.f_max))
-                             if self.dvfs is not None else pool.device.idle_power_w)
+                             if self.dvfs is not None
+                             else pool.device.active_idle_power_w or pool.device.idle_power_w)
         self.compute_dtype = "fp8" if (cfg.weight_dtype == "fp8" and "fp8" in pool.device.peak_tflops) else "bf16"
         self.weight_dtype = None if cfg.weight_dtype == "bf16" else cfg.weight_dtype
         self.peak_flops = pool.device.tflops(self.compute_dtype) * 1e12 * self.num_gpus
@@ -438,7 +439,6 @@ class IterationCostModel:
         else:
             a_em = a_ec = a_c = a_cm = 0.0
         gpu_peak, gpu_bw = self.peak_flops / self.num_gpus, self.peak_bytes_per_s / self.num_gpus
-
         a_tc, a_tm = a_f / gpu_peak, a_b / gpu_bw
         a_cmp = a_t * a_tc / (a_tc + a_tm) if a_tc > 0 else 0.0
         bd = dict(bd_tok) if with_breakdown else None
