@@ -191,6 +191,7 @@ def explain_simulated(ctx: SimContext, ranked: list, plans: dict[str, Plan],
         text += "; fixes checked by simulation: " + "; ".join(f["change"] for f in fixes)
     return InfeasibleError(text, {"conflicting_groups": failed or ["load"], "fixes": fixes,
                                   "closest_plan": best.label, "stage": "simulation",
+                                  "closest_plans": list(ranked[:3]),  # solve --json document
                                   "offered_req_s": round_sig(offered),
                                   "sustained_req_s": round_sig(offered * factor)})
 

@@ -251,8 +251,13 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
             budget = min(max(top_k, MAX_SIMS if max_sims is None else max_sims),
                          max(top_k, math.ceil(BUDGET_SHARE * n_feasible)))
 
+            base_first = [k for _n, _d, k, _p in baseline_keys(space, eng) if k is not None] \
+                if _detail else []
+
             def sim_batch(batch) -> list[SimScore]:
-                run([s.key for s in batch])
+                # the baselines ride along with the first batch (idle workers otherwise)
+                run([s.key for s in batch] + base_first)
+                base_first.clear()
                 out = []
                 for s in batch:
                     po = _plan_out(space, s.key, cache[s.key], objective, {})
