@@ -15,10 +15,15 @@ per row):
 
 * output lengths: the row's measured mean output length (notes), exponentially distributed around
   it (clipped to 1 .. max_tokens of the task), seed 0;
-* input lengths are not published. Per task: LMArena chat 200 tokens (short single-turn chat
-  prompts), ShareGPT chat (v2) 250 tokens (first-turn ShareGPT prompts), GPQA 300 tokens
-  (question + four options + instruction), EvalPlus code (v2) 150 tokens (HumanEval+/MBPP+
-  function stubs); lognormal with sigma 0.5 around that mean, seed 1;
+* input lengths are not published. Per task: LMArena chat 350 tokens -- ML.ENERGY turns every turn
+  of a conversation into a request whose prompt is the whole history so far (user prompts AND
+  earlier responses; ml-energy/benchmark mlenergy/llm/datasets.py), and LMSYS-Chat-1M averages
+  69.5 tokens per prompt, 214.5 per response, 2.0 turns per conversation (Zheng et al. 2023,
+  table 1): with geometric turn counts of that mean the average request carries
+  (284 E[T(T+1)/2] - 214.5 E[T]) / E[T] ~ 350 tokens; ShareGPT chat (v2) 250 tokens (first-turn
+  ShareGPT prompts); GPQA 300 tokens (question + four options + instruction, as the benchmark
+  renders it); EvalPlus code (v2) 150 tokens (HumanEval+/MBPP+ function stubs); lognormal with
+  sigma 0.5 around that mean, seed 1;
 * requests: v3 = unique prompts x repeats from the row's text; v2 = ShareGPT 500 x 2 (chat) and
   EvalPlus 164 x 10 (code), at least 3 x max_num_seqs so a steady state exists.
 
@@ -104,7 +109,7 @@ BUNDLED = {
     "mistralai/Mixtral-8x22B-Instruct-v0.1": "mixtral-8x22b",
 }
 #: mean prompt tokens per task (see the module docstring)
-INPUT_LEN = {"lm-arena-chat": 200, "gpqa": 300, "chat": 250, "code": 150}
+INPUT_LEN = {"lm-arena-chat": 350, "gpqa": 300, "chat": 250, "code": 150}
 MAX_TOKENS = {"lm-arena-chat": 4096, "gpqa": 32768, "chat": 1024, "code": 512}
 
 
