@@ -257,7 +257,8 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     energy come from measured operator profiles.
 
     The requests come from exactly one of: --trace FILE, --workload FILE.yaml, or the synthetic
-    flags --rate/--num-requests/--prompt-len/--output-len.
+    flags --rate/--num-requests/--prompt-len/--output-len. --concurrency N replays them as a
+    closed loop of N clients (with the synthetic flags it replaces --rate).
 
     \b
     Examples:
