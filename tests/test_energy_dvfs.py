@@ -118,3 +118,15 @@ def test_cli_rejects_clock_outside_range():
                                   "decode:8x100", "--sm-clock-mhz", "99"])
     assert r.exit_code == 2
     assert "--sm-clock-mhz" in r.output and "345-1980" in r.output
+
+
+def test_candidate_settings_inside_the_device_range():
+    from apex_opt.costmodel.power import candidate_power_caps, candidate_sm_clocks
+
+    clocks = candidate_sm_clocks(H100)
+    assert clocks[0] == 1980 and 1590 in clocks and clocks == sorted(clocks, reverse=True)
+    caps = candidate_power_caps(H100)
+    assert caps and all(200 <= c < 700 for c in caps)
+    for c in clocks:
+        check_gpu_settings(H100, c, None)
+    assert candidate_sm_clocks(load_device("b200")) == [] and candidate_power_caps(load_device("b200")) == []

@@ -362,3 +362,30 @@ def memory_activity_per_utilisation(profile) -> float:
         if u_cmp < MEMORY_BOUND_U_CMP and u_mem > 0.3:
             vals.append((c.watts - profile.idle_w) / (ds.power_limit_w - profile.idle_w) / u_mem)
     return float(np.median(vals)) if vals else float("nan")
+
+
+def candidate_sm_clocks(device, lowest_fraction: float = 0.5, step_mhz: float = 150.0) -> list[int]:
+    """SM clocks worth searching on ``device`` (MHz, descending; empty without clock data): the
+    max boost clock, the base clock, then ``step_mhz`` steps down to ``lowest_fraction`` of max
+    (below ~half clock the compute-bound slowdown outweighs the f V^2 saving on every workload
+    the power model knows)."""
+    if device.sm_clock_max_mhz is None or device.sm_clock_min_mhz is None:
+        return []
+    hi, lo = float(device.sm_clock_max_mhz), max(float(device.sm_clock_min_mhz), lowest_fraction * float(device.sm_clock_max_mhz))
+    out = {int(round(hi))}
+    if device.sm_clock_base_mhz is not None and lo <= device.sm_clock_base_mhz <= hi:
+        out.add(int(round(device.sm_clock_base_mhz)))
+    f = hi - step_mhz
+    while f >= lo:
+        out.add(int(round(f)))
+        f -= step_mhz
+    return sorted(out, reverse=True)
+
+
+def candidate_power_caps(device, fractions: tuple[float, ...] = (0.85, 0.7, 0.55)) -> list[float]:
+    """Power limits worth searching (W, descending; empty without a sourced cap range): fractions
+    of the board limit, never below ``power_cap_min_w``."""
+    if device.power_cap_min_w is None:
+        return []
+    caps = {round(max(device.power_cap_min_w, f * device.power_limit_w)) for f in fractions}
+    return sorted((float(c) for c in caps if c < device.power_limit_w), reverse=True)
