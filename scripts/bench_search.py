@@ -83,7 +83,7 @@ CASES = {
                         {"max_gpus": 4, "kv_dtypes": ["bf16"]}, "energy"),
     "8b-gpus-tight": ("llama-3.1-8b", "h100-sxm-1x8", (100, 12.0, 600, 120), TIGHT,
                       {"max_gpus": 4, **BF16}, "gpus"),
-    "8b-throughput": ("llama-3.1-8b", "h100-sxm-1x8", (120, 4.0, 600, 120), LOOSE,
+    "8b-throughput": ("llama-3.1-8b", "h100-sxm-1x8", (300, 4.0, 600, 120), LOOSE,
                       {"max_gpus": 4, **BF16}, "throughput"),
     "8b-pcie-energy": ("llama-3.1-8b", PCIE_2X4, (100, 4.0, 800, 150),
                        {"ttft_ms": {"target": 500, "percentile": 99}, "tpot_ms": {"target": 40, "percentile": 99}},

@@ -116,8 +116,9 @@ def _plan_out(space: SearchSpace, key: PlanKey, out: SimOutcome | None, objectiv
     met = None
     if out is not None:
         if objective == "throughput":
-            # the rate the plan actually served at the highest SLO-meeting arrival rate (a
-            # compressed finite trace ends in a drain, so the arrival rate would overstate it)
+            # the rate the plan served at the highest SLO-meeting arrival rate: a compressed
+            # finite trace ends in a drain (and a short one fits in one batch), so the arrival
+            # rate alone would overstate what the plan sustains
             rate = (0.0 if out.rate_factor <= 0 else
                     min(space.stats.rate_req_s * out.rate_factor, metrics.requests_per_s))
             met = slo_met(metrics) and out.rate_factor > 0

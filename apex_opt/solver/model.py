@@ -213,7 +213,9 @@ class PlanModel:
         obj = sp.objective
         if obj == "throughput":
             # the highest SLO-meeting rate of the whole plan (TPOT-capped capacity), ties: fewer GPUs
-            m.maximize(self._capacity_expr(tpot=True) * 4096 - self._gpus())
+            slo_rate = sum(to_milli(k * sp.models[i].rate_at_slo(sp.slo)) * v
+                           for (i, k), v in self.x.items())
+            m.maximize(slo_rate * 4096 - self._gpus())
             return
         lat, lat_cap = self._latency_expr()
         if obj == "latency":

@@ -121,6 +121,7 @@ class ReplicaModel:
         self.kv_seqs = cand.kv_tokens / curves.pp / max(1.0, stats.mean_prompt + stats.mean_output / 2)
         self.max_b = min(cand.max_num_seqs, self.kv_seqs)
         self._cap: dict[float | None, float] = {}
+        self._slo_rate: dict[int, tuple] = {}
 
     def _period(self, b: float, p: float) -> float:
         cv, (t_tok, s_tok, *_rest) = self.cv, self.tok
@@ -199,6 +200,54 @@ class ReplicaModel:
             + cv.idle_w * cv.gpus * (1.0 - (busy_frac if rate > 0 else 0.0))
         return ReplicaState(rate, True, rho, tau, b, ttft, tau, e2e, power)
 
+    def rate_at_slo(self, slo: SLOSpec) -> float:
+        """Highest request rate (req/s) of this replica at which the surrogate meets every target
+        at its percentile: TPOT = the period; TTFT = the prefill service of the percentile prompt
+        + the queueing wait at its percentile (an M/M/1 wait is exponential: the p-quantile is
+        ln(1/(1-p)) times its mean) + the front-end latency; E2E likewise plus the decode."""
+        key = id(slo)
+        hit = self._slo_rate.get(key)
+        if hit is not None and hit[0] is slo:
+            return hit[1]
+        tpot = slo.tpot_ms.target / 1e3 if slo.tpot_ms is not None else None
+        hi = self.capacity(tpot) * MAX_UTILISATION
+        if hi <= 0 or not self._meets(slo, hi * 1e-6):
+            r = 0.0
+        else:
+            lo = hi * 1e-6
+            if self._meets(slo, hi):
+                lo = hi
+            for _ in range(30):
+                if hi - lo <= 1e-3 * hi:
+                    break
+                mid = math.sqrt(lo * hi)
+                if self._meets(slo, mid):
+                    lo = mid
+                else:
+                    hi = mid
+            r = lo
+        self._slo_rate[key] = (slo, r)
+        return r
+
+    def _meets(self, slo: SLOSpec, rate: float) -> bool:
+        for name, t in slo.targets().items():
+            q = -math.log(max(1e-9, 1.0 - min(t.percentile, 99.9) / 100.0))
+            s = self.state(rate, prompt=self.st.prompt_at(t.percentile),
+                           output=self.st.output_at(t.percentile) if name == "e2e_s" else None)
+            if not s.stable:
+                return False
+            wait = s.utilisation / max(1e-9, 1.0 - s.utilisation)  # wait / service
+            if name == "tpot_ms":
+                val = s.tpot_s * 1e3
+            else:
+                service = s.ttft_s - self.cv.overhead_s
+                service /= (1.0 + wait)
+                extra = service * wait * (q - 1.0)
+                val = (s.ttft_s + extra) * 1e3 if name == "ttft_ms" else s.e2e_s + extra
+            if val > t.target:
+                return False
+        return True
+
     def floors(self, slo: SLOSpec) -> dict[str, float]:
         """Unloaded latency of the SLO-percentile request (lower bounds used to screen)."""
         out = {}
@@ -233,7 +282,8 @@ def plan_estimate(groups: list[tuple[ReplicaModel, int]], stats: WorkloadStats,
     lam = stats.rate_req_s if rate is None else rate
     tpot_cap = slo.tpot_ms.target / 1e3 if slo.tpot_ms is not None else None
     caps = [m.capacity() * k for m, k in groups]
-    cap_slo = sum(m.capacity(tpot_cap) * k for m, k in groups)
+    cap_slo = sum(m.rate_at_slo(slo) * k for m, k in groups) if slo.has_targets else \
+        sum(m.capacity(tpot_cap) * k for m, k in groups)
     total = sum(caps)
     lat = ttft = tpot = power = 0.0
     stable = total > 0
