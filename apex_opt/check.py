@@ -8,7 +8,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from .memory import GIB, MemoryReport, replica_memory
-from .shapes import enumerate_shapes
+from .parallel import enumerate_shapes
 from .specs.cluster import ClusterSpec, PoolSpec
 from .specs.engine import load_engine
 from .specs.model import ModelSpec

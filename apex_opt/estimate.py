@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from .costmodel.iteration import IterationCostModel
 from .errors import InfeasibleError, InputError
 from .memory import replica_memory
-from .shapes import shape_problem
+from .parallel import shape_problem
 from .specs.cluster import ClusterSpec
 from .specs.model import ModelSpec
 from .specs.engine import EngineSpec, load_engine

@@ -32,6 +32,7 @@ from .specs.cluster import DeviceSpec
 from .specs.common import DTYPE_BYTES
 from .specs.engine import EngineSpec, load_engine
 from .specs.model import LinearOp, ModelSpec
+from .parallel import default_layers_per_stage, kv_heads_per_rank, stage_layer_ranges  # noqa: F401
 from .specs.plan import ReplicaConfig
 
 GIB = 1024 ** 3
@@ -43,31 +44,6 @@ def linear_weight_bytes_per_elem(weight_dtype: str) -> float:
     if weight_dtype == "int4":
         return DTYPE_BYTES["int4"] + DTYPE_BYTES["bf16"] / INT4_GROUP
     return DTYPE_BYTES[weight_dtype]
-
-
-def default_layers_per_stage(num_layers: int, pp: int) -> tuple[int, ...]:
-    """vLLM's default split: ``num_layers // pp`` per stage, the remainder on the last stage."""
-    if pp > num_layers:
-        raise ValueError(f"pp={pp} exceeds the model's {num_layers} layers")
-    base = num_layers // pp
-    return tuple([base] * (pp - 1) + [num_layers - base * (pp - 1)])
-
-
-def stage_layer_ranges(num_layers: int, cfg: ReplicaConfig) -> list[range]:
-    split = cfg.layers_per_stage or default_layers_per_stage(num_layers, cfg.pp)
-    if sum(split) != num_layers:
-        raise ValueError(f"layers_per_stage {list(split)} sums to {sum(split)}, model has "
-                         f"{num_layers} layers")
-    out, start = [], 0
-    for n in split:
-        out.append(range(start, start + n))
-        start += n
-    return out
-
-
-def kv_heads_per_rank(model: ModelSpec, tp: int) -> int:
-    """KV heads each TP rank stores (replicated when TP exceeds the KV heads)."""
-    return max(1, model.num_kv_heads // tp)
 
 
 def kv_bytes_per_token_per_layer(model: ModelSpec, tp: int, kv_dtype: str) -> float:

@@ -29,7 +29,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..memory import kv_heads_per_rank, stage_layer_ranges
+from ..parallel import kv_heads_per_rank, stage_layer_ranges
 from ..specs.cluster import PoolSpec
 from ..specs.common import DTYPE_BYTES
 from ..specs.engine import EngineSpec, load_engine

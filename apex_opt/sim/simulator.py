@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from ..costmodel.iteration import IterationCostModel
 from ..errors import InfeasibleError, InputError
 from ..memory import replica_memory
-from ..shapes import shape_problem
+from ..parallel import shape_problem
 from ..specs.cluster import ClusterSpec, PoolSpec
 from ..specs.engine import EngineSpec, load_engine
 from ..specs.model import ModelSpec

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..memory import linear_weight_bytes_per_elem, replica_memory
-from ..shapes import enumerate_shapes
+from ..parallel import enumerate_shapes, node_aligned
 from ..sim.workload import Requests
 from ..specs.cluster import ClusterSpec, PoolSpec
 from ..specs.engine import EngineSpec, load_engine
@@ -53,13 +53,6 @@ ALL_KV_DTYPES = ("bf16", "fp8")
 MODEL_LEN_STEP = 256
 #: Deepest pipeline searched (deeper pipelines only add bubbles and per-stage overheads).
 MAX_PP = 16
-
-
-def node_aligned(gpus: int, gpus_per_node: int) -> bool:
-    """A replica either packs evenly into one node or takes whole nodes."""
-    if gpus <= gpus_per_node:
-        return gpus_per_node % gpus == 0
-    return gpus % gpus_per_node == 0
 
 
 def searched_shape(model: ModelSpec, pool: PoolSpec, shape) -> bool:

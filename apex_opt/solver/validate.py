@@ -5,6 +5,7 @@ CP-SAT), so tests can hold the solver's output to it."""
 from __future__ import annotations
 
 from ..memory import replica_memory
+from ..parallel import validate_plan
 from ..specs.cluster import ClusterSpec
 from ..specs.model import ModelSpec
 from ..specs.plan import Plan
@@ -15,32 +16,15 @@ def plan_problems(model: ModelSpec, cluster: ClusterSpec, plan: Plan,
                   slo: SLOSpec | None = None) -> list[str]:
     """Everything wrong with ``plan`` (an empty list means it is valid)."""
     out: list[str] = []
-    used: dict[str, int] = {}
     pools = {p.name: p for p in cluster.pools}
     c = slo.constraints if slo is not None else None
+    out += validate_plan(model, cluster, plan)
     for gi, g in enumerate(plan.groups):
         where = f"group {gi} ({g.label()})"
         pool = pools.get(g.pool) if g.pool is not None else cluster.pools[0]
         if pool is None:
-            out.append(f"{where}: unknown pool {g.pool!r}")
             continue
-        used[pool.name] = used.get(pool.name, 0) + g.replicas * g.tp * g.pp
-        if g.tp > pool.gpus_per_node or pool.gpus_per_node % g.tp:
-            out.append(f"{where}: TP {g.tp} does not divide a node of {pool.gpus_per_node} GPUs")
-        if model.num_attention_heads % g.tp:
-            out.append(f"{where}: TP {g.tp} does not divide {model.num_attention_heads} heads")
-        if model.attention == "gqa" and model.num_kv_heads % g.tp and g.tp % model.num_kv_heads:
-            out.append(f"{where}: TP {g.tp} and {model.num_kv_heads} KV heads are incompatible")
-        if g.tp % g.ep:
-            out.append(f"{where}: EP {g.ep} does not divide TP {g.tp}")
-        if g.ep > 1 and (model.moe is None or model.moe.num_experts % g.ep):
-            out.append(f"{where}: EP {g.ep} needs an MoE model whose experts it divides")
-        if g.pp > model.num_layers:
-            out.append(f"{where}: PP {g.pp} exceeds {model.num_layers} layers")
-        if g.layers_per_stage is not None and sum(g.layers_per_stage) != model.num_layers:
-            out.append(f"{where}: layers_per_stage sums to {sum(g.layers_per_stage)}, "
-                       f"model has {model.num_layers}")
-        if not out or not out[-1].startswith(where):
+        if not any(o.startswith(where) for o in out):
             mem = replica_memory(model, pool.device, g.replica())
             if not mem.fits:
                 out.append(f"{where}: does not fit in memory: {mem.problem}")
@@ -55,9 +39,6 @@ def plan_problems(model: ModelSpec, cluster: ClusterSpec, plan: Plan,
                 out.append(f"{where}: TP {g.tp} > max_tp {c.max_tp}")
             if c.max_pp is not None and g.pp > c.max_pp:
                 out.append(f"{where}: PP {g.pp} > max_pp {c.max_pp}")
-    for name, n in used.items():
-        if n > pools[name].num_gpus:
-            out.append(f"pool {name}: plan uses {n} GPUs, the pool has {pools[name].num_gpus}")
     if c is not None and c.max_gpus is not None and plan.gpus > c.max_gpus:
         out.append(f"plan uses {plan.gpus} GPUs > max_gpus {c.max_gpus}")
     return out

@@ -1,0 +1,146 @@
+"""Parallelism rules, in one place: which TP × PP × EP shapes a model can run with on a device
+pool, how TP shards the KV heads, how PP splits the layers into stages, how replicas align with
+nodes, and :func:`validate_plan`, the one guard every plan passes (memory, the cost model, the
+candidates of the search and the launch commands all use these rules).
+
+Rules: TP stays inside one node (it all-reduces twice per layer) and divides the attention heads;
+KV heads either split evenly over TP or are replicated (TP a multiple of the KV heads); EP divides
+TP and the number of routed experts; PP spans nodes, at most one stage per layer (vLLM's default
+split puts the remainder on the last stage); a replica either packs evenly into one node or takes
+whole nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .specs.cluster import ClusterSpec, PoolSpec
+from .specs.model import ModelSpec
+from .specs.plan import Plan, ReplicaConfig
+
+
+@dataclass(frozen=True)
+class Shape:
+    pool: str
+    tp: int
+    pp: int
+    ep: int
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp
+
+
+def valid_tp(model: ModelSpec, tp: int) -> bool:
+    if model.num_attention_heads % tp:
+        return False
+    if model.attention == "gqa":
+        kv = model.num_kv_heads
+        if kv % tp and tp % kv:
+            return False
+    return True
+
+
+def valid_ep(model: ModelSpec, tp: int, ep: int) -> bool:
+    if tp % ep:
+        return False
+    if ep == 1:
+        return True
+    return model.moe is not None and model.moe.num_experts % ep == 0
+
+
+def tp_degrees(model: ModelSpec, pool: PoolSpec) -> list[int]:
+    return [t for t in range(1, pool.gpus_per_node + 1)
+            if pool.gpus_per_node % t == 0 and valid_tp(model, t)]
+
+
+def enumerate_shapes(model: ModelSpec, pool: PoolSpec, max_gpus: int | None = None,
+                     max_pp: int = 64) -> list[Shape]:
+    """All valid shapes of one replica on ``pool`` (at most ``max_gpus`` GPUs)."""
+    limit = min(pool.num_gpus, max_gpus or pool.num_gpus)
+    out = []
+    for tp in tp_degrees(model, pool):
+        for pp in range(1, min(max_pp, model.num_layers, limit // tp) + 1):
+            eps = [e for e in range(1, tp + 1) if valid_ep(model, tp, e)] if model.moe else [1]
+            for ep in eps:
+                out.append(Shape(pool.name, tp, pp, ep))
+    return out
+
+
+def shape_problem(model: ModelSpec, pool: PoolSpec, tp: int, pp: int, ep: int) -> str | None:
+    """Why a TP/PP/EP shape cannot run ``model`` on ``pool`` (the engine would refuse it), or None."""
+    if model.num_attention_heads % tp:
+        return (f"tp={tp} does not divide the {model.num_attention_heads} attention heads of "
+                f"{model.name}; use one of {tp_degrees(model, pool) or [1]}")
+    if model.attention == "gqa" and model.num_kv_heads % tp and tp % model.num_kv_heads:
+        return (f"tp={tp} neither divides nor is a multiple of the {model.num_kv_heads} KV heads "
+                f"of {model.name}")
+    if tp > pool.gpus_per_node:
+        return (f"tp={tp} exceeds the {pool.gpus_per_node} GPUs of one node of pool "
+                f"'{pool.name}'; tensor parallelism stays inside a node (use --pp across nodes)")
+    if ep > 1 and model.moe is None:
+        return f"ep={ep} needs a mixture-of-experts model; {model.name} is dense"
+    if not valid_ep(model, tp, ep):
+        return f"ep={ep} must divide tp={tp} and the {model.moe.num_experts} experts of {model.name}"
+    if pp > model.num_layers:
+        return f"pp={pp} exceeds the {model.num_layers} layers of {model.name}"
+    return None
+
+
+def kv_heads_per_rank(model: ModelSpec, tp: int) -> int:
+    """KV heads each TP rank stores (replicated when TP exceeds the KV heads)."""
+    return max(1, model.num_kv_heads // tp)
+
+
+def default_layers_per_stage(num_layers: int, pp: int) -> tuple[int, ...]:
+    """vLLM's default split: ``num_layers // pp`` per stage, the remainder on the last stage."""
+    if pp > num_layers:
+        raise ValueError(f"pp={pp} exceeds the model's {num_layers} layers")
+    base = num_layers // pp
+    return tuple([base] * (pp - 1) + [num_layers - base * (pp - 1)])
+
+
+def stage_layer_ranges(num_layers: int, cfg: ReplicaConfig) -> list[range]:
+    """The decoder layers of each pipeline stage of ``cfg``."""
+    split = cfg.layers_per_stage or default_layers_per_stage(num_layers, cfg.pp)
+    if sum(split) != num_layers:
+        raise ValueError(f"layers_per_stage {list(split)} sums to {sum(split)}, model has "
+                         f"{num_layers} layers")
+    out, start = [], 0
+    for n in split:
+        out.append(range(start, start + n))
+        start += n
+    return out
+
+
+def node_aligned(gpus: int, gpus_per_node: int) -> bool:
+    """A replica either packs evenly into one node or takes whole nodes."""
+    if gpus <= gpus_per_node:
+        return gpus_per_node % gpus == 0
+    return gpus % gpus_per_node == 0
+
+
+def validate_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> list[str]:
+    """Every parallelism rule ``plan`` breaks on ``cluster`` (empty = valid): unknown pools, shapes
+    the engine would refuse (:func:`shape_problem`), stage splits that do not cover the model, and
+    pools asked for more GPUs than they have. Memory is checked by :mod:`apex_opt.memory`."""
+    out: list[str] = []
+    pools = {p.name: p for p in cluster.pools}
+    used: dict[str, int] = {}
+    for gi, g in enumerate(plan.groups):
+        where = f"group {gi} ({g.label()})"
+        pool = pools.get(g.pool) if g.pool is not None else cluster.pools[0]
+        if pool is None:
+            out.append(f"{where}: unknown pool {g.pool!r}")
+            continue
+        used[pool.name] = used.get(pool.name, 0) + g.replicas * g.gpus
+        problem = shape_problem(model, pool, g.tp, g.pp, g.ep)
+        if problem:
+            out.append(f"{where}: {problem}")
+        if g.layers_per_stage is not None and sum(g.layers_per_stage) != model.num_layers:
+            out.append(f"{where}: layers_per_stage sums to {sum(g.layers_per_stage)}, "
+                       f"model has {model.num_layers}")
+    for name, n in used.items():
+        if n > pools[name].num_gpus:
+            out.append(f"pool {name}: plan uses {n} GPUs, the pool has {pools[name].num_gpus}")
+    return out
