@@ -52,6 +52,10 @@ _ABSORBED = frozenset({"w_uk", "w_uv"})
 _AFTER_ATTENTION = frozenset({"o"})
 
 
+def _chunks_key(prefill) -> tuple:
+    return tuple((int(q), int(c)) for q, c in prefill)
+
+
 class IterationCost(NamedTuple):
     """Cost of one iteration of one replica."""
 
@@ -211,6 +215,9 @@ class IterationCostModel:
         self.graph_max_bs = self.engine.cuda_graph_max_bs(pool.device.name,
                                                           float(pool.device.memory_gib), cfg.tp)
         self._token_cache: dict = {}
+        #: exact memo of whole iterations (see iteration())
+        self._iter_cache: dict = {}
+        self._attn_cache: dict = {}
 
     # ------------------------------------------------------------------ helpers
     def _shard(self, op, tp: int | None = None) -> tuple[str, int, int]:
@@ -362,32 +369,43 @@ class IterationCostModel:
         return (max(x[0] for x in ranks), sum(x[1] for x in ranks) / d, sum(x[2] for x in ranks) / d,
                 sum(x[3] for x in ranks) / d)
 
+    def _op_memo(self, key: tuple, fn):
+        """Attention kernel costs memoised exactly: decode attention depends on the sequences only
+        through their count and context sum (KV bytes read), prefill on its exact chunk list."""
+        hit = self._attn_cache.get(key)
+        if hit is None:
+            hit = fn()
+            if len(self._attn_cache) < 262144:
+                self._attn_cache[key] = hit
+        return hit
+
     def _attention_rank(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]]) -> tuple[float, float, float, float]:
         t = e = fl = by = 0.0
         m = self.model
         if m.attention == "mla":
             if len(decode_ctx):
-                c = self.dev.mla_decode(self.q_heads, m.mla.kv_lora_rank, m.mla.qk_rope_head_dim,
-                                       decode_ctx, self.cfg.kv_dtype)
+                c = self._op_memo(("mla_decode", len(decode_ctx), int(decode_ctx.sum())), lambda: self.dev.mla_decode(
+                    self.q_heads, m.mla.kv_lora_rank, m.mla.qk_rope_head_dim, decode_ctx, self.cfg.kv_dtype))
                 t += c.time_s
                 e += c.time_s * c.power_w
                 by += float(decode_ctx.sum()) * m.kv_elems_per_token_per_layer() * self.kv_bytes
             if prefill:
-                c = self.dev.mla_prefill(self.q_heads, m.mla.qk_nope_head_dim, m.mla.qk_rope_head_dim,
-                                        m.mla.v_head_dim, prefill, self.cfg.kv_dtype)
+                c = self._op_memo(("mla_prefill", _chunks_key(prefill)), lambda: self.dev.mla_prefill(
+                    self.q_heads, m.mla.qk_nope_head_dim, m.mla.qk_rope_head_dim, m.mla.v_head_dim, prefill,
+                    self.cfg.kv_dtype))
                 t += c.time_s
                 e += c.time_s * c.power_w
         else:
             if len(decode_ctx):
-                c = self.dev.attention_decode(self.q_heads, self.kv_heads, m.head_dim, decode_ctx,
-                                              self.cfg.kv_dtype)
+                c = self._op_memo(("decode", len(decode_ctx), int(decode_ctx.sum())), lambda: self.dev.attention_decode(
+                    self.q_heads, self.kv_heads, m.head_dim, decode_ctx, self.cfg.kv_dtype))
                 t += c.time_s
                 e += c.time_s * c.power_w
                 by += float(decode_ctx.sum()) * 2 * self.kv_heads * m.head_dim * self.kv_bytes
                 fl += 4.0 * self.q_heads * m.head_dim * float(decode_ctx.sum())
             if prefill:
-                c = self.dev.attention_prefill(self.q_heads, self.kv_heads, m.head_dim, prefill,
-                                               self.cfg.kv_dtype)
+                c = self._op_memo(("prefill", _chunks_key(prefill)), lambda: self.dev.attention_prefill(
+                    self.q_heads, self.kv_heads, m.head_dim, prefill, self.cfg.kv_dtype))
                 t += c.time_s
                 e += c.time_s * c.power_w
                 for q, cached in prefill:
@@ -403,8 +421,28 @@ class IterationCostModel:
         sequence. prefill: ``(chunk_tokens, cached_tokens_before)`` of each prefilling sequence.
         prefill_sampling: how many of the prefill chunks finish their prompt (and so sample a token);
         default all.
+
+        Memoised exactly: without DP attention an iteration depends on its decode sequences only
+        through their count and context SUM (decode attention is costed on the KV bytes read, every
+        other op on token counts), so (count, sum, prefill chunks, sampling) is an exact key and a
+        hit returns the same numbers bit for bit (the breakdown as a fresh dict).
         """
         decode_ctx = np.asarray(decode_ctx, dtype=np.int64)
+        if self.attn_dp != 1:
+            return self._iteration(decode_ctx, prefill, with_breakdown, prefill_sampling)
+        key = (int(decode_ctx.shape[0]), int(decode_ctx.sum()),
+               _chunks_key(prefill), prefill_sampling, with_breakdown)
+        hit = self._iter_cache.get(key)
+        if hit is None:
+            hit = self._iteration(decode_ctx, prefill, with_breakdown, prefill_sampling)
+            if len(self._iter_cache) < 262144:
+                self._iter_cache[key] = hit
+        if hit.breakdown is not None:
+            return hit._replace(breakdown=dict(hit.breakdown))
+        return hit
+
+    def _iteration(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]],
+                   with_breakdown: bool, prefill_sampling: int | None) -> IterationCost:
         n_dec = int(decode_ctx.shape[0])
         n_pre_tok = int(sum(q for q, _ in prefill))
         sampling = n_dec + (len(prefill) if prefill_sampling is None else prefill_sampling)
