@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ortools.sat.python import cp_model
 
 from ..errors import InfeasibleError
 from ..specs.cluster import ClusterSpec
@@ -30,6 +29,8 @@ _UNITS = {"ttft_ms": "ms", "tpot_ms": "ms", "e2e_s": "s"}
 def _feasible(space: SearchSpace, relaxed: frozenset[str] = frozenset()) -> bool:
     pm = PlanModel(space, relaxed=relaxed, with_objective=False)
     s = pm.solver(workers=1, seed=0, time_limit_s=5.0)
+    from ortools.sat.python import cp_model
+
     return s.solve(pm.m) in (cp_model.OPTIMAL, cp_model.FEASIBLE)
 
 
@@ -41,6 +42,8 @@ def conflicting_groups(space: SearchSpace) -> list[str]:
     pm.m.add_assumptions([lits[n] for n in names])
     s = pm.solver(workers=1, seed=0, time_limit_s=5.0)
     status = s.solve(pm.m)
+    from ortools.sat.python import cp_model
+
     if status != cp_model.INFEASIBLE:
         return []
     core = set(s.sufficient_assumptions_for_infeasibility())

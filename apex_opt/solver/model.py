@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ortools.sat.python import cp_model
 
 from ..specs.cluster import ClusterSpec
 from ..specs.engine import EngineSpec
@@ -83,12 +82,14 @@ class PlanModel:
 
     def __init__(self, space: SearchSpace, *, assumptions: bool = False,
                  relaxed: frozenset[str] = frozenset(), with_objective: bool = True):
+        from ortools.sat.python import cp_model  # lazy: ortools (and the pandas it loads) costs
+                                                 # ~1 s of start-up that small searches skip
         self.space = space
         self.m = cp_model.CpModel()
-        self.literals: dict[str, cp_model.IntVar] = {}
+        self.literals: dict[str, "cp_model.IntVar"] = {}
         self.relaxed = relaxed
         self.assumptions = assumptions
-        self.x: dict[tuple[int, int], cp_model.IntVar] = {}
+        self.x: dict[tuple[int, int], "cp_model.IntVar"] = {}
         self.viol = candidate_groups(space)
         self._build_vars()
         self._build_groups()
@@ -114,7 +115,7 @@ class PlanModel:
                 v = m.new_bool_var(f"x_{i}_{k}")
                 self.x[(i, k)] = v
                 by_pool.setdefault(c.pool, []).append(v)
-        self.pool_used: dict[str, cp_model.IntVar] = {}
+        self.pool_used: dict[str, "cp_model.IntVar"] = {}
         for p in sp.cluster.pools:
             u = m.new_bool_var(f"pool_{p.name}")
             vs = by_pool.get(p.name, [])
@@ -243,6 +244,8 @@ class PlanModel:
 
     # ------------------------------------------------------------------ solving
     def solver(self, *, workers: int = 1, seed: int = 0, time_limit_s: float = 10.0) -> cp_model.CpSolver:
+        from ortools.sat.python import cp_model
+
         s = cp_model.CpSolver()
         s.parameters.num_workers = max(1, workers)
         s.parameters.random_seed = seed

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ortools.sat.python import cp_model
 
 from .model import PlanModel
 
@@ -26,6 +25,8 @@ class TopKResult:
 def top_k(model: PlanModel, k: int, *, workers: int = 1, seed: int = 0,
           time_limit_s: float = 10.0) -> TopKResult:
     """The ``k`` best distinct plans of ``model`` (fewer when fewer exist)."""
+    from ortools.sat.python import cp_model
+
     plans, values, first = [], [], None
     for _ in range(k):
         solver = model.solver(workers=workers, seed=seed, time_limit_s=time_limit_s)
