@@ -186,3 +186,31 @@ def test_closed_loop_json_is_deterministic(tmp_path):
     assert a.exit_code == 0, a.output
     assert a.output == b.output  # byte-identical: no RNG, ties broken by sequence numbers
     assert json.loads(a.output)["workload"]["concurrency"] == 5
+
+
+def test_validate_modern_closed_loop_rows():
+    """scripts/validate_modern.py replays a concurrency row as a closed loop with warm-up requests
+    left out of the means, and an aiconfigurator MoE row on its moe_tp x moe_ep GPUs."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "validate_modern.py"
+    spec = importlib.util.spec_from_file_location("validate_modern", path)
+    vm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vm)
+    row = {"case_id": "x", "workload_kind": "concurrency", "concurrency": "4", "isl": "512",
+           "osl": "32", "n_requests": "40", "rate_req_s": "", "trace": ""}
+    req, warm = vm.row_requests(row, Path("."), warmup_factor=2)
+    assert (len(req), warm, req.concurrency) == (48, 8, 4)
+    res = simulate(load_model(MODEL), load_cluster("h100-sxm-1x8"),
+                   Plan(groups=(ReplicaGroup(tp=1, max_model_len=4096),)), req)
+    means = vm.measured_means(res, warm)
+    pr = res.per_request()
+    assert means["ttft_ms"] == pytest.approx(
+        float((pr["first_token_s"] - pr["arrival_s"])[8:].mean() * 1e3))
+    moe = {"tp": "1", "pp": "1", "dp": "1", "ep": "1", "weight_dtype": "fp8", "kv_dtype": "",
+           "max_num_seqs": "", "max_num_batched_tokens": "", "gpu_memory_utilization": "",
+           "max_model_len": "", "prefix_caching": "",
+           "notes": "agg tp1 pp1 attn_dp1 moe_tp2 moe_ep1; image ?"}
+    plan, note = vm.row_plan(moe, load_model("qwen3-235b-a22b"), None)
+    assert plan.groups[0].tp == 2 and plan.groups[0].ep == 1 and "TP2" in note
