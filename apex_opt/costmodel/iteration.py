@@ -382,13 +382,15 @@ class IterationCostModel:
     def _attention_rank(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]]) -> tuple[float, float, float, float]:
         t = e = fl = by = 0.0
         m = self.model
+        n_dec = len(decode_ctx)
+        ctx_sum = int(decode_ctx.sum()) if n_dec else 0  # exact (int64), float() of it as before
         if m.attention == "mla":
-            if len(decode_ctx):
-                c = self._op_memo(("mla_decode", len(decode_ctx), int(decode_ctx.sum())), lambda: self.dev.mla_decode(
+            if n_dec:
+                c = self._op_memo(("mla_decode", n_dec, ctx_sum), lambda: self.dev.mla_decode(
                     self.q_heads, m.mla.kv_lora_rank, m.mla.qk_rope_head_dim, decode_ctx, self.cfg.kv_dtype))
                 t += c.time_s
                 e += c.time_s * c.power_w
-                by += float(decode_ctx.sum()) * m.kv_elems_per_token_per_layer() * self.kv_bytes
+                by += float(ctx_sum) * m.kv_elems_per_token_per_layer() * self.kv_bytes
             if prefill:
                 c = self._op_memo(("mla_prefill", _chunks_key(prefill)), lambda: self.dev.mla_prefill(
                     self.q_heads, m.mla.qk_nope_head_dim, m.mla.qk_rope_head_dim, m.mla.v_head_dim, prefill,
@@ -396,13 +398,13 @@ class IterationCostModel:
                 t += c.time_s
                 e += c.time_s * c.power_w
         else:
-            if len(decode_ctx):
-                c = self._op_memo(("decode", len(decode_ctx), int(decode_ctx.sum())), lambda: self.dev.attention_decode(
+            if n_dec:
+                c = self._op_memo(("decode", n_dec, ctx_sum), lambda: self.dev.attention_decode(
                     self.q_heads, self.kv_heads, m.head_dim, decode_ctx, self.cfg.kv_dtype))
                 t += c.time_s
                 e += c.time_s * c.power_w
-                by += float(decode_ctx.sum()) * 2 * self.kv_heads * m.head_dim * self.kv_bytes
-                fl += 4.0 * self.q_heads * m.head_dim * float(decode_ctx.sum())
+                by += float(ctx_sum) * 2 * self.kv_heads * m.head_dim * self.kv_bytes
+                fl += 4.0 * self.q_heads * m.head_dim * float(ctx_sum)
             if prefill:
                 c = self._op_memo(("prefill", _chunks_key(prefill)), lambda: self.dev.attention_prefill(
                     self.q_heads, self.kv_heads, m.head_dim, prefill, self.cfg.kv_dtype))
