@@ -21,7 +21,7 @@ from .plans import PlanKey
 from .shortlist import score
 
 #: Locked clocks tried, as fractions of the device's base clock (the boost clock is the default).
-CLOCK_FRACTIONS = (1.0, 0.85, 0.7, 0.55)
+CLOCK_FRACTIONS = (1.0, 0.85, 0.7, 0.55, 0.45)
 #: NVIDIA application clocks come in steps of this many MHz.
 CLOCK_STEP_MHZ = 15
 #: Plans re-costed at every clock, and clocked variants simulated per plan.
