@@ -111,6 +111,7 @@ def test_chosen_beats_or_ties_baselines(results) -> None:
             assert b.gain >= 0.999
 
 
+@pytest.mark.slow
 def test_cli_json_and_infeasible(tmp_path) -> None:
     from apex_opt.cli import main
 
