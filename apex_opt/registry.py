@@ -1,4 +1,6 @@
-"""Bundled data (models, clusters, devices, profiles, examples), located with importlib.resources.
+"""Typed loaders of bundled or user data: devices and clusters by name or path (models: 
+:func:`apex_opt.specs.model.load_model`). The raw bundled files are located by
+:mod:`apex_opt.bundled` (below the specs), re-exported here for callers.
 
 Names resolve to bundled files; anything that looks like a path (has a suffix or a separator and
 exists) is read from disk instead.
@@ -6,79 +8,14 @@ exists) is read from disk instead.
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
-from typing import Any
-
-from .errors import InputError
-from .io import load_data, parse_json, parse_yaml, validate
-
-_DATA = "apex_opt.data"
-
-
-def data_dir(*parts: str):
-    """Traversable for a bundled data folder, e.g. ``data_dir('profiles', 'h100-sxm-80gb')``."""
-    ref = resources.files(_DATA)
-    for p in parts:
-        ref = ref / p
-    return ref
-
-
-def _names(folder: str, suffix: str) -> list[str]:
-    return sorted(f.name[: -len(suffix)] for f in data_dir(folder).iterdir() if f.name.endswith(suffix))
-
-
-def model_names() -> list[str]:
-    return _names("models", ".json")
-
-
-def cluster_names() -> list[str]:
-    return _names("clusters", ".yaml")
-
-
-def device_names() -> list[str]:
-    return _names("devices", ".yaml")
-
-
-def profile_names() -> list[str]:
-    return sorted(f.name for f in data_dir("profiles").iterdir() if f.is_dir())
-
-
-def _looks_like_path(ref: str) -> bool:
-    return "/" in ref or "\\" in ref or ref.endswith((".json", ".yaml", ".yml")) or Path(ref).exists()
-
-
-def _read_bundled(folder: str, name: str, suffix: str, kind: str, known: list[str]) -> tuple[Any, str]:
-    f = data_dir(folder) / f"{name}{suffix}"
-    if not f.is_file():
-        raise InputError(f"unknown {kind} name {name!r}; bundled: {', '.join(known)} "
-                         f"(or pass a path to a file)")
-    text = f.read_text(encoding="utf-8")
-    src = f"<bundled {kind} {name}>"
-    return (parse_json(text, src) if suffix == ".json" else parse_yaml(text, src)), src
-
-
-def load_model_config(ref: str) -> tuple[dict, str, str]:
-    """Return (HF config dict, source label, model name) for a bundled name or a config.json path."""
-    if _looks_like_path(ref):
-        p = Path(ref)
-        if p.is_dir():
-            p = p / "config.json"
-        data = load_data(p)
-        name = p.parent.name if p.name == "config.json" else p.stem
-        src = str(p)
-    else:
-        data, src = _read_bundled("models", ref, ".json", "model", model_names())
-        name = ref
-    if not isinstance(data, dict):
-        raise InputError("expected a JSON object (an HF config.json)", source=src)
-    return data, src, name
+from .bundled import (_looks_like_path, _read_bundled, cluster_names, data_dir,  # noqa: F401
+                      device_names, load_model_config, model_names, profile_names)
+from .io import load_data, validate
+from .specs.cluster import ClusterSpec, DeviceSpec
 
 
 def load_device(ref: str | dict, source: str = "<device>"):
     """Load a DeviceSpec from a bundled name, a YAML/JSON path, or an inline mapping."""
-    from .specs.cluster import DeviceSpec
-
     if isinstance(ref, dict):
         return validate(DeviceSpec, ref, source)
     if ref not in device_names() and _looks_like_path(ref):
@@ -90,8 +27,6 @@ def load_device(ref: str | dict, source: str = "<device>"):
 def load_cluster(ref: str):
     """Load a ClusterSpec from a bundled name or a YAML path. A pool's ``device`` may be a bundled
     device name (resolved by :class:`apex_opt.specs.cluster.PoolSpec`) or an inline mapping."""
-    from .specs.cluster import ClusterSpec
-
     if ref not in cluster_names() and _looks_like_path(ref):
         data = load_data(ref)
         src = str(ref)

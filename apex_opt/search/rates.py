@@ -10,10 +10,10 @@ from typing import Callable, TypeVar
 M = TypeVar("M")
 
 #: Bisection steps (simulations) per plan, and the lowest factor tried.
-RATE_STEPS = 7
+RATE_STEPS = 9
 RATE_MIN_FACTOR = 1 / 64
 #: Stop bisecting once the bracket is this tight (relative).
-RATE_TOLERANCE = 0.03
+RATE_TOLERANCE = 0.01
 
 
 def highest_rate(sim: Callable[[float], M], met: Callable[[M], bool], guess: float,

@@ -157,15 +157,17 @@ def _resolve_device(v: Any) -> Any:
     """A bundled device name becomes its DeviceSpec; mappings and specs pass through."""
     if not isinstance(v, str):
         return v
+    from ..bundled import _read_bundled, device_names
     from ..errors import InputError
-    from ..registry import device_names, load_device
+    from ..io import validate
 
     known = device_names()
     if v not in known:
         raise ValueError(f"unknown device name {v!r}; bundled: {', '.join(known)} "
                          f"(or give the device inline as a mapping)")
     try:
-        return load_device(v)
+        data, src = _read_bundled("devices", v, ".yaml", "device", known)
+        return validate(DeviceSpec, data, src)
     except InputError as exc:  # a broken bundled file: surface its own message
         raise ValueError(str(exc)) from None
 

@@ -278,7 +278,7 @@ class EngineSpec(StrictModel):
 
 
 def _engine_dir():
-    from ..registry import data_dir
+    from ..bundled import data_dir
 
     return data_dir("engines")
 

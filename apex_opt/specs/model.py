@@ -660,7 +660,7 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
 
 def load_model(ref: str | Path) -> ModelSpec:
     """A bundled model name (``apex-opt models list``) or a path to a config.json / its directory."""
-    from ..registry import load_model_config
+    from ..bundled import load_model_config
 
     cfg, source, name = load_model_config(str(ref))
     return ModelSpec.from_hf_config(cfg, name=name, source=source)
