@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apex_opt.costmodel import CollectiveModel, collective_model_for
+from apex_opt.costmodel.collectives import CollectiveModel, collective_model_for
 from apex_opt.errors import InputError
 from apex_opt.specs.cluster import DeviceSpec, LinkSpec, PoolSpec
 

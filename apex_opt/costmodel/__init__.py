@@ -26,8 +26,9 @@ from .power import PowerFit, SustainedDerate, fit_derate, fit_power, parse_cases
 from .profile import REFERENCE_PROFILE, Profile, load_profile
 from .roofline import WEIGHT_BYTES, gemm_flops_bytes
 
-__all__ = ["OpCost", "DeviceCostModel", "CollectiveModel", "collective_model_for", "device_model",
-           "Calibration", "calibration"]
+# collectives live in .collectives (it imports device_model from here; no import back: one
+# direction between the package and its submodule)
+__all__ = ["OpCost", "DeviceCostModel", "device_model", "Calibration", "calibration"]
 
 
 class OpCost(NamedTuple):
@@ -379,5 +380,3 @@ def device_model(device: DeviceSpec) -> DeviceCostModel:
         model = _MODELS[key] = DeviceCostModel(device)
     return model
 
-
-from .collectives import CollectiveModel, collective_model_for  # noqa: E402  (re-export)
