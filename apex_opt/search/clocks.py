@@ -24,9 +24,8 @@ from .shortlist import score
 CLOCK_FRACTIONS = (1.0, 0.85, 0.7, 0.55, 0.45)
 #: NVIDIA application clocks come in steps of this many MHz.
 CLOCK_STEP_MHZ = 15
-#: Plans re-costed at every clock, and clocked variants simulated per plan.
-PLANS_CLOCKED = 2
-CLOCKS_SIMULATED = 2
+#: Clocked variants simulated for the best plan, the second best, ... (by simulated objective).
+CLOCKS_SIMULATED = (2, 1)
 
 
 def clock_options(dev: DeviceSpec) -> list[int]:
@@ -69,10 +68,10 @@ def clocked_key(model: ModelSpec, space: SearchSpace, key: PlanKey, clock: int,
 
 def clocked_variants(model: ModelSpec, space: SearchSpace, keys: list[PlanKey],
                      cache: dict) -> list[PlanKey]:
-    """The most promising clocked variants of ``keys`` by the surrogate's J/token (those it does
-    not predict to miss the SLO), ``CLOCKS_SIMULATED`` per plan."""
+    """The most promising clocked variants of ``keys`` (best first) by the surrogate's J/token
+    (those it does not predict to miss the SLO), ``CLOCKS_SIMULATED`` of them per plan."""
     out = []
-    for key in keys[:PLANS_CLOCKED]:
+    for key, n in zip(keys, CLOCKS_SIMULATED):
         devs = {space.cluster.pool(space.cands[i].pool).device.name: space.cluster.pool(
             space.cands[i].pool).device for i, _ in key}
         clocks = sorted({c for d in devs.values() for c in clock_options(d)}, reverse=True)
@@ -85,5 +84,5 @@ def clocked_variants(model: ModelSpec, space: SearchSpace, keys: list[PlanKey],
             if not s.hopeless:
                 scored.append((s.est.energy_j_per_token, clk, ck))
         scored.sort()
-        out += [ck for _e, _c, ck in scored[:CLOCKS_SIMULATED]]
+        out += [ck for _e, _c, ck in scored[:n]]
     return out
