@@ -29,6 +29,8 @@ from .plans import PlanKey, count_feasible, estimate, feasible_plans, plan_gpus
 SEQ_CAP_PEAK = 4.0
 #: Plan spaces up to this many plans are scored exhaustively by the surrogate (else CP-SAT).
 ENUMERATE_LIMIT = 20_000
+#: Most plans drawn from the CP-SAT model (one re-solve each) in one search.
+MAX_CPSAT_PLANS = 200
 #: Safety margin on the surrogate/simulation ratio when bounding unsimulated plans.
 BOUND_MARGIN = 0.05
 #: A plan whose surrogate mean latency exceeds a percentile target by this factor is simulated
@@ -145,7 +147,7 @@ def _cpsat_plans(space: SearchSpace, workers: int, seed: int, time_limit_s: floa
     from ortools.sat.python import cp_model
 
     pm = PlanModel(space)
-    while True:
+    for _ in range(MAX_CPSAT_PLANS):
         solver = pm.solver(workers=workers, seed=seed, time_limit_s=time_limit_s)
         st = solver.solve(pm.m)
         if not status:
