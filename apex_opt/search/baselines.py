@@ -25,15 +25,16 @@ def baseline_keys(space: SearchSpace, engine: EngineSpec) -> list[tuple[str, str
         key: list[tuple[int, int]] = []
         for pool in space.cluster.pools:
             seqs, tokens = engine_defaults(engine, pool)
+            used = plan_gpus(space, tuple(key))
+            budget = pool.num_gpus if mg is None else min(pool.num_gpus, mg - used)
             cands = [(i, c) for i, c in enumerate(space.cands) if c.pool == pool.name
-                     and c.max_num_seqs == seqs and c.max_num_batched_tokens == tokens]
+                     and c.max_num_seqs == seqs and c.max_num_batched_tokens == tokens
+                     and c.gpus <= budget and c.sm_clock_mhz is None]
             if not cands:
                 continue
             dt = [(i, c) for i, c in cands if c.weight_dtype == "bf16" and c.kv_dtype == "bf16"] or cands
             i, c = min(dt, key=lambda ic: (order(ic[1]), ic[1].weight_dtype != "bf16",
                                            ic[1].kv_dtype != "bf16", ic[1].ep))
-            used = plan_gpus(space, tuple(key))
-            budget = pool.num_gpus if mg is None else min(pool.num_gpus, mg - used)
             k = budget // c.gpus
             if k >= 1:
                 key.append((i, k))

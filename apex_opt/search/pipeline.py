@@ -288,6 +288,9 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
             run(variants)
             keys += variants
         base_specs = baseline_keys(space, eng)
+        # simulated baselines compete too: the answer is the best plan simulated, whatever its source
+        keys += [k for k in dict.fromkeys(k for _n, _d, k, _p in base_specs if k is not None)
+                 if k in cache and k not in keys]
         plans = [_plan_out(space, key, cache[key], objective, {}) for key in keys]
         order = sorted(range(len(plans)), key=lambda j: rank_key(objective, plans[j]))
         if not plans[order[0]].slo_met and _verify:
