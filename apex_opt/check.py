@@ -18,7 +18,7 @@ from .specs.plan import ReplicaConfig
 class CheckOptions(BaseModel):
     """The knobs `check` varies or holds fixed."""
 
-    weight_dtype: str = "bf16"
+    weight_dtype: str | None = None  # None: the checkpoint's (ReplicaConfig.resolved)
     kv_dtype: str = "bf16"
     max_model_len: int | None = None
     gpu_memory_utilization: float | None = None  # None: the engine's (vLLM 0.9, SGLang by GPU)
@@ -135,6 +135,9 @@ def check(model: ModelSpec, cluster: ClusterSpec, opts: CheckOptions | None = No
           *, suggest: bool = True) -> CheckResult:
     """Every shape that fits, with its memory; when none fits, the tightest shape and verified fixes."""
     opts = opts or CheckOptions()
+    # an unset weight dtype is the checkpoint's (one rule: ReplicaConfig), echoed in the result
+    opts = opts.model_copy(update={"weight_dtype": ReplicaConfig(
+        weight_dtype=opts.weight_dtype).resolved_weight_dtype(model)})
     reports = _reports(model, cluster, opts)
     feasible = [r for r in reports if r.fits]
     feasible.sort(key=lambda r: (r.pool or "", r.gpus, r.tp, r.pp, r.ep))

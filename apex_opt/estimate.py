@@ -105,7 +105,8 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, cfg: ReplicaConfig, batch: 
     r = lambda x: float(f"{x:.6g}")  # noqa: E731
     return EstimateResult(
         model=model.name, cluster=cluster.name, engine=engine.name, pool=pool.name, device=pool.device.name,
-        tp=cfg.tp, pp=cfg.pp, ep=cfg.ep, weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,
+        tp=cfg.tp, pp=cfg.pp, ep=cfg.ep, weight_dtype=cfg.resolved_weight_dtype(model),
+        kv_dtype=cfg.kv_dtype,
         batch=batch, iteration_ms=r(c.time_s * 1e3), stage_ms=[r(t * 1e3) for t in c.stage_times_s],
         energy_j=r(energy), energy_j_per_token=r(energy / max(tokens, 1)),
         avg_power_w=r(energy / c.time_s / cm.num_gpus) if c.time_s else 0.0, tokens=tokens,

@@ -70,7 +70,7 @@ def _ops_params(ops: Iterable[LinearOp], tp: int, model: ModelSpec) -> float:
 
 def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int) -> dict[str, int]:
     """Weight bytes on one GPU of pipeline stage ``stage``, by component."""
-    tp, wb = cfg.tp, linear_weight_bytes_per_elem(cfg.weight_dtype)
+    tp, wb = cfg.tp, linear_weight_bytes_per_elem(cfg.resolved_weight_dtype(model))
     bf16 = DTYPE_BYTES["bf16"]
     layers = stage_layer_ranges(model.num_layers, cfg)[stage]
     # data-parallel attention (SGLang): each attention rank is tp / attention_dp GPUs
@@ -179,7 +179,7 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
     """Memory breakdown, KV blocks and the fit verdict of ``cfg`` on ``device``."""
     engine = engine or load_engine()
     # engine defaults (by GPU memory where the engine decides so), one place
-    cfg = cfg.resolved(engine, model.max_position_embeddings, device)
+    cfg = cfg.resolved(engine, model, device)
     max_len = cfg.resolved_max_model_len(model.max_position_embeddings)
     tokens = cfg.resolved_batched_tokens(max_len, engine.chunked_prefill_budget)
     total = device.memory_bytes

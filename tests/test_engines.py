@@ -51,18 +51,20 @@ def test_defaults_by_gpu_memory():
     h100 = load_cluster("h100-sxm-1x8").pools[0].device
     a100 = load_cluster("a100-80g-1x8").pools[0].device
     m = load_model("llama-3.1-8b")
-    r = ReplicaConfig(tp=1).resolved(v1, m.max_position_embeddings, h100)
+    r = ReplicaConfig(tp=1).resolved(v1, m, h100)
     assert (r.max_num_batched_tokens, r.max_num_seqs, r.chunked_prefill, r.prefix_caching) == \
         (8192, 1024, True, True)
-    r = ReplicaConfig(tp=1).resolved(v1, m.max_position_embeddings, a100)  # A100 kept small
+    r = ReplicaConfig(tp=1).resolved(v1, m, a100)  # A100 kept small
     assert (r.max_num_batched_tokens, r.max_num_seqs) == (2048, 256)
-    r = ReplicaConfig(tp=1).resolved(sg, m.max_position_embeddings, h100)
+    r = ReplicaConfig(tp=1).resolved(sg, m, h100)
     assert r.max_num_batched_tokens == 8192
     # mem_fraction_static = (total - reserve) / total, reserve >= 10 GiB on big GPUs
     assert 0.8 < r.gpu_memory_utilization < 0.9
-    explicit = ReplicaConfig(tp=1, gpu_memory_utilization=0.7).resolved(sg, 8192, h100)
+    explicit = ReplicaConfig(tp=1, gpu_memory_utilization=0.7).resolved(sg, 8192, h100,
+                                                                       checkpoint_dtype="bf16")
     assert explicit.gpu_memory_utilization == 0.7
-    v0 = ReplicaConfig(tp=1, max_model_len=8192).resolved(load_engine("vllm-0.6"), 8192, h100)
+    v0 = ReplicaConfig(tp=1, max_model_len=8192).resolved(load_engine("vllm-0.6"), 8192, h100,
+                                                          checkpoint_dtype="bf16")
     assert (v0.chunked_prefill, v0.max_num_batched_tokens, v0.max_num_seqs) == (False, 8192, 256)
 
 

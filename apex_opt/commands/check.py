@@ -9,7 +9,7 @@ from ..errors import InfeasibleError
 from ..report.render import console, gib, table, to_json
 from ..specs.engine import load_engine
 from .common import (cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option,
-                     resolve_weight_dtype, weight_dtype_option)
+                     weight_dtype_option)
 
 
 @click.command("check")
@@ -48,7 +48,8 @@ def command(model_ref, cluster_ref, weight_dtype, kv_dtype, max_model_len, gpu_m
       apex-opt check --model llama-3.1-405b --cluster h100-sxm-1x8 --weight-dtype fp8
     """
     model, cluster = load_inputs(model_ref, cluster_ref)
-    weight_dtype = resolve_weight_dtype(weight_dtype, model)
+    # an unset --weight-dtype stays None: ReplicaConfig.resolved() takes the checkpoint's, as the
+    # Python API's check() does
     engine_name = load_engine(engine_name).label  # unknown names: exit 2 listing the valid ones
     opts = CheckOptions(weight_dtype=weight_dtype, kv_dtype=kv_dtype, max_model_len=max_model_len,
                         gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
@@ -69,7 +70,8 @@ def command(model_ref, cluster_ref, weight_dtype, kv_dtype, max_model_len, gpu_m
                 rows.append([r.pool, r.device, r.tp, r.pp, r.ep, r.gpus, gib(w), gib(a), gib(o),
                              gib(kv), f"{r.kv_tokens:,}", f"{r.kv_blocks:,}", r.max_concurrent_full_len])
             con.print(table(f"{model.name} on {cluster.name}: {len(res.feasible)} of "
-                            f"{res.shapes_considered} shapes fit ({weight_dtype} weights, {kv_dtype} KV, "
+                            f"{res.shapes_considered} shapes fit ({res.feasible[0].weight_dtype} "
+                            f"weights, {kv_dtype} KV, "
                             f"max_model_len {res.feasible[0].max_model_len}, util "
                             f"{res.feasible[0].gpu_memory_utilization}, engine {engine_name})",
                             ["pool", "device", "TP", "PP", "EP", "GPUs", "weights GiB/GPU", "act GiB",

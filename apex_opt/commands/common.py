@@ -19,10 +19,6 @@ weight_dtype_option = click.option(
     help="Weight storage dtype [default: the checkpoint's own, from its config.json "
          "quantization_config: fp8 for fp8 checkpoints such as deepseek-v3, else bf16].")
 
-
-def resolve_weight_dtype(weight_dtype: str | None, model) -> str:
-    """``--weight-dtype`` as given, else the dtype the model's checkpoint is published in."""
-    return weight_dtype or model.default_weight_dtype
 kv_dtype_option = click.option("--kv-dtype", type=click.Choice(["bf16", "fp8"]), default="bf16",
                                show_default=True, help="KV-cache dtype.")
 

@@ -9,7 +9,7 @@ from ..report.render import console, table, to_json
 from ..specs.engine import load_engine
 from ..specs.plan import ReplicaConfig
 from .common import (cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option,
-                     resolve_weight_dtype, weight_dtype_option)
+                     weight_dtype_option)
 
 
 @click.command("estimate")
@@ -52,7 +52,7 @@ def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, ba
     roofline fitted on the H100 tables; collectives from the cluster's link classes.
     """
     model, cluster = load_inputs(model_ref, cluster_ref)
-    weight_dtype = resolve_weight_dtype(weight_dtype, model)
+    # an unset --weight-dtype stays None: the checkpoint's, resolved in ReplicaConfig as for the API
     from ..errors import InputError
     if sm_clock_mhz is not None or power_cap_w is not None:
         from ..costmodel.power import check_gpu_settings

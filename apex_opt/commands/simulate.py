@@ -7,7 +7,6 @@ import sys
 import click
 import numpy as np
 
-from ..errors import InputError
 from ..io import validate
 from ..report.render import console, table, to_json
 from ..sim.simulator import SimulationResult, simulate
@@ -15,9 +14,9 @@ from ..sim.workload import Requests, generate, load_trace
 from ..specs.plan import Plan
 from ..specs.slo import load_slo
 from ..specs.workload import WorkloadSpec, load_workload
-from ..specs.engine import EngineSpec, load_engine
+from ..specs.engine import load_engine
 from .common import (cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option,
-                     resolve_weight_dtype, weight_dtype_option)
+                     weight_dtype_option)
 
 _SRC = "<command line>"
 
@@ -59,10 +58,10 @@ def _requests(trace, workload, rate, num_requests, prompt_len, output_len, arriv
     return generate(spec, np.random.default_rng(seed or 0))
 
 
-def _plan(model, opts: dict, engine: EngineSpec) -> Plan:
-    # unset engine settings (chunked prefill, token budget) stay None: ReplicaConfig.resolved()
-    # fills in the engine's defaults, the same way for this command and for the Python API
-    opts = {**opts, "weight_dtype": resolve_weight_dtype(opts["weight_dtype"], model)}
+def _plan(opts: dict) -> Plan:
+    # unset settings (weight dtype, chunked prefill, token budget, ...) stay None:
+    # ReplicaConfig.resolved() fills in the checkpoint's dtype and the engine's defaults inside
+    # the simulator, the same way for this command and for the Python API
     group = {k: opts[k] for k in ("tp", "pp", "ep", "pool", "weight_dtype", "kv_dtype",
                                   "max_num_seqs", "max_num_batched_tokens",
                                   "gpu_memory_utilization", "max_model_len", "custom_allreduce",
@@ -132,7 +131,11 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
                        ("E2E (s)", m.e2e_s, 3)):
         rows.append([name, _fmt(s.mean, d), _fmt(s.p50, d), _fmt(s.p90, d), _fmt(s.p99, d),
                      _fmt(s.max, d)])
-    con.print(f"{res.model} on {res.cluster}: {res.plan.label()} ({res.plan.router}) -- "
+    # replica labels are of the resolved configs (e.g. the checkpoint's fp8 weights)
+    labels = {r.group: r.label for r in reversed(res.replicas)}
+    shape = " + ".join(f"{g.replicas}x{labels.get(i, g.label())}" + (f"@{g.pool}" if g.pool else "")
+                       for i, g in enumerate(res.plan.groups))
+    con.print(f"{res.model} on {res.cluster}: {shape} ({res.plan.router}) -- "
               f"{m.num_completed:,} requests completed, {m.num_dropped:,} dropped")
     con.print(table(None, ["latency", "mean", "p50", "p90", "p99", "max"], rows))
     summary = [
@@ -275,15 +278,8 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     model, cluster = load_inputs(model_ref, cluster_ref)
     _check_gpu_settings(cluster, opts)
     engine = load_engine(engine_name)
-    plan = _plan(model, opts, engine)
-    for gi, g in enumerate(plan.groups):  # refuse what the real engine refuses to start with
-        pool = cluster.pool(g.pool) if g.pool is None or g.pool in [x.name for x in cluster.pools] \
-            else None
-        cfg = g.replica().resolved(engine, model.max_position_embeddings,
-                                   pool.device if pool is not None else None)
-        refusal = cfg.engine_refusal(engine)
-        if refusal:
-            raise InputError(refusal, source=_SRC, field=f"groups[{gi}]", value=cfg.label())
+    plan = _plan(opts)
+    # the simulator refuses (exit 2) what the real engine refuses to start with
     requests = _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
                          seed, concurrency, sort_trace)
     slo = load_slo(slo_path) if slo_path else None

@@ -133,8 +133,10 @@ class IterationCostModel:
         self.idle_power_w = (self.dvfs.base_power(min(cfg.sm_clock_mhz or self.dvfs.f_max, self.dvfs.f_max))
                              if self.dvfs is not None
                              else pool.device.active_idle_power_w or pool.device.idle_power_w)
-        self.compute_dtype = "fp8" if (cfg.weight_dtype == "fp8" and "fp8" in pool.device.peak_tflops) else "bf16"
-        self.weight_dtype = None if cfg.weight_dtype == "bf16" else cfg.weight_dtype
+        # weight storage dtype: as set, else the checkpoint's (ReplicaConfig.resolved_weight_dtype)
+        self.stored_dtype = wd = cfg.resolved_weight_dtype(model)
+        self.compute_dtype = "fp8" if (wd == "fp8" and "fp8" in pool.device.peak_tflops) else "bf16"
+        self.weight_dtype = None if wd == "bf16" else wd
         self.peak_flops = pool.device.tflops(self.compute_dtype) * 1e12 * self.num_gpus
         self.peak_bytes_per_s = pool.device.hbm_bandwidth_gbps * 1e9 * self.num_gpus
         # energy per FLOP at max clock and memory-activity power, from the fitted power model
@@ -188,7 +190,7 @@ class IterationCostModel:
         # kernel paths (data/kernels.yaml): fp8 W8A8 quantizes each GEMM input dynamically with the
         # checkpoint's scheme (online fp8 of a bf16 checkpoint: per-tensor); block-fp8 MoE tiles
         kf = kernel_facts()
-        scheme = model.quant_scheme if (cfg.weight_dtype == model.checkpoint_dtype == "fp8"
+        scheme = model.quant_scheme if (wd == model.checkpoint_dtype == "fp8"
                                         and model.quant_scheme) else "fp8_tensor"
         self.block_fp8 = scheme == "fp8_block"
         self.act_quant = kf.scheme_act_quant.get(scheme) if self.compute_dtype == "fp8" else None
@@ -238,7 +240,7 @@ class IterationCostModel:
                      nbytes=n * k * 2.0 + 2.0 * m * (n + k))
             return
         c = self.dev.gemm(m, n, k, self.compute_dtype, self.weight_dtype)
-        wb = DTYPE_BYTES.get(self.cfg.weight_dtype, 2)
+        wb = DTYPE_BYTES.get(self.stored_dtype, 2)
         part.add(cls, c.time_s, c.power_w, bd, count, flops=2.0 * m * n * k,
                  nbytes=n * k * wb + 2.0 * m * (n + k))
         if self.act_quant is not None:  # W8A8: dynamic fp8 quant of this GEMM's input first
@@ -349,7 +351,7 @@ class IterationCostModel:
                                block_fp8=self.block_fp8)
         assignments = tokens * moe.experts_per_token / self.ep
         active = self.local_experts * (1.0 - (1.0 - moe.experts_per_token / moe.num_experts) ** tokens)
-        wbytes = sum(n * k for _, n, k in self.expert_ops) * DTYPE_BYTES.get(self.cfg.weight_dtype, 2)
+        wbytes = sum(n * k for _, n, k in self.expert_ops) * DTYPE_BYTES.get(self.stored_dtype, 2)
         part.add("moe_experts", c.time_s, c.power_w, bd, n_moe, kernels=self.moe_kernels,
                  flops=2.0 * assignments * sum(n * k for _, n, k in self.expert_ops),
                  nbytes=max(1.0, active) * wbytes)

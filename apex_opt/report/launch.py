@@ -393,8 +393,9 @@ def _argv_ctx(family: Family, model_id: str, model_max_len: int | None, checkpoi
 
 
 def _resolve(group: ReplicaConfig, spec: EngineSpec, model_max: int | None,
-              device: DeviceSpec | None = None) -> ReplicaConfig:
-    return group.resolved(spec, model_max or group.max_model_len or 2048, device)
+              checkpoint_dtype: str, device: DeviceSpec | None = None) -> ReplicaConfig:
+    return group.resolved(spec, model_max or group.max_model_len or 2048, device,
+                          checkpoint_dtype=checkpoint_dtype)
 
 
 def vllm_argv(model_id: str, group: ReplicaConfig, *, port: int = 8000, host: str | None = None,
@@ -403,8 +404,9 @@ def vllm_argv(model_id: str, group: ReplicaConfig, *, port: int = 8000, host: st
               engine: str | EngineSpec | None = None) -> Launch:
     """``vllm serve`` for one replica of ``group`` (``engine``: the profile, default 'vllm')."""
     ctx, qnotes = _argv_ctx("vllm", model_id, group.max_model_len, checkpoint_dtype,
-                            group.weight_dtype, trust_remote_code, host, engine)
-    cfg = _resolve(group, ctx.spec, model_max_len)
+                            group.resolved_weight_dtype(checkpoint_dtype), trust_remote_code,
+                            host, engine)
+    cfg = _resolve(group, ctx.spec, model_max_len, checkpoint_dtype)
     out = _server_argv(ctx, cfg, port=port, nnodes=nnodes)
     return out.model_copy(update={"notes": qnotes + out.notes})
 
@@ -420,8 +422,9 @@ def sglang_argv(model_id: str, group: ReplicaConfig, *, port: int = 8000, host: 
         raise InputError("required when nnodes > 1 (head IP:PORT)", field="dist_init_addr",
                          value=dist_init_addr)
     ctx, qnotes = _argv_ctx("sglang", model_id, group.max_model_len, checkpoint_dtype,
-                            group.weight_dtype, trust_remote_code, host, engine)
-    cfg = _resolve(group, ctx.spec, model_max_len)
+                            group.resolved_weight_dtype(checkpoint_dtype), trust_remote_code,
+                            host, engine)
+    cfg = _resolve(group, ctx.spec, model_max_len, checkpoint_dtype)
     out = _server_argv(ctx, cfg, port=port, nnodes=nnodes, node_rank=node_rank,
                        dist_init_addr=dist_init_addr)
     return out.model_copy(update={"notes": qnotes + out.notes})
@@ -559,7 +562,7 @@ def serving_max_model_len(model: ModelSpec, plan: Plan, cluster: ClusterSpec | N
             else:
                 mem = replica_memory(model, device, cfg, spec)
                 cap = mem.kv_tokens if mem.fits or mem.kv_tokens > 0 else length
-            r = cfg.resolved(spec, model_max, device)
+            r = cfg.resolved(spec, model, device)
             if not r.chunked_prefill and g.max_num_batched_tokens is not None:
                 cap = min(cap, r.max_num_batched_tokens)
             if cap >= length:
@@ -610,8 +613,8 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
     for gi, g in enumerate(plan.groups):
         _check_layers(g, model, gi)
         pool_name, gpn, max_nodes, device = _pool_shape(g.pool, cluster, gpus_per_node, gi)
-        cfg = g.replica().resolved(spec, model.max_position_embeddings, device)
-        model_arg, quant, qnotes = checkpoint_for(g.weight_dtype, model.checkpoint_dtype, model_id,
+        cfg = g.replica().resolved(spec, model, device)  # unset weight dtype: the checkpoint's
+        model_arg, quant, qnotes = checkpoint_for(cfg.weight_dtype, model.checkpoint_dtype, model_id,
                                                   entry, hf_id)
         notes += [n for n in qnotes if n not in notes]
         ctx = _Ctx(spec=spec, family=fam, flags=flags, model_arg=model_arg, quant=quant,
@@ -622,7 +625,7 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
             raise InputError(f"the plan needs {cur.nodes_used} nodes of pool {pool_name!r}, which "
                              f"has {max_nodes}", source="plan", field=f"groups[{gi}].replicas",
                              value=g.replicas)
-        glabel = f"group {gi} {g.replicas}x{g.label()}"
+        glabel = f"group {gi} {g.replicas}x{cfg.label()}"
         # one server per node for its replicas with the engine's own DP (not when --dp-size
         # already means data-parallel attention inside each replica)
         engine_dp = "data_parallel" in flags and (getattr(g, "attention_dp", 1) or 1) == 1

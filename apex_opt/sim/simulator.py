@@ -121,7 +121,7 @@ def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
                   engine: EngineSpec, device=None) -> EngineLimits:
     """Resolved scheduler limits of one replica (engine defaults -- by ``device`` memory where
     the engine picks them so -- filled in)."""
-    cfg = cfg.resolved(engine, model.max_position_embeddings, device)
+    cfg = cfg.resolved(engine, model, device)
     max_len = cfg.resolved_max_model_len(model.max_position_embeddings)
     policy = {"vllm": "v0", "vllm_v1": "v1", "sglang": "sglang"}[engine.scheduler]
     if policy == "sglang" and not cfg.chunked_prefill:
@@ -147,11 +147,16 @@ def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: Req
     engines: list[ReplicaEngine] = []
     meta: list[tuple[int, str, str]] = []
     for gi, g in enumerate(plan.groups):
-        cfg = g.replica()
         pool = _pool_of(cluster, g.pool, f"plan.groups[{gi}].pool")
+        # every default (checkpoint weight dtype, the engine's limits by GPU) filled in, once:
+        # the same numbers whether the plan came from the Python API or the CLI
+        cfg = g.replica().resolved(engine, model, pool.device)
         problem = shape_problem(model, pool, cfg.tp, cfg.pp, cfg.ep)
         if problem:
             raise InputError(problem, field=f"plan.groups[{gi}]", value=cfg.label())
+        refusal = cfg.engine_refusal(engine)  # what the real engine refuses to start with
+        if refusal:
+            raise InputError(refusal, field=f"plan.groups[{gi}]", value=cfg.label())
         mem = replica_memory(model, pool.device, cfg, engine)
         if num_blocks_override is None and not mem.fits:
             raise InfeasibleError(f"{model.name} {cfg.label()} on {pool.name}: {mem.problem}",
@@ -210,8 +215,12 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
     the next; pp == 1 with CUDA graphs only) -- off by default because the bundled cost model's
     host time is calibrated as serial per-step time. The engine has no randomness:
     ``seed`` is recorded for reproducibility of the caller's workload sampling.
+    Unset plan fields take their defaults from :meth:`ReplicaConfig.resolved` (the checkpoint's
+    weight dtype, the engine's limits for the GPU), exactly as ``apex-opt simulate`` does.
     Raises :class:`InfeasibleError` when a replica does not fit in memory or the plan needs more
-    GPUs than a pool has; :class:`InputError` for an unknown pool or no requests.
+    GPUs than a pool has; :class:`InputError` for an unknown pool, no requests, or a
+    configuration the real engine refuses to start with (:meth:`ReplicaConfig.engine_refusal`,
+    e.g. vLLM's max_num_batched_tokens < max_model_len without chunked prefill).
     """
     if len(requests) == 0:
         raise InputError("no requests to simulate", source=requests.source)

@@ -29,8 +29,9 @@ def plan_problems(model: ModelSpec, cluster: ClusterSpec, plan: Plan,
             if not mem.fits:
                 out.append(f"{where}: does not fit in memory: {mem.problem}")
         if c is not None:
-            if c.weight_dtypes is not None and g.weight_dtype not in c.weight_dtypes:
-                out.append(f"{where}: weight dtype {g.weight_dtype} not allowed")
+            wd = g.resolved_weight_dtype(model)  # unset: the checkpoint's
+            if c.weight_dtypes is not None and wd not in c.weight_dtypes:
+                out.append(f"{where}: weight dtype {wd} not allowed")
             if c.kv_dtypes is not None and g.kv_dtype not in c.kv_dtypes:
                 out.append(f"{where}: KV dtype {g.kv_dtype} not allowed")
             if c.pools is not None and pool.name not in c.pools:

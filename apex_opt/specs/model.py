@@ -97,6 +97,15 @@ class LinearOp(BaseModel):
         return 2.0 * tokens * self.n * self.k
 
 
+def serving_weight_dtype(checkpoint_dtype: str) -> str:
+    """The weight dtype a server loads a checkpoint stored in ``checkpoint_dtype`` in (vLLM and
+    SGLang read config.json's quantization_config and serve the checkpoint as published): fp8
+    for fp8 checkpoints, int4 for AWQ/GPTQ; int8 checkpoints are sized like fp8 (one byte);
+    unquantized fp16/bf16/fp32 checkpoints serve in bf16. ReplicaConfig.resolved uses it for an
+    unset weight_dtype."""
+    return {"fp8": "fp8", "int8": "fp8", "int4": "int4"}.get(checkpoint_dtype, "bf16")
+
+
 class ModelSpec(BaseModel):
     """Architecture of a decoder-only LLM, enough to size weights, KV cache and per-op cost."""
 
@@ -339,7 +348,7 @@ class ModelSpec(BaseModel):
         """The weight dtype a server loads this checkpoint in (``--weight-dtype`` default): the
         checkpoint's own (fp8 for fp8 checkpoints, int4 for AWQ/GPTQ); int8 checkpoints are sized
         like fp8 (one byte); unquantized fp16/bf16/fp32 checkpoints serve in bf16."""
-        return {"fp8": "fp8", "int8": "fp8", "int4": "int4"}.get(self.checkpoint_dtype, "bf16")
+        return serving_weight_dtype(self.checkpoint_dtype)
 
     # ------------------------------------------------------------------ report
     def summary(self) -> dict:

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from typing_extensions import Self
 
 from .common import KVDType, StrictModel, WeightDType
+from .model import ModelSpec, serving_weight_dtype
 
 if TYPE_CHECKING:
     from .engine import EngineSpec
@@ -25,7 +26,10 @@ class ReplicaConfig(StrictModel):
                                                   "spread over ep groups of tp/ep GPUs.")
     layers_per_stage: tuple[int, ...] | None = Field(
         None, description="Decoder layers of each pipeline stage (None = vLLM's default split).")
-    weight_dtype: WeightDType = Field("bf16", description="Weight storage dtype.")
+    weight_dtype: WeightDType | None = Field(
+        None, description="Weight storage dtype (None = the checkpoint's own, from its "
+                          "config.json quantization_config: fp8 for fp8 checkpoints such as "
+                          "deepseek-v3, int4 for AWQ/GPTQ, else bf16).")
     kv_dtype: KVDType = Field("bf16", description="KV-cache dtype.")
     max_num_seqs: int | None = Field(
         None, ge=1, le=65536,
@@ -86,12 +90,30 @@ class ReplicaConfig(StrictModel):
     def resolved_max_model_len(self, model_max: int) -> int:
         return self.max_model_len if self.max_model_len is not None else model_max
 
-    def resolved(self, engine: "EngineSpec", model_max: int, device=None) -> Self:
-        """This config with every engine default (a None field) filled in from ``engine``: the ONE
-        place defaults resolve, so the Python API, the CLI, the memory model, the simulator and
-        the launch commands agree. ``model_max`` is the model's maximum context; ``device`` (a
-        DeviceSpec) picks the engine's defaults by GPU memory (vLLM V1, SGLang); without it the
-        engine's device-independent fallbacks apply."""
+    def resolved_weight_dtype(self, model: "ModelSpec | str") -> WeightDType:
+        """``weight_dtype`` as set, else the one the checkpoint is served in; ``model`` is the
+        ModelSpec or its checkpoint dtype (ModelSpec.checkpoint_dtype)."""
+        if self.weight_dtype is not None:
+            return self.weight_dtype
+        ckpt = model.checkpoint_dtype if isinstance(model, ModelSpec) else model
+        return serving_weight_dtype(ckpt)
+
+    def resolved(self, engine: "EngineSpec", model: "ModelSpec | int", device=None, *,
+                 checkpoint_dtype: str | None = None) -> Self:
+        """This config with every default (a None field) filled in: the ONE place defaults
+        resolve, so the Python API, the CLI, the memory model, the cost model, the simulator and
+        the launch commands agree. ``model`` is the ModelSpec (its maximum context and checkpoint
+        dtype), or only its maximum context -- then ``checkpoint_dtype`` must be given whenever
+        ``weight_dtype`` is unset. ``device`` (a DeviceSpec) picks the engine's defaults by GPU
+        memory (vLLM V1, SGLang); without it the engine's device-independent fallbacks apply."""
+        if isinstance(model, ModelSpec):
+            model_max, ckpt = model.max_position_embeddings, model.checkpoint_dtype
+        else:
+            model_max, ckpt = int(model), checkpoint_dtype
+        if self.weight_dtype is None and ckpt is None:
+            raise ValueError("weight_dtype is the checkpoint's here: pass the ModelSpec (or "
+                             "checkpoint_dtype=) to resolve it")
+        weight = self.resolved_weight_dtype(ckpt)
         max_len = self.resolved_max_model_len(model_max)
         chunked = (self.chunked_prefill if self.chunked_prefill is not None
                    else max_len > engine.chunked_prefill_above_len)
@@ -106,7 +128,7 @@ class ReplicaConfig(StrictModel):
         if seqs is None:
             seqs = engine.default_max_num_seqs_for(dev_name, dev_gib)
         prefix = self.prefix_caching if self.prefix_caching is not None else engine.prefix_caching
-        update = {"chunked_prefill": chunked, "max_model_len": max_len,
+        update = {"weight_dtype": weight, "chunked_prefill": chunked, "max_model_len": max_len,
                   "max_num_batched_tokens": tokens, "max_num_seqs": seqs, "prefix_caching": prefix}
         if "gpu_memory_utilization" not in self.model_fields_set and device is not None:
             # SGLang picks mem_fraction_static itself (by GPU memory, chunk size, graph batch, TP)
@@ -154,7 +176,7 @@ class ReplicaConfig(StrictModel):
             parts.append(f"PP{self.pp}")
         if self.ep > 1:
             parts.append(f"EP{self.ep}")
-        if self.weight_dtype != "bf16":
+        if self.weight_dtype not in ("bf16", None):  # None: the checkpoint's (unresolved)
             parts.append(f"w{self.weight_dtype}")
         if self.kv_dtype != "bf16":
             parts.append(f"kv{self.kv_dtype}")
