@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     trace = Path(args.shared) / LMSYS
     if trace.is_file():
         plan = Plan(groups=(ReplicaGroup(tp=8, max_model_len=131072, gpu_memory_utilization=0.97,
-                                         chunked_prefill=True, max_num_batched_tokens=512),))
+                                         chunked_prefill=True, max_num_batched_tokens=512,
+                                         max_num_seqs=256),))
         req = load_trace(trace)
         simulate(model, cluster, plan, req.subset(slice(0, 32)),
                  engine=load_engine(ENGINE))  # warm imports / caches
