@@ -151,3 +151,22 @@ def test_validation_row_lmsys_8tp(validation_dir):
     # measured: TTFT 37.97 ms, token-weighted TPOT 14.32 ms, E2E 1.160 s
     assert res.tpot_token_weighted_ms == pytest.approx(14.32, rel=0.3)
     assert res.metrics.e2e_s.mean == pytest.approx(1.160, rel=0.3)
+
+
+def test_breakdown_collected_inside_fast_forwarded_decode_runs(m8, node):
+    """breakdown=True keeps decode fast-forward (solve takes the chosen plan's breakdown from its
+    shortlist run): same metrics as without it, and the breakdown sums to the replica's step time
+    (GPU + host) over the run, against a step-by-step reference."""
+    req = _requests(n=120, rate=8.0, seed=5, output=(100, 400))
+    plan = _plan(tp=1, max_model_len=8192)
+    plain = simulate(m8, node, plan, req)
+    fast = simulate(m8, node, plan, req, breakdown=True)
+    slow = simulate(m8, node, plan, req, breakdown=True, fast_forward=1)
+    strip = {"time_breakdown_ms"}
+    assert fast.metrics.model_dump(exclude=strip) == plain.metrics.model_dump(exclude=strip)
+    bf, bs = fast.metrics.time_breakdown_ms, slow.metrics.time_breakdown_ms
+    assert bf and bs and set(bf) == set(bs)
+    total_f, total_s = sum(bf.values()), sum(bs.values())
+    assert total_f == pytest.approx(total_s, rel=0.01)
+    for key, v in bs.items():
+        assert bf[key] == pytest.approx(v, rel=0.03, abs=1.0), key

@@ -66,6 +66,11 @@ import numpy as np
 
 from .prefix_cache import PrefixCache
 
+#: Decode runs are fast-forwarded with the time breakdown collected too (``breakdown=True``
+#: costs two extra breakdown evaluations per run instead of disabling fast-forward), so the search
+#: takes the chosen plan's breakdown from its shortlist simulation.
+FAST_BREAKDOWN = True
+
 #: Reason codes of dropped requests (0 = served).
 DROP_NONE = 0
 DROP_MAX_MODEL_LEN = 1
@@ -456,7 +461,7 @@ class ReplicaEngine:
             for key, val in c.breakdown.items():
                 bd[key] = bd.get(key, 0.0) + val
         hidden = bool(ve.waiting) and self.log.queued_s[ve.waiting[-1]] > ve.cutoff
-        if (not prefill and self.ff > 1 and self.lim.pp == 1 and bd is None
+        if (not prefill and self.ff > 1 and self.lim.pp == 1
                 and k == ve.d_id.shape[0] and not ve.pre and not hidden):
             end = self._decode_run(ve, k, t, horizon, c)
         else:
@@ -511,8 +516,9 @@ class ReplicaEngine:
         vals0 = (p0, c0.energy_j, c0.busy_gpu_s, c0.flops, c0.hbm_bytes)
         lag = lag0
         run = m
+        bd = self.breakdown
         if m > 1:
-            c1 = self.cost.iteration(lens + (m - 1), ())
+            c1 = self.cost.iteration(lens + (m - 1), (), with_breakdown=bd is not None)
             p1, lag1 = self._period(c1)
             vals1 = (p1, c1.energy_j, c1.busy_gpu_s, c1.flops, c1.hbm_bytes)
             slopes = [(b - a) / (m - 1) for a, b in zip(vals0, vals1)]
@@ -525,6 +531,12 @@ class ReplicaEngine:
             slopes = [0.0] * 5
         tri = m * (m - 1) / 2
         tot = [a * m + sl * tri for a, sl in zip(vals0, slopes)]
+        if bd is not None and m > 1 and c0.breakdown and c1.breakdown:
+            # steps 1..m-1 of the run (step 0 was added by _step), interpolated like the times
+            b0, b1 = c0.breakdown, c1.breakdown
+            for key in list(b0) + [x for x in b1 if x not in b0]:
+                v0, v1 = b0.get(key, 0.0), b1.get(key, 0.0)
+                bd[key] = bd.get(key, 0.0) + v0 * (m - 1) + (v1 - v0) / (run - 1) * tri
         end = t + tot[0]
         ve.last_start = end - (vals0[0] + slopes[0] * (m - 1))
         st = self.stats
