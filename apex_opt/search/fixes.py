@@ -24,7 +24,7 @@ from ..errors import InfeasibleError
 from ..sim.metrics import Metrics, round_sig
 from ..sim.workload import Requests
 from ..solver.candidates import WorkloadStats
-from ..solver.explain import grown
+from ..solver.explain import round_up, grown
 from ..specs.cluster import ClusterSpec
 from ..specs.plan import Plan
 from ..specs.slo import SLOSpec
@@ -96,9 +96,9 @@ def verify_fixes(err: InfeasibleError, cluster: ClusterSpec, slo: SLOSpec, reque
             # the surrogate's relaxation did not hold: relax to the closest plan's simulated value
             val = _percentile(best.metrics, g, getattr(slo, g).percentile)
             if val is not None:
-                fix = {**fix, "value": _round_up(val * 1.01),
+                fix = {**fix, "value": round_up(val * 1.01),
                        "change": f"relax {g} from {getattr(slo, g).target:g} to "
-                                 f"{_round_up(val * 1.01):g} {UNITS[g]}"}
+                                 f"{round_up(val * 1.01):g} {UNITS[g]}"}
                 relaxed = _relaxed(fix, cluster, slo)
                 try:
                     best = resolve(relaxed[0], relaxed[1], requests)
@@ -174,7 +174,7 @@ def explain_simulated(ctx: SimContext, ranked: list, plans: dict[str, Plan],
             t = getattr(ctx.slo, name)
             val = _percentile(m, name, t.percentile)
             if val is not None and val * 1.01 > t.target:
-                upd[name] = t.model_copy(update={"target": _round_up(val * 1.01)})
+                upd[name] = t.model_copy(update={"target": round_up(val * 1.01)})
         if upd:
             slo2 = ctx.slo.model_copy(update=upd)
             try:
@@ -253,11 +253,3 @@ def _failed_targets(slo: SLOSpec, m: Metrics | None) -> list[str]:
     if not out and m.slo_attainment is not None and m.slo_attainment < slo.attainment:
         out.append("attainment")
     return out
-
-
-def _round_up(x: float) -> float:
-    if x <= 0:
-        return x
-    mag = 10 ** math.floor(math.log10(x))
-    step = mag / 10
-    return round(math.ceil(x / step) * step, 6)

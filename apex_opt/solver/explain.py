@@ -61,7 +61,7 @@ def _relaxed_target(space: SearchSpace, name: str) -> float | None:
                      if math.isfinite(m.floors(space.slo)[name])})
     target = getattr(space.slo, name)
     for f in floors:
-        new = _round_up(f * SCREEN_SLACK * 1.0001)
+        new = round_up(f * SCREEN_SLACK * 1.0001)
         if new <= target.target:
             continue
         slo = space.slo.model_copy(update={name: target.model_copy(update={"target": new})})
@@ -70,7 +70,7 @@ def _relaxed_target(space: SearchSpace, name: str) -> float | None:
     return None
 
 
-def _round_up(x: float) -> float:
+def round_up(x: float) -> float:
     if x <= 0:
         return x
     mag = 10 ** math.floor(math.log10(x))
@@ -166,9 +166,9 @@ def explain_simulated(slo: SLOSpec, ranked: list, objective: str) -> InfeasibleE
                 key = min((p for p in (50, 90, 99) if p >= t.percentile), default=99)
                 val = getattr(stats, f"p{key}")
                 if val is not None and t.percentile in (50, 90, 99):
-                    fixes.append({"group": name, "change": f"relax {name} to {_round_up(val * 1.01):g} "
+                    fixes.append({"group": name, "change": f"relax {name} to {round_up(val * 1.01):g} "
                                                            f"{_UNITS[name]} (simulated p{key} of {best.label})",
-                                  "value": _round_up(val * 1.01), "verified": True})
+                                  "value": round_up(val * 1.01), "verified": True})
         if not failed and m.slo_attainment is not None:
             failed.append("attainment")
             fixes.append({"group": "attainment", "change": f"lower attainment to "
