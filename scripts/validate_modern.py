@@ -228,6 +228,7 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0) -> dict:
         cluster = load_cluster(row["cluster"].strip())
         plan, pnote = row_plan(row, model, engine)
         req, warm = row_requests(row, base, warmup_factor)
+        out["compute_util"] = measured_compute_util(row, model, cluster)
         res = simulate(model, cluster, plan, req, engine=engine)
         m = res.metrics
         out["engine_profile"] = getattr(engine, "name", row["engine"])
@@ -247,10 +248,34 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0) -> dict:
                           if out["pred"].get(k) is not None and v}
         if m.num_dropped:
             out["note"] += f"{m.num_dropped} dropped; "
+        u = out["compute_util"]
+        if u is not None and u > COMPUTE_BOUND_FLAG:
+            out["note"] += (f"PHYSICS: measured means imply {u:.0%} of the GPUs' dense peak for "
+                            f"prefill FLOPs alone (prompt reuse, or not means?); ")
     except Exception as exc:  # noqa: BLE001 -- reported as a failed row, never hidden
         out["error"] = f"{type(exc).__name__}: {exc}"[:300]
     out["wall_s"] = time.perf_counter() - t0
     return out
+
+
+#: a closed loop whose measured means imply more than this share of the GPUs' dense datasheet
+#: peak just for prefill FLOPs cannot have run without prompt reuse (or its statistic is not a mean)
+COMPUTE_BOUND_FLAG = 0.7
+
+
+def measured_compute_util(row: dict, model, cluster) -> float | None:
+    """Share of the GPUs' dense peak (weight dtype, device datasheet) that the row's MEASURED
+    closed-loop means imply for the prefill FLOPs alone: clients / E2E x prompt tokens x 2 x active
+    parameters. Independent of the simulator: a physics check of the ground truth."""
+    if row["workload_kind"] != "concurrency":
+        return None
+    c, isl, e2e = _f(row["concurrency"]), _f(row["isl"]), _f(row["e2e_mean_s"])
+    gpus = _i(row["num_gpus"]) or 1
+    if not (c and isl and e2e):
+        return None
+    dev = cluster.pools[0].device
+    peak = dev.tflops(row["weight_dtype"].strip() or "bf16") * 1e12 * gpus
+    return c / e2e * isl * 2.0 * model.params_active / peak
 
 
 def group_of(row: dict) -> str:
@@ -280,7 +305,9 @@ def summarise(results: list[dict]) -> dict:
     groups: dict[str, dict] = {}
     for gname in sorted({r["group"] for r in results}):
         sel = [r for r in ok if r["group"] == gname]
-        entry = {"rows": sum(r["group"] == gname for r in results), "replayed": len(sel)}
+        entry = {"rows": sum(r["group"] == gname for r in results), "replayed": len(sel),
+                 "compute_bound_flagged": sum((r.get("compute_util") or 0.0) > COMPUTE_BOUND_FLAG
+                                              for r in sel)}
         for k in METRICS:
             errs = [r["err_pct"][k] for r in sel if k in r["err_pct"]]
             if errs:
@@ -325,7 +352,8 @@ def render(results: list[dict], summ: dict, wall: float) -> str:
                      f"{r['note']}")
     lines.append("")
     lines.append("per group: MAPE % (signed bias %)   [targets: TTFT <= 15, TPOT <= 8, E2E <= 8]")
-    lines.append(f"{'group':48} {'rows':>5} {'TTFT':>16} {'TPOT':>16} {'E2E':>16} {'tok/s':>16}  met")
+    lines.append(f"{'group':48} {'rows':>5} {'TTFT':>16} {'TPOT':>16} {'E2E':>16} {'tok/s':>16}  met"
+                 f"  physics-flagged rows")
 
     def mb(v: dict, k: str) -> str:
         return f"{v[k]['mape']:.1f} ({v[k]['bias']:+.1f})" if k in v else "-"
@@ -334,7 +362,7 @@ def render(results: list[dict], summ: dict, wall: float) -> str:
         rows = f"{v['replayed']}/{v['rows']}"
         lines.append(f"{g:48} {rows:>5} {mb(v, 'ttft_ms'):>16} {mb(v, 'tpot_ms'):>16} "
                      f"{mb(v, 'e2e_s'):>16} {mb(v, 'tput_tok_s'):>16}  "
-                     f"{'yes' if summ['targets_met'][g] else 'NO'}")
+                     f"{'yes' if summ['targets_met'][g] else 'NO ':<3}  {v['compute_bound_flagged']}")
     o = summ["overall"]
     n_ok = sum("error" not in r for r in results)
     lines.append(f"{'overall':48} {f'{n_ok}/{len(results)}':>5} {mb(o, 'ttft_ms'):>16} "
@@ -399,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
                           for k, x in v.items() if isinstance(x, dict)}
                       for g, v in summ["groups"].items()},
            "targets_met": summ["targets_met"],
+           "compute_bound_flagged": {g: v["compute_bound_flagged"] for g, v in summ["groups"].items()
+                                     if v["compute_bound_flagged"]},
            "slowest_rows_s": sorted(((round(r["wall_s"], 1), r["case"]) for r in results),
                                     reverse=True)[:3],
            "wall_s": round(wall, 2)}
