@@ -133,17 +133,40 @@ class ReplicaModel:
         """(tau, b) at ``lam_v`` req/s per virtual engine, or None when no stable state exists."""
         D, P = self.st.mean_output, self.st.mean_prompt
         budget = self.cand.max_num_batched_tokens
-        tau = self._period(1.0, 0.0)
-        for _ in range(200):
+
+        def step(tau: float) -> float | None:
             b, p = lam_v * D * tau, lam_v * P * tau
             if b > self.max_b or b + p > budget:
                 return None
             new = self._period(b, p)
             if tpot_cap is not None and new > tpot_cap:
                 return None
-            if abs(new - tau) <= 1e-7 * tau:
-                return new, lam_v * D * new
-            tau = new
+            return new
+
+        tau = self._period(1.0, 0.0)
+        evals = 0
+        while evals < 200:
+            t1 = step(tau)
+            evals += 1
+            if t1 is None:
+                return None
+            if abs(t1 - tau) <= 1e-7 * tau:
+                return t1, lam_v * D * t1
+            t2 = step(t1)
+            evals += 1
+            if t2 is None:
+                return None
+            if abs(t2 - t1) <= 1e-7 * t1:
+                return t2, lam_v * D * t2
+            # Aitken's extrapolation while the iteration contracts (0 < ratio < 1): exact on one
+            # linear piece of the period curve; a guess outside the stable region is not taken
+            d1, d2 = t1 - tau, t2 - t1
+            tau = t2
+            if 0.0 < d2 / d1 < 1.0:
+                guess = t2 + d2 * d2 / (d1 - d2)
+                if guess > 0 and step(guess) is not None:
+                    tau = guess
+                evals += 1
         return None
 
     def capacity(self, tpot_cap_s: float | None = None) -> float:
