@@ -143,30 +143,37 @@ class ReplicaModel:
                 return None
             return new
 
+        def close(a: float, b: float) -> bool:
+            return abs(b - a) <= 1e-7 * a
+
         tau = self._period(1.0, 0.0)
-        evals = 0
-        while evals < 200:
-            t1 = step(tau)
-            evals += 1
-            if t1 is None:
+        f_tau = step(tau)
+        evals = 1  # f_tau's step (the 200-step bound counts every step evaluated)
+        while evals <= 200:
+            if f_tau is None:
                 return None
-            if abs(t1 - tau) <= 1e-7 * tau:
-                return t1, lam_v * D * t1
-            t2 = step(t1)
+            if close(tau, f_tau):
+                return f_tau, lam_v * D * f_tau
+            t2 = step(f_tau)
             evals += 1
             if t2 is None:
                 return None
-            if abs(t2 - t1) <= 1e-7 * t1:
+            if close(f_tau, t2):
                 return t2, lam_v * D * t2
             # Aitken's extrapolation while the iteration contracts (0 < ratio < 1): exact on one
-            # linear piece of the period curve; a guess outside the stable region is not taken
-            d1, d2 = t1 - tau, t2 - t1
-            tau = t2
+            # linear piece of the period curve; a guess outside the stable region is not taken.
+            # The guess's own step is kept as the next iterate (not evaluated twice).
+            d1, d2 = f_tau - tau, t2 - f_tau
+            tau, f_tau = t2, None
             if 0.0 < d2 / d1 < 1.0:
                 guess = t2 + d2 * d2 / (d1 - d2)
-                if guess > 0 and step(guess) is not None:
-                    tau = guess
+                g = step(guess) if guess > 0 else None
                 evals += 1
+                if g is not None:
+                    tau, f_tau = guess, g
+            if f_tau is None:
+                f_tau = step(tau)
+            evals += 1
         return None
 
     def capacity(self, tpot_cap_s: float | None = None) -> float:
