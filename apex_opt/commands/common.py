@@ -39,3 +39,32 @@ def _engine_help() -> str:
 
 engine_option = click.option(
     "--engine", "engine_name", default=None, metavar="NAME[@VERSION]", help=_engine_help())
+
+
+_sm_clock_option = click.option(
+    "--sm-clock-mhz", type=click.IntRange(1, 10_000), default=None,
+    help="Lock the GPUs' SM clock (MHz, as `nvidia-smi -lgc`), e.g. 1410 [default: driver default].")
+_power_cap_option = click.option(
+    "--power-cap-w", type=click.FloatRange(min=0, min_open=True), default=None,
+    help="GPU board power limit (W, as `nvidia-smi -pl`), e.g. 500 [default: the device's TDP].")
+
+
+def gpu_setting_options(f):
+    """--sm-clock-mhz and --power-cap-w (checked against the device by check_gpu_setting_flags)."""
+    return _sm_clock_option(_power_cap_option(f))
+
+
+def check_gpu_setting_flags(cluster, pool: str | None, sm_clock_mhz: int | None,
+                            power_cap_w: float | None) -> None:
+    """--sm-clock-mhz / --power-cap-w inside the pool device's range (else InputError, exit 2).
+    An unknown pool is left to the caller, which reports it with its own field."""
+    if sm_clock_mhz is None and power_cap_w is None:
+        return
+    from ..costmodel.power import check_gpu_settings
+
+    try:
+        dev = cluster.pool(pool).device
+    except KeyError:
+        return
+    check_gpu_settings(dev, sm_clock_mhz, power_cap_w, source="<command line>",
+                       names=("--sm-clock-mhz", "--power-cap-w"))

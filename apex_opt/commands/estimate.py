@@ -9,7 +9,7 @@ from ..report.render import console, table, to_json
 from ..specs.engine import load_engine
 from ..specs.plan import ReplicaConfig
 from .common import (cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option,
-                     weight_dtype_option)
+                     weight_dtype_option, gpu_setting_options, check_gpu_setting_flags)
 
 
 @click.command("estimate")
@@ -28,12 +28,7 @@ from .common import (cluster_option, engine_option, json_option, kv_dtype_option
               help="vLLM's custom all-reduce kernel for TP inside one node.")
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="Replay decode-only batches from CUDA graphs (padded batch sizes).")
-@click.option("--sm-clock-mhz", type=click.IntRange(1, 10_000), default=None,
-              help="Lock the GPUs' SM clock (MHz, as `nvidia-smi -lgc`), e.g. 1410 "
-                   "[default: driver default].")
-@click.option("--power-cap-w", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="GPU board power limit (W, as `nvidia-smi -pl`), e.g. 500 "
-                   "[default: the device's TDP].")
+@gpu_setting_options
 @engine_option
 @json_option
 def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, batch_spec,
@@ -54,15 +49,7 @@ def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, ba
     model, cluster = load_inputs(model_ref, cluster_ref)
     # an unset --weight-dtype stays None: the checkpoint's, resolved in ReplicaConfig as for the API
     from ..errors import InputError
-    if sm_clock_mhz is not None or power_cap_w is not None:
-        from ..costmodel.power import check_gpu_settings
-        try:
-            dev = cluster.pool(pool).device
-        except KeyError:
-            dev = None
-        if dev is not None:
-            check_gpu_settings(dev, sm_clock_mhz, power_cap_w, source="<command line>",
-                               names=("--sm-clock-mhz", "--power-cap-w"))
+    check_gpu_setting_flags(cluster, pool, sm_clock_mhz, power_cap_w)
     try:
         cfg = ReplicaConfig(pool=pool, tp=tp, pp=pp, ep=ep, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                             custom_allreduce=custom_allreduce, cuda_graphs=cuda_graphs,

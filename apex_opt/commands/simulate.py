@@ -16,7 +16,7 @@ from ..specs.slo import load_slo
 from ..specs.workload import WorkloadSpec, load_workload
 from ..specs.engine import load_engine
 from .common import (cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option,
-                     weight_dtype_option)
+                     weight_dtype_option, gpu_setting_options, check_gpu_setting_flags)
 
 _SRC = "<command line>"
 
@@ -73,20 +73,6 @@ def _plan(opts: dict) -> Plan:
     if opts.get("prefix_caching") is not None:  # None: the engine's own default
         group["prefix_caching"] = opts["prefix_caching"]
     return validate(Plan, {"groups": [group], "router": opts["router"]}, _SRC)
-
-
-def _check_gpu_settings(cluster, opts: dict) -> None:
-    """--sm-clock-mhz / --power-cap-w inside the pool device's range (else exit 2)."""
-    if opts.get("sm_clock_mhz") is None and opts.get("power_cap_w") is None:
-        return
-    from ..costmodel.power import check_gpu_settings
-
-    try:
-        pool = cluster.pool(opts.get("pool"))
-    except KeyError:
-        return  # the simulator reports the unknown pool
-    check_gpu_settings(pool.device, opts.get("sm_clock_mhz"), opts.get("power_cap_w"), source=_SRC,
-                       names=("--sm-clock-mhz", "--power-cap-w"))
 
 
 def _render_energy(con, e) -> None:
@@ -238,12 +224,7 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
 @click.option("--router", type=click.Choice(["round_robin", "least_outstanding"]),
               default="least_outstanding", show_default=True,
               help="How requests are spread over the --dp replicas.")
-@click.option("--sm-clock-mhz", type=click.IntRange(1, 10_000), default=None,
-              help="Lock the GPUs' SM clock (MHz, as `nvidia-smi -lgc`), e.g. 1410 "
-                   "[default: driver default].")
-@click.option("--power-cap-w", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="GPU board power limit (W, as `nvidia-smi -pl`), e.g. 500 "
-                   "[default: the device's TDP].")
+@gpu_setting_options
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
 @engine_option
@@ -276,7 +257,8 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     Exit codes: 2 bad input, 3 the plan does not fit (memory or GPU count).
     """
     model, cluster = load_inputs(model_ref, cluster_ref)
-    _check_gpu_settings(cluster, opts)
+    check_gpu_setting_flags(cluster, opts.get("pool"), opts.get("sm_clock_mhz"),
+                            opts.get("power_cap_w"))
     engine = load_engine(engine_name)
     plan = _plan(opts)
     # the simulator refuses (exit 2) what the real engine refuses to start with
