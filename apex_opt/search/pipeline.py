@@ -80,14 +80,6 @@ def _rate_guess(space: SearchSpace, key: PlanKey) -> float:
     return max(RATE_MIN_FACTOR, est.capacity_at_slo_req_s / space.stats.rate_req_s * 0.8)
 
 
-def _fast_breakdown() -> bool:
-    """Whether the simulator collects the time breakdown without slowing down (then every
-    shortlist simulation collects it and the chosen plan needs no second run)."""
-    from ..sim import engine as sim_engine
-
-    return bool(getattr(sim_engine, "FAST_BREAKDOWN", False))
-
-
 def _job(space: SearchSpace, key: PlanKey, objective: str, breakdown: bool = False) -> SimJob:
     rs = objective == "throughput"
     return SimJob(to_plan(space, key), rate_search=rs,
@@ -228,7 +220,6 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
         raise infeasible(explain(model, cluster, stats, slo, objective, None, engine=eng))
     ctx = SimContext(model, cluster, requests, slo, eng)
     cb = (lambda d, n: progress("simulating", d, n)) if progress else None
-    fast_bd = _fast_breakdown()
     cache: dict[PlanKey, SimOutcome] = {}
     clock_cache: dict = {}
     gap = None
@@ -237,7 +228,9 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
         def run(keys: list[PlanKey]) -> None:
             todo = [k for k in dict.fromkeys(keys) if k not in cache]
             if todo:
-                outs = ex.map([_job(space, k, objective, breakdown=fast_bd) for k in todo], cb)
+                # the simulator collects the time breakdown inside fast-forwarded decode runs at
+                # little cost, so the chosen plan's breakdown comes from its shortlist run
+                outs = ex.map([_job(space, k, objective, breakdown=True) for k in todo], cb)
                 cache.update(zip(todo, outs))
 
         if exhaustive:
@@ -311,16 +304,14 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
                                    plans_simulated=len(cache), candidates=len(space.cands),
                                    shortlist=len(keys), objective=objective, exhaustive=exhaustive,
                                    workers=workers, executor=executor, seed=seed, engine=eng_key))
-        # one batch for what is left: baselines, the other engines, the breakdown (if needed)
+        # one batch for what is left: baselines and the other engines
         extra = [SimJob(best_plan, engine=o) for o in others]
-        if not fast_bd:
-            extra.append(SimJob(best_plan, breakdown=True))
         todo = [k for _n, _d, k, _p in base_specs if k is not None and k not in cache]
         todo = list(dict.fromkeys(todo))
         outs = ex.map([_job(space, k, objective) for k in todo] + extra)
         cache.update(zip(todo, outs[:len(todo)]))
         rest = outs[len(todo):]
-        bd = rest.pop().metrics if not fast_bd else cache[best_key].metrics
+        bd = cache[best_key].metrics
         chosen = _chosen_detail(model, space, best_key, eng, bd)
         baselines = _baselines(space, ranked[0], objective, base_specs, cache)
         also = [OtherEngine(engine=k, metrics=r.metrics, slo_met=slo_met(r.metrics),

@@ -66,11 +66,6 @@ import numpy as np
 
 from .prefix_cache import PrefixCache
 
-#: Decode runs are fast-forwarded with the time breakdown collected too (``breakdown=True``
-#: costs two extra breakdown evaluations per run instead of disabling fast-forward), so the search
-#: takes the chosen plan's breakdown from its shortlist simulation.
-FAST_BREAKDOWN = True
-
 #: Reason codes of dropped requests (0 = served).
 DROP_NONE = 0
 DROP_MAX_MODEL_LEN = 1
