@@ -30,60 +30,19 @@ RouterName = Literal["round_robin", "least_outstanding"]
 ROUTERS: tuple[str, ...] = ("round_robin", "least_outstanding")
 
 _END, _KICK = 0, 1
+_FREE = -1
 
 
 def run_cluster(engines: Sequence[ReplicaEngine], arrival_s: np.ndarray, router: str, *,
                 progress: Callable[[int], None] | None = None) -> float:
-    """Serve every request (index = position in ``arrival_s``) on ``engines``; returns the time of
-    the last event (the makespan end). ``progress(n)`` is called with the number of arrivals
-    routed so far, every few thousand events."""
-    if router not in ROUTERS:
-        raise ValueError(f"unknown router {router!r}; expected one of {ROUTERS}")
-    if not engines:
-        raise ValueError("run_cluster needs at least one replica")
-    arrivals = arrival_s.tolist()
-    n, r = len(arrivals), len(engines)
-    heap: list[tuple[float, int, int, int, int]] = []
-    seq = 0
-    i = 0
-    last = arrivals[0] if n else 0.0
-    least = router == "least_outstanding" and r > 1
-    push, pop = heapq.heappush, heapq.heappop
-    inf = float("inf")
-    events = 0
-    while True:
-        if i < n and (not heap or arrivals[i] <= heap[0][0]):
-            t = arrivals[i]
-            if least:
-                e = min(range(r), key=lambda j: (engines[j].unfinished, j))
-            else:
-                e = i % r
-            v = engines[e].submit(i, t)
-            if v is not None:
-                push(heap, (t, seq, _KICK, e, v))
-                seq += 1
-            i += 1
-        elif heap:
-            t, _, kind, e, v = pop(heap)
-            eng = engines[e]
-            horizon = arrivals[i] if i < n else inf
-            end = eng.kick(v, t, horizon) if kind == _KICK else eng.complete(v, t, horizon)
-            if t > last:
-                last = t
-            if end is not None:
-                push(heap, (end, seq, _END, e, v))
-                seq += 1
-        else:
-            break
-        events += 1
-        if progress is not None and not events & 4095:
-            progress(i)
-    if progress is not None:
-        progress(i)
+    """Serve every request (index = position in ``arrival_s``, non-decreasing) on ``engines``;
+    returns the time of the last event (the makespan end). ``progress(n)`` is called with the
+    number of requests routed so far, every few thousand events."""
+    _check(engines, router)
+    pend = [(t, i, i) for i, t in enumerate(arrival_s.tolist())]  # sorted: already a heap
+    last, _ = _drive(engines, router, pend, n=len(pend), seq=len(pend), closed=False,
+                     delay_s=0.0, progress=progress)
     return last
-
-
-_FREE = -1
 
 
 def run_closed_loop(engines: Sequence[ReplicaEngine], n: int, concurrency: int, router: str,
@@ -97,37 +56,48 @@ def run_closed_loop(engines: Sequence[ReplicaEngine], n: int, concurrency: int, 
     Decode runs of an engine (``fast_forward``) never extend past a pending send; with several
     replicas also not past the next event of any engine (a finish not yet scheduled may free a
     client whose request the router sends to this replica)."""
+    _check(engines, router)
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1 (got {concurrency})")
+    k = min(concurrency, n)
+    pend = [(start_s, i, _FREE) for i in range(k)]
+    sink: list[tuple[int, float]] = []
+    log.done_sink = sink
+    try:
+        return _drive(engines, router, pend, n=n, seq=k, closed=True, delay_s=delay_s,
+                      progress=progress, sink=sink, start_s=start_s)
+    finally:
+        log.done_sink = None
+
+
+def _check(engines: Sequence[ReplicaEngine], router: str) -> None:
     if router not in ROUTERS:
         raise ValueError(f"unknown router {router!r}; expected one of {ROUTERS}")
     if not engines:
-        raise ValueError("run_closed_loop needs at least one replica")
-    if concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1 (got {concurrency})")
-    sink: list[tuple[int, float]] = []
-    log.done_sink = sink
+        raise ValueError("the router needs at least one replica")
+
+
+def _drive(engines: Sequence[ReplicaEngine], router: str, pend: list, *, n: int, seq: int,
+           closed: bool, delay_s: float, progress: Callable[[int], None] | None,
+           sink: list | None = None, start_s: float = 0.0) -> tuple[float, np.ndarray]:
+    """The one event loop of both drivers. ``pend`` is a heap of client-side events
+    ``(time, seq, rid)``: a request reaching the engines (``rid`` >= 0) or, closed loop only, a
+    client becoming free (``_FREE``: it sends the next unsent request, in index order, reaching
+    the engines ``delay_s`` later). Engine events ``(time, seq, kind, replica, virtual engine)``
+    are kick / iteration end. At equal times client events go first, so requests arriving
+    together are queued before idle engines are kicked and batch together."""
     r = len(engines)
     sent = np.full(n, np.nan)
-    heap: list[tuple[float, int, int, int, int]] = []   # engine events
-    pend: list[tuple[float, int, int]] = []             # (time, seq, rid or _FREE)
+    heap: list[tuple[float, int, int, int, int]] = []
     push, pop = heapq.heappush, heapq.heappop
     inf = float("inf")
-    seq = 0
-    for _ in range(min(concurrency, n)):
-        push(pend, (start_s, seq, _FREE))
-        seq += 1
-    nxt = 0            # next request to send
+    nxt = 0            # closed loop: next request to send
     routed = 0
     rr = 0
     least = router == "least_outstanding" and r > 1
-    last = start_s
+    watch_engines = closed and r > 1
+    last = pend[0][0] if pend else start_s
     events = 0
-
-    def horizon() -> float:
-        h = pend[0][0] if pend else inf
-        if r > 1 and heap and heap[0][0] < h:
-            h = heap[0][0]
-        return h
-
     while True:
         if pend and (not heap or pend[0][0] <= heap[0][0]):
             t, _, rid = pop(pend)
@@ -154,7 +124,11 @@ def run_closed_loop(engines: Sequence[ReplicaEngine], n: int, concurrency: int, 
         elif heap:
             t, _, kind, e, v = pop(heap)
             eng = engines[e]
-            h = horizon()
+            # a decode run must not pass the next request arrival (or, with several replicas in
+            # a closed loop, the next event of any engine: its finish may free a client)
+            h = pend[0][0] if pend else inf
+            if watch_engines and heap and heap[0][0] < h:
+                h = heap[0][0]
             end = eng.kick(v, t, h) if kind == _KICK else eng.complete(v, t, h)
             if t > last:
                 last = t
@@ -171,7 +145,6 @@ def run_closed_loop(engines: Sequence[ReplicaEngine], n: int, concurrency: int, 
         events += 1
         if progress is not None and not events & 4095:
             progress(routed)
-    log.done_sink = None
     if progress is not None:
         progress(routed)
     return last, sent
