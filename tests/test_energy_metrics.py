@@ -8,7 +8,7 @@ import pytest
 from apex_opt.registry import load_cluster
 from apex_opt.sim.metrics import (EnergyTimeline, cost_per_mtok, energy_report, energy_window,
                                   free_gpu_idle_power_w, plan_host_power_w, plan_node_power_w,
-                                  plan_nodes_by_pool, steady_state_bounds, tokens_in_window)
+                                  plan_node_share, plan_nodes_by_pool, steady_state_bounds, tokens_in_window)
 from apex_opt.specs.cluster import ClusterSpec
 from apex_opt.specs.plan import Plan, ReplicaGroup
 
@@ -27,16 +27,20 @@ def _plan(tp=4, replicas=3) -> Plan:
     return Plan(groups=(ReplicaGroup(tp=tp, replicas=replicas),))
 
 
-def test_node_power_counts_host_of_occupied_nodes():
+def test_node_power_counts_the_plans_share_of_host_power():
     c = _cluster()
-    p = _plan(tp=4, replicas=3)                      # 12 GPUs -> 2 nodes of 8
+    p = _plan(tp=4, replicas=3)                      # 12 GPUs -> touches 2 nodes of 8, 1.5 nodes' worth
     assert plan_nodes_by_pool(c, p) == {c.pools[0].name: 2}
+    assert plan_node_share(c, p) == pytest.approx(1.5)
     host = plan_host_power_w(c, p)
-    assert host == pytest.approx(2 * 8 * 575)        # DGX H100: 4.6 kW non-GPU per node
+    assert host == pytest.approx(12 * 575)           # DGX H100: 4.6 kW non-GPU per 8-GPU node
     assert plan_node_power_w(c, p, 5000.0) == pytest.approx(5000.0 + host)
     assert free_gpu_idle_power_w(c, p) == pytest.approx(4 * 75)
     c2 = _cluster(host_power_w=1000.0)
-    assert plan_host_power_w(c2, p) == pytest.approx(2000.0)
+    assert plan_host_power_w(c2, p) == pytest.approx(1500.0)
+    one = _plan(tp=1, replicas=1)                    # 1 GPU of an 8-GPU node: 1/8 of the host
+    assert plan_host_power_w(c2, one) == pytest.approx(125.0)
+    assert plan_nodes_by_pool(c2, one) == {c.pools[0].name: 1}
 
 
 def test_power_budget_uses_node_power():
@@ -108,6 +112,7 @@ def test_simulate_reports_energy_accounting():
     e = res.energy
     assert e is not None and e.steady_state is not None
     assert e.plan_gpus == 1 and e.free_gpus == 7 and e.plan_nodes == 1
+    assert e.plan_node_share == pytest.approx(0.125) and e.host_power_w == pytest.approx(575.0)
     assert e.whole_run.gpu_energy_j == pytest.approx(res.metrics.energy_j, rel=1e-5)
     assert 0 < e.steady_state.duration_s < e.whole_run.duration_s
     assert 75 < e.gpu_power_w <= 700

@@ -232,8 +232,10 @@ def compute_metrics(arrival_s, first_token_s, finish_s, output_tokens, prompt_to
 # * plan GPUs: every GPU of every replica, from the first arrival to the last event; kernels at
 #   the cost model's power, the gaps between kernels (host part of a step, an idle replica) at the
 #   device's awake power (``active_idle_power_w``, clock-dependent, see costmodel/power.py);
-# * host: the non-GPU power of every node the plan occupies (``PoolSpec.node_host_power_w``:
-#   CPUs, memory, NICs, switches, fans), counted as constant;
+# * host: the plan's share of the non-GPU power of the nodes it runs on (``PoolSpec.node_host_power_w``:
+#   CPUs, memory, NICs, switches, fans, counted as constant) -- GPUs used / GPUs per node of it, so
+#   a 1-GPU plan on an 8-GPU node is charged 1/8 of the node's host power, not all of it (the rest
+#   belongs to whatever else runs on the node; ``plan_nodes`` still counts the nodes touched);
 # * free GPUs: GPUs of the cluster the plan leaves unused, at the device's idle power -- reported
 #   on their own, NOT in the plan's energy, J/token or $/Mtok;
 # * facility: node energy x PUE (cluster ``pue``, default 1) for the electricity cost;
@@ -264,7 +266,11 @@ class EnergyReport(_Out):
     """Power, energy and money of a plan (see the module comment for what is counted)."""
 
     plan_gpus: int
+    #: nodes the plan touches (whole nodes)
     plan_nodes: int
+    #: nodes' worth of hardware the plan occupies (GPUs used / GPUs per node); host power is
+    #: charged for this share
+    plan_node_share: R6 = 0.0
     free_gpus: int
     gpu_power_w: R6
     host_power_w: R6
@@ -297,10 +303,18 @@ def plan_nodes_by_pool(cluster, plan) -> dict[str, int]:
             for name, n in plan_gpus_by_pool(cluster, plan).items()}
 
 
+def plan_node_share(cluster, plan) -> float:
+    """Nodes' worth of hardware the plan occupies: sum over pools of GPUs used / GPUs per node
+    (0.125 for one GPU of an 8-GPU node, 1.5 for 12 GPUs)."""
+    return sum(n / cluster.pool(name).gpus_per_node
+               for name, n in plan_gpus_by_pool(cluster, plan).items())
+
+
 def plan_host_power_w(cluster, plan) -> float:
-    """Non-GPU power (W) of the nodes the plan occupies."""
-    return sum(cluster.pool(name).node_host_power_w * nodes
-               for name, nodes in plan_nodes_by_pool(cluster, plan).items())
+    """The plan's share of the non-GPU power (W) of the nodes it runs on: each node's host power
+    x GPUs the plan uses there / GPUs per node."""
+    return sum(cluster.pool(name).node_host_power_w * n / cluster.pool(name).gpus_per_node
+               for name, n in plan_gpus_by_pool(cluster, plan).items())
 
 
 def plan_node_power_w(cluster, plan, gpu_power_w: float) -> float:
@@ -415,6 +429,7 @@ def energy_report(cluster, plan, whole: EnergyWindow, steady: EnergyWindow | Non
     kwh_price = cluster.electricity_price_per_kwh
     return EnergyReport(
         plan_gpus=plan.gpus, plan_nodes=sum(plan_nodes_by_pool(cluster, plan).values()),
+        plan_node_share=plan_node_share(cluster, plan),
         free_gpus=cluster.num_gpus - plan.gpus, gpu_power_w=base.gpu_power_w, host_power_w=host,
         node_power_w=node, free_gpu_idle_power_w=free_gpu_idle_power_w(cluster, plan),
         gpu_energy_j_per_token=base.gpu_power_w / tps if tps > 0 else None,
