@@ -188,8 +188,29 @@ def simulate_row(row: dict) -> dict | None:
             + (f"pp{s['pp']}" if s["pp"] > 1 else "") + (" " + s["task"] if s["task"] == "gpqa" else ""),
             "mns": s["mns"], "gpus": gpus, "pred": pred, "meas": meas, "err_pct": err,
             "window": win.window, "sim_s": time.perf_counter() - t,
-            # diagnostic (not scored): median inter-token latency, measured vs simulated per-request p50
-            "itl_ms": (float(row["tpot_ms"]) if row["tpot_ms"] else None, res.metrics.tpot_ms.p50)}
+            # diagnostic (not scored): mean engine step = running batch / output tok/s, measured
+            # (vLLM's num_requests_running from the notes) vs simulated (same window)
+            "step_ms": (_measured_step_ms(row), _simulated_step_ms(res, win))}
+
+
+def _measured_step_ms(row: dict) -> float | None:
+    """Mean engine step of the measured run: average running batch / output tokens per second."""
+    run = _num(r"avg running batch[^=]*=([\d.]+)", row["notes"])
+    tps = float(row["throughput_tok_s"])
+    return run / tps * 1e3 if run and tps > 0 else None
+
+
+def _simulated_step_ms(res, win) -> float | None:
+    """Mean engine step of the simulation over the same window: time-averaged number of requests
+    between their first token and their finish, over output tokens per second."""
+    t = res.per_request()
+    if not t or not win.throughput_tokens_per_s:
+        return None
+    served = t["dropped"] == 0
+    f, e = t["first_token_s"][served], t["finish_s"][served]
+    overlap = np.clip(np.minimum(e, win.end_s) - np.maximum(f, win.start_s), 0.0, None)
+    running = float(overlap.sum()) / win.duration_s
+    return running / win.throughput_tokens_per_s * 1e3
 
 
 def _mape(rows: list[dict], k: str) -> float:
@@ -232,10 +253,10 @@ def main() -> int:
                          f"{m['power_w']:.0f}", f"{p['power_w']:.0f}", f"{e['power_w']:+.1f}",
                          f"{m['j_per_tok']:.3f}", f"{p['j_per_tok']:.3f}", f"{e['j_per_tok']:+.1f}",
                          f"{m['tok_s']:.0f}", f"{p['tok_s']:.0f}", f"{e['tok_s']:+.1f}",
-                         "/".join("-" if x is None else f"{x:.1f}" for x in r["itl_ms"])])
+                         "/".join("-" if x is None else f"{x:.1f}" for x in r["step_ms"])])
         con.print(table("per row (power = sum over GPUs, steady-state window)",
                         ["case", "mns", "W meas", "W sim", "err %", "J/tok meas", "J/tok sim", "err %",
-                         "tok/s meas", "tok/s sim", "err %", "ITL ms meas/sim"], body))
+                         "tok/s meas", "tok/s sim", "err %", "step ms meas/sim"], body))
         groups: dict[str, list] = {}
         for r in done:
             groups.setdefault(r["group"], []).append(r)
