@@ -122,9 +122,12 @@ def row_plan(row: dict, model, engine) -> tuple:
     ep = _i(row["ep"]) or 1  # blank / 0: no expert parallelism (vLLM default: experts TP-sharded)
     note = ""
     # aiconfigurator records the MoE split separately ("moe_tp2 moe_ep1"); some Qwen3-235B rows
-    # say attention tp1 (num_gpus 1) with moe_tp2 or 4: the fp8 weights (~220 GiB) need those
-    # moe_tp x moe_ep GPUs, so the run used them; replay on that many GPUs as TP (experts
-    # TP-sharded / EP as recorded). The plan has no separate attention-TP degree.
+    # say attention tp1 (num_gpus 1) with moe_tp2 or 4: the fp8 weights (~235 GB) cannot fit the
+    # ONE 141 GiB H200 recorded, so the run cannot be replayed as recorded (simulate would refuse
+    # it as infeasible). It used at least moe_tp x moe_ep GPUs (vLLM runs a MoE over dp x tp
+    # ranks; vLLM's attention-DP is not in the plan), so replay on that many GPUs as TP (experts
+    # TP-sharded / EP as recorded) and mark the row SHAPE (recorded_shape_problem) in the table
+    # and the JSON; it stays in the group's MAPE.
     m = re.search(r"moe_tp(\d+) moe_ep(\d+)", row.get("notes", ""))
     if m:
         moe_gpus = int(m.group(1)) * int(m.group(2))
@@ -229,6 +232,12 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0) -> dict:
         plan, pnote = row_plan(row, model, engine)
         req, warm = row_requests(row, base, warmup_factor)
         out["compute_util"] = measured_compute_util(row, model, cluster)
+        floor = measured_tpot_floor(row, model, cluster)
+        floor_auto = measured_tpot_floor(row, model, cluster, kv_dtype=(
+            row["kv_dtype"] or "").strip() or "bf16")  # vLLM/SGLang default KV: the model's dtype
+        out["tpot_floor_ms"] = None if floor is None else floor * 1e3
+        shape_problem = recorded_shape_problem(row, model, cluster)
+        out["shape_unreplayable"] = shape_problem is not None
         res = simulate(model, cluster, plan, req, engine=engine)
         m = res.metrics
         out["engine_profile"] = getattr(engine, "name", row["engine"])
@@ -252,6 +261,19 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0) -> dict:
         if u is not None and u > COMPUTE_BOUND_FLAG:
             out["note"] += (f"PHYSICS: measured means imply {u:.0%} of the GPUs' dense peak for "
                             f"prefill FLOPs alone (prompt reuse, or not means?); ")
+        tpot_meas = out["meas"].get("tpot_ms")
+        out["memory_bound"] = bool(tpot_meas is not None and floor is not None
+                                   and tpot_meas < floor * 1e3)
+        out["kv_fp8_implied"] = bool(not out["memory_bound"] and tpot_meas is not None
+                                     and floor_auto is not None and tpot_meas < floor_auto * 1e3)
+        if out["memory_bound"]:
+            out["note"] += (f"PHYSICS: measured TPOT {tpot_meas:.2f} ms < HBM floor "
+                            f"{floor * 1e3:.2f} ms (weights + fp8 KV + prefill share); ")
+        elif out["kv_fp8_implied"]:
+            out["note"] += (f"PHYSICS: measured TPOT {tpot_meas:.2f} ms < HBM floor with the "
+                            f"default bf16 KV ({floor_auto * 1e3:.2f} ms): fp8 KV cache implied; ")
+        if shape_problem:
+            out["note"] += f"SHAPE: {shape_problem}; "
     except Exception as exc:  # noqa: BLE001 -- reported as a failed row, never hidden
         out["error"] = f"{type(exc).__name__}: {exc}"[:300]
     out["wall_s"] = time.perf_counter() - t0
@@ -261,6 +283,59 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0) -> dict:
 #: a closed loop whose measured means imply more than this share of the GPUs' dense datasheet
 #: peak just for prefill FLOPs cannot have run without prompt reuse (or its statistic is not a mean)
 COMPUTE_BOUND_FLAG = 0.7
+
+#: bytes per stored element (weights, KV cache) for the floors below
+_ELT_BYTES = {"fp8": 1.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5, "fp4": 0.5}
+
+
+def measured_tpot_floor(row: dict, model, cluster, kv_dtype: str | None = None) -> float | None:
+    """Lowest mean TPOT (seconds) the HBM of the row's GPUs allows for its MEASURED closed-loop
+    means (datasheet bandwidth; independent of the simulator). Every decode step reads the active
+    linear weights once (a MoE's top-k experts of ONE token: a lower bound for a batch) and the KV
+    cache of the sequences decoding in it; decode attention runs in kernels of its own, so its KV
+    reads cannot overlap the GEMMs, while the prefill FLOPs that share a step with the decodes can
+    at best hide under the weight reads:  T >= KV / BW + max(W / BW, u x T),  u = the prefill share
+    of the dense peak the means imply (measured_compute_util). Hence
+    T >= max((KV + W) / BW, KV / (BW (1 - u))). Decoding clients = c x (E2E - TTFT) / E2E, mean
+    context = isl + (osl - 1) / 2, weights and KV split over TP (per replica of c / dp clients).
+    ``kv_dtype``: the KV-cache dtype to assume; default the row's, else fp8 (the smallest an
+    engine could have been launched with: a floor must hold whatever the unrecorded flag was)."""
+    if row["workload_kind"] != "concurrency":
+        return None
+    c, isl, osl = _f(row["concurrency"]), _f(row["isl"]), _f(row["osl"])
+    e2e, ttft = _f(row["e2e_mean_s"]), _f(row["ttft_mean_ms"])
+    if not (c and isl and osl and e2e) or ttft is None:
+        return None
+    u = measured_compute_util(row, model, cluster) or 0.0
+    if u >= 1.0:
+        return float("inf")
+    tp, dp = _i(row["tp"]) or 1, _i(row["dp"]) or 1
+    bw = cluster.pools[0].device.hbm_bandwidth_gbps * 1e9 * tp
+    wdt = (row["weight_dtype"] or "bf16").strip()
+    kvd = kv_dtype or (row["kv_dtype"] or "").strip() or "fp8"
+    w = model.linear_flops_per_token() / 2.0 * _ELT_BYTES.get(wdt, 2.0)
+    decoding = c / dp * max(0.0, e2e - ttft * 1e-3) / e2e
+    kv = decoding * (isl + (osl - 1) / 2.0) * model.kv_bytes_per_token(_ELT_BYTES.get(kvd, 2.0))
+    return max((kv + w) / bw, kv / (bw * (1.0 - u)))
+
+
+def recorded_shape_problem(row: dict, model, cluster) -> str | None:
+    """Why the row's recorded GPU count (num_gpus = tp x pp x dp) cannot hold the checkpoint's
+    weights, or None. Such a run must have used more GPUs than recorded (aiconfigurator's
+    'attn tp1 ... moe_tp2' rows of Qwen3-235B fp8), so it cannot be replayed as recorded."""
+    gpus = _i(row.get("num_gpus", "")) or (_i(row["tp"]) or 1) * (_i(row["pp"]) or 1) * (_i(row["dp"]) or 1)
+    dev = cluster.pools[0].device
+    need = model.params_total * _ELT_BYTES.get((row["weight_dtype"] or "bf16").strip(), 2.0)
+    have = gpus * dev.memory_gib * 1024 ** 3
+    problems = []
+    if need > have:
+        problems.append(f"weights {need / 1e9:.0f} GB > {gpus} x {dev.memory_gib:g} GiB")
+    m = re.search(r"moe_tp(\d+) moe_ep(\d+)", row.get("notes", ""))
+    if m and int(m.group(1)) * int(m.group(2)) > gpus:
+        problems.append(f"MoE over {int(m.group(1)) * int(m.group(2))} GPUs > {gpus} recorded")
+    if not problems:
+        return None
+    return ", ".join(problems) + ": unreplayable as recorded"
 
 
 def measured_compute_util(row: dict, model, cluster) -> float | None:
@@ -307,7 +382,10 @@ def summarise(results: list[dict]) -> dict:
         sel = [r for r in ok if r["group"] == gname]
         entry = {"rows": sum(r["group"] == gname for r in results), "replayed": len(sel),
                  "compute_bound_flagged": sum((r.get("compute_util") or 0.0) > COMPUTE_BOUND_FLAG
-                                              for r in sel)}
+                                              for r in sel),
+                 "memory_bound_flagged": sum(bool(r.get("memory_bound")) for r in sel),
+                 "kv_fp8_implied": sum(bool(r.get("kv_fp8_implied")) for r in sel),
+                 "shape_unreplayable": sum(bool(r.get("shape_unreplayable")) for r in sel)}
         for k in METRICS:
             errs = [r["err_pct"][k] for r in sel if k in r["err_pct"]]
             if errs:
@@ -353,7 +431,7 @@ def render(results: list[dict], summ: dict, wall: float) -> str:
     lines.append("")
     lines.append("per group: MAPE % (signed bias %)   [targets: TTFT <= 15, TPOT <= 8, E2E <= 8]")
     lines.append(f"{'group':48} {'rows':>5} {'TTFT':>16} {'TPOT':>16} {'E2E':>16} {'tok/s':>16}  met"
-                 f"  physics-flagged rows")
+                 f"  flagged rows: compute/memory/fp8-KV/shape")
 
     def mb(v: dict, k: str) -> str:
         return f"{v[k]['mape']:.1f} ({v[k]['bias']:+.1f})" if k in v else "-"
@@ -362,7 +440,8 @@ def render(results: list[dict], summ: dict, wall: float) -> str:
         rows = f"{v['replayed']}/{v['rows']}"
         lines.append(f"{g:48} {rows:>5} {mb(v, 'ttft_ms'):>16} {mb(v, 'tpot_ms'):>16} "
                      f"{mb(v, 'e2e_s'):>16} {mb(v, 'tput_tok_s'):>16}  "
-                     f"{'yes' if summ['targets_met'][g] else 'NO ':<3}  {v['compute_bound_flagged']}")
+                     f"{'yes' if summ['targets_met'][g] else 'NO ':<3}  {v['compute_bound_flagged']}/"
+                     f"{v['memory_bound_flagged']}/{v['kv_fp8_implied']}/{v['shape_unreplayable']}")
     o = summ["overall"]
     n_ok = sum("error" not in r for r in results)
     lines.append(f"{'overall':48} {f'{n_ok}/{len(results)}':>5} {mb(o, 'ttft_ms'):>16} "
@@ -429,6 +508,13 @@ def main(argv: list[str] | None = None) -> int:
            "targets_met": summ["targets_met"],
            "compute_bound_flagged": {g: v["compute_bound_flagged"] for g, v in summ["groups"].items()
                                      if v["compute_bound_flagged"]},
+           "memory_bound_flagged": {g: v["memory_bound_flagged"] for g, v in summ["groups"].items()
+                                    if v["memory_bound_flagged"]},
+           "kv_fp8_implied": {g: v["kv_fp8_implied"] for g, v in summ["groups"].items()
+                              if v["kv_fp8_implied"]},
+           "shape_unreplayable_as_recorded": {g: v["shape_unreplayable"]
+                                              for g, v in summ["groups"].items()
+                                              if v["shape_unreplayable"]},
            "slowest_rows_s": sorted(((round(r["wall_s"], 1), r["case"]) for r in results),
                                     reverse=True)[:3],
            "wall_s": round(wall, 2)}
