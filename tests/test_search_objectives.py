@@ -164,3 +164,45 @@ def test_overload_says_what_rate_is_sustained_and_how_many_gpus_it_needs() -> No
     assert "sustains ~" in msg and "offered" in msg and "add" in msg, msg
     assert 0 < d["sustained_req_s"] < d["offered_req_s"]
     assert "max_gpus" not in msg.split(":")[0]  # plain words before the fixes
+
+
+def test_throughput_measures_every_shape_family_before_trusting_a_bound() -> None:
+    # the surrogate ranks family 0 far ahead, yet family 3 (ranked last) simulates best: a
+    # maximised objective bounds no family by another family's ratio
+    plans = [_scored(0, 4, 150.0), _scored(0, 4, 149.0), _scored(1, 4, 120.0), _scored(3, 4, 90.0)]
+    sim = {150.0: 67.0, 149.0: 66.0, 120.0: 80.0, 90.0: 83.0}
+    r = refine(_Space("throughput"), iter(plans),
+               lambda b: [SimScore(True, sim[s.value], 1.0) for s in b], first=1, batch=1, budget=10)
+    assert max(sim[s.value] for s in r.plans) == 83.0
+    assert {s.key[0][0] for s in r.plans} == {0, 1, 3}
+    assert r.gap == 0.0
+
+
+def test_a_second_plan_of_an_unmeasured_family_waits_for_the_first() -> None:
+    # batch of 2: the twin of plan 0 (same family) is not simulated alongside it; plan 0's
+    # simulation then bounds it out
+    plans = [_scored(0, 1, 1.0), _scored(0, 1, 1.5), _scored(1, 2, 1.1)]
+    batches = []
+
+    def simulate(batch):
+        batches.append([s.value for s in batch])
+        return [SimScore(True, s.value, s.value) for s in batch]
+
+    r = refine(_Space("energy"), iter(plans), simulate, first=1, batch=2, budget=10)
+    assert 1.5 not in [s.value for s in r.plans]
+    assert all(len(set(b)) == len(b) for b in batches)
+
+
+def test_throughput_leaves_out_plans_with_room_for_another_replica() -> None:
+    from apex_opt.search.plans import feasible_plans, plan_gpus
+    from apex_opt.search.shortlist import dominated
+
+    req = _req()
+    slo = SLOSpec(tpot_ms=40, constraints={"max_gpus": 3, **SMALL}, objective="throughput")
+    space = build_space(M, PRICED, WorkloadStats.of(req), slo, "throughput")
+    keys = feasible_plans(space)
+    kept = [k for k in keys if not dominated(space, k)]
+    assert kept and len(kept) < len(keys)
+    for k in kept:  # TP1 x3, TP2 x1 (a second TP2 replica would exceed max_gpus 3)
+        (i, n), = k
+        assert plan_gpus(space, k) + space.cands[i].gpus > 3

@@ -69,7 +69,8 @@ def clocked_key(model: ModelSpec, space: SearchSpace, key: PlanKey, clock: int,
 def clocked_variants(model: ModelSpec, space: SearchSpace, keys: list[PlanKey],
                      cache: dict) -> list[PlanKey]:
     """The most promising clocked variants of ``keys`` (best first) by the surrogate's J/token
-    (those it does not predict to miss the SLO), ``CLOCKS_SIMULATED`` of them per plan."""
+    (those whose surrogate meets the SLO at the workload's rate), ``CLOCKS_SIMULATED`` of them
+    per plan."""
     out = []
     for key, n in zip(keys, CLOCKS_SIMULATED):
         devs = {space.cluster.pool(space.cands[i].pool).device.name: space.cluster.pool(
@@ -81,7 +82,9 @@ def clocked_variants(model: ModelSpec, space: SearchSpace, keys: list[PlanKey],
             if ck is None:
                 continue
             s = score(space, ck)
-            if not s.hopeless:
+            # a lower clock only slows a replica down: keep the settings at which the surrogate
+            # still meets every target at the workload's rate (not merely "not hopeless")
+            if not s.hopeless and s.est.capacity_at_slo_req_s >= space.stats.rate_req_s:
                 scored.append((s.est.energy_j_per_token, clk, ck))
         scored.sort()
         out += [ck for _e, _c, ck in scored[:n]]

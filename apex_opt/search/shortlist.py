@@ -41,6 +41,10 @@ PER_LEVEL = 4
 #: Extra margin when a plan's shape family (TP x PP x EP x replicas per pool) has no simulated
 #: SLO-meeting member yet: the surrogate's error differs most between families.
 FAMILY_MARGIN = 0.25
+#: ``throughput`` bounds no plan by another shape family's surrogate/simulation ratio: what the
+#: rate search measures on a finite trace (steady-state capacity vs the drain of the longest
+#: outputs) weighs differently per shape, so every family gets one simulation within the budget.
+UNBOUNDED_FAMILIES = frozenset({"throughput"})
 #: The first batch is picked among this many times its size of the best plans.
 DIVERSITY_POOL = 3
 
@@ -61,6 +65,8 @@ class Scored:
     gpus: int
     value: float
     hopeless: bool
+    #: the surrogate's SLO-meeting rate is below the workload's rate
+    predicted_miss: bool = False
 
 
 def _cost(space: SearchSpace, key: PlanKey, est: PlanEstimate) -> float:
@@ -84,6 +90,26 @@ def surrogate_value(objective: str, est: PlanEstimate, gpus: int) -> float:
     return est.capacity_at_slo_req_s
 
 
+def drain_s(space: SearchSpace, key: PlanKey) -> float:
+    """Time the last requests of a finite trace still decode after the plan has taken in the
+    rest: a long output (the workload's p99 length) needs that many decode steps, each at least
+    one unloaded iteration of its replica (the slowest group's, where it may land)."""
+    tail = space.stats.output_at(99.0)
+    return max(space.models[i]._period(1.0, 0.0) for i, _ in key) * tail
+
+
+def finite_rate(space: SearchSpace, key: PlanKey, est: PlanEstimate) -> float:
+    """Surrogate of what the throughput rate search measures on a finite trace of N requests:
+    completions over the makespan, N / (N / capacity + drain). The steady-state capacity at the
+    SLO alone ranks wide data-parallel plans first; the drain of the longest outputs, served at a
+    replica's per-token latency, is what lets fewer, wider replicas finish a short trace first."""
+    cap = est.capacity_at_slo_req_s
+    n = space.stats.num_requests
+    if not (cap > 0 and math.isfinite(cap)):
+        return 0.0
+    return n / (n / cap + drain_s(space, key))
+
+
 def _hopeless(space: SearchSpace, est: PlanEstimate) -> bool:
     """The surrogate's mean latency misses a target by far (means sit below the p50+ percentiles
     the targets are written at), or the plan is overloaded."""
@@ -103,8 +129,14 @@ def _hopeless(space: SearchSpace, est: PlanEstimate) -> bool:
 def score(space: SearchSpace, key: PlanKey) -> Scored:
     est = estimate(space, key)
     g = plan_gpus(space, key)
-    v = _cost(space, key, est) if space.objective == "cost" else surrogate_value(space.objective, est, g)
-    return Scored(key, est, g, v, _hopeless(space, est))
+    if space.objective == "cost":
+        v = _cost(space, key, est)
+    elif space.objective == "throughput":
+        v = finite_rate(space, key, est)
+    else:
+        v = surrogate_value(space.objective, est, g)
+    return Scored(key, est, g, v, _hopeless(space, est),
+                  est.capacity_at_slo_req_s < space.stats.rate_req_s)
 
 
 def _order(objective: str, s: Scored) -> tuple:
@@ -141,6 +173,27 @@ def distinct(space: SearchSpace, plans: Iterator[Scored]) -> Iterator[Scored]:
             yield s
 
 
+def dominated(space: SearchSpace, key: PlanKey) -> bool:
+    """``throughput``: one more replica of one of the plan's own groups still fits (the pool's GPUs,
+    ``max_gpus``, the power budget). Identical replicas behind the router only add capacity and
+    take load off the others, so the plan with the extra replica sustains at least the rate of this
+    one -- the objective uses the GPUs the user gave, and a plan leaving such room is never the
+    optimum."""
+    c = space.slo.constraints
+    gpus = plan_gpus(space, key)
+    for j, (i, k) in enumerate(key):
+        cand = space.cands[i]
+        if k + 1 > cand.max_replicas:
+            continue
+        if c.max_gpus is not None and gpus + cand.gpus > c.max_gpus:
+            continue
+        more = key[:j] + ((i, k + 1),) + key[j + 1:]
+        if c.power_budget_w is not None and estimate(space, more).power_w > c.power_budget_w:
+            continue
+        return True
+    return False
+
+
 def _cpsat_plans(space: SearchSpace, workers: int, seed: int, time_limit_s: float,
                  status: list) -> Iterator[Scored]:
     """Plans best-first from the CP-SAT model (one re-solve per plan, no-good cut each)."""
@@ -170,7 +223,8 @@ def ranked_plans(space: SearchSpace, workers: int = 1, seed: int = 0,
         screened = _screened(space)
         need = LOAD_SLACK * space.stats.rate_req_s
         scored = [score(space, k) for k in feasible_plans(space)
-                  if all(i not in screened for i, _ in k)]
+                  if all(i not in screened for i, _ in k)
+                  and not (objective == "throughput" and dominated(space, k))]
         if objective != "throughput":
             scored = [s for s in scored if s.est.capacity_req_s >= need]
         scored.sort(key=lambda s: (s.hopeless, _order(objective, s)))
@@ -179,6 +233,8 @@ def ranked_plans(space: SearchSpace, workers: int = 1, seed: int = 0,
     def gen() -> Iterator[Scored]:
         held = []
         for s in distinct(space, _cpsat_plans(space, workers, seed, time_limit_s, status)):
+            if objective == "throughput" and dominated(space, s.key):
+                continue
             if s.hopeless:
                 held.append(s)
             else:
@@ -242,6 +298,8 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
             own = [(s, r) for s, r in zip(done, sims) if family(space, s) == fam]
             if any(r.met and r.value is not None for _s, r in own):
                 return _ratio(own)
+            if objective in UNBOUNDED_FAMILIES:
+                return None  # no bound for a shape family not yet measured
         r = _ratio(list(zip(done, sims)))
         if r is None:
             return None
@@ -260,8 +318,19 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
             return None
         return max(rs) * (1 + BOUND_MARGIN) if maximise else min(rs) * (1 - BOUND_MARGIN)
 
+    def confirmed_miss(s: Scored) -> bool:
+        """The surrogate predicts ``s`` misses the SLO at the workload's rate and the simulation
+        of its shape family agreed (a member it also predicted to miss missed; none met)."""
+        if objective in MAXIMISE or not s.predicted_miss:
+            return False
+        fam = family(space, s)
+        own = [(d, r) for d, r in zip(done, sims) if family(space, d) == fam]
+        return any(d.predicted_miss and not r.met for d, r in own) and not any(r.met for _d, r in own)
+
     def could_beat(s: Scored) -> tuple[bool, float | None]:
         """(could it beat the best, relative gap it could still close)."""
+        if confirmed_miss(s):
+            return False, 0.0
         bv, bs = best()
         if bv is None:
             return True, None
@@ -281,6 +350,7 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
         return bound < bv, max(0.0, 1 - bound / bv) if bv > 0 else None
 
     level_tries: dict[int, int] = {}
+    skipped: list[Scored] = []
     gap: float | None = 0.0
     stopped = "bound"
     if first > 1:
@@ -310,6 +380,9 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
                 break
             ok, g = could_beat(s)
             if not ok:
+                if objective in MAXIMISE or confirmed_miss(s):
+                    skipped.append(s)  # bounds are per family: a later family may still beat it
+                    continue
                 if objective == "gpus" and s.gpus > (best()[1].gpus if best()[1] else 0):
                     nxt.insert(0, s)
                     break
@@ -318,6 +391,13 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
                     nxt.insert(0, s)
                     break
                 continue
+            fam = family(space, s)
+            if any(family(space, c) == fam for c in chosen) and \
+                    not any(family(space, d) == fam for d in done):
+                # a second plan of a shape family not measured yet waits for the first one's
+                # simulation: the family's own ratio may then rule it out
+                nxt.insert(0, s)
+                break
             if objective == "gpus" and best()[1] is None:
                 n = level_tries.get(s.gpus, 0)
                 if n >= PER_LEVEL:
@@ -330,13 +410,18 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
         sims += simulate(chosen)
     else:
         stopped = "budget"
-    # the gap: what the next unsimulated plan could still gain by the bound
+    # the gap: what the next unsimulated plan could still gain by the bound (for a maximised
+    # objective, whose bounds are per family, the largest over the plans passed over, too)
     s = pull()
-    if s is None:
+    rest = skipped + ([s] if s is not None else [])
+    if not rest:
         gap, stopped = 0.0, "exhausted" if stopped != "bound" else stopped
     else:
-        ok, g = could_beat(s)
-        gap = 0.0 if not ok else g
+        gaps = []
+        for r in rest:
+            ok, g = could_beat(r)
+            gaps.append(0.0 if not ok else g)
+        gap = None if any(g is None for g in gaps) else max(gaps)
     return Refined(done, sims, gap, stopped)
 
 
