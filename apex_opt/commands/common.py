@@ -68,3 +68,24 @@ def check_gpu_setting_flags(cluster, pool: str | None, sm_clock_mhz: int | None,
         return
     check_gpu_settings(dev, sm_clock_mhz, power_cap_w, source="<command line>",
                        names=("--sm-clock-mhz", "--power-cap-w"))
+
+
+_sampling_top_p_option = click.option(
+    "--sampling-top-p", "sampling_top_p", type=click.FloatRange(0, 1, min_open=True), default=None,
+    help="top_p every request sends, e.g. 0.95 [default: 1 = no filter, or the workload file's]. "
+         "vLLM's sort-based top-p/top-k filter costs GPU time on every step.")
+_sampling_top_k_option = click.option(
+    "--sampling-top-k", "sampling_top_k", type=click.IntRange(0), default=None,
+    help="top_k every request sends, e.g. 20 [default: 0 = no filter, or the workload file's].")
+
+
+def sampling_options(f):
+    """--sampling-top-p / --sampling-top-k: the sampling filter of every request."""
+    return _sampling_top_p_option(_sampling_top_k_option(f))
+
+
+def apply_sampling(requests, top_p: float | None, top_k: int | None):
+    """The requests with the --sampling-top-p / --sampling-top-k the user gave (None: as loaded)."""
+    if top_p is None and top_k is None:
+        return requests
+    return requests.with_sampling(top_p, top_k)

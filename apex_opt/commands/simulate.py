@@ -15,7 +15,7 @@ from ..specs.plan import Plan
 from ..specs.slo import load_slo
 from ..specs.workload import WorkloadSpec, load_workload
 from ..specs.engine import load_engine
-from .common import (cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option,
+from .common import (apply_sampling, sampling_options, cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option,
                      weight_dtype_option, gpu_setting_options, check_gpu_setting_flags)
 
 _SRC = "<command line>"
@@ -82,7 +82,7 @@ def _render_energy(con, e) -> None:
         ["window", f"{win.window.replace('_', ' ')} {win.start_s:,.1f}-{win.end_s:,.1f} s"
                    + ("" if e.steady_state else " (run never fills its batch: no steady state)")],
         [f"GPU power, {e.plan_gpus} plan GPUs (W)", _fmt(e.gpu_power_w, 0)],
-        [f"host power, {e.plan_nodes} node(s) (W)", _fmt(e.host_power_w, 0)],
+        [f"host power, {e.plan_node_share:.3g} of a node (W)", _fmt(e.host_power_w, 0)],
         ["node power = GPUs + host (W)", _fmt(e.node_power_w, 0)],
         ["GPU / node energy per output token (J)",
          f"{_fmt(e.gpu_energy_j_per_token, 4)} / {_fmt(e.node_energy_j_per_token, 4)}"],
@@ -225,13 +225,14 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
               default="least_outstanding", show_default=True,
               help="How requests are spread over the --dp replicas.")
 @gpu_setting_options
+@sampling_options
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: when stderr is a terminal].")
 @engine_option
 @json_option
 def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_len, output_len,
             arrival, cv, seed, slo_path, progress, engine_name, as_json, concurrency, sort_trace,
-            **opts):
+            sampling_top_p, sampling_top_k, **opts):
     """Simulate serving a workload with ONE plan (DP x PP x TP replicas of the --engine: vLLM V1
     by default, see `apex-opt engines`) and report latency (TTFT / TPOT / E2E mean and percentiles), throughput and energy.
 
@@ -264,6 +265,7 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     # the simulator refuses (exit 2) what the real engine refuses to start with
     requests = _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
                          seed, concurrency, sort_trace)
+    requests = apply_sampling(requests, sampling_top_p, sampling_top_k)
     slo = load_slo(slo_path) if slo_path else None
     show = progress if progress is not None else sys.stderr.isatty()
     res = simulate(model, cluster, plan, requests, slo=slo, seed=seed or 0, progress=bool(show),

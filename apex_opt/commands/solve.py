@@ -11,7 +11,8 @@ from ..errors import InfeasibleError, InputError
 from ..registry import data_dir
 from ..report.render import console, table, to_json
 from ..search import DEFAULT_TIME_LIMIT_S, DEFAULT_TOP_K, OBJECTIVES, SolveResult, solve
-from .common import cluster_option, engine_option, json_option, load_inputs, model_option
+from .common import (apply_sampling, cluster_option, engine_option, json_option, load_inputs,
+                     model_option, sampling_options)
 
 DEFAULT_WORKLOAD = "default-workload.yaml"
 DEFAULT_SLO = "default-slo.yaml"
@@ -82,6 +83,7 @@ def render_tables(res: SolveResult) -> None:
 @click.option("--workload", type=click.Path(dir_okay=False), default=None,
               help="Synthetic workload YAML (rate, number of requests, length distributions) "
                    "[default: the bundled chat example, 500 requests at 3 req/s].")
+@sampling_options
 @click.option("--slo", "slo_path", type=click.Path(dir_okay=False), default=None,
               help="SLO YAML: TTFT/TPOT/E2E targets, attainment, objective, constraints "
                    "[default: the bundled example, p90 TTFT <= 2 s, p90 TPOT <= 60 ms].")
@@ -120,7 +122,7 @@ def render_tables(res: SolveResult) -> None:
                    "starred (.png/.svg/.pdf; needs the 'plot' extra). Example: --plot plans.png")
 def command(model_ref, cluster_ref, trace, sort_trace, concurrency, workload, slo_path, objective, top_k, exhaustive,
             workers, executor, time_limit, seed, engine_name, also_launch, max_model_len, hf_id,
-            as_json, plot_path):
+            as_json, plot_path, sampling_top_p, sampling_top_k):
     """Find the best parallel plan (DP/PP/TP/EP, weight/KV dtypes, engine limits) for serving a
     model on a cluster, for a workload and SLO, and print how to launch it.
 
@@ -147,6 +149,7 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, workload, sl
     """
     model, cluster = load_inputs(model_ref, cluster_ref)
     requests = _load_requests(trace, workload, sort_trace, concurrency)
+    requests = apply_sampling(requests, sampling_top_p, sampling_top_k)
     slo = _load_slo(slo_path)
     if max_model_len is not None and max_model_len > model.max_position_embeddings:
         raise InputError(f"exceeds the maximum context of {model.name} "

@@ -363,10 +363,15 @@ class DeviceCostModel:
         """Device-to-device copy of ``nbytes`` (read + write)."""
         if not (nbytes >= 0 and math.isfinite(nbytes)):
             raise InputError("copy size must be a finite number >= 0", field="nbytes", value=nbytes)
+        return self.stream(2.0 * nbytes)
+
+    def stream(self, nbytes: float) -> OpCost:
+        """A memory-bound kernel moving ``nbytes`` in total (reads + writes), timed by the
+        fitted streaming bandwidth."""
         if nbytes == 0:
             return OpCost(0.0, self.idle_power_w)
-        t = float(self.cal.stream.time(2.0 * nbytes, self.bw))
-        return self._cost(t, 0.0, 2.0 * nbytes, "bf16", "gemm")
+        t = float(self.cal.stream.time(nbytes, self.bw))
+        return self._cost(t, 0.0, nbytes, "bf16", "gemm")
 
 
 _MODELS: dict[str, DeviceCostModel] = {}

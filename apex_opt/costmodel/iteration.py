@@ -114,9 +114,18 @@ class IterationCostModel:
     """Iteration latency/energy for one replica shape (``cfg``) of ``model`` on ``pool``."""
 
     def __init__(self, model: ModelSpec, pool: PoolSpec, cfg: ReplicaConfig,
-                 engine: EngineSpec | None = None, *, moe_imbalance: float = 1.15):
+                 engine: EngineSpec | None = None, *, moe_imbalance: float = 1.15,
+                 sampler: str = "greedy"):
         self.model, self.pool, self.cfg = model, pool, cfg
         self.engine = engine or load_engine()
+        # sampler filter of the requests ("greedy" | "top_p" | "top_k", Requests.sampler): the
+        # engine's cost per logit of each sampled sequence, on every TP rank (full vocabulary)
+        if sampler not in ("greedy", "top_p", "top_k"):
+            raise ValueError(f"sampler must be greedy, top_p or top_k (got {sampler!r})")
+        self.sampler = sampler
+        self._filter_bytes = {"greedy": 0.0,
+                              "top_p": self.engine.sampler_top_p_bytes_per_logit,
+                              "top_k": self.engine.sampler_top_k_bytes_per_logit}[sampler]
         self.device = pool.device
         self.dvfs = dvfs_model(pool.device)
         # kernel times: the profile's sustained (back-to-back) times; with DVFS data the board
@@ -327,6 +336,9 @@ class IterationCostModel:
                     part.add("communication", t, self.tp_comm.power_w(), bd)
                 c = self.dev.elementwise("sampling", sampling, self.model.vocab_size)
                 part.add("sampling", c.time_s, c.power_w, bd)
+                if self._filter_bytes:
+                    c = self.dev.stream(self._filter_bytes * sampling * self.model.vocab_size)
+                    part.add("sampling", c.time_s, c.power_w, bd)
             if s < self.pp - 1 and self.pp_comm is not None:
                 t = self.pp_comm.send_recv(2.0 * tokens * h * 2.0)
                 part.add("communication", t, self.pp_comm.power_w(), bd)

@@ -143,7 +143,8 @@ def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
 
 def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: RequestLog,
                     num_blocks_override: int | None, engine: EngineSpec, debug: bool,
-                    breakdown: bool, fast_forward: int, async_output: bool) -> tuple[list[ReplicaEngine], list[tuple[int, str, str]]]:
+                    breakdown: bool, fast_forward: int, async_output: bool,
+                    sampler: str = "greedy") -> tuple[list[ReplicaEngine], list[tuple[int, str, str]]]:
     engines: list[ReplicaEngine] = []
     meta: list[tuple[int, str, str]] = []
     for gi, g in enumerate(plan.groups):
@@ -173,7 +174,7 @@ def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: Req
                              f" engine {engine.name} has none", field=f"plan.groups[{gi}].attention_dp",
                              value=cfg.attention_dp)
         limits = engine_limits(model, cfg, blocks, engine, pool.device)
-        cost = IterationCostModel(model, pool, cfg, engine)
+        cost = IterationCostModel(model, pool, cfg, engine, sampler=sampler)
         # vLLM V1 async scheduling / SGLang overlap scheduler (the engine's own), or vLLM 0.6's
         # async output processing when asked for (CUDA graphs on)
         overlap = engine.async_scheduling or (async_output and cfg.cuda_graphs)
@@ -232,7 +233,8 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
                      getattr(requests, "prefix_blocks", None),
                      getattr(requests, "prefix_block_tokens", 512))
     engines, meta = _build_replicas(model, cluster, plan, log, num_blocks_override, engine, debug,
-                                    breakdown, fast_forward, async_output)
+                                    breakdown, fast_forward, async_output,
+                                    getattr(requests, "sampler", "greedy"))
     timelines = _attach_timelines(engines)
     n = len(requests)
     # the engine sees a request only after the server has received, parsed and tokenised it;

@@ -75,6 +75,10 @@ class Requests:
 
     ``concurrency`` (optional): a closed loop of that many clients (see the module docstring);
     ``None`` = open loop, requests arrive at ``arrival_s``.
+
+    ``top_p`` / ``top_k``: the sampling filter every request asks for (1.0 / 0 = none, e.g.
+    greedy, what ``vllm bench serve`` sends by default). A filter costs the engine's sampler GPU
+    time on every step (``EngineSpec.sampler_top_p_bytes_per_logit``); see :attr:`sampler`.
     """
 
     arrival_s: np.ndarray
@@ -85,6 +89,8 @@ class Requests:
     prefix_blocks: list[tuple[int, ...]] | None = None
     prefix_block_tokens: int = MOONCAKE_BLOCK_TOKENS
     concurrency: int | None = None
+    top_p: float = 1.0
+    top_k: int = 0
 
     def __post_init__(self) -> None:
         arr = np.ascontiguousarray(self.arrival_s, dtype=np.float64)
@@ -128,11 +134,25 @@ class Requests:
         object.__setattr__(self, "prefix_block_tokens", int(self.prefix_block_tokens))
         if self.concurrency is not None:
             object.__setattr__(self, "concurrency", int(self.concurrency))
+        if not (0.0 < float(self.top_p) <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1] (got {self.top_p!r})")
+        if not (isinstance(self.top_k, (int, np.integer)) and self.top_k >= 0):
+            raise ValueError(f"top_k must be an integer >= 0, 0 = off (got {self.top_k!r})")
+        object.__setattr__(self, "top_p", float(self.top_p))
+        object.__setattr__(self, "top_k", int(self.top_k))
         if self.ids is not None:
             object.__setattr__(self, "ids", list(self.ids))
 
     def __len__(self) -> int:
         return int(self.arrival_s.shape[0])
+
+    @property
+    def sampler(self) -> str:
+        """The sampler path the engine runs for these requests: ``"top_k"`` (top-k, with or
+        without top-p), ``"top_p"`` or ``"greedy"`` (no filter)."""
+        if self.top_k > 0:
+            return "top_k"
+        return "top_p" if self.top_p < 1.0 else "greedy"
 
     def _replace(self, sel: np.ndarray | None = None, **kw) -> "Requests":
         """A copy with the requests ``sel`` (all when None) and fields ``kw`` replaced."""
@@ -148,7 +168,7 @@ class Requests:
                 prefix_blocks=([self.prefix_blocks[i] for i in sel]
                                if self.prefix_blocks is not None else None))
         fields.update(source=self.source, prefix_block_tokens=self.prefix_block_tokens,
-                      concurrency=self.concurrency)
+                      concurrency=self.concurrency, top_p=self.top_p, top_k=self.top_k)
         fields.update(kw)
         return Requests(**fields)
 
@@ -189,6 +209,11 @@ class Requests:
         """The same requests with other (sorted) arrival times, e.g. a closed loop's send
         times."""
         return self._replace(arrival_s=arrival_s)
+
+    def with_sampling(self, top_p: float | None = None, top_k: int | None = None) -> "Requests":
+        """The same requests asking for another sampling filter (None = keep the current)."""
+        return self._replace(top_p=self.top_p if top_p is None else top_p,
+                             top_k=self.top_k if top_k is None else top_k)
 
     def with_concurrency(self, n: int | None) -> "Requests":
         """The same requests as a closed loop of ``n`` clients (``None`` = open loop again)."""
@@ -607,7 +632,8 @@ def generate(spec: WorkloadSpec, rng: np.random.Generator | None = None) -> Requ
         r_prefix = np.random.default_rng(int(rng.integers(0, 2 ** 63 - 1)))
         blocks, bt = prefix_blocks(spec.prefix, prompt, r_prefix)
     return Requests(arrival, prompt, output, None, f"synthetic:{name}", prefix_blocks=blocks,
-                    prefix_block_tokens=bt, concurrency=spec.arrival.concurrency)
+                    prefix_block_tokens=bt, concurrency=spec.arrival.concurrency,
+                    top_p=spec.top_p, top_k=spec.top_k)
 
 
 def prefix_blocks(p: PrefixSpec, prompt: np.ndarray,

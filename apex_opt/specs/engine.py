@@ -174,6 +174,13 @@ class EngineSpec(StrictModel):
     piecewise_layer_cpu_us: NonNegFloat = Field(
         0.0, description="Piecewise graphs: CPU time per layer to replay the graph pieces and run "
                          "the eager attention op between them.")
+    sampler_top_p_bytes_per_logit: NonNegFloat = Field(
+        0.0, description="GPU cost of the sampler's top-p filter, as HBM-equivalent bytes per "
+                         "logit (sampled sequence x vocabulary entry) on every TP rank, paid by "
+                         "the whole step when any request in it sets top_p < 1. 0 = a fused "
+                         "kernel of negligible cost (FlashInfer sampling).")
+    sampler_top_k_bytes_per_logit: NonNegFloat = Field(
+        0.0, description="The same for a step whose requests set top_k (with or without top_p).")
     dp_attention: bool = Field(False, description="Supports data-parallel attention (SGLang "
                                                   "--enable-dp-attention for MLA models).")
     launch_flags: dict[str, str] = Field(

@@ -220,6 +220,11 @@ class WorkloadSpec(StrictModel):
                                                        "shared tokens); None = no sharing.")
     seed: int = Field(0, ge=0, le=2 ** 63 - 1, description="Random seed (used when the caller "
                                                            "passes no generator).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus-sampling top_p every request "
+                                                          "sends (1.0 = no filter, e.g. greedy).")
+    top_k: int = Field(0, ge=0, description="top_k every request sends (0 = no filter). A top-p "
+                                            "or top-k filter costs sampler time on every engine "
+                                            "step (vLLM's sort-based path).")
 
     @property
     def duration_s(self) -> float | None:
