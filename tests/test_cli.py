@@ -239,7 +239,7 @@ def test_solve_json_has_structured_launch_data(solved):
     argv = server["argv"]
     assert argv[2] == "my-org/llama-8b-awq"                 # --hf-id is the model argument
     assert argv[argv.index("--max-model-len") + 1] == "16384"  # the user's --max-model-len
-    assert all(g["max_model_len"] == 16384 for p in solved["plans"] for g in p["groups"])
+    assert all(g["config"]["max_model_len"] == 16384 for p in solved["plans"] for g in p["groups"])
     assert solved["slo"]["constraints"]["max_model_len"] == 16384
 
 

@@ -205,10 +205,18 @@ def test_multi_node_sglang_one_process_per_node_with_its_rank(llama):
 def test_plan_errors(llama):
     with pytest.raises(InputError, match="pool"):
         launch_plan("llama-3.1-70b", llama, _plan(tp=8, pool="a100"), cluster=_cluster())
-    with pytest.raises(InputError, match="nodes"):
+    # the rules of apex_opt.parallel: validate_plan on a cluster, the pool-free ones without
+    with pytest.raises(InputError, match="plan uses 24 GPUs, the pool has 16"):
         launch_plan("llama-3.1-70b", llama, _plan(tp=8, replicas=3), cluster=_cluster())
     with pytest.raises(InputError, match="layers"):
         launch_plan("llama-3.1-70b", llama, _plan(tp=8, pp=2, layers_per_stage=(10, 10)))
+    with pytest.raises(InputError, match="layers_per_stage sums to 20"):
+        launch_plan("llama-3.1-70b", llama, _plan(tp=8, pp=2, layers_per_stage=(10, 10)),
+                    cluster=_cluster())
+    with pytest.raises(InputError, match="attention heads"):
+        launch_plan("llama-3.1-70b", llama, _plan(tp=3))
+    with pytest.raises(InputError, match="tp=16 exceeds the 8 GPUs of one node"):
+        launch_plan("llama-3.1-70b", llama, _plan(tp=16), cluster=_cluster())
 
 
 # ------------------------------------------------------------------------------- labels / json

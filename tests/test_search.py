@@ -34,12 +34,9 @@ def results() -> dict:  # used only by slow tests (four end-to-end solves)
 
 
 def _plan(p) -> Plan:
-    return Plan(groups=tuple(ReplicaGroup(pool=g.pool, replicas=g.replicas, tp=g.tp, pp=g.pp, ep=g.ep,
-                                          weight_dtype=g.weight_dtype, kv_dtype=g.kv_dtype,
-                                          layers_per_stage=tuple(g.layers_per_stage) if g.pp > 1 else None,
-                                          max_num_seqs=g.max_num_seqs,
-                                          max_num_batched_tokens=g.max_num_batched_tokens,
-                                          max_model_len=g.max_model_len) for g in p.groups))
+    # each group composes the ReplicaConfig the simulator ran: a plan file is one step away
+    return Plan(groups=tuple(ReplicaGroup(replicas=g.replicas, **g.config.model_dump())
+                             for g in p.groups))
 
 
 @pytest.mark.parametrize("obj", ["latency", "energy", "gpus", "throughput"])
@@ -73,18 +70,19 @@ def test_energy_plan_no_worse_than_latency_plan(results) -> None:
 @pytest.mark.slow
 def test_json_contract(results) -> None:
     d = json.loads(results["latency"].model_dump_json())
-    assert d["schema_version"] == 2
+    assert d["schema_version"] == 3
     assert {"status", "wall_s", "plans_feasible", "plans_simulated"} <= set(d["solver"])
     p = d["plans"][0]
     assert {"groups", "gpus", "metrics", "slo_met", "launch"} <= set(p)
-    assert {"pool", "replicas", "tp", "pp", "ep", "weight_dtype", "kv_dtype", "layers_per_stage",
-            "max_num_seqs", "max_num_batched_tokens"} <= set(p["groups"][0])
+    assert {"replicas", "device", "gpus_per_replica", "config"} <= set(p["groups"][0])
+    assert {"pool", "tp", "pp", "ep", "weight_dtype", "kv_dtype", "layers_per_stage",
+            "max_num_seqs", "max_num_batched_tokens"} <= set(p["groups"][0]["config"])
     assert {"ttft_ms", "tpot_ms", "e2e_s", "energy_j_per_token"} <= set(p["metrics"])
     assert p["launch"]["vllm"].startswith("vllm serve") or "vllm serve" in p["launch"]["vllm"]
     assert "sglang" in p["launch"]["sglang"]
     assert set(d["plans"][1]["launch"]) == {"vllm"}  # other engines only for the chosen plan
     assert d["also_simulated"][0]["engine"] == "sglang" and d["also_simulated"][0]["metrics"]
-    assert f"--tensor-parallel-size {p['groups'][0]['tp']}" in p["launch"]["vllm"]
+    assert f"--tensor-parallel-size {p['groups'][0]['config']['tp']}" in p["launch"]["vllm"]
     assert [b["name"] for b in d["baselines"]] == ["max-tp-dp", "min-tp-dp"]
     assert d["chosen"]["groups"][0]["stages"]
 

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from apex_opt.cli import main
+from apex_opt.specs.plan import ReplicaGroup
 
 WORKLOAD = ("num_requests: 60\nseed: 3\narrival: {process: poisson, rate: 5}\n"
             "prompt_len: {dist: lognormal, mean: 500, cv: 0.6, max: 4096}\n"
@@ -61,7 +62,12 @@ def test_structure(runs) -> None:
     assert [p["rank"] for p in d["plans"]] == list(range(1, len(d["plans"]) + 1))
     best = d["plans"][0]
     assert best["slo_met"] and best["gpus"] <= 4 and best["metrics"]["num_completed"] == 60
-    assert all(g["pp"] == 1 and g["weight_dtype"] == "bf16" for p in d["plans"] for g in p["groups"])
+    # schema 3: each group composes the simulated ReplicaConfig (groups[i].config), which reads
+    # back as a plan group of `simulate --plan`
+    assert d["schema_version"] == 3
+    assert all(g["config"]["pp"] == 1 and g["config"]["weight_dtype"] == "bf16"
+               for p in d["plans"] for g in p["groups"])
+    ReplicaGroup(replicas=best["groups"][0]["replicas"], **best["groups"][0]["config"])
     # the chosen plan's detail is the top-ranked plan, with a simulated time breakdown
     assert d["chosen"]["label"] == best["label"] and d["chosen"]["time_breakdown_ms"]
     assert 1 <= d["solver"]["plans_simulated"] <= d["solver"]["plans_feasible"]

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InputError
 from ..io import parse_yaml
+from ..parallel import node_aligned, stage_layer_ranges, valid_ep, valid_tp, validate_plan
 from ..registry import data_dir
 from ..specs.cluster import ClusterSpec, DeviceSpec
 from ..specs.common import StrictModel
@@ -523,11 +524,35 @@ def _gpus_text(devices: list[int]) -> str:
     return "GPU" + ("s " if len(devices) != 1 else " ") + ",".join(map(str, devices))
 
 
-def _check_layers(group: ReplicaGroup, model: ModelSpec, index: int) -> None:
-    if group.layers_per_stage is not None and sum(group.layers_per_stage) != model.num_layers:
-        raise InputError(f"layers per stage must sum to the model's {model.num_layers} layers",
-                         source="plan", field=f"groups[{index}].layers_per_stage",
-                         value=list(group.layers_per_stage))
+def _check_rules(model: ModelSpec, plan: Plan, cluster: ClusterSpec | None,
+                 gpus_per_node: int | None) -> None:
+    """The plan against the parallelism rules of :mod:`apex_opt.parallel` (the ones memory, the
+    cost model and the search use): :func:`~apex_opt.parallel.validate_plan` on ``cluster``;
+    without one, the rules that need no pool (TP vs the attention / KV heads, EP, the stage split)
+    and TP inside a node of ``gpus_per_node`` GPUs."""
+    for gi, g in enumerate(plan.groups):
+        _pool_shape(g.pool, cluster, gpus_per_node, gi)  # an unknown pool, by its field
+    if cluster is not None:
+        problems = validate_plan(model, cluster, plan)
+        if problems:
+            raise InputError("; ".join(problems), source="plan", field="groups")
+        return
+    gpn = gpus_per_node or DEFAULT_GPUS_PER_NODE
+    for gi, g in enumerate(plan.groups):
+        if not valid_tp(model, g.tp) or g.tp > gpn:
+            raise InputError(f"tensor parallelism must divide the {model.num_attention_heads} "
+                             f"attention heads of {model.name} (and divide or be a multiple of "
+                             f"its KV heads) and stay inside a {gpn}-GPU node", source="plan",
+                             field=f"groups[{gi}].tp", value=g.tp)
+        if not valid_ep(model, g.tp, g.ep):
+            raise InputError(f"expert parallelism must divide tp={g.tp} and the experts of "
+                             f"{model.name}", source="plan", field=f"groups[{gi}].ep", value=g.ep)
+        try:
+            stage_layer_ranges(model.num_layers, g)
+        except ValueError as e:
+            raise InputError(f"the pipeline stages must cover the model's {model.num_layers} "
+                             f"layers ({e})", source="plan", field=f"groups[{gi}].layers_per_stage",
+                             value=list(g.layers_per_stage or ())) from None
 
 
 def serving_max_model_len(model: ModelSpec, plan: Plan, cluster: ClusterSpec | None,
@@ -592,6 +617,7 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
     :func:`serving_max_model_len`). GPUs per node come from ``cluster`` (per pool), else
     ``gpus_per_node`` (default 8). Raises :class:`InputError` when a group's pool is unknown, its
     stage split does not cover the model, or the plan needs more nodes than a pool has."""
+    _check_rules(model, plan, cluster, gpus_per_node)
     spec = _profile(engine)
     fam = family_of(spec)
     model_id = hf_model_id(model_ref, model, hf_id)
@@ -611,7 +637,6 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
         return base_port + n
 
     for gi, g in enumerate(plan.groups):
-        _check_layers(g, model, gi)
         pool_name, gpn, max_nodes, device = _pool_shape(g.pool, cluster, gpus_per_node, gi)
         cfg = g.replica().resolved(spec, model, device)  # unset weight dtype: the checkpoint's
         model_arg, quant, qnotes = checkpoint_for(cfg.weight_dtype, model.checkpoint_dtype, model_id,
@@ -770,7 +795,7 @@ def _group_notes(group: ReplicaGroup, gpn: int, family: str, pool: str | None) -
     if group.tp > gpn:
         notes.append(f"tensor parallelism ({group.tp}) spans nodes: its all-reduces cross the "
                      f"inter-node network")
-    elif gpn % group.tp or group.gpus % gpn:
+    elif gpn % group.tp or not node_aligned(group.gpus, gpn):
         notes.append(f"{group.tp}x{group.pp} GPUs do not fill whole {gpn}-GPU nodes: the engine "
                      f"places the stages; check no TP group straddles two nodes")
     return notes

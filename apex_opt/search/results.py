@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..sim.metrics import Metrics
+from ..specs.plan import ReplicaConfig
 
-SCHEMA_VERSION = 2
+#: 3: a plan group composes the simulated ``ReplicaConfig`` (``groups[i].config``) instead of
+#: repeating its fields next to ``replicas``
+SCHEMA_VERSION = 3
 
 
 class _Out(BaseModel):
@@ -14,24 +19,27 @@ class _Out(BaseModel):
 
 
 class GroupOut(_Out):
-    """One replica group of a plan."""
+    """One replica group of a plan: ``replicas`` copies of ``config`` (the replica configuration
+    the simulator ran -- what ``simulate --plan`` takes per group) on ``device``."""
 
-    pool: str
-    device: str
     replicas: int
-    tp: int
-    pp: int
-    ep: int
-    weight_dtype: str
-    kv_dtype: str
-    layers_per_stage: list[int]
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    max_model_len: int
-    chunked_prefill: bool = True
+    device: str
     gpus_per_replica: int
-    sm_clock_mhz: int | None = Field(None, description="Locked SM clock (nvidia-smi -lgc), MHz; "
-                                                       "None = the driver's default.")
+    config: ReplicaConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, data: Any) -> Any:
+        """Also accept schema 2's flat layout (the replica fields next to ``replicas``)."""
+        if isinstance(data, dict) and "config" not in data:
+            fields = set(ReplicaConfig.model_fields)
+            data = {**{k: v for k, v in data.items() if k not in fields},
+                    "config": {k: v for k, v in data.items() if k in fields}}
+        return data
+
+    @property
+    def sm_clock_mhz(self) -> int | None:
+        return self.config.sm_clock_mhz
 
 
 class Surrogate(_Out):
