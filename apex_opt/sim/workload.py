@@ -278,7 +278,8 @@ class Requests:
             concurrency=self.concurrency,
             prefix_block_tokens=self.prefix_block_tokens if self.prefix_blocks is not None else None,
             prefix_reuse_tokens=(self.prefix_reuse_tokens() if self.prefix_blocks is not None
-                                 else None))
+                                 else None),
+            top_p=self.top_p, top_k=self.top_k)
 
 
 class WorkloadSummary(StrictModel):
@@ -300,6 +301,8 @@ class WorkloadSummary(StrictModel):
     prefix_reuse_tokens: int | None = Field(
         None, description="Prompt tokens an unbounded prefix cache could reuse (blocks an "
                           "earlier request already had after the same leading ids).")
+    top_p: float = Field(1.0, description="top_p every request sends (1 = no filter).")
+    top_k: int = Field(0, description="top_k every request sends (0 = no filter).")
 
 
 # --------------------------------------------------------------------------------------------
