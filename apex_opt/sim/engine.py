@@ -58,6 +58,7 @@ work of the next step overlaps this step's GPU work).
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, Sequence
@@ -225,6 +226,11 @@ class _VirtualEngine:
     # start of the step now running / last run (async scheduling visibility cutoff)
     last_start: float = float("-inf")
     cutoff: float = float("inf")
+    # pp > 1: end of the iteration (or run) in flight, the order its end event was queued in,
+    # and a decode run planned for this engine by another's pipeline run (_pipeline_run)
+    ends_at: float = float("inf")
+    order: int = 0
+    planned: tuple | None = None
 
     def running(self) -> int:
         return int(self.d_id.shape[0]) + len(self.pre)
@@ -278,6 +284,7 @@ class ReplicaEngine:
             if limits.new_token_ratio is not None:
                 ve.ratio = limits.new_token_ratio[0]
         self.stage_free = [0.0] * limits.pp
+        self._order = 0  # pp > 1: end events returned so far (their queueing order)
         self.stats = ReplicaStats()
         #: seconds by operator class summed over iterations (only when ``breakdown``)
         self.breakdown: dict[str, float] | None = {} if breakdown else None
@@ -438,6 +445,8 @@ class ReplicaEngine:
         return end
 
     def _step(self, ve: _VirtualEngine, t: float, horizon: float = float("inf")) -> float | None:
+        if ve.planned is not None:  # its part of a pipeline decode run starts now
+            return self._start_planned(ve, t)
         plan = self._schedule(ve)
         if plan is None and ve.waiting and ve.cutoff < t:
             ve.cutoff = t  # nothing was scheduled ahead: the engine loop schedules them now
@@ -456,9 +465,11 @@ class ReplicaEngine:
             for key, val in c.breakdown.items():
                 bd[key] = bd.get(key, 0.0) + val
         hidden = bool(ve.waiting) and self.log.queued_s[ve.waiting[-1]] > ve.cutoff
-        if (not prefill and self.ff > 1 and self.lim.pp == 1
-                and k == ve.d_id.shape[0] and not ve.pre and not hidden):
+        run = not prefill and self.ff > 1 and k == ve.d_id.shape[0] and not ve.pre and not hidden
+        if run and self.lim.pp == 1:
             end = self._decode_run(ve, k, t, horizon, c)
+        elif run and self._fit_run(ve, ve.d_len[:k], True) > 1:
+            end = self._pipeline_run(ve, k, t, horizon, c)
         else:
             period, lag = self._period(c)
             end = t + period if self.lim.pp == 1 else self._timing(t, c.time_s, c.stage_times_s)
@@ -479,6 +490,9 @@ class ReplicaEngine:
         if self.debug:
             self._check(ve)
         ve.busy = True
+        if self.lim.pp > 1:
+            ve.ends_at, ve.order = end, self._order
+            self._order += 1
         return end
 
     def _extra_blocks(self, lens: np.ndarray, j: int) -> int:
@@ -547,6 +561,179 @@ class ReplicaEngine:
             if ve.used_blocks > st.max_blocks_used:
                 st.max_blocks_used = ve.used_blocks
         self._advance_decodes(ve, k, m, end + lag)
+        return end
+
+    def _fit_run(self, ve: _VirtualEngine, lens: np.ndarray, started: bool) -> int:
+        """Longest decode run of ``ve``'s decodes ``lens`` (at most ``ff`` steps, ending with the
+        first finish) whose KV blocks fit; ``started``: the first step's blocks are reserved."""
+        m = min(self.ff, int(ve.d_rem[:lens.shape[0]].min()))
+        free = self._free(ve)
+        base, off = (lens, 1) if started else (lens - 1, 0)
+
+        def need(j: int) -> int:
+            return self._extra_blocks(base, j - off) if j > off else 0
+
+        if need(m) <= free:
+            return m
+        lo, hi = 0, m - 1  # need(0) == 0 fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if need(mid) <= free:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _pipeline_run(self, ve: _VirtualEngine, k: int, t: float, horizon: float, c0) -> float:
+        """pp > 1: decode-only iterations of the pipeline's virtual engines, one event per engine.
+
+        The virtual engines share the stages, so a run of one is only exact together with the
+        others': with ``ve`` starting a decode-only step of all its decodes at ``t``, every other
+        engine busy with decodes that will go on unchanged (nothing waiting or prefilling, the
+        blocks of its next steps free) joins from the end of its current iteration. Their steps
+        are replayed through the stages in the order the event loop would start them (an engine's
+        step when its previous one ends; stage s when it is free and stage s-1 has finished),
+        each engine's step costs interpolated linearly in context length between its first and
+        last step (as :meth:`_decode_run`). An engine's run ends with its first finish, before its
+        blocks run out and after at most ``ff`` steps; no step starts at or after ``horizon`` (the
+        next arrival), the end of a busy engine that cannot join, or the end of the first run to
+        stop (that engine schedules afresh then). The others start their runs when their current
+        iteration ends (:meth:`_start_planned`). With a cost linear in the context the timeline is
+        the step-by-step one up to float rounding.
+        """
+        bd = self.breakdown
+        lim = self.lim
+        stop = horizon
+        members = [(ve, ve.d_len[:k], self._fit_run(ve, ve.d_len[:k], True), t, -1)]
+        chunked = self.mode != "sglang" and (self.mode == "v1" or lim.chunked_prefill)
+        for u in self.ves:
+            if u is ve:
+                continue
+            if u.kick_pending or u.planned is not None:
+                stop = t  # it starts now (or is already in a run): no run
+                continue
+            if not u.busy:
+                continue  # idle: it only starts on an arrival, at or after horizon
+            n = int(u.d_id.shape[0])
+            if not u.pre and not u.waiting:
+                if n == 0:
+                    continue  # it goes idle when its iteration ends
+                if u.ends_at > t and n <= lim.max_num_seqs and \
+                        (not chunked or n <= lim.max_num_batched_tokens):
+                    m = self._fit_run(u, u.d_len, False)
+                    if m >= 1:
+                        members.append((u, u.d_len, m, u.ends_at, u.order))
+                        continue
+            stop = min(stop, u.ends_at)
+        vals: list = [None] * len(members)
+
+        def flat(c) -> tuple:
+            return (max(0.0, c.time_s - sum(c.stage_times_s)), *c.stage_times_s, c.energy_j,
+                    c.busy_gpu_s, c.flops, c.hbm_bytes)
+
+        def step_vals(i: int, j: int):
+            """(host, stages..., energy, busy, flops, bytes) of step 0 and their slope per step
+            (the last step is costed only once a run reaches its second step)."""
+            u, lens, m, _s, _o = members[i]
+            if j == 0:
+                a = c0 if i == 0 else self.cost.iteration(lens, (), prefill_sampling=0,
+                                                          with_breakdown=bd is not None)
+                return flat(a), None, a, a
+            va, _sl, a, _b = vals[i]
+            b = self.cost.iteration(lens + (m - 1), (), prefill_sampling=0,
+                                    with_breakdown=bd is not None)
+            return va, tuple((y - x) / (m - 1) for x, y in zip(va, flat(b))), a, b
+
+        pp = lim.pp
+        zero = (0.0,) * (pp + 5)
+        sf = self.stage_free
+        heap = [(s0, o, i) for i, (_u, _l, _m, s0, o) in enumerate(members)]
+        heapq.heapify(heap)
+        cnt = [0] * len(members)
+        first_last = [[0.0, 0.0] for _ in members]  # (start, end) of each run's last step
+        seq = self._order
+        first = True
+        while heap:
+            s_, _o, i = heap[0]
+            if s_ >= stop and not first:
+                break
+            heapq.heappop(heap)
+            first = False
+            j = cnt[i]
+            if vals[i] is None or (j == 1 and vals[i][1] is None):
+                vals[i] = step_vals(i, j)
+            va, sl = vals[i][0], vals[i][1] or zero
+            ready = s_ + va[0] + sl[0] * j
+            for q in range(pp):
+                dt = va[1 + q] + sl[1 + q] * j
+                st = ready if ready > sf[q] else sf[q]
+                ready = st + dt
+                sf[q] = ready
+            cnt[i] = j + 1
+            first_last[i][0], first_last[i][1] = s_, ready
+            if j + 1 == members[i][2]:
+                if ready < stop:
+                    stop = ready
+            else:
+                heapq.heappush(heap, (ready, seq, i))
+                seq += 1
+        end_v = t
+        for i, (u, lens, m, _s, _o) in enumerate(members):
+            n = cnt[i]
+            if n == 0:
+                continue
+            va, sl, a, b = vals[i]
+            sl = sl or zero
+            tri = n * (n - 1) / 2
+            tot = tuple(x * n + y * tri for x, y in zip(va[1 + pp:], sl[1 + pp:]))
+            add: dict[str, float] = {}
+            if bd is not None and a.breakdown is not None:
+                ba, bb = a.breakdown, b.breakdown or {}
+                skip = 1 if i == 0 else 0  # ve's first step was added by _step
+                for key in list(ba) + [x for x in bb if x not in ba]:
+                    v0, v1 = ba.get(key, 0.0), bb.get(key, 0.0)
+                    add[key] = v0 * (n - skip) + (v1 - v0) / max(1, m - 1) * tri
+            blocks = self._extra_blocks(lens, n - 1) if i == 0 else self._extra_blocks(lens - 1, n)
+            plan = (n, first_last[i][0], first_last[i][1], tot, add, blocks)
+            if i == 0:
+                end_v = self._take_run(u, plan)
+            else:
+                u.planned = plan
+        return end_v
+
+    def _start_planned(self, ve: _VirtualEngine, t: float) -> float:
+        """``ve``'s iteration ended at ``t``: its part of a pipeline decode run starts now."""
+        plan, ve.planned = ve.planned, None
+        end = self._take_run(ve, plan)
+        if self.debug:
+            self._check(ve)
+        ve.busy = True
+        ve.ends_at, ve.order = end, self._order
+        self._order += 1
+        return end
+
+    def _take_run(self, ve: _VirtualEngine, plan: tuple) -> float:
+        """Commit a decode run of all of ``ve``'s decodes: (steps, start and end of the last,
+        (energy, busy GPU s, FLOPs, bytes) totals, breakdown to add, blocks to allocate)."""
+        n, last_start, end, tot, add, blocks = plan
+        st = self.stats
+        st.iterations += n
+        st.decode_iterations += n
+        st.energy_j += tot[0]
+        st.busy_gpu_s += tot[1]
+        st.flops += tot[2]
+        st.hbm_bytes += tot[3]
+        bd = self.breakdown
+        if bd is not None:
+            for key, val in add.items():
+                bd[key] = bd.get(key, 0.0) + val
+        if blocks:
+            ve.used_blocks += blocks
+            self._evict_if_needed(ve)
+        if ve.used_blocks > st.max_blocks_used:
+            st.max_blocks_used = ve.used_blocks
+        ve.last_start = last_start
+        self._advance_decodes(ve, int(ve.d_id.shape[0]), n, end)
         return end
 
     def _period(self, c) -> tuple[float, float]:
