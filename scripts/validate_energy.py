@@ -4,9 +4,13 @@
 leaderboard v2 with vLLM 0.5.4; GPU energy from NVML).
 
 Each row is replayed the way it was run: a closed batch (all requests submitted at t = 0, the
-engine capped at the row's ``max_num_seqs``), the engine's settings (v3: vLLM V1 with chunked
-prefill and max-num-batched-tokens 8192, max-model-len from the notes; v2: vLLM 0.5.4 = our V0
-``vllm-0.6`` engine model, chunked prefill off), the row's TP / PP and dtype, and the
+engine capped at the row's ``max_num_seqs``), the engine's settings (v3: ``vllm@0.11.1`` -- V1 with
+chunked prefill, max-num-batched-tokens 8192, max-model-len from the notes and the configs'
+``async-scheduling: true``; v2: ``vllm-0.6@0.5.4``, our V0 engine model, chunked prefill off,
+max-model-len 4096), the requests' sampling filter (top_p 0.95 on every request of both
+benchmarks except v2's greedy code task, top_k from the checkpoint's generation_config on v3 -- vLLM >= 0.11.1 runs a
+sort-based top-k/top-p filter on the GPU every step, see ``EngineSpec.sampler_top_p_bytes_per_logit``),
+the row's TP / PP and dtype, and the
 steady-state window of :class:`apex_opt.sim.metrics.EnergyReport` (from when max_num_seqs requests
 have their first token until N - max_num_seqs have finished -- ML.ENERGY's own window).
 
@@ -111,6 +115,18 @@ BUNDLED = {
 #: mean prompt tokens per task (see the module docstring)
 INPUT_LEN = {"lm-arena-chat": 350, "gpqa": 300, "chat": 250, "code": 150}
 MAX_TOKENS = {"lm-arena-chat": 4096, "gpqa": 32768, "chat": 1024, "code": 512}
+#: top_p every request sends. v3: ml-energy/benchmark mlenergy/llm/benchmark.py (Args.top_p = 0.95,
+#: temperature = 0.8, sent as the request's extra_body); v2 chat: benchmark/llm_text_generation/chat/
+#: scripts/benchmark_client.py (payload temperature 0.8, top_p 0.95); v2 code: greedy
+#: (benchmark/llm_text_generation/code/scripts/benchmark_client.py, temperature 0.0, "greedy
+#: decoding following EvalPlus") -- no filter.
+TOP_P = {"lm-arena-chat": 0.95, "gpqa": 0.95, "chat": 0.95, "code": 1.0}
+#: top_k the v3 requests get from the model's generation_config.json (vLLM >= 0.11 serves with
+#: --generation-config auto: fields the request leaves unset take the checkpoint's defaults; v3
+#: sends no top_k). Qwen3-8B/14B/32B: top_k 20, Gemma 3 12B/27B it: top_k 64; Llama 3.1/3.3: none.
+#: vLLM 0.5.4 (v2) had no generation-config defaults.
+GEN_CONFIG_TOP_K = {"Qwen/Qwen3-8B": 20, "Qwen/Qwen3-14B": 20, "Qwen/Qwen3-32B": 20,
+                    "google/gemma-3-12b-it": 64, "google/gemma-3-27b-it": 64}
 
 
 def model_for(hf: str) -> ModelSpec | None:
@@ -141,7 +157,8 @@ def row_setup(row: dict) -> dict:
     pp = int(_num(r"-pp(\d+)", row["case_id"]) or 1)
     return dict(v3=v3, task=task, mns=mns, out_mean=out_mean, n=n, tp=int(row["tp"]), pp=pp,
                 fp8="fp8" in row["weight_dtype"].lower(),
-                max_model_len=int(_num(r"max-model-len: (\d+)", row["notes"]) or 0) or None)
+                max_model_len=int(_num(r"max-model-len: (\d+)", row["notes"]) or 0) or None,
+                top_k=GEN_CONFIG_TOP_K.get(row["model_hf"], 0) if v3 else 0)
 
 
 def requests_for(s: dict) -> Requests:
@@ -153,7 +170,7 @@ def requests_for(s: dict) -> Requests:
     sigma = 0.5
     prompt = np.clip(np.rint(rng_in.lognormal(np.log(mu) - sigma ** 2 / 2, sigma, n)), 8, 8192).astype(np.int64)
     return Requests(arrival_s=np.zeros(n), prompt_tokens=prompt, output_tokens=out,
-                    source=f"closed batch {s['task']}")
+                    source=f"closed batch {s['task']}", top_p=TOP_P[s["task"]], top_k=s["top_k"])
 
 
 def simulate_row(row: dict) -> dict | None:
@@ -164,15 +181,20 @@ def simulate_row(row: dict) -> dict | None:
     gpus = s["tp"] * s["pp"]
     cluster = load_cluster("h100-sxm-1x8" if gpus <= 8 else "h100-sxm-2x8")
     if s["v3"]:
-        engine = load_engine("vllm")
+        # vLLM 0.11.1 as ML.ENERGY ran it: the release's own defaults, plus the
+        # `async-scheduling: true` of every v3 config (ml-energy/benchmark configs/vllm/.../
+        # monolithic.config.yaml), which 0.11 leaves off by default
+        engine = load_engine("vllm@0.11.1").model_copy(update={"async_scheduling": True})
         g = ReplicaGroup(tp=s["tp"], pp=s["pp"], replicas=1, max_num_seqs=s["mns"],
                          max_num_batched_tokens=8192, chunked_prefill=True,
                          max_model_len=s["max_model_len"],
                          weight_dtype="fp8" if s["fp8"] else "bf16")
     else:
-        engine = load_engine("vllm-0.6")
+        engine = load_engine("vllm-0.6@0.5.4")
+        # the v2 server flags (benchmark/llm_text_generation/chat/scripts/benchmark_one_datapoint.py):
+        # --enable-chunked-prefill False --max-model-len 4096
         g = ReplicaGroup(tp=s["tp"], pp=s["pp"], replicas=1, max_num_seqs=s["mns"],
-                         chunked_prefill=False,  # vLLM 0.5.4 flags of the run; max_model_len default
+                         chunked_prefill=False, max_model_len=4096,
                          weight_dtype="fp8" if s["fp8"] else "bf16")
     plan = Plan(groups=(g,), router="round_robin")
     t = time.perf_counter()
