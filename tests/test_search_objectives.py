@@ -49,8 +49,8 @@ class _Space:
         self.cands = [type("C", (), {"pool": "p", "tp": t, "pp": 1, "ep": 1})() for t in (1, 2, 4, 8)]
 
 
-def _scored(i: int, gpus: int, value: float, latency: float = 1.0) -> Scored:
-    est = PlanEstimate(1.0, 1.0, latency, 0.1, 0.01, 100.0, value, gpus, True)
+def _scored(i: int, gpus: int, value: float, latency: float = 1.0, capacity: float = 1.0) -> Scored:
+    est = PlanEstimate(capacity, 1.0, latency, 0.1, 0.01, 100.0, value, gpus, True)
     return Scored(((i, 1),), est, gpus, value, False)
 
 
@@ -169,8 +169,12 @@ def test_overload_says_what_rate_is_sustained_and_how_many_gpus_it_needs() -> No
 def test_throughput_measures_every_shape_family_before_trusting_a_bound() -> None:
     # the surrogate ranks family 0 far ahead, yet family 3 (ranked last) simulates best: a
     # maximised objective bounds no family by another family's ratio
-    plans = [_scored(0, 4, 150.0), _scored(0, 4, 149.0), _scored(1, 4, 120.0), _scored(3, 4, 90.0)]
-    sim = {150.0: 67.0, 149.0: 66.0, 120.0: 80.0, 90.0: 83.0}
+    # (its steady-state capacity is the only bound); a family whose capacity cannot reach the
+    # best simulated rate is left out
+    plans = [_scored(0, 4, 150.0, capacity=160.0), _scored(0, 4, 149.0, capacity=160.0),
+             _scored(1, 4, 120.0, capacity=130.0), _scored(3, 4, 90.0, capacity=95.0),
+             _scored(2, 2, 60.0, capacity=70.0)]
+    sim = {150.0: 67.0, 149.0: 66.0, 120.0: 80.0, 90.0: 83.0, 60.0: 50.0}
     r = refine(_Space("throughput"), iter(plans),
                lambda b: [SimScore(True, sim[s.value], 1.0) for s in b], first=1, batch=1, budget=10)
     assert max(sim[s.value] for s in r.plans) == 83.0

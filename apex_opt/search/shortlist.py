@@ -344,7 +344,14 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
             # best value here is the best plan's latency (tie-break within the GPU count)
             lat = _best_latency(done, sims, bs.gpus)
             return bound < lat, max(0.0, 1 - bound / lat) if math.isfinite(lat) else None
-        bound = s.value * r if r else (math.inf if maximise else 0.0)
+        if r:
+            bound = s.value * r
+        elif objective == "throughput":
+            # no ratio for its family: the most a plan can complete is its steady-state capacity
+            # at the largest batch its limits allow, whatever a finite trace's arrivals do
+            bound = s.est.capacity_req_s * (1 + BOUND_MARGIN)
+        else:
+            bound = math.inf if maximise else 0.0
         if maximise:
             return bound > bv, max(0.0, bound / bv - 1) if bv > 0 else None
         return bound < bv, max(0.0, 1 - bound / bv) if bv > 0 else None
