@@ -84,6 +84,17 @@ def test_timeline_energy_counts_gaps_at_awake_power():
     assert tl.energy(0.5, 1.5) == pytest.approx(20.0 + 100.0)
 
 
+def test_timeline_spreads_a_run_over_its_duration():
+    # a fast-forwarded run of decode steps charged at its start (0 s) but lasting until 10 s
+    tl = EnergyTimeline(num_gpus=1, gap_power_w=100.0)
+    tl.record(0.0, 7000.0, 10.0, end=10.0)          # 700 W for 10 s
+    assert tl.energy(0.0, 10.0) == pytest.approx(7000.0)
+    assert tl.energy(2.0, 4.0) == pytest.approx(1400.0)   # its share: 700 W, no gap
+    assert tl.energy(8.0, 12.0) == pytest.approx(1400.0 + 2 * 100.0)  # 2 s of run + 2 s gap
+    tl.record(10.0, 7500.0, 11.0, end=11.0)
+    assert tl.energy(9.5, 10.5) == pytest.approx(350.0 + 250.0)
+
+
 def test_report_rates_from_steady_state():
     c = _cluster(gpu_price_per_hour=2.0, electricity_price_per_kwh=0.2, pue=1.5)
     p = _plan(tp=8, replicas=1)

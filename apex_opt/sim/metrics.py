@@ -380,33 +380,55 @@ def tokens_in_window(first_s: np.ndarray, finish_s: np.ndarray, output_tokens: n
 
 
 class EnergyTimeline:
-    """Cumulative busy energy / busy GPU-seconds of one replica, sampled at its iteration starts
-    (the engine charges an iteration when it starts it)."""
+    """Busy energy / busy GPU-seconds of one replica over time, for energy windows.
+
+    The engine charges an iteration -- or a fast-forwarded run of many decode iterations -- when
+    it starts it; :meth:`record` gets the replica's cumulative totals right after, and ``end``,
+    the time that iteration / run finishes. The increment is spread evenly over [start, end]
+    (a fast-forwarded run of 50 steps is not all energy at its first step), so a window that cuts
+    through a run gets the share of it inside the window. Without ``end`` the increment counts at
+    its start time only.
+    """
 
     def __init__(self, num_gpus: int, gap_power_w: float):
         self.num_gpus = num_gpus
         self.gap_power_w = gap_power_w
-        self.t: list[float] = [0.0]
-        self.e: list[float] = [0.0]
-        self.busy: list[float] = [0.0]
+        self._e = 0.0
+        self._b = 0.0
+        #: segments: start, end, energy (J), busy GPU-seconds
+        self.t0: list[float] = []
+        self.t1: list[float] = []
+        self.de: list[float] = []
+        self.db: list[float] = []
 
-    def record(self, t: float, energy_j: float, busy_gpu_s: float) -> None:
-        if energy_j != self.e[-1] or busy_gpu_s != self.busy[-1]:
-            self.t.append(t)
-            self.e.append(energy_j)
-            self.busy.append(busy_gpu_s)
+    def record(self, t: float, energy_j: float, busy_gpu_s: float, end: float | None = None) -> None:
+        de, db = energy_j - self._e, busy_gpu_s - self._b
+        if de == 0.0 and db == 0.0:
+            return
+        self._e, self._b = energy_j, busy_gpu_s
+        self.t0.append(float(t))
+        self.t1.append(float(end) if end is not None and end > t else float(t))
+        self.de.append(de)
+        self.db.append(db)
 
-    def _at(self, t: float) -> tuple[float, float]:
-        i = int(np.searchsorted(np.asarray(self.t), t, side="right")) - 1
-        return self.e[max(i, 0)], self.busy[max(i, 0)]
+    def _inside(self, t0: float, t1: float) -> tuple[float, float]:
+        """(energy, busy GPU-s) of the recorded segments that falls inside (t0, t1]."""
+        if not self.t0:
+            return 0.0, 0.0
+        a, b = np.asarray(self.t0), np.asarray(self.t1)
+        span = b - a
+        point = span <= 0.0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = np.where(point, ((a > t0) & (a <= t1)).astype(np.float64),
+                            np.clip(np.minimum(b, t1) - np.maximum(a, t0), 0.0, None) / np.where(point, 1.0, span))
+        return float(frac @ np.asarray(self.de)), float(frac @ np.asarray(self.db))
 
     def energy(self, t0: float, t1: float) -> float:
-        """GPU energy of the replica in [t0, t1]: iterations started in it + gaps at the awake
-        power."""
-        e0, b0 = self._at(t0)
-        e1, b1 = self._at(t1)
-        busy = min(b1 - b0, self.num_gpus * (t1 - t0))
-        return (e1 - e0) + self.gap_power_w * max(0.0, self.num_gpus * (t1 - t0) - busy)
+        """GPU energy of the replica in [t0, t1]: the share of each iteration / run inside it +
+        the gaps between kernels at the awake power."""
+        e, busy = self._inside(t0, t1)
+        busy = min(busy, self.num_gpus * (t1 - t0))
+        return e + self.gap_power_w * max(0.0, self.num_gpus * (t1 - t0) - busy)
 
 
 def energy_window(name: str, t0: float, t1: float, energy_j: float, tokens: float) -> EnergyWindow:
