@@ -150,17 +150,19 @@ def _order(objective: str, s: Scored) -> tuple:
 def _shape(space: SearchSpace, s: Scored) -> tuple:
     """What determines a plan's simulated outcome: max_num_seqs caps that cannot bind at this load
     (by Little's law a replica holds ``rate x latency / replicas`` requests on average; a cap
-    ``SEQ_CAP_PEAK`` times that is practically never reached) are left out."""
-    replicas = sum(n for _, n in s.key)
+    ``SEQ_CAP_PEAK`` times that is practically never reached; for ``throughput``, a cap of at
+    least a replica's share of the whole trace) are left out."""
+    replicas = max(1, sum(n for _, n in s.key))
     lat = s.est.latency_s if math.isfinite(s.est.latency_s) else math.inf
-    rate = space.stats.rate_req_s
     if space.objective == "throughput":
-        rate = max(rate, s.est.capacity_at_slo_req_s)
-    inflight = rate * lat / max(replicas, 1)
+        # the rate search compresses the arrivals until the SLO breaks: the whole trace may be in
+        # flight at once, so only a cap of at least a replica's share of it cannot bind
+        need = math.ceil(space.stats.num_requests / replicas)
+    else:
+        need = SEQ_CAP_PEAK * space.stats.rate_req_s * lat / replicas
     return tuple(sorted(
         (space.cands[i].cost_key, space.cands[i].max_num_batched_tokens,
-         0 if space.cands[i].max_num_seqs >= SEQ_CAP_PEAK * inflight else space.cands[i].max_num_seqs,
-         n)
+         0 if space.cands[i].max_num_seqs >= need else space.cands[i].max_num_seqs, n)
         for i, n in s.key))
 
 
