@@ -297,7 +297,8 @@ def measured_tpot_floor(row: dict, model, cluster, kv_dtype: str | None = None) 
     at best hide under the weight reads:  T >= KV / BW + max(W / BW, u x T),  u = the prefill share
     of the dense peak the means imply (measured_compute_util). Hence
     T >= max((KV + W) / BW, KV / (BW (1 - u))). Decoding clients = c x (E2E - TTFT) / E2E, mean
-    context = isl + (osl - 1) / 2, weights and KV split over TP (per replica of c / dp clients).
+    context = isl + (osl - 1) / 2, weights and KV split over TP (per replica of c / dp clients; over
+    the MoE's GPUs when the row records more of them than tp).
     ``kv_dtype``: the KV-cache dtype to assume; default the row's, else fp8 (the smallest an
     engine could have been launched with: a floor must hold whatever the unrecorded flag was)."""
     if row["workload_kind"] != "concurrency":
@@ -310,6 +311,9 @@ def measured_tpot_floor(row: dict, model, cluster, kv_dtype: str | None = None) 
     if u >= 1.0:
         return float("inf")
     tp, dp = _i(row["tp"]) or 1, _i(row["dp"]) or 1
+    m = re.search(r"moe_tp(\d+) moe_ep(\d+)", row.get("notes", ""))
+    if m:  # weights spread over the MoE's GPUs when it records more than tp (SHAPE rows)
+        tp = max(tp, int(m.group(1)) * int(m.group(2)) // dp)
     bw = cluster.pools[0].device.hbm_bandwidth_gbps * 1e9 * tp
     wdt = (row["weight_dtype"] or "bf16").strip()
     kvd = kv_dtype or (row["kv_dtype"] or "").strip() or "fp8"

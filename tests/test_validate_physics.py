@@ -64,3 +64,10 @@ def test_recorded_shape_problem():
     ok = _row(tp="4", num_gpus="4", notes="agg tp4 pp1 attn_dp1 moe_tp4 moe_ep1; image ?")
     assert vm.recorded_shape_problem(ok, big, cl) is None
     assert vm.recorded_shape_problem(_row(), load_model("llama-3.1-8b"), cl) is None
+
+
+def test_tpot_floor_spreads_weights_over_the_moe_gpus_a_row_records():
+    cl, big = load_cluster("h200-1x8"), load_model("qwen3-235b-a22b")
+    one = vm.measured_tpot_floor(_row(tp="1", notes=""), big, cl)
+    two = vm.measured_tpot_floor(_row(tp="1", notes="agg tp1 pp1 attn_dp1 moe_tp2 moe_ep1"), big, cl)
+    assert two == pytest.approx(one / 2)
