@@ -124,8 +124,10 @@ def row_plan(row: dict, model, engine) -> tuple:
     # aiconfigurator records the MoE split separately ("moe_tp2 moe_ep1"); some Qwen3-235B rows
     # say attention tp1 (num_gpus 1) with moe_tp2 or 4: the fp8 weights (~235 GB) cannot fit the
     # ONE 141 GiB H200 recorded, so the run cannot be replayed as recorded (simulate would refuse
-    # it as infeasible). It used at least moe_tp x moe_ep GPUs (vLLM runs a MoE over dp x tp
-    # ranks; vLLM's attention-DP is not in the plan), so replay on that many GPUs as TP (experts
+    # it as infeasible). It used at least moe_tp x moe_ep GPUs: vLLM shards a MoE over dp x tp
+    # ranks (fused_moe/config.py FusedMoEParallelConfig.make flattens DP into the MoE's TP), so
+    # "attn tp1 moe_tp2" is --data-parallel-size 2 attention over a TP2 MoE; vLLM's attention-DP
+    # is not in the plan, so replay on that many GPUs as TP (experts
     # TP-sharded / EP as recorded) and mark the row SHAPE (recorded_shape_problem) in the table
     # and the JSON; it stays in the group's MAPE.
     m = re.search(r"moe_tp(\d+) moe_ep(\d+)", row.get("notes", ""))
