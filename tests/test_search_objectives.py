@@ -210,3 +210,39 @@ def test_throughput_leaves_out_plans_with_room_for_another_replica() -> None:
     for k in kept:  # TP1 x3, TP2 x1 (a second TP2 replica would exceed max_gpus 3)
         (i, n), = k
         assert plan_gpus(space, k) + space.cands[i].gpus > 3
+
+
+QWEN25_7B = {  # Qwen2.5-7B-Instruct's config.json: a model no bundled file describes
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+    "hidden_size": 3584, "intermediate_size": 18944, "num_attention_heads": 28,
+    "num_hidden_layers": 28, "num_key_value_heads": 4, "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16", "vocab_size": 152064}
+A100_PCIE = validate(ClusterSpec, parse_yaml("""name: a100-pcie-1x4
+pools:
+  - {name: a100, device: a100-sxm-80gb, nodes: 1, gpus_per_node: 4,
+     intra_node: {kind: pcie, bandwidth_gbps: 25, latency_us: 8.0}}
+""", "<test>"), "<test>")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["energy", "gpus"])
+def test_a_user_nothing_was_tuned_on_gets_the_exhaustive_optimum(tmp_path, objective) -> None:
+    # a config.json from disk, a hand-written PCIe cluster, bursty arrivals, p99 targets
+    import json
+
+    (tmp_path / "qwen2.5-7b").mkdir()
+    (tmp_path / "qwen2.5-7b" / "config.json").write_text(json.dumps(QWEN25_7B))
+    model = load_model(str(tmp_path / "qwen2.5-7b"))
+    req = generate(WorkloadSpec(num_requests=60, seed=1,
+                                arrival={"process": "gamma", "rate": 3.0, "cv": 2.0},
+                                prompt_len={"dist": "lognormal", "mean": 1000, "cv": 0.6, "max": 4096},
+                                output_len={"dist": "lognormal", "mean": 150, "cv": 0.6, "max": 1024}))
+    slo = SLOSpec(ttft_ms={"target": 500, "percentile": 99}, tpot_ms={"target": 40, "percentile": 99},
+                  constraints={"max_pp": 1, "kv_dtypes": ["bf16"]})
+    kw = dict(objective=objective, executor="serial", gpu_clocks=False)
+    short = solve(model, A100_PCIE, req, slo, **kw)
+    ex = solve(model, A100_PCIE, req, slo, exhaustive=True, **kw)
+    assert short.plans[0].slo_met and ex.plans[0].slo_met
+    assert _value(short) <= _value(ex) * 1.02
+    assert short.solver.plans_simulated <= max(4, 0.2 * ex.solver.plans_feasible) + 3
