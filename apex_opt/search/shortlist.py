@@ -43,7 +43,8 @@ PER_LEVEL = 4
 FAMILY_MARGIN = 0.25
 #: ``throughput`` bounds no plan by another shape family's surrogate/simulation ratio: what the
 #: rate search measures on a finite trace (steady-state capacity vs the drain of the longest
-#: outputs) weighs differently per shape, so every family gets one simulation within the budget.
+#: outputs) weighs differently per shape, so a family not simulated yet is bounded only by its
+#: steady-state capacity: every family that could win gets one simulation within the budget.
 UNBOUNDED_FAMILIES = frozenset({"throughput"})
 #: The first batch is picked among this many times its size of the best plans.
 DIVERSITY_POOL = 3
@@ -95,7 +96,7 @@ def drain_s(space: SearchSpace, key: PlanKey) -> float:
     rest: a long output (the workload's p99 length) needs that many decode steps, each at least
     one unloaded iteration of its replica (the slowest group's, where it may land)."""
     tail = space.stats.output_at(99.0)
-    return max(space.models[i]._period(1.0, 0.0) for i, _ in key) * tail
+    return max(space.models[i].state(0.0).tpot_s for i, _ in key) * tail
 
 
 def finite_rate(space: SearchSpace, key: PlanKey, est: PlanEstimate) -> float:
