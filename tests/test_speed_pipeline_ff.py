@@ -95,3 +95,28 @@ def test_pipeline_fast_forward_real_cost_model():
     assert sum(fm.time_breakdown_ms.values()) == pytest.approx(sum(sm.time_breakdown_ms.values()),
                                                                rel=2e-3)
     assert [r.iterations for r in fast.replicas] == [r.iterations for r in slow.replicas]
+
+
+def test_fit_run_closed_form_matches_block_by_block():
+    """The longest decode run whose KV blocks fit (closed form over each decode's block-need
+    steps) equals the largest run length found by counting blocks step by step."""
+    from apex_opt.sim.engine import _VirtualEngine
+
+    rng = np.random.default_rng(0)
+    log = RequestLog(np.array([10]), np.array([10]))
+    for _ in range(600):
+        bs = int(rng.choice([1, 2, 16]))
+        n = int(rng.integers(1, 12))
+        lim = EngineLimits(num_blocks=10 ** 6, block_size=bs, max_num_seqs=64,
+                           max_num_batched_tokens=512, max_model_len=10 ** 6, chunked_prefill=True)
+        eng = ReplicaEngine(0, LinearCost(), lim, log, fast_forward=int(rng.choice([2, 7, 256])))
+        ve = _VirtualEngine()
+        ve.d_len, ve.d_rem = rng.integers(1, 300, n), rng.integers(1, 400, n)
+        ve.d_id = np.arange(n)
+        ve.used_blocks = eng.nb - int(rng.integers(0, int(rng.choice([2, 30])) * n))
+        started = bool(rng.integers(0, 2))
+        m = min(eng.ff, int(ve.d_rem.min()))
+        base, off = (ve.d_len, 1) if started else (ve.d_len - 1, 0)
+        ref = max(r for r in range(m + 1)
+                  if (eng._extra_blocks(base, r - off) if r > off else 0) <= eng._free(ve))
+        assert eng._fit_run(ve, ve.d_len, started) == ref

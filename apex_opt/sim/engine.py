@@ -466,11 +466,12 @@ class ReplicaEngine:
                 bd[key] = bd.get(key, 0.0) + val
         hidden = bool(ve.waiting) and self.log.queued_s[ve.waiting[-1]] > ve.cutoff
         run = not prefill and self.ff > 1 and k == ve.d_id.shape[0] and not ve.pre and not hidden
+        end = None
         if run and self.lim.pp == 1:
             end = self._decode_run(ve, k, t, horizon, c)
-        elif run and self._fit_run(ve, ve.d_len[:k], True) > 1:
-            end = self._pipeline_run(ve, k, t, horizon, c)
-        else:
+        elif run:
+            end = self._pipeline_run(ve, k, t, horizon, c)  # None: one step is all it could run
+        if end is None:
             period, lag = self._period(c)
             end = t + period if self.lim.pp == 1 else self._timing(t, c.time_s, c.stage_times_s)
             st.iterations += 1
@@ -510,17 +511,7 @@ class ReplicaEngine:
         the context, and the batch size -- hence CUDA-graph padding -- is constant).
         """
         lens = ve.d_len[:k]
-        m = min(self.ff, int(ve.d_rem[:k].min()))
-        free = self._free(ve)
-        if m > 1 and self._extra_blocks(lens, m - 1) > free:
-            lo, hi = 1, m - 1  # largest m with extra(m - 1) <= free: extra(0) == 0 fits
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if self._extra_blocks(lens, mid - 1) <= free:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            m = lo
+        m = self._fit_run(ve, lens, True)  # largest m with extra(m - 1) <= free blocks
         p0, lag0 = self._period(c0)
         vals0 = (p0, c0.energy_j, c0.busy_gpu_s, c0.flops, c0.hbm_bytes)
         lag = lag0
@@ -567,24 +558,21 @@ class ReplicaEngine:
         """Longest decode run of ``ve``'s decodes ``lens`` (at most ``ff`` steps, ending with the
         first finish) whose KV blocks fit; ``started``: the first step's blocks are reserved."""
         m = min(self.ff, int(ve.d_rem[:lens.shape[0]].min()))
-        free = self._free(ve)
-        base, off = (lens, 1) if started else (lens - 1, 0)
-
-        def need(j: int) -> int:
-            return self._extra_blocks(base, j - off) if j > off else 0
-
-        if need(m) <= free:
+        if m <= 1 and started:
             return m
-        lo, hi = 0, m - 1  # need(0) == 0 fits
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if need(mid) <= free:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        free = self._free(ve)
+        # each decode needs its next KV block at run step f (1..bs when its step-0 block is
+        # already held, else 0..bs-1), its later ones bs steps apart: a round of needs per bs
+        # steps, in the same order, so the run ends before the (free+1)-th need
+        f = (1 - lens) % self.bs
+        if started:
+            f[f == 0] = self.bs
+        n = int(lens.shape[0])
+        q, r = divmod(free, n)
+        return min(m, int(np.partition(f, r)[r]) + q * self.bs)
 
-    def _pipeline_run(self, ve: _VirtualEngine, k: int, t: float, horizon: float, c0) -> float:
+    def _pipeline_run(self, ve: _VirtualEngine, k: int, t: float, horizon: float,
+                      c0) -> float | None:
         """pp > 1: decode-only iterations of the pipeline's virtual engines, one event per engine.
 
         The virtual engines share the stages, so a run of one is only exact together with the
@@ -599,32 +587,44 @@ class ReplicaEngine:
         next arrival), the end of a busy engine that cannot join, or the end of the first run to
         stop (that engine schedules afresh then). The others start their runs when their current
         iteration ends (:meth:`_start_planned`). With a cost linear in the context the timeline is
-        the step-by-step one up to float rounding.
+        the step-by-step one up to float rounding. Returns None when ``ve`` could run only this
+        step (the caller steps as usual).
         """
         bd = self.breakdown
         lim = self.lim
+        # ve's second step starts when its first has left the pipeline (after time_s at least)
+        soon = t + c0.time_s
         stop = horizon
-        members = [(ve, ve.d_len[:k], self._fit_run(ve, ve.d_len[:k], True), t, -1)]
         chunked = self.mode != "sglang" and (self.mode == "v1" or lim.chunked_prefill)
+        joining = []
         for u in self.ves:
-            if u is ve:
-                continue
+            if u is ve or not u.busy and not u.kick_pending:
+                continue  # an idle engine starts on an arrival only, at or after horizon
             if u.kick_pending or u.planned is not None:
-                stop = t  # it starts now (or is already in a run): no run
-                continue
-            if not u.busy:
-                continue  # idle: it only starts on an arrival, at or after horizon
+                return None  # it starts now (or is in a run already)
             n = int(u.d_id.shape[0])
             if not u.pre and not u.waiting:
                 if n == 0:
                     continue  # it goes idle when its iteration ends
                 if u.ends_at > t and n <= lim.max_num_seqs and \
                         (not chunked or n <= lim.max_num_batched_tokens):
-                    m = self._fit_run(u, u.d_len, False)
-                    if m >= 1:
-                        members.append((u, u.d_len, m, u.ends_at, u.order))
-                        continue
+                    joining.append(u)
+                    continue
             stop = min(stop, u.ends_at)
+        if stop <= soon:
+            return None
+        m_v = self._fit_run(ve, ve.d_len[:k], True)
+        if m_v <= 1:
+            return None
+        members = [(ve, ve.d_len[:k], m_v, t, -1)]
+        for u in joining:
+            m = self._fit_run(u, u.d_len, False)
+            if m >= 1:
+                members.append((u, u.d_len, m, u.ends_at, u.order))
+            else:
+                stop = min(stop, u.ends_at)
+        if stop <= soon:
+            return None
         vals: list = [None] * len(members)
 
         def flat(c) -> tuple:
