@@ -89,6 +89,9 @@ class _Part:
     e_cmp: float = 0.0
     cmp_max: float = 0.0
     split: object = None
+    #: when a list: every breakdown increment (class, seconds) in order, to replay for an
+    #: identical stage
+    log: list | None = None
 
     def add(self, cls: str, t: float, p: float, bd: dict[str, float], n: float = 1.0,
             kernels: int = 1, flops: float = 0.0, nbytes: float = 0.0) -> None:
@@ -108,6 +111,8 @@ class _Part:
         self.bytes += nbytes * n
         self.kernels += int(kernels * n)
         bd[cls] = bd.get(cls, 0.0) + t * n
+        if self.log is not None:
+            self.log.append((cls, t * n))
 
 
 class IterationCostModel:
@@ -115,7 +120,12 @@ class IterationCostModel:
 
     def __init__(self, model: ModelSpec, pool: PoolSpec, cfg: ReplicaConfig,
                  engine: EngineSpec | None = None, *, moe_imbalance: float = 1.15,
-                 sampler: str = "greedy"):
+                 sampler: str = "greedy", device_model: DeviceCostModel | None = None,
+                 token_cache: dict | None = None):
+        """``device_model`` (kernel costs of ``pool``'s device, memoised) and ``token_cache`` (the
+        token-count-only work, see :meth:`_token_work`) may be shared with models of the same
+        device / of the same shape, dtypes and engine that differ only in KV dtype or engine
+        limits (the solver's surrogate curves of many candidates)."""
         self.model, self.pool, self.cfg = model, pool, cfg
         self.engine = engine or load_engine()
         # sampler filter of the requests ("greedy" | "top_p" | "top_k", Requests.sampler): the
@@ -131,7 +141,9 @@ class IterationCostModel:
         # kernel times: the profile's sustained (back-to-back) times; with DVFS data the board
         # power limit (or a set cap / clock) is also applied over each iteration, the power
         # controller's window (see _power_window)
-        self.dev = DeviceCostModel(pool.device)
+        self.dev = device_model if device_model is not None else DeviceCostModel(pool.device)
+        if self.dev.device != pool.device:
+            raise ValueError("device_model is not a model of the pool's device")
         self.tp, self.pp, self.ep = cfg.tp, cfg.pp, cfg.ep
         self.num_gpus = cfg.tp * cfg.pp
         self.moe_imbalance = moe_imbalance
@@ -225,7 +237,7 @@ class IterationCostModel:
         #: of the engine's capture sizes)
         self.graph_max_bs = self.engine.cuda_graph_max_bs(pool.device.name,
                                                           float(pool.device.memory_gib), cfg.tp)
-        self._token_cache: dict = {}
+        self._token_cache: dict = token_cache if token_cache is not None else {}
         #: exact memo of whole iterations (see iteration())
         self._iter_cache: dict = {}
         self._attn_cache: dict = {}
@@ -296,10 +308,21 @@ class IterationCostModel:
         mla = self.model.mla
         rope_width = ((self.q_heads + 1) * mla.qk_rope_head_dim if mla is not None
                       else (self.q_heads + self.kv_heads) * self.model.head_dim)
+        roles: dict = {}
         for s, (n_dense, n_moe) in enumerate(self.stage_layers):
+            # stages with the same layers and role cost the same: computed once, their
+            # breakdown increments replayed in order (the same sums bit for bit)
+            role = (n_dense, n_moe, s == 0, s == self.pp - 1)
+            done = roles.get(role)
+            if done is not None:
+                for cls, v in done.log:
+                    bd[cls] = bd.get(cls, 0.0) + v
+                parts.append(done)
+                continue
             part = _Part(peak=self.peak_flops / self.num_gpus,
                          bw=self.peak_bytes_per_s / self.num_gpus,
-                         split=self._split if self.dvfs is not None else None)
+                         split=self._split if self.dvfs is not None else None, log=[])
+            roles[role] = part
             n_layers = n_dense + n_moe
             for name, n, k in self.attn_ops:
                 self._gemm(part, bd, "attention_proj", t_att, n, k, n_layers, bf16=name in _ABSORBED,

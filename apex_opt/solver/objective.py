@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..costmodel import DeviceCostModel
 from ..costmodel.iteration import IterationCostModel
 from ..specs.cluster import ClusterSpec
 from ..specs.engine import EngineSpec, load_engine
@@ -73,12 +74,24 @@ def _interp(xs: tuple[float, ...], ys: tuple[float, ...], x: float) -> float:
 
 
 def cost_curves(model: ModelSpec, cluster: ClusterSpec, cand: Candidate, stats: WorkloadStats,
-                engine: EngineSpec | None = None, budgets: tuple[int, ...] = (512, 2048)) -> CostCurves:
+                engine: EngineSpec | None = None, budgets: tuple[int, ...] = (512, 2048),
+                shared: dict | None = None) -> CostCurves:
     """Evaluate the iteration cost model of ``cand``'s configuration on the decode grid and on one
-    prefill chunk per token budget."""
+    prefill chunk per token budget. ``shared`` (one dict per model and engine, e.g. per search
+    space) lets the candidates share the device's kernel costs and, between KV dtypes of one
+    shape, the token-count-only work (same numbers, computed once)."""
     engine = engine or load_engine()
     pool = cluster.pool(cand.pool)
-    cm = IterationCostModel(model, pool, cand.config(), engine)
+    kw = {}
+    if shared is not None:
+        devs = shared.setdefault("device", {})
+        dev = devs.get(pool.name)
+        if dev is None:
+            dev = devs[pool.name] = DeviceCostModel(pool.device)
+        tok_key = (cand.pool, cand.tp, cand.pp, cand.ep, cand.weight_dtype, cand.layers_per_stage,
+                   cand.sm_clock_mhz)
+        kw = {"device_model": dev, "token_cache": shared.setdefault("tokens", {}).setdefault(tok_key, {})}
+    cm = IterationCostModel(model, pool, cand.config(), engine, **kw)
     ctx = max(1, int(round(stats.mean_prompt + stats.mean_output / 2)))
     rows = []
     for b in BATCH_GRID:

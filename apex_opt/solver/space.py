@@ -26,11 +26,13 @@ def build_space(model: ModelSpec, cluster: ClusterSpec, stats: WorkloadStats, sl
     for c in cands:
         budgets.setdefault(c.cost_key, set()).add(c.max_num_batched_tokens)
     curves: dict = {}
+    shared: dict = {}  # kernel costs and token work shared between the candidates' cost models
     models = []
     for c in cands:
         cv = curves.get(c.cost_key)
         if cv is None:
             cv = curves[c.cost_key] = cost_curves(model, cluster, c, stats, engine,
-                                                  budgets=tuple(sorted(budgets[c.cost_key])))
+                                                  budgets=tuple(sorted(budgets[c.cost_key])),
+                                                  shared=shared)
         models.append(ReplicaModel(c, cv, stats))
     return SearchSpace(cands, models, stats, slo, cluster, objective, engine)
