@@ -238,14 +238,18 @@ class DeviceCostModel:
         wb = WEIGHT_BYTES[wd or dt]
         ab = 1.0 if dt == "fp8" else 2.0
         marlin = wd is not None and dt == "bf16"
+        # expert weights streamed at the copy bandwidth (bf16) or the dense-GEMM fit's (fp8, Marlin):
+        # data/kernels.yaml fused_moe.weight_stream; the fit sees the bytes it would need to match
+        copy = not marlin and kf.moe_weight_stream.get(dtype if dtype == "fp16" else dt) == "copy"
+        stream = fit.eff_memory / self.cal.stream.eff if copy else 1.0
         t_tot = e_tot = fl_tot = by_tot = 0.0
         for n, k in ((2 * inter_l, hidden), (hidden, inter_l)):
             flops = 2.0 * padded * n * k
             nbytes = active * n * k * wb + assign * k * ab + assign * n * 2.0
             if marlin:
                 flops *= 1.0 + kf.marlin_compute_overhead.get(wd, 0.0)
-            t = float(fit.time(flops, nbytes, peak, bw))
-            t = self._derate(t, float(fit.compute_share(flops, nbytes, peak, bw)))
+            t = float(fit.time(flops, nbytes * stream, peak, bw))
+            t = self._derate(t, float(fit.compute_share(flops, nbytes * stream, peak, bw)))
             fl_tot += flops
             by_tot += nbytes
             t_tot += t

@@ -32,6 +32,8 @@ class KernelFacts:
     moe_block_m_large: int
     moe_block_m_fp8_block: int
     moe_aux_kernels: int
+    #: compute dtype -> "copy" (expert weights streamed at the copy bandwidth) or "gemm" (dense fit)
+    moe_weight_stream: dict[str, str]
     mla_absorbed_bmm_kernels: int
     eager_launch_us: dict[str, float]
 
@@ -56,11 +58,19 @@ def kernel_facts() -> KernelFacts:
             moe_block_m_large=int(c["fused_moe"]["block_m_large"]),
             moe_block_m_fp8_block=int(c["fused_moe"]["block_m_fp8_block"]),
             moe_aux_kernels=int(c["fused_moe"]["aux_kernels"]),
+            moe_weight_stream=_weight_stream(c["fused_moe"].get("weight_stream", {})),
             mla_absorbed_bmm_kernels=int(c["mla"]["absorbed_bmm_kernels"]),
             eager_launch_us={k: float(v) for k, v in c["eager_launch_us"].items()},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"malformed kernel facts ({exc})", source=_SRC, field="common") from None
+
+
+def _weight_stream(raw) -> dict[str, str]:
+    if not isinstance(raw, dict) or any(v not in ("copy", "gemm") for v in raw.values()):
+        raise InputError("fused_moe.weight_stream maps a compute dtype to 'copy' or 'gemm'",
+                         source=_SRC, field="common.fused_moe.weight_stream", value=raw)
+    return {str(k): str(v) for k, v in raw.items()}
 
 
 def engine_kernels(name: str) -> dict:
