@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
+
 from ..errors import InputError
 from ..sim.metrics import Metrics
 from ..sim.simulator import simulate
@@ -70,6 +72,71 @@ class SimOutcome:
     rate_factor: float = 1.0
     #: $ per million output tokens (GPU-hours + node energy; None without prices)
     cost_per_mtok: float | None = None
+    #: what the run demanded of its scheduler limits (:func:`limit_envelope`; None = not known)
+    envelope: "Envelope | None" = None
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Upper bounds, over the whole run and every scheduler of the plan's one group, on what any
+    scheduling decision saw: sequences in the system, tokens a step could schedule (decodes + the
+    prompts still being prefilled) and KV blocks of the requests in the system. A plan that differs
+    only in ``max_num_seqs`` / ``max_num_batched_tokens`` (hence KV blocks) makes every decision
+    the same way -- simulates identically -- when its limits and the simulated plan's both hold
+    these (:func:`same_run`)."""
+
+    seqs: int
+    tokens: int
+    blocks: int
+
+
+def _peak(times: np.ndarray, deltas: np.ndarray) -> int:
+    """Largest value of the step function sum(deltas at times <= t) over t."""
+    if times.size == 0:
+        return 0
+    order = np.argsort(times, kind="stable")
+    t, cs = times[order], np.cumsum(deltas[order])
+    last = np.ones(t.size, dtype=bool)
+    last[:-1] = t[1:] != t[:-1]  # all events of an instant applied before it is read
+    return int(cs[last].max())
+
+
+def limit_envelope(ctx: SimContext, plan: Plan, res) -> Envelope | None:
+    """The :class:`Envelope` of a finished simulation, from its per-request times (request ``i``
+    is in its replica from its arrival to its finish, prefilling until its first token); None when
+    the bounds do not decide the run alone: several groups, preemptions or drops, a prefix cache,
+    SGLang's admission reserve, data-parallel attention or prefill that is not chunked."""
+    eng = ctx.engine
+    if len(plan.groups) != 1 or eng.scheduler == "sglang":
+        return None
+    g = plan.groups[0]
+    if g.chunked_prefill is not True or getattr(g, "attention_dp", 1) != 1 \
+            or getattr(ctx.requests, "prefix_blocks", None) is not None:
+        return None
+    r = res.per_request()
+    if r["dropped"].any() or r["preemptions"].any():
+        return None
+    arr, first, fin = r["arrival_s"], r["first_token_s"], r["finish_s"]
+    prompt = r["prompt_tokens"].astype(np.int64)
+    blocks = -(-(prompt + r["output_tokens"].astype(np.int64)) // eng.block_size)
+    one = np.ones_like(prompt)
+    seqs = tokens = kv = 0
+    for rep in np.unique(r["replica"]):
+        m = r["replica"] == rep
+        a, f, e = arr[m], first[m], fin[m]
+        seqs = max(seqs, _peak(np.concatenate((a, e)), np.concatenate((one[m], -one[m]))))
+        tokens = max(tokens, _peak(np.concatenate((a, f, e)),
+                                   np.concatenate((prompt[m], 1 - prompt[m], -one[m]))))
+        kv = max(kv, _peak(np.concatenate((a, e)), np.concatenate((blocks[m], -blocks[m]))))
+    return Envelope(seqs, tokens, kv)
+
+
+def same_run(env: Envelope, *limits) -> bool:
+    """Every :class:`~apex_opt.sim.engine.EngineLimits` of ``limits`` holds ``env``: no
+    ``max_num_seqs`` cap, token budget or KV-block check can bind, so runs under them are one."""
+    return all(env.seqs <= lim.max_num_seqs and env.tokens <= lim.max_num_batched_tokens
+               and env.blocks <= lim.blocks_per_virtual_engine - lim.watermark_blocks
+               for lim in limits)
 
 
 def slo_met(m: Metrics) -> bool:
@@ -80,7 +147,8 @@ def run_job(ctx: SimContext, job: SimJob) -> SimOutcome:
     if not job.rate_search:
         res = ctx.run(job.plan, breakdown=job.breakdown, engine=job.engine)
         energy = getattr(res, "energy", None)
-        return SimOutcome(res.metrics, 1.0, getattr(energy, "cost_per_mtok", None))
+        env = limit_envelope(ctx, job.plan, res) if job.engine is None else None
+        return SimOutcome(res.metrics, 1.0, getattr(energy, "cost_per_mtok", None), env)
     sim = functools.partial(ctx.simulate, job.plan, breakdown=job.breakdown, engine=job.engine)
     m, f = highest_rate(sim, slo_met, job.rate_guess)
     return SimOutcome(m, f)

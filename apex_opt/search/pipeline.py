@@ -15,6 +15,7 @@ from typing import Callable
 from ..errors import InfeasibleError, InputError
 from ..memory import GIB, replica_memory
 from ..sim.metrics import Metrics, round_sig
+from ..sim.simulator import engine_limits
 from ..sim.workload import Requests
 from ..solver.candidates import WorkloadStats
 from ..solver.explain import explain
@@ -27,7 +28,7 @@ from ..specs.plan import Plan
 from ..specs.slo import SLOSpec
 from .baselines import baseline_keys
 from .fixes import explain_simulated, verify_fixes
-from .executor import Executor, SimContext, SimJob, SimOutcome, make_executor, slo_met
+from .executor import Executor, SimContext, SimJob, SimOutcome, make_executor, same_run, slo_met
 from .objectives import OBJECTIVES, better, objective_value, rank_key
 from .plans import (PlanKey, count_feasible, estimate, feasible_plans, group_out, plan_label,
                     surrogate_out, to_plan)
@@ -124,6 +125,54 @@ def _plan_out(space: SearchSpace, key: PlanKey, out: SimOutcome | None, objectiv
                    rate_req_s=round_sig(rate) if rate is not None else None,
                    rate_per_gpu=round_sig(rate / gpus) if rate is not None else None,
                    surrogate=surrogate_out(space, key), launch=launch)
+
+
+class Twins:
+    """Plans that simulate identically. Twins are one-group plans that differ only in
+    ``max_num_seqs`` and ``max_num_batched_tokens`` (and so in KV blocks); a twin takes a
+    simulated twin's outcome when everything that run asked of its scheduler limits holds under
+    both plans' limits (:func:`~apex_opt.search.executor.same_run`): then no decision of the
+    simulator could differ."""
+
+    def __init__(self, model: ModelSpec, space: SearchSpace, engine: EngineSpec):
+        self.model, self.space, self.engine = model, space, engine
+        self._limits: dict[int, object] = {}
+        self.done: dict[tuple, list[PlanKey]] = {}  # twin group -> its simulated plans
+
+    def group(self, key: PlanKey) -> tuple | None:
+        if len(key) != 1:
+            return None
+        (i, k), = key
+        c = self.space.cands[i]
+        return c.cost_key, c.max_model_len, k
+
+    def limits(self, key: PlanKey):
+        i = key[0][0]
+        lim = self._limits.get(i)
+        if lim is None:
+            c = self.space.cands[i]
+            lim = self._limits[i] = engine_limits(
+                self.model, c.config(), c.kv_tokens // self.engine.block_size, self.engine,
+                self.space.cluster.pool(c.pool).device)
+        return lim
+
+    def looseness(self, key: PlanKey) -> tuple:
+        c = self.space.cands[key[0][0]]
+        return -c.max_num_seqs, -c.max_num_batched_tokens, key
+
+    def shared(self, key: PlanKey, cache: dict) -> SimOutcome | None:
+        """A simulated twin's outcome that is ``key``'s too, else None."""
+        g = self.group(key)
+        for twin in self.done.get(g, ()) if g is not None else ():
+            env = cache[twin].envelope
+            if env is not None and same_run(env, self.limits(twin), self.limits(key)):
+                return cache[twin]
+        return None
+
+    def simulated(self, key: PlanKey) -> None:
+        g = self.group(key)
+        if g is not None:
+            self.done.setdefault(g, []).append(key)
 
 
 def _chosen_detail(model: ModelSpec, space: SearchSpace, key: PlanKey, engine: EngineSpec,
@@ -225,18 +274,50 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
     gap = None
     with make_executor(executor, ctx, workers) as ex:
 
-        def run(keys: list[PlanKey]) -> None:
-            todo = [k for k in dict.fromkeys(keys) if k not in cache]
+        twins = Twins(model, space, eng) if objective != "throughput" else None
+
+        def simulate(todo: list[PlanKey]) -> None:
             if todo:
                 # the simulator collects the time breakdown inside fast-forwarded decode runs at
                 # little cost, so the chosen plan's breakdown comes from its shortlist run
                 outs = ex.map([_job(space, k, objective, breakdown=True) for k in todo], cb)
                 cache.update(zip(todo, outs))
+                for k in todo:
+                    if twins is not None:
+                        twins.simulated(k)
+
+        def run(keys: list[PlanKey]) -> None:
+            todo = [k for k in dict.fromkeys(keys) if k not in cache]
+            if twins is None:
+                return simulate(todo)
+            # the loosest plan of each twin group first; its twins take its outcome when the
+            # run fits their limits too (else they are simulated next)
+            first: dict = {}
+            later = []
+            for k in sorted(todo, key=twins.looseness):
+                out = twins.shared(k, cache)
+                if out is not None:
+                    cache[k] = out
+                    continue
+                g = twins.group(k)
+                if g is None or g not in first:
+                    first[g if g is not None else ("plan", k)] = k
+                else:
+                    later.append(k)
+            simulate([k for k in todo if k in first.values()])
+            rest = []
+            for k in later:
+                out = twins.shared(k, cache)
+                if out is not None:
+                    cache[k] = out
+                else:
+                    rest.append(k)
+            simulate(rest)
 
         if exhaustive:
             keys = feasible_plans(space)
             n_feasible = len(keys)
-            run(keys)
+            run(keys)  # twins share a simulation where it is provably theirs too (Twins)
             status, gap = "EXHAUSTIVE", 0.0
         else:
             n_feasible = count_feasible(space)
@@ -308,6 +389,12 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
         extra = [SimJob(best_plan, engine=o) for o in others]
         todo = [k for _n, _d, k, _p in base_specs if k is not None and k not in cache]
         todo = list(dict.fromkeys(todo))
+        if twins is not None:
+            for k in todo:
+                out = twins.shared(k, cache)
+                if out is not None:
+                    cache[k] = out
+            todo = [k for k in todo if k not in cache]
         outs = ex.map([_job(space, k, objective) for k in todo] + extra)
         cache.update(zip(todo, outs[:len(todo)]))
         rest = outs[len(todo):]
