@@ -112,8 +112,34 @@ def _uses_mla(model) -> bool:
     return getattr(model, "attention", None) == "mla" or bool(getattr(model, "kv_lora_rank", None))
 
 
-def row_plan(row: dict, model, engine) -> tuple:
-    """(Plan, note) with the row's shape, dtypes and the limits it records."""
+#: aiconfigurator's generator rule for aggregated vLLM workers (ai-dynamo/aiconfigurator
+#: src/aiconfigurator/generator/rule_plugin/vllm.rule @11324a6): ``agg_decode max_batch_size =
+#: 512 if max_batch_size < 512``, ``agg max_num_tokens = max_batch_size + isl + 1500``, ``agg
+#: max_seq_len = isl + osl + 1500``, rendered as --max-num-seqs / --max-num-batched-tokens /
+#: --max-model-len (backend_config_mapping.yaml). Whether the silicon rows ran with these is not
+#: recorded: ``--engine-flags aic-generator`` replays them so, the default keeps the README's
+#: "blank = the version's default".
+AIC_VLLM_MAX_BATCH = 512
+AIC_VLLM_EXTRA_TOKENS = 1500
+
+
+def aic_generator_limits(row: dict) -> dict:
+    """Engine limits aiconfigurator's generator writes for an aggregated vLLM closed-loop row
+    whose limits the source left blank ({} for any other row)."""
+    if not (row.get("dataset", "").startswith("aiconfigurator") and row["engine"].strip() == "vllm"
+            and row["workload_kind"].strip() == "concurrency"):
+        return {}
+    isl, osl = _i(row["isl"]), _i(row["osl"])
+    out = {"max_num_seqs": AIC_VLLM_MAX_BATCH,
+           "max_num_batched_tokens": AIC_VLLM_MAX_BATCH + isl + AIC_VLLM_EXTRA_TOKENS,
+           "max_model_len": isl + osl + AIC_VLLM_EXTRA_TOKENS}
+    return {k: v for k, v in out.items() if not (row.get(k) or "").strip()}
+
+
+def row_plan(row: dict, model, engine, engine_flags: str = "defaults") -> tuple:
+    """(Plan, note) with the row's shape, dtypes and the limits it records (blank limits: the
+    engine's defaults, or with ``engine_flags="aic-generator"`` those of aiconfigurator's
+    generator for its vLLM rows)."""
     from apex_opt.specs.plan import Plan, ReplicaGroup
 
     tp = _i(row["tp"]) or 1
@@ -157,6 +183,11 @@ def row_plan(row: dict, model, engine) -> tuple:
         v = conv(row[k])
         if v is not None:
             g[k] = v
+    if engine_flags == "aic-generator":
+        aic = aic_generator_limits(row)
+        if aic:
+            g.update(aic)
+            note += "aic-generator flags; "
     pc = _bool(row.get("prefix_caching", ""))
     if pc is not None:
         if "prefix_caching" in ReplicaGroup.model_fields:
@@ -214,7 +245,8 @@ def measured_means(res, skip: int) -> dict:
             if multi.any() else None}
 
 
-def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0) -> dict:
+def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
+                 engine_flags: str = "defaults") -> dict:
     """Replay one row; never raises (a failure is reported in the result)."""
     from apex_opt.registry import load_cluster
     from apex_opt.sim.simulator import simulate
@@ -231,7 +263,7 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0) -> dict:
         engine, note = resolve_engine(row["engine"].strip(), row["engine_version"])
         model = _model(row["model"], base)
         cluster = load_cluster(row["cluster"].strip())
-        plan, pnote = row_plan(row, model, engine)
+        plan, pnote = row_plan(row, model, engine, engine_flags)
         req, warm = row_requests(row, base, warmup_factor)
         out["compute_util"] = measured_compute_util(row, model, cluster)
         floor = measured_tpot_floor(row, model, cluster)
@@ -459,8 +491,8 @@ def render(results: list[dict], summ: dict, wall: float) -> str:
 
 
 def _job(args: tuple[dict, str, float]) -> dict:
-    row, base, warmup = args
-    return simulate_row(row, Path(base), warmup)
+    row, base, warmup, flags = args
+    return simulate_row(row, Path(base), warmup, flags)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -476,6 +508,11 @@ def main(argv: list[str] | None = None) -> int:
                          "--warmup-request-count 2 x concurrency next to --request-count 10 x "
                          "concurrency in NVIDIA's sweep scripts; 0 = the README's literal replay "
                          "from a cold start with all clients arriving together)")
+    ap.add_argument("--engine-flags", choices=("defaults", "aic-generator"), default="defaults",
+                    help="blank engine limits of a row: the engine version's defaults (the data "
+                         "README's rule), or for aiconfigurator's vLLM closed loops the limits its "
+                         "generator writes (max_num_seqs 512, max_num_batched_tokens 512 + isl + "
+                         "1500, max_model_len isl + osl + 1500): a hypothesis, not recorded")
     ap.add_argument("--json-only", action="store_true", help="print only the final JSON line")
     ap.add_argument("--out", default=None, help="also write the full output to this file")
     args = ap.parse_args(argv)
@@ -494,10 +531,10 @@ def main(argv: list[str] | None = None) -> int:
     order = sorted(range(len(rows)), key=lambda i: -_cost(rows[i]))
     if args.jobs > 1 and len(rows) > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            done = list(pool.map(_job, [(rows[i], str(base), args.warmup) for i in order],
+            done = list(pool.map(_job, [(rows[i], str(base), args.warmup, args.engine_flags) for i in order],
                                  chunksize=1))
     else:
-        done = [_job((rows[i], str(base), args.warmup)) for i in order]
+        done = [_job((rows[i], str(base), args.warmup, args.engine_flags)) for i in order]
     results: list[dict] = [None] * len(rows)  # type: ignore[list-item]
     for i, r in zip(order, done):
         results[i] = r
@@ -505,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     summ = summarise(results)
     text = render(results, summ, wall)
     failed = [r["case"] for r in results if "error" in r]
-    doc = {"rows": len(results), "warmup_per_client": args.warmup, "replayed": len(results) - len(failed), "failed": failed[:20],
+    doc = {"rows": len(results), "warmup_per_client": args.warmup,
+           "engine_flags": args.engine_flags, "replayed": len(results) - len(failed), "failed": failed[:20],
            "mape_pct": {k: round(v["mape"], 2) for k, v in summ["overall"].items()},
            "bias_pct": {k: round(v["bias"], 2) for k, v in summ["overall"].items()},
            "groups": {g: {k: {"mape": round(x["mape"], 2), "bias": round(x["bias"], 2)}

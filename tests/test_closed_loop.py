@@ -214,3 +214,29 @@ def test_validate_modern_closed_loop_rows():
            "notes": "agg tp1 pp1 attn_dp1 moe_tp2 moe_ep1; image ?"}
     plan, note = vm.row_plan(moe, load_model("qwen3-235b-a22b"), None)
     assert plan.groups[0].tp == 2 and plan.groups[0].ep == 1 and "TP2" in note
+
+
+def test_validate_modern_aic_generator_flags_only_fill_blank_vllm_closed_loop_limits():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "validate_modern.py"
+    spec = importlib.util.spec_from_file_location("validate_modern", path)
+    vm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vm)
+    row = {"dataset": "aiconfigurator_silicon", "engine": "vllm", "workload_kind": "concurrency",
+           "isl": "1024", "osl": "128", "tp": "2", "pp": "1", "dp": "1", "ep": "1",
+           "weight_dtype": "bf16", "kv_dtype": "", "max_num_seqs": "", "max_num_batched_tokens": "",
+           "gpu_memory_utilization": "", "max_model_len": "", "prefix_caching": "", "notes": ""}
+    assert vm.aic_generator_limits(row) == {"max_num_seqs": 512, "max_num_batched_tokens": 3036,
+                                            "max_model_len": 2652}
+    plan, note = vm.row_plan(row, load_model("qwen3-32b"), None, "aic-generator")
+    g = plan.groups[0]
+    assert (g.max_num_seqs, g.max_num_batched_tokens, g.max_model_len) == (512, 3036, 2652)
+    assert "aic-generator" in note
+    default, _ = vm.row_plan(row, load_model("qwen3-32b"), None)
+    assert default.groups[0].max_num_batched_tokens is None
+    # a recorded limit wins; SGLang rows and traces keep the engine's defaults
+    assert "max_num_seqs" not in vm.aic_generator_limits({**row, "max_num_seqs": "64"})
+    assert vm.aic_generator_limits({**row, "engine": "sglang"}) == {}
+    assert vm.aic_generator_limits({**row, "workload_kind": "trace"}) == {}
