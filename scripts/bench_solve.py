@@ -5,10 +5,13 @@ simulation, baselines, launch commands and the tables it prints all included).
 Cases (targets on 2 cores): llama-3.1-70b on h100-sxm-1x8 with the creation trace
 (../shared/validation; a synthetic stand-in when absent) <= 5 s; llama-3.1-405b on h100-sxm-4x8
 and kimi-k2 on h100-sxm-16x8 with 1,000 synthetic requests <= 15 s / <= 30 s; the 70B case with
---exhaustive <= 120 s. Peak RSS of any process <= 1 GiB. Reports wall time, CPU time (user + sys
-of the CLI and its worker processes), peak RSS and what the search simulated.
+--exhaustive <= 120 s. Peak RSS of any process <= 1 GiB (the largest of any
+child process so far: cases run in order). Reports wall time, CPU time (user + sys
+of the CLI and its worker processes), peak RSS, what the search simulated and the machine's
+1-minute load average when the case started (other work on the 2 cores stretches wall time, not
+CPU time).
 
-    python scripts/bench_solve.py [--cases 70b,405b,kimi,70b-exhaustive] [--json-only]
+    python scripts/bench_solve.py [--cases 70b,405b,kimi,70b-exhaustive] [--tables]
 
 Prints a table and one final JSON line.
 """
@@ -69,6 +72,7 @@ def case_args(name: str, tmp: Path) -> tuple[list[str], str]:
 def run_case(name: str, tmp: Path, as_json: bool) -> dict:
     args, what = case_args(name, tmp)
     cmd = _cli() + ["solve", *args] + (["--json"] if as_json else [])
+    load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
@@ -77,7 +81,7 @@ def run_case(name: str, tmp: Path, as_json: bool) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     row = {"case": name, "workload": what, "exit": proc.returncode, "wall_s": round(wall, 2),
-           "cpu_s": round(cpu, 2), "target_s": TARGET_S[name],
+           "cpu_s": round(cpu, 2), "target_s": TARGET_S[name], "load_avg_1m": round(load, 2),
            "peak_rss_mib": round(after.ru_maxrss / 1024.0, 1), "command": " ".join(cmd[1:])}
     if proc.returncode != 0:
         row["error"] = (proc.stderr or proc.stdout)[-400:]
@@ -92,21 +96,24 @@ def run_case(name: str, tmp: Path, as_json: bool) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", default="70b,405b,kimi,70b-exhaustive")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "),
+                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", default="70b,405b,kimi,70b-exhaustive",
+                    help="comma-separated cases, e.g. --cases 70b,kimi (default: all four)")
     ap.add_argument("--tables", action="store_true",
                     help="time the table output instead of --json (no plan counts then)")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-solve-"))
     rows = []
-    print(f"{'case':15s} {'wall s':>7s} {'cpu s':>7s} {'target':>7s} {'RSS MiB':>8s} "
+    print(f"{'case':15s} {'wall s':>7s} {'cpu s':>7s} {'target':>7s} {'load':>5s} {'RSS MiB':>8s} "
           f"{'simulated':>12s} {'gap':>5s}  best", flush=True)
     for name in a.cases.split(","):
         r = run_case(name, tmp, not a.tables)
         rows.append(r)
         sim = f"{r.get('plans_simulated', '-')}/{r.get('plans_feasible', '-')}"
         print(f"{name:15s} {r['wall_s']:7.2f} {r['cpu_s']:7.2f} {r['target_s']:7.0f} "
-              f"{r['peak_rss_mib']:8.0f} {sim:>12s} {str(r.get('optimality_gap', '-')):>5s}  "
+              f"{r['load_avg_1m']:5.1f} {r['peak_rss_mib']:8.0f} {sim:>12s} {str(r.get('optimality_gap', '-')):>5s}  "
               f"{r.get('best', r.get('error', ''))}", flush=True)
     ok = all(r["exit"] == 0 and r["wall_s"] <= r["target_s"] and r["peak_rss_mib"] <= RSS_TARGET_MIB
              for r in rows)

@@ -157,8 +157,12 @@ class Twins:
         return lim
 
     def looseness(self, key: PlanKey) -> tuple:
+        """Sort key: the twin to simulate first is the one whose limits the run most likely
+        never reaches -- a token budget above the long prompts (p99), then the most KV blocks
+        (a larger budget or more sequences cost activation memory), then the larger limits."""
         c = self.space.cands[key[0][0]]
-        return -c.max_num_seqs, -c.max_num_batched_tokens, key
+        chunks = c.max_num_batched_tokens < self.space.stats.prompt_at(99.0)
+        return chunks, -c.kv_tokens, -c.max_num_seqs, -c.max_num_batched_tokens, key
 
     def shared(self, key: PlanKey, cache: dict) -> SimOutcome | None:
         """A simulated twin's outcome that is ``key``'s too, else None."""
@@ -290,8 +294,8 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
             todo = [k for k in dict.fromkeys(keys) if k not in cache]
             if twins is None:
                 return simulate(todo)
-            # the loosest plan of each twin group first; its twins take its outcome when the
-            # run fits their limits too (else they are simulated next)
+            # one plan of each twin group first (the most KV blocks); its twins take its outcome
+            # when the run fits their limits too (else they are simulated next)
             first: dict = {}
             later = []
             for k in sorted(todo, key=twins.looseness):
