@@ -4,6 +4,7 @@ input check, and fixes / load explanations checked by simulation (slow)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -246,3 +247,26 @@ def test_a_user_nothing_was_tuned_on_gets_the_exhaustive_optimum(tmp_path, objec
     assert short.plans[0].slo_met and ex.plans[0].slo_met
     assert _value(short) <= _value(ex) * 1.02
     assert short.solver.plans_simulated <= max(4, 0.2 * ex.solver.plans_feasible) + 3
+
+
+def test_throughput_surrogate_counts_the_drain_of_a_finite_trace() -> None:
+    # what the rate search measures is completions over the makespan: N / (N / capacity + drain);
+    # the drain (p99 output x unloaded per-token time) is shorter on one wide replica than on
+    # several narrow ones, and vanishes against N / capacity on a long trace
+    from apex_opt.search.plans import feasible_plans, plan_label
+    from apex_opt.search.shortlist import drain_s, finite_rate, score
+
+    slo = SLOSpec(tpot_ms=40, constraints={"max_gpus": 4, **SMALL}, objective="throughput")
+    space = build_space(M, PRICED, WorkloadStats.of(_req()), slo, "throughput")
+    by = {plan_label(space, k): k for k in feasible_plans(space)}
+    tp4 = next(k for lab, k in by.items() if lab.startswith("1xTP4@"))
+    tp1 = next(k for lab, k in by.items() if lab.startswith("4xTP1@"))
+    assert drain_s(space, tp4) < drain_s(space, tp1)
+    for k in (tp4, tp1):
+        s = score(space, k)
+        cap = s.est.capacity_at_slo_req_s
+        assert 0 < s.value < cap
+        n = space.stats.num_requests
+        assert s.value == pytest.approx(n / (n / cap + drain_s(space, k)))
+        long = dataclasses.replace(space, stats=dataclasses.replace(space.stats, num_requests=10 ** 9))
+        assert finite_rate(long, k, s.est) == pytest.approx(cap, rel=1e-3)
