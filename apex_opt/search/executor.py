@@ -103,7 +103,10 @@ def _peak(times: np.ndarray, deltas: np.ndarray) -> int:
 
 def limit_envelope(ctx: SimContext, plan: Plan, res) -> Envelope | None:
     """The :class:`Envelope` of a finished simulation, from its per-request times (request ``i``
-    is in its replica from its arrival to its finish, prefilling until its first token); None when
+    is in its replica from its arrival to its finish, prefilling until its first token) and, for
+    the KV blocks, also from the most blocks a virtual engine held plus the largest request's (any
+    block check asked for at most that; a decode run cut short by blocks would have taken the
+    last free one, so a peak below the capacity also means none was cut); None when
     the bounds do not decide the run alone: several groups, preemptions or drops, a prefix cache,
     SGLang's admission reserve, data-parallel attention or prefill that is not chunked."""
     eng = ctx.engine
@@ -128,6 +131,9 @@ def limit_envelope(ctx: SimContext, plan: Plan, res) -> Envelope | None:
         tokens = max(tokens, _peak(np.concatenate((a, f, e)),
                                    np.concatenate((prompt[m], 1 - prompt[m], -one[m]))))
         kv = max(kv, _peak(np.concatenate((a, e)), np.concatenate((blocks[m], -blocks[m]))))
+    held = max(s.max_kv_blocks_used for s in res.replicas)
+    if held < min(s.kv_blocks for s in res.replicas) // max(g.pp, 1):
+        kv = min(kv, held + int(blocks.max()))
     return Envelope(seqs, tokens, kv)
 
 
