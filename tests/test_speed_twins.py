@@ -76,3 +76,18 @@ def test_envelope_refuses_a_binding_cap():
     tight = to_plan(space, key).model_copy(update={"groups": (plan.groups[0].model_copy(
         update={"max_num_seqs": max(1, env.seqs // 3)}),)})
     assert ctx.simulate(tight).e2e_s.mean != res.metrics.e2e_s.mean
+
+
+def test_exhaustive_shares_twins_and_reports_the_chosen_breakdown():
+    """--exhaustive: every feasible plan has an outcome (twins share provably identical runs),
+    and the chosen plan carries the time breakdown of its own run."""
+    from apex_opt.search.pipeline import solve
+
+    model, cluster, eng, req, slo, space = _space(n=30, rate=2.0)
+    slo = SLOSpec.model_validate({"ttft_ms": 2000, "tpot_ms": 60,
+                                  "constraints": {"max_gpus": 1, "max_pp": 1}})
+    res = solve(model, cluster, req, slo, exhaustive=True, executor="serial", engine=eng)
+    assert res.solver.plans_simulated == res.solver.plans_feasible == len(res.plans)
+    best = res.plans[0]
+    assert res.chosen.time_breakdown_ms and best.metrics.time_breakdown_ms == \
+        res.chosen.time_breakdown_ms
