@@ -286,9 +286,12 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
 
         def simulate(todo: list[PlanKey]) -> None:
             if todo:
+                # longest first (an overloaded plan runs every iteration of its backlog), so the
+                # workers finish together; outcomes stay keyed by plan
+                order = sorted(todo, key=lambda k: (-estimate(space, k).latency_s, todo.index(k)))
                 outs = ex.map([_job(space, k, objective, breakdown=not later_breakdown)
-                               for k in todo], cb)
-                cache.update(zip(todo, outs))
+                               for k in order], cb)
+                cache.update(zip(order, outs))
                 for k in todo:
                     if twins is not None:
                         twins.simulated(k)
