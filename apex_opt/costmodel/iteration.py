@@ -519,39 +519,26 @@ class IterationCostModel:
         a_tc, a_tm = a_f / gpu_peak, a_b / gpu_bw
         a_cmp = a_t * a_tc / (a_tc + a_tm) if a_tc > 0 else 0.0
         bd = dict(bd_tok) if with_breakdown else None
+        same: dict = {}  # stages sharing a part (same layers and role) add the same increments
         for s, part in enumerate(parts):
-            n_layers = sum(self.stage_layers[s])
-            gpu = part.time + a_t * n_layers
-            kernels = part.kernels + n_layers  # + one attention kernel per layer
-            if graph:
-                saving = kernels * self.engine.graph_launch_saving_us * 1e-6
-                gpu = max(gpu - saving, 0.5 * gpu)
-                t = gpu
-            elif piecewise:  # graphed pieces; per layer the CPU replays them + eager attention
-                saving = part.kernels * self.engine.graph_launch_saving_us * 1e-6
-                gpu = max(gpu - saving, 0.5 * gpu)
-                t = max(gpu, n_layers * self.engine.piecewise_layer_cpu_us * 1e-6)
-            else:
-                launch_cpu = kernels * self.engine.eager_launch_us * 1e-6
-                t = max(gpu, launch_cpu)
+            inc = same.get(id(part))
+            if inc is None:
+                inc = same[id(part)] = self._stage_increments(part, sum(self.stage_layers[s]), a_t,
+                                                              a_e, a_cmp, a_em, a_ec, a_c, a_cm,
+                                                              a_f, a_b, graph, piecewise)
+            t, gpu, e_i, busy_i, cmp_i, win_i, fl_i, nb_i, bd_i = inc
             stage_times.append(t)
-            energy += (part.energy + a_e * n_layers) * self.tp
-            busy += gpu * self.tp
-            cmp_s += min(gpu, part.cmp_time + a_cmp * n_layers) * self.tp
-            if self.dvfs is not None:
-                for i, v in enumerate((part.e_mem + a_em * n_layers, part.e_cmp + a_ec * n_layers,
-                                       part.cmp_time + a_c * n_layers, part.cmp_max + a_cm * n_layers,
-                                       part.time + a_t * n_layers)):
-                    win[i] += v * self.tp
-            flops += (part.flops + a_f * n_layers) * self.tp
-            nbytes += (part.bytes + a_b * n_layers) * self.tp
+            energy += e_i
+            busy += busy_i
+            cmp_s += cmp_i
+            if win_i is not None:
+                for i, v in enumerate(win_i):
+                    win[i] += v
+            flops += fl_i
+            nbytes += nb_i
             if bd is not None:
-                bd["attention"] = bd.get("attention", 0.0) + a_t * n_layers
-                raw = part.time + a_t * n_layers
-                if gpu < raw:  # launch latency a CUDA graph removes (negative: the parts sum to the step)
-                    bd["cuda_graph_saving"] = bd.get("cuda_graph_saving", 0.0) - (raw - gpu)
-                if t > gpu:
-                    bd["launch_overhead"] = bd.get("launch_overhead", 0.0) + (t - gpu)
+                for key, v in bd_i:
+                    bd[key] = bd.get(key, 0.0) + v
         host = self.host_time(n_dec + len(prefill))
         if bd is not None:
             bd["host"] = host
@@ -559,6 +546,39 @@ class IterationCostModel:
         if self.dvfs is not None and win[4] > 0:
             return self._power_window(total, host, stage_times, busy, flops, nbytes, bd, win)
         return IterationCost(total, tuple(stage_times), energy, busy, flops, nbytes, bd)
+
+    def _stage_increments(self, part: _Part, n_layers: int, a_t, a_e, a_cmp, a_em, a_ec, a_c, a_cm,
+                          a_f, a_b, graph: bool, piecewise: bool) -> tuple:
+        """What one pipeline stage adds to the iteration's sums: (stage time, GPU time, energy,
+        busy GPU s, compute-bound s, DVFS window terms, FLOPs, bytes, breakdown increments)."""
+        tp = self.tp
+        gpu = part.time + a_t * n_layers
+        kernels = part.kernels + n_layers  # + one attention kernel per layer
+        if graph:
+            saving = kernels * self.engine.graph_launch_saving_us * 1e-6
+            gpu = max(gpu - saving, 0.5 * gpu)
+            t = gpu
+        elif piecewise:  # graphed pieces; per layer the CPU replays them + eager attention
+            saving = part.kernels * self.engine.graph_launch_saving_us * 1e-6
+            gpu = max(gpu - saving, 0.5 * gpu)
+            t = max(gpu, n_layers * self.engine.piecewise_layer_cpu_us * 1e-6)
+        else:
+            launch_cpu = kernels * self.engine.eager_launch_us * 1e-6
+            t = max(gpu, launch_cpu)
+        win = None
+        if self.dvfs is not None:
+            win = tuple(v * tp for v in (part.e_mem + a_em * n_layers, part.e_cmp + a_ec * n_layers,
+                                         part.cmp_time + a_c * n_layers,
+                                         part.cmp_max + a_cm * n_layers, part.time + a_t * n_layers))
+        bd = [("attention", a_t * n_layers)]
+        raw = part.time + a_t * n_layers
+        if gpu < raw:  # launch latency a CUDA graph removes (negative: the parts sum to the step)
+            bd.append(("cuda_graph_saving", -(raw - gpu)))
+        if t > gpu:
+            bd.append(("launch_overhead", t - gpu))
+        return (t, gpu, (part.energy + a_e * n_layers) * tp, gpu * tp,
+                min(gpu, part.cmp_time + a_cmp * n_layers) * tp, win,
+                (part.flops + a_f * n_layers) * tp, (part.bytes + a_b * n_layers) * tp, bd)
 
     def _power_window(self, total, host, stage_times, busy, flops, nbytes, bd, win) -> IterationCost:
         """Apply the board power limit (or a set cap / locked clock) over the iteration: the clock
