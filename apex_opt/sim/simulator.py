@@ -264,7 +264,8 @@ def _attach_timelines(engines: list[ReplicaEngine]) -> list[EnergyTimeline]:
         for name in ("kick", "complete"):
             def wrapped(v, t, *a, _fn=getattr(eng, name), _tl=tl, _st=st, **k):
                 r = _fn(v, t, *a, **k)
-                _tl.record(t, _st.energy_j, _st.busy_gpu_s)
+                # the iteration / fast-forwarded run ends at r: its energy is spread over [t, r]
+                _tl.record(t, _st.energy_j, _st.busy_gpu_s, end=r)
                 return r
             setattr(eng, name, wrapped)
         out.append(tl)
