@@ -216,7 +216,7 @@ def _baselines(space: SearchSpace, chosen: PlanOut, objective: str,
 def _energy_saving(ranked: list[PlanOut]) -> EnergySaving | None:
     """Against the latency-optimal SLO-meeting plan at default clocks."""
     met = [p for p in ranked if p.slo_met and p.metrics is not None
-           and all(g.sm_clock_mhz is None for g in p.groups)]
+           and all(g.config.sm_clock_mhz is None for g in p.groups)]
     if not met:
         return None
     lat = min(met, key=lambda p: (p.metrics.e2e_s.mean or math.inf, p.gpus, p.label))

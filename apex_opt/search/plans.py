@@ -83,8 +83,5 @@ def surrogate_out(space: SearchSpace, key: PlanKey) -> Surrogate:
 
 def group_out(space: SearchSpace, i: int, k: int) -> GroupOut:
     c = space.cands[i]
-    return GroupOut(pool=c.pool, device=c.device, replicas=k, tp=c.tp, pp=c.pp, ep=c.ep,
-                    weight_dtype=c.weight_dtype, kv_dtype=c.kv_dtype,
-                    layers_per_stage=list(c.layers_per_stage), max_num_seqs=c.max_num_seqs,
-                    max_num_batched_tokens=c.max_num_batched_tokens, max_model_len=c.max_model_len,
-                    gpus_per_replica=c.gpus, sm_clock_mhz=c.sm_clock_mhz)
+    # the ReplicaConfig the simulator ran for this candidate
+    return GroupOut(replicas=k, device=c.device, gpus_per_replica=c.gpus, config=c.config())

@@ -37,10 +37,6 @@ class GroupOut(_Out):
                     "config": {k: v for k, v in data.items() if k in fields}}
         return data
 
-    @property
-    def sm_clock_mhz(self) -> int | None:
-        return self.config.sm_clock_mhz
-
 
 class Surrogate(_Out):
     """The analytic estimates the CP-SAT model ranked the plan by."""

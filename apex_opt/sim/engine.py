@@ -539,13 +539,7 @@ class ReplicaEngine:
                 bd[key] = bd.get(key, 0.0) + v0 * (m - 1) + (v1 - v0) / (run - 1) * tri
         end = t + tot[0]
         ve.last_start = end - (vals0[0] + slopes[0] * (m - 1))
-        st = self.stats
-        st.iterations += m
-        st.decode_iterations += m
-        st.energy_j += tot[1]
-        st.busy_gpu_s += tot[2]
-        st.flops += tot[3]
-        st.hbm_bytes += tot[4]
+        st = self._count_decode_run(m, tot[1:])
         if m > 1:
             ve.used_blocks += self._extra_blocks(lens, m - 1)
             self._evict_if_needed(ve)
@@ -712,10 +706,9 @@ class ReplicaEngine:
         self._order += 1
         return end
 
-    def _take_run(self, ve: _VirtualEngine, plan: tuple) -> float:
-        """Commit a decode run of all of ``ve``'s decodes: (steps, start and end of the last,
-        (energy, busy GPU s, FLOPs, bytes) totals, breakdown to add, blocks to allocate)."""
-        n, last_start, end, tot, add, blocks = plan
+    def _count_decode_run(self, n: int, tot) -> ReplicaStats:
+        """Add ``n`` decode iterations with (energy, busy GPU s, FLOPs, bytes) totals ``tot`` to
+        the stats; returns them."""
         st = self.stats
         st.iterations += n
         st.decode_iterations += n
@@ -723,6 +716,13 @@ class ReplicaEngine:
         st.busy_gpu_s += tot[1]
         st.flops += tot[2]
         st.hbm_bytes += tot[3]
+        return st
+
+    def _take_run(self, ve: _VirtualEngine, plan: tuple) -> float:
+        """Commit a decode run of all of ``ve``'s decodes: (steps, start and end of the last,
+        (energy, busy GPU s, FLOPs, bytes) totals, breakdown to add, blocks to allocate)."""
+        n, last_start, end, tot, add, blocks = plan
+        st = self._count_decode_run(n, tot)
         bd = self.breakdown
         if bd is not None:
             for key, val in add.items():

@@ -209,7 +209,8 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
     fit check is skipped then). ``progress`` = True shows a progress bar on stderr, or pass a
     callable ``(routed, total)``. ``debug`` checks the KV-block invariants after every iteration;
     ``breakdown`` accumulates the time per operator class (slower). ``fast_forward`` is the most
-    consecutive decode-only iterations (no arrival, finish or block shortage in between; pp = 1)
+    consecutive decode-only iterations (no arrival, finish or block shortage in between; with
+    pp > 1 the virtual engines whose batches go on unchanged join one run through the stages)
     costed as one run, interpolating the iteration cost linearly in context length between its
     first and last step; 1 costs every iteration separately. ``async_output`` models vLLM 0.6's
     asynchronous output processing (host output work of one iteration overlaps the GPU work of

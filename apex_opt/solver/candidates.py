@@ -74,6 +74,8 @@ class WorkloadStats:
     max_seq_len: int
     prompt_quantiles: tuple[float, ...]   # at the percentiles of PERCENTILES
     output_quantiles: tuple[float, ...]
+    #: the sampler path of the requests (Requests.sampler: greedy / top_p / top_k)
+    sampler: str = "greedy"
 
     PERCENTILES = (50.0, 90.0, 95.0, 99.0)
 
@@ -91,7 +93,7 @@ class WorkloadStats:
         pq = tuple(float(x) for x in np.percentile(req.prompt_tokens, cls.PERCENTILES))
         oq = tuple(float(x) for x in np.percentile(req.output_tokens, cls.PERCENTILES))
         return cls(n, float(rate), float(req.prompt_tokens.mean()), float(req.output_tokens.mean()),
-                   req.max_seq_len, pq, oq)
+                   req.max_seq_len, pq, oq, getattr(req, "sampler", "greedy"))
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,9 @@ def cost_curves(model: ModelSpec, cluster: ClusterSpec, cand: Candidate, stats: 
         tok_key = (cand.pool, cand.tp, cand.pp, cand.ep, cand.weight_dtype, cand.layers_per_stage,
                    cand.sm_clock_mhz)
         kw = {"device_model": dev, "token_cache": shared.setdefault("tokens", {}).setdefault(tok_key, {})}
-    cm = IterationCostModel(model, pool, cand.config(), engine, **kw)
+    # the same sampler filter the simulator charges these requests (one workload per space, so
+    # the shared token-work cache stays consistent)
+    cm = IterationCostModel(model, pool, cand.config(), engine, sampler=stats.sampler, **kw)
     ctx = max(1, int(round(stats.mean_prompt + stats.mean_output / 2)))
     rows = []
     for b in BATCH_GRID:
