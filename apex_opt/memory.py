@@ -80,7 +80,7 @@ def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int) 
     expert = _ops_params(model.expert_linear_ops(), 1, model) if model.moe else 0.0
     n_moe = sum(1 for i in layers if model.is_moe_layer(i))
     n_dense = len(layers) - n_moe
-    norms = sum(model.params_by_component(i).get("norms", 0) for i in layers)
+    norms = model.norm_params_per_layer * len(layers)
     out = {
         "attention": attn * len(layers) * wb,
         "mlp": dense * n_dense * wb,

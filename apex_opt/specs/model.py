@@ -222,6 +222,11 @@ class ModelSpec(BaseModel):
             n += (self.num_attention_heads + 2 * self.num_kv_heads) * self.head_dim
         return n
 
+    @property
+    def norm_params_per_layer(self) -> int:
+        """Norm weights of one decoder layer (the same in every layer)."""
+        return self._norm_params()
+
     def _norm_params(self) -> int:
         n = DENSE_NORMS_PER_LAYER * self.hidden_size
         if self.qk_norm:
