@@ -134,7 +134,7 @@ def test_each_objective_matches_the_exhaustive_reference(objective) -> None:
 def test_energy_searches_gpu_clocks_and_reports_the_saving() -> None:
     slo = SLOSpec(ttft_ms={"target": 1000, "percentile": 90}, tpot_ms=40, constraints=SMALL)
     r = solve(M, PRICED, _req(), slo, objective="energy", executor="serial")
-    assert any(g.sm_clock_mhz for p in r.plans for g in p.groups)  # clocked plans were simulated
+    assert any(g.config.sm_clock_mhz for p in r.plans for g in p.groups)  # clocked plans were simulated
     e = r.energy_saving
     assert e is not None and e.saving_fraction >= 0 and e.chosen_e2e_s is not None
 
