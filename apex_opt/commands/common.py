@@ -19,6 +19,10 @@ weight_dtype_option = click.option(
     help="Weight storage dtype [default: the checkpoint's own, from its config.json "
          "quantization_config: fp8 for fp8 checkpoints such as deepseek-v3, else bf16].")
 
+sort_trace_option = click.option(
+    "--sort-trace", is_flag=True, default=False,
+    help="Sort the --trace by arrival time instead of rejecting one that goes back.")
+
 kv_dtype_option = click.option("--kv-dtype", type=click.Choice(["bf16", "fp8"]), default="bf16",
                                show_default=True, help="KV-cache dtype.")
 

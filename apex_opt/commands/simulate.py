@@ -15,8 +15,9 @@ from ..specs.plan import Plan
 from ..specs.slo import load_slo
 from ..specs.workload import WorkloadSpec, load_workload
 from ..specs.engine import load_engine
-from .common import (apply_sampling, sampling_options, cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option,
-                     weight_dtype_option, gpu_setting_options, check_gpu_setting_flags)
+from .common import (apply_sampling, check_gpu_setting_flags, cluster_option, engine_option,
+                     gpu_setting_options, json_option, kv_dtype_option, load_inputs,
+                     model_option, sampling_options, sort_trace_option, weight_dtype_option)
 
 _SRC = "<command line>"
 
@@ -174,8 +175,7 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
               help="Request trace: APEX JSONL (StartTimeOffset/ContextTokens/GeneratedTokens), "
                    "Mooncake JSONL (timestamp/input_length/output_length/hash_ids: shared "
                    "prefixes) or Azure CSV; the format is detected from the content.")
-@click.option("--sort-trace", is_flag=True, default=False,
-              help="Sort the --trace by arrival time instead of rejecting one that goes back.")
+@sort_trace_option
 @click.option("--concurrency", type=click.IntRange(1, 1_000_000), default=None,
               help="Closed loop: N clients, each sending its next request as soon as its previous "
                    "one finished (vllm bench serve --max-concurrency N); all start at t=0. Use "

@@ -12,7 +12,7 @@ from ..registry import data_dir
 from ..report.render import console, table, to_json
 from ..search import DEFAULT_TIME_LIMIT_S, DEFAULT_TOP_K, OBJECTIVES, SolveResult, solve
 from .common import (apply_sampling, cluster_option, engine_option, json_option, load_inputs,
-                     model_option, sampling_options)
+                     model_option, sampling_options, sort_trace_option)
 
 DEFAULT_WORKLOAD = "default-workload.yaml"
 DEFAULT_SLO = "default-slo.yaml"
@@ -74,8 +74,7 @@ def render_tables(res: SolveResult) -> None:
 @click.option("--trace", type=click.Path(dir_okay=False), default=None,
               help="Replay this request trace (APEX JSONL, Mooncake JSONL with hash_ids, or "
                    "Azure CSV; detected from the content).")
-@click.option("--sort-trace", is_flag=True, default=False,
-              help="Sort the --trace by arrival time instead of rejecting one that goes back.")
+@sort_trace_option
 @click.option("--concurrency", type=click.IntRange(1, 1_000_000), default=None,
               help="Serve the workload's requests as a closed loop of N clients (each sends its "
                    "next request when its previous one finished) instead of at their arrival "

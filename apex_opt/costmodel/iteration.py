@@ -38,13 +38,13 @@ from ..specs.plan import ReplicaConfig
 from .collectives import collective_model_for
 from .kernels import engine_kernels, kernel_facts
 from .power import IterationWork, check_gpu_settings, dvfs_model, memory_activity_per_utilisation
+from . import DeviceCostModel
 
 
 @lru_cache(maxsize=None)
 def _mem_activity(profile_name: str) -> float:
     from .profile import load_profile
     return memory_activity_per_utilisation(load_profile(profile_name))
-from . import DeviceCostModel
 
 #: MLA's absorbed per-head GEMMs (run in bf16 whatever the checkpoint dtype)
 _ABSORBED = frozenset({"w_uk", "w_uv"})
