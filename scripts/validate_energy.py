@@ -190,9 +190,10 @@ def simulate_row(row: dict) -> dict | None:
                          max_model_len=s["max_model_len"],
                          weight_dtype="fp8" if s["fp8"] else "bf16")
     else:
-        engine = load_engine("vllm-0.6@0.5.4")
-        # the v2 server flags (benchmark/llm_text_generation/chat/scripts/benchmark_one_datapoint.py):
-        # --enable-chunked-prefill False --max-model-len 4096
+        # the v2 server flags (ml-energy/leaderboard-v2 benchmark/llm_text_generation/chat/scripts/
+        # benchmark_one_datapoint.py): --enable-chunked-prefill False --max-model-len 4096
+        # --disable-frontend-multiprocessing (the API server runs in the engine's process)
+        engine = load_engine("vllm-0.6@0.5.4").model_copy(update={"frontend_in_process": True})
         g = ReplicaGroup(tp=s["tp"], pp=s["pp"], replicas=1, max_num_seqs=s["mns"],
                          chunked_prefill=False, max_model_len=4096,
                          weight_dtype="fp8" if s["fp8"] else "bf16")

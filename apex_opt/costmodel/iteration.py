@@ -36,7 +36,7 @@ from ..specs.engine import EngineSpec, load_engine
 from ..specs.model import ModelSpec
 from ..specs.plan import ReplicaConfig
 from .collectives import collective_model_for
-from .kernels import engine_kernels, kernel_facts
+from .kernels import eager_host, engine_kernels, kernel_facts
 from .power import IterationWork, check_gpu_settings, dvfs_model, memory_activity_per_utilisation
 from . import DeviceCostModel
 
@@ -233,6 +233,7 @@ class IterationCostModel:
                 ("w_uv", self.q_heads * mla.v_head_dim, mla.kv_lora_rank)][:kf.mla_absorbed_bmm_kernels]
             self.mla_norms = ((mla.q_lora_rank,) if mla.q_lora_rank else ()) + (mla.kv_lora_rank,)
         self.graph = cfg.cuda_graphs
+        self._eager_init(engine_kernels(self.engine.name))
         #: largest captured batch (SGLang's cuda_graph_max_bs by GPU memory and TP; None = all
         #: of the engine's capture sizes)
         self.graph_max_bs = self.engine.cuda_graph_max_bs(pool.device.name,
@@ -241,6 +242,54 @@ class IterationCostModel:
         #: exact memo of whole iterations (see iteration())
         self._iter_cache: dict = {}
         self._attn_cache: dict = {}
+
+    # ------------------------------------------------------------------ eager host cost
+    def _eager_init(self, ek: dict) -> None:
+        """Host microseconds per layer / stage component of an eager step, from the engine's op
+        inventory and the per-kind costs (data/kernels.yaml eager_ops, eager_host_us); None = no
+        inventory, the flat ``eager_launch_us`` per counted kernel applies."""
+        e = self.eager = eager_host(self.engine.name, self.engine.attention_backend)
+        if e is None:
+            return
+        # the fp8 activation quant before a GEMM, unless fused into its producer (V1 Inductor)
+        q_us = self.act_quant_kernels * e.cost_us[ek.get("quant_kernel_kind", "custom_op")]
+        gemm, coll = e.us("gemm"), e.us("allreduce")
+        attn_gemms = sum(e.us("gemm") + (q_us if (self.act_quant and not (
+            self.quant_fused and name not in _AFTER_ATTENTION) and name not in _ABSORBED) else 0.0)
+            for name, _, _ in self.attn_ops)
+        n_coll = 0
+        if self.attn_dp == 1:
+            n_coll = 2 if self.tp_comm is not None else 0
+        else:  # DP attention: all-reduce in the attention group, all-gather + reduce-scatter
+            n_coll = (1 if self.attn_comm is not None else 0) + (2 if self.tp_comm is not None else 0)
+        gq = gemm + (0.0 if (self.quant_fused or not self.act_quant) else q_us)
+        #: per layer (any kind), per dense-MLP layer, per MoE layer; per first / last stage
+        self._eager_layer_us = (e.us("layer") + attn_gemms + n_coll * coll
+                                + len(self.mla_norms) * e.cost_us["custom_op"])
+        self._eager_dense_us = len(self.mlp_ops) * gq + e.us("mlp")
+        moe_us = 0.0
+        if self.model.moe:
+            path = "moe_ep" if (self.ep > 1 and e.has("moe_ep")) else "moe"
+            moe_us = gemm + e.us(path)  # + the router GEMM (bf16)
+            if self.compute_dtype == "fp8":  # fused_moe quantizes both expert GEMMs' inputs
+                moe_us += 2 * e.cost_us[ek.get("quant_kernel_kind", "custom_op")]
+            if self.shared_ops:
+                moe_us += len(self.shared_ops) * gq + e.us("mlp")
+        self._eager_moe_us = moe_us
+        self._eager_first_us, self._eager_last_us = e.us("stage_first"), e.us("stage_last")
+
+    def _eager_stage_s(self, s: int, decode: bool, prefill: bool, sampling: bool) -> float | None:
+        """Host seconds to issue stage ``s``'s work eagerly (None: no op inventory)."""
+        if self.eager is None:
+            return None
+        n_dense, n_moe = self.stage_layers[s]
+        us = ((n_dense + n_moe) * (self._eager_layer_us + self.eager.attention_us(decode, prefill))
+              + n_dense * self._eager_dense_us + n_moe * self._eager_moe_us)
+        if s == 0:
+            us += self._eager_first_us
+        if s == self.pp - 1 and sampling:
+            us += self._eager_last_us
+        return us * 1e-6
 
     # ------------------------------------------------------------------ helpers
     def _shard(self, op, tp: int | None = None) -> tuple[str, int, int]:
@@ -523,9 +572,11 @@ class IterationCostModel:
         for s, part in enumerate(parts):
             inc = same.get(id(part))
             if inc is None:
+                eager_s = None if (graph or piecewise) else self._eager_stage_s(
+                    s, n_dec > 0, bool(prefill), sampling > 0)
                 inc = same[id(part)] = self._stage_increments(part, sum(self.stage_layers[s]), a_t,
                                                               a_e, a_cmp, a_em, a_ec, a_c, a_cm,
-                                                              a_f, a_b, graph, piecewise)
+                                                              a_f, a_b, graph, piecewise, eager_s)
             t, gpu, e_i, busy_i, cmp_i, win_i, fl_i, nb_i, bd_i = inc
             stage_times.append(t)
             energy += e_i
@@ -548,9 +599,12 @@ class IterationCostModel:
         return IterationCost(total, tuple(stage_times), energy, busy, flops, nbytes, bd)
 
     def _stage_increments(self, part: _Part, n_layers: int, a_t, a_e, a_cmp, a_em, a_ec, a_c, a_cm,
-                          a_f, a_b, graph: bool, piecewise: bool) -> tuple:
+                          a_f, a_b, graph: bool, piecewise: bool,
+                          eager_s: float | None = None) -> tuple:
         """What one pipeline stage adds to the iteration's sums: (stage time, GPU time, energy,
-        busy GPU s, compute-bound s, DVFS window terms, FLOPs, bytes, breakdown increments)."""
+        busy GPU s, compute-bound s, DVFS window terms, FLOPs, bytes, breakdown increments).
+        ``eager_s``: host seconds to issue the stage eagerly (:meth:`_eager_stage_s`; None = the
+        flat ``eager_launch_us`` per counted kernel)."""
         tp = self.tp
         gpu = part.time + a_t * n_layers
         kernels = part.kernels + n_layers  # + one attention kernel per layer
@@ -563,7 +617,8 @@ class IterationCostModel:
             gpu = max(gpu - saving, 0.5 * gpu)
             t = max(gpu, n_layers * self.engine.piecewise_layer_cpu_us * 1e-6)
         else:
-            launch_cpu = kernels * self.engine.eager_launch_us * 1e-6
+            launch_cpu = (eager_s if eager_s is not None
+                          else kernels * self.engine.eager_launch_us * 1e-6)
             t = max(gpu, launch_cpu)
         win = None
         if self.dvfs is not None:
@@ -675,4 +730,8 @@ class IterationCostModel:
         t = e.host_step_base_ms * 1e-3 + e.host_per_seq_us * 1e-6 * num_seqs
         if self.num_gpus > 1:
             t += e.host_multi_gpu_ms * 1e-3
+        if e.frontend_in_process:
+            # the API server runs in the engine's event loop between steps: every sequence's
+            # output is handed to its request handler, which resumes before the next step
+            t += e.frontend_per_token_us * 1e-6 * num_seqs
         return t

@@ -156,6 +156,13 @@ class EngineSpec(StrictModel):
                                                      "bookkeeping, output processing).")
     host_multi_gpu_ms: NonNegFloat = Field(description="Extra CPU time per step to broadcast "
                                                        "step metadata to the workers (TP/PP > 1).")
+    frontend_in_process: bool = Field(
+        False, description="The HTTP API server shares the engine's process and event loop "
+                           "(vLLM < 0.5.4, or 0.5.x with --disable-frontend-multiprocessing): its "
+                           "per-token work runs between engine steps, serial with them.")
+    frontend_per_token_us: NonNegFloat = Field(
+        0.0, description="With frontend_in_process: API-server CPU time per sequence per step "
+                         "(handing each RequestOutput to its request's handler and resuming it).")
     async_scheduling: bool = Field(
         False, description="Host work of step N+1 (scheduling, input preparation, output "
                            "processing of step N) overlaps the GPU work of step N: the step "
@@ -170,7 +177,14 @@ class EngineSpec(StrictModel):
                          "process) plus first-token output processing.")
     graph_launch_saving_us: NonNegFloat = Field(description="Launch latency per kernel that a CUDA-graph "
                                                             "replay removes from isolated-kernel timings.")
-    eager_launch_us: NonNegFloat = Field(description="CPU launch cost per kernel in eager mode.")
+    eager_launch_us: NonNegFloat = Field(
+        description="Eager mode, fallback: CPU cost per counted kernel for engines whose "
+                    "data/kernels.yaml entry lists no eager_ops inventory (those price each "
+                    "component's ops by kind instead).")
+    attention_backend: str | None = Field(
+        None, description="Attention backend the server runs (SGLang --attention-backend): picks "
+                          "the eager host cost of attention from data/kernels.yaml eager_ops "
+                          "(None = the engine's default there).")
     piecewise_layer_cpu_us: NonNegFloat = Field(
         0.0, description="Piecewise graphs: CPU time per layer to replay the graph pieces and run "
                          "the eager attention op between them.")
