@@ -248,7 +248,8 @@ class IterationCostModel:
         """Host microseconds per layer / stage component of an eager step, from the engine's op
         inventory and the per-kind costs (data/kernels.yaml eager_ops, eager_host_us); None = no
         inventory, the flat ``eager_launch_us`` per counted kernel applies."""
-        e = self.eager = eager_host(self.engine.name, self.engine.attention_backend)
+        e = self.eager = eager_host(self.engine.name, self.engine.attention_backend,
+                                    self.engine.eager_launch_us)
         if e is None:
             return
         # the fp8 activation quant before a GEMM, unless fused into its producer (V1 Inductor)

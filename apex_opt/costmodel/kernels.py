@@ -1,8 +1,9 @@
 """Kernel-path facts per engine generation, from ``data/kernels.yaml`` (see its comments for sources).
 
 ``kernel_facts()`` returns the shared physics (activation-quant kernels, Marlin, fused MoE tiling,
-MLA absorbed GEMMs, eager launch cost per kernel kind); ``engine_kernels(name)`` the per-engine
-choices (falls back to the engine family: ``vllm@0.10`` -> ``vllm``).
+MLA absorbed GEMMs); ``engine_kernels(name)`` the per-engine choices (falls back to the engine
+family: ``vllm@0.10`` -> ``vllm``); ``eager_host(name)`` the host cost of issuing a model's ops in
+eager mode, per component and op kind.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ class KernelFacts:
     #: compute dtype -> "copy" (expert weights streamed at the copy bandwidth) or "gemm" (dense fit)
     moe_weight_stream: dict[str, str]
     mla_absorbed_bmm_kernels: int
-    eager_launch_us: dict[str, float]
 
 
 @lru_cache(maxsize=None)
@@ -60,7 +60,6 @@ def kernel_facts() -> KernelFacts:
             moe_aux_kernels=int(c["fused_moe"]["aux_kernels"]),
             moe_weight_stream=_weight_stream(c["fused_moe"].get("weight_stream", {})),
             mla_absorbed_bmm_kernels=int(c["mla"]["absorbed_bmm_kernels"]),
-            eager_launch_us={k: float(v) for k, v in c["eager_launch_us"].items()},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"malformed kernel facts ({exc})", source=_SRC, field="common") from None
@@ -81,3 +80,123 @@ def engine_kernels(name: str) -> dict:
         return dict(engines[base])
     family = "sglang" if base.startswith("sglang") else "vllm"
     return dict(engines[family])
+
+
+#: kinds of host work in eager mode (data/kernels.yaml common.eager_host_us)
+EAGER_KINDS = ("aten", "custom_op", "py_custom_op", "py_custom_op_decorated", "triton",
+               "collective", "module")
+
+
+@dataclass(frozen=True)
+class EagerHost:
+    """Host (CPU) cost of issuing a model's work in eager mode, by component, for one engine
+    generation: ``ops[component][kind]`` = how many of each kind the engine's model code issues
+    per instance of the component (read from its source), ``cost_us[kind]`` = the host
+    microseconds of one (published measurements, see data/kernels.yaml)."""
+
+    engine: str
+    #: the backend the server runs, and the engine's default (the reference layer's)
+    attention_backend: str
+    default_backend: str
+    cost_us: dict[str, float]
+    ops: dict[str, dict[str, float]]
+    #: in-model host time per isolated-op microsecond: the engine's whole-layer eager cost (its
+    #: ``eager_launch_us`` x the kernels of the reference dense layer) over the same layer priced
+    #: op by op (:func:`eager_host`)
+    scale: float = 1.0
+
+    def us(self, component: str) -> float:
+        """Host microseconds of one ``component`` in the engine (0 when it issues none)."""
+        return self.scale * sum(n * self.cost_us[k] for k, n in self.ops.get(component, {}).items())
+
+    def reference_layer_us(self) -> float:
+        """The reference dense layer (see data/kernels.yaml eager_reference) priced op by op,
+        before scaling: decode, TP > 1, the engine's default attention backend."""
+        ref = _raw()["common"]["eager_reference"]
+        b = self.default_backend
+        unit = EagerHost(self.engine, self.attention_backend, b, self.cost_us, self.ops)
+        return (unit.us("layer") + int(ref["gemms"]) * unit.us("gemm")
+                + int(ref["collectives"]) * unit.us("allreduce") + unit.us("mlp")
+                + sum(unit.us(f"attention.{b}.{p}") for p in ("base", "decode")))
+
+    def has(self, component: str) -> bool:
+        return component in self.ops
+
+    def attention_us(self, decode: bool, prefill: bool) -> float:
+        """One layer's attention: the backend's ops issued for any batch (``base``: the wrapper
+        op, the KV-cache write) plus those of its decode and / or prefill path."""
+        b = self.attention_backend
+        return (self.us(f"attention.{b}.base") + (self.us(f"attention.{b}.decode") if decode else 0.0)
+                + (self.us(f"attention.{b}.prefill") if prefill else 0.0))
+
+
+def _kind_counts(raw, field: str) -> dict[str, float]:
+    if not isinstance(raw, dict) or any(k not in EAGER_KINDS for k in raw):
+        raise InputError(f"expected a mapping of eager op kinds ({', '.join(EAGER_KINDS)}) to "
+                         "counts", source=_SRC, field=field, value=raw)
+    try:
+        return {str(k): float(v) for k, v in raw.items()}
+    except (TypeError, ValueError):
+        raise InputError("eager op counts must be numbers", source=_SRC, field=field,
+                         value=raw) from None
+
+
+@lru_cache(maxsize=None)
+def eager_host(name: str, attention_backend: str | None = None,
+               layer_launch_us: float | None = None) -> EagerHost | None:
+    """The eager host-cost model of engine profile ``name`` (family fallback as
+    :func:`engine_kernels`), or None when its kernel facts list no ``eager_ops`` (the engine's
+    flat ``eager_launch_us`` per kernel then applies). ``attention_backend`` overrides the
+    engine's default backend. ``layer_launch_us`` (the engine's ``eager_launch_us``) anchors the
+    absolute level: the reference dense layer costs its kernels x ``layer_launch_us`` in the
+    engine, and every component scales with it by its ops' isolated costs (None = unscaled)."""
+    ek = engine_kernels(name)
+    raw = ek.get("eager_ops")
+    if raw is None:
+        return None
+    where = f"engines.{name.split('@', 1)[0]}.eager_ops"
+    common = _raw()["common"].get("eager_host_us")
+    cost = _kind_counts(common, "common.eager_host_us")
+    if "triton_launch_us" in ek:  # the Triton release this engine generation ships with
+        cost["triton"] = float(ek["triton_launch_us"])
+    if set(cost) != set(EAGER_KINDS):
+        raise InputError(f"common.eager_host_us must price every kind ({', '.join(EAGER_KINDS)})",
+                         source=_SRC, field="common.eager_host_us", value=common)
+    if not isinstance(raw, dict):
+        raise InputError("expected a mapping of components", source=_SRC, field=where, value=raw)
+    ops: dict[str, dict[str, float]] = {}
+    for comp, v in raw.items():
+        if comp == "attention":
+            if not isinstance(v, dict):
+                raise InputError("expected backend -> {decode, prefill}", source=_SRC,
+                                 field=f"{where}.attention", value=v)
+            for backend, paths in v.items():
+                if not isinstance(paths, dict) or not set(paths) <= {"base", "decode", "prefill"}:
+                    raise InputError("expected {base, decode, prefill} op counts", source=_SRC,
+                                     field=f"{where}.attention.{backend}", value=paths)
+                for path in ("base", "decode", "prefill"):
+                    ops[f"attention.{backend}.{path}"] = _kind_counts(
+                        paths.get(path) or {}, f"{where}.attention.{backend}.{path}")
+        else:
+            ops[str(comp)] = _kind_counts(v, f"{where}.{comp}")
+    default = str(ek.get("attention_backend", ""))
+    backend = attention_backend or default
+    backends = sorted({k.split(".")[1] for k in ops if k.startswith("attention.")})
+    for b in (default, backend):
+        if b not in backends:
+            raise InputError(f"no eager attention ops for backend {b!r} of engine {name!r} "
+                             f"(known: {', '.join(backends)})", field="attention_backend", value=b)
+    host = EagerHost(name, backend, default, cost, ops)
+    if layer_launch_us is None:
+        return host
+    ref = _raw()["common"].get("eager_reference")
+    try:
+        kernels = int(ref["kernels"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError("expected eager_reference {kernels, gemms, collectives}", source=_SRC,
+                         field="common.eager_reference", value=ref) from None
+    unit = host.reference_layer_us()
+    if unit <= 0:
+        raise InputError("the reference layer issues no eager ops", source=_SRC,
+                         field=where, value=raw)
+    return EagerHost(name, backend, default, cost, ops, kernels * float(layer_launch_us) / unit)
