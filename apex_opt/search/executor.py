@@ -25,7 +25,7 @@ from ..specs.engine import EngineSpec
 from ..specs.model import ModelSpec
 from ..specs.plan import Plan
 from ..specs.slo import SLOSpec
-from .rates import highest_rate
+from .rates import rate_search
 
 EXECUTORS = ("process", "ray", "serial")
 
@@ -56,13 +56,19 @@ class SimContext:
 @dataclass(frozen=True)
 class SimJob:
     """Simulate ``plan``; with ``rate_search`` find the highest rate factor meeting the SLO
-    (starting the search at ``rate_guess``)."""
+    (starting the search at ``rate_guess``), stopping early once the plan is bounded below
+    ``stop_at`` req/s (a rate another plan sustains; ``rate_req_s`` = the workload's rate at
+    factor 1; :func:`~apex_opt.search.rates.rate_search`)."""
 
     plan: Plan
     rate_search: bool = False
     rate_guess: float = 1.0
     breakdown: bool = False
     engine: EngineSpec | None = None
+    stop_at: float | None = None
+    rate_req_s: float = 1.0
+    #: the probes of an earlier stopped search of this plan (resumed without re-simulating them)
+    replay: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,10 @@ class SimOutcome:
     cost_per_mtok: float | None = None
     #: what the run demanded of its scheduler limits (:func:`limit_envelope`; None = not known)
     envelope: "Envelope | None" = None
+    #: rate search stopped early: the plan sustains less than this (req/s; None = exact) ...
+    below: float | None = None
+    #: ... and its probes ((factor, metrics) in order), to resume it from
+    probes: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -156,8 +166,24 @@ def run_job(ctx: SimContext, job: SimJob) -> SimOutcome:
         env = limit_envelope(ctx, job.plan, res) if job.engine is None else None
         return SimOutcome(res.metrics, 1.0, getattr(energy, "cost_per_mtok", None), env)
     sim = functools.partial(ctx.simulate, job.plan, breakdown=job.breakdown, engine=job.engine)
-    m, f = highest_rate(sim, slo_met, job.rate_guess)
-    return SimOutcome(m, f)
+    conc = ctx.requests.concurrency
+    if conc is not None:
+        # a closed loop scales its client count, rounded (Requests.scaled_rate): factors that
+        # round to the same count are the same simulation
+        runs: dict[int, Metrics] = {}
+
+        def sim(f: float, _sim=sim) -> Metrics:  # noqa: F811
+            n = max(1, round(conc * f))
+            if n not in runs:
+                runs[n] = _sim(f)
+            return runs[n]
+    r = rate_search(sim, slo_met, job.rate_guess, rate=job.rate_req_s,
+                    served=_served, stop_at=job.stop_at, replay=job.replay)
+    return SimOutcome(r.metrics, r.factor, below=r.below, probes=r.probes)
+
+
+def _served(m: Metrics) -> float:
+    return m.requests_per_s
 
 
 Progress = Callable[[int, int], None] | None

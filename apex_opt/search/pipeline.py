@@ -81,10 +81,26 @@ def _rate_guess(space: SearchSpace, key: PlanKey) -> float:
     return max(RATE_MIN_FACTOR, est.capacity_at_slo_req_s / space.stats.rate_req_s * 0.8)
 
 
-def _job(space: SearchSpace, key: PlanKey, objective: str, breakdown: bool = False) -> SimJob:
+def _job(space: SearchSpace, key: PlanKey, objective: str, breakdown: bool = False,
+         stop_at: float | None = None, replay: tuple = ()) -> SimJob:
+    """``stop_at``: a rate (req/s) some simulated plan sustains; the rate search of ``key`` stops
+    once ``key`` is bounded below it (it cannot win; :mod:`.rates`). ``replay``: the probes of
+    its earlier stopped search, to resume it."""
     rs = objective == "throughput"
     return SimJob(to_plan(space, key), rate_search=rs,
-                  rate_guess=_rate_guess(space, key) if rs else 1.0, breakdown=breakdown)
+                  rate_guess=_rate_guess(space, key) if rs else 1.0, breakdown=breakdown,
+                  stop_at=stop_at if rs else None, rate_req_s=space.stats.rate_req_s,
+                  replay=replay)
+
+
+def _incumbent(space: SearchSpace, cache: dict, objective: str) -> float | None:
+    """``throughput``: the highest rate an SLO-meeting plan was simulated to sustain exactly
+    (a bounded plan sustains less than some such rate, so it never is the incumbent)."""
+    if objective != "throughput":
+        return None
+    vals = [v for k, out in cache.items() if out is not None and out.below is None
+            and (v := _met_value(space, k, out, objective)) is not None and v > 0]
+    return max(vals) if vals else None
 
 
 #: Objectives that search the GPU clock of the chosen plans.
@@ -115,6 +131,8 @@ def _plan_out(space: SearchSpace, key: PlanKey, out: SimOutcome | None, objectiv
             rate = (0.0 if out.rate_factor <= 0 else
                     min(space.stats.rate_req_s * out.rate_factor, metrics.requests_per_s))
             met = slo_met(metrics) and out.rate_factor > 0
+            if out.below is not None and not met:
+                met = None  # stopped before any probe met the SLO: it may at a lower rate
         else:
             rate = space.stats.rate_req_s
             met = slo_met(metrics)
@@ -124,6 +142,7 @@ def _plan_out(space: SearchSpace, key: PlanKey, out: SimOutcome | None, objectiv
                                                    out.cost_per_mtok if out else None),
                    rate_req_s=round_sig(rate) if rate is not None else None,
                    rate_per_gpu=round_sig(rate / gpus) if rate is not None else None,
+                   rate_below_req_s=round_sig(out.below) if out and out.below is not None else None,
                    surrogate=surrogate_out(space, key), launch=launch)
 
 
@@ -284,22 +303,27 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
         # it on its hundreds of runs (~15 % of their time) and runs the chosen plan once more
         later_breakdown = exhaustive and objective != "throughput"
 
-        def simulate(todo: list[PlanKey]) -> None:
+        def simulate(todo: list[PlanKey], exact: frozenset = frozenset()) -> None:
             if todo:
                 # longest first (an overloaded plan runs every iteration of its backlog), so the
                 # workers finish together; outcomes stay keyed by plan
                 order = sorted(todo, key=lambda k: (-estimate(space, k).latency_s, todo.index(k)))
-                outs = ex.map([_job(space, k, objective, breakdown=not later_breakdown)
+                # the rate searches stop against the best rate known when the batch starts
+                # (fixed for the batch: the answer does not depend on which worker is faster);
+                # the plans of ``exact`` (the baselines, reported with their gain) run to the end
+                bar = _incumbent(space, cache, objective)
+                outs = ex.map([_job(space, k, objective, breakdown=not later_breakdown,
+                                    stop_at=None if k in exact else bar)
                                for k in order], cb)
                 cache.update(zip(order, outs))
                 for k in todo:
                     if twins is not None:
                         twins.simulated(k)
 
-        def run(keys: list[PlanKey]) -> None:
+        def run(keys: list[PlanKey], exact: frozenset = frozenset()) -> None:
             todo = [k for k in dict.fromkeys(keys) if k not in cache]
             if twins is None:
-                return simulate(todo)
+                return simulate(todo, exact)
             # one plan of each twin group first (the most KV blocks); its twins take its outcome
             # when the run fits their limits too (else they are simulated next)
             first: dict = {}
@@ -340,17 +364,32 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
                 if _detail else []
 
             def sim_batch(batch) -> list[SimScore]:
-                # the baselines ride along with the first batch (idle workers otherwise)
-                run([s.key for s in batch] + base_first)
+                # the baselines ride along with the first batch (idle workers otherwise); under
+                # throughput (baselines searched to the end either way) with the first plan only,
+                # so that the rest of the batch is already searched against its rate
+                head = batch[:1] if objective == "throughput" and base_first else batch
+                run([s.key for s in head] + base_first, frozenset(base_first))
                 base_first.clear()
-                out = []
-                for s in batch:
-                    po = _plan_out(space, s.key, cache[s.key], objective, {})
-                    out.append(SimScore(bool(po.slo_met), po.objective_value,
-                                        po.metrics.e2e_s.mean if po.metrics else None))
-                return out
+                run([s.key for s in batch[len(head):]])
+                return [score(s.key) for s in batch]
 
-            ref = refine(space, source, sim_batch, first=top_k, batch=max(1, procs), budget=budget)
+            def score(key: PlanKey) -> SimScore:
+                po = _plan_out(space, key, cache[key], objective, {})
+                return SimScore(bool(po.slo_met), po.objective_value,
+                                po.metrics.e2e_s.mean if po.metrics else None,
+                                upper=cache[key].below)
+
+            def tighten(pairs) -> list[SimScore]:
+                # resume stopped rate searches from their probes, to a lower stopping rate
+                keys = [s.key for s, _w in pairs]
+                outs = ex.map([_job(space, k, objective, breakdown=not later_breakdown,
+                                    stop_at=w, replay=cache[k].probes)
+                               for k, (_s, w) in zip(keys, pairs)], cb)
+                cache.update(zip(keys, outs))
+                return [score(k) for k in keys]
+
+            ref = refine(space, source, sim_batch, first=top_k, batch=max(1, procs), budget=budget,
+                         tighten=tighten if objective == "throughput" else None)
             keys = [s.key for s in ref.plans]
             gap = None if ref.gap is None else round_sig(ref.gap)
             status = st[0] if st else "UNKNOWN"

@@ -1,11 +1,27 @@
 """Rate search of the ``throughput`` objective: the highest arrival rate (as a factor of the
 workload's own rate; the trace's arrival times are compressed or stretched, lengths kept) at
-which a plan still meets the SLO."""
+which a plan still meets the SLO.
+
+The search is a deterministic sequence of probes (doubling / halving from a guess until the SLO
+breaks, then geometric bisection). Its answer for a plan is what the plan served at the highest
+SLO-meeting factor ``lo``: ``min(rate x lo, completions / makespan)``. Once some probe at factor
+``hi`` missed the SLO, every later probe lies below ``hi``, so the answer is below two bounds:
+
+* ``rate x hi`` -- proven: the answer's factor is below ``hi``;
+* what the plan served at ``hi`` (x ``1 + SERVED_MARGIN``) -- on the assumption that serving a
+  trace faster does not complete it in less time (the served rate does not fall as the offered
+  rate rises), the same monotonicity the bisection itself assumes of the SLO.
+
+:func:`rate_search` stops a plan's search as soon as the smaller of the two is at most a rate
+another plan is known to sustain (``stop_at``): the plan cannot win, and the interval
+``[served at lo, bound)`` is returned instead of a point (:class:`RateResult`).
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Callable, TypeVar
+from dataclasses import dataclass
+from typing import Callable, Generic, TypeVar
 
 M = TypeVar("M")
 
@@ -14,6 +30,92 @@ RATE_STEPS = 9
 RATE_MIN_FACTOR = 1 / 64
 #: Stop bisecting once the bracket is this tight (relative).
 RATE_TOLERANCE = 0.01
+#: Slack on "a plan serves no more below a rate that broke its SLO than at that rate": probes of
+#: one plan at nearby rates differ by float-rounding-sized amounts (0.02 % seen on a PP4 70B plan),
+#: far below this.
+SERVED_MARGIN = 0.02
+
+
+@dataclass
+class RateResult(Generic[M]):
+    """Outcome of one plan's rate search.
+
+    ``metrics`` / ``factor``: the highest SLO-meeting probe (factor 0.0 and the last probe's
+    metrics when none met). ``below``: None when the search ran to its end (the answer is exact);
+    else the search stopped early and the plan's answer is below this rate (req/s)."""
+
+    metrics: M
+    factor: float
+    below: float | None = None
+    #: (factor, metrics) of every probe, in order: a search resumed with them as ``replay``
+    #: simulates only what comes after
+    probes: tuple = ()
+
+
+class RateSearch:
+    """The probe sequence as a state machine: :meth:`next` gives the next factor (None when
+    done), :meth:`observe` takes its outcome. The sequence depends only on the guess and the
+    outcomes, so a search stopped early made exactly the probes the full search starts with."""
+
+    def __init__(self, guess: float, steps: int = RATE_STEPS):
+        self.steps = steps
+        self.lo, self.hi = 0.0, None
+        self.f: float | None = max(RATE_MIN_FACTOR, guess)
+        self.best = self.last = self.hi_metrics = None
+        self.n = 0
+
+    def next(self) -> float | None:
+        return self.f if self.n < self.steps else None
+
+    def observe(self, m, met: bool) -> None:
+        f = self.f
+        self.n += 1
+        self.last = m
+        if met:
+            self.lo, self.best = f, m
+        else:
+            self.hi, self.hi_metrics = f, m
+        if self.hi is None:
+            self.f = f * 2.0
+        elif self.lo == 0.0:
+            self.f = None if f <= RATE_MIN_FACTOR else max(RATE_MIN_FACTOR, f / 2.0)
+        else:
+            self.f = None if self.hi / self.lo <= 1.0 + RATE_TOLERANCE else math.sqrt(self.lo * self.hi)
+
+    def upper(self, rate: float, served: Callable[[M], float]) -> float:
+        """A rate (req/s) the answer stays below: ``rate x hi`` and, on the served-rate
+        assumption, what the plan served at ``hi`` (inf before any probe missed the SLO)."""
+        if self.hi is None:
+            return math.inf
+        return min(rate * self.hi, served(self.hi_metrics) * (1.0 + SERVED_MARGIN))
+
+
+def rate_search(sim: Callable[[float], M], met: Callable[[M], bool], guess: float, *,
+                steps: int = RATE_STEPS, rate: float = 1.0,
+                served: Callable[[M], float] | None = None,
+                stop_at: float | None = None, replay: tuple = ()) -> RateResult[M]:
+    """Run the probe sequence of :class:`RateSearch`. With ``stop_at`` (req/s; ``rate`` = the
+    workload's req/s at factor 1, ``served(metrics)`` = completions / makespan) stop as soon as
+    the answer is bounded below ``stop_at``: then ``below`` carries that bound. ``replay``: the
+    ``probes`` of an earlier (stopped) search of the same plan and guess, taken instead of
+    simulating them again (the sequence is the same up to where it stopped)."""
+    s = RateSearch(guess, steps)
+    below = None
+    done = dict(replay)
+    probes = []
+    while (f := s.next()) is not None:
+        m = done[f] if f in done else sim(f)
+        probes.append((f, m))
+        s.observe(m, met(m))
+        if stop_at is not None and served is not None:
+            u = s.upper(rate, served)
+            if u <= stop_at:
+                below = u
+                break
+    keep = tuple(probes) if below is not None else ()
+    if s.best is None:
+        return RateResult(s.last, 0.0, below, keep)
+    return RateResult(s.best, s.lo, below, keep)
 
 
 def highest_rate(sim: Callable[[float], M], met: Callable[[M], bool], guess: float,
@@ -21,25 +123,5 @@ def highest_rate(sim: Callable[[float], M], met: Callable[[M], bool], guess: flo
     """(metrics, factor) at the highest rate factor meeting the SLO found in ``steps``
     simulations, starting at ``guess`` (doubling / halving until bracketed, then geometric
     bisection). Factor 0.0 (with the metrics at the lowest factor tried) when none met it."""
-    lo, hi = 0.0, None
-    f = max(RATE_MIN_FACTOR, guess)
-    best = last = None
-    for _ in range(steps):
-        last = sim(f)
-        if met(last):
-            lo, best = f, last
-        else:
-            hi = f
-        if hi is None:
-            f *= 2.0
-        elif lo == 0.0:
-            if f <= RATE_MIN_FACTOR:
-                break
-            f = max(RATE_MIN_FACTOR, f / 2.0)
-        else:
-            if hi / lo <= 1.0 + RATE_TOLERANCE:
-                break
-            f = math.sqrt(lo * hi)
-    if best is None:
-        return last, 0.0
-    return best, lo
+    r = rate_search(sim, met, guess, steps=steps)
+    return r.metrics, r.factor

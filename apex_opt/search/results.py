@@ -65,6 +65,12 @@ class PlanOut(_Out):
                                                        "the highest rate the plan sustains within "
                                                        "the SLO).")
     rate_per_gpu: float | None = None
+    rate_below_req_s: float | None = Field(None, description="`throughput`: set when the plan's "
+                                           "rate search stopped early, once it proved the plan "
+                                           "sustains less than this rate (req/s), below a rate "
+                                           "another plan sustains; `rate_req_s` is then the rate it "
+                                           "was seen to sustain (a lower bound; 0 and `slo_met` "
+                                           "null when no rate it tried met the SLO).")
     surrogate: Surrogate
     launch: dict[str, str] = Field(default_factory=dict, description="Shell commands (one line per "
                                    "process) that start the plan, per engine.")

@@ -258,6 +258,14 @@ class SimScore:
     met: bool
     value: float | None     # simulated objective value
     latency: float | None   # simulated mean E2E latency (the gpus objective's tie-break)
+    #: ``throughput``: the plan's rate search stopped once the plan was proven to sustain less
+    #: than this (below a simulated plan's rate): ``value`` is then only what it was seen to
+    #: sustain. None = ``value`` is exact.
+    upper: float | None = None
+
+    @property
+    def exact(self) -> bool:
+        return self.upper is None
 
 
 @dataclass
@@ -270,9 +278,17 @@ class Refined:
 
 def refine(space: SearchSpace, plans: Iterator[Scored],
            simulate: Callable[[list[Scored]], list[SimScore]], *, first: int, batch: int,
-           budget: int) -> Refined:
+           budget: int,
+           tighten: Callable[[list[tuple[Scored, float]]], list[SimScore]] | None = None
+           ) -> Refined:
     """Simulate plans from ``plans`` (surrogate order) until the bound says no better plan remains
-    or ``budget`` simulations are spent."""
+    or ``budget`` simulations are spent.
+
+    ``throughput``: a plan whose rate search stopped once it was bounded below the best is done
+    (never the best); its bound stands in for its simulated value only where it tightens its
+    family's bound (:func:`could_beat`). When that bound is still too loose to rule out the next
+    plan of the family, ``tighten([(plan, rate)])`` resumes those searches until each is bounded
+    below ``rate`` (or exact) -- a few more probes instead of a whole new rate search."""
     objective = space.objective
     maximise = objective in MAXIMISE
     done: list[Scored] = []
@@ -286,7 +302,9 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
         return next(it, None)
 
     def best() -> tuple[float | None, Scored | None]:
-        met = [(r.value, s) for s, r in zip(done, sims) if r.met and r.value is not None]
+        # a bounded plan is below some exact one: never the best
+        met = [(r.value, s) for s, r in zip(done, sims)
+               if r.met and r.value is not None and r.exact]
         if not met:
             return None, None
         if objective == "gpus":
@@ -299,7 +317,7 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
         ``fam`` when one of it was simulated; else of all, with a wider margin)."""
         if fam is not None:
             own = [(s, r) for s, r in zip(done, sims) if family(space, s) == fam]
-            if any(r.met and r.value is not None for _s, r in own):
+            if any(r.met and r.value is not None and r.exact for _s, r in own):
                 return _ratio(own)
             if objective in UNBOUNDED_FAMILIES:
                 return None  # no bound for a shape family not yet measured
@@ -311,7 +329,9 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
     def _ratio(pairs) -> float | None:
         rs = []
         for s, r in pairs:
-            if not (r.met and r.value is not None):
+            # a bounded plan's ratio is below its bound's: it may only tighten a family's bound
+            # (bounded_ratio), never loosen the exact members' most optimistic ratio
+            if not (r.met and r.value is not None and r.exact):
                 continue
             sv = s.est.latency_s if objective == "gpus" else s.value
             rv = r.latency if objective == "gpus" else r.value
@@ -320,6 +340,37 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
         if not rs:
             return None
         return max(rs) * (1 + BOUND_MARGIN) if maximise else min(rs) * (1 - BOUND_MARGIN)
+
+    def bounded_ratio(fam: tuple) -> float | None:
+        """Most optimistic bound/surrogate ratio of the family's bounded plans (with the margin):
+        each one's simulated/surrogate ratio is below it."""
+        rs = [r.upper / s.value for s, r in zip(done, sims) if not r.exact
+              and family(space, s) == fam and s.value > 0 and math.isfinite(s.value)]
+        return max(rs) * (1 + BOUND_MARGIN) if rs else None
+
+    def tighten_family(s: Scored) -> bool:
+        """Resume the bounded searches of ``s``'s family (none of it exact and SLO-meeting) whose
+        bounds let ``s`` through: each until it is bounded below the rate that would rule ``s``
+        out. True when any was resumed."""
+        bv, _ = best()
+        fam = family(space, s)
+        own = [j for j, d in enumerate(done) if family(space, d) == fam]
+        if bv is None or not (s.value > 0 and math.isfinite(s.value)) or \
+                any(sims[j].met and sims[j].value is not None and sims[j].exact for j in own):
+            return False
+        todo = []
+        for j in own:
+            d, r = done[j], sims[j]
+            if r.exact or not (d.value > 0 and math.isfinite(d.value)):
+                continue
+            want = bv * d.value / (s.value * (1 + BOUND_MARGIN))
+            if r.upper > want:
+                todo.append((j, want))
+        if not todo:
+            return False
+        for (j, _w), r in zip(todo, tighten([(done[j], w) for j, w in todo])):
+            sims[j] = r
+        return True
 
     def confirmed_miss(s: Scored) -> bool:
         """The surrogate predicts ``s`` misses the SLO at the workload's rate and the simulation
@@ -351,8 +402,12 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
             bound = s.value * r
         elif objective == "throughput":
             # no ratio for its family: the most a plan can complete is its steady-state capacity
-            # at the largest batch its limits allow, whatever a finite trace's arrivals do
+            # at the largest batch its limits allow, whatever a finite trace's arrivals do;
+            # members bounded below the best (their rate search stopped early) tighten it
             bound = s.est.capacity_req_s * (1 + BOUND_MARGIN)
+            rb = bounded_ratio(family(space, s))
+            if rb is not None:
+                bound = min(bound, s.value * rb)
         else:
             bound = math.inf if maximise else 0.0
         if maximise:
@@ -401,6 +456,11 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
                     nxt.insert(0, s)
                     break
                 continue
+            if tighten is not None and tighten_family(s):
+                ok, g = could_beat(s)
+                if not ok:
+                    skipped.append(s)
+                    continue
             fam = family(space, s)
             if any(family(space, c) == fam for c in chosen) and \
                     not any(family(space, d) == fam for d in done):
