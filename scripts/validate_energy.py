@@ -7,7 +7,8 @@ Each row is replayed the way it was run: a closed batch (all requests submitted 
 engine capped at the row's ``max_num_seqs``), the engine's settings (v3: ``vllm@0.11.1`` -- V1 with
 chunked prefill, max-num-batched-tokens 8192, max-model-len from the notes and the configs'
 ``async-scheduling: true``; v2: ``vllm-0.6@0.5.4``, our V0 engine model, chunked prefill off,
-max-model-len 4096), the requests' sampling filter (top_p 0.95 on every request of both
+max-model-len 4096, gpu-memory-utilization 0.95 and the API server in the engine's process --
+``--disable-frontend-multiprocessing``, see ``EngineSpec.frontend_in_process``), the requests' sampling filter (top_p 0.95 on every request of both
 benchmarks except v2's greedy code task, top_k from the checkpoint's generation_config on v3 -- vLLM >= 0.11.1 runs a
 sort-based top-k/top-p filter on the GPU every step, see ``EngineSpec.sampler_top_p_bytes_per_logit``),
 the row's TP / PP and dtype, and the
@@ -192,10 +193,11 @@ def simulate_row(row: dict) -> dict | None:
     else:
         # the v2 server flags (ml-energy/leaderboard-v2 benchmark/llm_text_generation/chat/scripts/
         # benchmark_one_datapoint.py): --enable-chunked-prefill False --max-model-len 4096
-        # --disable-frontend-multiprocessing (the API server runs in the engine's process)
+        # --gpu-memory-utilization 0.95 --disable-frontend-multiprocessing (the API server runs
+        # in the engine's process)
         engine = load_engine("vllm-0.6@0.5.4").model_copy(update={"frontend_in_process": True})
         g = ReplicaGroup(tp=s["tp"], pp=s["pp"], replicas=1, max_num_seqs=s["mns"],
-                         chunked_prefill=False, max_model_len=4096,
+                         chunked_prefill=False, max_model_len=4096, gpu_memory_utilization=0.95,
                          weight_dtype="fp8" if s["fp8"] else "bf16")
     plan = Plan(groups=(g,), router="round_robin")
     t = time.perf_counter()

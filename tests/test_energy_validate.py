@@ -71,3 +71,29 @@ def test_large_batch_replay_pays_the_sort_sampler(energy_rows):
     out = v.simulate_row(energy_rows["mlev3-lm-arena-chat-Llama-3.1-8B-Instruct-H100-g1-tp1-ep1-mns256"])
     assert abs(out["err_pct"]["tok_s"]) < 12
     assert abs(out["err_pct"]["power_w"]) < 10
+
+
+def test_v2_rows_replay_vllm_054_with_the_front_end_in_process(energy_rows, monkeypatch):
+    # ML.ENERGY v2 launched vLLM 0.5.4 with --disable-frontend-multiprocessing (and
+    # --gpu-memory-utilization 0.95): the replay must run that engine, not 0.5.4's default
+    v = _script()
+    seen = {}
+
+    class _Stop(Exception):
+        pass
+
+    def fake_simulate(model, cluster, plan, requests, *, engine):
+        seen.update(engine=engine, group=plan.groups[0])
+        raise _Stop
+
+    monkeypatch.setattr(v, "simulate", fake_simulate)
+    with pytest.raises(_Stop):
+        v.simulate_row(energy_rows["mlev2-chat-Meta-Llama-3.1-8B-Instruct-H100-tp1-pp1-mns64"])
+    e, g = seen["engine"], seen["group"]
+    assert e.name == "vllm-0.6" and e.version == "0.5.4"
+    assert e.frontend_in_process and e.frontend_per_token_us > 0
+    assert g.chunked_prefill is False and g.max_model_len == 4096
+    assert g.gpu_memory_utilization == 0.95
+    with pytest.raises(_Stop):
+        v.simulate_row(energy_rows["mlev3-lm-arena-chat-Llama-3.1-8B-Instruct-H100-g1-tp1-ep1-mns8"])
+    assert not seen["engine"].frontend_in_process      # V1: the server is its own process
