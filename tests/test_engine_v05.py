@@ -16,17 +16,13 @@ from apex_opt.sim.simulator import simulate
 from apex_opt.sim.workload import Requests
 from apex_opt.specs.engine import load_engine
 from apex_opt.specs.model import load_model
-from apex_opt.specs.plan import Plan, ReplicaGroup
+from apex_opt.specs.plan import Plan, ReplicaConfig, ReplicaGroup
 
 
 @pytest.fixture(scope="module")
-def m8():
-    return load_model("llama-3.1-8b")
-
-
-@pytest.fixture(scope="module")
-def node():
-    return load_cluster("h100-sxm-1x8")
+def m8_node():
+    """Llama-3.1-8B on one H100 SXM node."""
+    return load_model("llama-3.1-8b"), load_cluster("h100-sxm-1x8")
 
 
 def test_in_process_front_end_resolved_by_version():
@@ -41,8 +37,8 @@ def test_in_process_front_end_resolved_by_version():
     assert load_engine("vllm").frontend_in_process is False
 
 
-def test_host_time_pays_the_front_end_per_sequence(m8, node):
-    from apex_opt.specs.plan import ReplicaConfig
+def test_host_time_pays_the_front_end_per_sequence(m8_node):
+    m8, node = m8_node
     cfg = ReplicaConfig(tp=1, max_model_len=4096, chunked_prefill=False)
     out_of = load_engine("vllm-0.6@0.5.4")
     inside = load_engine("vllm-0.6@0.5.3")
@@ -66,7 +62,8 @@ def _closed_batch_tok_s(m8, node, engine, mns: int) -> float:
     return win.throughput_tokens_per_s
 
 
-def test_in_process_front_end_lowers_saturated_throughput_more_at_large_batch(m8, node):
+def test_in_process_front_end_lowers_saturated_throughput_more_at_large_batch(m8_node):
+    m8, node = m8_node
     out_of = load_engine("vllm-0.6@0.5.4")
     inside = out_of.model_copy(update={"frontend_in_process": True})
     loss = {}
