@@ -94,6 +94,8 @@ def simulate_row(row: dict, base: Path, cluster) -> dict:
     req = load_trace(base / row["trace"])
     model = load_model(row_model(row))
     engine = load_engine(ENGINES[row["engine"]])
+    if row["engine"] == "sglang":  # launched with --attention-backend triton (the data's README)
+        engine = engine.model_copy(update={"attention_backend": "triton"})
     res = simulate(model, cluster, row_plan(row), req, engine=engine)
     pred = {"ttft_ms": res.metrics.ttft_ms.mean, "tpot_ms": res.tpot_token_weighted_ms,
             "e2e_s": res.metrics.e2e_s.mean}
