@@ -84,6 +84,8 @@ class SimOutcome:
     below: float | None = None
     #: ... and its probes ((factor, metrics) in order), to resume it from
     probes: tuple = ()
+    #: simulator runs this outcome took (a rate search: the probes it simulated)
+    runs: int = 1
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,11 @@ def run_job(ctx: SimContext, job: SimJob) -> SimOutcome:
         energy = getattr(res, "energy", None)
         env = limit_envelope(ctx, job.plan, res) if job.engine is None else None
         return SimOutcome(res.metrics, 1.0, getattr(energy, "cost_per_mtok", None), env)
-    sim = functools.partial(ctx.simulate, job.plan, breakdown=job.breakdown, engine=job.engine)
+    runs = []
+
+    def sim(f: float) -> Metrics:
+        runs.append(f)
+        return ctx.simulate(job.plan, f, breakdown=job.breakdown, engine=job.engine)
     conc = ctx.requests.concurrency
     if conc is not None:
         # a closed loop scales its client count, rounded (Requests.scaled_rate): factors that
@@ -179,7 +185,7 @@ def run_job(ctx: SimContext, job: SimJob) -> SimOutcome:
             return runs[n]
     r = rate_search(sim, slo_met, job.rate_guess, rate=job.rate_req_s,
                     served=_served, stop_at=job.stop_at, replay=job.replay)
-    return SimOutcome(r.metrics, r.factor, below=r.below, probes=r.probes)
+    return SimOutcome(r.metrics, r.factor, below=r.below, probes=r.probes, runs=len(runs))
 
 
 def _served(m: Metrics) -> float:

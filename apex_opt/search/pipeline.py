@@ -295,7 +295,13 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
     cache: dict[PlanKey, SimOutcome] = {}
     clock_cache: dict = {}
     gap = None
+    runs = [0]
     with make_executor(executor, ctx, workers) as ex:
+
+        def sims(jobs: list[SimJob], cb=None) -> list[SimOutcome]:
+            outs = ex.map(jobs, cb)
+            runs[0] += sum(o.runs for o in outs)
+            return outs
 
         twins = Twins(model, space, eng) if objective != "throughput" else None
         # the simulator collects the time breakdown inside fast-forwarded decode runs at little
@@ -312,7 +318,7 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
                 # (fixed for the batch: the answer does not depend on which worker is faster);
                 # the plans of ``exact`` (the baselines, reported with their gain) run to the end
                 bar = _incumbent(space, cache, objective)
-                outs = ex.map([_job(space, k, objective, breakdown=not later_breakdown,
+                outs = sims([_job(space, k, objective, breakdown=not later_breakdown,
                                     stop_at=None if k in exact else bar)
                                for k in order], cb)
                 cache.update(zip(order, outs))
@@ -382,7 +388,7 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
             def tighten(pairs) -> list[SimScore]:
                 # resume stopped rate searches from their probes, to a lower stopping rate
                 keys = [s.key for s, _w in pairs]
-                outs = ex.map([_job(space, k, objective, breakdown=not later_breakdown,
+                outs = sims([_job(space, k, objective, breakdown=not later_breakdown,
                                     stop_at=w, replay=cache[k].probes)
                                for k, (_s, w) in zip(keys, pairs)], cb)
                 cache.update(zip(keys, outs))
@@ -433,7 +439,8 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
                                    status=status, wall_s=0.0, plans_feasible=n_feasible,
                                    plans_simulated=len(cache), candidates=len(space.cands),
                                    shortlist=len(keys), objective=objective, exhaustive=exhaustive,
-                                   workers=workers, executor=executor, seed=seed, engine=eng_key))
+                                   workers=workers, executor=executor, seed=seed, engine=eng_key,
+                                   simulator_runs=runs[0]))
         # one batch for what is left: baselines and the other engines
         extra = [SimJob(best_plan, engine=o) for o in others]
         todo = [k for _n, _d, k, _p in base_specs if k is not None and k not in cache]
@@ -446,7 +453,7 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
             todo = [k for k in todo if k not in cache]
         if later_breakdown:
             extra.append(SimJob(best_plan, breakdown=True))
-        outs = ex.map([_job(space, k, objective) for k in todo] + extra)
+        outs = sims([_job(space, k, objective) for k in todo] + extra)
         cache.update(zip(todo, outs[:len(todo)]))
         rest = outs[len(todo):]
         bd = cache[best_key].metrics
@@ -462,7 +469,7 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
                       plans_feasible=n_feasible, plans_simulated=len(cache),
                       candidates=len(space.cands), shortlist=len(keys), objective=objective,
                       exhaustive=exhaustive, workers=workers, executor=executor, seed=seed,
-                      engine=eng_key, optimality_gap=gap)
+                      engine=eng_key, optimality_gap=gap, simulator_runs=runs[0])
     return SolveResult(model=model.name, cluster=cluster.name, objective=objective,
                        slo=slo.model_dump(mode="json"),
                        workload=requests.summary().model_dump(mode="json"), plans=ranked,

@@ -143,6 +143,9 @@ class SolverInfo(_Out):
     executor: str
     seed: int
     engine: str = Field("vllm", description="Engine profile every plan was simulated with.")
+    simulator_runs: int | None = Field(
+        None, description="Simulations of the whole workload the answer took (a `throughput` "
+                          "plan's rate search runs one per arrival rate it tries).")
     optimality_gap: float | None = Field(
         None, description="Largest relative improvement over the chosen plan that an unsimulated "
                           "plan could still offer by the surrogate's bound (0 = none; None = "
