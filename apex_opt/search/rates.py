@@ -12,6 +12,12 @@ SLO-meeting factor ``lo``: ``min(rate x lo, completions / makespan)``. Once some
   trace faster does not complete it in less time (the served rate does not fall as the offered
   rate rises), the same monotonicity the bisection itself assumes of the SLO.
 
+No probe of the sequence exceeds its ceiling, the guess doubled ``steps - 1`` times (a plan that
+meets the SLO all the way up ends there: a short trace compressed that far arrives as one burst).
+So before any probe missed, one probe at the ceiling bounds the answer the same way: below what
+the plan served there (x ``1 + SERVED_MARGIN``). A search with ``stop_at`` makes that probe after
+its first SLO-meeting one; when the sequence reaches the ceiling itself the probe is reused.
+
 :func:`rate_search` stops a plan's search as soon as the smaller of the two is at most a rate
 another plan is known to sustain (``stop_at``): the plan cannot win, and the interval
 ``[served at lo, bound)`` is returned instead of a point (:class:`RateResult`).
@@ -50,6 +56,9 @@ class RateResult(Generic[M]):
     #: (factor, metrics) of every probe, in order: a search resumed with them as ``replay``
     #: simulates only what comes after
     probes: tuple = ()
+    #: the factor of the ceiling probe when one was made (its entry in ``probes`` is the first
+    #: with this factor)
+    ceiling: float | None = None
 
 
 class RateSearch:
@@ -61,8 +70,12 @@ class RateSearch:
         self.steps = steps
         self.lo, self.hi = 0.0, None
         self.f: float | None = max(RATE_MIN_FACTOR, guess)
-        self.best = self.last = self.hi_metrics = None
+        self.best = self.last = self.hi_metrics = self.top_metrics = None
         self.n = 0
+        # the highest factor the sequence can reach (doubled as the sequence doubles: bit-equal)
+        self.ceiling = self.f
+        for _ in range(steps - 1):
+            self.ceiling *= 2.0
 
     def next(self) -> float | None:
         return self.f if self.n < self.steps else None
@@ -82,12 +95,20 @@ class RateSearch:
         else:
             self.f = None if self.hi / self.lo <= 1.0 + RATE_TOLERANCE else math.sqrt(self.lo * self.hi)
 
+    def top(self, m) -> None:
+        """The outcome of a probe at the ceiling (outside the sequence)."""
+        self.top_metrics = m
+
     def upper(self, rate: float, served: Callable[[M], float]) -> float:
         """A rate (req/s) the answer stays below: ``rate x hi`` and, on the served-rate
-        assumption, what the plan served at ``hi`` (inf before any probe missed the SLO)."""
-        if self.hi is None:
-            return math.inf
-        return min(rate * self.hi, served(self.hi_metrics) * (1.0 + SERVED_MARGIN))
+        assumption, what the plan served at ``hi`` or at the ceiling (inf before any probe
+        missed the SLO or the ceiling was probed)."""
+        u = math.inf
+        if self.hi is not None:
+            u = min(rate * self.hi, served(self.hi_metrics) * (1.0 + SERVED_MARGIN))
+        if self.top_metrics is not None:
+            u = min(u, served(self.top_metrics) * (1.0 + SERVED_MARGIN))
+        return u
 
 
 def rate_search(sim: Callable[[float], M], met: Callable[[M], bool], guess: float, *,
@@ -100,22 +121,32 @@ def rate_search(sim: Callable[[float], M], met: Callable[[M], bool], guess: floa
     ``probes`` of an earlier (stopped) search of the same plan and guess, taken instead of
     simulating them again (the sequence is the same up to where it stopped)."""
     s = RateSearch(guess, steps)
-    below = None
+    below = ceiling = None
     done = dict(replay)
     probes = []
+
+    def probe(f: float):
+        if f not in done:
+            done[f] = sim(f)
+        probes.append((f, done[f]))
+        return done[f]
+
+    bounded = stop_at is not None and served is not None
     while (f := s.next()) is not None:
-        m = done[f] if f in done else sim(f)
-        probes.append((f, m))
+        m = probe(f)
         s.observe(m, met(m))
-        if stop_at is not None and served is not None:
+        if bounded and ceiling is None and s.hi is None and s.next() not in (None, s.ceiling):
+            ceiling = s.ceiling  # met so far: bound the answer from the top
+            s.top(probe(ceiling))
+        if bounded:
             u = s.upper(rate, served)
             if u <= stop_at:
                 below = u
                 break
     keep = tuple(probes) if below is not None else ()
     if s.best is None:
-        return RateResult(s.last, 0.0, below, keep)
-    return RateResult(s.best, s.lo, below, keep)
+        return RateResult(s.last, 0.0, below, keep, ceiling)
+    return RateResult(s.best, s.lo, below, keep, ceiling)
 
 
 def highest_rate(sim: Callable[[float], M], met: Callable[[M], bool], guess: float,
