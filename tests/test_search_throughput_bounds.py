@@ -238,3 +238,25 @@ pools:
     for p in with_bounds.plans:  # bounded plans are below the chosen one, and say so
         if p.rate_below_req_s is not None:
             assert p.rate_below_req_s <= a.objective_value and p.rank > 1
+
+
+def test_a_closed_loop_simulates_each_client_count_once() -> None:
+    # a closed loop's rate factor scales its client count, rounded: factors that round to the same
+    # count are one simulation (the search still sees every factor it asks for)
+    from types import SimpleNamespace
+
+    from apex_opt.search.executor import SimJob, run_job
+
+    calls = []
+
+    class Ctx:
+        requests = SimpleNamespace(concurrency=3)
+
+        def simulate(self, plan, f, breakdown=False, engine=None):
+            n = max(1, round(3 * f))
+            calls.append(n)
+            return SimpleNamespace(slo_met=n <= 7, num_completed=10, requests_per_s=float(n))
+
+    out = run_job(Ctx(), SimJob(plan=None, rate_search=True, rate_guess=1.0))
+    assert len(calls) == len(set(calls)) == out.runs < RATE_STEPS
+    assert out.rate_factor * 3 == pytest.approx(7, abs=0.5) and out.metrics.requests_per_s == 7.0

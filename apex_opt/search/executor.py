@@ -176,13 +176,13 @@ def run_job(ctx: SimContext, job: SimJob) -> SimOutcome:
     if conc is not None:
         # a closed loop scales its client count, rounded (Requests.scaled_rate): factors that
         # round to the same count are the same simulation
-        runs: dict[int, Metrics] = {}
+        clients: dict[int, Metrics] = {}
 
         def sim(f: float, _sim=sim) -> Metrics:  # noqa: F811
             n = max(1, round(conc * f))
-            if n not in runs:
-                runs[n] = _sim(f)
-            return runs[n]
+            if n not in clients:
+                clients[n] = _sim(f)
+            return clients[n]
     r = rate_search(sim, slo_met, job.rate_guess, rate=job.rate_req_s,
                     served=_served, stop_at=job.stop_at, replay=job.replay)
     return SimOutcome(r.metrics, r.factor, below=r.below, probes=r.probes, runs=len(runs))
