@@ -172,8 +172,15 @@ def power_w(fit: PowerFit, idle_w: float, limit_w: float, u_mem: float, u_cmp: f
 #   fitted memory-activity term at the iteration's average HBM utilisation);
 # * an awake GPU with no kernel (``P_awake``, measured 130 W at 1980 MHz on H100 SXM vs 75 W idle
 #   at 345 MHz) pays clock-tree and leakage power ~ f V^2 above the settled idle;
-# * v(f) is the core voltage relative to the max-clock voltage: flat at ``voltage_at_knee`` below
-#   ``voltage_knee_mhz``, linear up to 1 at ``sm_clock_max_mhz`` (device file).
+# * v(f) is the core voltage relative to the max-clock voltage. Where the device file has a
+#   ``voltage_curve`` (points derived from a published clock sweep, see a100-sxm-80gb.yaml) v is
+#   piecewise linear through those points and flat below the first one (the voltage floor: below
+#   it a lower clock saves only the f in f V^2). Otherwise: flat at ``voltage_at_knee`` below
+#   ``voltage_knee_mhz``, linear up to 1 at ``sm_clock_max_mhz``.
+#   Deriving v from a sweep: with a fixed amount of compute-bound work, E(f) - P_idle T(f) =
+#   E_mem + (P_awake - P_idle) (f / f_max) T(f) v^2 + E_cmp v^2, and f T(f) is ~constant when
+#   T ~ 1/f, so (E - P_idle T) at f over the same at the top clock is v(f)^2 / v(top)^2
+#   (:func:`voltage_from_sweep`).
 #
 # A power cap C becomes a clock: the GPU's power controller lowers the SM clock until the average
 # power over its window (longer than one iteration) is at most C, so the iteration runs at the
@@ -208,9 +215,13 @@ class DvfsModel:
     p_awake: float
     p_limit: float
     p_cap_min: float
+    curve: tuple[tuple[float, float], ...] = ()
 
     def voltage(self, f: float) -> float:
         """Core voltage at SM clock ``f`` relative to the voltage at ``f_max``."""
+        if self.curve:
+            return float(np.interp(min(f, self.f_max), [p[0] for p in self.curve],
+                                   [p[1] for p in self.curve]))
         if f <= self.f_knee:
             return self.v_knee
         if self.f_max <= self.f_knee:
@@ -306,10 +317,38 @@ def dvfs_model(device, idle_w_fit: float | None = None) -> DvfsModel | None:
     knee = d.voltage_knee_mhz if d.voltage_knee_mhz is not None else d.sm_clock_min_mhz
     vk = d.voltage_at_knee if d.voltage_at_knee is not None else 1.0
     awake = d.active_idle_power_w if d.active_idle_power_w is not None else d.idle_power_w
+    curve = tuple((float(f), float(v)) for f, v in (d.voltage_curve or ()))
+    if curve:
+        knee, vk = curve[0]
     return DvfsModel(f_min=float(d.sm_clock_min_mhz), f_max=float(d.sm_clock_max_mhz),
                      f_knee=float(knee), v_knee=float(vk), p_idle=float(d.idle_power_w),
                      p_awake=float(awake), p_limit=float(d.power_limit_w),
-                     p_cap_min=float(d.power_cap_min_w if d.power_cap_min_w is not None else d.idle_power_w))
+                     p_cap_min=float(d.power_cap_min_w if d.power_cap_min_w is not None else d.idle_power_w),
+                     curve=curve)
+
+
+def voltage_from_sweep(rows: list[tuple[float, float, float]], idle_w: float,
+                       fit_below_mhz: float) -> list[tuple[float, float]]:
+    """Relative core voltage from a clock sweep of one fixed piece of compute-bound work.
+
+    ``rows``: (requested SM clock MHz, seconds, joules) per clock. The clock the GPU actually ran
+    at comes from the times: T(f) = a + b / f is fitted on the rows below ``fit_below_mhz`` (where
+    the requested clock holds) and f_eff = b / (T - a) for every row -- near the top a power or
+    thermal limit holds the clock below the requested one. Returns (f_eff, v / v(top row)),
+    ascending in clock, with v^2 = (E - idle T) / (E_top - idle T_top) (see the comment block
+    above: the share of energy that does not scale with v^2 is taken as zero)."""
+    rows = sorted(rows, key=lambda r: -r[0])
+    f = np.array([r[0] for r in rows])
+    t = np.array([r[1] for r in rows])
+    e = np.array([r[2] for r in rows])
+    m = f < fit_below_mhz
+    if m.sum() < 2:
+        raise ValueError("voltage_from_sweep needs >= 2 rows below fit_below_mhz")
+    a, b = np.linalg.lstsq(np.vstack([np.ones(m.sum()), 1.0 / f[m]]).T, t[m], rcond=None)[0]
+    f_eff = b / (t - a)
+    dyn = e - idle_w * t
+    v = np.sqrt(np.clip(dyn / dyn[0], 0.0, None))
+    return sorted(zip((float(x) for x in f_eff), (float(x) for x in v)))
 
 
 def check_gpu_settings(device, sm_clock_mhz: int | None, power_cap_w: float | None, *,

@@ -65,6 +65,11 @@ class DeviceSpec(_StrictNumbers):
     voltage_at_knee: PosFloat | None = Field(None, description="Core voltage at and below the knee "
                                              "as a fraction of the voltage at max clock (0-1]; "
                                              "linear in between.")
+    voltage_curve: list[list[PosFloat]] | None = Field(
+        None, description="Measured V-f curve as [[SM clock MHz, core voltage / voltage at "
+                          "sm_clock_max_mhz], ...], clocks ascending, the last point at "
+                          "sm_clock_max_mhz with 1.0; flat below the first point, linear between "
+                          "points. Overrides voltage_knee_mhz / voltage_at_knee.")
     active_idle_power_w: PosFloat | None = Field(None, description="Power of a GPU that is awake "
                                                  "at its boost clock but runs no kernel (gaps "
                                                  "between engine steps), W.")
@@ -105,6 +110,19 @@ class DeviceSpec(_StrictNumbers):
         if self.voltage_at_knee is not None and self.voltage_at_knee > 1:
             raise ValueError(f"voltage_at_knee ({self.voltage_at_knee}) is a fraction of the "
                              f"max-clock voltage and must be <= 1")
+        if self.voltage_curve is not None:
+            if any(len(p) != 2 for p in self.voltage_curve):
+                raise ValueError(f"voltage_curve points are [MHz, relative voltage] pairs "
+                                 f"(got {self.voltage_curve})")
+            fs = [p[0] for p in self.voltage_curve]
+            vs = [p[1] for p in self.voltage_curve]
+            if len(fs) < 2 or any(b <= a for a, b in zip(fs, fs[1:])) or any(
+                    b < a for a, b in zip(vs, vs[1:])):
+                raise ValueError(f"voltage_curve needs >= 2 points with ascending clocks and "
+                                 f"non-decreasing voltage (got {self.voltage_curve})")
+            if hi is None or abs(fs[-1] - hi) > 1e-6 or abs(vs[-1] - 1.0) > 1e-9:
+                raise ValueError(f"voltage_curve must end at [sm_clock_max_mhz, 1.0] "
+                                 f"(got {self.voltage_curve[-1]}, max clock {hi})")
         if self.power_cap_min_w is not None and self.power_cap_min_w > self.power_limit_w:
             raise ValueError(f"power_cap_min_w ({self.power_cap_min_w}) exceeds power_limit_w "
                              f"({self.power_limit_w})")
