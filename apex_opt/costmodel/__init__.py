@@ -24,7 +24,7 @@ from . import elementwise as _ew
 from .gemm import COMPUTE_DTYPES, GemmTable, GroupedCorrection, build_gemm_table, fit_grouped, table_dtype
 from .power import PowerFit, SustainedDerate, fit_derate, fit_power, parse_cases, power_w
 from .profile import REFERENCE_PROFILE, Profile, load_profile
-from .roofline import WEIGHT_BYTES, gemm_flops_bytes
+from .roofline import WEIGHT_BYTES, gemm_flops_bytes, matmul_scale
 
 # collectives live in .collectives (it imports device_model from here; no import back: one
 # direction between the package and its submodule)
@@ -107,6 +107,11 @@ class DeviceCostModel:
         self.power_limit_w = float(device.power_limit_w)
         self._gemm_cache: dict[tuple, OpCost] = {}
         self._ew_cache: dict[tuple, OpCost] = {}
+        # transfer to a device without its own profile: published per-device matmul and
+        # attention-kernel efficiencies relative to the profiled device (data/device_transfer.yaml)
+        ref = self.cal.profile.name
+        self._mm_scale = {dt: 1.0 if self.has_profile else matmul_scale(device, dt, ref) for dt in ("bf16", "fp8")}
+        self._attn_scale = 1.0 if self.has_profile else _attn.attention_kernel_scale(device, ref)
 
     # -- power -----------------------------------------------------------------------------------
     def peak_flops(self, dtype: str) -> float:
@@ -145,7 +150,7 @@ class DeviceCostModel:
         table = self.cal.gemm[dtype]
         if self.has_profile:
             return table.time(m, n, k, wd)
-        return table.roofline(m, n, k, wd, peak_flops=self.peak_flops(dtype), bw=self.bw)
+        return table.roofline(m, n, k, wd, peak_flops=self.peak_flops(dtype) * self._mm_scale[dtype], bw=self.bw)
 
     def gemm(self, m: int, n: int, k: int, dtype: str = "bf16", weight_dtype: str | None = None) -> OpCost:
         """y[m,n] = x[m,k] W[n,k]^T (m = tokens)."""
@@ -234,7 +239,7 @@ class DeviceCostModel:
             bm = kf.moe_block_m_small if tokens <= experts else kf.moe_block_m_large
         padded = active * math.ceil(per_expert / bm) * bm
         fit = self.cal.gemm[dt].fit
-        peak, bw = self.peak_flops(dt), self.bw
+        peak, bw = self.peak_flops(dt) * self._mm_scale[dt], self.bw
         wb = WEIGHT_BYTES[wd or dt]
         ab = 1.0 if dt == "fp8" else 2.0
         marlin = wd is not None and dt == "bf16"
@@ -293,7 +298,7 @@ class DeviceCostModel:
     def _prefill(self, causal: float, cached: float, tiles: float) -> float:
         """Scalar fast path of :meth:`attention.PrefillFit.time`."""
         f = self.cal.prefill
-        peak = self.peak_flops("bf16")
+        peak = self.peak_flops("bf16") * self._attn_scale
         work = causal / (peak * f.eff_causal) + cached / (peak * f.eff_cached)
         mult = max(1.0 + (f.tiles_half / max(tiles, 1.0)) ** f.power,
                    max(f.eff_causal, f.eff_cached) / _attn.MAX_ATTN_EFF)

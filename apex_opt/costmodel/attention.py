@@ -25,6 +25,11 @@ MLA (DeepSeek-V3) -- our choice, documented:
   the decode memory curve on the latent bytes and the causal-prefill compute efficiency on those FLOPs;
 * prefill runs as ordinary multi-head attention with ``qk_head_dim = nope + rope`` and ``v_head_dim``:
   ``F = 2 * heads * pairs * (qk_head_dim + v_head_dim)``.
+
+Other GPUs (no profile): the attention FLOP efficiency is scaled by the ratio of the best published
+forward utilisation of the kernel the device's compute capability runs to that of the profiled
+H100's (FlashAttention-2 on A100/L40S, 73 %, vs FlashAttention-3 on Hopper, 75 %;
+``attention_kernel_scale``, sources in ``data/device_transfer.yaml``).
 """
 
 from __future__ import annotations
@@ -149,3 +154,18 @@ def context_array(context_lens) -> np.ndarray:
     if arr.size and not (arr.min() >= 0 and np.isfinite(arr.max())):
         raise InputError("context lengths must be non-negative", field="context_lens", value=arr[:4].tolist())
     return arr
+
+
+def attention_kernel_scale(device, profile: str) -> float:
+    """Factor on the attention compute efficiency fitted on ``profile`` for ``device``: the best
+    published forward utilisation of the flash-attention kernel its compute capability runs
+    (FlashAttention-2 on sm_8x: no wgmma/TMA) over that of the reference device's kernel
+    (``data/device_transfer.yaml``). 1 when either compute capability is not listed."""
+    from .roofline import reference_facts, transfer_facts
+
+    kernels = transfer_facts()["attention_kernels"]
+    ref_cc = reference_facts(profile).get("compute_capability")
+    dev_cc = getattr(device, "compute_capability", None)
+    if dev_cc is None or ref_cc is None or dev_cc not in kernels or ref_cc not in kernels:
+        return 1.0
+    return float(kernels[dev_cc]["peak_fraction"]) / float(kernels[ref_cc]["peak_fraction"])

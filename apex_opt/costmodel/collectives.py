@@ -14,6 +14,13 @@ squares, messages >= 1 MiB) on NCCL measurements of one 8x H100-SXM NVSwitch nod
 ``scripts/validate_costmodel.py --calibrate`` and are checked against the H100 and H200 tables (the
 H200 ones are held out) -- see ``links.yaml`` for the per-kind sources.
 
+Device and topology transfer (``link_bandwidth_gbps``, ``has_nvls``): a full mesh (AMD xGMI,
+``peer_bandwidth_gbps``) gives a group of n only its n-1 peer links; PCIe without P2P
+(``p2p: false``) stages through host memory and shares ``host_bandwidth_gbps`` over 2n copies; an
+NVSwitch without NVLink SHARP (A100's 2nd-generation switch, ``nvls``) runs all-reduce as a ring
+(reduce-scatter + all-gather efficiencies), while the calibrated H100 all-reduce includes the
+in-switch reduction.
+
 Hierarchical groups (more GPUs than one node): all-reduce = intra-node reduce-scatter + inter-node
 all-reduce of the 1/g shard + intra-node all-gather; all-gather / reduce-scatter likewise; all-to-all
 is bound by the fraction ``1 - g/n`` of the data that leaves the node over the network.
@@ -69,11 +76,12 @@ class CollectiveParams:
     efficiency: float
     kappa: float  # s / sqrt(byte)
 
-    def time(self, coll: str, nbytes: float, n: int, link: LinkSpec) -> float:
+    def time(self, coll: str, nbytes: float, n: int, link: LinkSpec, bw_gbps: float | None = None) -> float:
+        """``bw_gbps``: per-GPU bandwidth available to this group (default: the link's)."""
         if n <= 1 or nbytes <= 0:
             return 0.0
         f = bus_factor(coll, n)
-        bw = link.bandwidth_gbps * 1e9 * self.efficiency
+        bw = (link.bandwidth_gbps if bw_gbps is None else bw_gbps) * 1e9 * self.efficiency
         return (link.latency_us * 1e-6 + self.alpha_s + ring_steps(coll, n) * self.step_s
                 + f * nbytes / bw + self.kappa * math.sqrt(f * nbytes))
 
@@ -113,6 +121,50 @@ def params_for(kind: str) -> dict[str, CollectiveParams]:
     return table[kind]
 
 
+def link_bandwidth_gbps(link: LinkSpec, n: int) -> float:
+    """Per-GPU unidirectional bandwidth (GB/s) a collective over ``n`` GPUs gets on ``link``.
+
+    * full mesh (xGMI, ``peer_bandwidth_gbps``): only the n-1 links to the members carry traffic;
+    * PCIe without P2P (``p2p: false``): NCCL's SHM transport stages every transfer in host
+      memory -- each byte a GPU sends is written there and read back, and all n GPUs send at
+      once -- so each gets at most ``host_bandwidth_gbps / (2 n)`` (and never more than its
+      link). On PCIe systems the collective bandwidth is set by what the CPU and memory deliver
+      (NCCL maintainer, github.com/NVIDIA/nccl/issues/1639).
+    """
+    bw = link.group_bandwidth_gbps(n)
+    if link.kind == "pcie" and not link.p2p and link.host_bandwidth_gbps is not None and n >= 2:
+        bw = min(bw, link.host_bandwidth_gbps / (2.0 * n))
+    return bw
+
+
+def has_nvls(link: LinkSpec, device: DeviceSpec | None) -> bool:
+    """NVLink SHARP (in-switch all-reduce) on this NVSwitch link: the link's ``nvls`` when set,
+    else from the device: 3rd-generation NVSwitch systems (Hopper, compute capability 9.0) and
+    later have it, A100's 2nd-generation NVSwitch does not (NVIDIA NVLink/NVSwitch documentation;
+    NCCL 2.17 release notes: NVLS for NVLink4/NVSwitch3). Unknown device: as calibrated (yes)."""
+    if link.kind != "nvswitch":
+        return False
+    if link.nvls is not None:
+        return link.nvls
+    cc = device.compute_capability if device is not None else None
+    if cc is None or not cc[0].isdigit():
+        return True
+    return float(cc) >= 9.0
+
+
+def without_nvls(params: dict[str, CollectiveParams]) -> dict[str, CollectiveParams]:
+    """All-reduce constants of an NVSwitch without NVLink SHARP: NCCL's ring all-reduce is a
+    reduce-scatter followed by an all-gather, each moving (n-1)/n of the buffer, so its bandwidth
+    term uses the harmonic mean of their calibrated efficiencies (the calibrated all-reduce
+    efficiency of an H100 node includes the in-switch reduction). Latency terms unchanged."""
+    ar, rs, ag = params["all_reduce"], params["reduce_scatter"], params["all_gather"]
+    ring = 2.0 / (1.0 / rs.efficiency + 1.0 / ag.efficiency)
+    if ring >= ar.efficiency:
+        return params
+    return {**params, "all_reduce": CollectiveParams(alpha_s=ar.alpha_s, step_s=ar.step_s,
+                                                     efficiency=ring, kappa=ar.kappa)}
+
+
 class CollectiveModel:
     """Collective times (seconds) over one link class, optionally hierarchical over nodes."""
 
@@ -121,6 +173,8 @@ class CollectiveModel:
         self.link = link
         self.device = device
         self.params = params_for(link.kind)
+        if link.kind == "nvswitch" and not has_nvls(link, device):
+            self.params = without_nvls(self.params)
         self.inter_link = inter_link
         self.inter_params = params_for(inter_link.kind) if inter_link is not None else None
         self.gpus_per_node = gpus_per_node
@@ -133,7 +187,7 @@ class CollectiveModel:
             raise InputError("group size must be >= 1", field="n", value=n)
 
     def _flat(self, coll: str, nbytes: float, n: int) -> float:
-        return self.params[coll].time(coll, nbytes, n, self.link)
+        return self.params[coll].time(coll, nbytes, n, self.link, link_bandwidth_gbps(self.link, n))
 
     def _split(self, n: int) -> tuple[int, int] | None:
         """(GPUs per node g, nodes) when the group spans nodes, else None."""
@@ -144,7 +198,8 @@ class CollectiveModel:
 
     def _inter(self, coll: str, nbytes: float, nodes: int) -> float:
         assert self.inter_params is not None and self.inter_link is not None
-        return self.inter_params[coll].time(coll, nbytes, nodes, self.inter_link)
+        return self.inter_params[coll].time(coll, nbytes, nodes, self.inter_link,
+                                            link_bandwidth_gbps(self.inter_link, nodes))
 
     # -- collectives ---------------------------------------------------------------------------
     def all_reduce(self, nbytes: float, n: int, custom: bool = False) -> float:
@@ -163,7 +218,7 @@ class CollectiveModel:
     def _custom_all_reduce(self, nbytes: float, n: int) -> float:
         one_shot = n == 2 or (n <= 4 and nbytes < 512 * 1024) or (n <= 8 and nbytes < 256 * 1024)
         moved = (n - 1) * nbytes if one_shot else 2.0 * (n - 1) / n * nbytes
-        bw = self.link.bandwidth_gbps * 1e9 * self.params["all_reduce"].efficiency
+        bw = link_bandwidth_gbps(self.link, n) * 1e9 * self.params["all_reduce"].efficiency
         return KERNEL_LAUNCH_S + 2.0 * self.link.latency_us * 1e-6 + moved / bw
 
     def all_gather(self, nbytes_total: float, n: int) -> float:

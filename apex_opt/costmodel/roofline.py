@@ -25,6 +25,7 @@ this fitted roofline *is* the model, evaluated with that device's peaks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -101,3 +102,36 @@ def fit_roofline(flops: np.ndarray, nbytes: np.ndarray, seconds: np.ndarray, pea
 
     x = least_squares(resid, np.log([6e-6, 0.7, 0.8, 1e7, 3.0]))
     return make(x)
+
+
+@lru_cache(maxsize=None)
+def transfer_facts() -> dict:
+    """``data/device_transfer.yaml``: the reference devices' published efficiencies and the
+    attention kernel per compute capability (see that file for sources)."""
+    from ..errors import InputError
+    from ..io import parse_yaml
+    from ..registry import data_dir
+
+    src = "<bundled device_transfer.yaml>"
+    data = parse_yaml((data_dir() / "device_transfer.yaml").read_text(encoding="utf-8"), src)
+    if not isinstance(data, dict) or not isinstance(data.get("reference_profiles"), dict) \
+            or not isinstance(data.get("attention_kernels"), dict):
+        raise InputError("expected 'reference_profiles' and 'attention_kernels' mappings", source=src)
+    return data
+
+
+def reference_facts(profile: str) -> dict:
+    """Published facts of the device a bundled profile was measured on ({} when not listed)."""
+    ref = transfer_facts()["reference_profiles"].get(profile)
+    return ref if isinstance(ref, dict) else {}
+
+
+def matmul_scale(device, dtype: str, profile: str) -> float:
+    """Factor on the GEMM compute efficiency fitted on ``profile`` for ``device``: the device's
+    published maximum achievable matmul fraction over the reference device's (1 when either is
+    unknown)."""
+    dev = (device.matmul_efficiency or {}).get(dtype)
+    ref = reference_facts(profile).get("matmul_efficiency", {}).get(dtype)
+    if dev is None or ref is None:
+        return 1.0
+    return float(dev) / float(ref)

@@ -76,7 +76,24 @@ class DeviceSpec(_StrictNumbers):
     host_power_per_gpu_w: NonNegFloat | None = Field(None, description="Non-GPU node power "
                                                      "(CPUs, memory, NICs, switches, fans) per GPU "
                                                      "slot of a typical server, W.")
+    compute_capability: str | None = Field(
+        None, pattern=r"^(\d+\.\d+|gfx\d+[a-z]?)$",
+        description="CUDA compute capability ('8.0' A100, '8.9' L40S, '9.0' H100/H200, '10.0' "
+                    "B200) or AMD gfx target ('gfx942'): picks the attention kernel generation the "
+                    "engines run (data/device_transfer.yaml). Unset: as the profiled H100.")
+    matmul_efficiency: dict[Literal["bf16", "fp16", "fp8", "int8", "fp4"], PosFloat] | None = Field(
+        None, description="Published maximum achievable matmul throughput as a fraction of the "
+                          "dense peak per dtype (e.g. MAMF / theory). The GEMM roofline fitted on "
+                          "the H100 profile is scaled by this over the H100's own figure. Unset: "
+                          "as the H100.")
     source: str | None = Field(None, description="Where the numbers come from (datasheet).")
+
+    @field_validator("matmul_efficiency")
+    @classmethod
+    def _efficiency_fraction(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None and any(x > 1.0 for x in v.values()):
+            raise ValueError(f"matmul_efficiency values are fractions of the dense peak, <= 1 (got {v})")
+        return v
 
     @field_validator("peak_tflops")
     @classmethod
@@ -151,6 +168,29 @@ class LinkSpec(_StrictNumbers):
                           "unidirectional bandwidth of ONE peer link in GB/s. A group of g GPUs "
                           "then reaches min(bandwidth_gbps, (g-1) x peer_bandwidth_gbps). Leave "
                           "unset for switched fabrics (NVSwitch, PCIe switch, network).")
+    p2p: bool = Field(True, description="Only for kind 'pcie': false when the GPUs cannot reach "
+                                        "each other's memory (P2P off: IOMMU/ACS, consumer cards, "
+                                        "some cloud VMs); NCCL then stages every transfer through "
+                                        "host memory (SHM transport) and vLLM's custom all-reduce "
+                                        "is off. Needs host_bandwidth_gbps.")
+    host_bandwidth_gbps: PosFloat | None = Field(
+        None, description="With p2p: false: the host-memory bandwidth (GB/s, whole node) that the "
+                          "staged copies share; each byte a GPU sends is written to and read back "
+                          "from host memory, so n GPUs each get at most host_bandwidth / (2 n).")
+    nvls: bool | None = Field(None, description="Only for kind 'nvswitch': NVLink SHARP (all-reduce "
+                                                "reduced inside the switch; 3rd-generation NVSwitch, "
+                                                "H100/H200/B200 HGX). Unset: on when the device's "
+                                                "compute_capability is >= 9.0 or unknown.")
+
+    @model_validator(mode="after")
+    def _host_path(self) -> "LinkSpec":
+        if not self.p2p and self.kind != "pcie":
+            raise ValueError(f"p2p: false only applies to kind 'pcie' (got kind '{self.kind}')")
+        if not self.p2p and self.host_bandwidth_gbps is None:
+            raise ValueError("p2p: false needs host_bandwidth_gbps (host-memory bandwidth of the node)")
+        if self.nvls is not None and self.kind != "nvswitch":
+            raise ValueError(f"nvls only applies to kind 'nvswitch' (got kind '{self.kind}')")
+        return self
 
     @field_validator("peer_bandwidth_gbps")
     @classmethod
