@@ -13,7 +13,9 @@
   bf16/fp8, context and generation attention, Triton fused MoE (bf16) and FlashInfer-CUTLASS fp8 MoE,
   NCCL and vLLM custom all-reduce, per GPU and kernel kind (median / p90 |error|, signed median).
   H100 uses its bundled profile; H200, A100 and L40S are held out (roofline with their datasheet
-  peaks from apex_opt/data/devices). The tables are read in place, never copied.
+  peaks from apex_opt/data/devices, times the sourced transfer factors of
+  apex_opt/data/device_transfer.yaml, printed). The tables are read in place, never copied, and
+  only check the model: nothing is fitted to them.
 
 Prints a table and ends with one JSON line of the headline numbers.
 """
@@ -232,6 +234,21 @@ def modern_kernels() -> dict[str, np.ndarray] | None:
     return out
 
 
+def transfer_factors() -> dict[str, dict]:
+    """Per held-out GPU: the sourced transfer factors applied to the H100 fits (matmul efficiency
+    ratio per dtype, attention kernel ratio, NVLink SHARP on its bundled cluster)."""
+    from apex_opt.costmodel.collectives import has_nvls
+    from apex_opt.registry import load_cluster, load_device
+
+    out = {}
+    for gpu, (dname, cname) in MODERN_GPUS.items():
+        dev = DeviceCostModel(load_device(dname))
+        pool = load_cluster(cname).pools[0]
+        out[gpu] = {"matmul_bf16": round(dev._mm_scale["bf16"], 4), "matmul_fp8": round(dev._mm_scale["fp8"], 4),
+                    "attention": round(dev._attn_scale, 4), "nvls": has_nvls(pool.intra_node, pool.device)}
+    return out
+
+
 def calibrate() -> str:
     """Refit the NVSwitch constants on the H100 NCCL table (messages >= 1 MiB) -> YAML text."""
     lines = ["    collectives:"]
@@ -299,6 +316,8 @@ def main() -> None:
             console.print(tm)
         else:
             console.print("modern kernels: ../shared/validation/modern/kernels absent, skipped")
+        if modern:
+            console.print({"transfer factors": transfer_factors()})
         console.print({k: round(v, 3) for k, v in energy.items()})
         console.print(f"fits: gemm bf16 {cal.gemm['bf16'].fit}\n      gemm fp8 {cal.gemm['fp8'].fit}\n"
                       f"      decode {cal.decode}\n      prefill {cal.prefill}\n      stream {cal.stream}\n"

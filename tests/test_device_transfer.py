@@ -1,0 +1,160 @@
+"""Transfer of the H100-fitted cost model to other GPUs: per-architecture attention kernel,
+published matmul efficiency, and the interconnect facts (NVLink SHARP, xGMI mesh, PCIe without P2P)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from apex_opt.costmodel import DeviceCostModel
+from apex_opt.costmodel.collectives import CollectiveModel, collective_model_for, link_bandwidth_gbps
+from apex_opt.costmodel.roofline import transfer_facts
+from apex_opt.errors import InputError
+from apex_opt.registry import load_cluster, load_device
+from apex_opt.specs.cluster import DeviceSpec, LinkSpec
+
+REF = "h100-sxm-80gb"
+
+
+def _device(**extra) -> DeviceSpec:
+    """An H100-datasheet device without a profile (so the transferred roofline is the model)."""
+    return DeviceSpec(name="probe", memory_gib=79.2, peak_tflops={"bf16": 989.4, "fp8": 1978.9},
+                      hbm_bandwidth_gbps=3350, power_limit_w=700, idle_power_w=75, **extra)
+
+
+def _kernel_fraction(cc: str) -> float:
+    return float(transfer_facts()["attention_kernels"][cc]["peak_fraction"])
+
+
+def test_attention_kernel_chosen_by_compute_capability():
+    hopper = DeviceCostModel(_device(compute_capability="9.0"))
+    ampere = DeviceCostModel(_device(compute_capability="8.0"))
+    unknown = DeviceCostModel(_device())
+    chunks = [(8192, 0)] * 4  # large causal prefill: compute-bound
+    t_h = hopper.attention_prefill(32, 8, 128, chunks).time_s
+    t_a = ampere.attention_prefill(32, 8, 128, chunks).time_s
+    t_u = unknown.attention_prefill(32, 8, 128, chunks).time_s
+    assert t_u == pytest.approx(t_h, rel=1e-12)  # unknown capability: as the profiled Hopper
+    launch = hopper.cal.prefill.launch_s
+    ratio = (t_a - launch) / (t_h - launch)
+    assert ratio == pytest.approx(_kernel_fraction("9.0") / _kernel_fraction("8.0"), rel=1e-9)
+    assert ratio > 1.0  # FlashAttention-2 (no wgmma/TMA) reaches less of the peak than FA3
+    # decode of a long context is bound by KV bytes, not by the kernel's FLOP efficiency
+    ctx = [32768] * 16
+    assert ampere.attention_decode(32, 8, 128, ctx).time_s == pytest.approx(
+        hopper.attention_decode(32, 8, 128, ctx).time_s, rel=1e-9)
+
+
+def test_attention_kernel_scale_off_with_a_profile():
+    prof = DeviceCostModel(_device(compute_capability="8.0", profile=REF))
+    same = DeviceCostModel(_device(profile=REF))
+    assert prof.attention_prefill(32, 8, 128, [(4096, 0)]).time_s == same.attention_prefill(
+        32, 8, 128, [(4096, 0)]).time_s
+
+
+def test_bundled_devices_name_their_architecture():
+    assert load_device("a100-sxm-80gb").compute_capability == "8.0"
+    assert load_device("l40s").compute_capability == "8.9"
+    assert load_device("h200-sxm-141gb").compute_capability == "9.0"
+    for cc, entry in transfer_facts()["attention_kernels"].items():
+        assert entry.get("source") and 0 < float(entry["peak_fraction"]) <= 1, cc
+
+
+def test_matmul_efficiency_scales_compute_bound_gemms_only():
+    ref_eff = transfer_facts()["reference_profiles"][REF]["matmul_efficiency"]["bf16"]
+    base = DeviceCostModel(_device(), sustained=False)
+    better = DeviceCostModel(_device(matmul_efficiency={"bf16": 0.869}), sustained=False)
+    big = (16384, 16384, 16384)
+    launch = base.cal.gemm["bf16"].fit.launch_s
+    ratio = (base.gemm(*big).time_s - launch) / (better.gemm(*big).time_s - launch)
+    assert ratio == pytest.approx(0.869 / ref_eff, rel=0.01)
+    # one token against a large weight: memory-bound, the matmul efficiency hardly matters
+    small = (1, 8192, 8192)
+    assert better.gemm(*small).time_s == pytest.approx(base.gemm(*small).time_s, rel=0.01)
+    with pytest.raises(ValidationError):
+        _device(matmul_efficiency={"bf16": 1.2})
+
+
+def test_a100_gemm_faster_than_h100_fraction_predicts():
+    """A100 reaches 86.9 % of its peak in matmul where H100 reaches 80.3 %: a compute-bound GEMM
+    on A100 takes less than the plain datasheet ratio 989/312 of the H100-fitted time."""
+    a100 = DeviceCostModel(load_device("a100-sxm-80gb"), sustained=False)
+    h100 = DeviceCostModel(_device(), sustained=False)
+    big = (16384, 16384, 16384)
+    assert a100.gemm(*big).time_s < h100.gemm(*big).time_s * 989.4 / 312 * 0.95
+
+
+NVS = LinkSpec(kind="nvswitch", bandwidth_gbps=300, latency_us=1.5)
+
+
+def test_nvswitch_without_nvlink_sharp_runs_ring_all_reduce():
+    ampere = CollectiveModel(NVS, load_device("a100-sxm-80gb"))
+    hopper = CollectiveModel(NVS, load_device("h200-sxm-141gb"))
+    forced = CollectiveModel(NVS.model_copy(update={"nvls": True}), load_device("a100-sxm-80gb"))
+    big = 256 * 2 ** 20
+    assert ampere.all_reduce(big, 8) > hopper.all_reduce(big, 8) * 1.05
+    assert forced.all_reduce(big, 8) == pytest.approx(hopper.all_reduce(big, 8))
+    # ring all-reduce = reduce-scatter + all-gather: bandwidth terms add up
+    p = hopper.params
+    ring = 2.0 / (1.0 / p["reduce_scatter"].efficiency + 1.0 / p["all_gather"].efficiency)
+    assert ampere.params["all_reduce"].efficiency == pytest.approx(ring)
+    # collectives other than all-reduce are unchanged
+    assert ampere.all_gather(big, 8) == pytest.approx(hopper.all_gather(big, 8))
+
+
+def test_xgmi_mesh_gives_a_small_group_only_its_peer_links():
+    pool = load_cluster("mi300x-1x8").pools[0]
+    link = pool.intra_node
+    assert link_bandwidth_gbps(link, 2) == pytest.approx(link.peer_bandwidth_gbps)
+    assert link_bandwidth_gbps(link, 8) == pytest.approx(min(link.bandwidth_gbps, 7 * link.peer_bandwidth_gbps))
+    big = 256 * 2 ** 20
+    t2 = collective_model_for(pool, 2).all_reduce(big, 2)
+    t8 = collective_model_for(pool, 8).all_reduce(big, 8)
+    assert t2 > t8  # 2 GPUs share one 64 GB/s link; 8 use all seven
+
+
+PCIE = LinkSpec(kind="pcie", bandwidth_gbps=25, latency_us=3.0)
+
+
+def test_pcie_without_p2p_goes_through_host_memory():
+    host = 160.0
+    nop2p = PCIE.model_copy(update={"p2p": False, "host_bandwidth_gbps": host})
+    p2p_m, host_m = CollectiveModel(PCIE), CollectiveModel(nop2p)
+    big = 256 * 2 ** 20
+    for n in (2, 4, 8):
+        assert host_m.all_reduce(big, n) >= p2p_m.all_reduce(big, n)
+        assert link_bandwidth_gbps(nop2p, n) == pytest.approx(min(25.0, host / (2 * n)))
+    # n = 8: 160 / 16 = 10 GB/s per GPU vs 25 on the link -> the bandwidth term is 2.5x longer
+    eff = host_m.params["all_reduce"].efficiency
+    bw_term = lambda bw, n: 2 * (n - 1) / n * big / (bw * 1e9 * eff)  # noqa: E731
+    extra = host_m.all_reduce(big, 8) - p2p_m.all_reduce(big, 8)
+    assert extra == pytest.approx(bw_term(10.0, 8) - bw_term(25.0, 8), rel=1e-9)
+    # busbw falls as 1/n once the host is the bottleneck
+    busbw = {n: 2 * (n - 1) / n * big / host_m.all_reduce(big, n) for n in (4, 8)}
+    assert busbw[4] / busbw[8] == pytest.approx(2.0, rel=0.05)
+    # vLLM's custom all-reduce needs P2P: never used here
+    assert host_m.all_reduce(2 ** 16, 4, custom=True) == host_m.all_reduce(2 ** 16, 4)
+
+
+def test_host_path_fields_are_validated():
+    with pytest.raises(ValidationError, match="host_bandwidth_gbps"):
+        LinkSpec(kind="pcie", bandwidth_gbps=25, latency_us=3.0, p2p=False)
+    with pytest.raises(ValidationError, match="pcie"):
+        LinkSpec(kind="nvswitch", bandwidth_gbps=450, latency_us=2.0, p2p=False, host_bandwidth_gbps=100)
+    with pytest.raises(ValidationError, match="nvswitch"):
+        LinkSpec(kind="pcie", bandwidth_gbps=25, latency_us=3.0, nvls=True)
+
+
+def test_bundled_l40s_cluster_assumes_p2p():
+    link = load_cluster("l40s-1x8").pools[0].intra_node
+    assert link.kind == "pcie" and link.p2p and link.host_bandwidth_gbps is None
+    assert math.isclose(link_bandwidth_gbps(link, 8), link.bandwidth_gbps)
+
+
+def test_unknown_link_kind_is_an_input_error():
+    from apex_opt.costmodel.collectives import params_for
+
+    with pytest.raises(InputError):
+        params_for("carrier-pigeon")
