@@ -122,7 +122,10 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
     labels = {r.group: r.label for r in reversed(res.replicas)}
     shape = " + ".join(f"{g.replicas}x{labels.get(i, g.label())}" + (f"@{g.pool}" if g.pool else "")
                        for i, g in enumerate(res.plan.groups))
-    con.print(f"{res.model} on {res.cluster}: {shape} ({res.plan.router}) -- "
+    router = res.plan.router
+    if router == "engine" and sum(g.replicas for g in res.plan.groups) > 1:
+        router = f"router {load_engine(res.engine).dp_router.policy}"
+    con.print(f"{res.model} on {res.cluster}: {shape} ({router}) -- "
               f"{m.num_completed:,} requests completed, {m.num_dropped:,} dropped")
     con.print(table(None, ["latency", "mean", "p50", "p90", "p99", "max"], rows))
     summary = [
@@ -221,9 +224,13 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
 @click.option("--prefix-caching/--no-prefix-caching", default=None,
               help="Reuse the KV cache of shared prompt prefixes (Mooncake hash_ids, workload "
                    "'prefix' groups) [default: the engine's own].")
-@click.option("--router", type=click.Choice(["round_robin", "least_outstanding"]),
-              default="least_outstanding", show_default=True,
-              help="How requests are spread over the --dp replicas.")
+@click.option("--router", type=click.Choice(["engine", "round_robin", "least_outstanding",
+                                             "sglang_cache_aware", "vllm_dp_lb"]),
+              default="engine", show_default=True,
+              help="How requests are spread over the --dp replicas: 'engine' = the engine's own "
+                   "DP router (vllm: vllm_dp_lb, lowest 4 x waiting + running; sglang: "
+                   "sglang_cache_aware, sgl-router's prefix-affinity tree; vllm-0.6: "
+                   "least_outstanding), e.g. --dp 4 --router round_robin to compare.")
 @gpu_setting_options
 @sampling_options
 @click.option("--progress/--no-progress", default=None,

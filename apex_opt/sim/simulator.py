@@ -19,7 +19,7 @@ from ..errors import InfeasibleError, InputError
 from ..memory import replica_memory
 from ..parallel import shape_problem
 from ..specs.cluster import ClusterSpec, PoolSpec
-from ..specs.engine import EngineSpec, load_engine
+from ..specs.engine import DPRouterSpec, EngineSpec, dp_router_for, load_engine
 from ..specs.model import ModelSpec
 from ..specs.plan import Plan, ReplicaConfig
 from ..specs.slo import SLOSpec
@@ -241,12 +241,13 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
     # the engine sees a request only after the server has received, parsed and tokenised it;
     # latencies are still measured from the client's arrival time
     at_engine = requests.arrival_s + engine.request_overhead_ms * 1e-3
+    router = dp_router_for(plan.router, engine)  # 'engine': the profile's own DP router
     if requests.concurrency is not None:  # closed loop: latencies count from when each was sent
-        end, sent = _run_closed(engines, requests, plan.router, log,
+        end, sent = _run_closed(engines, requests, router, log,
                                 engine.request_overhead_ms * 1e-3, progress)
         requests = requests.with_arrival_s(sent)
     else:
-        end = _run(engines, at_engine, plan.router, progress, n)
+        end = _run(engines, at_engine, router, progress, n)
     if np.isfinite(log.finish_s).any():
         end = max(end, float(np.nanmax(log.finish_s)))
     start = float(requests.arrival_s[0])
@@ -292,8 +293,8 @@ def _energy(cluster: ClusterSpec, plan: Plan, requests: Requests, log: RequestLo
     return energy_report(cluster, plan, whole, steady)
 
 
-def _run_closed(engines: list[ReplicaEngine], requests: Requests, router: str, log: RequestLog,
-                delay_s: float, progress: bool | Callable[[int, int], None]):
+def _run_closed(engines: list[ReplicaEngine], requests: Requests, router: DPRouterSpec,
+                log: RequestLog, delay_s: float, progress: bool | Callable[[int, int], None]):
     """Closed loop of ``requests.concurrency`` clients (see :func:`run_closed_loop`): returns
     (end time, the time each request was sent)."""
     n = len(requests)
@@ -309,7 +310,7 @@ def _run_closed(engines: list[ReplicaEngine], requests: Requests, router: str, l
     return out[0], out[1]
 
 
-def _run(engines: list[ReplicaEngine], arrival_s: np.ndarray, router: str,
+def _run(engines: list[ReplicaEngine], arrival_s: np.ndarray, router: DPRouterSpec,
          progress: bool | Callable[[int, int], None], n: int, runner=run_cluster) -> float:
     if callable(progress):
         return runner(engines, arrival_s, router, progress=lambda k: progress(k, n))

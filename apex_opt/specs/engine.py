@@ -71,6 +71,54 @@ class NewTokenRatio(StrictModel):
     decay_steps: int = Field(ge=1, description="Decode steps to decay from init to min.")
 
 
+#: request-routing policies over data-parallel replicas (apex_opt/sim/router.py implements them)
+DP_ROUTER_POLICIES = ("round_robin", "least_outstanding", "sglang_cache_aware", "vllm_dp_lb")
+_ROUTER_PARAMS = {
+    "sglang_cache_aware": ("cache_threshold", "balance_abs_threshold", "balance_rel_threshold",
+                           "eviction_interval_s", "max_tree_size_chars", "chars_per_token"),
+    "vllm_dp_lb": ("waiting_weight", "stats_interval_s"),
+}
+
+
+class DPRouterSpec(StrictModel):
+    """How the engine's own deployment spreads requests over data-parallel replicas."""
+
+    policy: Literal["round_robin", "least_outstanding", "sglang_cache_aware", "vllm_dp_lb"] = \
+        Field(description="'round_robin' (request i -> replica i mod R), 'least_outstanding' "
+                          "(fewest unfinished requests), 'sglang_cache_aware' (sgl-router's "
+                          "approximate radix tree + load-balance override), 'vllm_dp_lb' (vLLM "
+                          "V1 internal DP load balancer: lowest waiting x w + running).")
+    cache_threshold: float | None = Field(
+        None, ge=0, le=1, description="sglang_cache_aware: prefix-match ratio above which the "
+                                      "request goes to the worker with the longest match.")
+    balance_abs_threshold: int | None = Field(
+        None, ge=0, description="sglang_cache_aware: load imbalance needs max - min > this...")
+    balance_rel_threshold: float | None = Field(
+        None, ge=0, description="... and max > min x this; then the least-loaded worker wins.")
+    eviction_interval_s: float | None = Field(
+        None, gt=0, description="sglang_cache_aware: seconds between evictions of the trees.")
+    max_tree_size_chars: int | None = Field(
+        None, ge=1, description="sglang_cache_aware: characters per worker's tree kept by an "
+                                "eviction (LRU leaves dropped beyond it).")
+    chars_per_token: float | None = Field(
+        None, gt=0, description="sglang_cache_aware: characters of prompt text per token (the "
+                                "tree holds text; the simulator counts tokens).")
+    waiting_weight: float | None = Field(
+        None, ge=0, description="vllm_dp_lb: weight of an engine's waiting requests in its score "
+                                "(running requests weigh 1).")
+    stats_interval_s: float | None = Field(
+        None, gt=0, description="vllm_dp_lb: period of the DP coordinator's count snapshots.")
+    launch: str | None = Field(
+        None, description="What deploys this router (for the launch plan / the reader).")
+
+    @model_validator(mode="after")
+    def _needs(self) -> "DPRouterSpec":
+        missing = [k for k in _ROUTER_PARAMS.get(self.policy, ()) if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"dp_router policy {self.policy} needs {', '.join(missing)}")
+        return self
+
+
 class EngineSpec(StrictModel):
     """Every behaviour constant of one serving-engine generation."""
 
@@ -197,6 +245,10 @@ class EngineSpec(StrictModel):
         0.0, description="The same for a step whose requests set top_k (with or without top_p).")
     dp_attention: bool = Field(False, description="Supports data-parallel attention (SGLang "
                                                   "--enable-dp-attention for MLA models).")
+    dp_router: DPRouterSpec = Field(
+        default_factory=lambda: DPRouterSpec(policy="least_outstanding"),
+        description="Router over data-parallel replicas in the engine's own DP deployment "
+                    "(what a plan's router 'engine' means).")
     launch_flags: dict[str, str] = Field(
         default_factory=dict, description="Planner concept -> CLI flag spelling of this engine "
                                           "(e.g. max_num_seqs -> --max-running-requests).")
@@ -391,3 +443,24 @@ def engine_for(engine: str, version: str | None) -> str:
             return f"{e.name}@{v}"
     newest = max(fam, key=lambda e: Version(e.reference_version))
     return newest.name
+
+
+def dp_router_for(router: str, engine: EngineSpec) -> DPRouterSpec:
+    """The routing policy and parameters a plan's ``router`` means on ``engine``: 'engine' = the
+    profile's own ``dp_router``; a policy name = that policy, with the engine's parameters when its
+    own router is that policy, else those of the bundled profile that deploys it (same engine
+    family first, e.g. 'sglang_cache_aware' on a vLLM plan takes the sglang profile's)."""
+    if router == "engine":
+        return engine.dp_router
+    if router not in DP_ROUTER_POLICIES:
+        raise ValueError(f"unknown router {router!r}; expected 'engine' or one of "
+                         f"{DP_ROUTER_POLICIES}")
+    if engine.dp_router.policy == router:
+        return engine.dp_router
+    if router not in _ROUTER_PARAMS:
+        return DPRouterSpec(policy=router)
+    profiles = sorted(all_engines(), key=lambda e: (e.engine != engine.engine, e.name))
+    for e in profiles:
+        if e.dp_router.policy == router:
+            return e.dp_router
+    raise ValueError(f"no bundled engine profile defines the parameters of router {router!r}")

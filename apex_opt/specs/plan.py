@@ -203,8 +203,11 @@ class Plan(StrictModel):
     """A full deployment: one or more replica groups behind a router."""
 
     groups: tuple[ReplicaGroup, ...] = Field(min_length=1)
-    router: Literal["round_robin", "least_outstanding"] = Field(
-        "least_outstanding", description="How requests are spread over replicas.")
+    router: Literal["engine", "round_robin", "least_outstanding", "sglang_cache_aware",
+                    "vllm_dp_lb"] = Field(
+        "engine", description="How requests are spread over replicas: 'engine' = the engine "
+                              "profile's own DP router (EngineSpec.dp_router), or a policy of "
+                              "apex_opt/sim/router.py.")
 
     @property
     def gpus(self) -> int:
