@@ -134,8 +134,16 @@ def test_pcie_without_p2p_goes_through_host_memory():
     # busbw falls as 1/n once the host is the bottleneck
     busbw = {n: 2 * (n - 1) / n * big / host_m.all_reduce(big, n) for n in (4, 8)}
     assert busbw[4] / busbw[8] == pytest.approx(2.0, rel=0.05)
-    # vLLM's custom all-reduce needs P2P: never used here
-    assert host_m.all_reduce(2 ** 16, 4, custom=True) == host_m.all_reduce(2 ** 16, 4)
+
+
+def test_custom_all_reduce_on_pcie_only_for_two_p2p_gpus():
+    """vLLM: custom all-reduce is off on more than two PCIe-only GPUs and without P2P."""
+    small = 2 ** 16
+    m = CollectiveModel(PCIE)
+    assert m.all_reduce(small, 2, custom=True) < m.all_reduce(small, 2)
+    assert m.all_reduce(small, 4, custom=True) == m.all_reduce(small, 4)
+    host = CollectiveModel(PCIE.model_copy(update={"p2p": False, "host_bandwidth_gbps": 160.0}))
+    assert host.all_reduce(small, 2, custom=True) == host.all_reduce(small, 2)
 
 
 def test_host_path_fields_are_validated():

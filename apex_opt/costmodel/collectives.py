@@ -25,7 +25,8 @@ Hierarchical groups (more GPUs than one node): all-reduce = intra-node reduce-sc
 all-reduce of the 1/g shard + intra-node all-gather; all-gather / reduce-scatter likewise; all-to-all
 is bound by the fraction ``1 - g/n`` of the data that leaves the node over the network.
 
-vLLM custom all-reduce (``custom=True``): one kernel over NVLink peer memory, for one node and
+vLLM custom all-reduce (``custom=True``): one kernel over peer memory (NVLink, xGMI, or two PCIe GPUs
+with P2P), for one node and
 messages strictly below ``CUSTOM_AR_MAX_BYTES`` (vLLM 0.6: ``inp_size < max_size``, so a full
 512-token bf16 batch of an 8192-wide model -- exactly 8 MiB -- goes to NCCL); one-shot (each GPU reads all peers' buffers: (n-1) S bytes)
 below 512 KiB for n <= 4 / 256 KiB for n <= 8 (and always for n = 2), two-shot (reduce-scatter +
@@ -208,12 +209,20 @@ class CollectiveModel:
             return 0.0
         split = self._split(n)
         if split is None:
-            if custom and nbytes < CUSTOM_AR_MAX_BYTES and self.link.kind in ("nvlink", "nvswitch", "xgmi"):
+            if custom and nbytes < CUSTOM_AR_MAX_BYTES and self._custom_possible(n):
                 return min(self._custom_all_reduce(nbytes, n), self._flat("all_reduce", nbytes, n))
             return self._flat("all_reduce", nbytes, n)
         g, nodes = split
         return (self._flat("reduce_scatter", nbytes, g) + self._inter("all_reduce", nbytes / g, nodes)
                 + self._flat("all_gather", nbytes, g))
+
+    def _custom_possible(self, n: int) -> bool:
+        """vLLM's custom all-reduce runs on fully connected GPUs (NVLink/NVSwitch, xGMI) and, on
+        PCIe-only GPUs, for exactly two of them with working P2P (vLLM custom_all_reduce.py: "not
+        supported on more than two PCIe-only GPUs"; disabled when the P2P test fails)."""
+        if self.link.kind in ("nvlink", "nvswitch", "xgmi"):
+            return True
+        return self.link.kind == "pcie" and self.link.p2p and n == 2
 
     def _custom_all_reduce(self, nbytes: float, n: int) -> float:
         one_shot = n == 2 or (n <= 4 and nbytes < 512 * 1024) or (n <= 8 and nbytes < 256 * 1024)
