@@ -19,7 +19,8 @@ Device and topology transfer (``link_bandwidth_gbps``, ``has_nvls``): a full mes
 (``p2p: false``) stages through host memory and shares ``host_bandwidth_gbps`` over 2n copies; an
 NVSwitch without NVLink SHARP (A100's 2nd-generation switch, ``nvls``) runs all-reduce as a ring
 (reduce-scatter + all-gather efficiencies), while the calibrated H100 all-reduce includes the
-in-switch reduction.
+in-switch reduction; another NVLink generation's bandwidth is scaled by NCCL's usable per-link
+bandwidth over the signalling rate relative to the H100's (``nvlink_scale``).
 
 Hierarchical groups (more GPUs than one node): all-reduce = intra-node reduce-scatter + inter-node
 all-reduce of the 1/g shard + intra-node all-gather; all-gather / reduce-scatter likewise; all-to-all
@@ -138,6 +139,22 @@ def link_bandwidth_gbps(link: LinkSpec, n: int) -> float:
     return bw
 
 
+def nvlink_scale(link: LinkSpec, device: DeviceSpec | None, profile: str = "h100-sxm-80gb") -> float:
+    """Factor on NVLink/NVSwitch bandwidth for a device of another NVLink generation than the
+    calibration's H100: NCCL's own usable per-link bandwidth over the link's signalling rate,
+    relative to the H100's (``data/device_transfer.yaml`` nvlink_per_link, from NCCL topo.h).
+    1 for other link kinds or an unlisted compute capability."""
+    from .roofline import reference_facts, transfer_facts
+
+    if link.kind not in ("nvlink", "nvswitch") or device is None:
+        return 1.0
+    table = transfer_facts().get("nvlink_per_link") or {}
+    dev, ref = table.get(device.compute_capability), table.get(reference_facts(profile).get("compute_capability"))
+    if not dev or not ref:
+        return 1.0
+    return (float(dev["nccl_gbps"]) / float(dev["raw_gbps"])) / (float(ref["nccl_gbps"]) / float(ref["raw_gbps"]))
+
+
 def has_nvls(link: LinkSpec, device: DeviceSpec | None) -> bool:
     """NVLink SHARP (in-switch all-reduce) on this NVSwitch link: the link's ``nvls`` when set,
     else from the device: 3rd-generation NVSwitch systems (Hopper, compute capability 9.0) and
@@ -176,6 +193,7 @@ class CollectiveModel:
         self.params = params_for(link.kind)
         if link.kind == "nvswitch" and not has_nvls(link, device):
             self.params = without_nvls(self.params)
+        self._intra_scale = nvlink_scale(link, device)
         self.inter_link = inter_link
         self.inter_params = params_for(inter_link.kind) if inter_link is not None else None
         self.gpus_per_node = gpus_per_node
@@ -188,7 +206,8 @@ class CollectiveModel:
             raise InputError("group size must be >= 1", field="n", value=n)
 
     def _flat(self, coll: str, nbytes: float, n: int) -> float:
-        return self.params[coll].time(coll, nbytes, n, self.link, link_bandwidth_gbps(self.link, n))
+        return self.params[coll].time(coll, nbytes, n, self.link,
+                                      link_bandwidth_gbps(self.link, n) * self._intra_scale)
 
     def _split(self, n: int) -> tuple[int, int] | None:
         """(GPUs per node g, nodes) when the group spans nodes, else None."""
@@ -227,7 +246,7 @@ class CollectiveModel:
     def _custom_all_reduce(self, nbytes: float, n: int) -> float:
         one_shot = n == 2 or (n <= 4 and nbytes < 512 * 1024) or (n <= 8 and nbytes < 256 * 1024)
         moved = (n - 1) * nbytes if one_shot else 2.0 * (n - 1) / n * nbytes
-        bw = link_bandwidth_gbps(self.link, n) * 1e9 * self.params["all_reduce"].efficiency
+        bw = link_bandwidth_gbps(self.link, n) * self._intra_scale * 1e9 * self.params["all_reduce"].efficiency
         return KERNEL_LAUNCH_S + 2.0 * self.link.latency_us * 1e-6 + moved / bw
 
     def all_gather(self, nbytes_total: float, n: int) -> float:
