@@ -173,10 +173,11 @@ def power_w(fit: PowerFit, idle_w: float, limit_w: float, u_mem: float, u_cmp: f
 # * an awake GPU with no kernel (``P_awake``, measured 130 W at 1980 MHz on H100 SXM vs 75 W idle
 #   at 345 MHz) pays clock-tree and leakage power ~ f V^2 above the settled idle;
 # * v(f) is the core voltage relative to the max-clock voltage. Where the device file has a
-#   ``voltage_curve`` (points derived from a published clock sweep, see a100-sxm-80gb.yaml) v is
-#   piecewise linear through those points and flat below the first one (the voltage floor: below
-#   it a lower clock saves only the f in f V^2). Otherwise: flat at ``voltage_at_knee`` below
-#   ``voltage_knee_mhz``, linear up to 1 at ``sm_clock_max_mhz``.
+#   ``voltage_curve`` v is piecewise linear through its points and flat below the first one (the
+#   voltage floor: below it a lower clock saves only the f in f V^2). A100 SXM: points derived from
+#   a published clock sweep (a100-sxm-80gb.yaml); H100 / H200 / H100 PCIe: a line through our one
+#   measured throttle point with the A100's knee transferred (h100-sxm-80gb.yaml). Without a curve:
+#   flat at ``voltage_at_knee`` below ``voltage_knee_mhz``, linear up to 1 at ``sm_clock_max_mhz``.
 #   Deriving v from a sweep: with a fixed amount of compute-bound work, E(f) - P_idle T(f) =
 #   E_mem + (P_awake - P_idle) (f / f_max) T(f) v^2 + E_cmp v^2, and f T(f) is ~constant when
 #   T ~ 1/f, so (E - P_idle T) at f over the same at the top clock is v(f)^2 / v(top)^2
