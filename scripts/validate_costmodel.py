@@ -237,7 +237,7 @@ def modern_kernels() -> dict[str, np.ndarray] | None:
 def transfer_factors() -> dict[str, dict]:
     """Per held-out GPU: the sourced transfer factors applied to the H100 fits (matmul efficiency
     ratio per dtype, attention kernel ratio, NVLink SHARP on its bundled cluster)."""
-    from apex_opt.costmodel.collectives import has_nvls
+    from apex_opt.costmodel.collectives import has_nvls, nvlink_scale
     from apex_opt.registry import load_cluster, load_device
 
     out = {}
@@ -245,7 +245,8 @@ def transfer_factors() -> dict[str, dict]:
         dev = DeviceCostModel(load_device(dname))
         pool = load_cluster(cname).pools[0]
         out[gpu] = {"matmul_bf16": round(dev._mm_scale["bf16"], 4), "matmul_fp8": round(dev._mm_scale["fp8"], 4),
-                    "attention": round(dev._attn_scale, 4), "nvls": has_nvls(pool.intra_node, pool.device)}
+                    "attention": round(dev._attn_scale, 4), "nvls": has_nvls(pool.intra_node, pool.device),
+                    "nvlink": round(nvlink_scale(pool.intra_node, pool.device), 4)}
     return out
 
 
