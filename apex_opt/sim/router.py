@@ -204,69 +204,69 @@ class CacheAwareRouter:
         while t >= self.next_evict:
             self.evict()
             self.next_evict += self.interval
-        loads = [eng.unfinished for eng in self.engines]
-        hi, lo = max(loads), min(loads)
-        if hi - lo > self.abs and hi > lo * self.rel:
-            e = loads.index(lo)
-        else:
-            e = self._by_cache(rid)
-        self._insert(rid, e)
-        return e
-
-    def _ids(self, rid: int) -> tuple[int, ...]:
-        return self.blocks[rid] if self.blocks is not None else ()
-
-    def _by_cache(self, rid: int) -> int:
-        ids, p, bt = self._ids(rid), self.prompt[rid], self.bt
-        node, matched, path = 0, 0, []
+        ids = self.blocks[rid] if self.blocks is not None else ()
+        p = self.prompt[rid]
         child = self.child
-        for k, uid in enumerate(ids):
+        node, path = 0, []  # the longest cached chain of the prompt's prefix-block ids
+        for uid in ids:
             c = child.get((node, uid))
             if c is None:
                 break
             node = c
             path.append(c)
-            matched += min(bt, p - k * bt)
-        if path:
-            tenant = min(self.tenants[node], key=lambda w: (_mix(node, w), w))
-            self._touch(tenant, path)
-            if matched / p > self.threshold:
-                return tenant
-        size = self.size
-        return size.index(min(size))
+        loads = [eng.unfinished for eng in self.engines]
+        hi, lo = max(loads), min(loads)
+        if hi - lo > self.abs and hi > lo * self.rel:
+            e = loads.index(lo)
+        else:
+            e = -1
+            if path:
+                tenant = min(self.tenants[node], key=lambda w: (_mix(node, w), w))
+                self._touch(tenant, path, add=False)
+                if min(len(path) * self.bt, p) / p > self.threshold:
+                    e = tenant
+            if e < 0:
+                size = self.size
+                e = size.index(min(size))
+        self._insert(ids, p, e, path)
+        return e
 
-    def _insert(self, rid: int, e: int) -> None:
-        ids, p, bt = self._ids(rid), self.prompt[rid], self.bt
-        node, path = 0, []
-        for k, uid in enumerate(ids):
-            node = self._node(node, uid, min(bt, p - k * bt), e)
-            path.append(node)
+    def _insert(self, ids: tuple[int, ...], p: int, e: int, path: list[int]) -> None:
+        """Add the prompt to worker ``e``'s tree (``path``: its chain already in the tree)."""
+        tenants, length, bt = self.tenants, self.length, self.bt
+        added = 0
+        for c in path:
+            ten = tenants[c]
+            if e not in ten:
+                ten.add(e)
+                added += length[c]
+        node, k, full, nid = (path[-1] if path else 0), len(path), list(path), len(ids)
+        new = list(ids[k:])
         tail = p - min(len(ids) * bt, p)
         if tail > 0:  # tokens nobody else shares: a leaf of their own
             self._tail -= 1
-            path.append(self._node(node, self._tail, tail, e))
-        self._touch(e, path)
-
-    def _node(self, parent: int, uid: int, tokens: int, e: int) -> int:
-        c = self.child.get((parent, uid))
-        if c is None:
+            new.append(self._tail)
+        for uid in new:
             c = self._next
             self._next += 1
-            self.child[(parent, uid)] = c
-            self.key[c] = (parent, uid)
-            self.length[c] = tokens
-            self.tenants[c] = set()
-        ten = self.tenants[c]
-        if e not in ten:
-            ten.add(e)
-            self.size[e] += self.length[c]
-        return c
+            self.child[(node, uid)] = c
+            self.key[c] = (node, uid)
+            n = tail if k >= nid else (bt if (k + 1) * bt <= p else p - k * bt)
+            length[c] = n
+            tenants[c] = {e}
+            added += n
+            node = c
+            full.append(c)
+            k += 1
+        self.size[e] += added
+        self._touch(e, full, add=True)
 
-    def _touch(self, e: int, path: list[int]) -> None:
+    def _touch(self, e: int, path: list[int], add: bool) -> None:
         lru = self.lru[e]
         for node in reversed(path):  # leaves first: ancestors end up more recent
-            if node in self.tenants and e in self.tenants[node]:
-                lru.pop(node, None)
+            if node in lru:
+                lru.move_to_end(node)
+            elif add:
                 lru[node] = None
 
     # ------------------------------------------------------------------ eviction
