@@ -22,13 +22,9 @@ from apex_opt.specs.workload import WorkloadSpec
 
 
 @pytest.fixture(scope="module")
-def m8():
-    return load_model("llama-3.1-8b")
-
-
-@pytest.fixture(scope="module")
-def node():
-    return load_cluster("h100-sxm-1x8")
+def m8_node():
+    """Llama-3.1-8B on one 8 x H100 node."""
+    return load_model("llama-3.1-8b"), load_cluster("h100-sxm-1x8")
 
 
 def _shared_prefix(n=320, rate=12.0, concurrency=None):
@@ -52,11 +48,11 @@ def _hits(res):
 
 # ---------------------------------------------------------------------- end to end
 @pytest.mark.parametrize("engine", ["sglang", "vllm"])
-def test_cache_aware_keeps_prefix_hits_round_robin_loses(m8, node, engine):
+def test_cache_aware_keeps_prefix_hits_round_robin_loses(m8_node, engine):
     req = _shared_prefix(n=160)
     eng = load_engine(engine)
-    rr = simulate(m8, node, _plan("round_robin"), req, engine=eng)
-    ca = simulate(m8, node, _plan("sglang_cache_aware"), req, engine=eng)
+    rr = simulate(*m8_node, _plan("round_robin"), req, engine=eng)
+    ca = simulate(*m8_node, _plan("sglang_cache_aware"), req, engine=eng)
     assert rr.metrics.num_completed == ca.metrics.num_completed == len(req)
     # round robin sends each tenant to all four replicas: each replica computes every prefix;
     # the cache-aware router keeps a tenant on the replica that holds its prefix
@@ -66,21 +62,21 @@ def test_cache_aware_keeps_prefix_hits_round_robin_loses(m8, node, engine):
     assert sum(r.requests for r in ca.replicas) == len(req)
 
 
-def test_engine_router_is_the_profiles_own(m8, node):
+def test_engine_router_is_the_profiles_own(m8_node):
     req = _shared_prefix(n=160)
     for engine, policy in (("sglang", "sglang_cache_aware"), ("vllm", "vllm_dp_lb")):
         eng = load_engine(engine)
         assert eng.dp_router.policy == policy
-        a = simulate(m8, node, _plan("engine"), req, engine=eng)
-        b = simulate(m8, node, _plan(policy), req, engine=eng)
+        a = simulate(*m8_node, _plan("engine"), req, engine=eng)
+        b = simulate(*m8_node, _plan(policy), req, engine=eng)
         assert a.metrics == b.metrics and a.replicas == b.replicas
 
 
 @pytest.mark.parametrize("router", ROUTERS)
-def test_closed_loop_never_exceeds_its_clients(m8, node, router):
+def test_closed_loop_never_exceeds_its_clients(m8_node, router):
     n_clients = 12
     req = _shared_prefix(n=96, concurrency=n_clients)
-    res = simulate(m8, node, _plan(router), req, engine=load_engine("sglang"))
+    res = simulate(*m8_node, _plan(router), req, engine=load_engine("sglang"))
     per = res.per_request()
     sent, fin = per["arrival_s"], per["finish_s"]
     assert np.isfinite(fin).all()
@@ -90,10 +86,10 @@ def test_closed_loop_never_exceeds_its_clients(m8, node, router):
 
 
 @pytest.mark.parametrize("router", ["sglang_cache_aware", "vllm_dp_lb"])
-def test_same_inputs_same_json(m8, node, router):
+def test_same_inputs_same_json(m8_node, router):
     req = _shared_prefix(n=120)
-    a = simulate(m8, node, _plan(router), req, engine=load_engine("sglang"))
-    b = simulate(m8, node, _plan(router), _shared_prefix(n=120), engine=load_engine("sglang"))
+    a = simulate(*m8_node, _plan(router), req, engine=load_engine("sglang"))
+    b = simulate(*m8_node, _plan(router), _shared_prefix(n=120), engine=load_engine("sglang"))
     assert a.model_dump_json() == b.model_dump_json()
     assert a.per_request()["replica"].tolist() == b.per_request()["replica"].tolist()
 
