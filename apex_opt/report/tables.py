@@ -123,8 +123,11 @@ def render_solve(res: Any) -> None:
         rows.append([p.rank, p.label, p.gpus, *_lat_cells(m, cols), _dropped(m),
                      _fmt(m and m.throughput_tokens_per_s, ".0f"),
                      _fmt(m and m.energy_j_per_token, ".3f"),
-                     _fmt(m and m.slo_attainment, ".3f"), "yes" if p.slo_met else "no",
-                     _fmt(p.rate_per_gpu, ".3f") if res.objective == "throughput" else
+                     _fmt(m and m.slo_attainment, ".3f"),
+                     "?" if p.slo_met is None else "yes" if p.slo_met else "no",
+                     # a rate search stopped once the plan could not win: below the bound
+                     f"< {below / p.gpus:.3f}" if (below := getattr(p, "rate_below_req_s", None))
+                     else _fmt(p.rate_per_gpu, ".3f") if res.objective == "throughput" else
                      _fmt(p.objective_value, ".4g")])
     last = "req/s/GPU" if res.objective == "throughput" else _unit(res.objective)
     con.print(table("ranked plans (simulated)",
