@@ -63,7 +63,7 @@ def test_cache_aware_keeps_prefix_hits_round_robin_loses(m8_node, engine):
 
 
 def test_engine_router_is_the_profiles_own(m8_node):
-    req = _shared_prefix(n=160)
+    req = _shared_prefix(n=96)
     for engine, policy in (("sglang", "sglang_cache_aware"), ("vllm", "vllm_dp_lb")):
         eng = load_engine(engine)
         assert eng.dp_router.policy == policy
@@ -87,9 +87,9 @@ def test_closed_loop_never_exceeds_its_clients(m8_node, router):
 
 @pytest.mark.parametrize("router", ["sglang_cache_aware", "vllm_dp_lb"])
 def test_same_inputs_same_json(m8_node, router):
-    req = _shared_prefix(n=120)
+    req = _shared_prefix(n=80)
     a = simulate(*m8_node, _plan(router), req, engine=load_engine("sglang"))
-    b = simulate(*m8_node, _plan(router), _shared_prefix(n=120), engine=load_engine("sglang"))
+    b = simulate(*m8_node, _plan(router), _shared_prefix(n=80), engine=load_engine("sglang"))
     assert a.model_dump_json() == b.model_dump_json()
     assert a.per_request()["replica"].tolist() == b.per_request()["replica"].tolist()
 
