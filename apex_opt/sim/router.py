@@ -66,7 +66,8 @@ def run_cluster(engines: Sequence[ReplicaEngine], arrival_s: np.ndarray,
 
 
 def run_closed_loop(engines: Sequence[ReplicaEngine], n: int, concurrency: int,
-                    router: str | DPRouterSpec, log: RequestLog, *, start_s: float = 0.0, delay_s: float = 0.0,
+                    router: str | DPRouterSpec, log: RequestLog, *, start_s: float = 0.0,
+                    delay_s: float = 0.0,
                     progress: Callable[[int], None] | None = None) -> tuple[float, np.ndarray]:
     """Serve requests ``0 .. n-1`` to ``concurrency`` closed-loop clients that all start at
     ``start_s``. A request sent at ``t`` reaches the engine at ``t + delay_s`` (front-end
@@ -295,8 +296,8 @@ def _mix(node: int, worker: int) -> int:
     return h ^ (h >> 12)
 
 
-def _drive(engines: Sequence[ReplicaEngine], choose: Callable[[int, float], int], pend: list, *, n: int, seq: int,
-           closed: bool, delay_s: float, progress: Callable[[int], None] | None,
+def _drive(engines: Sequence[ReplicaEngine], choose: Callable[[int, float], int], pend: list, *,
+           n: int, seq: int, closed: bool, delay_s: float, progress: Callable[[int], None] | None,
            sink: list | None = None, start_s: float = 0.0) -> tuple[float, np.ndarray]:
     """The one event loop of both drivers. ``pend`` is a heap of client-side events
     ``(time, seq, rid)``: a request reaching the engines (``rid`` >= 0) or, closed loop only, a
