@@ -177,6 +177,19 @@ def test_dp_with_engine_support_is_one_server(llama, engine, flag):
     assert len(lp.endpoints) == 1 and any(flag in n and "balances" in n for n in lp.notes)
 
 
+def test_sglang_dp_launches_the_router_it_was_simulated_with(llama):
+    """SGLang's default DP routing is sgl-router's cache-aware policy: the launch starts the
+    workers through sglang_router; a plan simulated round robin keeps SGLang's own --dp-size."""
+    plan = _plan(tp=4, replicas=2)
+    lp = launch_plan("llama-3.1-70b", llama, plan, engine="sglang", cluster=load_cluster("h100-sxm-1x8"))
+    assert lp.processes[0].argv[:3] == ["python", "-m", "sglang_router.launch_server"]
+    assert any("cache-aware" in n for n in lp.notes)
+    rr = launch_plan("llama-3.1-70b", llama, plan.model_copy(update={"router": "round_robin"}),
+                     engine="sglang", cluster=load_cluster("h100-sxm-1x8"))
+    assert rr.processes[0].argv[:3] == ["python", "-m", "sglang.launch_server"]
+    assert any("round robin" in n for n in rr.notes) and not unknown_flags(rr, "sglang")
+
+
 def test_packing_moves_to_the_next_node(llama):
     plan = Plan(groups=(ReplicaGroup(tp=2, replicas=3, weight_dtype="fp8"),
                         ReplicaGroup(tp=4, replicas=1, weight_dtype="fp8")))

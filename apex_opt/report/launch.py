@@ -41,7 +41,7 @@ from ..parallel import node_aligned, stage_layer_ranges, valid_ep, valid_tp, val
 from ..registry import data_dir
 from ..specs.cluster import ClusterSpec, DeviceSpec
 from ..specs.common import StrictModel
-from ..specs.engine import EngineSpec, load_engine
+from ..specs.engine import EngineSpec, dp_router_for, load_engine
 from ..specs.model import ModelSpec
 from ..specs.plan import Plan, ReplicaConfig, ReplicaGroup
 
@@ -290,6 +290,8 @@ class _Ctx(BaseModel):
     max_model_len: int | None
     trust_remote_code: bool
     host: str | None
+    #: the plan's data-parallel routing policy on this engine (specs.engine.dp_router_for)
+    router: str = "round_robin"
 
 
 def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int, dp: int = 1, nnodes: int = 1,
@@ -300,6 +302,10 @@ def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int, dp: int = 1, nnode
     env: dict[str, str] = {}
     if fam == "vllm":
         argv = ["vllm", "serve", ctx.model_arg]
+    elif dp > 1 and ctx.router == "sglang_cache_aware":
+        # sgl-router's launcher: the same server flags, N workers behind its cache-aware router
+        # (SGLang's own --dp-size alone balances round robin)
+        argv = ["python", "-m", "sglang_router.launch_server", f["model"], ctx.model_arg]
     else:
         argv = ["python", "-m", "sglang.launch_server", f["model"], ctx.model_arg]
     if ctx.trust_remote_code:
@@ -643,7 +649,8 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
                                                   entry, hf_id)
         notes += [n for n in qnotes if n not in notes]
         ctx = _Ctx(spec=spec, family=fam, flags=flags, model_arg=model_arg, quant=quant,
-                   max_model_len=length, trust_remote_code=trust, host=host)
+                   max_model_len=length, trust_remote_code=trust, host=host,
+                   router=dp_router_for(plan.router, spec).policy)
         cur = cursors.setdefault(pool_name, _PoolCursor(gpn))
         slots = [cur.place(g.gpus) for _ in range(g.replicas)]
         if max_nodes is not None and cur.nodes_used > max_nodes:
@@ -695,7 +702,7 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
                 endpoints.append(Endpoint(node_addr=head.node_addr, port=head.port or base_port,
                                           group=gi, replicas=1))
         notes += [n for n in _group_notes(g, gpn, fam, pool_name) if n not in notes]
-    notes += _routing_notes(plan, endpoints, fam)
+    notes += _routing_notes(plan, endpoints, fam, dp_router_for(plan.router, spec).policy)
     return LaunchPlan(engine=getattr(spec, "label", spec.name), family=fam,
                       model=model_id, max_model_len=length, processes=processes,
                       endpoints=endpoints, notes=notes, script=_script(processes, notes))
@@ -801,22 +808,41 @@ def _group_notes(group: ReplicaGroup, gpn: int, family: str, pool: str | None) -
     return notes
 
 
-def _routing_notes(plan: Plan, endpoints: list[Endpoint], family: str) -> list[str]:
+def _routing_notes(plan: Plan, endpoints: list[Endpoint], family: str, policy: str) -> list[str]:
+    """What balances requests over the plan's replicas, as the simulation assumed (``policy``:
+    the plan's router resolved on the engine)."""
     replicas = sum(g.replicas for g in plan.groups)
     if replicas == 1:
         return []
     inside = [e for e in endpoints if e.replicas > 1]
     out = []
     if inside:
-        flag = "--data-parallel-size" if family == "vllm" else "--dp-size"
-        out.append(f"{flag}: one server balances requests over its data-parallel replicas itself")
+        if family == "vllm":
+            out.append("--data-parallel-size: one server balances requests over its data-parallel "
+                       "replicas itself (vLLM's internal load balancer: fewest waiting x 4 + running)"
+                       + ("" if policy == "vllm_dp_lb" else
+                          f"; the plan was simulated with routing '{policy}'"))
+        elif policy == "sglang_cache_aware":
+            out.append("sglang_router.launch_server --dp-size: sgl-router balances requests over "
+                       "the data-parallel workers with its cache-aware policy (prefix affinity, "
+                       "load-balance override), as simulated")
+        else:
+            out.append("--dp-size: SGLang balances requests over its data-parallel replicas round "
+                       "robin" + ("" if policy == "round_robin" else
+                                  f"; the plan was simulated with routing '{policy}'"))
     if len(endpoints) > 1:
         eps = ", ".join(f"{e.node_addr}:{e.port}" for e in endpoints)
-        out.append(f"{len(endpoints)} endpoints ({eps}): put a load balancer in front of them "
-                   f"(the plan assumed routing '{plan.router}': least outstanding requests, e.g. "
-                   f"nginx least_conn)" if plan.router == "least_outstanding" else
-                   f"{len(endpoints)} endpoints ({eps}): put a round-robin load balancer in front "
-                   f"of them (the plan assumed routing 'round_robin')")
+        urls = " ".join(f"http://{e.node_addr}:{e.port}" for e in endpoints)
+        if policy == "sglang_cache_aware":
+            how = (f"run sgl-router in front of them: python -m sglang_router.launch_router "
+                   f"--worker-urls {urls} (cache-aware by default, as simulated)")
+        elif policy in ("least_outstanding", "vllm_dp_lb"):
+            how = ("put a least-outstanding-requests load balancer in front of them (e.g. nginx "
+                   f"least_conn; the plan was simulated with routing '{policy}')")
+        else:
+            how = ("put a round-robin load balancer in front of them (the plan was simulated with "
+                   "routing 'round_robin')")
+        out.append(f"{len(endpoints)} endpoints ({eps}): {how}")
     return out
 
 
