@@ -378,3 +378,75 @@ def test_sglang_data_parallel_attention(deepseek):
     assert unknown_flags(lp) == []
     v = launch_plan("deepseek-v3", deepseek, plan, engine="vllm", cluster=_cluster())
     assert any("attention_dp=8" in n for n in v.notes)
+
+
+# ------------------------------------------------------------------------------- multi-node DP
+def _lab() -> ClusterSpec:
+    """Two 4-GPU H100 nodes (the README's example cluster)."""
+    return ClusterSpec.model_validate({"name": "lab", "pools": [{
+        "name": "lab", "device": "h100-sxm-80gb", "nodes": 2, "gpus_per_node": 4,
+        "intra_node": {"kind": "nvlink", "bandwidth_gbps": 450, "latency_us": 2},
+        "inter_node": {"kind": "infiniband", "bandwidth_gbps": 50, "latency_us": 5}}]})
+
+
+def test_vllm_dp_over_nodes_is_one_head_and_headless_engines(llama):
+    """vLLM V1's default routing is its internal balancer over ALL replicas: 2xTP4 on two 4-GPU
+    nodes is one deployment (head with the API server + a --headless node), one endpoint."""
+    lp = launch_plan("llama-3.1-70b", llama, _plan(tp=4, replicas=2, weight_dtype="fp8"),
+                     engine="vllm", cluster=_lab())
+    head, other = lp.processes
+    assert (head.role, head.node, head.port, head.replicas) == ("server", 0, 8000, [0])
+    assert (other.role, other.node, other.port, other.replicas) == ("server-rank", 1, None, [1])
+    assert "--headless" in other.argv and "--headless" not in head.argv
+    assert "--port" not in other.argv
+    for p in (head, other):
+        assert _flag(p.argv, "--data-parallel-size") == "2"
+        assert _flag(p.argv, "--data-parallel-size-local") == "1"
+        assert _flag(p.argv, "--data-parallel-address") == "LAB_NODE0_IP"
+        assert p.device_ids == [0, 1, 2, 3] and p.cuda_visible_devices is None
+    assert _flag(head.argv, "--data-parallel-rpc-port") == _flag(other.argv,
+                                                                  "--data-parallel-rpc-port")
+    assert "--data-parallel-start-rank" not in head.argv
+    assert _flag(other.argv, "--data-parallel-start-rank") == "1"
+    assert [(e.node_addr, e.port, e.replicas) for e in lp.endpoints] == [("LAB_NODE0_IP", 8000, 2)]
+    assert not any("endpoints (" in n for n in lp.notes)  # no external balancer to set up
+    assert any("--headless" in n and "one API server" in n for n in lp.notes)
+    assert unknown_flags(lp) == []
+    assert "# node 1 of pool lab (LAB_NODE1_IP)" in lp.script and "headless" in other.label
+
+
+def test_vllm_dp_over_nodes_ranks_follow_the_nodes(llama):
+    """3xTP2 on two 4-GPU nodes: ranks 0-1 on the head (GPUs 0-3), rank 2 headless on node 1
+    with its own CUDA_VISIBLE_DEVICES; a second group gets its own head port and RPC port."""
+    plan = Plan(groups=(ReplicaGroup(tp=2, replicas=3, weight_dtype="fp8"),))
+    lp = launch_plan("llama-3.1-70b", llama, plan, engine="vllm", cluster=_lab())
+    head, other = lp.processes
+    assert [_flag(p.argv, "--data-parallel-size-local") for p in lp.processes] == ["2", "1"]
+    assert _flag(other.argv, "--data-parallel-start-rank") == "2"
+    assert (head.replicas, other.replicas) == ([0, 1], [2])
+    assert (head.cuda_visible_devices, other.cuda_visible_devices) == (None, "0,1")
+    assert len(lp.endpoints) == 1 and lp.endpoints[0].replicas == 3
+    two = Plan(groups=(ReplicaGroup(tp=2, replicas=3, weight_dtype="fp8"),
+                       ReplicaGroup(tp=1, replicas=2, weight_dtype="fp8")))
+    cl = _lab().model_copy(update={"pools": [_lab().pools[0].model_copy(update={"nodes": 3})]})
+    lp = launch_plan("llama-3.1-70b", llama, two, engine="vllm", cluster=cl)
+    rpc = {_flag(p.argv, "--data-parallel-rpc-port") for p in lp.processes if p.group == 1}
+    assert len(rpc) == 1 and rpc != {_flag(lp.processes[0].argv, "--data-parallel-rpc-port")}
+    assert len(lp.endpoints) == 2 and unknown_flags(lp) == []
+
+
+@pytest.mark.parametrize("engine, router", [("vllm-0.6", "engine"), ("vllm", "round_robin"),
+                                            ("vllm", "least_outstanding")])
+def test_dp_over_nodes_without_the_engine_balancer_keeps_endpoints(llama, engine, router):
+    """vLLM 0.6 has no multi-node DP; a V1 plan simulated with another router keeps one endpoint
+    per node, and the note names the external balancer the simulation assumed."""
+    plan = _plan(tp=4, replicas=2, weight_dtype="fp8").model_copy(update={"router": router})
+    lp = launch_plan("llama-3.1-70b", llama, plan, engine=engine, cluster=_lab())
+    assert [(p.role, p.node, p.port) for p in lp.processes] == [("server", 0, 8000),
+                                                                 ("server", 1, 8000)]
+    assert not any(t in p.argv for p in lp.processes for t in ("--headless",
+                                                                 "--data-parallel-address"))
+    assert len(lp.endpoints) == 2
+    lb = next(n for n in lp.notes if n.startswith("2 endpoints"))
+    want = "round-robin" if router == "round_robin" else "least-outstanding"
+    assert want in lb and unknown_flags(lp) == []

@@ -14,7 +14,12 @@ with (``launch_flags`` / ``flag_vocabulary`` in ``apex_opt/data/engines/*.yaml``
 * vLLM: an uneven pipeline split is ``VLLM_PP_LAYER_PARTITION``; replicas spanning nodes run on a
   Ray cluster (``ray start`` on every node, ``--distributed-executor-backend ray`` on the head).
   Releases with ``--data-parallel-size`` (V1) serve the replicas that share a node from ONE server
-  that balances requests over them itself; older ones run one server per replica.
+  that balances requests over them itself; older ones run one server per replica. When the plan
+  was simulated with V1's internal balancer over all replicas (its default router), replicas of a
+  group on several nodes are ONE deployment too: the head node's server (API endpoint, DP ranks
+  0..local-1) and ``--headless`` servers on the other nodes (``--data-parallel-start-rank``,
+  ``--data-parallel-address`` of the head); other routers keep one endpoint per node behind the
+  external balancer the simulation assumed.
 * SGLang: ``--dp-size`` likewise; multi-node replicas run one process per node with
   ``--nnodes/--node-rank/--dist-init-addr``; ``--chunked-prefill-size -1`` turns chunking off.
 
@@ -52,6 +57,9 @@ _HF_IDS_SOURCE = f"<bundled {_HF_IDS_FILE}>"
 #: Port of the Ray head (GCS) of a multi-node vLLM replica, and of SGLang's torch.distributed init.
 RAY_PORT = 6379
 SGLANG_DIST_PORT = 50000
+#: vLLM's default ``--data-parallel-rpc-port`` (ParallelConfig.data_parallel_rpc_port, vllm
+#: config.py, 0.9+): the head's port the headless engines of a multi-node DP deployment dial.
+VLLM_DP_RPC_PORT = 29550
 #: Default GPUs per node when no cluster is given.
 DEFAULT_GPUS_PER_NODE = 8
 _SIXTEEN_BIT = frozenset({"bf16", "fp16"})
@@ -294,14 +302,33 @@ class _Ctx(BaseModel):
     router: str = "round_robin"
 
 
-def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int, dp: int = 1, nnodes: int = 1,
-                 node_rank: int = 0, dist_init_addr: str | None = None) -> Launch:
-    """The engine's server command for one replica shape (``cfg`` already resolved)."""
+class _DPNode(BaseModel):
+    """One node's part of a vLLM data-parallel deployment spanning nodes (vLLM >= 0.9: the head
+    runs the API server and DP ranks 0..local-1, each other node ``--headless`` engines only)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    local: int
+    start_rank: int
+    address: str
+    rpc_port: int
+
+    @property
+    def headless(self) -> bool:
+        return self.start_rank > 0
+
+
+def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int | None, dp: int = 1,
+                 nnodes: int = 1, node_rank: int = 0, dist_init_addr: str | None = None,
+                 dp_node: _DPNode | None = None) -> Launch:
+    """The engine's server command for one replica shape (``cfg`` already resolved); ``dp_node``:
+    this node's share of a vLLM DP deployment over several nodes (``dp`` = all its replicas)."""
     f, fam = ctx.flags, ctx.family
     notes: list[str] = []
     env: dict[str, str] = {}
+    headless = dp_node is not None and dp_node.headless
     if fam == "vllm":
-        argv = ["vllm", "serve", ctx.model_arg]
+        argv = ["vllm", "serve", ctx.model_arg] + ([f["headless"]] if headless else [])
     elif dp > 1 and ctx.router == "sglang_cache_aware":
         # sgl-router's launcher: the same server flags, N workers behind its cache-aware router
         # (SGLang's own --dp-size alone balances round robin)
@@ -310,9 +337,11 @@ def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int, dp: int = 1, nnode
         argv = ["python", "-m", "sglang.launch_server", f["model"], ctx.model_arg]
     if ctx.trust_remote_code:
         argv.append(f["trust_remote_code"])
-    if ctx.host is not None:
+    if ctx.host is not None and not headless:
         argv += [f["host"], ctx.host]
-    argv += [f["port"], str(port), f["tensor_parallel"], str(cfg.tp)]
+    if not headless:  # a headless node serves no HTTP
+        argv += [f["port"], str(port)]
+    argv += [f["tensor_parallel"], str(cfg.tp)]
     if cfg.pp > 1 or fam == "vllm":
         argv += [f["pipeline_parallel"], str(cfg.pp)]
     adp = getattr(cfg, "attention_dp", 1) or 1
@@ -324,6 +353,12 @@ def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int, dp: int = 1, nnode
                          f"the plan's attention_dp={adp} runs as plain TP{cfg.tp}")
     elif dp > 1:
         argv += [f["data_parallel"], str(dp)]
+        if dp_node is not None:
+            argv += [f["data_parallel_local"], str(dp_node.local)]
+            if dp_node.headless:
+                argv += [f["data_parallel_start_rank"], str(dp_node.start_rank)]
+            argv += [f["data_parallel_address"], dp_node.address,
+                     f["data_parallel_rpc_port"], str(dp_node.rpc_port)]
     if cfg.ep > 1:
         if "expert_parallel" not in f:
             notes.append(f"this {ctx.spec.label} release has no expert-parallel flag: experts are "
@@ -451,7 +486,9 @@ class Process(_Out):
         description="gpu-settings: admin command locking the SM clock / power cap the plan "
                     "assumed (run before the engine); server: an HTTP endpoint; ray-head / "
                     "ray-worker: the Ray cluster of a multi-node vLLM replica; server-rank: a "
-                    "non-head node of a multi-node SGLang replica.")
+                    "non-head node without an HTTP endpoint (a rank of a multi-node SGLang "
+                    "replica, or vLLM --headless data-parallel engines joining the head's API "
+                    "server).")
     device_ids: list[int] = Field(description="GPU indices on the node this process drives.")
     cuda_visible_devices: str | None
     port: int | None = Field(description="HTTP port of a server (None for helper processes).")
@@ -636,6 +673,7 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
     endpoints: list[Endpoint] = []
     cursors: dict[str | None, _PoolCursor] = {}
     ports: dict[tuple[str | None, int], int] = {}
+    dp_deployments = 0  # vLLM DP deployments over several nodes: one RPC port each
 
     def next_port(pool: str | None, node: int) -> int:
         n = ports.get((pool, node), 0)
@@ -666,6 +704,15 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
         for r, slot in enumerate(slots):
             if slot.devices is not None:
                 by_node.setdefault(slot.nodes[0], []).append((r, slot))
+        if engine_dp and len(by_node) > 1 and _spans_nodes_as_one_server(ctx):
+            procs, ep = _multi_node_dp(ctx, cfg, g, device, by_node, pool_name, gpn, gi, glabel,
+                                       next_port, VLLM_DP_RPC_PORT + dp_deployments)
+            dp_deployments += 1
+            processes += procs
+            endpoints.append(ep)
+            notes += [n for n in _multi_node_dp_notes(glabel, by_node, pool_name, ep)
+                      if n not in notes]
+            by_node = {}
         for node, items in by_node.items():
             batches = [items] if engine_dp else [[it] for it in items]
             for batch in batches:
@@ -706,6 +753,73 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
     return LaunchPlan(engine=getattr(spec, "label", spec.name), family=fam,
                       model=model_id, max_model_len=length, processes=processes,
                       endpoints=endpoints, notes=notes, script=_script(processes, notes))
+
+
+#: Flag keys of vLLM's data parallelism over several nodes behind one API server (vLLM >= 0.9).
+_MULTI_NODE_DP_KEYS = frozenset({"data_parallel", "data_parallel_local", "data_parallel_address",
+                                 "data_parallel_rpc_port", "data_parallel_start_rank", "headless"})
+
+
+def _spans_nodes_as_one_server(ctx: _Ctx) -> bool:
+    """True when replicas of a group on several nodes run as ONE vLLM data-parallel deployment:
+    the plan was simulated with vLLM's internal balancer over all of them, and the release has
+    the head / ``--headless`` flags."""
+    return (ctx.family == "vllm" and ctx.router == "vllm_dp_lb"
+            and _MULTI_NODE_DP_KEYS <= ctx.flags.keys())
+
+
+def _multi_node_dp(ctx: _Ctx, cfg: ReplicaConfig, group: ReplicaGroup, device: DeviceSpec | None,
+                   by_node: dict[int, list[tuple[int, _Slot]]], pool: str | None, gpn: int,
+                   gi: int, glabel: str, next_port, rpc_port: int
+                   ) -> tuple[list[Process], Endpoint]:
+    """One vLLM DP deployment over the replicas of a group on several nodes (each replica inside
+    one node): the head node runs the API server with its local DP ranks, every other node
+    ``--headless`` engines with its ranks (``--data-parallel-start-rank``); one endpoint."""
+    nodes = sorted(by_node)
+    head, total = nodes[0], sum(len(v) for v in by_node.values())
+    head_addr = _node_addr(pool, head)
+    port = next_port(pool, head)
+    out: list[Process] = []
+    start = 0
+    for node in nodes:
+        items = by_node[node]
+        reps = [r for r, _ in items]
+        devices = [d for _, s in items for d in (s.devices or [])]
+        part = _DPNode(local=len(items), start_rank=start, address=head_addr, rpc_port=rpc_port)
+        launch = _server_argv(ctx, cfg, port=None if part.headless else port, dp=total,
+                              dp_node=part)
+        env = dict(launch.env)
+        cvd = ",".join(map(str, devices)) if len(devices) < gpn else None
+        if cvd is not None:
+            env["CUDA_VISIBLE_DEVICES"] = cvd
+        launch = launch.model_copy(update={"env": env})
+        addr = _node_addr(pool, node)
+        ranks = f"{start}" if len(items) == 1 else f"{start}-{start + len(items) - 1}"
+        what = (f"replica{'s' if len(reps) > 1 else ''} {','.join(map(str, reps))} = "
+                f"data-parallel rank{'s' if len(reps) > 1 else ''} {ranks} of {total}, "
+                + (f"headless (engines only; API server on {head_addr})" if part.headless
+                   else f"API server for all {total}"))
+        label = (f"node {node} of pool {pool or '-'} ({addr}) | {glabel} | {what} | "
+                 f"{_gpus_text(devices)}" + ("" if part.headless else f" | port {port}"))
+        out += _gpu_settings(group, device, node, addr, pool, gi, reps, devices, glabel)
+        out.append(Process(node=node, node_addr=addr, pool=pool, group=gi, replicas=reps,
+                           role="server-rank" if part.headless else "server",
+                           device_ids=devices, cuda_visible_devices=cvd,
+                           port=None if part.headless else port, env=env, argv=launch.argv,
+                           command=render(launch), label=label))
+        start += len(items)
+    return out, Endpoint(node_addr=head_addr, port=port, group=gi, replicas=total)
+
+
+def _multi_node_dp_notes(glabel: str, by_node: dict[int, list[tuple[int, _Slot]]],
+                         pool: str | None, ep: Endpoint) -> list[str]:
+    others = len(by_node) - 1
+    return [f"{glabel}: one vLLM data-parallel deployment over {len(by_node)} nodes behind "
+            f"one API server ({ep.node_addr}:{ep.port}); start the head and the --headless "
+            f"server{'s' if others > 1 else ''} on the other node{'s' if others > 1 else ''}; "
+            f"--data-parallel-rpc-port must be reachable from every node",
+            f"replace {_addr_prefix(pool)}NODE<n>_IP with the address of node <n> of the pool "
+            f"(nodes numbered from 0)"]
 
 
 def _gpu_settings(group: ReplicaGroup, device: DeviceSpec | None, node: int, addr: str,
