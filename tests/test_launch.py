@@ -413,6 +413,11 @@ def test_vllm_dp_over_nodes_is_one_head_and_headless_engines(llama):
     assert any("--headless" in n and "one API server" in n for n in lp.notes)
     assert unknown_flags(lp) == []
     assert "# node 1 of pool lab (LAB_NODE1_IP)" in lp.script and "headless" in other.label
+    # the servers' own notes still reach the operator
+    off = launch_plan("llama-3.1-70b", llama, _plan(tp=4, replicas=2, weight_dtype="fp8",
+                                                    chunked_prefill=False, max_model_len=8192),
+                      engine="vllm", cluster=_lab())
+    assert len(off.endpoints) == 1 and any("always chunks" in n for n in off.notes)
 
 
 def test_vllm_dp_over_nodes_ranks_follow_the_nodes(llama):

@@ -705,13 +705,13 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
             if slot.devices is not None:
                 by_node.setdefault(slot.nodes[0], []).append((r, slot))
         if engine_dp and len(by_node) > 1 and _spans_nodes_as_one_server(ctx):
-            procs, ep = _multi_node_dp(ctx, cfg, g, device, by_node, pool_name, gpn, gi, glabel,
-                                       next_port, VLLM_DP_RPC_PORT + dp_deployments)
+            procs, ep, dp_notes = _multi_node_dp(ctx, cfg, g, device, by_node, pool_name, gpn,
+                                                 gi, glabel, next_port,
+                                                 VLLM_DP_RPC_PORT + dp_deployments)
             dp_deployments += 1
             processes += procs
             endpoints.append(ep)
-            notes += [n for n in _multi_node_dp_notes(glabel, by_node, pool_name, ep)
-                      if n not in notes]
+            notes += [n for n in dp_notes if n not in notes]
             by_node = {}
         for node, items in by_node.items():
             batches = [items] if engine_dp else [[it] for it in items]
@@ -719,12 +719,9 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
                 reps = [r for r, _ in batch]
                 devices = [d for _, s in batch for d in (s.devices or [])]
                 port = next_port(pool_name, node)
-                launch = _server_argv(ctx, cfg, port=port, dp=len(batch))
-                env = dict(launch.env)
-                cvd = ",".join(map(str, devices)) if len(devices) < gpn else None
-                if cvd is not None:
-                    env["CUDA_VISIBLE_DEVICES"] = cvd
-                launch = launch.model_copy(update={"env": env})
+                launch, cvd = _on_devices(_server_argv(ctx, cfg, port=port, dp=len(batch)),
+                                          devices, gpn)
+                env = launch.env
                 notes += [n for n in launch.notes if n not in notes]
                 addr = _node_addr(pool_name, node)
                 processes += _gpu_settings(g, device, node, addr, pool_name, gi, reps, devices,
@@ -755,6 +752,15 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
                       endpoints=endpoints, notes=notes, script=_script(processes, notes))
 
 
+def _on_devices(launch: Launch, devices: list[int], gpn: int) -> tuple[Launch, str | None]:
+    """``launch`` restricted to ``devices`` of its node (``CUDA_VISIBLE_DEVICES``, unless they
+    are all ``gpn`` GPUs of it), and that value."""
+    if len(devices) >= gpn:
+        return launch, None
+    cvd = ",".join(map(str, devices))
+    return launch.model_copy(update={"env": {**launch.env, "CUDA_VISIBLE_DEVICES": cvd}}), cvd
+
+
 #: Flag keys of vLLM's data parallelism over several nodes behind one API server (vLLM >= 0.9).
 _MULTI_NODE_DP_KEYS = frozenset({"data_parallel", "data_parallel_local", "data_parallel_address",
                                  "data_parallel_rpc_port", "data_parallel_start_rank", "headless"})
@@ -771,28 +777,27 @@ def _spans_nodes_as_one_server(ctx: _Ctx) -> bool:
 def _multi_node_dp(ctx: _Ctx, cfg: ReplicaConfig, group: ReplicaGroup, device: DeviceSpec | None,
                    by_node: dict[int, list[tuple[int, _Slot]]], pool: str | None, gpn: int,
                    gi: int, glabel: str, next_port, rpc_port: int
-                   ) -> tuple[list[Process], Endpoint]:
+                   ) -> tuple[list[Process], Endpoint, list[str]]:
     """One vLLM DP deployment over the replicas of a group on several nodes (each replica inside
     one node): the head node runs the API server with its local DP ranks, every other node
-    ``--headless`` engines with its ranks (``--data-parallel-start-rank``); one endpoint."""
+    ``--headless`` engines with its ranks (``--data-parallel-start-rank``); one endpoint, and
+    the notes for the operator."""
     nodes = sorted(by_node)
     head, total = nodes[0], sum(len(v) for v in by_node.values())
     head_addr = _node_addr(pool, head)
     port = next_port(pool, head)
     out: list[Process] = []
+    notes: list[str] = []
     start = 0
     for node in nodes:
         items = by_node[node]
         reps = [r for r, _ in items]
         devices = [d for _, s in items for d in (s.devices or [])]
         part = _DPNode(local=len(items), start_rank=start, address=head_addr, rpc_port=rpc_port)
-        launch = _server_argv(ctx, cfg, port=None if part.headless else port, dp=total,
-                              dp_node=part)
-        env = dict(launch.env)
-        cvd = ",".join(map(str, devices)) if len(devices) < gpn else None
-        if cvd is not None:
-            env["CUDA_VISIBLE_DEVICES"] = cvd
-        launch = launch.model_copy(update={"env": env})
+        launch, cvd = _on_devices(_server_argv(ctx, cfg, port=None if part.headless else port,
+                                               dp=total, dp_node=part), devices, gpn)
+        env = launch.env
+        notes += [n for n in launch.notes if n not in notes]
         addr = _node_addr(pool, node)
         ranks = f"{start}" if len(items) == 1 else f"{start}-{start + len(items) - 1}"
         what = (f"replica{'s' if len(reps) > 1 else ''} {','.join(map(str, reps))} = "
@@ -808,18 +813,14 @@ def _multi_node_dp(ctx: _Ctx, cfg: ReplicaConfig, group: ReplicaGroup, device: D
                            port=None if part.headless else port, env=env, argv=launch.argv,
                            command=render(launch), label=label))
         start += len(items)
-    return out, Endpoint(node_addr=head_addr, port=port, group=gi, replicas=total)
-
-
-def _multi_node_dp_notes(glabel: str, by_node: dict[int, list[tuple[int, _Slot]]],
-                         pool: str | None, ep: Endpoint) -> list[str]:
-    others = len(by_node) - 1
-    return [f"{glabel}: one vLLM data-parallel deployment over {len(by_node)} nodes behind "
-            f"one API server ({ep.node_addr}:{ep.port}); start the head and the --headless "
-            f"server{'s' if others > 1 else ''} on the other node{'s' if others > 1 else ''}; "
-            f"--data-parallel-rpc-port must be reachable from every node",
-            f"replace {_addr_prefix(pool)}NODE<n>_IP with the address of node <n> of the pool "
-            f"(nodes numbered from 0)"]
+    others = len(nodes) - 1
+    notes += [f"{glabel}: one vLLM data-parallel deployment over {len(nodes)} nodes behind "
+              f"one API server ({head_addr}:{port}); start the head and the --headless "
+              f"server{'s' if others > 1 else ''} on the other node{'s' if others > 1 else ''}; "
+              f"--data-parallel-rpc-port must be reachable from every node",
+              f"replace {_addr_prefix(pool)}NODE<n>_IP with the address of node <n> of the pool "
+              f"(nodes numbered from 0)"]
+    return out, Endpoint(node_addr=head_addr, port=port, group=gi, replicas=total), notes
 
 
 def _gpu_settings(group: ReplicaGroup, device: DeviceSpec | None, node: int, addr: str,
