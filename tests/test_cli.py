@@ -329,3 +329,65 @@ def test_help_texts_show_the_new_flags_with_examples():
         assert needle in text, needle
     r = run("schema", "--help")
     assert "apex-opt schema cluster" in r.output and "bundled device name" in r.output
+
+
+# ---------------------------------------------------------------- --help for newcomers (audit)
+def _all_commands():
+    from apex_opt.cli import main
+
+    out = []
+    for name, cmd in sorted(main.commands.items()):
+        out.append([name])
+        for sub in sorted(getattr(cmd, "commands", {}) or {}):
+            out.append([name, sub])
+    return out
+
+
+def _examples(help_text: str) -> list[str]:
+    """The `apex-opt ...` example commands of a help text, continuation lines joined."""
+    cmds, cur = [], None
+    for ln in help_text.splitlines():
+        s = ln.strip()
+        if cur is not None:
+            cur += " " + s
+        elif s.startswith("apex-opt ") and not s.startswith("apex-opt: "):
+            cur = s
+        else:
+            continue
+        if cur.endswith("\\"):
+            cur = cur[:-1].rstrip()
+            continue
+        cmds.append(cur.split("  #")[0].strip())
+        cur = None
+    return cmds
+
+
+@pytest.mark.parametrize("path", _all_commands(), ids=lambda p: " ".join(p))
+def test_every_command_help_has_a_purpose_and_an_example(path):
+    import re
+
+    r = run(*path, "--help")
+    assert r.exit_code == 0, r.output
+    body = r.output.split("Options:")[0]
+    assert len(body.splitlines()) >= 3  # usage line + a purpose paragraph
+    assert _examples(r.output), f"`apex-opt {' '.join(path)} --help` shows no example"
+    # a lost line-continuation backslash in a docstring glues two example lines together with a
+    # run of spaces (solve showed '--hf-id my-org/my-model           --cluster ...')
+    for ex in _examples(r.output):
+        assert not re.search(r"\S {4,}--", ex), ex
+
+
+@pytest.mark.parametrize("path", [["models"], ["models", "show"], ["clusters"], ["engines"],
+                                  ["schema"]], ids=lambda p: " ".join(p))
+def test_cheap_help_examples_work_when_pasted(path):
+    import shlex
+
+    r = run(*path, "--help")
+    exs = [e for e in _examples(r.output) if e.split()[1:1 + len(path)] == path]
+    assert exs
+    for ex in exs:
+        if "my-" in ex:  # stands for the user's own file
+            continue
+        argv = shlex.split(ex.split(">")[0])[1:]  # `... > file`: the redirection is the shell's
+        res = run(*argv)
+        assert res.exit_code == 0, (ex, res.output[-400:])

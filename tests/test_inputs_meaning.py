@@ -161,3 +161,104 @@ def test_sliding_window_layer_types_are_still_attention(tmp_path):
            "max_position_embeddings": 32768, "layer_types": ["sliding_attention", "full_attention"]}
     f = write(tmp_path, "config.json", json.dumps(cfg))
     assert load_model(f).num_layers == 2
+
+
+# ------------------------------------------------- non-decoder architectures (audit, one line each)
+@pytest.mark.parametrize("cfg, kind", [
+    ({"architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "d_model": 512,
+      "num_layers": 6, "num_heads": 8, "vocab_size": 32128, "d_ff": 2048,
+      "is_encoder_decoder": True}, "encoder-decoder"),
+    ({"architectures": ["MyTranslator"], "model_type": "custom", "hidden_size": 512,
+      "num_hidden_layers": 6, "num_attention_heads": 8, "intermediate_size": 2048,
+      "vocab_size": 1000, "max_position_embeddings": 1024, "is_encoder_decoder": True},
+     "encoder-decoder"),
+    ({"architectures": ["BertForMaskedLM"], "model_type": "bert", "hidden_size": 768,
+      "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+      "vocab_size": 30522, "max_position_embeddings": 512}, "encoder-only"),
+    ({"architectures": ["ViTForImageClassification"], "model_type": "vit", "hidden_size": 768,
+      "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+      "image_size": 224}, "vision-only"),
+])
+def test_non_decoder_architectures_are_one_line_exit_2(tmp_path, cfg, kind):
+    f = write(tmp_path, "config.json", json.dumps(cfg))
+    r = run("models", "show", str(f))
+    assert r.exit_code == 2
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("apex-opt: error:"), r.output
+    # names the file, the field and the architecture, and says why (not "hidden_size missing")
+    assert "config.json" in lines[0] and "field 'architectures'" in lines[0]
+    assert cfg["architectures"][0] in lines[0] and f"{kind} model" in lines[0]
+
+
+# ------------------------------------------ request lengths vs the context the engine accepts
+_SIM = ("simulate", "--model", "llama-3.2-1b", "--tp", "1", "--no-progress")
+
+
+def test_synthetic_prompt_beyond_the_model_context_is_exit_2():
+    # llama-3.2-1b: max_position_embeddings 131072; before: exit 0 with "0 completed, 20 dropped"
+    r = run(*_SIM, "--rate", "5", "--num-requests", "4", "--prompt-len", "200000",
+            "--output-len", "10", "--json")
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--prompt-len + --output-len" in lines[0]
+    assert "131,072" in lines[0] and "200010" in lines[0]
+
+
+def test_prompt_beyond_max_model_len_flag_is_exit_2():
+    r = run(*_SIM, "--rate", "5", "--num-requests", "4", "--prompt-len", "100",
+            "--output-len", "10", "--max-model-len", "50")
+    assert r.exit_code == 2 and "max_model_len 50" in r.output and "(got 110)" in r.output
+
+
+def test_simulate_max_model_len_beyond_the_model_is_exit_2():
+    # solve already refused it; simulate ran with a context vLLM refuses to start with
+    r = run(*_SIM, "--rate", "5", "--num-requests", "4", "--prompt-len", "100",
+            "--output-len", "10", "--max-model-len", "999999")
+    assert r.exit_code == 2 and "'--max-model-len'" in r.output and "999999" in r.output
+
+
+def _mooncake(tmp_path, lengths):
+    lines = [json.dumps({"timestamp": 10 * i, "input_length": p, "output_length": 10,
+                         "hash_ids": [i]}) for i, p in enumerate(lengths)]
+    return write(tmp_path, "trace.jsonl", "\n".join(lines) + "\n")
+
+
+def test_trace_with_every_request_too_long_is_exit_2(tmp_path):
+    f = _mooncake(tmp_path, [999_999_999, 500_000])
+    r = run(*_SIM, "--trace", str(f))
+    assert r.exit_code == 2
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "trace.jsonl" in lines[0] and "input + output tokens" in lines[0]
+
+
+def test_trace_with_some_requests_too_long_warns_and_runs(tmp_path):
+    f = _mooncake(tmp_path, [100, 500_000, 120])
+    r = run(*_SIM, "--trace", str(f), "--json")
+    assert r.exit_code == 0, r.output
+    warn = [ln for ln in r.output.splitlines() if ln.startswith("apex-opt: warning:")]
+    assert len(warn) == 1 and "1 of 3 requests" in warn[0] and "dropped" in warn[0]
+
+
+def test_solve_workload_longer_than_the_context_is_exit_2_not_infeasible(tmp_path):
+    # before: exit 3 "the offered request rate conflict" after a full search
+    f = write(tmp_path, "w.yaml", "name: w\nnum_requests: 10\narrival: {process: poisson, rate: 1}\n"
+                                  "prompt_len: 999999\noutput_len: 10\n")
+    r = run("solve", "--model", "llama-3.2-1b", "--workload", str(f))
+    assert r.exit_code == 2 and "w.yaml" in r.output and "prompt_len + output_len" in r.output
+
+
+# ------------------------------------------------------------------------------- engines, SLO
+def test_engine_with_an_empty_version_is_exit_2():
+    # before: 'vllm@' silently meant 'vllm'
+    r = run(*_SIM, "--rate", "5", "--num-requests", "4", "--prompt-len", "100",
+            "--output-len", "10", "--engine", "vllm@")
+    assert r.exit_code == 2 and "no version after '@'" in r.output and "'vllm@'" in r.output
+
+
+@pytest.mark.parametrize("value, hint", [(1.5, "e.g. 0.9"), (95, "did you mean 0.95?")])
+def test_attainment_hint_only_suggests_a_plausible_percentage(tmp_path, value, hint):
+    # before: attainment 1.5 -> "did you mean 0.015?" (1.5 % of requests is no SLO)
+    f = write(tmp_path, "slo.yaml", f"attainment: {value}\n")
+    with pytest.raises(InputError) as e:
+        load_slo(f)
+    assert hint in str(e.value) and "0.015" not in str(e.value)

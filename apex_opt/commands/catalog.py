@@ -27,6 +27,12 @@ def models(ctx, as_json):
     `--json` prints {"schema_version": 1, "models": [...]}.
 
     `apex-opt models show NAME|PATH` prints one model in detail; any HF config.json works as PATH.
+
+    \b
+    Examples:
+      apex-opt models
+      apex-opt models show llama-3.1-70b --json
+      apex-opt models show ./my-model/config.json
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -49,7 +55,13 @@ def models(ctx, as_json):
 @click.argument("ref")
 @json_option
 def models_show(ref, as_json):
-    """Show one model (bundled NAME or PATH to an HF config.json)."""
+    """Show one model (bundled NAME or PATH to an HF config.json or its folder): layers,
+    attention, experts, parameter counts, KV bytes per token.
+
+    \b
+    Example:
+      apex-opt models show deepseek-v3
+    """
     s = load_model(ref)
     su = s.summary()
     if as_json:
@@ -65,6 +77,12 @@ def clusters(as_json):
     """List the bundled clusters (device pools, GPUs, links).
 
     `--json` prints {"schema_version": 1, "clusters": [...]} (each cluster as its YAML reads).
+    Your own cluster YAML works wherever a name does (--cluster my-cluster.yaml); `apex-opt
+    schema cluster` prints its JSON Schema.
+
+    \b
+    Example:
+      apex-opt clusters --json
     """
     specs = [load_cluster(n) for n in cluster_names()]
     if as_json:

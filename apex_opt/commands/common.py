@@ -93,3 +93,39 @@ def apply_sampling(requests, top_p: float | None, top_k: int | None):
     if top_p is None and top_k is None:
         return requests
     return requests.with_sampling(top_p, top_k)
+
+
+def check_max_model_len(model, max_model_len: int | None) -> None:
+    """--max-model-len within the model's context (vLLM refuses a longer one: InputError, exit 2)."""
+    if max_model_len is not None and max_model_len > model.max_position_embeddings:
+        from ..errors import InputError
+
+        raise InputError(f"exceeds the maximum context of {model.name} "
+                         f"(max_position_embeddings {model.max_position_embeddings})",
+                         source="<command line>", field="--max-model-len", value=max_model_len)
+
+
+def check_request_lengths(requests, model, max_model_len: int | None, *, source: str,
+                          field: str) -> None:
+    """Requests whose prompt + output exceeds the context the engine accepts (--max-model-len, else
+    the model's max_position_embeddings) are rejected by the engine. All of them: bad input (exit
+    2, naming the limit); some: one warning line (they count as dropped)."""
+    limit = max_model_len if max_model_len is not None else model.max_position_embeddings
+    what = (f"max_model_len {limit:,}" if max_model_len is not None else
+            f"the maximum context of {model.name}, {limit:,} tokens (max_position_embeddings)")
+    over = (requests.prompt_tokens + requests.output_tokens) > limit
+    n, total = int(over.sum()), len(requests)
+    if n == 0:
+        return
+    longest = requests.max_seq_len
+    if n == total:
+        from ..errors import InputError
+
+        raise InputError(f"every request's prompt + output tokens exceed {what}, so the "
+                         f"engine would reject all of them; shorten the requests"
+                         + ("" if max_model_len is None else " or raise max_model_len"),
+                         source=source, field=field, value=longest)
+    from ..errors import warn
+
+    warn(f"{source}: {n:,} of {total:,} requests have prompt + output tokens above {what} "
+         f"(longest {longest:,}); the engine rejects them and they count as dropped")

@@ -15,9 +15,10 @@ from ..specs.plan import Plan
 from ..specs.slo import load_slo
 from ..specs.workload import WorkloadSpec, load_workload
 from ..specs.engine import load_engine
-from .common import (apply_sampling, check_gpu_setting_flags, cluster_option, engine_option,
-                     gpu_setting_options, json_option, kv_dtype_option, load_inputs,
-                     model_option, sampling_options, sort_trace_option, weight_dtype_option)
+from .common import (apply_sampling, check_gpu_setting_flags, check_max_model_len,
+                     check_request_lengths, cluster_option, engine_option, gpu_setting_options,
+                     json_option, kv_dtype_option, load_inputs, model_option, sampling_options,
+                     sort_trace_option, weight_dtype_option)
 
 _SRC = "<command line>"
 
@@ -270,8 +271,13 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     engine = load_engine(engine_name)
     plan = _plan(opts)
     # the simulator refuses (exit 2) what the real engine refuses to start with
+    check_max_model_len(model, opts.get("max_model_len"))
     requests = _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
                          seed, concurrency, sort_trace)
+    src, field = ((trace, "input + output tokens") if trace else
+                  (workload, "prompt_len + output_len") if workload else
+                  (_SRC, "--prompt-len + --output-len"))
+    check_request_lengths(requests, model, opts.get("max_model_len"), source=src, field=field)
     requests = apply_sampling(requests, sampling_top_p, sampling_top_k)
     slo = load_slo(slo_path) if slo_path else None
     show = progress if progress is not None else sys.stderr.isatty()

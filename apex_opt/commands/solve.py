@@ -11,8 +11,9 @@ from ..errors import InfeasibleError, InputError
 from ..registry import data_dir
 from ..report.render import console, table, to_json
 from ..search import DEFAULT_TIME_LIMIT_S, DEFAULT_TOP_K, OBJECTIVES, SolveResult, solve
-from .common import (apply_sampling, cluster_option, engine_option, json_option, load_inputs,
-                     model_option, sampling_options, sort_trace_option)
+from .common import (apply_sampling, check_max_model_len, check_request_lengths, cluster_option,
+                     engine_option, json_option, load_inputs, model_option, sampling_options,
+                     sort_trace_option)
 
 DEFAULT_WORKLOAD = "default-workload.yaml"
 DEFAULT_SLO = "default-slo.yaml"
@@ -135,7 +136,7 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, workload, sl
       apex-opt solve                       # the bundled example: llama-3.1-70b on 8x H100
       apex-opt solve --model llama-3.1-8b --cluster h100-sxm-1x8 --objective energy
       apex-opt solve --trace my_trace.jsonl --slo my_slo.yaml --json > plan.json
-      apex-opt solve --model ./my-model/config.json --hf-id my-org/my-model \
+      apex-opt solve --model ./my-model/config.json --hf-id my-org/my-model \\
           --cluster my-cluster.yaml --trace azure.csv --max-model-len 32768 --plot plans.png
 
     The launch commands are a shell script: one labelled block per process (node, pool,
@@ -150,13 +151,13 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, workload, sl
     requests = _load_requests(trace, workload, sort_trace, concurrency)
     requests = apply_sampling(requests, sampling_top_p, sampling_top_k)
     slo = _load_slo(slo_path)
-    if max_model_len is not None and max_model_len > model.max_position_embeddings:
-        raise InputError(f"exceeds the maximum context of {model.name} "
-                         f"({model.max_position_embeddings})", field="--max-model-len",
-                         value=max_model_len)
+    check_max_model_len(model, max_model_len)
     if max_model_len is not None:  # the CLI flag overrides the SLO file's constraint
         slo = slo.model_copy(update={"constraints": slo.constraints.model_copy(
             update={"max_model_len": max_model_len})})
+    check_request_lengths(requests, model, slo.constraints.max_model_len,
+                          source=trace or workload or DEFAULT_WORKLOAD,
+                          field="input + output tokens" if trace else "prompt_len + output_len")
     if plot_path:
         try:
             import matplotlib  # noqa: F401

@@ -402,6 +402,9 @@ def load_engine(name: str | None = None) -> EngineSpec:
                          f"(optionally NAME@VERSION, see `apex-opt engines`)",
                          field="engine", value=name)
     spec = _load_profile(base)
+    if not ver and "@" in str(name):
+        raise InputError(f"no version after '@' (e.g. {base}@{spec.reference_version}, or just "
+                         f"{base})", field="engine", value=name)
     if not ver:
         return spec
     try:

@@ -497,6 +497,46 @@ def _reject_ssm(arch: str, model_type: str, cfg: dict, source: str) -> None:
                          source=source, field="architectures")
 
 
+#: model_types that are not decoder-only language models: encoder-decoder (seq2seq, speech),
+#: encoder-only (BERT family) and vision-only (image classifiers, vision towers on their own)
+_NON_DECODER_MODEL_TYPES = {
+    "encoder-decoder": frozenset({"t5", "mt5", "umt5", "longt5", "switch_transformers", "bart",
+                                  "mbart", "pegasus", "pegasus_x", "marian", "m2m_100", "nllb_moe",
+                                  "fsmt", "led", "blenderbot", "blenderbot-small", "prophetnet",
+                                  "whisper", "encoder-decoder", "speech-encoder-decoder",
+                                  "seamless_m4t", "seamless_m4t_v2", "florence2"}),
+    "encoder-only": frozenset({"bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "deberta",
+                               "deberta-v2", "distilbert", "electra", "albert", "modernbert",
+                               "camembert", "mpnet", "nomic_bert"}),
+    "vision-only": frozenset({"vit", "deit", "beit", "swin", "swinv2", "convnext", "convnextv2",
+                              "dinov2", "resnet", "clip_vision_model", "siglip_vision_model",
+                              "regnet", "efficientnet", "mobilenet_v2", "sam", "detr"}),
+}
+#: architecture-name endings of the same kinds (HF task heads that do not generate text)
+_NON_DECODER_ARCH_ENDINGS = {
+    "encoder-decoder": ("ForSeq2SeqLM", "ForSpeechSeq2Seq"),
+    "encoder-only": ("ForMaskedLM",),
+    "vision-only": ("ForImageClassification", "ForObjectDetection", "ForSemanticSegmentation",
+                    "VisionModel"),
+}
+
+
+def _reject_non_decoder(arch: str, model_type: str, cfg: dict, top: dict, source: str) -> None:
+    """One-line InputError for configs that are not decoder-only language models (the serving
+    model here is autoregressive decoding with a KV cache over one decoder stack)."""
+    kind = next((k for k, types in _NON_DECODER_MODEL_TYPES.items() if model_type in types), None)
+    kind = kind or next((k for k, ends in _NON_DECODER_ARCH_ENDINGS.items()
+                         if arch.endswith(ends)), None)
+    if kind is None and (cfg.get("is_encoder_decoder") is True
+                         or top.get("is_encoder_decoder") is True):
+        kind = "encoder-decoder"
+    if kind is not None:
+        raise InputError(f"architecture {arch} (model_type {model_type or '?'}) is not supported: "
+                         f"it is {'a' if kind.startswith('v') else 'an'} {kind} model; apex-opt plans decoder-only language models "
+                         f"(e.g. LlamaForCausalLM, DeepseekV3ForCausalLM)",
+                         source=source, field="architectures")
+
+
 def _vision_warning(arch: str, top: dict, text_prefix: str, name: str) -> None:
     """Warn that only the language model of a vision-language config is planned for."""
     found = [k for k in _VISION_KEYS if k in top]
@@ -630,6 +670,7 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
     r = _Reader(text, source, prefix)
     arch, model_type = _architecture(text, cfg)
     _reject_ssm(arch, model_type, text, source)
+    _reject_non_decoder(arch, model_type, text, cfg, source)
     _vision_warning(arch, cfg, prefix, name)
     hidden = r.get_int("hidden_size")
     layers = r.get_int("num_hidden_layers", maximum=_MAX_LAYERS)

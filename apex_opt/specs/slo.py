@@ -114,7 +114,9 @@ class SLOSpec(StrictModel):
     @classmethod
     def _fraction(cls, v: object) -> object:
         if isinstance(v, (int, float)) and not isinstance(v, bool) and 1 < v <= 100:
-            raise ValueError(f"attainment is a fraction (0-1): did you mean {v / 100:g}?")
+            # 95 reads as a percentage; 1.5 is no plausible percentage (1.5 % of requests)
+            hint = f"did you mean {v / 100:g}?" if v >= 50 else "e.g. 0.9 for 90 % of requests"
+            raise ValueError(f"attainment is a fraction (0-1): {hint}")
         return v
     objective: Literal["latency", "throughput", "energy", "gpus", "cost"] = Field(
         "latency", description="What the search optimises among plans that meet the SLO.")
