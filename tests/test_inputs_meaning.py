@@ -262,3 +262,55 @@ def test_attainment_hint_only_suggests_a_plausible_percentage(tmp_path, value, h
     with pytest.raises(InputError) as e:
         load_slo(f)
     assert hint in str(e.value) and "0.015" not in str(e.value)
+
+
+# ------------------------------------- flags that would be silently ignored or refused by vLLM
+_SYN = ("--num-requests", "4", "--prompt-len", "100", "--output-len", "10")
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (("--concurrency", "4", "--arrival", "gamma"), "--arrival does not apply with --concurrency"),
+    (("--rate", "5", "--cv", "3"), "--cv only applies to --arrival gamma"),
+])
+def test_simulate_refuses_synthetic_flags_that_change_nothing(extra, needle):
+    r = run(*_SIM, *_SYN, *extra)
+    assert r.exit_code == 2 and needle in r.output
+
+
+def test_simulate_refuses_arrival_flags_with_a_trace(tmp_path):
+    f = _mooncake(tmp_path, [100, 120])
+    r = run(*_SIM, "--trace", str(f), "--arrival", "constant")
+    assert r.exit_code == 2 and "--trace and --workload bring their own arrival" in r.output
+
+
+def test_simulate_gamma_with_cv_still_runs():
+    r = run(*_SIM, *_SYN, "--rate", "5", "--arrival", "gamma", "--cv", "3", "--json")
+    assert r.exit_code == 0, r.output
+
+
+def test_check_max_model_len_beyond_the_model_is_exit_2():
+    r = run("check", "--model", "llama-3.2-1b", "--max-model-len", "999999")
+    assert r.exit_code == 2 and "'--max-model-len'" in r.output
+
+
+def test_check_refuses_a_token_budget_vllm_refuses():
+    # before: exit 0 and a table of 'fitting' shapes vLLM would not start
+    r = run("check", "--model", "llama-3.2-1b", "--max-num-batched-tokens", "5",
+            "--max-num-seqs", "100")
+    assert r.exit_code == 2 and "max_num_batched_tokens (5) < max_num_seqs (100)" in r.output
+    assert run("check", "--model", "llama-3.2-1b", "--max-num-batched-tokens", "512",
+               "--max-num-seqs", "256", "--json").exit_code == 0
+
+
+@pytest.mark.parametrize("batch, longest", [("decode:4x999999", "999,999"),
+                                            ("prefill:1x131000@100", "131,100")])
+def test_estimate_sequence_beyond_the_model_context_is_exit_2(batch, longest):
+    r = run("estimate", "--model", "llama-3.2-1b", "--batch", batch)
+    assert r.exit_code == 2 and "'--batch'" in r.output and longest in r.output
+    assert run("estimate", "--model", "llama-3.2-1b", "--batch", "decode:4x131072",
+               "--json").exit_code == 0
+
+
+def test_solve_empty_hf_id_is_exit_2():
+    r = run("solve", "--model", "llama-3.2-1b", "--hf-id", " ")
+    assert r.exit_code == 2 and "'--hf-id'" in r.output

@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from ..check import CheckOptions, check
-from ..errors import InfeasibleError
+from ..errors import InfeasibleError, InputError
 from ..report.render import console, gib, table, to_json
 from ..specs.engine import load_engine
-from .common import (cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option,
-                     weight_dtype_option)
+from ..specs.plan import ReplicaConfig
+from .common import (check_max_model_len, cluster_option, engine_option, json_option,
+                     kv_dtype_option, load_inputs, model_option, weight_dtype_option)
 
 
 @click.command("check")
@@ -50,7 +51,19 @@ def command(model_ref, cluster_ref, weight_dtype, kv_dtype, max_model_len, gpu_m
     model, cluster = load_inputs(model_ref, cluster_ref)
     # an unset --weight-dtype stays None: ReplicaConfig.resolved() takes the checkpoint's, as the
     # Python API's check() does
-    engine_name = load_engine(engine_name).label  # unknown names: exit 2 listing the valid ones
+    engine = load_engine(engine_name)  # unknown names: exit 2 listing the valid ones
+    engine_name = engine.label
+    check_max_model_len(model, max_model_len)
+    # what vLLM refuses to start with (token budget below max_num_seqs / max_model_len), as simulate
+    refusal = ReplicaConfig(max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                            max_num_batched_tokens=max_num_batched_tokens,
+                            chunked_prefill=chunked_prefill,
+                            weight_dtype=weight_dtype).resolved(
+        engine, model, cluster.pools[0].device).engine_refusal(engine)
+    if refusal is not None and (max_num_seqs is not None or max_num_batched_tokens is not None
+                                or chunked_prefill is not None):
+        raise InputError(refusal, source="<command line>", field="--max-num-batched-tokens",
+                         value=max_num_batched_tokens)
     opts = CheckOptions(weight_dtype=weight_dtype, kv_dtype=kv_dtype, max_model_len=max_model_len,
                         gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
                         max_num_batched_tokens=max_num_batched_tokens, chunked_prefill=chunked_prefill,

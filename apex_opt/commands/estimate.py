@@ -56,7 +56,13 @@ def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, ba
                             sm_clock_mhz=sm_clock_mhz, power_cap_w=power_cap_w)
     except ValueError as exc:
         raise InputError(str(exc).splitlines()[-1], field="--ep", value=ep) from None
-    res = estimate(model, cluster, cfg, parse_batch(batch_spec), engine=load_engine(engine_name))
+    batch = parse_batch(batch_spec)
+    longest = max([*batch.decode_ctx, *(t + k for t, k in batch.prefill)], default=0)
+    if longest > model.max_position_embeddings:  # no engine serves a sequence this long
+        raise InputError(f"a sequence of {longest:,} tokens exceeds the maximum context of "
+                         f"{model.name} ({model.max_position_embeddings:,}, "
+                         f"max_position_embeddings)", field="--batch", value=batch_spec)
+    res = estimate(model, cluster, cfg, batch, engine=load_engine(engine_name))
     if as_json:
         click.echo(to_json(res))
         return

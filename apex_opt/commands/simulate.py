@@ -23,6 +23,30 @@ from .common import (apply_sampling, check_gpu_setting_flags, check_max_model_le
 _SRC = "<command line>"
 
 
+def _refuse_unused_synthetic_flags(from_file: bool, closed_loop: bool, arrival: str) -> None:
+    """--arrival / --cv given on the command line where they change nothing (a --trace or
+    --workload brings its own arrivals, --concurrency has none, --cv only shapes gamma gaps) are
+    refused instead of silently ignored."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+
+    for name, flag in (("arrival", "--arrival"), ("cv", "--cv")):
+        if not given(name):
+            continue
+        if from_file:
+            raise click.UsageError(f"{flag} only applies to the synthetic flags; --trace and "
+                                   f"--workload bring their own arrival times")
+        if closed_loop:
+            raise click.UsageError(f"{flag} does not apply with --concurrency (a closed loop "
+                                   f"sends each request when the previous one finished)")
+    if given("cv") and arrival != "gamma":
+        raise click.UsageError("--cv only applies to --arrival gamma")
+
+
 def _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
               seed, concurrency=None, sort_trace=False) -> Requests:
     synthetic = [rate, num_requests, prompt_len, output_len]
@@ -33,6 +57,8 @@ def _requests(trace, workload, rate, num_requests, prompt_len, output_len, arriv
                                "--concurrency/--num-requests/--prompt-len/--output-len)")
     if sort_trace and trace is None:
         raise click.UsageError("--sort-trace only applies to --trace")
+    _refuse_unused_synthetic_flags(trace is not None or workload is not None,
+                                   concurrency is not None, arrival)
     if trace is not None:
         req = load_trace(trace, sort=sort_trace)
         return req.with_concurrency(concurrency) if concurrency is not None else req

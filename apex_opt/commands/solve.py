@@ -147,6 +147,9 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, workload, sl
     conflicting constraints and verified fixes; with --json the document has status,
     diagnosis, fixes and the closest simulated plans).
     """
+    if hf_id is not None and not hf_id.strip():
+        raise InputError("empty model id for the launch commands; give ORG/NAME or a weights "
+                         "folder, or leave --hf-id out", field="--hf-id", value=hf_id)
     model, cluster = load_inputs(model_ref, cluster_ref)
     requests = _load_requests(trace, workload, sort_trace, concurrency)
     requests = apply_sampling(requests, sampling_top_p, sampling_top_k)
