@@ -314,3 +314,37 @@ def test_estimate_sequence_beyond_the_model_context_is_exit_2(batch, longest):
 def test_solve_empty_hf_id_is_exit_2():
     r = run("solve", "--model", "llama-3.2-1b", "--hf-id", " ")
     assert r.exit_code == 2 and "'--hf-id'" in r.output
+
+
+# -------------------------------------------------------------- cluster units, --plot (audit)
+_POOL = ("name: c\npools:\n  - name: h100\n    device: h100-sxm-80gb\n    nodes: {nodes}\n"
+         "    gpus_per_node: 8\n    intra_node: {{kind: nvswitch, bandwidth_gbps: {intra}, "
+         "latency_us: 1.0}}\n")
+
+
+@pytest.mark.parametrize("text, needle", [
+    (_POOL.format(nodes=2, intra=450) + "    inter_node: {kind: infiniband, bandwidth_gbps: 400, "
+                                        "latency_us: 5.0}\n", "did you write Gbit/s? 400 Gbit/s = 50 GB/s"),
+    (_POOL.format(nodes=1, intra=0.45), "did you write TB/s?"),
+])
+def test_cluster_link_bandwidth_in_a_doubtful_unit_warns_one_line(tmp_path, text, needle):
+    f = write(tmp_path, "lab.yaml", text)
+    r = run("check", "--model", "llama-3.2-1b", "--cluster", str(f), "--json")
+    assert r.exit_code == 0, r.output
+    warn = [ln for ln in r.output.splitlines() if ln.startswith("apex-opt: warning:")]
+    assert len(warn) == 1 and "lab.yaml" in warn[0] and needle in warn[0]
+
+
+def test_bundled_clusters_have_plausible_units():
+    from apex_opt.registry import cluster_names, load_cluster
+    from apex_opt.specs.cluster import unit_warnings
+
+    assert all(unit_warnings(load_cluster(n)) == [] for n in cluster_names())
+
+
+def test_solve_plot_into_a_file_is_refused_before_the_search(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    r = run("solve", "--model", "llama-3.2-1b", "--plot", str(tmp_path / "afile" / "p.png"),
+            "--time-limit", "0.01", "--top-k", "1")
+    assert r.exit_code == 2 and "is a file, not a folder" in r.output
+    assert "llama-3.2-1b on" not in r.output  # nothing was searched or printed

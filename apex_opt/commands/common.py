@@ -28,7 +28,14 @@ kv_dtype_option = click.option("--kv-dtype", type=click.Choice(["bf16", "fp8"]),
 
 
 def load_inputs(model_ref: str, cluster_ref: str):
-    return load_model(model_ref), load_cluster(cluster_ref)
+    """The model and the cluster; one warning line per link bandwidth in a doubtful unit."""
+    from ..errors import warn
+    from ..specs.cluster import unit_warnings
+
+    cluster = load_cluster(cluster_ref)
+    for w in unit_warnings(cluster):
+        warn(f"{cluster_ref}: {w}")
+    return load_model(model_ref), cluster
 def _engine_help() -> str:
     try:
         from ..specs.engine import all_engines

@@ -161,7 +161,11 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, workload, sl
     check_request_lengths(requests, model, slo.constraints.max_model_len,
                           source=trace or workload or DEFAULT_WORKLOAD,
                           field="input + output tokens" if trace else "prompt_len + output_len")
-    if plot_path:
+    if plot_path:  # refuse an unwritable path now, not after the whole search
+        anc = next(a for a in Path(plot_path).absolute().parents if a.exists())
+        if not anc.is_dir():
+            raise InputError(f"cannot write the plot: {anc} is a file, not a folder",
+                             field="--plot", value=plot_path)
         try:
             import matplotlib  # noqa: F401
         except ImportError:

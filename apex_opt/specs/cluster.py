@@ -305,3 +305,35 @@ class ClusterSpec(_StrictNumbers):
             if p.name == name:
                 return p
         raise KeyError(name)
+
+
+#: Per-GPU network bandwidth above this (GB/s) looks like Gbit/s written as GB/s: the fastest NIC
+#: per GPU shipping, ConnectX-8 / Quantum-X800 XDR InfiniBand, is 800 Gbit/s = 100 GB/s (NVIDIA
+#: product brief); 400 Gbit/s NDR, the common H100 fabric, is 50 GB/s.
+NETWORK_GBPS_MAX = 100.0
+#: GPU-to-GPU fabrics below this (GB/s per GPU) look like TB/s written as GB/s: NVLink 1 (P100)
+#: already gave 20 GB/s per link per direction, AMD xGMI (MI300X) 64 GB/s per peer link.
+FABRIC_GBPS_MIN = 10.0
+_NETWORK_KINDS = ("infiniband", "ethernet", "roce")
+_FABRIC_KINDS = ("nvlink", "nvswitch", "xgmi")
+
+
+def unit_warnings(cluster: ClusterSpec) -> list[str]:
+    """Link bandwidths whose size suggests the wrong unit (empty when all look plausible)."""
+    out = []
+    for i, p in enumerate(cluster.pools):
+        for name in ("intra_node", "inter_node"):
+            link = getattr(p, name)
+            if link is None:
+                continue
+            where = f"pools[{i}].{name}.bandwidth_gbps"
+            bw = link.bandwidth_gbps
+            if link.kind in _NETWORK_KINDS and bw > NETWORK_GBPS_MAX:
+                out.append(f"{where}: {bw:g} GB/s per GPU over {link.kind} is above the fastest "
+                           f"NIC ({NETWORK_GBPS_MAX:g} GB/s = 800 Gbit/s); the unit is GB/s "
+                           f"(did you write Gbit/s? {bw:g} Gbit/s = {bw / 8:g} GB/s)")
+            if link.kind in _FABRIC_KINDS and bw < FABRIC_GBPS_MIN:
+                out.append(f"{where}: {bw:g} GB/s per GPU over {link.kind} is below any "
+                           f"{link.kind} generation ({FABRIC_GBPS_MIN:g} GB/s); the unit is GB/s "
+                           f"(did you write TB/s?)")
+    return out
