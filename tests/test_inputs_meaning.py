@@ -348,3 +348,12 @@ def test_solve_plot_into_a_file_is_refused_before_the_search(tmp_path):
             "--time-limit", "0.01", "--top-k", "1")
     assert r.exit_code == 2 and "is a file, not a folder" in r.output
     assert "llama-3.2-1b on" not in r.output  # nothing was searched or printed
+
+
+@pytest.mark.parametrize("text", ["ttft_ms: 2s\n", "e2e_s: '30 s'\n", "tpot_ms: 50ms\n"])
+def test_slo_target_with_a_unit_in_the_value_names_the_unit(tmp_path, text):
+    # before: "Input should be a valid dictionary or instance of Target"
+    f = write(tmp_path, "slo.yaml", text)
+    with pytest.raises(InputError) as e:
+        load_slo(f)
+    assert "unit of the field name" in str(e.value) and "slo.yaml" in str(e.value)

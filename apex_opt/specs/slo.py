@@ -57,6 +57,9 @@ def _short_target(v: object) -> object:
     """Short form: a bare number ``N`` means ``{target: N, percentile: 90}``."""
     if isinstance(v, bool):
         raise ValueError("expected a number or {target, percentile}, got a boolean")
+    if isinstance(v, str):  # '2s', '200ms': the unit is in the field name, not the value
+        raise ValueError("expected a bare number in the unit of the field name (ttft_ms, tpot_ms: "
+                         "milliseconds; e2e_s: seconds) or {target, percentile}, not text")
     if isinstance(v, (int, float)):
         return {"target": v, "percentile": DEFAULT_PERCENTILE}
     return v
