@@ -357,3 +357,9 @@ def test_slo_target_with_a_unit_in_the_value_names_the_unit(tmp_path, text):
     with pytest.raises(InputError) as e:
         load_slo(f)
     assert "unit of the field name" in str(e.value) and "slo.yaml" in str(e.value)
+
+
+def test_simulate_unknown_pool_names_the_flag():
+    # before: field 'plan.groups.pool' (an internal path the user never wrote)
+    r = run(*_SIM, *_SYN, "--rate", "5", "--pool", "nope")
+    assert r.exit_code == 2 and "field '--pool'" in r.output and "has h100" in r.output

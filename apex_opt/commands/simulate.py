@@ -292,6 +292,12 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     Exit codes: 2 bad input, 3 the plan does not fit (memory or GPU count).
     """
     model, cluster = load_inputs(model_ref, cluster_ref)
+    if opts.get("pool") is not None and opts["pool"] not in [p.name for p in cluster.pools]:
+        from ..errors import InputError
+
+        raise InputError(f"unknown pool; cluster {cluster.name} has "
+                         f"{', '.join(p.name for p in cluster.pools)}", source=_SRC, field="--pool",
+                         value=opts["pool"])
     check_gpu_setting_flags(cluster, opts.get("pool"), opts.get("sm_clock_mhz"),
                             opts.get("power_cap_w"))
     engine = load_engine(engine_name)
