@@ -363,3 +363,19 @@ def test_simulate_unknown_pool_names_the_flag():
     # before: field 'plan.groups.pool' (an internal path the user never wrote)
     r = run(*_SIM, *_SYN, "--rate", "5", "--pool", "nope")
     assert r.exit_code == 2 and "field '--pool'" in r.output and "has h100" in r.output
+
+
+def test_percentile_the_workload_cannot_measure_warns(tmp_path):
+    f = write(tmp_path, "slo.yaml", "ttft_ms: {target: 2000, percentile: 99.99}\n")
+    r = run(*_SIM, *_SYN, "--rate", "5", "--slo", str(f), "--json")
+    assert r.exit_code == 0, r.output
+    warn = [ln for ln in r.output.splitlines() if ln.startswith("apex-opt: warning:")]
+    assert len(warn) == 1 and "10,000 requests" in warn[0] and "has 4" in warn[0]
+    g = write(tmp_path, "ok.yaml", "ttft_ms: {target: 2000, percentile: 90}\n")
+    r = run(*_SIM, *_SYN, "--rate", "5", "--slo", str(g), "--json")
+    assert r.exit_code == 0 and "apex-opt: warning:" not in r.output
+
+
+def test_solve_exhaustive_with_top_k_is_a_conflict():
+    r = run("solve", "--model", "llama-3.2-1b", "--exhaustive", "--top-k", "3")
+    assert r.exit_code == 2 and "--exhaustive" in r.output and "--top-k" in r.output

@@ -136,3 +136,23 @@ def check_request_lengths(requests, model, max_model_len: int | None, *, source:
 
     warn(f"{source}: {n:,} of {total:,} requests have prompt + output tokens above {what} "
          f"(longest {longest:,}); the engine rejects them and they count as dropped")
+
+
+def warn_thin_percentiles(slo, requests, slo_source: str) -> None:
+    """One warning per tail SLO percentile (p99 and above) the workload has too few requests to
+    measure: p needs at least 100 / (100 - p) requests before any request lies beyond it (p99:
+    100, p99.9: 1,000), else the percentile is simply the slowest request. Lower percentiles of
+    tiny smoke-test workloads stay quiet."""
+    import math
+
+    n = len(requests)
+    for k, t in slo.targets().items():
+        p = float(t.percentile)
+        if p < 99 or p >= 100:
+            continue
+        need = math.ceil(100 / (100 - p) - 1e-9)
+        if n < need:
+            from ..errors import warn
+
+            warn(f"{slo_source}: {k}.percentile {p:g} needs at least {need:,} requests to be "
+                 f"measured; the workload has {n:,}, so p{p:g} is its slowest request")

@@ -18,7 +18,7 @@ from ..specs.engine import load_engine
 from .common import (apply_sampling, check_gpu_setting_flags, check_max_model_len,
                      check_request_lengths, cluster_option, engine_option, gpu_setting_options,
                      json_option, kv_dtype_option, load_inputs, model_option, sampling_options,
-                     sort_trace_option, weight_dtype_option)
+                     sort_trace_option, warn_thin_percentiles, weight_dtype_option)
 
 _SRC = "<command line>"
 
@@ -312,6 +312,8 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     check_request_lengths(requests, model, opts.get("max_model_len"), source=src, field=field)
     requests = apply_sampling(requests, sampling_top_p, sampling_top_k)
     slo = load_slo(slo_path) if slo_path else None
+    if slo is not None:
+        warn_thin_percentiles(slo, requests, slo_path)
     show = progress if progress is not None else sys.stderr.isatty()
     res = simulate(model, cluster, plan, requests, slo=slo, seed=seed or 0, progress=bool(show),
                    engine=engine)

@@ -13,7 +13,7 @@ from ..report.render import console, table, to_json
 from ..search import DEFAULT_TIME_LIMIT_S, DEFAULT_TOP_K, OBJECTIVES, SolveResult, solve
 from .common import (apply_sampling, check_max_model_len, check_request_lengths, cluster_option,
                      engine_option, json_option, load_inputs, model_option, sampling_options,
-                     sort_trace_option)
+                     sort_trace_option, warn_thin_percentiles)
 
 DEFAULT_WORKLOAD = "default-workload.yaml"
 DEFAULT_SLO = "default-slo.yaml"
@@ -154,6 +154,11 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, workload, sl
     requests = _load_requests(trace, workload, sort_trace, concurrency)
     requests = apply_sampling(requests, sampling_top_p, sampling_top_k)
     slo = _load_slo(slo_path)
+    warn_thin_percentiles(slo, requests, slo_path or DEFAULT_SLO)
+    if exhaustive and click.get_current_context().get_parameter_source("top_k") != \
+            click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--top-k sets the shortlist; --exhaustive simulates every feasible "
+                               "plan instead: give one of them")
     check_max_model_len(model, max_model_len)
     if max_model_len is not None:  # the CLI flag overrides the SLO file's constraint
         slo = slo.model_copy(update={"constraints": slo.constraints.model_copy(
