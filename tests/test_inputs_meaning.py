@@ -379,3 +379,11 @@ def test_percentile_the_workload_cannot_measure_warns(tmp_path):
 def test_solve_exhaustive_with_top_k_is_a_conflict():
     r = run("solve", "--model", "llama-3.2-1b", "--exhaustive", "--top-k", "3")
     assert r.exit_code == 2 and "--exhaustive" in r.output and "--top-k" in r.output
+
+
+@pytest.mark.parametrize("flag", ["--ep", "--attention-dp"])
+def test_simulate_degree_not_dividing_tp_names_the_flag(flag):
+    # before: "field 'groups[0]': ... (+1 more error)"
+    r = run(*_SIM, *_SYN, "--rate", "5", flag, "2")
+    assert r.exit_code == 2 and f"field '{flag}'" in r.output and "must divide --tp (1)" in r.output
+    assert "more error" not in r.output

@@ -87,6 +87,12 @@ def _requests(trace, workload, rate, num_requests, prompt_len, output_len, arriv
 
 
 def _plan(opts: dict) -> Plan:
+    from ..errors import InputError
+
+    for key, flag in (("ep", "--ep"), ("attention_dp", "--attention-dp")):
+        if opts["tp"] % opts[key]:  # named by its flag, not as the plan's 'groups[0]'
+            raise InputError(f"must divide --tp ({opts['tp']})", source=_SRC, field=flag,
+                             value=opts[key])
     # unset settings (weight dtype, chunked prefill, token budget, ...) stay None:
     # ReplicaConfig.resolved() fills in the checkpoint's dtype and the engine's defaults inside
     # the simulator, the same way for this command and for the Python API
