@@ -234,7 +234,8 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
 @click.option("--seed", type=click.IntRange(0), default=None,
               help="Seed of the synthetic workload [default: 0, or the workload file's seed].")
 @click.option("--slo", "slo_path", type=click.Path(dir_okay=False), default=None,
-              help="SLO YAML: report attainment and goodput against its targets.")
+              help="SLO YAML: report attainment and goodput against its targets [default: "
+                   "none, latency and throughput only].")
 @click.option("--max-num-seqs", type=click.IntRange(1, 65536), default=None,
               help="Max sequences per iteration [default: the engine's for the GPU: vLLM V1 "
                    "1024 on H100/H200, 256 elsewhere; vLLM 0.6 256; SGLang 2048].")

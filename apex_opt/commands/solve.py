@@ -113,8 +113,9 @@ def render_tables(res: SolveResult) -> None:
                    "a note]. Example: --max-model-len 32768.")
 @click.option("--hf-id", "hf_id", default=None, metavar="ORG/NAME|DIR",
               help="Model argument of the launch commands (Hub repo or local weights folder), for "
-                   "--model given as a local config.json. Example: --hf-id "
-                   "hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4.")
+                   "--model given as a local config.json [default: a bundled model's Hub repo, "
+                   "e.g. meta-llama/Llama-3.1-70B-Instruct; for a config.json path, its folder]. "
+                   "Example: --hf-id hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4.")
 @json_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the decision plot of the simulated plans: objective vs GPUs and "
