@@ -387,3 +387,15 @@ def test_simulate_degree_not_dividing_tp_names_the_flag(flag):
     r = run(*_SIM, *_SYN, "--rate", "5", flag, "2")
     assert r.exit_code == 2 and f"field '{flag}'" in r.output and "must divide --tp (1)" in r.output
     assert "more error" not in r.output
+
+
+def test_inline_device_in_a_doubtful_unit_warns(tmp_path):
+    text = ("name: c\npools:\n  - name: g\n    nodes: 1\n    gpus_per_node: 8\n"
+            "    intra_node: {kind: nvswitch, bandwidth_gbps: 450, latency_us: 1.0}\n"
+            "    device: {name: mygpu, memory_gib: 80, peak_tflops: {bf16: 989}, "
+            "hbm_bandwidth_gbps: 3.35, power_limit_w: 700, idle_power_w: 70}\n")
+    f = write(tmp_path, "lab.yaml", text)
+    r = run("check", "--model", "llama-3.2-1b", "--cluster", str(f), "--json")
+    warn = [ln for ln in r.output.splitlines() if ln.startswith("apex-opt: warning:")]
+    assert len(warn) == 1, r.output
+    assert "hbm_bandwidth_gbps: 3.35 GB/s" in warn[0] and "did you write TB/s?" in warn[0]

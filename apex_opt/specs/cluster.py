@@ -318,10 +318,21 @@ _NETWORK_KINDS = ("infiniband", "ethernet", "roce")
 _FABRIC_KINDS = ("nvlink", "nvswitch", "xgmi")
 
 
+#: HBM bandwidth below this (GB/s) looks like TB/s written as GB/s: the slowest datacenter
+#: inference GPU, NVIDIA L4, has 300 GB/s (datasheet). (memory_gib is checked by DeviceSpec.)
+DEVICE_HBM_GBPS_MIN = 100.0
+
+
 def unit_warnings(cluster: ClusterSpec) -> list[str]:
-    """Link bandwidths whose size suggests the wrong unit (empty when all look plausible)."""
+    """Link and memory bandwidths whose size suggests the wrong unit (empty when all look
+    plausible)."""
     out = []
     for i, p in enumerate(cluster.pools):
+        dev = p.device
+        if dev.hbm_bandwidth_gbps < DEVICE_HBM_GBPS_MIN:
+            out.append(f"pools[{i}].device.hbm_bandwidth_gbps: {dev.hbm_bandwidth_gbps:g} GB/s is "
+                       f"below any datacenter GPU ({DEVICE_HBM_GBPS_MIN:g}); the unit is GB/s "
+                       f"(did you write TB/s?)")
         for name in ("intra_node", "inter_node"):
             link = getattr(p, name)
             if link is None:
