@@ -4,6 +4,11 @@ The CP-SAT model (:mod:`apex_opt.solver.model`) ranks plans by an analytic surro
 is simulated on the user's workload (:mod:`.executor`; results in submission order so the answer
 is deterministic) and ranked by the objective among the plans whose simulated metrics meet the
 SLO. ``exhaustive=True`` simulates every feasible plan instead.
+
+``throughput`` rate-searches every plan (:mod:`.rates`): outside the first plan and the baselines,
+a search stops once its plan is bounded below the best rate simulated before its batch started
+(the bound is reported, ``PlanOut.rate_below_req_s``), and the refinement resumes it from its
+probes when its bound is too loose to rule out the next plan of its shape.
 """
 
 from __future__ import annotations
