@@ -399,3 +399,10 @@ def test_inline_device_in_a_doubtful_unit_warns(tmp_path):
     warn = [ln for ln in r.output.splitlines() if ln.startswith("apex-opt: warning:")]
     assert len(warn) == 1, r.output
     assert "hbm_bandwidth_gbps: 3.35 GB/s" in warn[0] and "did you write TB/s?" in warn[0]
+
+
+def test_estimate_ep_not_dividing_tp_is_a_readable_line():
+    # before: "field '--ep':     For further information visit https://errors.pydantic.dev/..."
+    r = run("estimate", "--model", "mixtral-8x7b", "--tp", "4", "--ep", "3", "--batch", "decode:1x100")
+    assert r.exit_code == 2 and "pydantic.dev" not in r.output
+    assert "ep (3) must divide tp (4)" in r.output and "--tp/--pp/--ep" in r.output

@@ -54,8 +54,11 @@ def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, ba
         cfg = ReplicaConfig(pool=pool, tp=tp, pp=pp, ep=ep, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                             custom_allreduce=custom_allreduce, cuda_graphs=cuda_graphs,
                             sm_clock_mhz=sm_clock_mhz, power_cap_w=power_cap_w)
-    except ValueError as exc:
-        raise InputError(str(exc).splitlines()[-1], field="--ep", value=ep) from None
+    except ValueError as exc:  # pydantic's ValidationError: its first message, not its URL line
+        errs = getattr(exc, "errors", lambda: [])()
+        msg = errs[0]["msg"].removeprefix("Value error, ") if errs else str(exc).splitlines()[0]
+        raise InputError(msg, source="<command line>", field="--tp/--pp/--ep",
+                         value=f"{tp}/{pp}/{ep}") from None
     batch = parse_batch(batch_spec)
     longest = max([*batch.decode_ctx, *(t + k for t, k in batch.prefill)], default=0)
     if longest > model.max_position_embeddings:  # no engine serves a sequence this long
