@@ -393,3 +393,14 @@ def test_cheap_help_examples_work_when_pasted(path):
         argv = shlex.split(ex.split(">")[0])[1:]  # `... > file`: the redirection is the shell's
         res = run(*argv)
         assert res.exit_code == 0, (ex, res.output[-400:])
+
+
+def test_profile_error_is_the_only_line(tmp_path, monkeypatch):
+    # before: "profiling on cpu ..." then the error: two lines for one mistake
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    r = run("profile", "--out", str(tmp_path / "p"), "--quick", "--device", "cpu")
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and "apex-opt[profile]" in lines[0], r.output
+    assert not (tmp_path / "p").exists()

@@ -57,7 +57,11 @@ def command(out_dir: Path, quick: bool, device: str | None, force: bool, reps: i
       apex-opt profile --out /tmp/smoke --quick --device cpu
     """
     from ..profiling import run_profile, summarize_profile
+    from ..profiling.output import check_target
+    from ..profiling.runner import import_torch
 
+    import_torch()  # missing extra or a non-empty --out: the one error line, before any progress
+    check_target(out_dir, force)
     if device is None:
         click.echo("profiling (device: cuda if available, else cpu) ...", err=True)
     else:
