@@ -406,3 +406,11 @@ def test_estimate_ep_not_dividing_tp_is_a_readable_line():
     r = run("estimate", "--model", "mixtral-8x7b", "--tp", "4", "--ep", "3", "--batch", "decode:1x100")
     assert r.exit_code == 2 and "pydantic.dev" not in r.output
     assert "ep (3) must divide tp (4)" in r.output and "--tp/--pp/--ep" in r.output
+
+
+def test_solve_constraint_on_an_unknown_pool_is_exit_2(tmp_path):
+    # before: exit 3 "the pools you allow conflict" after a full search
+    f = write(tmp_path, "slo.yaml", "constraints: {pools: [h10]}\n")
+    r = run("solve", "--model", "llama-3.2-1b", "--slo", str(f))
+    assert r.exit_code == 2 and "slo.yaml" in r.output and "constraints.pools" in r.output
+    assert "has h100" in r.output

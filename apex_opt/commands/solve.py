@@ -156,6 +156,12 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, workload, sl
     requests = apply_sampling(requests, sampling_top_p, sampling_top_k)
     slo = _load_slo(slo_path)
     warn_thin_percentiles(slo, requests, slo_path or DEFAULT_SLO)
+    names = [p.name for p in cluster.pools]
+    unknown = [p for p in (slo.constraints.pools or []) if p not in names]
+    if unknown:  # a misspelt pool is bad input, not an infeasible request
+        raise InputError(f"unknown pool {unknown[0]!r}; cluster {cluster.name} has "
+                         f"{', '.join(names)}", source=slo_path or DEFAULT_SLO,
+                         field="constraints.pools", value=unknown[0])
     if exhaustive and click.get_current_context().get_parameter_source("top_k") != \
             click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--top-k sets the shortlist; --exhaustive simulates every feasible "
