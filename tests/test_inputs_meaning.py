@@ -414,3 +414,15 @@ def test_solve_constraint_on_an_unknown_pool_is_exit_2(tmp_path):
     r = run("solve", "--model", "llama-3.2-1b", "--slo", str(f))
     assert r.exit_code == 2 and "slo.yaml" in r.output and "constraints.pools" in r.output
     assert "has h100" in r.output
+
+
+@pytest.mark.parametrize("name, hint", [("vLLM", "did you mean 'vllm'?"),
+                                        ("SGLang", "did you mean 'sglang'?")])
+def test_engine_name_in_its_brand_spelling_gets_a_hint(name, hint):
+    r = run("estimate", "--model", "llama-3.2-1b", "--batch", "decode:1x10", "--engine", name)
+    assert r.exit_code == 2 and hint in r.output
+
+
+def test_unrelated_engine_name_has_no_hint():
+    r = run("estimate", "--model", "llama-3.2-1b", "--batch", "decode:1x10", "--engine", "foo")
+    assert r.exit_code == 2 and "did you mean" not in r.output

@@ -398,7 +398,11 @@ def load_engine(name: str | None = None) -> EngineSpec:
     base, _, ver = str(name).partition("@")
     names = engine_names()
     if base not in names:
-        raise InputError(f"unknown engine {base!r}; valid engines: {', '.join(names)} "
+        import difflib
+
+        close = difflib.get_close_matches(base.strip().lower(), names, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise InputError(f"unknown engine {base!r}; {hint}valid engines: {', '.join(names)} "
                          f"(optionally NAME@VERSION, see `apex-opt engines`)",
                          field="engine", value=name)
     spec = _load_profile(base)
