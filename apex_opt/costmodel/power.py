@@ -29,6 +29,7 @@ A serving engine under load runs back-to-back, so the cost model applies it by d
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 
@@ -218,11 +219,23 @@ class DvfsModel:
     p_cap_min: float
     curve: tuple[tuple[float, float], ...] = ()
 
+    def __post_init__(self) -> None:
+        # the curve's abscissae once (voltage() runs ~1e5 times per simulation in the cap solves)
+        object.__setattr__(self, "_xs", tuple(float(p[0]) for p in self.curve))
+        object.__setattr__(self, "_ys", tuple(float(p[1]) for p in self.curve))
+
     def voltage(self, f: float) -> float:
         """Core voltage at SM clock ``f`` relative to the voltage at ``f_max``."""
-        if self.curve:
-            return float(np.interp(min(f, self.f_max), [p[0] for p in self.curve],
-                                   [p[1] for p in self.curve]))
+        if self.curve:  # piecewise linear through the points, flat outside them (as np.interp)
+            xs, ys = self._xs, self._ys
+            x = min(f, self.f_max)
+            if x <= xs[0]:
+                return ys[0]
+            if x >= xs[-1]:
+                return ys[-1]
+            i = bisect.bisect_right(xs, x)
+            x0, x1 = xs[i - 1], xs[i]
+            return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - x0) / (x1 - x0)
         if f <= self.f_knee:
             return self.v_knee
         if self.f_max <= self.f_knee:
