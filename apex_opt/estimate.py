@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from .costmodel.iteration import IterationCostModel
 from .errors import InfeasibleError, InputError
 from .memory import replica_memory
-from .parallel import shape_problem
+from .parallel import scope_problem, shape_problem
 from .specs.cluster import ClusterSpec
 from .specs.model import ModelSpec
 from .specs.engine import EngineSpec, load_engine
@@ -94,8 +94,8 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, cfg: ReplicaConfig, batch: 
         raise InputError(problem, field="--tp/--pp/--ep", value=f"{cfg.tp}/{cfg.pp}/{cfg.ep}")
     if cfg.gpus > pool.num_gpus:
         raise InfeasibleError(f"TP{cfg.tp} x PP{cfg.pp} needs {cfg.gpus} GPUs; pool '{pool.name}' has {pool.num_gpus}")
-    if cfg.tp > pool.gpus_per_node:
-        raise InfeasibleError(f"TP{cfg.tp} exceeds the {pool.gpus_per_node} GPUs of one node")
+    if scope_problem(pool, cfg.tp):
+        raise InfeasibleError(scope_problem(pool, cfg.tp))
     mem = replica_memory(model, pool.device, cfg, engine)
     cm = IterationCostModel(model, pool, cfg, engine)
     c = cm.iteration(np.array(batch.decode_ctx, dtype=np.int64), batch.prefill, with_breakdown=True)

@@ -75,15 +75,24 @@ def shape_problem(model: ModelSpec, pool: PoolSpec, tp: int, pp: int, ep: int) -
     if model.attention == "gqa" and model.num_kv_heads % tp and tp % model.num_kv_heads:
         return (f"tp={tp} neither divides nor is a multiple of the {model.num_kv_heads} KV heads "
                 f"of {model.name}")
-    if tp > pool.gpus_per_node:
-        return (f"tp={tp} exceeds the {pool.gpus_per_node} GPUs of one node of pool "
-                f"'{pool.name}'; tensor parallelism stays inside a node (use --pp across nodes)")
     if ep > 1 and model.moe is None:
         return f"ep={ep} needs a mixture-of-experts model; {model.name} is dense"
     if not valid_ep(model, tp, ep):
         return f"ep={ep} must divide tp={tp} and the {model.moe.num_experts} experts of {model.name}"
     if pp > model.num_layers:
         return f"pp={pp} exceeds the {model.num_layers} layers of {model.name}"
+    return None
+
+
+def scope_problem(pool: PoolSpec, tp: int) -> str | None:
+    """A shape the engines can run but apex-opt does not model (exit 3, not bad input): tensor
+    parallelism across nodes (vLLM / SGLang run it over the inter-node network, every layer's
+    all-reduces on that link; the cost model keeps TP groups inside one node)."""
+    if tp > pool.gpus_per_node:
+        return (f"tp={tp} exceeds the {pool.gpus_per_node} GPUs of one node of pool "
+                f"'{pool.name}': apex-opt models tensor parallelism inside one node only (the "
+                f"engines can run it across nodes, all-reduces over the inter-node link); use "
+                f"--pp across nodes, or tp <= {pool.gpus_per_node}")
     return None
 
 
@@ -134,9 +143,9 @@ def validate_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> list[st
             out.append(f"{where}: unknown pool {g.pool!r}")
             continue
         used[pool.name] = used.get(pool.name, 0) + g.replicas * g.gpus
-        problem = shape_problem(model, pool, g.tp, g.pp, g.ep)
-        if problem:
-            out.append(f"{where}: {problem}")
+        for problem in (shape_problem(model, pool, g.tp, g.pp, g.ep), scope_problem(pool, g.tp)):
+            if problem:
+                out.append(f"{where}: {problem}")
         if g.layers_per_stage is not None and sum(g.layers_per_stage) != model.num_layers:
             out.append(f"{where}: layers_per_stage sums to {sum(g.layers_per_stage)}, "
                        f"model has {model.num_layers}")

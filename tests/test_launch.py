@@ -228,7 +228,7 @@ def test_plan_errors(llama):
                     cluster=_cluster())
     with pytest.raises(InputError, match="attention heads"):
         launch_plan("llama-3.1-70b", llama, _plan(tp=3))
-    with pytest.raises(InputError, match="tp=16 exceeds the 8 GPUs of one node"):
+    with pytest.raises(InputError, match="tp=16 exceeds the 8 GPUs of one node of pool .*inside one node only"):
         launch_plan("llama-3.1-70b", llama, _plan(tp=16), cluster=_cluster())
 
 

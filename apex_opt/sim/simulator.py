@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from ..costmodel.iteration import IterationCostModel
 from ..errors import InfeasibleError, InputError
 from ..memory import replica_memory
-from ..parallel import shape_problem
+from ..parallel import scope_problem, shape_problem
 from ..specs.cluster import ClusterSpec, PoolSpec
 from ..specs.engine import DPRouterSpec, EngineSpec, dp_router_for, load_engine
 from ..specs.model import ModelSpec
@@ -155,9 +155,13 @@ def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: Req
         problem = shape_problem(model, pool, cfg.tp, cfg.pp, cfg.ep)
         if problem:
             raise InputError(problem, field=f"plan.groups[{gi}]", value=cfg.label())
+        problem = scope_problem(pool, cfg.tp)
+        if problem:
+            raise InfeasibleError(problem, {"group": gi, "problem": problem})
         refusal = cfg.engine_refusal(engine)  # what the real engine refuses to start with
         if refusal:
-            raise InputError(refusal, field=f"plan.groups[{gi}]", value=cfg.label())
+            raise InputError(refusal, field=f"plan.groups[{gi}].max_num_batched_tokens",
+                             value=cfg.max_num_batched_tokens)
         mem = replica_memory(model, pool.device, cfg, engine)
         if num_blocks_override is None and not mem.fits:
             raise InfeasibleError(f"{model.name} {cfg.label()} on {pool.name}: {mem.problem}",
