@@ -197,7 +197,12 @@ def format_validation_error(exc: ValidationError, source: str,
     value = err.get("input")
     if isinstance(value, (dict, list)) and kind != "extra_forbidden":
         value = None
-    more = len(errors) - 1
+    # a parent container's own error (e.g. a list left "too short" because its only item failed)
+    # is a consequence of the first error, not another mistake to count
+    loc0 = tuple(err.get("loc", ()))
+    more = sum(1 for e in errors if e is not err
+               and not (len(tuple(e.get("loc", ()))) < len(loc0)
+                        and loc0[:len(tuple(e.get("loc", ())))] == tuple(e.get("loc", ()))))
     if more:
         msg += f" (+{more} more error{'s' if more > 1 else ''})"
     return InputError(msg, source=source, field=loc, value=value)

@@ -426,3 +426,16 @@ def test_engine_name_in_its_brand_spelling_gets_a_hint(name, hint):
 def test_unrelated_engine_name_has_no_hint():
     r = run("estimate", "--model", "llama-3.2-1b", "--batch", "decode:1x10", "--engine", "foo")
     assert r.exit_code == 2 and "did you mean" not in r.output
+
+
+def test_a_parent_containers_consequence_is_not_counted_as_another_error():
+    """A failed plan group also leaves `groups` too short: one mistake, reported once; two
+    independent mistakes still say "+1 more"."""
+    from apex_opt.io import validate
+    from apex_opt.specs.plan import Plan
+    with pytest.raises(InputError) as one:
+        validate(Plan, {"groups": [{"tp": 1, "ep": 2}]}, "plan.yaml")
+    assert "more error" not in str(one.value) and "ep (2) must divide tp (1)" in str(one.value)
+    with pytest.raises(InputError) as two:
+        validate(Plan, {"groups": [{"tp": "a", "pp": "b"}]}, "plan.yaml")
+    assert "(+1 more error)" in str(two.value)
