@@ -111,7 +111,8 @@ def verify_fixes(err: InfeasibleError, cluster: ClusterSpec, slo: SLOSpec, reque
                      "change": f"{fix['change']} (simulated: {best.label} meets the SLO, "
                                f"{_numbers(best.metrics)})"})
     text = (f"no plan for {d.get('model')} on {d.get('cluster')} satisfies the request: "
-            f"{plain(groups)} conflict")
+            + (f"{plain(groups)} conflict" if len(groups) > 1 else
+               f"{plain(groups)} cannot be met together with the rest of the request"))
     if kept:
         text += "; fixes checked by simulation: " + "; ".join(f["change"] for f in kept)
     else:
