@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import get_args
 
 import click
 import numpy as np
@@ -11,6 +12,7 @@ from ..io import validate
 from ..report.render import console, table, to_json
 from ..sim.simulator import SimulationResult, simulate
 from ..sim.workload import Requests, generate, load_trace
+from ..specs.common import PlanRouter
 from ..specs.plan import Plan
 from ..specs.slo import load_slo
 from ..specs.workload import WorkloadSpec, load_workload
@@ -258,8 +260,7 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
 @click.option("--prefix-caching/--no-prefix-caching", default=None,
               help="Reuse the KV cache of shared prompt prefixes (Mooncake hash_ids, workload "
                    "'prefix' groups) [default: the engine's own].")
-@click.option("--router", type=click.Choice(["engine", "round_robin", "least_outstanding",
-                                             "sglang_cache_aware", "vllm_dp_lb"]),
+@click.option("--router", type=click.Choice(get_args(PlanRouter)),
               default="engine", show_default=True,
               help="How requests are spread over the --dp replicas: 'engine' = the engine's own "
                    "DP router (vllm: vllm_dp_lb, lowest 4 x waiting + running; sglang: "

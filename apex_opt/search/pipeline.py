@@ -33,7 +33,7 @@ from ..specs.plan import Plan
 from ..specs.slo import SLOSpec
 from .baselines import baseline_keys
 from .fixes import explain_simulated, verify_fixes
-from .executor import Executor, SimContext, SimJob, SimOutcome, make_executor, same_run, slo_met
+from .executor import SimContext, SimJob, SimOutcome, make_executor, same_run, slo_met
 from .objectives import OBJECTIVES, better, objective_value, rank_key
 from .plans import (PlanKey, count_feasible, estimate, feasible_plans, group_out, plan_label,
                     surrogate_out, to_plan)

@@ -35,14 +35,13 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
-from typing import Callable, Literal, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..specs.engine import DP_ROUTER_POLICIES, DPRouterSpec, dp_router_for, load_engine
 from .engine import ReplicaEngine, RequestLog
 
-RouterName = Literal["round_robin", "least_outstanding", "sglang_cache_aware", "vllm_dp_lb"]
 #: routing policies (a plan's router may also be 'engine': the engine profile's own)
 ROUTERS: tuple[str, ...] = DP_ROUTER_POLICIES
 

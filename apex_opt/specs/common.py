@@ -32,6 +32,11 @@ NonNegFloat = Annotated[float, AfterValidator(_finite_nonneg)]
 WeightDType = Literal["bf16", "fp8", "int4"]
 KVDType = Literal["bf16", "fp8"]
 ComputeDType = Literal["bf16", "fp16", "fp8", "int8", "fp4"]
+#: request-routing policies over data-parallel replicas (apex_opt/sim/router.py implements them)
+DPRouterPolicy = Literal["round_robin", "least_outstanding", "sglang_cache_aware", "vllm_dp_lb"]
+#: a plan's router: a policy, or 'engine' = the engine profile's own (EngineSpec.dp_router)
+PlanRouter = Literal["engine", "round_robin", "least_outstanding", "sglang_cache_aware",
+                     "vllm_dp_lb"]
 
 #: Bytes per element of each storage dtype.
 DTYPE_BYTES: dict[str, float] = {"bf16": 2.0, "fp16": 2.0, "fp32": 4.0, "fp8": 1.0, "int8": 1.0,

@@ -15,11 +15,11 @@ that release has it on by default).
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
-from .common import NonNegFloat, StrictModel
+from .common import DPRouterPolicy, NonNegFloat, StrictModel
 
 
 class BatchDefaults(StrictModel):
@@ -72,7 +72,7 @@ class NewTokenRatio(StrictModel):
 
 
 #: request-routing policies over data-parallel replicas (apex_opt/sim/router.py implements them)
-DP_ROUTER_POLICIES = ("round_robin", "least_outstanding", "sglang_cache_aware", "vllm_dp_lb")
+DP_ROUTER_POLICIES: tuple[str, ...] = get_args(DPRouterPolicy)
 _ROUTER_PARAMS = {
     "sglang_cache_aware": ("cache_threshold", "balance_abs_threshold", "balance_rel_threshold",
                            "eviction_interval_s", "max_tree_size_chars", "chars_per_token"),
@@ -83,7 +83,7 @@ _ROUTER_PARAMS = {
 class DPRouterSpec(StrictModel):
     """How the engine's own deployment spreads requests over data-parallel replicas."""
 
-    policy: Literal["round_robin", "least_outstanding", "sglang_cache_aware", "vllm_dp_lb"] = \
+    policy: DPRouterPolicy = \
         Field(description="'round_robin' (request i -> replica i mod R), 'least_outstanding' "
                           "(fewest unfinished requests), 'sglang_cache_aware' (sgl-router's "
                           "approximate radix tree + load-balance override), 'vllm_dp_lb' (vLLM "

@@ -4,12 +4,12 @@ checks it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
 from typing_extensions import Self
 
-from .common import KVDType, StrictModel, WeightDType
+from .common import KVDType, PlanRouter, StrictModel, WeightDType
 from .model import ModelSpec, serving_weight_dtype
 
 if TYPE_CHECKING:
@@ -203,8 +203,7 @@ class Plan(StrictModel):
     """A full deployment: one or more replica groups behind a router."""
 
     groups: tuple[ReplicaGroup, ...] = Field(min_length=1)
-    router: Literal["engine", "round_robin", "least_outstanding", "sglang_cache_aware",
-                    "vllm_dp_lb"] = Field(
+    router: PlanRouter = Field(
         "engine", description="How requests are spread over replicas: 'engine' = the engine "
                               "profile's own DP router (EngineSpec.dp_router), or a policy of "
                               "apex_opt/sim/router.py.")
