@@ -674,6 +674,7 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
     cursors: dict[str | None, _PoolCursor] = {}
     ports: dict[tuple[str | None, int], int] = {}
     dp_deployments = 0  # vLLM DP deployments over several nodes: one RPC port each
+    policy = dp_router_for(plan.router, spec).policy
 
     def next_port(pool: str | None, node: int) -> int:
         n = ports.get((pool, node), 0)
@@ -687,8 +688,7 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
                                                   entry, hf_id)
         notes += [n for n in qnotes if n not in notes]
         ctx = _Ctx(spec=spec, family=fam, flags=flags, model_arg=model_arg, quant=quant,
-                   max_model_len=length, trust_remote_code=trust, host=host,
-                   router=dp_router_for(plan.router, spec).policy)
+                   max_model_len=length, trust_remote_code=trust, host=host, router=policy)
         cur = cursors.setdefault(pool_name, _PoolCursor(gpn))
         slots = [cur.place(g.gpus) for _ in range(g.replicas)]
         if max_nodes is not None and cur.nodes_used > max_nodes:
@@ -746,7 +746,7 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
                 endpoints.append(Endpoint(node_addr=head.node_addr, port=head.port or base_port,
                                           group=gi, replicas=1))
         notes += [n for n in _group_notes(g, gpn, fam, pool_name) if n not in notes]
-    notes += _routing_notes(plan, endpoints, fam, dp_router_for(plan.router, spec).policy)
+    notes += _routing_notes(plan, endpoints, fam, policy)
     return LaunchPlan(engine=getattr(spec, "label", spec.name), family=fam,
                       model=model_id, max_model_len=length, processes=processes,
                       endpoints=endpoints, notes=notes, script=_script(processes, notes))
@@ -818,8 +818,7 @@ def _multi_node_dp(ctx: _Ctx, cfg: ReplicaConfig, group: ReplicaGroup, device: D
               f"one API server ({head_addr}:{port}); start the head and the --headless "
               f"server{'s' if others > 1 else ''} on the other node{'s' if others > 1 else ''}; "
               f"--data-parallel-rpc-port must be reachable from every node",
-              f"replace {_addr_prefix(pool)}NODE<n>_IP with the address of node <n> of the pool "
-              f"(nodes numbered from 0)"]
+              _addr_note(pool)]
     return out, Endpoint(node_addr=head_addr, port=port, group=gi, replicas=total), notes
 
 
@@ -901,6 +900,11 @@ def _multi_node(ctx: _Ctx, cfg: ReplicaConfig, slot: _Slot, pool: str | None, gp
     return out
 
 
+def _addr_note(pool: str | None) -> str:
+    return (f"replace {_addr_prefix(pool)}NODE<n>_IP with the address of node <n> of the pool "
+            f"(nodes numbered from 0)")
+
+
 def _group_notes(group: ReplicaGroup, gpn: int, family: str, pool: str | None) -> list[str]:
     notes: list[str] = []
     if group.gpus <= gpn:
@@ -912,12 +916,9 @@ def _group_notes(group: ReplicaGroup, gpn: int, family: str, pool: str | None) -
     else:
         notes.append(f"each replica of {group.label()} spans {nodes} nodes: run its command on "
                      f"every node (one --node-rank each)")
-    notes.append(f"replace {_addr_prefix(pool)}NODE<n>_IP with the address of node <n> of the pool "
-                 f"(nodes numbered from 0)")
-    if group.tp > gpn:
-        notes.append(f"tensor parallelism ({group.tp}) spans nodes: its all-reduces cross the "
-                     f"inter-node network")
-    elif gpn % group.tp or not node_aligned(group.gpus, gpn):
+    notes.append(_addr_note(pool))
+    # (tensor parallelism never spans nodes here: _check_rules refuses it, as the simulator does)
+    if gpn % group.tp or not node_aligned(group.gpus, gpn):
         notes.append(f"{group.tp}x{group.pp} GPUs do not fill whole {gpn}-GPU nodes: the engine "
                      f"places the stages; check no TP group straddles two nodes")
     return notes
