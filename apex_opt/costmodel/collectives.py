@@ -205,9 +205,12 @@ class CollectiveModel:
         if n < 1:
             raise InputError("group size must be >= 1", field="n", value=n)
 
+    def _intra_bw(self, n: int) -> float:
+        """Per-GPU bandwidth (GB/s) of a group of ``n`` inside one node."""
+        return link_bandwidth_gbps(self.link, n) * self._intra_scale
+
     def _flat(self, coll: str, nbytes: float, n: int) -> float:
-        return self.params[coll].time(coll, nbytes, n, self.link,
-                                      link_bandwidth_gbps(self.link, n) * self._intra_scale)
+        return self.params[coll].time(coll, nbytes, n, self.link, self._intra_bw(n))
 
     def _split(self, n: int) -> tuple[int, int] | None:
         """(GPUs per node g, nodes) when the group spans nodes, else None."""
@@ -246,7 +249,7 @@ class CollectiveModel:
     def _custom_all_reduce(self, nbytes: float, n: int) -> float:
         one_shot = n == 2 or (n <= 4 and nbytes < 512 * 1024) or (n <= 8 and nbytes < 256 * 1024)
         moved = (n - 1) * nbytes if one_shot else 2.0 * (n - 1) / n * nbytes
-        bw = link_bandwidth_gbps(self.link, n) * self._intra_scale * 1e9 * self.params["all_reduce"].efficiency
+        bw = self._intra_bw(n) * 1e9 * self.params["all_reduce"].efficiency
         return KERNEL_LAUNCH_S + 2.0 * self.link.latency_us * 1e-6 + moved / bw
 
     def all_gather(self, nbytes_total: float, n: int) -> float:

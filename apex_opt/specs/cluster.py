@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from .common import NonNegFloat, PosFloat, StrictModel
+from .common import ComputeDType, NonNegFloat, PosFloat, StrictModel
 
 #: Largest per-device memory we accept as sane (GiB).
 MAX_DEVICE_GIB = 4096.0
@@ -42,7 +42,7 @@ class DeviceSpec(_StrictNumbers):
     name: str = Field(min_length=1, description="Device identifier, e.g. 'h100-sxm-80gb'.")
     vendor: str = Field("nvidia", min_length=1, description="Vendor name (nvidia, amd, ...).")
     memory_gib: PosFloat = Field(description="Device memory in GiB as the runtime reports it.")
-    peak_tflops: dict[Literal["bf16", "fp16", "fp8", "int8", "fp4"], PosFloat] = Field(
+    peak_tflops: dict[ComputeDType, PosFloat] = Field(
         description="Dense peak TFLOP/s per compute dtype (no structured-sparsity figures). "
                     "Must include bf16.")
     hbm_bandwidth_gbps: PosFloat = Field(description="Peak memory bandwidth in GB/s.")
@@ -81,7 +81,7 @@ class DeviceSpec(_StrictNumbers):
         description="CUDA compute capability ('8.0' A100, '8.9' L40S, '9.0' H100/H200, '10.0' "
                     "B200) or AMD gfx target ('gfx942'): picks the attention kernel generation the "
                     "engines run (data/device_transfer.yaml). Unset: as the profiled H100.")
-    matmul_efficiency: dict[Literal["bf16", "fp16", "fp8", "int8", "fp4"], PosFloat] | None = Field(
+    matmul_efficiency: dict[ComputeDType, PosFloat] | None = Field(
         None, description="Published maximum achievable matmul throughput as a fraction of the "
                           "dense peak per dtype (e.g. MAMF / theory). The GEMM roofline fitted on "
                           "the H100 profile is scaled by this over the H100's own figure. Unset: "
