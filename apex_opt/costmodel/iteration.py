@@ -252,10 +252,11 @@ class IterationCostModel:
                                     self.engine.eager_launch_us)
         if e is None:
             return
+        quant_op_us = e.cost_us[ek.get("quant_kernel_kind", "custom_op")]
         # the fp8 activation quant before a GEMM, unless fused into its producer (V1 Inductor)
-        q_us = self.act_quant_kernels * e.cost_us[ek.get("quant_kernel_kind", "custom_op")]
+        q_us = self.act_quant_kernels * quant_op_us
         gemm, coll = e.us("gemm"), e.us("allreduce")
-        attn_gemms = sum(e.us("gemm") + (q_us if (self.act_quant and not (
+        attn_gemms = sum(gemm + (q_us if (self.act_quant and not (
             self.quant_fused and name not in _AFTER_ATTENTION) and name not in _ABSORBED) else 0.0)
             for name, _, _ in self.attn_ops)
         n_coll = 0
@@ -273,7 +274,7 @@ class IterationCostModel:
             path = "moe_ep" if (self.ep > 1 and e.has("moe_ep")) else "moe"
             moe_us = gemm + e.us(path)  # + the router GEMM (bf16)
             if self.compute_dtype == "fp8":  # fused_moe quantizes both expert GEMMs' inputs
-                moe_us += 2 * e.cost_us[ek.get("quant_kernel_kind", "custom_op")]
+                moe_us += 2 * quant_op_us
             if self.shared_ops:
                 moe_us += len(self.shared_ops) * gq + e.us("mlp")
         self._eager_moe_us = moe_us
