@@ -267,6 +267,12 @@ class SimScore:
     def exact(self) -> bool:
         return self.upper is None
 
+    @property
+    def counts(self) -> bool:
+        """Met the SLO with an exact simulated value: a result the best and the family ratios
+        may rest on."""
+        return self.met and self.value is not None and self.exact
+
 
 @dataclass
 class Refined:
@@ -304,7 +310,7 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
     def best() -> tuple[float | None, Scored | None]:
         # a bounded plan is below some exact one: never the best
         met = [(r.value, s) for s, r in zip(done, sims)
-               if r.met and r.value is not None and r.exact]
+               if r.counts]
         if not met:
             return None, None
         if objective == "gpus":
@@ -317,7 +323,7 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
         ``fam`` when one of it was simulated; else of all, with a wider margin)."""
         if fam is not None:
             own = [(s, r) for s, r in zip(done, sims) if family(space, s) == fam]
-            if any(r.met and r.value is not None and r.exact for _s, r in own):
+            if any(r.counts for _s, r in own):
                 return _ratio(own)
             if objective in UNBOUNDED_FAMILIES:
                 return None  # no bound for a shape family not yet measured
@@ -331,7 +337,7 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
         for s, r in pairs:
             # a bounded plan's ratio is below its bound's: it may only tighten a family's bound
             # (bounded_ratio), never loosen the exact members' most optimistic ratio
-            if not (r.met and r.value is not None and r.exact):
+            if not r.counts:
                 continue
             sv = s.est.latency_s if objective == "gpus" else s.value
             rv = r.latency if objective == "gpus" else r.value
@@ -356,7 +362,7 @@ def refine(space: SearchSpace, plans: Iterator[Scored],
         fam = family(space, s)
         own = [j for j, d in enumerate(done) if family(space, d) == fam]
         if bv is None or not (s.value > 0 and math.isfinite(s.value)) or \
-                any(sims[j].met and sims[j].value is not None and sims[j].exact for j in own):
+                any(sims[j].counts for j in own):
             return False
         todo = []
         for j in own:
