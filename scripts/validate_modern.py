@@ -197,9 +197,12 @@ def row_plan(row: dict, model, engine, engine_flags: str = "defaults") -> tuple:
     return Plan(groups=(ReplicaGroup(**g),), router="round_robin"), note
 
 
-def row_requests(row: dict, base: Path, warmup_factor: float = 0.0):
-    """(Requests, number of leading warm-up requests to leave out of the means)."""
-    from apex_opt.sim.workload import Requests, load_trace
+def row_requests(row: dict, base: Path, warmup_factor: float = 0.0, prompt_pool: int = 0):
+    """(Requests, number of leading warm-up requests to leave out of the means). ``prompt_pool``
+    > 0: aiconfigurator's closed loops draw each prompt (warm-up included) at random from that
+    many distinct prompts (see ``--prompt-pool``)."""
+    from apex_opt.sim.workload import Requests, load_trace, prefix_blocks
+    from apex_opt.specs.workload import PrefixSpec
 
     kind = row["workload_kind"].strip()
     if kind == "trace":
@@ -209,8 +212,16 @@ def row_requests(row: dict, base: Path, warmup_factor: float = 0.0):
         c = _i(row["concurrency"])
         n = n or max(10 * c, 100)
         w = int(round(warmup_factor * c))
-        return Requests(np.zeros(n + w), np.full(n + w, isl), np.full(n + w, osl), None,
-                        f"closed-loop:{row['case_id']}", concurrency=c), w
+        prompt = np.full(n + w, isl)
+        blocks, bt = None, 16
+        if prompt_pool and row.get("dataset", "").startswith("aiconfigurator"):
+            # aiperf's --random-seed 100 in aiconfigurator's bench_run.sh; the draw sequence is
+            # numpy's, not aiperf's Python random.choice: same distribution, not the same prompts
+            blocks, bt = prefix_blocks(PrefixSpec(groups=prompt_pool, shared_tokens=isl),
+                                       prompt, np.random.default_rng(100))
+        return Requests(np.zeros(n + w), prompt, np.full(n + w, osl), None,
+                        f"closed-loop:{row['case_id']}", concurrency=c, prefix_blocks=blocks,
+                        prefix_block_tokens=bt), w
     if kind in ("poisson", "constant"):
         rate = _f(row["rate_req_s"])
         if kind == "constant":
@@ -246,7 +257,7 @@ def measured_means(res, skip: int) -> dict:
 
 
 def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
-                 engine_flags: str = "defaults") -> dict:
+                 engine_flags: str = "defaults", prompt_pool: int = 0) -> dict:
     """Replay one row; never raises (a failure is reported in the result)."""
     from apex_opt.registry import load_cluster
     from apex_opt.sim.simulator import simulate
@@ -264,7 +275,7 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
         model = _model(row["model"], base)
         cluster = load_cluster(row["cluster"].strip())
         plan, pnote = row_plan(row, model, engine, engine_flags)
-        req, warm = row_requests(row, base, warmup_factor)
+        req, warm = row_requests(row, base, warmup_factor, prompt_pool)
         out["compute_util"] = measured_compute_util(row, model, cluster)
         floor = measured_tpot_floor(row, model, cluster)
         floor_auto = measured_tpot_floor(row, model, cluster, kv_dtype=(
@@ -490,9 +501,9 @@ def render(results: list[dict], summ: dict, wall: float) -> str:
     return "\n".join(lines)
 
 
-def _job(args: tuple[dict, str, float]) -> dict:
-    row, base, warmup, flags = args
-    return simulate_row(row, Path(base), warmup, flags)
+def _job(args: tuple[dict, str, float, str, int]) -> dict:
+    row, base, warmup, flags, pool = args
+    return simulate_row(row, Path(base), warmup, flags, pool)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -513,6 +524,13 @@ def main(argv: list[str] | None = None) -> int:
                          "README's rule), or for aiconfigurator's vLLM closed loops the limits its "
                          "generator writes (max_num_seqs 512, max_num_batched_tokens 512 + isl + "
                          "1500, max_model_len isl + osl + 1500): a hypothesis, not recorded")
+    ap.add_argument("--prompt-pool", type=int, default=0, metavar="N",
+                    help="aiconfigurator's closed loops: draw each prompt at random from N "
+                         "distinct prompts, as aiperf's synthetic dataset does "
+                         "(--num-dataset-entries, default 100, sampled with replacement; "
+                         "aiconfigurator's bench_run.sh leaves it at the default and its vLLM "
+                         "launch keeps V1's prefix caching on): a hypothesis, not recorded. "
+                         "0 (default) = every prompt distinct")
     ap.add_argument("--json-only", action="store_true", help="print only the final JSON line")
     ap.add_argument("--out", default=None, help="also write the full output to this file")
     args = ap.parse_args(argv)
@@ -531,10 +549,11 @@ def main(argv: list[str] | None = None) -> int:
     order = sorted(range(len(rows)), key=lambda i: -_cost(rows[i]))
     if args.jobs > 1 and len(rows) > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            done = list(pool.map(_job, [(rows[i], str(base), args.warmup, args.engine_flags) for i in order],
-                                 chunksize=1))
+            done = list(pool.map(_job, [(rows[i], str(base), args.warmup, args.engine_flags,
+                                         args.prompt_pool) for i in order], chunksize=1))
     else:
-        done = [_job((rows[i], str(base), args.warmup, args.engine_flags)) for i in order]
+        done = [_job((rows[i], str(base), args.warmup, args.engine_flags, args.prompt_pool))
+                for i in order]
     results: list[dict] = [None] * len(rows)  # type: ignore[list-item]
     for i, r in zip(order, done):
         results[i] = r
@@ -543,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(results, summ, wall)
     failed = [r["case"] for r in results if "error" in r]
     doc = {"rows": len(results), "warmup_per_client": args.warmup,
-           "engine_flags": args.engine_flags, "replayed": len(results) - len(failed), "failed": failed[:20],
+           "engine_flags": args.engine_flags, "prompt_pool": args.prompt_pool, "replayed": len(results) - len(failed), "failed": failed[:20],
            "mape_pct": {k: round(v["mape"], 2) for k, v in summ["overall"].items()},
            "bias_pct": {k: round(v["bias"], 2) for k, v in summ["overall"].items()},
            "groups": {g: {k: {"mape": round(x["mape"], 2), "bias": round(x["bias"], 2)}

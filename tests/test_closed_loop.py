@@ -240,3 +240,54 @@ def test_validate_modern_aic_generator_flags_only_fill_blank_vllm_closed_loop_li
     assert "max_num_seqs" not in vm.aic_generator_limits({**row, "max_num_seqs": "64"})
     assert vm.aic_generator_limits({**row, "engine": "sglang"}) == {}
     assert vm.aic_generator_limits({**row, "workload_kind": "trace"}) == {}
+
+
+def test_cli_prompt_pool_repeats_prompts_into_the_prefix_cache():
+    """--prompt-pool N: prompts drawn with replacement from N distinct ones (aiperf's synthetic
+    dataset); repeats hit the prefix cache, lowering TTFT; the engine's caching switch still
+    rules, and the flag is refused where the requests come from a file."""
+    from apex_opt.commands.simulate import command
+
+    runner = CliRunner()
+    base = ["--model", MODEL, "--tp", "1", "--concurrency", "8", "--num-requests", "64",
+            "--prompt-len", "1024", "--output-len", "16", "--max-model-len", "4096", "--json"]
+    plain = json.loads(runner.invoke(command, base).output)
+    r = runner.invoke(command, base + ["--prompt-pool", "8"])
+    assert r.exit_code == 0, r.output
+    pooled = json.loads(r.output)
+    hits = sum(x["prefix_hit_tokens"] for x in pooled["replicas"])
+    # 64 draws from 8 prompts: at most 8 first uses miss; a hit is whole 16-token blocks and
+    # never the prompt's last token (vLLM recomputes it): <= 1008 of 1024 tokens per repeat
+    assert 0 < hits <= (64 - 1) * 1008 and hits % 16 == 0
+    assert pooled["workload"]["prefix_reuse_tokens"] > 0
+    assert sum(x["prefix_hit_tokens"] for x in plain["replicas"]) == 0
+    assert pooled["metrics"]["ttft_ms"]["mean"] < 0.7 * plain["metrics"]["ttft_ms"]["mean"]
+    off = json.loads(runner.invoke(command, base + ["--prompt-pool", "8",
+                                                    "--no-prefix-caching"]).output)
+    assert sum(x["prefix_hit_tokens"] for x in off["replicas"]) == 0
+    text = runner.invoke(command, base[:-1] + ["--prompt-pool", "8"])
+    assert "prefix-cache hit tokens" in text.output and "repeated prefixes" in text.output
+    bad = runner.invoke(command, ["--model", MODEL, "--tp", "1", "--trace", "t.jsonl",
+                                  "--prompt-pool", "8"])
+    assert bad.exit_code == 2 and "--prompt-pool" in bad.output
+
+
+def test_validate_modern_prompt_pool_only_for_aiconfigurator_closed_loops():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "validate_modern.py"
+    spec = importlib.util.spec_from_file_location("validate_modern", path)
+    vm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vm)
+    row = {"case_id": "x", "dataset": "aiconfigurator_silicon", "workload_kind": "concurrency",
+           "concurrency": "4", "isl": "1024", "osl": "32", "n_requests": "200", "rate_req_s": "",
+           "trace": ""}
+    req, warm = vm.row_requests(row, Path("."), warmup_factor=2, prompt_pool=100)
+    ids = {b for b in req.prefix_blocks}
+    assert len(req.prefix_blocks) == 208 and 1 < len(ids) <= 100   # drawn with replacement
+    assert all(len(b) == 1024 // 16 for b in req.prefix_blocks)     # the whole prompt is shared
+    assert req.prefix_blocks == vm.row_requests(row, Path("."), 2, 100)[0].prefix_blocks
+    assert vm.row_requests(row, Path("."), 2)[0].prefix_blocks is None
+    other = {**row, "dataset": "inference_sim_training"}
+    assert vm.row_requests(other, Path("."), 2, 100)[0].prefix_blocks is None

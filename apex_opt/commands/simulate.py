@@ -50,8 +50,12 @@ def _refuse_unused_synthetic_flags(from_file: bool, closed_loop: bool, arrival: 
 
 
 def _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
-              seed, concurrency=None, sort_trace=False) -> Requests:
+              seed, concurrency=None, sort_trace=False, prompt_pool=None) -> Requests:
     synthetic = [rate, num_requests, prompt_len, output_len]
+    if prompt_pool is not None and (trace is not None or workload is not None):
+        raise click.UsageError("--prompt-pool only applies to the synthetic flags; a --workload "
+                               "file says it with 'prefix: {groups: N, shared_tokens: ...}', a "
+                               "--trace with its hash_ids")
     given = sum(x is not None for x in (trace, workload)) + (any(v is not None for v in synthetic))
     if given != 1:
         raise click.UsageError("give exactly one of --trace FILE, --workload FILE.yaml, or "
@@ -82,9 +86,13 @@ def _requests(trace, workload, rate, num_requests, prompt_len, output_len, arriv
         arr = {"process": arrival, "rate": rate}
     if arrival == "gamma" and concurrency is None:
         arr["cv"] = cv
-    spec = validate(WorkloadSpec, {"name": "cli", "num_requests": num_requests, "arrival": arr,
-                                   "prompt_len": prompt_len, "output_len": output_len,
-                                   "seed": seed or 0}, _SRC)
+    fields = {"name": "cli", "num_requests": num_requests, "arrival": arr,
+              "prompt_len": prompt_len, "output_len": output_len, "seed": seed or 0}
+    if prompt_pool is not None:
+        # N distinct prompts drawn with replacement (aiperf / genai-perf synthetic datasets):
+        # two requests with the same draw send the same whole prompt
+        fields["prefix"] = {"groups": prompt_pool, "shared_tokens": prompt_len}
+    spec = validate(WorkloadSpec, fields, _SRC)
     return generate(spec, np.random.default_rng(seed or 0))
 
 
@@ -175,6 +183,11 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
         ["MFU / MBU", f"{_fmt(m.mfu and m.mfu * 100)} % / {_fmt(m.mbu and m.mbu * 100)} %"],
         ["preemptions", f"{m.preemptions:,}"],
     ]
+    hits = sum(r.prefix_hit_tokens for r in res.replicas)
+    if hits or (workload is not None and workload.prefix_reuse_tokens):
+        prompt = workload.total_prompt_tokens if workload is not None else 0
+        share = f" ({hits / prompt * 100:.1f} % of prompt tokens)" if prompt else ""
+        summary.append(["prefix-cache hit tokens", f"{hits:,}{share}"])
     if m.slo_attainment is not None:
         summary.append(["SLO attainment", f"{m.slo_attainment * 100:.1f} % "
                                           f"({'met' if m.slo_met else 'NOT met'})"])
@@ -229,6 +242,11 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
               help="Synthetic: prompt tokens per request.")
 @click.option("--output-len", type=click.IntRange(1, 10_000_000), default=None,
               help="Synthetic: output tokens per request.")
+@click.option("--prompt-pool", type=click.IntRange(1, 10_000_000), default=None,
+              help="Synthetic: draw each prompt at random (with replacement) from N distinct "
+                   "prompts, as aiperf and genai-perf do with their synthetic dataset "
+                   "(--num-dataset-entries, default 100): a repeated prompt can hit the prefix "
+                   "cache [default: every prompt distinct].")
 @click.option("--arrival", type=click.Choice(["poisson", "gamma", "constant"]), default="poisson",
               show_default=True, help="Synthetic: arrival process.")
 @click.option("--cv", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
@@ -274,7 +292,7 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
 @json_option
 def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_len, output_len,
             arrival, cv, seed, slo_path, progress, engine_name, as_json, concurrency, sort_trace,
-            sampling_top_p, sampling_top_k, **opts):
+            sampling_top_p, sampling_top_k, prompt_pool, **opts):
     """Simulate serving a workload with ONE plan (DP x PP x TP replicas of the --engine: vLLM V1
     by default, see `apex-opt engines`) and report latency (TTFT / TPOT / E2E mean and percentiles), throughput and energy.
 
@@ -313,7 +331,7 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     # the simulator refuses (exit 2) what the real engine refuses to start with
     check_max_model_len(model, opts.get("max_model_len"))
     requests = _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
-                         seed, concurrency, sort_trace)
+                         seed, concurrency, sort_trace, prompt_pool)
     src, field = ((trace, "input + output tokens") if trace else
                   (workload, "prompt_len + output_len") if workload else
                   (_SRC, "--prompt-len + --output-len"))

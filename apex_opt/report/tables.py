@@ -87,6 +87,9 @@ def workload_line(w: Mapping | Any) -> str:
         parts.append(f"prompt mean {_get(pt, 'mean'):,.0f} / max {_get(pt, 'max'):,.0f} tokens")
     if ot is not None and _get(ot, "mean") is not None:
         parts.append(f"output mean {_get(ot, 'mean'):,.0f} / max {_get(ot, 'max'):,.0f} tokens")
+    reuse, total = _get(w, "prefix_reuse_tokens"), _get(w, "total_prompt_tokens")
+    if reuse and total:  # what an unbounded prefix cache could reuse
+        parts.append(f"{reuse / total * 100:.0f} % of prompt tokens are repeated prefixes")
     return f"workload: {src} ({', '.join(parts)})"
 
 
