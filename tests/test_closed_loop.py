@@ -4,6 +4,7 @@ request when its previous one finished."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,17 @@ from apex_opt.specs.plan import Plan, ReplicaGroup
 from apex_opt.specs.workload import WorkloadSpec, load_workload
 
 MODEL = "llama-3.1-8b"
+
+
+def _validate_modern():
+    """scripts/validate_modern.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "validate_modern.py"
+    spec = importlib.util.spec_from_file_location("validate_modern", path)
+    vm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vm)
+    return vm
 
 
 def _max_in_flight(arrival: np.ndarray, finish: np.ndarray) -> int:
@@ -191,13 +203,7 @@ def test_closed_loop_json_is_deterministic(tmp_path):
 def test_validate_modern_closed_loop_rows():
     """scripts/validate_modern.py replays a concurrency row as a closed loop with warm-up requests
     left out of the means, and an aiconfigurator MoE row on its moe_tp x moe_ep GPUs."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "validate_modern.py"
-    spec = importlib.util.spec_from_file_location("validate_modern", path)
-    vm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vm)
+    vm = _validate_modern()
     row = {"case_id": "x", "workload_kind": "concurrency", "concurrency": "4", "isl": "512",
            "osl": "32", "n_requests": "40", "rate_req_s": "", "trace": ""}
     req, warm = vm.row_requests(row, Path("."), warmup_factor=2)
@@ -217,13 +223,7 @@ def test_validate_modern_closed_loop_rows():
 
 
 def test_validate_modern_aic_generator_flags_only_fill_blank_vllm_closed_loop_limits():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "validate_modern.py"
-    spec = importlib.util.spec_from_file_location("validate_modern", path)
-    vm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vm)
+    vm = _validate_modern()
     row = {"dataset": "aiconfigurator_silicon", "engine": "vllm", "workload_kind": "concurrency",
            "isl": "1024", "osl": "128", "tp": "2", "pp": "1", "dp": "1", "ep": "1",
            "weight_dtype": "bf16", "kv_dtype": "", "max_num_seqs": "", "max_num_batched_tokens": "",
@@ -273,13 +273,7 @@ def test_cli_prompt_pool_repeats_prompts_into_the_prefix_cache():
 
 
 def test_validate_modern_prompt_pool_only_for_aiconfigurator_closed_loops():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "validate_modern.py"
-    spec = importlib.util.spec_from_file_location("validate_modern", path)
-    vm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vm)
+    vm = _validate_modern()
     row = {"case_id": "x", "dataset": "aiconfigurator_silicon", "workload_kind": "concurrency",
            "concurrency": "4", "isl": "1024", "osl": "32", "n_requests": "200", "rate_req_s": "",
            "trace": ""}
