@@ -27,12 +27,22 @@ all-reduce of the 1/g shard + intra-node all-gather; all-gather / reduce-scatter
 is bound by the fraction ``1 - g/n`` of the data that leaves the node over the network.
 
 vLLM custom all-reduce (``custom=True``): one kernel over peer memory (NVLink, xGMI, or two PCIe GPUs
-with P2P), for one node and
-messages strictly below ``CUSTOM_AR_MAX_BYTES`` (vLLM 0.6: ``inp_size < max_size``, so a full
-512-token bf16 batch of an 8192-wide model -- exactly 8 MiB -- goes to NCCL); one-shot (each GPU reads all peers' buffers: (n-1) S bytes)
-below 512 KiB for n <= 4 / 256 KiB for n <= 8 (and always for n = 2), two-shot (reduce-scatter +
-all-gather through peer memory: 2(n-1)/n S) above, like vLLM 0.6. Its latency is one kernel launch
-plus two barriers (one link latency each); larger messages fall back to NCCL.
+with P2P), for one node and messages strictly below ``CUSTOM_AR_MAX_BYTES`` (vLLM 0.6: ``inp_size <
+max_size``, so a full 512-token bf16 batch of an 8192-wide model -- exactly 8 MiB -- goes to NCCL);
+one-shot (each GPU reads all peers' buffers: (n-1) S bytes) below 512 KiB for n <= 4 / 256 KiB for
+n <= 8 (and always for n = 2), two-shot (reduce-scatter + all-gather through peer memory: 2(n-1)/n S)
+above, like vLLM 0.6 (csrc/custom_all_reduce.cuh: the one-shot kernel is one start / end barrier
+around one pass of peer loads; the two-shot kernel adds a barrier between its reduce-scatter and
+all-gather passes, so a second round of NVLink flag and load latency). vLLM >= 0.11 on Hopper with
+torch symmetric memory (VLLM_ALLREDUCE_USE_SYMM_MEM, default on) caps the custom kernel at 256 KiB
+for 8 GPUs (all_reduce_utils.py CUSTOM_ALL_REDUCE_MAX_SIZES["9.0"]) and hands larger messages to
+the symmetric-memory all-reduce, which the two-shot cost form below also describes (measured, see
+links.yaml). Its time inside a CUDA graph is ``floor + moved / (bandwidth x p2p_efficiency)`` with
+per-link-kind constants (links.yaml ``custom_all_reduce``: one_shot_us, two_shot_us,
+p2p_efficiency, measured on an H100 node's vLLM graph-replay timings); like every kernel time here
+it is returned with the CPU launch latency that a CUDA graph removes (``CPU_LAUNCH_S``; the
+iteration model subtracts the engine's graph_launch_saving_us per kernel), ``graph=True`` returns
+the in-graph time. A link kind without constants uses the launch floor plus two link latencies.
 """
 
 from __future__ import annotations
@@ -51,6 +61,9 @@ COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send
 CUSTOM_AR_MAX_BYTES = 8 * 2 ** 20
 #: A kernel launch (the smallest measured single kernel on H100, ``residual_add`` of one token).
 KERNEL_LAUNCH_S = 4.5e-6
+#: Of which the CPU launch latency a CUDA graph removes (engines/*.yaml graph_launch_saving_us: the
+#: operator tables time each kernel alone with CUDA events, ~2.5 us of launch on top of the GPU time)
+CPU_LAUNCH_S = 2.5e-6
 
 
 def bus_factor(coll: str, n: int) -> float:
@@ -112,6 +125,45 @@ def link_table() -> dict[str, dict[str, CollectiveParams]]:
     for kind, entry in kinds.items():
         if isinstance(entry, dict) and "same_as" in entry:
             out[kind] = out[entry["same_as"]]
+    return out
+
+
+@dataclass(frozen=True)
+class CustomARParams:
+    """vLLM custom all-reduce on one link kind: in-graph times of a tiny one-shot / two-shot kernel
+    and the fraction of the link bandwidth its peer loads reach (links.yaml ``custom_all_reduce``)."""
+
+    one_shot_s: float
+    two_shot_s: float
+    p2p_efficiency: float
+
+
+@lru_cache(maxsize=None)
+def custom_ar_table() -> dict[str, CustomARParams | None]:
+    """Per link kind, the custom all-reduce constants (None: not measured, latency formula). A
+    ``same_as`` kind inherits them unless its entry sets ``custom_all_reduce`` itself."""
+    src = "<bundled links.yaml>"
+    kinds = parse_yaml((data_dir() / "links.yaml").read_text(encoding="utf-8"), src)["kinds"]
+
+    def parse(kind: str, c) -> CustomARParams | None:
+        if c is None:
+            return None
+        try:
+            return CustomARParams(one_shot_s=float(c["one_shot_us"]) * 1e-6,
+                                  two_shot_s=float(c["two_shot_us"]) * 1e-6,
+                                  p2p_efficiency=float(c["p2p_efficiency"]))
+        except (KeyError, TypeError, ValueError):
+            raise InputError("expected one_shot_us, two_shot_us and p2p_efficiency", source=src,
+                             field=f"kinds.{kind}.custom_all_reduce") from None
+
+    out: dict[str, CustomARParams | None] = {}
+    for kind, entry in kinds.items():
+        entry = entry if isinstance(entry, dict) else {}
+        if "custom_all_reduce" in entry or "same_as" not in entry:
+            out[kind] = parse(kind, entry.get("custom_all_reduce"))
+    for kind, entry in kinds.items():
+        if kind not in out:
+            out[kind] = out.get(entry["same_as"])
     return out
 
 
@@ -225,14 +277,17 @@ class CollectiveModel:
                                             link_bandwidth_gbps(self.inter_link, nodes))
 
     # -- collectives ---------------------------------------------------------------------------
-    def all_reduce(self, nbytes: float, n: int, custom: bool = False) -> float:
+    def all_reduce(self, nbytes: float, n: int, custom: bool = False, graph: bool = False) -> float:
+        """``graph``: the vLLM custom all-reduce's time inside a CUDA graph (without the CPU launch
+        latency ``CPU_LAUNCH_S``); NCCL times are nccl-tests' back-to-back times either way."""
         self._check(nbytes, n)
         if n <= 1 or nbytes <= 0:
             return 0.0
         split = self._split(n)
         if split is None:
             if custom and nbytes < CUSTOM_AR_MAX_BYTES and self._custom_possible(n):
-                return min(self._custom_all_reduce(nbytes, n), self._flat("all_reduce", nbytes, n))
+                t = self._custom_all_reduce(nbytes, n)
+                return min(t - CPU_LAUNCH_S if graph else t, self._flat("all_reduce", nbytes, n))
             return self._flat("all_reduce", nbytes, n)
         g, nodes = split
         return (self._flat("reduce_scatter", nbytes, g) + self._inter("all_reduce", nbytes / g, nodes)
@@ -247,10 +302,16 @@ class CollectiveModel:
         return self.link.kind == "pcie" and self.link.p2p and n == 2
 
     def _custom_all_reduce(self, nbytes: float, n: int) -> float:
+        """CPU launch + in-graph time: the one-shot / two-shot floor (launch inside the graph,
+        barriers, peer-load latency) + the bytes each GPU loads from its peers over the link."""
         one_shot = n == 2 or (n <= 4 and nbytes < 512 * 1024) or (n <= 8 and nbytes < 256 * 1024)
         moved = (n - 1) * nbytes if one_shot else 2.0 * (n - 1) / n * nbytes
-        bw = self._intra_bw(n) * 1e9 * self.params["all_reduce"].efficiency
-        return KERNEL_LAUNCH_S + 2.0 * self.link.latency_us * 1e-6 + moved / bw
+        c = custom_ar_table().get(self.link.kind)
+        if c is None:  # not measured: a kernel's floor plus two barriers of one link latency each
+            floor = KERNEL_LAUNCH_S - CPU_LAUNCH_S + 2.0 * self.link.latency_us * 1e-6
+            return CPU_LAUNCH_S + floor + moved / (self._intra_bw(n) * 1e9 * self.params["all_reduce"].efficiency)
+        floor = c.one_shot_s if one_shot else c.two_shot_s
+        return CPU_LAUNCH_S + floor + moved / (self._intra_bw(n) * 1e9 * c.p2p_efficiency)
 
     def all_gather(self, nbytes_total: float, n: int) -> float:
         self._check(nbytes_total, n)
