@@ -200,7 +200,8 @@ class DeviceCostModel:
 
     def fused_moe(self, tokens: float, hidden: int, inter: int, topk: int, experts: int, tp: int = 1,
                   ep: int = 1, dtype: str = "bf16", weight_dtype: str | None = None, *,
-                  balanced: bool = False, imbalance: float = 1.0, block_fp8: bool = False) -> OpCost:
+                  balanced: bool = False, imbalance: float = 1.0, block_fp8: bool = False,
+                  backend: str = "triton") -> OpCost:
         """One MoE layer's routed experts on one GPU as the Triton ``fused_moe`` runs them (vLLM,
         SGLang): two grouped GEMM kernels (w13: hidden -> 2*inter/tp, w2: inter/tp -> hidden), each
         ONE launch that streams the weights of every local expert that received a token, plus the
@@ -210,9 +211,12 @@ class DeviceCostModel:
         ``tokens``: tokens of the layer (all of them reach every EP rank). Active experts: with
         random routing the expected number of distinct experts hit; ``balanced=True``: tokens spread
         evenly (the kernel benchmarks' "balanced" distribution). ``imbalance`` scales the busiest EP
-        rank's assignments."""
+        rank's assignments.
+
+        ``backend="deep_gemm_contiguous"`` (block-fp8 W8A8 only): vLLM's DeepGEMM path
+        (``deep_gemm_moe_fp8`` / ``DeepGemmExperts``), see :meth:`_deep_gemm_moe`."""
         key = ("moe", tokens, hidden, inter, topk, experts, tp, ep, dtype, weight_dtype, balanced,
-               imbalance, block_fp8)
+               imbalance, block_fp8, backend)
         hit = self._gemm_cache.get(key)
         if hit is not None:
             return hit
@@ -225,6 +229,13 @@ class DeviceCostModel:
 
         kf = kernel_facts()
         dt, wd = self._resolve_dtypes(dtype, weight_dtype)
+        if backend not in ("triton", "deep_gemm_contiguous"):
+            raise InputError("unknown fused-MoE backend; use triton or deep_gemm_contiguous",
+                             field="backend", value=backend)
+        if backend == "deep_gemm_contiguous" and dt == "fp8" and block_fp8 and wd is None:
+            cost = self._deep_gemm_moe(tokens, hidden, inter, topk, experts, tp, ep, balanced)
+            self._gemm_cache[key] = cost
+            return cost
         e_local = experts // ep
         inter_l = max(1, inter // tp)
         assign = tokens * topk / ep * (imbalance if ep > 1 else 1.0)
@@ -272,6 +283,53 @@ class DeviceCostModel:
         cost = OpCost(t_tot + t_aux, (cost.energy_j + e_aux) / (t_tot + t_aux))
         self._gemm_cache[key] = cost
         return cost
+
+    def _deep_gemm_moe(self, tokens: float, hidden: int, inter: int, topk: int, experts: int,
+                       tp: int, ep: int, balanced: bool) -> OpCost:
+        """vLLM's DeepGEMM MoE (``fused_moe/deep_gemm_moe.py`` ``DeepGemmExperts.apply``): the
+        tokens' top-k copies are scattered into a contiguous buffer in which every local expert's
+        rows start on a multiple of the alignment (128 on SM90/SM100), sized for the worst case
+        ``M_sum = round_up(M*topk + E_local*(align-1), align)`` because the per-expert counts are
+        not on the host (``compute_aligned_M``). The rows no expert fills keep expert id 0
+        (``deepgemm_moe_permute`` allocates ``m_indices`` with ``torch.zeros``; ``ep_scatter``
+        writes ids only over each hit expert's rounded-up segment), and DeepGEMM skips only rows
+        whose id is negative (``scheduler.cuh is_computation_valid``), so both grouped GEMMs run
+        over all ``M_sum`` rows, like a dense fp8 GEMM of ``M_sum`` rows: at decode that is
+        ~E_local*128 rows whatever the batch (flat in concurrency, proportional to the expert
+        shard ``inter/tp``). The activation (silu_and_mul) and the per-token-group fp8 quant of
+        the intermediate also cover all ``M_sum`` rows. The hit experts' weights still stream from
+        HBM (expert 0's tiles of the padding rows stay in L2): each GEMM takes the longer of the
+        dense ``M_sum``-row GEMM and that weight stream. See data/kernels.yaml fused_moe.deep_gemm."""
+        align = deep_gemm_moe_facts()["m_alignment"]
+        e_local = experts // ep
+        inter_l = max(1, inter // tp)
+        m = int(math.ceil(tokens))
+        m_sum = -(-(m * topk + e_local * (align - 1)) // align) * align
+        assign = tokens * topk / ep
+        if balanced:
+            active = min(float(e_local), max(1.0, math.ceil(assign)))
+        else:
+            active = max(1.0, e_local * (1.0 - (1.0 - topk / experts) ** tokens))
+        fit = self.cal.gemm["fp8"].fit
+        peak, bw = self.peak_flops("fp8") * self._mm_scale["fp8"], self.bw
+        t_tot = e_tot = 0.0
+        for n, k in ((2 * inter_l, hidden), (hidden, inter_l)):
+            dense = self.gemm(m_sum, n, k, "fp8")
+            wbytes = active * n * k
+            t_w = float(fit.time(0.0, wbytes, peak, bw))
+            t = max(dense.time_s, t_w)
+            t_tot += t
+            e_tot += dense.energy_j if t == dense.time_s else self._cost(t_w, 0.0, wbytes, "fp8", "gemm").energy_j
+        aux = [self.elementwise("router_topk", m, experts),
+               self.act_quant("fp8_block", m, hidden),                    # prepare: quant of x
+               self.elementwise("moe_align", int(math.ceil(assign)), 1),  # counts + ep_scatter ids
+               self.stream(float(math.ceil(assign)) * hidden * 2.0),      # ep_scatter rows (fp8 r+w)
+               self.elementwise("silu_and_mul", m_sum, inter_l),
+               self.act_quant("fp8_block", m_sum, inter_l),
+               self.elementwise("moe_sum", m, topk * hidden)]             # ep_gather + weighted sum
+        t_aux = sum(c.time_s for c in aux)
+        e_aux = sum(c.energy_j for c in aux)
+        return OpCost(t_tot + t_aux, (e_tot + e_aux) / (t_tot + t_aux))
 
     def act_quant(self, scheme: str, tokens: int, hidden: int) -> OpCost:
         """Dynamic fp8 activation quantization before a W8A8 GEMM (``scheme``: fp8_tensor = two
@@ -394,3 +452,48 @@ def device_model(device: DeviceSpec) -> DeviceCostModel:
         model = _MODELS[key] = DeviceCostModel(device)
     return model
 
+
+
+@lru_cache(maxsize=None)
+def deep_gemm_moe_facts() -> dict:
+    """``fused_moe.deep_gemm`` of data/kernels.yaml: the contiguous layout's row alignment and, per
+    engine, the releases / GPUs / MoE TP sizes on which block-fp8 MoE runs DeepGEMM at every batch
+    size (see the comments there)."""
+    from .kernels import _raw
+
+    raw = _raw()["common"]["fused_moe"].get("deep_gemm")
+    try:
+        align = int(raw["m_alignment"])
+        engines = {str(k): tuple(dict(r) for r in v) for k, v in raw.get("engines", {}).items()}
+        for rules in engines.values():
+            for r in rules:
+                str(r["versions"]), str(r["backend"]), int(r["max_moe_tp"])
+                tuple(str(c) for c in r["compute_capability"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"malformed fused_moe.deep_gemm ({exc})", source="<bundled kernels.yaml>",
+                         field="common.fused_moe.deep_gemm") from None
+    return {"m_alignment": align, "engines": engines}
+
+
+@lru_cache(maxsize=None)
+def fp8_block_moe_backend(engine: str, version: str | None, compute_capability: str | None,
+                          tp: int, ep: int = 1) -> str:
+    """Kernel path of a block-fp8 (W8A8, 128x128 scales) MoE layer: ``deep_gemm_contiguous`` where
+    data/kernels.yaml fused_moe.deep_gemm lists the engine release, GPU and MoE TP size (vLLM's
+    FusedMoEParallelConfig: the MoE's TP size is 1 under expert parallelism), else ``triton``."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    rules = deep_gemm_moe_facts()["engines"].get(engine.split("@", 1)[0], ())
+    if not rules or version is None or compute_capability is None:
+        return "triton"
+    try:
+        v = Version(version)
+    except InvalidVersion:
+        return "triton"
+    moe_tp = 1 if ep > 1 else tp
+    for r in rules:
+        if (v in SpecifierSet(r["versions"]) and str(compute_capability) in r["compute_capability"]
+                and moe_tp <= int(r["max_moe_tp"])):
+            return str(r["backend"])
+    return "triton"

@@ -38,7 +38,7 @@ from ..specs.plan import ReplicaConfig
 from .collectives import collective_model_for
 from .kernels import eager_host, engine_kernels, kernel_facts
 from .power import IterationWork, check_gpu_settings, dvfs_model, memory_activity_per_utilisation
-from . import DeviceCostModel
+from . import DeviceCostModel, fp8_block_moe_backend
 
 
 @lru_cache(maxsize=None)
@@ -429,12 +429,17 @@ class IterationCostModel:
         c = self.dev.gemm(tokens, moe.num_experts, self.hidden, "bf16", None)
         part.add("moe_router", c.time_s, c.power_w, bd, n_moe)
         # routed experts: Triton fused_moe (two grouped GEMMs streaming every hit expert's weights,
-        # tokens padded per expert to BLOCK_SIZE_M, + top-k/align/silu/sum and fp8 quant kernels)
+        # tokens padded per expert to BLOCK_SIZE_M, + top-k/align/silu/sum and fp8 quant kernels),
+        # or for block fp8 where the engine release runs it, DeepGEMM's padded contiguous layout
+        # (data/kernels.yaml fused_moe.deep_gemm)
         etp = self.tp // self.ep
+        backend = (fp8_block_moe_backend(self.engine.name, self.engine.version or self.engine.reference_version,
+                                         self.device.compute_capability, self.tp, self.ep)
+                   if self.block_fp8 and self.compute_dtype == "fp8" else "triton")
         c = self.dev.fused_moe(tokens, self.hidden, moe.expert_intermediate_size, moe.experts_per_token,
                                moe.num_experts, etp, self.ep, self.compute_dtype, self.weight_dtype,
                                imbalance=self.moe_imbalance if self.ep > 1 else 1.0,
-                               block_fp8=self.block_fp8)
+                               block_fp8=self.block_fp8, backend=backend)
         assignments = tokens * moe.experts_per_token / self.ep
         active = self.local_experts * (1.0 - (1.0 - moe.experts_per_token / moe.num_experts) ** tokens)
         wbytes = sum(n * k for _, n, k in self.expert_ops) * DTYPE_BYTES.get(self.stored_dtype, 2)
