@@ -234,6 +234,24 @@ def row_requests(row: dict, base: Path, warmup_factor: float = 0.0, prompt_pool:
     raise ValueError(f"unknown workload_kind {kind!r}")
 
 
+#: Quantised checkpoints of the rows (``model_hf``) that the README replays as "the bf16
+#: architecture plus weight_dtype": the scaling layout their own config.json declares, which picks
+#: the engine's kernel path (ModelSpec.quant_scheme). Qwen/Qwen3-235B-A22B-FP8's quantization_config
+#: is {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [128, 128]} (its
+#: model card: "fine-grained fp8 quantization with a block size of 128"); a bf16 checkpoint given
+#: weight_dtype fp8 is vLLM's online --quantization fp8 (per-tensor scales), the default.
+CHECKPOINT_QUANT = {"Qwen/Qwen3-235B-A22B-FP8": ("fp8", "fp8_block")}
+
+
+def row_model(row: dict, base: Path):
+    """The row's model, with its checkpoint's quantisation layout where CHECKPOINT_QUANT knows it."""
+    model = _model(row["model"], base)
+    q = CHECKPOINT_QUANT.get((row.get("model_hf") or "").strip())
+    if q and (row.get("weight_dtype") or "").strip() == q[0] and not model.quant_scheme:
+        model = model.model_copy(update={"checkpoint_dtype": q[0], "quant_scheme": q[1]})
+    return model
+
+
 def _model(ref: str, base: Path):
     from apex_opt.specs.model import load_model
 
@@ -272,7 +290,7 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
             out["meas"][k] = v
     try:
         engine, note = resolve_engine(row["engine"].strip(), row["engine_version"])
-        model = _model(row["model"], base)
+        model = row_model(row, base)
         cluster = load_cluster(row["cluster"].strip())
         plan, pnote = row_plan(row, model, engine, engine_flags)
         req, warm = row_requests(row, base, warmup_factor, prompt_pool)

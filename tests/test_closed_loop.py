@@ -285,3 +285,15 @@ def test_validate_modern_prompt_pool_only_for_aiconfigurator_closed_loops():
     assert vm.row_requests(row, Path("."), 2)[0].prefix_blocks is None
     other = {**row, "dataset": "inference_sim_training"}
     assert vm.row_requests(other, Path("."), 2, 100)[0].prefix_blocks is None
+
+
+def test_validate_modern_replays_a_block_fp8_checkpoint_as_block_fp8():
+    """A row whose checkpoint (model_hf) is a block-fp8 release replays with that layout (the
+    kernel path follows it); the same architecture quantised online stays per-tensor."""
+    vm = _validate_modern()
+    row = {"model": "qwen3-235b-a22b", "model_hf": "Qwen/Qwen3-235B-A22B-FP8", "weight_dtype": "fp8"}
+    m = vm.row_model(row, Path("."))
+    assert (m.checkpoint_dtype, m.quant_scheme) == ("fp8", "fp8_block")
+    online = vm.row_model({**row, "model_hf": "Qwen/Qwen3-235B-A22B"}, Path("."))
+    assert online.quant_scheme == ""
+    assert vm.row_model({**row, "weight_dtype": "bf16"}, Path(".")).quant_scheme == ""
