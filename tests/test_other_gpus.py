@@ -1,0 +1,66 @@
+"""Facts the simulator relies on for the bundled non-Hopper GPUs (A100, L40S, H100 PCIe, B200,
+MI300X): device memory as PyTorch reports it (the base of vLLM's gpu_memory_utilization), the
+engine defaults vLLM V1 / SGLang pick from that memory and the GPU's name, and the A100's fp8 path
+(no fp8 tensor cores: weight-only fp8, bf16 compute)."""
+
+from __future__ import annotations
+
+import pytest
+
+from apex_opt.costmodel import DeviceCostModel
+from apex_opt.registry import load_cluster, load_device
+from apex_opt.specs.engine import load_engine
+from apex_opt.specs.model import load_model
+from apex_opt.specs.plan import ReplicaConfig
+
+# torch.cuda.get_device_properties().total_memory as published in CUDA out-of-memory messages
+# ("GPU 0 has a total capacity of X GiB"); sources in each device file.
+MEASURED_TOTAL_GIB = {"b200": 178.35, "a100-sxm-80gb": 79.15, "l40s": 44.52}
+
+
+@pytest.mark.parametrize("name,gib", sorted(MEASURED_TOTAL_GIB.items()))
+def test_device_memory_is_the_measured_pytorch_total(name, gib):
+    assert load_device(name).memory_gib == pytest.approx(gib, abs=0.005)
+
+
+@pytest.mark.parametrize("cluster,tokens,seqs", [
+    # vllm/engine/arg_utils.py get_batch_defaults: OpenAI server on a GPU with >= 70 GiB whose name
+    # does not contain "a100": 8192 tokens / 1024 seqs, else 2048 / 256
+    ("l40s-1x8", 2048, 256),      # 44.5 GiB
+    ("a100-80g-1x8", 2048, 256),  # excluded by name (vLLM PR #17885)
+    ("mi300x-1x8", 8192, 1024),
+    ("b200-1x8", 8192, 1024),
+])
+def test_vllm_v1_batch_defaults_by_gpu(cluster, tokens, seqs):
+    dev = load_cluster(cluster).pools[0].device
+    r = ReplicaConfig(tp=1).resolved(load_engine("vllm"), load_model("llama-3.1-8b"), dev)
+    assert (r.max_num_batched_tokens, r.max_num_seqs) == (tokens, seqs)
+
+
+def test_vllm_v1_batch_defaults_h100_pcie():
+    dev = load_device("h100-pcie-80gb")  # no bundled cluster: 79 GiB, not an A100
+    r = ReplicaConfig(tp=1).resolved(load_engine("vllm"), load_model("llama-3.1-8b"), dev)
+    assert (r.max_num_batched_tokens, r.max_num_seqs) == (8192, 1024)
+
+
+@pytest.mark.parametrize("cluster,chunk", [("l40s-1x8", 4096), ("a100-80g-1x8", 8192),
+                                           ("mi300x-1x8", 16384), ("b200-1x8", 16384)])
+def test_sglang_chunked_prefill_by_gpu_memory(cluster, chunk):
+    # sglang server_args: chunked_prefill_size by GPU memory (35-60 GiB 4096, 60-160 GiB 8192,
+    # above 16384)
+    dev = load_cluster(cluster).pools[0].device
+    r = ReplicaConfig(tp=1).resolved(load_engine("sglang"), load_model("llama-3.1-8b"), dev)
+    assert r.max_num_batched_tokens == chunk
+
+
+def test_a100_fp8_is_weight_only_with_bf16_compute():
+    a100 = DeviceCostModel(load_device("a100-sxm-80gb"))
+    assert "fp8" not in a100.device.peak_tflops
+    for m in (1, 64, 4096):
+        fp8 = a100.gemm(m, 8192, 8192, "fp8").time_s
+        w8a16 = a100.gemm(m, 8192, 8192, "bf16", weight_dtype="fp8").time_s
+        assert fp8 == pytest.approx(w8a16)
+    # decode (memory-bound): half the weight bytes -> faster than bf16; prefill (compute-bound):
+    # bf16 tensor cores plus dequantisation -> not faster than bf16
+    assert a100.gemm(1, 8192, 8192, "fp8").time_s < 0.75 * a100.gemm(1, 8192, 8192, "bf16").time_s
+    assert a100.gemm(8192, 8192, 8192, "fp8").time_s >= a100.gemm(8192, 8192, 8192, "bf16").time_s
