@@ -225,7 +225,9 @@ def modern_kernels() -> dict[str, np.ndarray] | None:
                 # NVLink-SHARP territory, while bytes would give an implausible ~235 GB/s
                 nbytes = float(r["message_size"]) * 2.0
                 if op == "all_reduce":
-                    t = cm.all_reduce(nbytes, n, custom=kind == "custom_allreduce")
+                    # vllm_graph rows time all-reduces replayed inside a CUDA graph (no CPU launch)
+                    t = cm.all_reduce(nbytes, n, custom=kind == "custom_allreduce",
+                                      graph=r.get("backend") == "vllm_graph")
                 else:
                     t = getattr(cm, op)(nbytes, n)
                 put(kind, t, r["latency"])

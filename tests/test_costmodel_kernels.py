@@ -97,9 +97,10 @@ def test_fused_moe_small_batch_reads_each_active_experts_weights(h200):
     # all 8 experts hit from 4 tokens on: time saturates until compute takes over
     t4, t64 = (h200.fused_moe(t, 4096, 14336, 2, 8, balanced=True).time_s for t in (4, 64))
     assert t64 == pytest.approx(t4, rel=0.1)
-    # random routing over 256 experts: expected distinct experts grow sub-linearly
+    # random routing over 256 experts: expected distinct experts grow sub-linearly (8 -> ~101
+    # experts' weights, x12.6), on top of the aux kernels' fixed latency floors
     r1, r16 = (h200.fused_moe(t, 7168, 2048, 8, 256, tp=8, dtype="fp8", block_fp8=True).time_s for t in (1, 16))
-    assert 4 < r16 / r1 < 16
+    assert 3 < r16 / r1 < 12.6
 
 
 def test_mla_decode_scales_with_latent_kv(h200):

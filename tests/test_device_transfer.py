@@ -176,3 +176,24 @@ def test_unknown_link_kind_is_an_input_error():
 
     with pytest.raises(InputError):
         params_for("carrier-pigeon")
+
+
+def test_small_streaming_kernel_floor_is_latency_not_bandwidth():
+    """A GPU without its own profile prices a streaming kernel's bytes at its own bandwidth but
+    keeps the profiled GPU's latency floor as time: a one-token RMSNorm takes the same few
+    microseconds on an H200 as the fit gives on an H100 (same die, launch and DRAM latency),
+    while a large copy scales with the bandwidth ratio."""
+
+    h100 = DeviceCostModel(load_device("h100-sxm-80gb"), use_profile=False)
+    h200 = DeviceCostModel(load_device("h200-sxm-141gb"))
+    a100 = DeviceCostModel(load_device("a100-sxm-80gb"))
+    small = 3 * 2 * 8192.0  # one token of a fused add + RMSNorm at hidden 8192
+    assert h200.stream(small).time_s == pytest.approx(h100.stream(small).time_s, rel=0.02)
+    assert a100.stream(small).time_s == pytest.approx(h100.stream(small).time_s, rel=0.05)
+    big = 4e9
+    ratio = h100.stream(big).time_s / h200.stream(big).time_s
+    assert ratio == pytest.approx(4.8 / 3.35, rel=0.02)
+    # monotone in bytes on every device
+    for m in (h100, h200, a100):
+        ts = [m.stream(b).time_s for b in (1e3, 1e5, 1e7, 1e9)]
+        assert ts == sorted(ts)

@@ -112,6 +112,11 @@ class DeviceCostModel:
         ref = self.cal.profile.name
         self._mm_scale = {dt: 1.0 if self.has_profile else matmul_scale(device, dt, ref) for dt in ("bf16", "fp8")}
         self._attn_scale = 1.0 if self.has_profile else _attn.attention_kernel_scale(device, ref)
+        # HBM bandwidth of the profiled GPU: a streaming kernel's fitted time there splits into the
+        # bytes at the fitted bandwidth and a latency part (launch, DRAM latency, ramp-up), which
+        # another GPU of the same generation keeps as TIME rather than scaling with its bandwidth
+        # (see _stream_time)
+        self._ref_bw = float(self.cal.profile.datasheet.hbm_bytes_per_s)
 
     # -- power -----------------------------------------------------------------------------------
     def peak_flops(self, dtype: str) -> float:
@@ -343,7 +348,7 @@ class DeviceCostModel:
         if tokens <= 0:
             return OpCost(0.0, self.idle_power_w)
         nbytes = q.bytes_per_elt * float(tokens) * hidden
-        t = q.kernels * float(self.cal.stream.time(nbytes / q.kernels, self.bw))
+        t = q.kernels * self._stream_time(nbytes / q.kernels)
         return self._cost(t, 0.0, nbytes, "bf16", "gemm")
 
     # -- attention -------------------------------------------------------------------------------
@@ -421,7 +426,7 @@ class DeviceCostModel:
             cost = OpCost(0.0, self.idle_power_w)
         else:
             curve = self.cal.table_ops.get(op) if self.has_profile else None
-            t = curve(float(tokens) * hidden) if curve is not None else float(self.cal.stream.time(nbytes, self.bw))
+            t = curve(float(tokens) * hidden) if curve is not None else self._stream_time(nbytes)
             cost = self._cost(t, 0.0, nbytes, "bf16", "gemm")
         self._ew_cache[key] = cost
         return cost
@@ -437,8 +442,20 @@ class DeviceCostModel:
         fitted streaming bandwidth."""
         if nbytes == 0:
             return OpCost(0.0, self.idle_power_w)
-        t = float(self.cal.stream.time(nbytes, self.bw))
-        return self._cost(t, 0.0, nbytes, "bf16", "gemm")
+        return self._cost(self._stream_time(nbytes), 0.0, nbytes, "bf16", "gemm")
+
+    def _stream_time(self, nbytes: float) -> float:
+        """Seconds of one streaming kernel moving ``nbytes``: the profiled GPU's fitted time with
+        the pure-transfer part ``nbytes / (bandwidth x eff)`` re-priced at this GPU's bandwidth. The
+        rest of the fit (a small kernel's floor: launch, DRAM latency, too few bytes in flight to
+        fill the pipes) is latency, kept as time: the fit's size-dependent term would otherwise
+        shrink by the bandwidth ratio (an H200 small kernel 30 % shorter than the same kernel on
+        an H100, where measured tiny kernels take the same few microseconds on both)."""
+        f = self.cal.stream
+        t = float(f.time(nbytes, self._ref_bw))
+        if self.bw != self._ref_bw:
+            t += nbytes / f.eff * (1.0 / self.bw - 1.0 / self._ref_bw)
+        return t
 
 
 _MODELS: dict[str, DeviceCostModel] = {}
