@@ -37,9 +37,13 @@ def test_vllm_v1_batch_defaults_by_gpu(cluster, tokens, seqs):
     assert (r.max_num_batched_tokens, r.max_num_seqs) == (tokens, seqs)
 
 
-def test_vllm_v1_batch_defaults_h100_pcie():
-    dev = load_device("h100-pcie-80gb")  # no bundled cluster: 79 GiB, not an A100
-    r = ReplicaConfig(tp=1).resolved(load_engine("vllm"), load_model("llama-3.1-8b"), dev)
+def test_h100_pcie_cluster():
+    pool = load_cluster("h100-pcie-1x8").pools[0]
+    assert pool.device.name == "h100-pcie-80gb" and pool.gpus_per_node == 8
+    # PCIe Gen5 x16: 63 GB/s raw per direction, less packet overhead; no NVSwitch
+    assert pool.intra_node.kind == "pcie" and 40 <= pool.intra_node.bandwidth_gbps < 63
+    # 79 GiB and not an A100: vLLM V1's large batch tier
+    r = ReplicaConfig(tp=1).resolved(load_engine("vllm"), load_model("llama-3.1-8b"), pool.device)
     assert (r.max_num_batched_tokens, r.max_num_seqs) == (8192, 1024)
 
 
