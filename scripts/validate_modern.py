@@ -136,6 +136,25 @@ def aic_generator_limits(row: dict) -> dict:
     return {k: v for k, v in out.items() if not (row.get(k) or "").strip()}
 
 
+#: aiconfigurator's quantisation inference (aic-core sdk/models/helpers.py
+#: _infer_quant_modes_from_raw_config): a checkpoint quantised with fp8 / fp8_block / nvfp4 gets
+#: kvcache_quant_mode fp8 (and fp8 FMHA), which its generator writes as --kv-cache-dtype fp8
+#: (generator/config/backend_config_mapping.yaml kv_cache_dtype). The rows' checkpoints that are
+#: quantised releases (model_hf):
+AIC_QUANTISED_CHECKPOINTS = ("Qwen/Qwen3-235B-A22B-FP8", "nvidia/Llama-3.1-8B-Instruct-FP8",
+                             "deepseek-ai/DeepSeek-V3")
+
+
+def aic_generator_kv_dtype(row: dict) -> dict:
+    """{'kv_dtype': 'fp8'} for an aiconfigurator row of a quantised checkpoint whose KV dtype the
+    source left blank (what its generator would launch with), else {}."""
+    if not (row.get("dataset", "").startswith("aiconfigurator")
+            and (row.get("model_hf") or "").strip() in AIC_QUANTISED_CHECKPOINTS
+            and not (row.get("kv_dtype") or "").strip()):
+        return {}
+    return {"kv_dtype": "fp8"}
+
+
 def row_plan(row: dict, model, engine, engine_flags: str = "defaults") -> tuple:
     """(Plan, note) with the row's shape, dtypes and the limits it records (blank limits: the
     engine's defaults, or with ``engine_flags="aic-generator"`` those of aiconfigurator's
@@ -184,7 +203,7 @@ def row_plan(row: dict, model, engine, engine_flags: str = "defaults") -> tuple:
         if v is not None:
             g[k] = v
     if engine_flags == "aic-generator":
-        aic = aic_generator_limits(row)
+        aic = {**aic_generator_limits(row), **aic_generator_kv_dtype(row)}
         if aic:
             g.update(aic)
             note += "aic-generator flags; "
@@ -541,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="blank engine limits of a row: the engine version's defaults (the data "
                          "README's rule), or for aiconfigurator's vLLM closed loops the limits its "
                          "generator writes (max_num_seqs 512, max_num_batched_tokens 512 + isl + "
-                         "1500, max_model_len isl + osl + 1500): a hypothesis, not recorded")
+                         "1500, max_model_len isl + osl + 1500; fp8 KV cache for a quantised "
+                         "checkpoint): a hypothesis, not recorded")
     ap.add_argument("--prompt-pool", type=int, default=0, metavar="N",
                     help="aiconfigurator's closed loops: draw each prompt at random from N "
                          "distinct prompts, as aiperf's synthetic dataset does "

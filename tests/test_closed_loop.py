@@ -297,3 +297,13 @@ def test_validate_modern_replays_a_block_fp8_checkpoint_as_block_fp8():
     online = vm.row_model({**row, "model_hf": "Qwen/Qwen3-235B-A22B"}, Path("."))
     assert online.quant_scheme == ""
     assert vm.row_model({**row, "weight_dtype": "bf16"}, Path(".")).quant_scheme == ""
+
+
+def test_validate_modern_aic_generator_fp8_kv_for_quantised_checkpoints():
+    vm = _validate_modern()
+    row = {"dataset": "aiconfigurator_silicon", "engine": "sglang", "workload_kind": "concurrency",
+           "model_hf": "deepseek-ai/DeepSeek-V3", "kv_dtype": "", "isl": "1024", "osl": "128"}
+    assert vm.aic_generator_kv_dtype(row) == {"kv_dtype": "fp8"}
+    assert vm.aic_generator_kv_dtype({**row, "model_hf": "Qwen/Qwen3-32B"}) == {}
+    assert vm.aic_generator_kv_dtype({**row, "kv_dtype": "bf16"}) == {}       # recorded wins
+    assert vm.aic_generator_kv_dtype({**row, "dataset": "inference_sim_training"}) == {}
