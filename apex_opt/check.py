@@ -67,6 +67,10 @@ def _reports(model: ModelSpec, cluster: ClusterSpec, opts: CheckOptions) -> list
     engine = load_engine(opts.engine)
     out = []
     for pool in cluster.pools:
+        if opts.weight_dtype == "fp4":
+            from .costmodel import fp4_path
+            if fp4_path(pool.device) is None:  # no engine runs NVFP4 on this GPU
+                continue
         for shape in enumerate_shapes(model, pool):
             out.append(replica_memory(model, pool.device, _cfg(shape, opts), engine))
     return out
@@ -100,7 +104,9 @@ def _suggestions(model: ModelSpec, cluster: ClusterSpec, opts: CheckOptions) -> 
         return False
 
     order = ["bf16", "fp8", "int4"]
-    for wd in order[order.index(opts.weight_dtype) + 1:]:
+    # fp4 (NVFP4, 0.5625 B/param) is not suggested; from fp4 the next smaller is int4
+    start = order.index(opts.weight_dtype) + 1 if opts.weight_dtype in order else order.index("int4")
+    for wd in order[start:]:
         if tried(f"--weight-dtype {wd}", f"store weights in {wd}",
                  opts.model_copy(update={"weight_dtype": wd})):
             break
@@ -138,6 +144,13 @@ def check(model: ModelSpec, cluster: ClusterSpec, opts: CheckOptions | None = No
     # an unset weight dtype is the checkpoint's (one rule: ReplicaConfig), echoed in the result
     opts = opts.model_copy(update={"weight_dtype": ReplicaConfig(
         weight_dtype=opts.weight_dtype).resolved_weight_dtype(model)})
+    if opts.weight_dtype == "fp4":  # NVFP4: refused where no engine runs it (e.g. MI300X)
+        from .costmodel import fp4_path, fp4_unsupported_message
+        from .errors import InputError
+
+        bad = [p.device for p in cluster.pools if fp4_path(p.device) is None]
+        if len(bad) == len(cluster.pools):
+            raise InputError(fp4_unsupported_message(bad[0]), field="weight_dtype", value="fp4")
     reports = _reports(model, cluster, opts)
     feasible = [r for r in reports if r.fits]
     feasible.sort(key=lambda r: (r.pool or "", r.gpus, r.tp, r.pp, r.ep))

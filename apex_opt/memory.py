@@ -18,7 +18,8 @@ replicated when TP > KV heads, so each rank keeps one); vocab-parallel embedding
 and LM head on the last stage, split over TP (a tied LM head on a different stage is a second copy);
 routed experts spread over EP groups and each expert split over TP/EP, so every GPU holds 1/TP of all
 expert weights; router and norms replicated. Linear weights are stored in ``weight_dtype`` (int4
-adds a bf16 scale per 128-element group); embeddings, LM head, norms and routers stay bf16.
+adds a bf16 scale per 128-element group, fp4 = NVFP4 an FP8-E4M3 scale per 16 elements);
+embeddings, LM head, norms and routers stay bf16.
 """
 
 from __future__ import annotations
@@ -38,11 +39,18 @@ from .specs.plan import ReplicaConfig
 GIB = 1024 ** 3
 #: int4 weights carry one bf16 scale per group of 128 elements.
 INT4_GROUP = 128
+#: NVFP4 (fp4): E2M1 values packed two per byte with one FP8-E4M3 block scale per 16 elements
+#: (vLLM ModelOptNvFp4LinearMethod.create_weights: weight uint8 [n, k/2], weight_scale
+#: float8_e4m3fn [n, k/16]; + two fp32 per-tensor scales per layer, weight_scale_2 and
+#: input_scale, negligible) -> 0.5 + 1/16 = 0.5625 B per element.
+FP4_GROUP = 16
 
 
 def linear_weight_bytes_per_elem(weight_dtype: str) -> float:
     if weight_dtype == "int4":
         return DTYPE_BYTES["int4"] + DTYPE_BYTES["bf16"] / INT4_GROUP
+    if weight_dtype == "fp4":
+        return DTYPE_BYTES["fp4"] + DTYPE_BYTES["fp8"] / FP4_GROUP
     return DTYPE_BYTES[weight_dtype]
 
 

@@ -15,9 +15,10 @@ cluster_option = click.option(
     help="Bundled cluster name (see `apex-opt clusters`) or path to a cluster YAML.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
 weight_dtype_option = click.option(
-    "--weight-dtype", type=click.Choice(["bf16", "fp8", "int4"]), default=None,
+    "--weight-dtype", type=click.Choice(["bf16", "fp8", "int4", "fp4"]), default=None,
     help="Weight storage dtype [default: the checkpoint's own, from its config.json "
-         "quantization_config: fp8 for fp8 checkpoints such as deepseek-v3, else bf16].")
+         "quantization_config: fp8 for fp8 checkpoints such as deepseek-v3, else bf16]. "
+         "int4 (AWQ/GPTQ) and fp4 (NVFP4) need a pre-quantised checkpoint.")
 
 sort_trace_option = click.option(
     "--sort-trace", is_flag=True, default=False,

@@ -24,11 +24,12 @@ from . import elementwise as _ew
 from .gemm import COMPUTE_DTYPES, GemmTable, GroupedCorrection, build_gemm_table, fit_grouped, table_dtype
 from .power import PowerFit, SustainedDerate, fit_derate, fit_power, parse_cases, power_w
 from .profile import REFERENCE_PROFILE, Profile, load_profile
-from .roofline import WEIGHT_BYTES, gemm_flops_bytes, matmul_scale
+from .roofline import ACT_BYTES, WEIGHT_BYTES, gemm_flops_bytes, matmul_scale, reference_facts
 
 # collectives live in .collectives (it imports device_model from here; no import back: one
 # direction between the package and its submodule)
-__all__ = ["OpCost", "DeviceCostModel", "device_model", "Calibration", "calibration"]
+__all__ = ["OpCost", "DeviceCostModel", "device_model", "Calibration", "calibration", "fp4_path",
+           "fp4_unsupported_message"]
 
 
 class OpCost(NamedTuple):
@@ -84,7 +85,34 @@ def calibration(profile_name: str = REFERENCE_PROFILE) -> Calibration:
                        stream=stream, table_ops=_ew.table_curves(prof), power=power, derate=derate)
 
 
-_WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
+_WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4", "fp4")
+
+
+def fp4_path(device: DeviceSpec) -> str | None:
+    """How NVFP4 (fp4) weights run on ``device`` (data/kernels.yaml common.fp4, with sources):
+    ``"w4a4"`` where its peak_tflops lists fp4 (FP4 tensor cores: per-16 activation quant + FP4
+    GEMM), ``"weight_only"`` on NVIDIA GPUs of compute capability >= 8.0 without them (FP4 Marlin,
+    bf16 compute), None where no engine serves NVFP4 (e.g. AMD MI300X)."""
+    if "fp4" in device.peak_tflops:
+        return "w4a4"
+    from .kernels import _raw
+
+    facts = _raw()["common"].get("fp4", {})
+    if device.vendor not in facts.get("weight_only_vendors", ()):
+        return None
+    cc = device.compute_capability
+    if cc is None:
+        return "weight_only"
+    def key(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in str(v).split("."))
+    return "weight_only" if key(cc) >= key(facts.get("weight_only_min_cc", "8.0")) else None
+
+
+def fp4_unsupported_message(device: DeviceSpec) -> str:
+    """One line saying why fp4 weights cannot run on ``device``."""
+    return (f"fp4 (NVFP4) weights cannot run on {device.name}: it has no FP4 tensor cores and no "
+            f"engine's weight-only FP4 (Marlin) kernel runs on it (vLLM's NVFP4 emulation on ROCm "
+            f"dequantizes every weight per forward and is not modelled); choose another --weight-dtype")
 
 
 class DeviceCostModel:
@@ -111,6 +139,15 @@ class DeviceCostModel:
         # attention-kernel efficiencies relative to the profiled device (data/device_transfer.yaml)
         ref = self.cal.profile.name
         self._mm_scale = {dt: 1.0 if self.has_profile else matmul_scale(device, dt, ref) for dt in ("bf16", "fp8")}
+        # NVFP4 W4A4 runs on the fp8 GEMM fit (fitted on the reference's fp8 table): its scale is
+        # the device's achievable fp4 matmul fraction over the reference's fp8 one; no device file
+        # publishes an fp4 fraction (B200: ml-engineering's MAMF table has bf16/fp8 only), so the
+        # device's fp8 fraction stands in for it
+        self._mm_scale["fp4"] = self._mm_scale["fp8"]
+        fp4_eff = (device.matmul_efficiency or {}).get("fp4")
+        ref_fp8 = reference_facts(ref).get("matmul_efficiency", {}).get("fp8")
+        if fp4_eff is not None and ref_fp8 is not None and not self.has_profile:
+            self._mm_scale["fp4"] = float(fp4_eff) / float(ref_fp8)
         self._attn_scale = 1.0 if self.has_profile else _attn.attention_kernel_scale(device, ref)
         # HBM bandwidth of the profiled GPU: a streaming kernel's fitted time there splits into the
         # bytes at the fitted bandwidth and a latency part (launch, DRAM latency, ramp-up), which
@@ -136,6 +173,17 @@ class DeviceCostModel:
 
     # -- GEMM ------------------------------------------------------------------------------------
     def _resolve_dtypes(self, dtype: str, weight_dtype: str | None) -> tuple[str, str | None]:
+        if dtype == "fp4" or weight_dtype == "fp4":
+            if weight_dtype not in (None, "fp4") or dtype not in ("fp4", "bf16", "fp16"):
+                raise InputError("fp4 (NVFP4) GEMMs take fp4 weights with fp4 or bf16 compute",
+                                 field="weight_dtype", value=(dtype, weight_dtype))
+            path = fp4_path(self.device)
+            if path is None:
+                raise InputError(fp4_unsupported_message(self.device), field="weight_dtype",
+                                 value="fp4")
+            if dtype == "fp4" and path == "w4a4":
+                return "fp4", None       # W4A4: fp4 activations and weights, fp4 tensor cores
+            return "bf16", "fp4"         # weight-only (FP4 Marlin): bf16 compute
         if dtype not in COMPUTE_DTYPES:
             raise InputError(f"unsupported GEMM compute dtype; use one of {', '.join(COMPUTE_DTYPES)}",
                              field="dtype", value=dtype)
@@ -151,7 +199,21 @@ class DeviceCostModel:
         wd = None if weight_dtype in (None, dtype) or WEIGHT_BYTES[weight_dtype] == WEIGHT_BYTES[dtype] else weight_dtype
         return table_dtype(dtype), wd
 
+    def _table(self, dtype: str) -> GemmTable:
+        """The fitted GEMM table of a resolved compute dtype (fp4 W4A4: the fp8 fit, evaluated at
+        the fp4 peak -- no fp4 GEMM is profiled)."""
+        return self.cal.gemm["fp8" if dtype == "fp4" else dtype]
+
     def _gemm_time(self, m: float, n: int, k: int, dtype: str, wd: str | None) -> tuple[float, float]:
+        if dtype == "fp4":
+            # NVFP4 W4A4 (cutlass_scaled_fp4_mm / FlashInfer FP4 GEMM): the fp8 GEMM roofline fit
+            # (launch, efficiencies, knee) at the device's fp4 peak, with fp4 activation and weight
+            # bytes incl. their block scales
+            fit = self._table("fp4").fit
+            flops, nbytes = gemm_flops_bytes(m, n, k, "fp4")
+            peak = self.peak_flops("fp4") * self._mm_scale["fp4"]
+            return (float(fit.time(flops, nbytes, peak, self.bw)),
+                    float(fit.compute_share(flops, nbytes, peak, self.bw)))
         table = self.cal.gemm[dtype]
         if self.has_profile:
             return table.time(m, n, k, wd)
@@ -195,7 +257,7 @@ class DeviceCostModel:
             cost = OpCost(0.0, self.idle_power_w)
         else:
             t1, share = self._gemm_time(tokens, n, k, dt, wd)
-            launch = self.cal.gemm[dt].fit.launch_s
+            launch = self._table(dt).fit.launch_s
             t = self.cal.grouped(tokens) * (experts * max(t1 - launch, 0.0) + launch)
             t = self._derate(t, share)
             flops, nbytes = gemm_flops_bytes(tokens, n, k, dt, wd)
@@ -254,10 +316,10 @@ class DeviceCostModel:
         else:
             bm = kf.moe_block_m_small if tokens <= experts else kf.moe_block_m_large
         padded = active * math.ceil(per_expert / bm) * bm
-        fit = self.cal.gemm[dt].fit
+        fit = self._table(dt).fit
         peak, bw = self.peak_flops(dt) * self._mm_scale[dt], self.bw
         wb = WEIGHT_BYTES[wd or dt]
-        ab = 1.0 if dt == "fp8" else 2.0
+        ab = 1.0 if dt == "fp8" else (ACT_BYTES["fp4"] if dt == "fp4" else 2.0)
         marlin = wd is not None and dt == "bf16"
         # expert weights streamed at the copy bandwidth (bf16) or the dense-GEMM fit's (fp8, Marlin):
         # data/kernels.yaml fused_moe.weight_stream; the fit sees the bytes it would need to match
@@ -278,8 +340,10 @@ class DeviceCostModel:
                self.elementwise("moe_align", int(math.ceil(assign)), 1),
                self.elementwise("silu_and_mul", int(math.ceil(assign)), inter_l),
                self.elementwise("moe_sum", int(math.ceil(tokens)), topk * hidden)]
-        if dt == "fp8":
-            scheme = "fp8_block" if block_fp8 else "fp8_channel"
+        if dt in ("fp8", "fp4"):
+            # fp4: the FP4 MoE quantizes its inputs per 16 elements (scaled_fp4_quant of x, and of
+            # the SiLU output inside the grouped kernels' pipeline: priced as the same kernel)
+            scheme = "fp4_group16" if dt == "fp4" else ("fp8_block" if block_fp8 else "fp8_channel")
             aux += [self.act_quant(scheme, int(math.ceil(tokens)), hidden),
                     self.act_quant(scheme, int(math.ceil(assign)), inter_l)]
         t_aux = sum(c.time_s for c in aux)
@@ -339,7 +403,8 @@ class DeviceCostModel:
     def act_quant(self, scheme: str, tokens: int, hidden: int) -> OpCost:
         """Dynamic fp8 activation quantization before a W8A8 GEMM (``scheme``: fp8_tensor = two
         kernels, max-reduce then quant; fp8_channel = per-token, one kernel; fp8_block =
-        per-token-group 128, one kernel). See data/kernels.yaml."""
+        per-token-group 128, one kernel) or NVFP4's before a W4A4 GEMM (fp4_group16: one
+        scaled_fp4_quant kernel). See data/kernels.yaml."""
         from .kernels import kernel_facts
 
         q = kernel_facts().act_quant.get(scheme)

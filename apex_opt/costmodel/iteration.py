@@ -38,7 +38,7 @@ from ..specs.plan import ReplicaConfig
 from .collectives import collective_model_for
 from .kernels import eager_host, engine_kernels, kernel_facts
 from .power import IterationWork, check_gpu_settings, dvfs_model, memory_activity_per_utilisation
-from . import DeviceCostModel, fp8_block_moe_backend
+from . import DeviceCostModel, fp4_path, fp4_unsupported_message, fp8_block_moe_backend
 
 
 @lru_cache(maxsize=None)
@@ -50,6 +50,8 @@ def _mem_activity(profile_name: str) -> float:
 _ABSORBED = frozenset({"w_uk", "w_uv"})
 #: GEMMs whose input is the attention output (no norm/activation kernel to fuse its fp8 quant into)
 _AFTER_ATTENTION = frozenset({"o"})
+#: NVFP4 weight bytes per element incl. the FP8 block scale per 16 (memory.py FP4_GROUP)
+_FP4_WB = 0.5 + 1.0 / 16
 
 
 def _chunks_key(prefill) -> tuple:
@@ -157,6 +159,17 @@ class IterationCostModel:
         # weight storage dtype: as set, else the checkpoint's (ReplicaConfig.resolved_weight_dtype)
         self.stored_dtype = wd = cfg.resolved_weight_dtype(model)
         self.compute_dtype = "fp8" if (wd == "fp8" and "fp8" in pool.device.peak_tflops) else "bf16"
+        if wd == "fp4":
+            # NVFP4: W4A4 on GPUs with FP4 tensor cores, else weight-only FP4 Marlin (bf16
+            # compute); none on e.g. MI300X (data/kernels.yaml common.fp4). A W4A16 checkpoint
+            # (no activation scales) runs Marlin on every GPU (vLLM ModelOptNvFp4W4A16 /
+            # CompressedTensorsW4A16Fp4).
+            path = fp4_path(pool.device)
+            if path is None:
+                raise InputError(fp4_unsupported_message(pool.device), field="weight_dtype",
+                                 value="fp4")
+            a16 = model.checkpoint_dtype == "fp4" and model.quant_scheme == "nvfp4_w4a16"
+            self.compute_dtype = "fp4" if (path == "w4a4" and not a16) else "bf16"
         self.weight_dtype = None if wd == "bf16" else wd
         self.peak_flops = pool.device.tflops(self.compute_dtype) * 1e12 * self.num_gpus
         self.peak_bytes_per_s = pool.device.hbm_bandwidth_gbps * 1e9 * self.num_gpus
@@ -215,13 +228,23 @@ class IterationCostModel:
                                         and model.quant_scheme) else "fp8_tensor"
         self.block_fp8 = scheme == "fp8_block"
         self.act_quant = kf.scheme_act_quant.get(scheme) if self.compute_dtype == "fp8" else None
+        if self.compute_dtype == "fp4":  # NVFP4 W4A4: scaled_fp4_quant before every GEMM
+            self.act_quant = kf.scheme_act_quant["nvfp4"]
         self.act_quant_kernels = kf.act_quant[self.act_quant].kernels if self.act_quant else 0
+        #: bytes the breakdown counts per quantized activation element (fp8: read 2 + write 1)
+        self.act_quant_bytes = (kf.act_quant[self.act_quant].bytes_per_elt
+                                if self.compute_dtype == "fp4" else 3.0)
         # vLLM V1 compiles RMSNorm / SiluAndMul / QuantFP8 as native ops that Inductor fuses: the
         # quant of a GEMM input produced by a norm or an activation adds only its fp8 write to
         # that kernel; engines that run them as custom ops launch a separate quant kernel
         self.quant_fused = bool(engine_kernels(self.engine.name).get("act_quant_fused_into_producer", False))
+        # NVFP4's scaled_fp4_quant is a C++ custom op (torch.ops._C), not native torch code that
+        # Inductor fuses: it stays a kernel of its own (vLLM's optional silu_and_mul+nvfp4 /
+        # norm+nvfp4 fusion passes are not modelled)
+        if self.compute_dtype == "fp4":
+            self.quant_fused = False
         self.stream_bw = self.dev.bw * self.dev.cal.stream.eff
-        self.moe_kernels = 2 + kf.moe_aux_kernels + (2 if self.compute_dtype == "fp8" else 0)
+        self.moe_kernels = 2 + kf.moe_aux_kernels + (2 if self.compute_dtype in ("fp8", "fp4") else 0)
         self.mla_norms: tuple[int, ...] = ()
         if model.attention == "mla":
             # decode runs MLA weight-absorbed: kv_b_proj becomes two per-head batched GEMMs, q_nope
@@ -273,7 +296,7 @@ class IterationCostModel:
         if self.model.moe:
             path = "moe_ep" if (self.ep > 1 and e.has("moe_ep")) else "moe"
             moe_us = gemm + e.us(path)  # + the router GEMM (bf16)
-            if self.compute_dtype == "fp8":  # fused_moe quantizes both expert GEMMs' inputs
+            if self.compute_dtype in ("fp8", "fp4"):  # fused_moe quantizes both expert GEMMs' inputs
                 moe_us += 2 * quant_op_us
             if self.shared_ops:
                 moe_us += len(self.shared_ops) * gq + e.us("mlp")
@@ -312,7 +335,7 @@ class IterationCostModel:
                      nbytes=n * k * 2.0 + 2.0 * m * (n + k))
             return
         c = self.dev.gemm(m, n, k, self.compute_dtype, self.weight_dtype)
-        wb = DTYPE_BYTES.get(self.stored_dtype, 2)
+        wb = _FP4_WB if self.stored_dtype == "fp4" else DTYPE_BYTES.get(self.stored_dtype, 2)
         part.add(cls, c.time_s, c.power_w, bd, count, flops=2.0 * m * n * k,
                  nbytes=n * k * wb + 2.0 * m * (n + k))
         if self.act_quant is not None:  # W8A8: dynamic fp8 quant of this GEMM's input first
@@ -322,7 +345,7 @@ class IterationCostModel:
                 return
             q = self.dev.act_quant(self.act_quant, m, k)
             part.add("act_quant", q.time_s, q.power_w, bd, count,
-                     kernels=self.act_quant_kernels, nbytes=3.0 * m * k)
+                     kernels=self.act_quant_kernels, nbytes=self.act_quant_bytes * m * k)
 
     def _allreduce(self, part: _Part, bd: dict, tokens: int, count: float) -> None:
         if self.tp_comm is None:
@@ -442,7 +465,8 @@ class IterationCostModel:
                                block_fp8=self.block_fp8, backend=backend)
         assignments = tokens * moe.experts_per_token / self.ep
         active = self.local_experts * (1.0 - (1.0 - moe.experts_per_token / moe.num_experts) ** tokens)
-        wbytes = sum(n * k for _, n, k in self.expert_ops) * DTYPE_BYTES.get(self.stored_dtype, 2)
+        wbytes = sum(n * k for _, n, k in self.expert_ops) * (
+            _FP4_WB if self.stored_dtype == "fp4" else DTYPE_BYTES.get(self.stored_dtype, 2))
         part.add("moe_experts", c.time_s, c.power_w, bd, n_moe, kernels=self.moe_kernels,
                  flops=2.0 * assignments * sum(n * k for _, n, k in self.expert_ops),
                  nbytes=max(1.0, active) * wbytes)

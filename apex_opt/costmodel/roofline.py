@@ -38,12 +38,16 @@ def dequant_overhead(weight_dtype: str) -> float:
     from .kernels import kernel_facts
 
     return kernel_facts().marlin_compute_overhead.get(weight_dtype, 0.0)
-#: Bytes per weight element including group scales (int4: group 128 with a bf16 scale).
-WEIGHT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5 + 2.0 / 128}
-#: Bytes per activation element for a compute dtype (fp8 GEMMs read fp8 activations).
-ACT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
-#: fp8 cuBLAS/cutlass GEMMs pad the token dimension to a multiple of 16.
-MIN_M = {"bf16": 1, "fp16": 1, "fp8": 16}
+#: Bytes per weight element including group scales (int4: group 128 with a bf16 scale; fp4 =
+#: NVFP4: E2M1 + one FP8-E4M3 scale per 16 elements, see memory.py FP4_GROUP).
+WEIGHT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5 + 2.0 / 128,
+                "fp4": 0.5 + 1.0 / 16}
+#: Bytes per activation element for a compute dtype (fp8 GEMMs read fp8 activations; NVFP4 W4A4
+#: GEMMs read fp4 activations with their FP8 block scales, from vLLM's scaled_fp4_quant).
+ACT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1.0 / 16}
+#: fp8 cuBLAS/cutlass GEMMs pad the token dimension to a multiple of 16 (fp4: taken as fp8's,
+#: no published minimum tile for the CUTLASS / FlashInfer FP4 GEMMs).
+MIN_M = {"bf16": 1, "fp16": 1, "fp8": 16, "fp4": 16}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..costmodel import fp4_path
 from ..memory import linear_weight_bytes_per_elem, replica_memory
 from ..parallel import enumerate_shapes, node_aligned
 from ..sim.workload import Requests
@@ -43,10 +44,11 @@ def engine_limits(engine: EngineSpec, pool: PoolSpec) -> tuple[tuple[int, int], 
     ss = sorted({max(1, int(round(seqs * f))) for f in engine.search_max_num_seqs_factors})
     ts = sorted({max(16, int(round(tokens * f))) for f in engine.search_batched_tokens_factors})
     return tuple((s, t) for t in ts for s in ss)
-#: Weight / KV dtypes searched when the SLO file does not restrict them. int4 needs a pre-quantised
-#: checkpoint, so it is only searched when the SLO file lists it.
+#: Weight / KV dtypes searched when the SLO file does not restrict them. int4 and fp4 (NVFP4) need a
+#: pre-quantised checkpoint, so they are only searched when the SLO file lists them; fp4 only on
+#: pools whose GPU an engine runs it on (costmodel.fp4_path).
 DEFAULT_WEIGHT_DTYPES = ("bf16", "fp8")
-ALL_WEIGHT_DTYPES = ("bf16", "fp8", "int4")
+ALL_WEIGHT_DTYPES = ("bf16", "fp8", "int4", "fp4")
 DEFAULT_KV_DTYPES = ("bf16", "fp8")
 ALL_KV_DTYPES = ("bf16", "fp8")
 #: Granularity of the workload-derived max_model_len.
@@ -206,6 +208,8 @@ def enumerate_candidates(model: ModelSpec, cluster: ClusterSpec, stats: Workload
                                    or (c.max_pp and shape.pp > c.max_pp)):
                 continue
             for wd in wds:
+                if wd == "fp4" and fp4_path(pool.device) is None:
+                    continue
                 hopeless = _total_linear_bytes(model, wd) / shape.gpus > cap
                 if hopeless and not everything:
                     continue

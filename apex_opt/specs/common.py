@@ -29,7 +29,9 @@ def _finite_nonneg(v: float) -> float:
 PosFloat = Annotated[float, AfterValidator(_finite_pos)]
 NonNegFloat = Annotated[float, AfterValidator(_finite_nonneg)]
 
-WeightDType = Literal["bf16", "fp8", "int4"]
+#: fp4 = NVIDIA NVFP4 (E2M1 values, one FP8-E4M3 scale per 16 elements + an FP32 per-tensor
+#: scale): a pre-quantised ModelOpt / compressed-tensors checkpoint, like int4 (AWQ/GPTQ)
+WeightDType = Literal["bf16", "fp8", "int4", "fp4"]
 KVDType = Literal["bf16", "fp8"]
 ComputeDType = Literal["bf16", "fp16", "fp8", "int8", "fp4"]
 #: request-routing policies over data-parallel replicas (apex_opt/sim/router.py implements them)

@@ -103,7 +103,7 @@ def serving_weight_dtype(checkpoint_dtype: str) -> str:
     for fp8 checkpoints, int4 for AWQ/GPTQ; int8 checkpoints are sized like fp8 (one byte);
     unquantized fp16/bf16/fp32 checkpoints serve in bf16. ReplicaConfig.resolved uses it for an
     unset weight_dtype."""
-    return {"fp8": "fp8", "int8": "fp8", "int4": "int4"}.get(checkpoint_dtype, "bf16")
+    return {"fp8": "fp8", "int8": "fp8", "int4": "int4", "fp4": "fp4"}.get(checkpoint_dtype, "bf16")
 
 
 class ModelSpec(BaseModel):
@@ -133,7 +133,10 @@ class ModelSpec(BaseModel):
     #: how a quantized checkpoint scales its weights (selects the engine's GEMM kernel path, see
     #: costmodel/kernels.yaml): 'fp8_block' (128x128 weight blocks, per-token-group activation quant:
     #: DeepSeek-V3, Qwen3-FP8), 'fp8_tensor' / 'fp8_channel' (one scale per tensor / output channel,
-    #: dynamic per-tensor / per-token activation quant), 'int4_group' (AWQ/GPTQ), '' = not quantized.
+    #: dynamic per-tensor / per-token activation quant), 'int4_group' (AWQ/GPTQ), 'nvfp4' (NVFP4
+    #: W4A4: ModelOpt quant_algo NVFP4, compressed-tensors nvfp4-pack-quantized with fp4
+    #: activations), 'nvfp4_w4a16' (NVFP4 weights, bf16 activations: weight-only on every GPU),
+    #: '' = not quantized.
     quant_scheme: str = ""
 
     _moe_set: frozenset[int] = PrivateAttr(default=frozenset())
@@ -550,9 +553,42 @@ def _vision_warning(arch: str, top: dict, text_prefix: str, name: str) -> None:
          f"memory and compute than planned")
 
 
+def _modelopt_algo(q: dict) -> str:
+    """ModelOpt's ``quant_algo`` (upper case): flat in config.json's quantization_config, or nested
+    under ``quantization`` as in hf_quant_config.json (vLLM ModelOptNvFp4Config
+    override_quantization_method / from_config read both)."""
+    algo = q.get("quant_algo")
+    if not algo and isinstance(q.get("quantization"), dict):
+        algo = q["quantization"].get("quant_algo")
+    return str(algo or "").upper()
+
+
+def _nvfp4_scheme(q: dict) -> str | None:
+    """'nvfp4' (W4A4) / 'nvfp4_w4a16' for an NVFP4 checkpoint, else None. ModelOpt: quant_method
+    'modelopt' (or 'modelopt_fp4') with an FP4 quant_algo (NVFP4; W4A16_NVFP4 is weight-only);
+    compressed-tensors (format nvfp4-pack-quantized): float 4-bit weights in groups of 16, W4A4
+    when the input activations are 4-bit too (vLLM CompressedTensorsW4A4Fp4, else W4A16Fp4)."""
+    method = str(q.get("quant_method", "")).lower()
+    if method in ("modelopt", "modelopt_fp4"):
+        algo = _modelopt_algo(q)
+        if "FP4" in algo and "MXFP4" not in algo:
+            return "nvfp4_w4a16" if "W4A16" in algo else "nvfp4"
+        return None
+    if method == "compressed-tensors":
+        groups = q.get("config_groups")
+        for g in (groups.values() if isinstance(groups, dict) else ()):
+            w = g.get("weights") if isinstance(g, dict) else None
+            if isinstance(w, dict) and w.get("type") == "float" and w.get("num_bits") == 4:
+                a = g.get("input_activations")
+                return "nvfp4" if isinstance(a, dict) and a.get("num_bits") == 4 else "nvfp4_w4a16"
+    return None
+
+
 def _checkpoint_dtype(cfg: dict) -> str:
     q = cfg.get("quantization_config")
     if isinstance(q, dict):
+        if _nvfp4_scheme(q) is not None:
+            return "fp4"
         method = str(q.get("quant_method", "")).lower()
         if method in ("fp8", "fbgemm_fp8"):
             return "fp8"
@@ -588,6 +624,8 @@ def _quant_scheme(cfg: dict, dtype: str) -> str:
         return ""
     if dtype in ("int4", "int8"):
         return "int4_group" if dtype == "int4" else "int8_channel"
+    if dtype == "fp4":
+        return _nvfp4_scheme(q) or "nvfp4"
     method = str(q.get("quant_method", "")).lower()
     if q.get("weight_block_size"):
         return "fp8_block"
