@@ -153,6 +153,8 @@ class _HFEntry(StrictModel):
                              description="A published AWQ/GPTQ int4 copy of the repo.")
     fp8: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$",
                             description="A published fp8 copy of the repo.")
+    fp4: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$",
+                            description="A published NVFP4 (ModelOpt / compressed-tensors) copy.")
 
 
 @functools.lru_cache(maxsize=1)
@@ -220,6 +222,11 @@ def _local_folder_notes(model_id: str, model_ref: str, hf_id: str | None) -> lis
 
 
 # ---------------------------------------------------------------------------------- checkpoints
+#: what a pre-quantised checkpoint of a weight dtype is (for the notes)
+_CKPT_KIND = {"int4": "AWQ or GPTQ", "fp4": "NVFP4: ModelOpt quant_algo NVFP4 or compressed-tensors "
+                                             "nvfp4-pack-quantized"}
+
+
 def checkpoint_for(weight: str, checkpoint: str, model_id: str, entry: _HFEntry | None,
                    hf_id: str | None) -> tuple[str, str | None, list[str]]:
     """(model argument, ``--quantization`` value or None, notes) for serving ``weight``-dtype
@@ -239,14 +246,16 @@ def checkpoint_for(weight: str, checkpoint: str, model_id: str, entry: _HFEntry 
             f"given with --hf-id loads without it"]
     if hf_id:
         return hf_id, None, [f"{weight} weights: --hf-id {hf_id} must be an {weight} checkpoint "
-                             f"({'AWQ or GPTQ' if weight == 'int4' else weight}); the engine reads "
+                             f"({_CKPT_KIND.get(weight, weight)}); the engine reads "
                              f"its quantization_config"]
-    known = getattr(entry, weight, None) if entry is not None and weight in ("int4", "fp8") else None
+    known = (getattr(entry, weight, None) if entry is not None and weight in ("int4", "fp8", "fp4")
+             else None)
     if known:
         return known, None, [f"{weight} weights: serving the pre-quantised checkpoint {known} "
                              f"(the engine reads its quantization_config)"]
     var = f"{weight.upper()}_CHECKPOINT"
-    kind = "an AWQ or GPTQ int4" if weight == "int4" else f"a {weight}"
+    kind = {"int4": "an AWQ or GPTQ int4", "fp4": "an NVFP4 (ModelOpt or compressed-tensors)"}.get(
+        weight, f"a {weight}")
     return (f"${{{var}:?set {var} to {kind} copy of {model_id}}}", None,
             [f"{weight} weights cannot be made from the {checkpoint} checkpoint at load time: set "
              f"{var} to {kind} checkpoint of {model_id} (Hub id or folder), or pass --hf-id"])
