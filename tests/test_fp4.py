@@ -16,6 +16,7 @@ from apex_opt.errors import InputError
 from apex_opt.memory import linear_weight_bytes_per_elem, replica_memory
 from apex_opt.registry import load_cluster
 from apex_opt.report.launch import launch_plan
+from apex_opt.specs.engine import load_engine
 from apex_opt.specs.model import ModelSpec, load_model
 from apex_opt.specs.plan import Plan, ReplicaConfig, ReplicaGroup
 
@@ -122,6 +123,15 @@ def test_fp4_refused_on_mi300x():
     assert fp4_path(dev) is None
     with pytest.raises(InputError, match="NVFP4"):
         DeviceCostModel(dev).gemm(16, 4096, 4096, "fp4", "fp4")
+
+
+def test_engine_generations_without_the_path_refuse(b200, h100, llama8):
+    cfg = ReplicaConfig(tp=1, weight_dtype="fp4")
+    # SGLang 0.5.9 runs NVFP4 only on Blackwell (ModelOptFp4Config min capability 100)
+    assert IterationCostModel(llama8, b200.pools[0], cfg, load_engine("sglang")).compute_dtype == "fp4"
+    for eng in ("sglang", "vllm-0.6"):
+        with pytest.raises(InputError, match="does not run"):
+            IterationCostModel(llama8, h100.pools[0], cfg, load_engine(eng))
 
 
 def test_replica_compute_dtype(b200, h100, llama8):

@@ -29,7 +29,7 @@ from .roofline import ACT_BYTES, WEIGHT_BYTES, gemm_flops_bytes, matmul_scale, r
 # collectives live in .collectives (it imports device_model from here; no import back: one
 # direction between the package and its submodule)
 __all__ = ["OpCost", "DeviceCostModel", "device_model", "Calibration", "calibration", "fp4_path",
-           "fp4_unsupported_message"]
+           "fp4_engine_path", "fp4_unsupported_message"]
 
 
 class OpCost(NamedTuple):
@@ -108,8 +108,24 @@ def fp4_path(device: DeviceSpec) -> str | None:
     return "weight_only" if key(cc) >= key(facts.get("weight_only_min_cc", "8.0")) else None
 
 
-def fp4_unsupported_message(device: DeviceSpec) -> str:
-    """One line saying why fp4 weights cannot run on ``device``."""
+def fp4_engine_path(device: DeviceSpec, engine: str) -> str | None:
+    """:func:`fp4_path` where the engine generation runs that path (data/kernels.yaml
+    engines.<name>.nvfp4), else None."""
+    from .kernels import engine_kernels
+
+    path = fp4_path(device)
+    return path if path is not None and path in engine_kernels(engine).get("nvfp4", ()) else None
+
+
+def fp4_unsupported_message(device: DeviceSpec, engine: str | None = None) -> str:
+    """One line saying why fp4 weights cannot run on ``device`` (with ``engine``)."""
+    path = fp4_path(device)
+    if path is not None and engine is not None:
+        what = ("W4A4 FP4 GEMMs (FP4 tensor cores)" if path == "w4a4"
+                else "weight-only FP4 (Marlin) GEMMs")
+        return (f"fp4 (NVFP4) weights on {device.name} need {what}, which engine profile {engine} "
+                f"does not run (data/kernels.yaml engines nvfp4); choose another --engine or "
+                f"--weight-dtype")
     return (f"fp4 (NVFP4) weights cannot run on {device.name}: it has no FP4 tensor cores and no "
             f"engine's weight-only FP4 (Marlin) kernel runs on it (vLLM's NVFP4 emulation on ROCm "
             f"dequantizes every weight per forward and is not modelled); choose another --weight-dtype")

@@ -38,7 +38,7 @@ from ..specs.plan import ReplicaConfig
 from .collectives import collective_model_for
 from .kernels import eager_host, engine_kernels, kernel_facts
 from .power import IterationWork, check_gpu_settings, dvfs_model, memory_activity_per_utilisation
-from . import DeviceCostModel, fp4_path, fp4_unsupported_message, fp8_block_moe_backend
+from . import DeviceCostModel, fp4_engine_path, fp4_unsupported_message, fp8_block_moe_backend
 
 
 @lru_cache(maxsize=None)
@@ -164,10 +164,10 @@ class IterationCostModel:
             # compute); none on e.g. MI300X (data/kernels.yaml common.fp4). A W4A16 checkpoint
             # (no activation scales) runs Marlin on every GPU (vLLM ModelOptNvFp4W4A16 /
             # CompressedTensorsW4A16Fp4).
-            path = fp4_path(pool.device)
+            path = fp4_engine_path(pool.device, self.engine.name)
             if path is None:
-                raise InputError(fp4_unsupported_message(pool.device), field="weight_dtype",
-                                 value="fp4")
+                raise InputError(fp4_unsupported_message(pool.device, self.engine.name),
+                                 field="weight_dtype", value="fp4")
             a16 = model.checkpoint_dtype == "fp4" and model.quant_scheme == "nvfp4_w4a16"
             self.compute_dtype = "fp4" if (path == "w4a4" and not a16) else "bf16"
         self.weight_dtype = None if wd == "bf16" else wd

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..costmodel import fp4_path
+from ..costmodel import fp4_engine_path
 from ..memory import linear_weight_bytes_per_elem, replica_memory
 from ..parallel import enumerate_shapes, node_aligned
 from ..sim.workload import Requests
@@ -208,7 +208,7 @@ def enumerate_candidates(model: ModelSpec, cluster: ClusterSpec, stats: Workload
                                    or (c.max_pp and shape.pp > c.max_pp)):
                 continue
             for wd in wds:
-                if wd == "fp4" and fp4_path(pool.device) is None:
+                if wd == "fp4" and fp4_engine_path(pool.device, engine.name) is None:
                     continue
                 hopeless = _total_linear_bytes(model, wd) / shape.gpus > cap
                 if hopeless and not everything:
