@@ -176,3 +176,16 @@ def test_cli_simulate_and_check_fp4():
     bad = CliRunner().invoke(main, ["check", "--model", "llama-3.1-8b", "--cluster", "mi300x-1x8",
                                     "--weight-dtype", "fp4"])
     assert bad.exit_code == 2 and "NVFP4" in bad.output
+
+
+def test_modelopt_hf_quant_config_json_beside_config(tmp_path):
+    # older ModelOpt NVFP4 exports describe the quantization only in hf_quant_config.json
+    cfg = _cfg({})
+    cfg.pop("quantization_config")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert load_model(str(tmp_path)).checkpoint_dtype == "bf16"
+    (tmp_path / "hf_quant_config.json").write_text(json.dumps(
+        {"producer": {"name": "modelopt", "version": "0.23.0"},
+         "quantization": {"quant_algo": "NVFP4", "group_size": 16, "exclude_modules": ["lm_head"]}}))
+    m = load_model(str(tmp_path))
+    assert (m.checkpoint_dtype, m.quant_scheme) == ("fp4", "nvfp4")

@@ -756,4 +756,26 @@ def load_model(ref: str | Path) -> ModelSpec:
     from ..bundled import load_model_config
 
     cfg, source, name = load_model_config(str(ref))
-    return ModelSpec.from_hf_config(cfg, name=name, source=source)
+    return ModelSpec.from_hf_config(_with_hf_quant_config(cfg, source), name=name, source=source)
+
+
+def _with_hf_quant_config(cfg: Any, source: str) -> Any:
+    """ModelOpt checkpoints may describe their quantization only in ``hf_quant_config.json`` next to
+    ``config.json`` (e.g. NVFP4 exports of nvidia-modelopt 0.2x); vLLM reads that file when
+    config.json has no quantization_config (ModelOptNvFp4Config.get_config_filenames), so it is
+    read here too, for the checkpoint dtype only."""
+    if not isinstance(cfg, dict) or "quantization_config" in cfg:
+        return cfg
+    p = Path(source)
+    side = p.parent / "hf_quant_config.json"
+    if p.name != "config.json" or not side.is_file():
+        return cfg
+    import json
+
+    try:
+        hq = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return cfg
+    if not isinstance(hq, dict):
+        return cfg
+    return {**cfg, "quantization_config": {"quant_method": "modelopt", **hq}}
