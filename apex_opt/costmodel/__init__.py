@@ -356,12 +356,15 @@ class DeviceCostModel:
                self.elementwise("moe_align", int(math.ceil(assign)), 1),
                self.elementwise("silu_and_mul", int(math.ceil(assign)), inter_l),
                self.elementwise("moe_sum", int(math.ceil(tokens)), topk * hidden)]
-        if dt in ("fp8", "fp4"):
-            # fp4: the FP4 MoE quantizes its inputs per 16 elements (scaled_fp4_quant of x, and of
-            # the SiLU output inside the grouped kernels' pipeline: priced as the same kernel)
-            scheme = "fp4_group16" if dt == "fp4" else ("fp8_block" if block_fp8 else "fp8_channel")
+        if dt == "fp8":
+            scheme = "fp8_block" if block_fp8 else "fp8_channel"
             aux += [self.act_quant(scheme, int(math.ceil(tokens)), hidden),
                     self.act_quant(scheme, int(math.ceil(assign)), inter_l)]
+        elif dt == "fp4":
+            # NVFP4 MoE on Blackwell (vLLM FlashInferCutlassMoEPrepareAndFinalize.prepare): one
+            # per-16 fp4 quant of x; the intermediate's fp4 quant happens inside
+            # flashinfer_cutlass_fused_moe's activation step (its SiLU kernel, counted above)
+            aux.append(self.act_quant("fp4_group16", int(math.ceil(tokens)), hidden))
         t_aux = sum(c.time_s for c in aux)
         e_aux = sum(c.energy_j for c in aux)
         cost = self._cost(t_tot, fl_tot, by_tot, dt, "gemm")

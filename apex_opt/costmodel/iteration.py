@@ -244,7 +244,7 @@ class IterationCostModel:
         if self.compute_dtype == "fp4":
             self.quant_fused = False
         self.stream_bw = self.dev.bw * self.dev.cal.stream.eff
-        self.moe_kernels = 2 + kf.moe_aux_kernels + (2 if self.compute_dtype in ("fp8", "fp4") else 0)
+        self.moe_kernels = 2 + kf.moe_aux_kernels + {"fp8": 2, "fp4": 1}.get(self.compute_dtype, 0)
         self.mla_norms: tuple[int, ...] = ()
         if model.attention == "mla":
             # decode runs MLA weight-absorbed: kv_b_proj becomes two per-head batched GEMMs, q_nope
@@ -296,8 +296,8 @@ class IterationCostModel:
         if self.model.moe:
             path = "moe_ep" if (self.ep > 1 and e.has("moe_ep")) else "moe"
             moe_us = gemm + e.us(path)  # + the router GEMM (bf16)
-            if self.compute_dtype in ("fp8", "fp4"):  # fused_moe quantizes both expert GEMMs' inputs
-                moe_us += 2 * quant_op_us
+            # fused_moe quantizes both expert GEMMs' inputs (fp8); the FP4 MoE only its input
+            moe_us += {"fp8": 2, "fp4": 1}.get(self.compute_dtype, 0) * quant_op_us
             if self.shared_ops:
                 moe_us += len(self.shared_ops) * gq + e.us("mlp")
         self._eager_moe_us = moe_us
