@@ -10,6 +10,7 @@ memoised, so the simulator's inner loop only pays dictionary look-ups.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,7 +30,7 @@ from .roofline import ACT_BYTES, WEIGHT_BYTES, gemm_flops_bytes, matmul_scale, r
 # collectives live in .collectives (it imports device_model from here; no import back: one
 # direction between the package and its submodule)
 __all__ = ["OpCost", "DeviceCostModel", "device_model", "Calibration", "calibration", "fp4_path",
-           "fp4_engine_path", "fp4_unsupported_message"]
+           "fp4_engine_path", "fp4_memory_efficiency", "fp4_unsupported_message"]
 
 
 class OpCost(NamedTuple):
@@ -108,6 +109,31 @@ def fp4_path(device: DeviceSpec) -> str | None:
     return "weight_only" if key(cc) >= key(facts.get("weight_only_min_cc", "8.0")) else None
 
 
+@lru_cache(maxsize=None)
+def fp4_memory_efficiency(profile_name: str = REFERENCE_PROFILE) -> float:
+    """Memory efficiency (fraction of datasheet HBM bandwidth) of a W4A4 FP4 GEMM's weight
+    stream: the median over the published B200 decode measurements of data/kernels.yaml
+    common.fp4.decode_gemm_us, each read through the fp8 GEMM fit of ``profile_name`` (its
+    launch latency and byte offset B_0): (bytes + B_0) / (bandwidth x (t - launch))."""
+    from .kernels import _raw
+
+    facts = _raw()["common"].get("fp4", {})
+    rows = facts.get("decode_gemm_us") or []
+    fit = calibration(profile_name).gemm["fp8"].fit
+    try:
+        bw = float(facts["decode_gemm_measured_gbps"]) * 1e9
+        effs = []
+        for n, k, us in rows:
+            t = float(us) * 1e-6 - fit.launch_s
+            nbytes = float(n) * float(k) * WEIGHT_BYTES["fp4"]
+            if t > 0:
+                effs.append((nbytes + fit.bytes_offset) / (bw * t))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"malformed fp4 decode_gemm_us ({exc})", source="<bundled kernels.yaml>",
+                         field="common.fp4") from None
+    return float(np.median(effs)) if effs else fit.eff_memory
+
+
 def fp4_engine_path(device: DeviceSpec, engine: str) -> str | None:
     """:func:`fp4_path` where the engine generation runs that path (data/kernels.yaml
     engines.<name>.nvfp4), else None."""
@@ -150,6 +176,7 @@ class DeviceCostModel:
         self.idle_power_w = float(device.active_idle_power_w or device.idle_power_w)
         self.power_limit_w = float(device.power_limit_w)
         self._gemm_cache: dict[tuple, OpCost] = {}
+        self._fp4_fit_cache = None
         self._ew_cache: dict[tuple, OpCost] = {}
         # transfer to a device without its own profile: published per-device matmul and
         # attention-kernel efficiencies relative to the profiled device (data/device_transfer.yaml)
@@ -220,12 +247,22 @@ class DeviceCostModel:
         the fp4 peak -- no fp4 GEMM is profiled)."""
         return self.cal.gemm["fp8" if dtype == "fp4" else dtype]
 
+    def _fp4_fit(self):
+        """The fp8 GEMM fit with the FP4 GEMM's measured memory efficiency (W4A4 weight stream,
+        :func:`fp4_memory_efficiency`)."""
+        fit = self._fp4_fit_cache
+        if fit is None:
+            base = self._table("fp4").fit
+            fit = self._fp4_fit_cache = dataclasses.replace(
+                base, eff_memory=fp4_memory_efficiency(self.cal.profile.name))
+        return fit
+
     def _gemm_time(self, m: float, n: int, k: int, dtype: str, wd: str | None) -> tuple[float, float]:
         if dtype == "fp4":
             # NVFP4 W4A4 (cutlass_scaled_fp4_mm / FlashInfer FP4 GEMM): the fp8 GEMM roofline fit
             # (launch, efficiencies, knee) at the device's fp4 peak, with fp4 activation and weight
             # bytes incl. their block scales
-            fit = self._table("fp4").fit
+            fit = self._fp4_fit()
             flops, nbytes = gemm_flops_bytes(m, n, k, "fp4")
             peak = self.peak_flops("fp4") * self._mm_scale["fp4"]
             return (float(fit.time(flops, nbytes, peak, self.bw)),
@@ -332,7 +369,7 @@ class DeviceCostModel:
         else:
             bm = kf.moe_block_m_small if tokens <= experts else kf.moe_block_m_large
         padded = active * math.ceil(per_expert / bm) * bm
-        fit = self._table(dt).fit
+        fit = self._fp4_fit() if dt == "fp4" else self._table(dt).fit
         peak, bw = self.peak_flops(dt) * self._mm_scale[dt], self.bw
         wb = WEIGHT_BYTES[wd or dt]
         ab = 1.0 if dt == "fp8" else (ACT_BYTES["fp4"] if dt == "fp4" else 2.0)
