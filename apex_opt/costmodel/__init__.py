@@ -378,7 +378,7 @@ class DeviceCostModel:
         # data/kernels.yaml fused_moe.weight_stream; the fit sees the bytes it would need to match
         copy = not marlin and kf.moe_weight_stream.get(dtype if dtype == "fp16" else dt) == "copy"
         stream = fit.eff_memory / self.cal.stream.eff if copy else 1.0
-        t_tot = e_tot = fl_tot = by_tot = 0.0
+        t_tot = fl_tot = by_tot = 0.0
         for n, k in ((2 * inter_l, hidden), (hidden, inter_l)):
             flops = 2.0 * padded * n * k
             nbytes = active * n * k * wb + assign * k * ab + assign * n * 2.0

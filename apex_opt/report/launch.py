@@ -898,7 +898,7 @@ def _multi_node(ctx: _Ctx, cfg: ReplicaConfig, slot: _Slot, pool: str | None, gp
         for k, n in enumerate(slot.nodes[1:], start=2):
             add(n, Launch(argv=["ray", "start", f"--address={head_addr}:{RAY_PORT}"],
                           env=part_env), "ray-worker", None, f"Ray worker, {k} of {nn} nodes")
-        add(head, server, "server", port, f"server on the Ray head, after every 'ray start'")
+        add(head, server, "server", port, "server on the Ray head, after every 'ray start'")
         return out
     for rank, n in enumerate(slot.nodes):
         launch = server if rank == 0 else _server_argv(
