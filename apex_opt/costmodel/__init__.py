@@ -104,9 +104,10 @@ def fp4_path(device: DeviceSpec) -> str | None:
     cc = device.compute_capability
     if cc is None:
         return "weight_only"
-    def key(v: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in str(v).split("."))
-    return "weight_only" if key(cc) >= key(facts.get("weight_only_min_cc", "8.0")) else None
+    from packaging.version import Version
+
+    return ("weight_only" if Version(str(cc)) >= Version(str(facts.get("weight_only_min_cc", "8.0")))
+            else None)
 
 
 @lru_cache(maxsize=None)
@@ -359,10 +360,7 @@ class DeviceCostModel:
         e_local = experts // ep
         inter_l = max(1, inter // tp)
         assign = tokens * topk / ep * (imbalance if ep > 1 else 1.0)
-        if balanced:
-            active = min(float(e_local), max(1.0, math.ceil(assign)))
-        else:
-            active = max(1.0, e_local * (1.0 - (1.0 - topk / experts) ** tokens))
+        active = _active_experts(tokens, topk, experts, e_local, assign, balanced)
         per_expert = assign / active
         if block_fp8 and dt == "fp8":
             bm = kf.moe_block_m_fp8_block
@@ -431,11 +429,8 @@ class DeviceCostModel:
         m = int(math.ceil(tokens))
         m_sum = -(-(m * topk + e_local * (align - 1)) // align) * align
         assign = tokens * topk / ep
-        if balanced:
-            active = min(float(e_local), max(1.0, math.ceil(assign)))
-        else:
-            active = max(1.0, e_local * (1.0 - (1.0 - topk / experts) ** tokens))
-        fit = self.cal.gemm["fp8"].fit
+        active = _active_experts(tokens, topk, experts, e_local, assign, balanced)
+        fit = self._table("fp8").fit
         peak, bw = self.peak_flops("fp8") * self._mm_scale["fp8"], self.bw
         t_tot = e_tot = 0.0
         for n, k in ((2 * inter_l, hidden), (hidden, inter_l)):
@@ -577,6 +572,15 @@ class DeviceCostModel:
         if self.bw != self._ref_bw:
             t += nbytes / f.eff * (1.0 / self.bw - 1.0 / self._ref_bw)
         return t
+
+
+def _active_experts(tokens: float, topk: int, experts: int, e_local: int, assign: float,
+                    balanced: bool) -> float:
+    """Local experts that receive a token: ``assign`` token copies spread evenly
+    (``balanced``), else the expected number of distinct experts hit by random top-k routing."""
+    if balanced:
+        return min(float(e_local), max(1.0, math.ceil(assign)))
+    return max(1.0, e_local * (1.0 - (1.0 - topk / experts) ** tokens))
 
 
 _MODELS: dict[str, DeviceCostModel] = {}
