@@ -38,6 +38,7 @@ from ..specs.plan import ReplicaConfig
 from .collectives import collective_model_for
 from .kernels import eager_host, engine_kernels, kernel_facts
 from .power import IterationWork, check_gpu_settings, dvfs_model, memory_activity_per_utilisation
+from .roofline import WEIGHT_BYTES
 from . import DeviceCostModel, fp4_engine_path, fp4_unsupported_message, fp8_block_moe_backend
 
 
@@ -50,8 +51,10 @@ def _mem_activity(profile_name: str) -> float:
 _ABSORBED = frozenset({"w_uk", "w_uv"})
 #: GEMMs whose input is the attention output (no norm/activation kernel to fuse its fp8 quant into)
 _AFTER_ATTENTION = frozenset({"o"})
-#: NVFP4 weight bytes per element incl. the FP8 block scale per 16 (memory.py FP4_GROUP)
-_FP4_WB = 0.5 + 1.0 / 16
+#: dynamic activation-quant kernels a fused MoE layer launches per compute dtype: fp8 quantizes
+#: both expert GEMMs' inputs; NVFP4 only the layer input (the intermediate's quant runs inside
+#: FlashInfer's fused MoE activation)
+_MOE_QUANT_KERNELS = {"fp8": 2, "fp4": 1}
 
 
 def _chunks_key(prefill) -> tuple:
@@ -158,6 +161,9 @@ class IterationCostModel:
                              else pool.device.active_idle_power_w or pool.device.idle_power_w)
         # weight storage dtype: as set, else the checkpoint's (ReplicaConfig.resolved_weight_dtype)
         self.stored_dtype = wd = cfg.resolved_weight_dtype(model)
+        #: stored bytes per linear-weight element the breakdown counts (NVFP4 with its per-16
+        #: FP8 block scales, roofline.WEIGHT_BYTES; other dtypes their element size)
+        self.weight_elt_bytes = WEIGHT_BYTES["fp4"] if wd == "fp4" else DTYPE_BYTES.get(wd, 2)
         self.compute_dtype = "fp8" if (wd == "fp8" and "fp8" in pool.device.peak_tflops) else "bf16"
         if wd == "fp4":
             # NVFP4: W4A4 on GPUs with FP4 tensor cores, else weight-only FP4 Marlin (bf16
@@ -244,7 +250,7 @@ class IterationCostModel:
         if self.compute_dtype == "fp4":
             self.quant_fused = False
         self.stream_bw = self.dev.bw * self.dev.cal.stream.eff
-        self.moe_kernels = 2 + kf.moe_aux_kernels + {"fp8": 2, "fp4": 1}.get(self.compute_dtype, 0)
+        self.moe_kernels = 2 + kf.moe_aux_kernels + _MOE_QUANT_KERNELS.get(self.compute_dtype, 0)
         self.mla_norms: tuple[int, ...] = ()
         if model.attention == "mla":
             # decode runs MLA weight-absorbed: kv_b_proj becomes two per-head batched GEMMs, q_nope
@@ -297,7 +303,7 @@ class IterationCostModel:
             path = "moe_ep" if (self.ep > 1 and e.has("moe_ep")) else "moe"
             moe_us = gemm + e.us(path)  # + the router GEMM (bf16)
             # fused_moe quantizes both expert GEMMs' inputs (fp8); the FP4 MoE only its input
-            moe_us += {"fp8": 2, "fp4": 1}.get(self.compute_dtype, 0) * quant_op_us
+            moe_us += _MOE_QUANT_KERNELS.get(self.compute_dtype, 0) * quant_op_us
             if self.shared_ops:
                 moe_us += len(self.shared_ops) * gq + e.us("mlp")
         self._eager_moe_us = moe_us
@@ -335,7 +341,7 @@ class IterationCostModel:
                      nbytes=n * k * 2.0 + 2.0 * m * (n + k))
             return
         c = self.dev.gemm(m, n, k, self.compute_dtype, self.weight_dtype)
-        wb = _FP4_WB if self.stored_dtype == "fp4" else DTYPE_BYTES.get(self.stored_dtype, 2)
+        wb = self.weight_elt_bytes
         part.add(cls, c.time_s, c.power_w, bd, count, flops=2.0 * m * n * k,
                  nbytes=n * k * wb + 2.0 * m * (n + k))
         if self.act_quant is not None:  # W8A8: dynamic fp8 quant of this GEMM's input first
@@ -465,8 +471,7 @@ class IterationCostModel:
                                block_fp8=self.block_fp8, backend=backend)
         assignments = tokens * moe.experts_per_token / self.ep
         active = self.local_experts * (1.0 - (1.0 - moe.experts_per_token / moe.num_experts) ** tokens)
-        wbytes = sum(n * k for _, n, k in self.expert_ops) * (
-            _FP4_WB if self.stored_dtype == "fp4" else DTYPE_BYTES.get(self.stored_dtype, 2))
+        wbytes = sum(n * k for _, n, k in self.expert_ops) * self.weight_elt_bytes
         part.add("moe_experts", c.time_s, c.power_w, bd, n_moe, kernels=self.moe_kernels,
                  flops=2.0 * assignments * sum(n * k for _, n, k in self.expert_ops),
                  nbytes=max(1.0, active) * wbytes)
