@@ -136,20 +136,14 @@ def aic_generator_limits(row: dict) -> dict:
     return {k: v for k, v in out.items() if not (row.get(k) or "").strip()}
 
 
-#: aiconfigurator's quantisation inference (aic-core sdk/models/helpers.py
-#: _infer_quant_modes_from_raw_config): a checkpoint quantised with fp8 / fp8_block / nvfp4 gets
-#: kvcache_quant_mode fp8 (and fp8 FMHA), which its generator writes as --kv-cache-dtype fp8
-#: (generator/config/backend_config_mapping.yaml kv_cache_dtype). The rows' checkpoints that are
-#: quantised releases (model_hf):
-AIC_QUANTISED_CHECKPOINTS = ("Qwen/Qwen3-235B-A22B-FP8", "nvidia/Llama-3.1-8B-Instruct-FP8",
-                             "deepseek-ai/DeepSeek-V3")
-
-
 def aic_generator_kv_dtype(row: dict) -> dict:
-    """{'kv_dtype': 'fp8'} for an aiconfigurator row of a quantised checkpoint whose KV dtype the
-    source left blank (what its generator would launch with), else {}."""
+    """{'kv_dtype': 'fp8'} for an aiconfigurator row of a quantised checkpoint (a key of
+    QUANTISED_CHECKPOINTS) whose KV dtype the source left blank, else {}: aiconfigurator's
+    quantisation inference (aic-core sdk/models/helpers.py _infer_quant_modes_from_raw_config) gives
+    an fp8 / fp8_block / nvfp4 checkpoint kvcache_quant_mode fp8, which its generator writes as
+    --kv-cache-dtype fp8 (generator/config/backend_config_mapping.yaml kv_cache_dtype)."""
     if not (row.get("dataset", "").startswith("aiconfigurator")
-            and (row.get("model_hf") or "").strip() in AIC_QUANTISED_CHECKPOINTS
+            and (row.get("model_hf") or "").strip() in QUANTISED_CHECKPOINTS
             and not (row.get("kv_dtype") or "").strip()):
         return {}
     return {"kv_dtype": "fp8"}
@@ -253,19 +247,24 @@ def row_requests(row: dict, base: Path, warmup_factor: float = 0.0, prompt_pool:
     raise ValueError(f"unknown workload_kind {kind!r}")
 
 
-#: Quantised checkpoints of the rows (``model_hf``) that the README replays as "the bf16
-#: architecture plus weight_dtype": the scaling layout their own config.json declares, which picks
-#: the engine's kernel path (ModelSpec.quant_scheme). Qwen/Qwen3-235B-A22B-FP8's quantization_config
-#: is {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [128, 128]} (its
-#: model card: "fine-grained fp8 quantization with a block size of 128"); a bf16 checkpoint given
-#: weight_dtype fp8 is vLLM's online --quantization fp8 (per-tensor scales), the default.
-CHECKPOINT_QUANT = {"Qwen/Qwen3-235B-A22B-FP8": ("fp8", "fp8_block")}
+#: Quantised checkpoints of the rows (``model_hf``), which the README replays as "the bf16
+#: architecture plus weight_dtype": (stored dtype, the scaling layout their own quantization
+#: config declares, which picks the engine's kernel path: ModelSpec.quant_scheme).
+#: Qwen/Qwen3-235B-A22B-FP8: {"quant_method": "fp8", "activation_scheme": "dynamic",
+#: "weight_block_size": [128, 128]} (its model card: "fine-grained fp8 quantization with a block
+#: size of 128"); nvidia/Llama-3.1-8B-Instruct-FP8: ModelOpt FP8, one scale per tensor;
+#: deepseek-ai/DeepSeek-V3: block fp8 (the bundled config already carries it). A bf16 checkpoint
+#: given weight_dtype fp8 is vLLM's online --quantization fp8 (per-tensor scales), the default.
+QUANTISED_CHECKPOINTS = {"Qwen/Qwen3-235B-A22B-FP8": ("fp8", "fp8_block"),
+                         "nvidia/Llama-3.1-8B-Instruct-FP8": ("fp8", "fp8_tensor"),
+                         "deepseek-ai/DeepSeek-V3": ("fp8", "fp8_block")}
 
 
 def row_model(row: dict, base: Path):
-    """The row's model, with its checkpoint's quantisation layout where CHECKPOINT_QUANT knows it."""
+    """The row's model, with its checkpoint's quantisation layout where QUANTISED_CHECKPOINTS
+    knows it."""
     model = _model(row["model"], base)
-    q = CHECKPOINT_QUANT.get((row.get("model_hf") or "").strip())
+    q = QUANTISED_CHECKPOINTS.get((row.get("model_hf") or "").strip())
     if q and (row.get("weight_dtype") or "").strip() == q[0] and not model.quant_scheme:
         model = model.model_copy(update={"checkpoint_dtype": q[0], "quant_scheme": q[1]})
     return model
