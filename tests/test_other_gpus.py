@@ -15,7 +15,7 @@ from apex_opt.specs.plan import ReplicaConfig
 
 # torch.cuda.get_device_properties().total_memory as published in CUDA out-of-memory messages
 # ("GPU 0 has a total capacity of X GiB"); sources in each device file.
-MEASURED_TOTAL_GIB = {"b200": 178.35, "a100-sxm-80gb": 79.15, "l40s": 44.52}
+MEASURED_TOTAL_GIB = {"b200": 178.35, "b300": 267.69, "a100-sxm-80gb": 79.15, "l40s": 44.52}
 
 
 @pytest.mark.parametrize("name,gib", sorted(MEASURED_TOTAL_GIB.items()))
@@ -30,6 +30,7 @@ def test_device_memory_is_the_measured_pytorch_total(name, gib):
     ("a100-80g-1x8", 2048, 256),  # excluded by name (vLLM PR #17885)
     ("mi300x-1x8", 8192, 1024),
     ("b200-1x8", 8192, 1024),
+    ("b300-1x8", 8192, 1024),
 ])
 def test_vllm_v1_batch_defaults_by_gpu(cluster, tokens, seqs):
     dev = load_cluster(cluster).pools[0].device
@@ -48,7 +49,8 @@ def test_h100_pcie_cluster():
 
 
 @pytest.mark.parametrize("cluster,chunk", [("l40s-1x8", 4096), ("a100-80g-1x8", 8192),
-                                           ("mi300x-1x8", 16384), ("b200-1x8", 16384)])
+                                           ("mi300x-1x8", 16384), ("b200-1x8", 16384),
+                                           ("b300-1x8", 16384)])
 def test_sglang_chunked_prefill_by_gpu_memory(cluster, chunk):
     # sglang server_args: chunked_prefill_size by GPU memory (35-60 GiB 4096, 60-160 GiB 8192,
     # above 16384)
@@ -82,3 +84,17 @@ def test_mi300x_fp8_gemm_uses_its_own_published_efficiency():
     # the same ratio on the H100 profile (fp8 70.9 % vs bf16 80.3 % MAMF) stays below it
     h100 = DeviceCostModel(load_device("h100-sxm-80gb"))
     assert h100.gemm(*big, "bf16").time_s / h100.gemm(*big, "fp8").time_s < 2.0
+
+
+def test_b300_is_a_b200_with_more_memory_and_fp4():
+    # HGX B300 vs B200 datasheets: same dense FP8 / BF16 and 8 TB/s, 1.5x dense FP4, 288 GB HBM3e
+    b2, b3 = load_device("b200"), load_device("b300")
+    for dt in ("bf16", "fp8"):
+        assert b3.peak_tflops[dt] == b2.peak_tflops[dt]
+    assert b3.peak_tflops["fp4"] == pytest.approx(1.5 * b2.peak_tflops["fp4"])
+    assert b3.hbm_bandwidth_gbps == b2.hbm_bandwidth_gbps
+    assert b3.memory_gib > 1.45 * b2.memory_gib
+    big = (8192, 8192, 8192)
+    d2, d3 = DeviceCostModel(b2), DeviceCostModel(b3)
+    assert d3.gemm(*big, "bf16").time_s == pytest.approx(d2.gemm(*big, "bf16").time_s, rel=0.01)
+    assert d3.gemm(*big, "fp4").time_s < 0.8 * d2.gemm(*big, "fp4").time_s
