@@ -108,10 +108,6 @@ def resolve_engine(engine: str, version: str):
         raise RuntimeError(f"no engine profile for {engine!r}: {exc}") from None
 
 
-def _uses_mla(model) -> bool:
-    return getattr(model, "attention", None) == "mla" or bool(getattr(model, "kv_lora_rank", None))
-
-
 #: aiconfigurator's generator rule for aggregated vLLM workers (ai-dynamo/aiconfigurator
 #: src/aiconfigurator/generator/rule_plugin/vllm.rule @11324a6): ``agg_decode max_batch_size =
 #: 512 if max_batch_size < 512``, ``agg max_num_tokens = max_batch_size + isl + 1500``, ``agg
@@ -177,15 +173,13 @@ def row_plan(row: dict, model, engine, engine_flags: str = "defaults") -> tuple:
             tp, ep = moe_gpus // dp, int(m.group(2))
     replicas = dp
     g: dict = {}
-    if dp > 1 and _uses_mla(model):
-        # DP attention (SGLang --enable-dp-attention): one replica of tp x dp GPUs whose attention
-        # runs on dp ranks of tp GPUs, the MoE/MLP over all of them
-        if "dp_attention" in ReplicaGroup.model_fields:
-            g["dp_attention"] = dp
-            tp, replicas = tp * dp, 1
-            note += f"attention-DP {dp} in one TP{tp} replica; "
-        else:
-            note += f"dp{dp}: attention-DP replayed as {dp} replicas (no dp_attention field); "
+    if dp > 1 and getattr(model, "moe", None) is not None and getattr(engine, "dp_attention", False):
+        # data-parallel attention of a MoE model (SGLang --enable-dp-attention --dp-size dp; vLLM
+        # V1 --data-parallel-size dp): one replica of tp x dp GPUs whose attention runs on dp
+        # ranks of tp GPUs, each with its own requests and KV cache, the MoE over all of them
+        g["attention_dp"] = dp
+        tp, replicas = tp * dp, 1
+        note += f"attention-DP {dp} in one TP{tp} replica; "
     g.update({"tp": tp, "pp": pp, "ep": ep, "replicas": replicas,
               "weight_dtype": (row["weight_dtype"] or "bf16").strip()})
     kv = (row["kv_dtype"] or "").strip()

@@ -122,21 +122,11 @@ def test_deepseek_decode_has_the_kernels_engines_run():
     assert res16.breakdown["moe_experts"] > 1.8 * bd["moe_experts"]
 
 
-class _DPAttention:
-    """A ReplicaConfig with an attention-DP size (the cost model reads ``cfg.dp_attention``)."""
-
-    def __init__(self, cfg: ReplicaConfig, dp: int):
-        self._cfg, self.dp_attention = cfg, dp
-
-    def __getattr__(self, name):
-        return getattr(self._cfg, name)
-
-
 def test_dp_attention_splits_attention_and_gathers_for_the_moe():
     model, pool = load_model("deepseek-v3"), load_cluster("h200-1x8").pools[0]
     cfg = ReplicaConfig(tp=8, weight_dtype="fp8")
     tp_only = IterationCostModel(model, pool, cfg)
-    dpa = IterationCostModel(model, pool, _DPAttention(cfg, 8))
+    dpa = IterationCostModel(model, pool, cfg.model_copy(update={"attention_dp": 8}))
     ctx = np.full(256, 4096)
     a_tp = tp_only.iteration(ctx, with_breakdown=True).breakdown
     a_dp = dpa.iteration(ctx, with_breakdown=True).breakdown
@@ -152,14 +142,34 @@ def test_dp_attention_splits_attention_and_gathers_for_the_moe():
     assert t9 > t8
 
 
-def test_dp_attention_needs_mla_and_a_dividing_size():
+def test_dp_attention_needs_a_moe_model_and_a_dividing_size():
     pool = load_cluster("h100-sxm-1x8").pools[0]
     from apex_opt.errors import InputError
 
+    # a dense model has nothing to share across attention ranks: DP is plain replicas
     with pytest.raises(InputError):
-        IterationCostModel(load_model("llama-3.1-70b"), pool, _DPAttention(ReplicaConfig(tp=8), 8))
+        IterationCostModel(load_model("llama-3.1-70b"), pool,
+                           ReplicaConfig(tp=8).model_copy(update={"attention_dp": 8}))
     with pytest.raises(InputError):
-        IterationCostModel(load_model("deepseek-v3"), pool, _DPAttention(ReplicaConfig(tp=8, weight_dtype="fp8"), 3))
+        IterationCostModel(load_model("deepseek-v3"), pool,
+                           ReplicaConfig(tp=8, weight_dtype="fp8").model_copy(update={"attention_dp": 3}))
+
+
+def test_dp_attention_on_a_gqa_moe_splits_kv_reads_over_the_ranks():
+    # vLLM V1 DP + EP (and SGLang DP attention) for a GQA MoE such as Qwen3-235B: each of the
+    # 4 attention ranks (TP2) reads the KV of its own quarter of the sequences
+    model, pool = load_model("qwen3-235b-a22b"), load_cluster("h200-1x8").pools[0]
+    cfg = ReplicaConfig(tp=8, ep=8, weight_dtype="fp8")
+    tp_only = IterationCostModel(model, pool, cfg)
+    dpa = IterationCostModel(model, pool, cfg.model_copy(update={"attention_dp": 4}))
+    assert dpa.attn_dp == 4 and dpa.attn_tp == 2
+    ctx = np.full(128, 8192)
+    a_tp = tp_only.iteration(ctx, with_breakdown=True).breakdown
+    a_dp = dpa.iteration(ctx, with_breakdown=True).breakdown
+    # TP8 with 4 KV heads replicates them: every GPU reads 1 head x all 128 sequences; an
+    # attention rank of 2 GPUs reads 2 heads x 32 sequences per GPU -> half the bytes
+    assert a_dp["attention"] < 0.7 * a_tp["attention"]
+    assert a_dp["moe_experts"] == pytest.approx(a_tp["moe_experts"])
 
 
 def test_v1_fuses_fp8_input_quant_into_the_producing_kernel():

@@ -376,8 +376,14 @@ def test_sglang_data_parallel_attention(deepseek):
     argv = lp.processes[0].argv
     assert "--enable-dp-attention" in argv and _flag(argv, "--dp-size") == "8"
     assert unknown_flags(lp) == []
+    # vLLM V1: 8 engine cores (--data-parallel-size 8) of TP1 each, the MoE over all 8 GPUs
     v = launch_plan("deepseek-v3", deepseek, plan, engine="vllm", cluster=_cluster())
-    assert any("attention_dp=8" in n for n in v.notes)
+    argv = v.processes[0].argv
+    assert _flag(argv, "--data-parallel-size") == "8" and _flag(argv, "--tensor-parallel-size") == "1"
+    assert unknown_flags(v) == []
+    # vLLM 0.6 (V0) has no DP: the note says the plan runs as plain TP
+    v0 = launch_plan("deepseek-v3", deepseek, plan, engine="vllm-0.6", cluster=_cluster())
+    assert any("attention_dp=8" in n for n in v0.notes)
 
 
 # ------------------------------------------------------------------------------- multi-node DP

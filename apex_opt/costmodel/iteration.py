@@ -201,16 +201,16 @@ class IterationCostModel:
         self.stage_layers = [(sum(1 for i in r if not model.is_moe_layer(i)),
                               sum(1 for i in r if model.is_moe_layer(i))) for r in ranges]
         h, tp = model.hidden_size, cfg.tp
-        # DP attention (SGLang --enable-dp-attention, MLA models): `attn_dp` data-parallel attention
-        # ranks of tp/attn_dp GPUs each; each runs attention (projections, norms, MLA) for its own
-        # requests only, then the MLP/MoE runs over the tokens of all ranks, gathered before and
-        # reduce-scattered after every layer's MLP (sglang layers/dp_attention.py dp_gather /
-        # dp_scatter). ReplicaConfig.dp_attention: the attention-DP size (True = tp).
-        dpa = getattr(cfg, "dp_attention", 1)
-        self.attn_dp = tp if dpa is True else max(1, int(dpa or 1))
-        if self.attn_dp > 1 and (tp % self.attn_dp or model.attention != "mla"):
-            raise InputError("DP attention needs an MLA model and a DP size dividing TP",
-                             field="dp_attention", value=self.attn_dp)
+        # DP attention (SGLang --enable-dp-attention; vLLM V1 --data-parallel-size with expert
+        # parallelism), MoE models: `attn_dp` data-parallel attention ranks of tp/attn_dp GPUs
+        # each; each runs attention (projections, norms, MLA / GQA) for its own requests only, then
+        # the MLP/MoE runs over the tokens of all ranks, gathered before and reduce-scattered after
+        # every layer's MLP (sglang layers/dp_attention.py dp_gather / dp_scatter; vLLM's
+        # allgather_reducescatter all2all backend). ReplicaConfig.attention_dp: the attention-DP size.
+        self.attn_dp = max(1, int(getattr(cfg, "attention_dp", 1) or 1))
+        if self.attn_dp > 1 and (tp % self.attn_dp or model.moe is None):
+            raise InputError("DP attention needs a MoE model and a DP size dividing TP",
+                             field="attention_dp", value=self.attn_dp)
         self.attn_tp = tp // self.attn_dp
         self.attn_comm = collective_model_for(pool, self.attn_tp) if self.attn_tp > 1 else None
         self.q_heads = model.num_attention_heads // self.attn_tp

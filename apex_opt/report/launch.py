@@ -350,13 +350,18 @@ def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int | None, dp: int = 1
         argv += [f["host"], ctx.host]
     if not headless:  # a headless node serves no HTTP
         argv += [f["port"], str(port)]
-    argv += [f["tensor_parallel"], str(cfg.tp)]
+    adp = getattr(cfg, "attention_dp", 1) or 1
+    # vLLM's data-parallel attention is --data-parallel-size D engine cores of TP tp/D each, the
+    # MoE spanning all of them (SGLang: --tp-size is the whole group, --dp-size splits attention)
+    vllm_adp = adp > 1 and fam == "vllm" and ctx.spec.dp_attention and "data_parallel" in f
+    argv += [f["tensor_parallel"], str(cfg.tp // adp if vllm_adp else cfg.tp)]
     if cfg.pp > 1 or fam == "vllm":
         argv += [f["pipeline_parallel"], str(cfg.pp)]
-    adp = getattr(cfg, "attention_dp", 1) or 1
-    if adp > 1:  # data-parallel attention inside the TP group (MLA models)
+    if adp > 1:  # data-parallel attention inside the TP group (MoE models)
         if fam == "sglang" and "dp_attention" in f and "data_parallel" in f:
             argv += [f["dp_attention"], f["data_parallel"], str(adp)]
+        elif vllm_adp:
+            argv += [f["data_parallel"], str(adp)]
         else:
             notes.append(f"{ctx.spec.label} has no data-parallel-attention flag for this shape: "
                          f"the plan's attention_dp={adp} runs as plain TP{cfg.tp}")

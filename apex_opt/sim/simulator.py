@@ -173,9 +173,10 @@ def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: Req
             raise InfeasibleError(f"{cfg.label()}: {blocks} KV blocks cannot be split over "
                                   f"pp={cfg.pp} virtual engines / "
                                   f"attention_dp={cfg.attention_dp} ranks")
-        if cfg.attention_dp > 1 and engine.engine != "sglang":
-            raise InputError(f"data-parallel attention is an SGLang feature (--enable-dp-attention);"
-                             f" engine {engine.name} has none", field=f"plan.groups[{gi}].attention_dp",
+        if cfg.attention_dp > 1 and not engine.dp_attention:
+            raise InputError(f"engine {engine.name} has no data-parallel attention (SGLang 0.4+: "
+                             f"--enable-dp-attention; vLLM V1: --data-parallel-size with expert "
+                             f"parallelism)", field=f"plan.groups[{gi}].attention_dp",
                              value=cfg.attention_dp)
         limits = engine_limits(model, cfg, blocks, engine, pool.device)
         cost = IterationCostModel(model, pool, cfg, engine, sampler=sampler)

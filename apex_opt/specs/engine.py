@@ -243,8 +243,11 @@ class EngineSpec(StrictModel):
                          "kernel of negligible cost (FlashInfer sampling).")
     sampler_top_k_bytes_per_logit: NonNegFloat = Field(
         0.0, description="The same for a step whose requests set top_k (with or without top_p).")
-    dp_attention: bool = Field(False, description="Supports data-parallel attention (SGLang "
-                                                  "--enable-dp-attention for MLA models).")
+    dp_attention: bool = Field(False, description="Supports data-parallel attention for MoE "
+                                                  "models: per-rank schedulers and KV caches, "
+                                                  "attention on tp/attention_dp GPUs, experts over "
+                                                  "all tp GPUs (SGLang --enable-dp-attention; vLLM "
+                                                  "V1 --data-parallel-size with expert parallelism).")
     dp_router: DPRouterSpec = Field(
         default_factory=lambda: DPRouterSpec(policy="least_outstanding"),
         description="Router over data-parallel replicas in the engine's own DP deployment "
