@@ -217,8 +217,10 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
 @click.option("--ep", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Expert-parallel degree (MoE; divides --tp).")
 @click.option("--attention-dp", type=click.IntRange(1, 1024), default=1, show_default=True,
-              help="SGLang data-parallel attention ranks inside the TP group (--enable-dp-attention "
-                   "--dp-size N; MLA models such as deepseek-v3), e.g. --tp 8 --attention-dp 8.")
+              help="Data-parallel attention ranks inside the TP group, for MoE models: each rank "
+                   "has its own requests and KV cache and runs attention on tp/N GPUs, the experts "
+                   "span all --tp GPUs (SGLang --enable-dp-attention --dp-size N; vLLM V1 "
+                   "--data-parallel-size N --tensor-parallel-size tp/N), e.g. --tp 8 --attention-dp 8.")
 @click.option("--pool", default=None, help="Device pool of the cluster [default: the first].")
 @weight_dtype_option
 @kv_dtype_option
