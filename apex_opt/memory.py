@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 from .specs.cluster import DeviceSpec
 from .specs.common import DTYPE_BYTES
 from .specs.engine import EngineSpec, load_engine
-from .specs.model import LinearOp, ModelSpec
+from .specs.model import CHECKPOINT_FORMAT_BYTES, LinearOp, ModelSpec, weight_format
 from .parallel import default_layers_per_stage, kv_heads_per_rank, stage_layer_ranges  # noqa: F401
 from .specs.plan import ReplicaConfig
 
@@ -46,7 +46,14 @@ INT4_GROUP = 128
 FP4_GROUP = 16
 
 
-def linear_weight_bytes_per_elem(weight_dtype: str) -> float:
+def linear_weight_bytes_per_elem(weight_dtype: str, quant_scheme: str = "") -> float:
+    """Stored bytes per linear-weight element in ``weight_dtype``; with a checkpoint's scaling
+    layout ``quant_scheme`` (when it is served as published) the checkpoint's own format: MXFP4
+    (E2M1 + one E8M0 byte per 32 = 0.53125 B), int4 of group size 32 / 64 (specs/model.py
+    weight_format, CHECKPOINT_FORMAT_BYTES)."""
+    fmt = weight_format(weight_dtype, quant_scheme)
+    if fmt != weight_dtype:
+        return CHECKPOINT_FORMAT_BYTES[fmt]
     if weight_dtype == "int4":
         return DTYPE_BYTES["int4"] + DTYPE_BYTES["bf16"] / INT4_GROUP
     if weight_dtype == "fp4":
@@ -78,7 +85,9 @@ def _ops_params(ops: Iterable[LinearOp], tp: int, model: ModelSpec) -> float:
 
 def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int) -> dict[str, int]:
     """Weight bytes on one GPU of pipeline stage ``stage``, by component."""
-    tp, wb = cfg.tp, linear_weight_bytes_per_elem(cfg.resolved_weight_dtype(model))
+    wd = cfg.resolved_weight_dtype(model)
+    tp, wb = cfg.tp, linear_weight_bytes_per_elem(
+        wd, model.quant_scheme if wd == model.default_weight_dtype else "")
     bf16 = DTYPE_BYTES["bf16"]
     layers = stage_layer_ranges(model.num_layers, cfg)[stage]
     # data-parallel attention (SGLang): each attention rank is tp / attention_dp GPUs
@@ -106,7 +115,29 @@ def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int) 
         out["norms"] += model.final_norm_params * bf16
         if not model.tie_word_embeddings or cfg.pp > 1:
             out["lm_head"] = vocab_shard
+    _keep_bf16(model, cfg, out, wb)
     return {k: int(round(v)) for k, v in out.items()}
+
+
+def _keep_bf16(model: ModelSpec, cfg: ReplicaConfig, out: dict[str, float], wb: float) -> None:
+    """Re-price at bf16 the linear weights a checkpoint leaves unquantized (ModelSpec.quant_exclude:
+    e.g. gpt-oss's MXFP4 covers the MoE experts only, Kimi-K2.5's int4 the routed experts only);
+    a single excluded attention projection by its share of the attention weights."""
+    wd = cfg.resolved_weight_dtype(model)
+    if not model.quant_exclude or wd in ("bf16", "fp16"):
+        return
+    r = DTYPE_BYTES["bf16"] / wb
+    for comp in ("attention", "mlp", "shared_experts", "experts"):
+        if model.keeps_bf16(comp, weight_dtype=wd):
+            out[comp] *= r
+    if not model.keeps_bf16("attention", weight_dtype=wd):
+        tpa = cfg.tp // cfg.attention_dp
+        ops = model.attention_linear_ops()
+        total = _ops_params(ops, tpa, model)
+        excl = sum(_sharded_params(op, tpa, model) for op in ops
+                   if model.keeps_bf16("attention", op.name, wd))
+        if excl and total:
+            out["attention"] *= 1.0 + (r - 1.0) * excl / total
 
 
 def activation_peak_bytes(model: ModelSpec, cfg: ReplicaConfig, tokens: int) -> int:

@@ -289,6 +289,7 @@ def measured_means(res, skip: int) -> dict:
 def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
                  engine_flags: str = "defaults", prompt_pool: int = 0) -> dict:
     """Replay one row; never raises (a failure is reported in the result)."""
+    from apex_opt.errors import InfeasibleError
     from apex_opt.registry import load_cluster
     from apex_opt.sim.simulator import simulate
 
@@ -313,7 +314,19 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
         out["tpot_floor_ms"] = None if floor is None else floor * 1e3
         shape_problem = recorded_shape_problem(row, model, cluster)
         out["shape_unreplayable"] = shape_problem is not None
-        res = simulate(model, cluster, plan, req, engine=engine)
+        try:
+            res = simulate(model, cluster, plan, req, engine=engine)
+        except InfeasibleError as exc:
+            # the row ran, so the server started: with max_model_len not recorded and the
+            # model's full context not fitting the KV cache (vLLM refuses to start then), the run
+            # must have set a shorter one -- replay with the longest that fits (what vLLM's error
+            # message suggests), never shorter than the row's own requests
+            plan2 = fitting_max_model_len(row, model, cluster, plan, engine, exc)
+            if plan2 is None:
+                raise
+            plan, fit_note = plan2
+            pnote += fit_note
+            res = simulate(model, cluster, plan, req, engine=engine)
         m = res.metrics
         out["engine_profile"] = getattr(engine, "name", row["engine"])
         out["note"] = note + pnote
@@ -353,6 +366,25 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
         out["error"] = f"{type(exc).__name__}: {exc}"[:300]
     out["wall_s"] = time.perf_counter() - t0
     return out
+
+
+def fitting_max_model_len(row: dict, model, cluster, plan, engine, exc) -> tuple | None:
+    """(plan with the longest max_model_len the KV cache holds, note) when ``exc`` is the KV cache
+    not holding the model's default context and the row does not record max_model_len; else
+    None."""
+    from apex_opt.memory import replica_memory
+
+    if (row.get("max_model_len") or "").strip() or exc.details.get("overflow_component") != "kv_cache":
+        return None
+    g = plan.groups[0]
+    pool = cluster.pools[0] if g.pool is None else next(p for p in cluster.pools if p.name == g.pool)
+    mem = replica_memory(model, pool.device, g.replica(), engine)
+    per_rank = mem.kv_tokens // max(1, g.attention_dp)
+    need = (_i(row.get("isl", "")) or 0) + (_i(row.get("osl", "")) or 0)
+    if per_rank < max(need, 16):
+        return None
+    new = plan.model_copy(update={"groups": (g.model_copy(update={"max_model_len": per_rank}),)})
+    return new, f"max_model_len not recorded and {model.max_position_embeddings} does not fit: {per_rank}; "
 
 
 #: a closed loop whose measured means imply more than this share of the GPUs' dense datasheet

@@ -86,7 +86,8 @@ def calibration(profile_name: str = REFERENCE_PROFILE) -> Calibration:
                        stream=stream, table_ops=_ew.table_curves(prof), power=power, derate=derate)
 
 
-_WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4", "fp4")
+#: + checkpoint storage formats (roofline.weight_format): MXFP4, int4 of group 32 / 64
+_WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4", "fp4", "mxfp4", "int4_g32", "int4_g64")
 
 
 def fp4_path(device: DeviceSpec) -> str | None:

@@ -38,8 +38,9 @@ from ..specs.plan import ReplicaConfig
 from .collectives import collective_model_for
 from .kernels import eager_host, engine_kernels, kernel_facts
 from .power import IterationWork, check_gpu_settings, dvfs_model, memory_activity_per_utilisation
-from .roofline import WEIGHT_BYTES
+from .roofline import WEIGHT_BYTES, weight_format
 from . import DeviceCostModel, fp4_engine_path, fp4_unsupported_message, fp8_block_moe_backend
+from .kernels import mxfp4_path, mxfp4_unsupported_message
 
 
 @lru_cache(maxsize=None)
@@ -163,9 +164,22 @@ class IterationCostModel:
         self.stored_dtype = wd = cfg.resolved_weight_dtype(model)
         #: stored bytes per linear-weight element the breakdown counts (NVFP4 with its per-16
         #: FP8 block scales, roofline.WEIGHT_BYTES; other dtypes their element size)
-        self.weight_elt_bytes = WEIGHT_BYTES["fp4"] if wd == "fp4" else DTYPE_BYTES.get(wd, 2)
+        #: the checkpoint's storage format when served as published (roofline.weight_format:
+        #: 'mxfp4', 'int4_g32', ...), else the dtype's default layout
+        fmt = weight_format(wd, model.quant_scheme if wd == model.default_weight_dtype else "")
+        self.weight_elt_bytes = (WEIGHT_BYTES[fmt] if fmt != wd else
+                                 WEIGHT_BYTES["fp4"] if wd == "fp4" else DTYPE_BYTES.get(wd, 2))
         self.compute_dtype = "fp8" if (wd == "fp8" and "fp8" in pool.device.peak_tflops) else "bf16"
-        if wd == "fp4":
+        if fmt == "mxfp4":
+            # MXFP4 experts (gpt-oss; the rest of the model is bf16, ModelSpec.quant_exclude):
+            # bf16-activation kernels (vLLM; SGLang on Hopper) or MXFP4 x MXFP8 at the fp8 rate
+            # (SGLang on Blackwell): data/kernels.yaml common.mxfp4
+            path = mxfp4_path(pool.device, self.engine.name)
+            if path is None:
+                raise InputError(mxfp4_unsupported_message(pool.device, self.engine.name),
+                                 field="weight_dtype", value="fp4")
+            self.compute_dtype = "fp8" if path == "w4a8" else "bf16"
+        elif wd == "fp4":
             # NVFP4: W4A4 on GPUs with FP4 tensor cores, else weight-only FP4 Marlin (bf16
             # compute); none on e.g. MI300X (data/kernels.yaml common.fp4). A W4A16 checkpoint
             # (no activation scales) runs Marlin on every GPU (vLLM ModelOptNvFp4W4A16 /
@@ -176,7 +190,7 @@ class IterationCostModel:
                                  field="weight_dtype", value="fp4")
             a16 = model.checkpoint_dtype == "fp4" and model.quant_scheme == "nvfp4_w4a16"
             self.compute_dtype = "fp4" if (path == "w4a4" and not a16) else "bf16"
-        self.weight_dtype = None if wd == "bf16" else wd
+        self.weight_dtype = None if wd == "bf16" else fmt
         self.peak_flops = pool.device.tflops(self.compute_dtype) * 1e12 * self.num_gpus
         self.peak_bytes_per_s = pool.device.hbm_bandwidth_gbps * 1e9 * self.num_gpus
         # energy per FLOP at max clock and memory-activity power, from the fitted power model
@@ -225,6 +239,9 @@ class IterationCostModel:
                                 op.k // etp if op.split == "row" else op.k)
                                for op in model.expert_linear_ops()]
             self.local_experts = model.moe.num_experts // cfg.ep
+        #: GEMMs (class, n, k) the checkpoint keeps in bf16 (ModelSpec.quant_exclude, e.g. the
+        #: attention of gpt-oss / Kimi-K2.5): bf16 GEMMs without an activation quant
+        self._bf16_ops = self._kept_bf16_gemms(model, wd)
         self.hidden = h
         self.vocab_shard = -(-model.vocab_size // tp)
         # kernel paths (data/kernels.yaml): fp8 W8A8 quantizes each GEMM input dynamically with the
@@ -286,8 +303,9 @@ class IterationCostModel:
         q_us = self.act_quant_kernels * quant_op_us
         gemm, coll = e.us("gemm"), e.us("allreduce")
         attn_gemms = sum(gemm + (q_us if (self.act_quant and not (
-            self.quant_fused and name not in _AFTER_ATTENTION) and name not in _ABSORBED) else 0.0)
-            for name, _, _ in self.attn_ops)
+            self.quant_fused and name not in _AFTER_ATTENTION) and name not in _ABSORBED
+            and ("attention_proj", n_, k_) not in self._bf16_ops) else 0.0)
+            for name, n_, k_ in self.attn_ops)
         n_coll = 0
         if self.attn_dp == 1:
             n_coll = 2 if self.tp_comm is not None else 0
@@ -297,7 +315,12 @@ class IterationCostModel:
         #: per layer (any kind), per dense-MLP layer, per MoE layer; per first / last stage
         self._eager_layer_us = (e.us("layer") + attn_gemms + n_coll * coll
                                 + len(self.mla_norms) * e.cost_us["custom_op"])
-        self._eager_dense_us = len(self.mlp_ops) * gq + e.us("mlp")
+        def gq_of(cls: str, ops) -> float:  # GEMMs kept in bf16 launch no quant kernel
+            if not self._bf16_ops:
+                return len(ops) * gq
+            return sum(gemm if (cls, n, k) in self._bf16_ops else gq for _, n, k in ops)
+
+        self._eager_dense_us = gq_of("mlp", self.mlp_ops) + e.us("mlp")
         moe_us = 0.0
         if self.model.moe:
             path = "moe_ep" if (self.ep > 1 and e.has("moe_ep")) else "moe"
@@ -305,7 +328,7 @@ class IterationCostModel:
             # fused_moe quantizes both expert GEMMs' inputs (fp8); the FP4 MoE only its input
             moe_us += _MOE_QUANT_KERNELS.get(self.compute_dtype, 0) * quant_op_us
             if self.shared_ops:
-                moe_us += len(self.shared_ops) * gq + e.us("mlp")
+                moe_us += gq_of("moe_shared", self.shared_ops) + e.us("mlp")
         self._eager_moe_us = moe_us
         self._eager_first_us, self._eager_last_us = e.us("stage_first"), e.us("stage_last")
 
@@ -333,8 +356,27 @@ class IterationCostModel:
             return op.name, op.n // tp, op.k
         return op.name, op.n, op.k // tp
 
+    def _kept_bf16_gemms(self, model: ModelSpec, wd: str) -> frozenset:
+        """(class, n, k) of the sharded GEMMs whose weights the checkpoint stores unquantized
+        (ModelSpec.keeps_bf16), for :meth:`_gemm`."""
+        if not model.quant_exclude or wd in ("bf16", "fp16"):
+            return frozenset()
+        out = set()
+        kinds = list(model.kind_counts()) if getattr(model, "is_hybrid", False) else ["full"]
+        for kind in kinds:
+            ops = model.attention_linear_ops(kind) if kind != "full" else model.attention_linear_ops()
+            for op in ops:
+                if model.keeps_bf16("attention", op.name, wd):
+                    out.add(("attention_proj",) + self._shard(op, self.attn_tp)[1:])
+        for cls, comp, ops in (("mlp", "mlp", self.mlp_ops), ("moe_shared", "shared_experts", self.shared_ops)):
+            if model.keeps_bf16(comp, weight_dtype=wd):
+                out |= {(cls, n, k) for _, n, k in ops}
+        return frozenset(out)
+
     def _gemm(self, part: _Part, bd: dict, cls: str, m: int, n: int, k: int, count: float,
               bf16: bool = False, fusible: bool = True) -> None:
+        if not bf16 and self._bf16_ops and (cls, n, k) in self._bf16_ops:
+            bf16 = True  # kept unquantized by the checkpoint (ModelSpec.quant_exclude)
         if bf16:  # e.g. MLA's absorbed W_UK / W_UV batched GEMMs (dequantized to bf16 at load)
             c = self.dev.gemm(m, n, k, "bf16", None)
             part.add(cls, c.time_s, c.power_w, bd, count, flops=2.0 * m * n * k,

@@ -82,6 +82,43 @@ def engine_kernels(name: str) -> dict:
     return dict(engines[family])
 
 
+def mxfp4_path(device, engine: str) -> str | None:
+    """How an MXFP4 checkpoint's MoE experts run on ``device`` with ``engine`` (data/kernels.yaml
+    common.mxfp4 and engines.*.mxfp4, with sources): ``"weight_only"`` (MXFP4 weights, bf16
+    activations and compute: vLLM's Triton matmul_ogs / FlashInfer MXFP4xBF16 / Marlin, SGLang on
+    Hopper), ``"w4a8"`` (MXFP8 activations on FP8-rate tensor cores: SGLang on Blackwell), None
+    where the engine generation or the GPU runs no MXFP4 kernel."""
+    from packaging.version import InvalidVersion, Version
+
+    facts = _raw()["common"].get("mxfp4", {})
+    paths = engine_kernels(engine).get("mxfp4") or {}
+    if not paths or device.vendor not in facts.get("vendors", ()):
+        return None
+    cc = device.compute_capability
+    major = ""
+    if cc is not None and device.vendor == "nvidia":
+        try:
+            if Version(str(cc)) < Version(str(facts.get("min_cc", "8.0"))):
+                return None
+        except InvalidVersion:
+            pass
+        major = str(cc).split(".", 1)[0]
+    path = paths.get(major, paths.get("default"))
+    if path == "w4a8" and "fp8" not in device.peak_tflops:
+        path = "weight_only"
+    return path
+
+
+def mxfp4_unsupported_message(device, engine: str) -> str:
+    """One line saying why an MXFP4 checkpoint cannot run on ``device`` with ``engine``."""
+    if not (engine_kernels(engine).get("mxfp4") or {}):
+        return (f"MXFP4 (fp4, quant_method mxfp4) checkpoints need an engine with an MXFP4 MoE "
+                f"kernel; engine profile {engine} has none (vLLM >= 0.10.1 / SGLang >= 0.5; "
+                f"data/kernels.yaml engines mxfp4): choose another --engine")
+    return (f"MXFP4 (fp4, quant_method mxfp4) checkpoints cannot run on {device.name}: no MXFP4 MoE "
+            f"kernel for it (compute capability >= 8.0 needed; data/kernels.yaml common.mxfp4)")
+
+
 #: kinds of host work in eager mode (data/kernels.yaml common.eager_host_us)
 EAGER_KINDS = ("aten", "custom_op", "py_custom_op", "py_custom_op_decorated", "triton",
                "collective", "module")

@@ -106,6 +106,31 @@ def serving_weight_dtype(checkpoint_dtype: str) -> str:
     return {"fp8": "fp8", "int8": "fp8", "int4": "int4", "fp4": "fp4"}.get(checkpoint_dtype, "bf16")
 
 
+#: Bytes per stored weight element of checkpoint-specific quantized formats (:func:`weight_format`;
+#: costmodel/roofline.py WEIGHT_BYTES has them too): ``mxfp4`` = OCP MXFP4 (gpt-oss): E2M1 two
+#: per byte + one E8M0 (1-byte) scale per 32 elements (vLLM Mxfp4MoEMethod.create_weights
+#: 0.12-0.18: w13_weight uint8 [E, 2I, H/2] + w13_weight_scale uint8 [E, 2I, H/32], likewise w2;
+#: mxfp4_block = 32); ``int4_g32`` / ``int4_g64``: int4 with one bf16 scale per 32 / 64 elements
+#: (compressed-tensors pack-quantized, symmetric: weight_packed int32 [n, k/8] + weight_scale
+#: bf16 [n, k/group]; e.g. moonshotai/Kimi-K2.5 group_size 32).
+CHECKPOINT_FORMAT_BYTES = {"mxfp4": 0.5 + 1.0 / 32, "int4_g32": 0.5 + 2.0 / 32,
+                           "int4_g64": 0.5 + 2.0 / 64}
+
+
+def weight_format(weight_dtype: str, quant_scheme: str = "") -> str:
+    """The storage format of linear weights in ``weight_dtype`` with a checkpoint's scaling layout
+    ``quant_scheme`` (ModelSpec.quant_scheme; pass it only when the checkpoint is served as
+    published): 'mxfp4' for an MXFP4 checkpoint served as fp4, 'int4_g32' / 'int4_g64' for int4
+    checkpoints of group size 32 / 64 (CHECKPOINT_FORMAT_BYTES); otherwise ``weight_dtype``
+    itself (int4: group 128, fp4: NVFP4)."""
+    if weight_dtype == "fp4" and quant_scheme == "mxfp4":
+        return "mxfp4"
+    if weight_dtype == "int4" and quant_scheme.startswith("int4_group"):
+        key = "int4_g" + quant_scheme[len("int4_group"):]
+        return key if key in CHECKPOINT_FORMAT_BYTES else "int4"
+    return weight_dtype
+
+
 class ModelSpec(BaseModel):
     """Architecture of a decoder-only LLM, enough to size weights, KV cache and per-op cost."""
 
@@ -130,12 +155,20 @@ class ModelSpec(BaseModel):
     qkv_bias: bool = False          # Qwen2: bias on q, k, v projections
     qk_norm: bool = False           # Qwen3: per-head RMSNorm on q and k (weights of width head_dim)
     checkpoint_dtype: str = "bf16"  # dtype of the published weights ('fp8' for block-fp8 checkpoints)
+    #: linear weights a quantized checkpoint keeps unquantized (bf16), read from its quantization
+    #: config's exclusion list (see _quant_exclude): 'attention' (every attention projection),
+    #: 'attention.<op>' (one projection, op names of attention_linear_ops, e.g. 'attention.q_a'),
+    #: 'mlp' (dense MLP layers), 'shared_experts', 'experts'. Empty = every linear layer stored in
+    #: checkpoint_dtype. Applies when the checkpoint is served as published (:meth:`keeps_bf16`).
+    quant_exclude: tuple[str, ...] = ()
     #: how a quantized checkpoint scales its weights (selects the engine's GEMM kernel path, see
     #: costmodel/kernels.yaml): 'fp8_block' (128x128 weight blocks, per-token-group activation quant:
     #: DeepSeek-V3, Qwen3-FP8), 'fp8_tensor' / 'fp8_channel' (one scale per tensor / output channel,
     #: dynamic per-tensor / per-token activation quant), 'int4_group' (AWQ/GPTQ), 'nvfp4' (NVFP4
     #: W4A4: ModelOpt quant_algo NVFP4, compressed-tensors nvfp4-pack-quantized with fp4
     #: activations), 'nvfp4_w4a16' (NVFP4 weights, bf16 activations: weight-only on every GPU),
+    #: 'mxfp4' (OCP MXFP4 under checkpoint_dtype 'fp4': E2M1 + E8M0 scale per 32, gpt-oss; MoE
+    #: experts only), 'int4_group32' / 'int4_group64' (int4 of group size 32 / 64, e.g. Kimi-K2.5),
     #: '' = not quantized.
     quant_scheme: str = ""
 
@@ -152,7 +185,11 @@ class ModelSpec(BaseModel):
         Raises :class:`InputError` naming ``source``, the field and the value for missing or absurd
         values.
         """
-        return _build(cfg, name, source)
+        spec = _build(cfg, name, source)
+        if spec.checkpoint_dtype in ("bf16", "fp16", "fp32"):
+            return spec
+        excl = _quant_exclude(_text_section(cfg, source)[0].get("quantization_config"), spec)
+        return spec.model_copy(update={"quant_exclude": excl}) if excl else spec
 
     # ------------------------------------------------------------------ layer layout
     def is_moe_layer(self, i: int) -> bool:
@@ -357,6 +394,16 @@ class ModelSpec(BaseModel):
         checkpoint's own (fp8 for fp8 checkpoints, int4 for AWQ/GPTQ); int8 checkpoints are sized
         like fp8 (one byte); unquantized fp16/bf16/fp32 checkpoints serve in bf16."""
         return serving_weight_dtype(self.checkpoint_dtype)
+
+    def keeps_bf16(self, component: str, op: str = "", weight_dtype: str | None = None) -> bool:
+        """True when the checkpoint stores linear weights of ``component`` ('attention', 'mlp',
+        'shared_experts', 'experts'; ``op`` = one projection's name) unquantized (quant_exclude)
+        and it is served as published: ``weight_dtype`` None or the checkpoint's own. Quantizing
+        it to another dtype online (e.g. --quantization fp8 of its bf16 parts) is not that."""
+        if not self.quant_exclude or (weight_dtype is not None
+                                      and weight_dtype != self.default_weight_dtype):
+            return False
+        return component in self.quant_exclude or (bool(op) and f"{component}.{op}" in self.quant_exclude)
 
     # ------------------------------------------------------------------ report
     def summary(self) -> dict:
@@ -579,15 +626,28 @@ def _nvfp4_scheme(q: dict) -> str | None:
         for g in (groups.values() if isinstance(groups, dict) else ()):
             w = g.get("weights") if isinstance(g, dict) else None
             if isinstance(w, dict) and w.get("type") == "float" and w.get("num_bits") == 4:
+                if w.get("group_size") == 32:
+                    return None  # MXFP4 (mxfp4-pack-quantized, E8M0 scales per 32): _is_mxfp4
                 a = g.get("input_activations")
                 return "nvfp4" if isinstance(a, dict) and a.get("num_bits") == 4 else "nvfp4_w4a16"
     return None
 
 
+def _is_mxfp4(q: dict) -> bool:
+    """An OCP MXFP4 checkpoint: quant_method 'mxfp4' (gpt-oss; vLLM / SGLang Mxfp4Config), or
+    compressed-tensors float 4-bit weights in groups of 32 (mxfp4-pack-quantized; vLLM 0.15+
+    CompressedTensorsW4A16Mxfp4)."""
+    if str(q.get("quant_method", "")).lower() == "mxfp4":
+        return True
+    w = _compressed_tensors_weights(q) if str(q.get("quant_method", "")).lower() == "compressed-tensors" else None
+    return (isinstance(w, dict) and w.get("type") == "float" and w.get("num_bits") == 4
+            and w.get("group_size") == 32)
+
+
 def _checkpoint_dtype(cfg: dict) -> str:
     q = cfg.get("quantization_config")
     if isinstance(q, dict):
-        if _nvfp4_scheme(q) is not None:
+        if _nvfp4_scheme(q) is not None or _is_mxfp4(q):
             return "fp4"
         method = str(q.get("quant_method", "")).lower()
         if method in ("fp8", "fbgemm_fp8"):
@@ -595,8 +655,8 @@ def _checkpoint_dtype(cfg: dict) -> str:
         bits = q.get("bits")
         if method in ("gptq", "awq") and bits in (4, 8):
             return "int4" if bits == 4 else "int8"
-        if method == "modelopt" and "FP8" in str(q.get("quant_algo", "")).upper():
-            return "fp8"
+        if method == "modelopt" and "FP8" in _modelopt_algo(q):
+            return "fp8"  # quant_algo flat, or nested as hf_quant_config.json has it
         w = _compressed_tensors_weights(q) if method == "compressed-tensors" else None
         if w is not None:
             if w.get("type") == "float" and w.get("num_bits") == 8:
@@ -623,9 +683,9 @@ def _quant_scheme(cfg: dict, dtype: str) -> str:
     if not isinstance(q, dict) or dtype in ("bf16", "fp16", "fp32"):
         return ""
     if dtype in ("int4", "int8"):
-        return "int4_group" if dtype == "int4" else "int8_channel"
+        return _int4_scheme(q) if dtype == "int4" else "int8_channel"
     if dtype == "fp4":
-        return _nvfp4_scheme(q) or "nvfp4"
+        return "mxfp4" if _is_mxfp4(q) else (_nvfp4_scheme(q) or "nvfp4")
     method = str(q.get("quant_method", "")).lower()
     if q.get("weight_block_size"):
         return "fp8_block"
@@ -636,6 +696,18 @@ def _quant_scheme(cfg: dict, dtype: str) -> str:
         strategy = str(w.get("strategy", "tensor")).lower()
         return {"block": "fp8_block", "channel": "fp8_channel"}.get(strategy, "fp8_tensor")
     return "fp8_tensor"
+
+
+def _int4_scheme(q: dict) -> str:
+    """'int4_group' (one bf16 scale per 128 weights: AWQ / GPTQ's usual group), or 'int4_group32' /
+    'int4_group64' for checkpoints of group size 32 / 64 (GPTQ/AWQ ``group_size``; compressed-tensors
+    weights ``group_size``, e.g. moonshotai/Kimi-K2.5: 32); weight_format
+    maps it to its bytes per weight."""
+    g = q.get("group_size")
+    w = _compressed_tensors_weights(q)
+    if w is not None:
+        g = w.get("group_size")
+    return f"int4_group{g}" if g in (32, 64) else "int4_group"
 
 
 def _mla(r: _Reader) -> MLASpec | None:
@@ -749,6 +821,135 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
         checkpoint_dtype=_checkpoint_dtype(text),
         quant_scheme=_quant_scheme(text, _checkpoint_dtype(text)),
     )
+
+
+# ---------------------------------------------------------------- quantization exclusions
+#: components every linear layer of which is left unquantized by an MXFP4 checkpoint: vLLM's
+#: Mxfp4Config.get_quant_method (0.12-0.18) returns UnquantizedLinearMethod for every LinearBase
+#: ("MXFP4 linear layer is not implemented") and Mxfp4MoEMethod only for FusedMoE; SGLang 0.5.9
+#: mxfp4.py likewise quantizes FusedMoE only. gpt-oss's modules_to_not_convert (self_attn,
+#: router, embed_tokens, lm_head) says the same.
+_MXFP4_EXCLUDE = ("attention", "mlp", "shared_experts")
+#: checkpoint module names of each component's projections, per naming family ({L} = the layer
+#: prefix): the first family whose names the exclusion patterns match is the checkpoint's
+_ATTN_NAMES = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "q": ("q_proj",),
+               "q_a": ("q_a_proj",), "q_b": ("q_b_proj",), "kv_a": ("kv_a_proj_with_mqa",),
+               "kv_b": ("kv_b_proj",)}
+_MLP_FAMILIES = (("mlp", ("gate_proj", "up_proj", "down_proj")),
+                 ("feed_forward", ("gate_proj", "up_proj", "down_proj")))
+_SHARED_FAMILIES = (("mlp.shared_experts", ("gate_proj", "up_proj", "down_proj")),
+                    ("mlp.shared_expert", ("gate_proj", "up_proj", "down_proj")),
+                    ("feed_forward.shared_expert", ("gate_proj", "up_proj", "down_proj")))
+_EXPERT_FAMILIES = (("mlp.experts.0", ("gate_proj", "up_proj", "down_proj")),
+                    ("block_sparse_moe.experts.0", ("w1", "w2", "w3")),
+                    ("feed_forward.experts.0", ("gate_proj", "up_proj", "down_proj")),
+                    ("mlp.experts", ("gate_up_proj", "down_proj")))
+_LAYER_PREFIXES = ("model.layers", "language_model.model.layers", "model.language_model.layers")
+
+
+def _exclusion_patterns(q: dict) -> list[str]:
+    """The module-exclusion list of a quantization config, whatever the producer calls it: fp8 /
+    AWQ / mxfp4 ``modules_to_not_convert`` and fp8 ``ignored_layers`` (vLLM Fp8Config.from_config
+    reads both), compressed-tensors and ModelOpt-in-config.json ``ignore`` (vLLM ModelOptConfig
+    reads "ignore" from config.json), ModelOpt ``exclude_modules`` (flat, or nested under
+    ``quantization`` as in hf_quant_config.json)."""
+    out: list[str] = []
+    sources = [q]
+    if isinstance(q.get("quantization"), dict):
+        sources.append(q["quantization"])
+    for src in sources:
+        for key in ("modules_to_not_convert", "ignored_layers", "ignore", "exclude_modules"):
+            v = src.get(key)
+            if isinstance(v, list):
+                out += [str(x) for x in v if isinstance(x, str) and x]
+    return out
+
+
+def _pattern_regex(patterns: list[str]):
+    """One compiled regex matching a module name the way the engines read each entry:
+    ``re:<regex>`` (compressed-tensors: re.match), a wildcard (ModelOpt exclude_modules are
+    fnmatch patterns, vLLM ModelOptConfig.is_layer_excluded), or a plain name that equals the
+    module or one of its parents (vLLM is_layer_skipped exact prefix; ModelOpt substring)."""
+    import fnmatch
+    import re
+
+    parts = []
+    for p in patterns:
+        if p.startswith("re:"):
+            try:
+                re.compile(p[3:])
+            except re.error:
+                continue
+            parts.append(f"(?:{p[3:]})")
+        elif any(c in p for c in "*?["):
+            parts.append(fnmatch.translate(p))
+        else:
+            parts.append(re.escape(p) + r"(?:\..*)?\Z")
+    return re.compile("|".join(parts)) if parts else None
+
+
+def _quant_exclude(q: Any, spec: ModelSpec) -> tuple[str, ...]:
+    """Which linear weights a quantized checkpoint leaves in bf16 (ModelSpec.quant_exclude).
+
+    A component (or one attention projection) counts as excluded when the checkpoint's exclusion
+    patterns match its module in every layer that has it (e.g. moonshotai/Kimi-K2.5's
+    ``ignore: [re:.*self_attn.*, re:.*shared_experts.*, re:.*mlp\\.(gate|up|gate_up|down)_proj.*]``
+    -> attention, shared experts and the dense layer stay bf16: int4 routed experts only;
+    nvidia/DeepSeek-V3.1-NVFP4's exclude_modules name q_a/q_b/kv_a/kv_b_proj of every layer but
+    not o_proj). Patterns naming layers beyond num_hidden_layers (MTP) do not count. MXFP4
+    checkpoints quantize the MoE experts only (_MXFP4_EXCLUDE)."""
+    if not isinstance(q, dict):
+        return ()
+    if _is_mxfp4(q) and str(q.get("quant_method", "")).lower() == "mxfp4":
+        return tuple(c for c in _MXFP4_EXCLUDE if _has_component(spec, c))
+    rx = _pattern_regex(_exclusion_patterns(q))
+    if rx is None:
+        return ()
+
+    kind_of = getattr(spec, "kind_of", lambda i: "full")
+
+    def matched(layers, names_of) -> bool:
+        """Every layer's modules matched in one naming family."""
+        layers = list(layers)
+        if not layers:
+            return False
+        for pre in _LAYER_PREFIXES:
+            if all(all(rx.match(n) for n in names_of(f"{pre}.{i}")) for i in layers):
+                return True
+        return False
+
+    out: list[str] = []
+    all_layers = range(spec.num_layers)
+    attn_ops = [op.name for op in spec.attention_linear_ops()]
+    full = [i for i in all_layers if kind_of(i) != "linear"]
+    attn_hit = [op for op in attn_ops if op in _ATTN_NAMES and matched(
+        full, lambda L, op=op: [f"{L}.self_attn.{x}" for x in _ATTN_NAMES[op]])]
+    # Gated DeltaNet layers (hybrid models): their projections live under linear_attn
+    lin = [i for i in all_layers if kind_of(i) == "linear"]
+    lin_ok = not lin or matched(lin, lambda L: [f"{L}.linear_attn.in_proj_qkvz",
+                                                f"{L}.linear_attn.out_proj"])
+    if attn_hit and len(attn_hit) == len(attn_ops) and lin_ok:
+        out.append("attention")
+    else:
+        out += [f"attention.{op}" for op in attn_hit]
+    moe_layers = [i for i in all_layers if spec.is_moe_layer(i)]
+    dense_layers = [i for i in all_layers if not spec.is_moe_layer(i)]
+    for comp, layers, families in (("mlp", dense_layers, _MLP_FAMILIES),
+                                   ("shared_experts", moe_layers if spec.shared_expert_linear_ops() else [],
+                                    _SHARED_FAMILIES),
+                                   ("experts", moe_layers, _EXPERT_FAMILIES)):
+        if any(matched(layers, lambda L, m=mod, ns=names: [f"{L}.{m}.{n}" for n in ns])
+               for mod, names in families):
+            out.append(comp)
+    return tuple(out)
+
+
+def _has_component(spec: ModelSpec, comp: str) -> bool:
+    if comp == "mlp":
+        return spec.num_dense_layers > 0 and spec.intermediate_size > 0
+    if comp == "shared_experts":
+        return bool(spec.shared_expert_linear_ops())
+    return True
 
 
 def load_model(ref: str | Path) -> ModelSpec:
