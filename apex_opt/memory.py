@@ -70,11 +70,49 @@ def kv_bytes_per_token_per_layer(model: ModelSpec, tp: int, kv_dtype: str) -> fl
     return 2 * kv_heads_per_rank(model, tp) * model.head_dim * b
 
 
+def stage_kv_layout(model: ModelSpec, layers, tp: int, kv_dtype: str, engine: EngineSpec,
+                    conv_bytes: float = 2.0) -> tuple[float, float, float]:
+    """(KV bytes per token, fixed bytes per running sequence in the KV pool, recurrent-state bytes
+    per sequence in a separate pool) of the ``layers`` of one stage on one GPU.
+
+    Full-attention layers hold every token. How the engine stores the bounded state of the other
+    kinds (``EngineSpec.hybrid_kv``):
+
+    * 'shared_pool' (vLLM V1 hybrid KV cache manager, vllm/v1/core/kv_cache_utils.py
+      _get_kv_cache_groups_uniform_page_size + single_type_kv_cache_manager.py): all groups share
+      one block pool; a sliding-window layer keeps the blocks of its last ``window - 1`` tokens
+      plus the block being written (SlidingWindowManager.get_num_skipped_tokens frees the rest);
+      a linear-attention layer holds one state block per request (MambaManager);
+    * 'separate_pools' (SGLang 0.5): sliding layers live in an SWA pool of
+      ``swa_full_tokens_ratio`` x the full pool's tokens (server_args.swa_full_tokens_ratio,
+      SWAKVPool); recurrent state in a MambaPool of its own (returned as the third number);
+    * 'none': every attention layer holds every token (no window); recurrent state is reserved
+      per sequence in the KV budget.
+    """
+    plb = kv_bytes_per_token_per_layer(model, tp, kv_dtype)
+    if not model.is_hybrid:
+        return plb * len(layers), 0.0, 0.0
+    c = model.kind_counts(layers)
+    full, sliding, linear = c.get("full", 0), c.get("sliding", 0), c.get("linear", 0)
+    ssm_dtype = (model.state_dtype if (engine.recurrent_state_dtype_from_config and model.state_dtype)
+                 else engine.recurrent_state_dtype)
+    state = linear * model.linear_state_bytes(tp, DTYPE_BYTES[ssm_dtype], conv_bytes)
+    mode = engine.hybrid_kv
+    if mode == "separate_pools":
+        return plb * (full + engine.swa_full_tokens_ratio * sliding), 0.0, state
+    if mode == "shared_pool":
+        bs = engine.block_size
+        window_tokens = (-(-(model.sliding_window - 1) // bs) + 1) * bs
+        return plb * full, plb * sliding * window_tokens + state, 0.0
+    return plb * (full + sliding), state, 0.0
+
+
 def _sharded_params(op: LinearOp, tp: int, model: ModelSpec) -> float:
     if op.split == "replicated":
         return op.n * op.k
     if op.name == "qkv" and model.attention == "gqa":
-        per_rank_heads = model.num_attention_heads / tp + 2 * kv_heads_per_rank(model, tp)
+        q = 2 if model.attn_output_gate else 1  # the output gate doubles q_proj
+        per_rank_heads = q * model.num_attention_heads / tp + 2 * kv_heads_per_rank(model, tp)
         return per_rank_heads * model.head_dim * op.k
     return op.n * op.k / tp
 
@@ -92,6 +130,12 @@ def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int) 
     layers = stage_layer_ranges(model.num_layers, cfg)[stage]
     # data-parallel attention (SGLang): each attention rank is tp / attention_dp GPUs
     attn = _ops_params(model.attention_linear_ops(), tp // cfg.attention_dp, model)
+    n_attn = len(layers)
+    if model.is_hybrid:  # per attention kind; 'attn' is then the stage's sum, n_attn = 1
+        attn = sum(n * (_ops_params(model.attention_linear_ops(k), tp, model)
+                        + model.mixer_extra_params(k) / tp)
+                   for k, n in model.kind_counts(layers).items())
+        n_attn = 1
     dense = _ops_params(model.dense_mlp_linear_ops(), tp, model)
     shared = _ops_params(model.shared_expert_linear_ops(), tp, model) if model.moe else 0.0
     expert = _ops_params(model.expert_linear_ops(), 1, model) if model.moe else 0.0
@@ -99,7 +143,7 @@ def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int) 
     n_dense = len(layers) - n_moe
     norms = model.norm_params_per_layer * len(layers)
     out = {
-        "attention": attn * len(layers) * wb,
+        "attention": attn * n_attn * wb,
         "mlp": dense * n_dense * wb,
         "experts": (model.moe.num_experts * expert / tp) * n_moe * wb if model.moe else 0.0,
         "shared_experts": shared * n_moe * wb,
@@ -181,6 +225,10 @@ class StageMemory(BaseModel):
     kv_cache_bytes: int = Field(description="Bytes left for the KV cache (negative = overflow)")
     kv_bytes_per_token: float
     kv_blocks: int
+    #: hybrid models: bounded per-sequence state in the KV pool (sliding windows, recurrent
+    #: state where the engine keeps it there) and recurrent state in a pool of its own
+    seq_state_bytes: float = 0.0
+    state_pool_bytes: int = 0
 
 
 class MemoryReport(BaseModel):
@@ -204,6 +252,11 @@ class MemoryReport(BaseModel):
     kv_tokens: int
     max_concurrent_full_len: int = Field(description="Sequences of max_model_len that fit at once")
     fits: bool
+    #: KV blocks every running sequence holds besides its tokens' (hybrid models' bounded state)
+    seq_state_blocks: int = 0
+    #: most running sequences the engine's recurrent-state pool admits (SGLang MambaPool); None
+    #: = no such pool
+    max_state_seqs: int | None = None
     problem: str | None = Field(None, description="Why it does not fit")
     overflow_component: str | None = None
     overflow_bytes: int = 0
@@ -232,12 +285,13 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
             runtime += int(engine.custom_allreduce_buffers_gib * GIB)
     act = int(activation_peak_bytes(model, cfg, tokens) * (1 + engine.allocator_slack))
     stages: list[StageMemory] = []
+    state_per_seq: list[float] = []  # recurrent-state bytes per sequence in a pool of its own
     ranges = stage_layer_ranges(model.num_layers, cfg)
     for s, layers in enumerate(ranges):
         comp = weight_bytes_by_component(model, cfg, s)
         w = sum(comp.values())
-        kv_tok = kv_bytes_per_token_per_layer(model, cfg.tp // cfg.attention_dp,
-                                              cfg.kv_dtype) * len(layers)
+        kv_tok, seq_b, state_b = stage_kv_layout(model, layers, cfg.tp // cfg.attention_dp,
+                                                 cfg.kv_dtype, engine)
         if engine.kv_sizing == "static_fraction":
             # SGLang: weights + KV pool = total x mem_fraction_static; activations live outside.
             # It measures the free memory after loading the weights (profile_max_num_token), so
@@ -245,17 +299,38 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
             kv = budget - w - runtime - int(engine.cuda_context_gib * GIB)
         else:
             kv = budget - w - act - runtime
-        blocks = max(0, int(kv // (engine.block_size * kv_tok))) if kv > 0 else 0
+        pool_b = 0
+        state_per_seq.append(state_b)
+        if state_b > 0 and kv > 0:
+            # SGLang 0.5.9 handle_max_mamba_cache: mamba state / full KV = mamba_full_memory_ratio
+            pool_b = int(kv * engine.mamba_full_memory_ratio / (1 + engine.mamba_full_memory_ratio))
+            kv -= pool_b
+        if kv_tok <= 0:  # a stage with no full-attention layer: no per-token limit here
+            blocks = 1 << 40
+        else:
+            blocks = max(0, int(kv // (engine.block_size * kv_tok))) if kv > 0 else 0
         stages.append(StageMemory(stage=s, layers=len(layers), weights_bytes=w,
                                   weights_by_component=comp, activation_bytes=act,
                                   runtime_overhead_bytes=runtime, outside_budget_bytes=outside,
                                   budget_bytes=budget, kv_cache_bytes=int(kv),
-                                  kv_bytes_per_token=kv_tok, kv_blocks=blocks))
+                                  kv_bytes_per_token=kv_tok, kv_blocks=blocks,
+                                  seq_state_bytes=seq_b, state_pool_bytes=pool_b))
     # with data-parallel attention every attention rank holds a pool of its own requests
     rank_blocks = min(s.kv_blocks for s in stages)
     blocks = rank_blocks * cfg.attention_dp
     kv_tokens = blocks * engine.block_size
     rank_tokens = rank_blocks * engine.block_size
+    # bounded per-sequence state, in blocks of the stage that holds the fewest (every stage's
+    # pool admits the same sequences); SGLang's recurrent-state pool caps running requests at
+    # its slots // MAMBA_CACHE_SIZE_MAX_RUNNING_REQUESTS_RATIO (model_runner.init_memory_pool)
+    seq_blocks, max_state = 0, None
+    for st in stages:
+        if st.seq_state_bytes > 0 and st.kv_bytes_per_token > 0:
+            seq_blocks = max(seq_blocks, math.ceil(
+                st.seq_state_bytes / (engine.block_size * st.kv_bytes_per_token)))
+    state_seqs = [int(st.state_pool_bytes // sb) for st, sb in zip(stages, state_per_seq) if sb > 0]
+    if state_seqs:
+        max_state = cfg.attention_dp * (min(state_seqs) // engine.mamba_slots_per_request)
     problem, comp_name, overflow = None, None, 0
     worst = min(stages, key=lambda s: s.kv_cache_bytes)
     if engine.kv_sizing == "static_fraction":
@@ -274,6 +349,12 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
                    f"{worst.activation_bytes / GIB:.1f} GiB + buffers {runtime / GIB:.2f} GiB exceed the "
                    f"{budget / GIB:.1f} GiB budget by {-worst.kv_cache_bytes / GIB:.1f} GiB "
                    f"(largest component: {comp_name})")
+    elif max_state == 0:
+        overflow = int(max(state_per_seq) * engine.mamba_slots_per_request)
+        comp_name = "recurrent_state"
+        problem = ("the recurrent-state pool holds fewer than "
+                   f"{engine.mamba_slots_per_request} sequences' state (short by "
+                   f"{overflow / GIB:.2f} GiB per GPU)")
     elif rank_tokens < max_len and engine.kv_must_hold_max_len:
         overflow = int((max_len - rank_tokens) * worst.kv_bytes_per_token)
         comp_name = "kv_cache"
@@ -288,5 +369,6 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
         max_num_batched_tokens=tokens, gpu_memory_utilization=cfg.gpu_memory_utilization,
         device_memory_bytes=total, stages=stages, kv_blocks=blocks, kv_tokens=kv_tokens,
         max_concurrent_full_len=cfg.attention_dp * (rank_tokens // max_len) if max_len else 0,
-        fits=problem is None, problem=problem, overflow_component=comp_name,
+        fits=problem is None, seq_state_blocks=seq_blocks, max_state_seqs=max_state,
+        problem=problem, overflow_component=comp_name,
         overflow_bytes=int(overflow))

@@ -169,3 +169,21 @@ def attention_kernel_scale(device, profile: str) -> float:
     if dev_cc is None or ref_cc is None or dev_cc not in kernels or ref_cc not in kernels:
         return 1.0
     return float(kernels[dev_cc]["peak_fraction"]) / float(kernels[ref_cc]["peak_fraction"])
+
+
+def window_chunks(chunks: Sequence[tuple[int, int]], window: int) -> list[tuple[int, int]]:
+    """Prefill chunks of a sliding-window layer as (new tokens, cached tokens) pieces the causal
+    kernel cost applies to: a query at absolute position p attends min(p + 1, window) keys (the
+    kernel skips key tiles left of the window, FlashAttention ``window_size``). Each chunk is cut
+    into pieces of at most ``window`` queries; a piece of l queries starting at position s is
+    charged min(s, window - (l + 1) // 2) cached keys (exact when s = 0, l * window pairs -- the
+    windowed count up to a triangle of l^2 / 2 -- once the window is full)."""
+    out: list[tuple[int, int]] = []
+    for q, c in chunks:
+        q, start = int(q), int(c)
+        while q > 0:
+            ln = min(q, window)
+            out.append((ln, max(0, min(start, window - (ln + 1) // 2))))
+            start += ln
+            q -= ln
+    return out

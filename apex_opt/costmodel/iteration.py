@@ -39,6 +39,8 @@ from .collectives import collective_model_for
 from .kernels import eager_host, engine_kernels, kernel_facts
 from .power import IterationWork, check_gpu_settings, dvfs_model, memory_activity_per_utilisation
 from .roofline import WEIGHT_BYTES, weight_format
+from . import recurrent as _rec
+from .attention import window_chunks
 from . import DeviceCostModel, fp4_engine_path, fp4_unsupported_message, fp8_block_moe_backend
 from .kernels import mxfp4_path, mxfp4_unsupported_message
 
@@ -214,6 +216,8 @@ class IterationCostModel:
         ranges = stage_layer_ranges(model.num_layers, cfg)
         self.stage_layers = [(sum(1 for i in r if not model.is_moe_layer(i)),
                               sum(1 for i in r if model.is_moe_layer(i))) for r in ranges]
+        #: hybrid models: layers of each attention kind per stage (sorted: a stable role key)
+        self.stage_kinds = [tuple(sorted(model.kind_counts(r).items())) for r in ranges]
         h, tp = model.hidden_size, cfg.tp
         # DP attention (SGLang --enable-dp-attention; vLLM V1 --data-parallel-size with expert
         # parallelism), MoE models: `attn_dp` data-parallel attention ranks of tp/attn_dp GPUs
@@ -230,7 +234,14 @@ class IterationCostModel:
         self.q_heads = model.num_attention_heads // self.attn_tp
         self.kv_heads = kv_heads_per_rank(model, self.attn_tp)
         self.kv_bytes = DTYPE_BYTES[cfg.kv_dtype]
+        #: recurrent-state dtype of linear-attention layers (engine default or the checkpoint's)
+        self.state_dtype = (model.state_dtype if (self.engine.recurrent_state_dtype_from_config
+                                                  and model.state_dtype)
+                            else self.engine.recurrent_state_dtype)
         self.attn_ops = [self._shard(op, self.attn_tp) for op in model.attention_linear_ops()]
+        #: hybrid models: the projections of each attention kind (sliding = full's)
+        self.kind_ops = {k: [self._shard(op, self.attn_tp) for op in model.attention_linear_ops(k)]
+                         for k in model.kind_counts()} if model.is_hybrid else {}
         self.mlp_ops = [self._shard(op) for op in model.dense_mlp_linear_ops()]
         self.shared_ops = [self._shard(op) for op in model.shared_expert_linear_ops()]
         if model.moe:
@@ -351,7 +362,8 @@ class IterationCostModel:
         if op.split == "replicated":
             return op.name, op.n, op.k
         if op.name == "qkv" and m.attention == "gqa":
-            return op.name, (self.q_heads + 2 * kv_heads_per_rank(m, tp)) * m.head_dim, op.k
+            q = 2 * self.q_heads if m.attn_output_gate else self.q_heads  # output gate: q_proj x2
+            return op.name, (q + 2 * kv_heads_per_rank(m, tp)) * m.head_dim, op.k
         if op.split == "column":
             return op.name, op.n // tp, op.k
         return op.name, op.n, op.k // tp
@@ -434,7 +446,7 @@ class IterationCostModel:
         for s, (n_dense, n_moe) in enumerate(self.stage_layers):
             # stages with the same layers and role cost the same: computed once, their
             # breakdown increments replayed in order (the same sums bit for bit)
-            role = (n_dense, n_moe, s == 0, s == self.pp - 1)
+            role = (n_dense, n_moe, s == 0, s == self.pp - 1, self.stage_kinds[s])
             done = roles.get(role)
             if done is not None:
                 for cls, v in done.log:
@@ -446,7 +458,15 @@ class IterationCostModel:
                          split=self._split if self.dvfs is not None else None, log=[])
             roles[role] = part
             n_layers = n_dense + n_moe
-            for name, n, k in self.attn_ops:
+            n_rope = n_layers
+            if self.kind_ops:  # hybrid: each kind's projections on its layers; no rope in GDN
+                kinds = dict(self.stage_kinds[s])
+                n_rope = n_layers - kinds.get("linear", 0)
+                for kind, cnt in self.stage_kinds[s]:
+                    for name, n, k in self.kind_ops[kind]:
+                        self._gemm(part, bd, "attention_proj", t_att, n, k, cnt,
+                                   fusible=name not in _AFTER_ATTENTION and name != "out_proj")
+            for name, n, k in (() if self.kind_ops else self.attn_ops):
                 self._gemm(part, bd, "attention_proj", t_att, n, k, n_layers, bf16=name in _ABSORBED,
                            fusible=name not in _AFTER_ATTENTION)
             for width in self.mla_norms:  # MLA: q_a_layernorm, kv_a_layernorm
@@ -456,7 +476,7 @@ class IterationCostModel:
                 c = self.dev.elementwise(op, t_att, width)
                 part.add("elementwise", c.time_s, c.power_w, bd, n_layers, nbytes=4.0 * t_att * width)
             rope = self.dev.elementwise("rope", t_att, rope_width)
-            part.add("elementwise", rope.time_s, rope.power_w, bd, n_layers)
+            part.add("elementwise", rope.time_s, rope.power_w, bd, n_rope)
             if self.attn_dp == 1:
                 self._allreduce(part, bd, tokens, 2 * n_layers)
             else:
@@ -543,7 +563,76 @@ class IterationCostModel:
                 self._attn_cache[key] = hit
         return hit
 
-    def _attention_rank(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]]) -> tuple[float, float, float, float]:
+    def _attention_kinds(self, decode_ctx: np.ndarray,
+                         prefill: Sequence[tuple[int, int]]) -> dict[str, tuple[float, float, float, float]]:
+        """Hybrid models: (time, energy/GPU, FLOPs, bytes) of ONE layer of each attention kind on
+        one GPU: full layers as :meth:`_attention_rank`; sliding layers the same kernels with every
+        query's keys capped at the window; linear layers the Gated DeltaNet recurrence."""
+        if self.attn_dp != 1:  # DP attention: as _attention, the slowest rank sets the time
+            d = float(self.attn_dp)
+            ranks = [self._attention_kinds_rank(decode_ctx[r::self.attn_dp], list(prefill)[r::self.attn_dp])
+                     for r in range(self.attn_dp)]
+            return {k: (max(x[k][0] for x in ranks), sum(x[k][1] for x in ranks) / d,
+                        sum(x[k][2] for x in ranks) / d, sum(x[k][3] for x in ranks) / d)
+                    for k in ranks[0]}
+        return self._attention_kinds_rank(decode_ctx, prefill)
+
+    def _attention_kinds_rank(self, decode_ctx: np.ndarray,
+                              prefill: Sequence[tuple[int, int]]) -> dict[str, tuple[float, float, float, float]]:
+        m = self.model
+        out: dict[str, tuple[float, float, float, float]] = {}
+        for kind in self.kind_ops:
+            if kind == "full":
+                out[kind] = self._attention_rank(decode_ctx, prefill)
+            elif kind == "sliding":
+                w = m.sliding_window
+                out[kind] = self._attention_rank(np.minimum(decode_ctx, w), window_chunks(prefill, w),
+                                                 tag="sw")
+            else:
+                out[kind] = self._linear_attention(int(decode_ctx.shape[0]), prefill)
+        return out
+
+    def _linear_attention(self, n_dec: int, prefill: Sequence[tuple[int, int]]) -> tuple[float, float, float, float]:
+        """Gated DeltaNet token mixer of one layer on one GPU (costmodel/recurrent.py): decode
+        streams each sequence's state in and out; prefill runs the chunked delta rule after the
+        causal conv; the gated RMSNorm on the output streams tokens x value_dim."""
+        key = ("gdn", n_dec, _chunks_key(prefill))
+        hit = self._attn_cache.get(key)
+        if hit is not None:
+            return hit
+        la, tp = self.model.linear_attn, self.attn_tp
+        heads, k_heads = la.num_v_heads / tp, la.num_k_heads / tp
+        conv_ch = la.conv_dim / tp
+        ssm_b = DTYPE_BYTES[self.state_dtype]
+        t = e = fl = by = 0.0
+        parts = []
+        if n_dec:
+            sb, cb, f = _rec.decode_work(n_dec, heads, la.head_k_dim, la.head_v_dim, conv_ch,
+                                         la.conv_kernel, ssm_b)
+            parts += [(self.dev.stream(cb), 0.0, cb), (self.dev.stream(sb), f, sb)]
+        if prefill:
+            tok = float(sum(q for q, _ in prefill))
+            cbytes = tok * conv_ch * 2 * _rec.ACT_BYTES + len(prefill) * conv_ch * (la.conv_kernel - 1) * 2.0 * 2
+            f, nbytes, tiles = _rec.prefill_work(prefill, heads, k_heads, la.head_k_dim,
+                                                 la.head_v_dim, ssm_b)
+            ts = max(self.dev._prefill(0.0, f, tiles), self.dev._stream_time(nbytes))
+            parts += [(self.dev.stream(cbytes), 0.0, cbytes),
+                      (self.dev._cost(ts, f, nbytes, "bf16", "attention"), f, nbytes)]
+        tok_all = n_dec + sum(q for q, _ in prefill)
+        nb = 3.0 * tok_all * la.value_dim / tp * _rec.ACT_BYTES  # gated norm: o, z in, o out
+        parts.append((self.dev.stream(nb), 0.0, nb))
+        for c, f, b in parts:
+            t += c.time_s
+            e += c.time_s * c.power_w
+            fl += f
+            by += b
+        out = (t, e, fl, by)
+        if len(self._attn_cache) < 262144:
+            self._attn_cache[key] = out
+        return out
+
+    def _attention_rank(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]],
+                        tag: str = "") -> tuple[float, float, float, float]:
         t = e = fl = by = 0.0
         m = self.model
         n_dec = len(decode_ctx)
@@ -563,14 +652,14 @@ class IterationCostModel:
                 e += c.time_s * c.power_w
         else:
             if n_dec:
-                c = self._op_memo(("decode", n_dec, ctx_sum), lambda: self.dev.attention_decode(
+                c = self._op_memo(("decode" + tag, n_dec, ctx_sum), lambda: self.dev.attention_decode(
                     self.q_heads, self.kv_heads, m.head_dim, decode_ctx, self.cfg.kv_dtype))
                 t += c.time_s
                 e += c.time_s * c.power_w
                 by += float(ctx_sum) * 2 * self.kv_heads * m.head_dim * self.kv_bytes
                 fl += 4.0 * self.q_heads * m.head_dim * float(ctx_sum)
             if prefill:
-                c = self._op_memo(("prefill", _chunks_key(prefill)), lambda: self.dev.attention_prefill(
+                c = self._op_memo(("prefill" + tag, _chunks_key(prefill)), lambda: self.dev.attention_prefill(
                     self.q_heads, self.kv_heads, m.head_dim, prefill, self.cfg.kv_dtype))
                 t += c.time_s
                 e += c.time_s * c.power_w
@@ -598,6 +687,8 @@ class IterationCostModel:
             return self._iteration(decode_ctx, prefill, with_breakdown, prefill_sampling)
         key = (int(decode_ctx.shape[0]), int(decode_ctx.sum()),
                _chunks_key(prefill), prefill_sampling, with_breakdown)
+        if self.model.sliding_window:  # sliding layers read min(context, window) keys
+            key += (int(np.minimum(decode_ctx, self.model.sliding_window).sum()),)
         hit = self._iter_cache.get(key)
         if hit is None:
             hit = self._iteration(decode_ctx, prefill, with_breakdown, prefill_sampling)
@@ -633,18 +724,19 @@ class IterationCostModel:
             return IterationCost(0.0, tuple(0.0 for _ in range(self.pp)), 0.0, 0.0, 0.0, 0.0,
                                  {} if with_breakdown else None)
         parts, bd_tok = self._token_work(tokens, sampling)
-        a_t, a_e, a_f, a_b = self._attention(decode_ctx, prefill)
         stage_times, energy, busy, flops, nbytes = [], 0.0, 0.0, 0.0, 0.0
         cmp_s = 0.0
         win = [0.0, 0.0, 0.0, 0.0, 0.0]  # e_mem, e_cmp, cmp (table), cmp at f_max, kernel time
-        if self.dvfs is not None and a_t > 0:
-            a_em, a_ec, a_c, a_cm = self._split(a_t, a_e / a_t, a_f, a_b)
-            a_em = max(0.0, a_e - self._awake_w * a_t - a_ec)  # attention: its own fitted power
+        if self.kind_ops:
+            # hybrid: every stage's layers of each attention kind, as one mean layer per stage
+            per_kind = self._attention_kinds(decode_ctx, prefill)
+            stage_attn = []
+            for kinds in self.stage_kinds:
+                n = sum(c for _, c in kinds)
+                stage_attn.append(self._attn_terms(*(
+                    sum(c * per_kind[k][j] for k, c in kinds) / n for j in range(4))))
         else:
-            a_em = a_ec = a_c = a_cm = 0.0
-        gpu_peak, gpu_bw = self.peak_flops / self.num_gpus, self.peak_bytes_per_s / self.num_gpus
-        a_tc, a_tm = a_f / gpu_peak, a_b / gpu_bw
-        a_cmp = a_t * a_tc / (a_tc + a_tm) if a_tc > 0 else 0.0
+            stage_attn = [self._attn_terms(*self._attention(decode_ctx, prefill))] * self.pp
         bd = dict(bd_tok) if with_breakdown else None
         same: dict = {}  # stages sharing a part (same layers and role) add the same increments
         for s, part in enumerate(parts):
@@ -652,6 +744,7 @@ class IterationCostModel:
             if inc is None:
                 eager_s = None if (graph or piecewise) else self._eager_stage_s(
                     s, n_dec > 0, bool(prefill), sampling > 0)
+                a_t, a_e, a_f, a_b, a_cmp, a_em, a_ec, a_c, a_cm = stage_attn[s]
                 inc = same[id(part)] = self._stage_increments(part, sum(self.stage_layers[s]), a_t,
                                                               a_e, a_cmp, a_em, a_ec, a_c, a_cm,
                                                               a_f, a_b, graph, piecewise, eager_s)
@@ -675,6 +768,19 @@ class IterationCostModel:
         if self.dvfs is not None and win[4] > 0:
             return self._power_window(total, host, stage_times, busy, flops, nbytes, bd, win)
         return IterationCost(total, tuple(stage_times), energy, busy, flops, nbytes, bd)
+
+    def _attn_terms(self, a_t: float, a_e: float, a_f: float, a_b: float) -> tuple:
+        """One layer's attention (time, energy, FLOPs, bytes) with its compute-bound seconds and
+        DVFS window terms: (a_t, a_e, a_f, a_b, a_cmp, a_em, a_ec, a_c, a_cm)."""
+        if self.dvfs is not None and a_t > 0:
+            a_em, a_ec, a_c, a_cm = self._split(a_t, a_e / a_t, a_f, a_b)
+            a_em = max(0.0, a_e - self._awake_w * a_t - a_ec)  # attention: its own fitted power
+        else:
+            a_em = a_ec = a_c = a_cm = 0.0
+        gpu_peak, gpu_bw = self.peak_flops / self.num_gpus, self.peak_bytes_per_s / self.num_gpus
+        a_tc, a_tm = a_f / gpu_peak, a_b / gpu_bw
+        a_cmp = a_t * a_tc / (a_tc + a_tm) if a_tc > 0 else 0.0
+        return a_t, a_e, a_f, a_b, a_cmp, a_em, a_ec, a_c, a_cm
 
     def _stage_increments(self, part: _Part, n_layers: int, a_t, a_e, a_cmp, a_em, a_ec, a_c, a_cm,
                           a_f, a_b, graph: bool, piecewise: bool,

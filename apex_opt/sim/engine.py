@@ -122,6 +122,10 @@ class EngineLimits:
     #: requests (routed round robin) and 1/attention_dp of the KV blocks, stepping together
     #: (the MoE/MLP layers run over all ranks' tokens); needs pp == 1
     attention_dp: int = 1
+    #: KV blocks every running sequence holds besides its tokens' (hybrid models: sliding-window
+    #: layers' window, recurrent state kept in the KV pool -- memory.stage_kv_layout), taken at
+    #: admission and given back when it finishes or is preempted
+    seq_state_blocks: int = 0
 
     @property
     def mode(self) -> str:
@@ -272,6 +276,7 @@ class ReplicaEngine:
         self.bs = limits.block_size
         self.nb = limits.blocks_per_virtual_engine
         self.wm = limits.watermark_blocks
+        self.state_blocks = int(limits.seq_state_blocks)
         self.ves = [_VirtualEngine() for _ in range(limits.schedulers)]
         #: attention-DP ranks step together (one forward over every rank's batch)
         self.lockstep = limits.attention_dp > 1
@@ -302,7 +307,7 @@ class ReplicaEngine:
         if p + o > lim.max_model_len:
             return DROP_MAX_MODEL_LEN
         # the longest KV state (last decode step holds p + o - 1 tokens) must fit in an empty cache
-        if _cdiv(p + o - 1, self.bs) > self.nb - self.wm:
+        if _cdiv(p + o - 1, self.bs) + self.state_blocks > self.nb - self.wm:
             return DROP_KV_CAPACITY
         if not lim.chunked_prefill and p + o - 1 > lim.max_num_batched_tokens:
             return DROP_TOKEN_BUDGET
@@ -919,7 +924,7 @@ class ReplicaEngine:
         cached = hit * self.bs
         chunk = self._chunk_cap(target - cached, budget)
         alloc = target if whole else cached + chunk
-        need = _cdiv(alloc, self.bs) - hit
+        need = _cdiv(alloc, self.bs) - hit + self.state_blocks
         revive = sum(cache.blocks[n] for n in chain if cache.refs[n] == 0) if chain else 0
         free = self._free(ve) - revive - need
         if free < self.wm:
@@ -994,14 +999,14 @@ class ReplicaEngine:
         log = self.log
         if ve.pre:
             rid, _target, _done, alloc = ve.pre.pop()
-            ve.used_blocks -= _cdiv(alloc, self.bs) - self._release(ve, rid)
+            ve.used_blocks -= _cdiv(alloc, self.bs) - self._release(ve, rid) + self.state_blocks
             dec = False
         else:
             n = int(ve.d_id.shape[0]) - 1
             rid = int(ve.d_id[n])
             length = int(ve.d_len[n])
             log.generated[rid] = length - log.prompt[rid]
-            ve.used_blocks -= _cdiv(length - 1, self.bs) - self._release(ve, rid)
+            ve.used_blocks -= _cdiv(length - 1, self.bs) - self._release(ve, rid) + self.state_blocks
             ve.d_id, ve.d_len, ve.d_rem = ve.d_id[:n], ve.d_len[:n], ve.d_rem[:n]
             dec = True
         log.preemptions[rid] += 1
@@ -1064,7 +1069,7 @@ class ReplicaEngine:
         gen, out = self.log.generated, self.log.output
         for r in fin_ids.tolist():
             gen[r] = out[r]
-        freed = int((-(-(ve.d_len[idx] - 1) // self.bs)).sum())
+        freed = int((-(-(ve.d_len[idx] - 1) // self.bs)).sum()) + self.state_blocks * int(idx.shape[0])
         if ve.chain:
             for r in fin_ids.tolist():
                 freed -= self._release(ve, r)
@@ -1104,7 +1109,7 @@ class ReplicaEngine:
                 log.finish_s[rid] = end
                 if log.done_sink is not None:
                     log.done_sink.append((rid, end))
-                ve.used_blocks -= _cdiv(target, self.bs) - self._release(ve, rid)
+                ve.used_blocks -= _cdiv(target, self.bs) - self._release(ve, rid) + self.state_blocks
                 ve.pending_done += 1
             else:
                 new_id.append(rid)
@@ -1122,6 +1127,7 @@ class ReplicaEngine:
         held = sum(_cdiv(int(n) - 1, self.bs) - hit.get(int(r), 0)
                    for r, n in zip(ve.d_id.tolist(), ve.d_len.tolist()))
         held += sum(_cdiv(e[3], self.bs) - hit.get(e[0], 0) for e in ve.pre)
+        held += self.state_blocks * ve.running()
         if ve.cache is not None:
             c = ve.cache
             held += sum(c.blocks[n] for n, r in c.refs.items() if r > 0)

@@ -9,6 +9,7 @@ the rest of the makespan (first arrival -> last event).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -179,6 +180,12 @@ def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: Req
                              f"parallelism)", field=f"plan.groups[{gi}].attention_dp",
                              value=cfg.attention_dp)
         limits = engine_limits(model, cfg, blocks, engine, pool.device)
+        if mem.seq_state_blocks or mem.max_state_seqs is not None:
+            # hybrid models: bounded per-sequence state in the KV pool; a recurrent-state pool
+            # of its own caps the running requests (memory.replica_memory)
+            limits = replace(limits, seq_state_blocks=mem.seq_state_blocks,
+                             max_num_seqs=min(limits.max_num_seqs,
+                                              mem.max_state_seqs or limits.max_num_seqs))
         cost = IterationCostModel(model, pool, cfg, engine, sampler=sampler)
         # vLLM V1 async scheduling / SGLang overlap scheduler (the engine's own), or vLLM 0.6's
         # async output processing when asked for (CUDA graphs on)

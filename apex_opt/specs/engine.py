@@ -152,6 +152,26 @@ class EngineSpec(StrictModel):
     watermark_fraction: NonNegFloat = Field(0.01, description="Share of KV blocks kept free when "
                                                                "admitting a prefill (V0 only).")
     block_size: int = Field(16, ge=1, le=1024, description="KV-cache block (page) size in tokens.")
+    hybrid_kv: Literal["none", "shared_pool", "separate_pools"] = Field(
+        "none", description="How hybrid models' bounded per-sequence state is stored (see "
+                            "memory.stage_kv_layout). 'shared_pool': vLLM V1 hybrid KV cache "
+                            "manager (sliding layers keep window + 1 block, recurrent state one "
+                            "block per request, all in one block pool). 'separate_pools': SGLang "
+                            "(SWA pool of swa_full_tokens_ratio x the full pool; recurrent state "
+                            "in a MambaPool sized by mamba_full_memory_ratio). 'none': sliding "
+                            "layers hold every token; recurrent state reserved per sequence.")
+    recurrent_state_dtype: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="dtype of the SSM / delta-rule state (the conv window is bf16).")
+    recurrent_state_dtype_from_config: bool = Field(
+        False, description="The checkpoint's config mamba_ssm_dtype overrides "
+                           "recurrent_state_dtype (SGLang mamba2_state_dtype).")
+    mamba_full_memory_ratio: NonNegFloat = Field(
+        0.9, description="SGLang: recurrent-state pool / full KV pool memory ratio.")
+    mamba_slots_per_request: int = Field(
+        1, ge=1, description="SGLang: recurrent-state slots per running request "
+                             "(MAMBA_CACHE_SIZE_MAX_RUNNING_REQUESTS_RATIO with the radix cache).")
+    swa_full_tokens_ratio: NonNegFloat = Field(
+        0.8, description="SGLang: SWA pool tokens / full pool tokens.")
     cuda_context_gib: NonNegFloat = Field(description="CUDA context + library workspaces per GPU "
                                                       "(outside the utilisation budget).")
     cuda_graph_gib: NonNegFloat = Field(description="CUDA-graph memory pools per GPU, allocated "

@@ -23,8 +23,16 @@ Supported layouts:
 * multimodal wrappers that nest the language model under ``text_config`` (Gemma-3, Llama-4, ...):
   the nested dict is used when the top level lacks the text fields. Vision towers are not counted.
 
+* hybrid layer stacks (per-layer attention kinds, ``ModelSpec.layer_kinds``): ``layer_types``
+  entries ``full_attention`` / ``sliding_attention`` (window ``sliding_window``: gpt-oss, Gemma-3)
+  / ``linear_attention`` (Gated DeltaNet: Qwen3-Next, Qwen3.5, with ``linear_num_key_heads``,
+  ``linear_num_value_heads``, ``linear_key_head_dim``, ``linear_value_head_dim``,
+  ``linear_conv_kernel_dim``; or ``full_attention_interval`` when ``layer_types`` is absent).
+  Qwen3-Next / Qwen3.5 full-attention layers carry an output gate (``attn_output_gate``: q_proj
+  is doubled). Sliding layers without a ``sliding_window`` are counted as full attention.
+
 Parameter counts include the input embedding and an untied LM head, as published totals do.
-Sliding-window / local attention layers are treated as full attention (vLLM 0.6 allocates full KV).
+Mamba / RWKV / other recurrent layer types are refused (exit 2) with a one-line message.
 """
 
 from __future__ import annotations
@@ -71,6 +79,43 @@ class MoESpec(BaseModel):
     moe_layers: tuple[int, ...]   # indices of layers whose MLP is MoE
     norm_topk_prob: bool = False
     shared_expert_gate: bool = False  # Qwen2-MoE: sigmoid gate Linear(hidden, 1) on the shared expert
+
+
+class LinearAttnSpec(BaseModel):
+    """Gated DeltaNet mixer of ``linear_attention`` layers (Qwen3-Next / Qwen3.5; HF
+    Qwen3NextGatedDeltaNet, vLLM qwen3_next.py): in_proj_qkvz (q, k of ``key_dim``; v, z of
+    ``value_dim``), in_proj_ba (beta and the decay gate a, one per value head), a depthwise causal
+    conv1d over q|k|v (``conv_kernel`` taps, no bias), A_log and dt_bias per value head, a gated
+    RMSNorm of width ``head_v_dim`` and out_proj (value_dim -> hidden). The recurrent state per
+    sequence and layer is ``num_v_heads x head_k_dim x head_v_dim`` plus the conv window
+    ``conv_dim x (conv_kernel - 1)``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    num_k_heads: int
+    num_v_heads: int
+    head_k_dim: int
+    head_v_dim: int
+    conv_kernel: int
+
+    @property
+    def key_dim(self) -> int:
+        return self.num_k_heads * self.head_k_dim
+
+    @property
+    def value_dim(self) -> int:
+        return self.num_v_heads * self.head_v_dim
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the causal conv1d (q, k and v; not z)."""
+        return 2 * self.key_dim + self.value_dim
+
+
+#: attention kinds of a layer: full causal attention (KV grows with the context), sliding-window
+#: attention (KV of the last ``sliding_window`` tokens attended), Gated DeltaNet linear attention
+#: (fixed recurrent state per sequence)
+LayerKind = Literal["full", "sliding", "linear"]
 
 
 class LinearOp(BaseModel):
@@ -171,6 +216,14 @@ class ModelSpec(BaseModel):
     #: experts only), 'int4_group32' / 'int4_group64' (int4 of group size 32 / 64, e.g. Kimi-K2.5),
     #: '' = not quantized.
     quant_scheme: str = ""
+    #: attention kind of every layer (``LayerKind``); empty = every layer full attention
+    layer_kinds: tuple[LayerKind, ...] = ()
+    sliding_window: int = 0          # tokens a 'sliding' layer attends (incl. the query's own)
+    linear_attn: LinearAttnSpec | None = None
+    attn_output_gate: bool = False   # Qwen3-Next/3.5: sigmoid gate on the attention output (q_proj x2)
+    #: dtype of the recurrent (SSM / delta-rule) state the checkpoint asks for (config
+    #: ``mamba_ssm_dtype``: 'fp32' / 'bf16'); '' = not given (the engine's default applies)
+    state_dtype: str = ""
 
     _moe_set: frozenset[int] = PrivateAttr(default=frozenset())
 
@@ -207,12 +260,52 @@ class ModelSpec(BaseModel):
     def num_dense_layers(self) -> int:
         return self.num_layers - self.num_moe_layers
 
+    # ------------------------------------------------------------------ attention kinds
+    def kind_of(self, i: int) -> str:
+        """Attention kind of layer ``i``: 'full', 'sliding' or 'linear'."""
+        return self.layer_kinds[i] if self.layer_kinds else "full"
+
+    @property
+    def is_hybrid(self) -> bool:
+        """True when some layer is not full attention."""
+        return bool(self.layer_kinds)
+
+    def kind_counts(self, layers=None) -> dict[str, int]:
+        """Layers of each attention kind among ``layers`` (default all), in first-seen order."""
+        idx = range(self.num_layers) if layers is None else layers
+        out: dict[str, int] = {}
+        for i in idx:
+            k = self.kind_of(i)
+            out[k] = out.get(k, 0) + 1
+        return out
+
+    @property
+    def num_kv_layers(self) -> int:
+        """Layers whose KV cache grows with the context (full attention)."""
+        return self.kind_counts().get("full", 0)
+
+    def mixer_extra_params(self, kind: str = "full") -> int:
+        """Non-GEMM weights of a layer's token mixer: Gated DeltaNet conv1d taps, A_log, dt_bias."""
+        if kind != "linear" or self.linear_attn is None:
+            return 0
+        la = self.linear_attn
+        return la.conv_dim * la.conv_kernel + 2 * la.num_v_heads
+
     # ------------------------------------------------------------------ linear ops
-    def attention_linear_ops(self) -> list[LinearOp]:
-        """Linear layers of one attention block (vLLM's non-absorbed MLA form for prefill)."""
+    def attention_linear_ops(self, kind: str = "full") -> list[LinearOp]:
+        """Linear layers of one attention block (vLLM's non-absorbed MLA form for prefill) of a
+        layer of attention kind ``kind`` (sliding layers have the full layers' projections)."""
         h, H = self.num_attention_heads, self.hidden_size
+        if kind == "linear":
+            la = self.linear_attn
+            assert la is not None
+            return [LinearOp(name="in_proj_qkvz", n=2 * la.key_dim + 2 * la.value_dim, k=H,
+                             split="column"),
+                    LinearOp(name="in_proj_ba", n=2 * la.num_v_heads, k=H, split="column"),
+                    LinearOp(name="out_proj", n=H, k=la.value_dim, split="row")]
         if self.attention == "gqa":
-            return [LinearOp(name="qkv", n=(h + 2 * self.num_kv_heads) * self.head_dim, k=H,
+            q = 2 * h if self.attn_output_gate else h
+            return [LinearOp(name="qkv", n=(q + 2 * self.num_kv_heads) * self.head_dim, k=H,
                              split="column"),
                     LinearOp(name="o", n=H, k=h * self.head_dim, split="row")]
         m = self.mla
@@ -256,8 +349,10 @@ class ModelSpec(BaseModel):
         return self.hidden_size * self.moe.num_experts if self.moe is not None else 0
 
     # ------------------------------------------------------------------ parameter counts
-    def _attention_params(self) -> int:
-        n = sum(op.params for op in self.attention_linear_ops())
+    def _attention_params(self, kind: str = "full") -> int:
+        n = sum(op.params for op in self.attention_linear_ops(kind))
+        if kind == "linear":
+            return n + self.mixer_extra_params(kind)
         if self.qkv_bias:
             n += (self.num_attention_heads + 2 * self.num_kv_heads) * self.head_dim
         return n
@@ -267,8 +362,10 @@ class ModelSpec(BaseModel):
         """Norm weights of one decoder layer (the same in every layer)."""
         return self._norm_params()
 
-    def _norm_params(self) -> int:
+    def _norm_params(self, kind: str = "full") -> int:
         n = DENSE_NORMS_PER_LAYER * self.hidden_size
+        if kind == "linear" and self.linear_attn is not None:
+            return n + self.linear_attn.head_v_dim  # the gated RMSNorm on the delta-rule output
         if self.qk_norm:
             n += 2 * self.head_dim
         if self.mla is not None:
@@ -283,8 +380,9 @@ class ModelSpec(BaseModel):
         """
         if not 0 <= layer < self.num_layers:
             raise IndexError(f"layer {layer} out of range 0..{self.num_layers - 1}")
-        out = {"attention": self._attention_params(), "mlp": 0, "router": 0, "experts": 0,
-               "shared_experts": 0, "norms": self._norm_params()}
+        kind = self.kind_of(layer)
+        out = {"attention": self._attention_params(kind), "mlp": 0, "router": 0, "experts": 0,
+               "shared_experts": 0, "norms": self._norm_params(kind)}
         if self.is_moe_layer(layer):
             assert self.moe is not None
             out["router"] = self.router_params()
@@ -322,6 +420,11 @@ class ModelSpec(BaseModel):
         return dense, (min(moe) if moe else -1)
 
     def _sum_layers(self, per_layer: Callable[[int], int]) -> int:
+        if self.is_hybrid:  # layers alike in (MLP type, attention kind) cost the same
+            groups: dict[tuple[bool, str], list[int]] = {}
+            for i in range(self.num_layers):
+                groups.setdefault((self.is_moe_layer(i), self.kind_of(i)), []).append(i)
+            return int(sum(len(g) * per_layer(g[0]) for g in groups.values()))
         dense, moe = self._layer_kinds()
         total = 0
         if dense >= 0:
@@ -355,8 +458,22 @@ class ModelSpec(BaseModel):
         return 2 * self.num_kv_heads * self.head_dim
 
     def kv_bytes_per_token(self, dtype_bytes: float = 2) -> int:
-        """KV-cache bytes of one token over all layers."""
-        return int(math.ceil(self.kv_elems_per_token_per_layer() * self.num_layers * dtype_bytes))
+        """KV-cache bytes of one token over the full-attention layers (all layers of a uniform
+        model; sliding-window and linear-attention layers hold a bounded state per sequence,
+        see :meth:`linear_state_bytes`)."""
+        return int(math.ceil(self.kv_elems_per_token_per_layer() * self.num_kv_layers * dtype_bytes))
+
+    def linear_state_bytes(self, tp: int = 1, ssm_bytes: float = 4, conv_bytes: float = 2) -> float:
+        """Recurrent state of ONE sequence in ONE linear-attention layer on one of ``tp`` ranks:
+        the delta-rule state (num_v_heads/tp x head_k_dim x head_v_dim at ``ssm_bytes``) and the
+        conv window (conv_dim/tp x (conv_kernel - 1) at ``conv_bytes``) -- the shapes of vLLM
+        MambaStateShapeCalculator.gated_delta_net_state_shape and SGLang Mamba2CacheParams."""
+        la = self.linear_attn
+        if la is None:
+            return 0.0
+        ssm = la.num_v_heads / tp * la.head_k_dim * la.head_v_dim * ssm_bytes
+        conv = la.conv_dim / tp * (la.conv_kernel - 1) * conv_bytes
+        return ssm + conv
 
     def attention_flops_per_token(self, context: int) -> float:
         """QKᵀ + PV FLOPs of one query token over ``context`` keys, one layer, all heads.
@@ -374,19 +491,35 @@ class ModelSpec(BaseModel):
 
     def linear_flops_per_token(self) -> float:
         """2 × active linear weights of all layers + the LM head (norms and embedding excluded)."""
-        attn = _ops_params(self.attention_linear_ops())
+        if self.is_hybrid:  # attention projections by kind, the MLP side as for uniform models
+            attn_all = sum(n * _ops_params(self.attention_linear_ops(k))
+                           for k, n in self.kind_counts().items())
+            return self._linear_flops(attn_all)
+        return self._linear_flops(self.num_layers * _ops_params(self.attention_linear_ops()))
+
+    def _linear_flops(self, attn_all: int) -> float:
         dense_mlp = _ops_params(self.dense_mlp_linear_ops())
         per_moe = 0
         if self.moe is not None:
             per_moe = (self.router_params() + _ops_params(self.shared_expert_linear_ops())
                        + self.moe.experts_per_token * _ops_params(self.expert_linear_ops()))
-        params = (self.num_layers * attn + self.num_dense_layers * dense_mlp
+        params = (attn_all + self.num_dense_layers * dense_mlp
                   + self.num_moe_layers * per_moe + self.vocab_size * self.hidden_size)
         return 2.0 * params
 
     def flops_per_token(self, context: int) -> float:
-        """Whole-model forward FLOPs of one token attending over ``context`` keys."""
-        return self.linear_flops_per_token() + self.num_layers * self.attention_flops_per_token(context)
+        """Whole-model forward FLOPs of one token attending over ``context`` keys (sliding
+        layers over at most ``sliding_window`` keys; linear-attention layers: the recurrent
+        update, 4 x heads x head_k_dim x head_v_dim -- decay + rank-1 update, then the read-out)."""
+        if not self.is_hybrid:
+            return self.linear_flops_per_token() + self.num_layers * self.attention_flops_per_token(context)
+        c = self.kind_counts()
+        att = c.get("full", 0) * self.attention_flops_per_token(context)
+        att += c.get("sliding", 0) * self.attention_flops_per_token(min(context, self.sliding_window))
+        la = self.linear_attn
+        if la is not None:
+            att += c.get("linear", 0) * 4.0 * la.num_v_heads * la.head_k_dim * la.head_v_dim
+        return self.linear_flops_per_token() + att
 
     @property
     def default_weight_dtype(self) -> str:
@@ -428,6 +561,9 @@ class ModelSpec(BaseModel):
             "num_shared_experts": moe.num_shared_experts if moe else 0,
             "num_moe_layers": self.num_moe_layers,
             "mla": self.mla.model_dump() if self.mla else None,
+            **({"layer_kinds": self.kind_counts(), "sliding_window": self.sliding_window,
+                "linear_attention": self.linear_attn.model_dump() if self.linear_attn else None,
+                "attn_output_gate": self.attn_output_gate} if self.is_hybrid else {}),
         }
 
 
@@ -523,13 +659,17 @@ def _architecture(cfg: dict, top: dict) -> tuple[str, str]:
 #: cost models here do not describe.
 _SSM_MODEL_TYPES = frozenset({"mamba", "mamba2", "falcon_mamba", "jamba", "zamba", "zamba2",
                               "bamba", "nemotron_h", "granitemoehybrid", "falcon_h1", "rwkv",
-                              "rwkv5", "rwkv6", "recurrent_gemma", "lfm2", "qwen3_next",
-                              "minimax", "plamo2"})
+                              "rwkv5", "rwkv6", "recurrent_gemma", "lfm2", "minimax", "plamo2"})
 _SSM_ARCH_PARTS = ("Mamba", "Jamba", "Zamba", "Bamba", "Rwkv", "RWKV", "RecurrentGemma",
                    "NemotronH", "FalconH1", "Hybrid")
 #: layer_types entries that are attention (anything else, e.g. 'mamba', 'linear_attention', is not)
 _ATTENTION_LAYER_TYPES = frozenset({"attention", "full_attention", "sliding_attention",
                                     "chunked_attention", "global", "local", "sliding_window"})
+#: layer_types entries of sliding-window attention (the rest of _ATTENTION_LAYER_TYPES is full)
+_SLIDING_LAYER_TYPES = frozenset({"sliding_attention", "local", "sliding_window"})
+#: config keys of a Gated DeltaNet linear-attention layer (Qwen3-Next / Qwen3.5)
+_LINEAR_ATTN_KEYS = ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
+                     "linear_value_head_dim", "linear_conv_kernel_dim")
 #: keys that mark a vision-language wrapper (vision tower config / image-token plumbing)
 _VISION_KEYS = ("vision_config", "vision_tower", "mm_vision_tower", "visual", "image_token_index",
                 "image_token_id", "vision_start_token_id", "mm_projector_type")
@@ -538,12 +678,17 @@ _VISION_KEYS = ("vision_config", "vision_tower", "mm_vision_tower", "visual", "i
 def _reject_ssm(arch: str, model_type: str, cfg: dict, source: str) -> None:
     """One-line InputError for state-space / hybrid architectures (no KV-cache model here)."""
     types = cfg.get("layer_types")
-    odd = sorted({str(t) for t in types if str(t) not in _ATTENTION_LAYER_TYPES}) \
+    # Gated DeltaNet layers are modelled when the config describes them (linear_* keys)
+    known = _ATTENTION_LAYER_TYPES | ({"linear_attention"} if all(
+        cfg.get(k) is not None for k in _LINEAR_ATTN_KEYS) else frozenset())
+    odd = sorted({str(t) for t in types if str(t) not in known}) \
         if isinstance(types, list) else []
     if model_type in _SSM_MODEL_TYPES or any(p in arch for p in _SSM_ARCH_PARTS) or odd:
         what = f" (layer_types {', '.join(odd)})" if odd else ""
-        raise InputError(f"architecture {arch} is not supported: state-space / hybrid layers"
-                         f"{what} keep a recurrent state that apex-opt does not model",
+        raise InputError(f"architecture {arch} is not supported: state-space / recurrent layers"
+                         f"{what} keep a recurrent state that apex-opt does not model (hybrid "
+                         f"models it plans: sliding-window attention, Gated DeltaNet "
+                         f"linear_attention with its linear_* config keys)",
                          source=source, field="architectures")
 
 
@@ -760,6 +905,50 @@ def _moe(r: _Reader, model_type: str, num_layers: int) -> tuple[MoESpec | None, 
     return None, None
 
 
+def _layer_kinds(r: _Reader, num_layers: int) -> tuple[tuple[str, ...], int, LinearAttnSpec | None]:
+    """(per-layer attention kinds, sliding window, Gated DeltaNet layout) from ``layer_types``
+    (one entry per layer: HF gpt-oss, Gemma-3, Qwen3-Next, Qwen3.5) or, without it, Qwen3-Next's
+    ``full_attention_interval`` (layer i is full attention when (i + 1) % interval == 0, HF
+    Qwen3NextConfig). Kinds are () when every layer is full attention (uniform model)."""
+    lin = None
+    if all(r.has(k) for k in _LINEAR_ATTN_KEYS):
+        lin = LinearAttnSpec(num_k_heads=r.get_int("linear_num_key_heads"),
+                             num_v_heads=r.get_int("linear_num_value_heads"),
+                             head_k_dim=r.get_int("linear_key_head_dim"),
+                             head_v_dim=r.get_int("linear_value_head_dim"),
+                             conv_kernel=r.get_int("linear_conv_kernel_dim"))
+    window = r.get_int("sliding_window", 0, minimum=0, maximum=1 << 31)
+    types = r.cfg.get("layer_types")
+    kinds: list[str]
+    if isinstance(types, list) and types:
+        if len(types) < num_layers:
+            raise r.fail("layer_types", f"has {len(types)} entries for {num_layers} layers", len(types))
+        kinds = []
+        for t in types[:num_layers]:
+            t = str(t)
+            if t == "linear_attention":
+                kinds.append("linear")
+            elif t in _SLIDING_LAYER_TYPES and window > 0:
+                kinds.append("sliding")
+            else:  # full / global / chunked (Llama-4 chunks are counted as full, as before)
+                kinds.append("full")
+    elif lin is not None and r.has("full_attention_interval"):
+        step = r.get_int("full_attention_interval")
+        kinds = ["full" if (i + 1) % step == 0 else "linear" for i in range(num_layers)]
+    else:
+        kinds = []
+    if "linear" in kinds and lin is None:
+        raise r.fail("linear_num_value_heads", "linear_attention layers need the linear_* keys")
+    if all(k == "full" for k in kinds):
+        return (), 0, None
+    return tuple(kinds), (window if "sliding" in kinds else 0), (lin if "linear" in kinds else None)
+
+
+def _state_dtype(cfg: dict) -> str:
+    dt = str(cfg.get("mamba_ssm_dtype") or "").lower()
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dt, "")
+
+
 def _moe_spec(r: _Reader, n_exp: int, n_key: str, width: int, n_shared: int, shared_width: int,
               layers: tuple[int, ...], norm_topk: bool, shared_gate: bool) -> MoESpec | None:
     topk = r.get_int("num_experts_per_tok")
@@ -809,6 +998,7 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
         inter = r.get_int("intermediate_size", 0, minimum=0)
     if mla is not None:
         head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+    kinds, window, lin = _layer_kinds(r, layers)
     return ModelSpec(
         name=name, architecture=arch, source=source, model_type=model_type,
         hidden_size=hidden, num_layers=layers, vocab_size=vocab, num_attention_heads=heads,
@@ -820,6 +1010,9 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
         qk_norm=model_type.startswith("qwen3"),
         checkpoint_dtype=_checkpoint_dtype(text),
         quant_scheme=_quant_scheme(text, _checkpoint_dtype(text)),
+        layer_kinds=kinds, sliding_window=window, linear_attn=lin,
+        attn_output_gate=bool(kinds) and r.get_bool("attn_output_gate", lin is not None),
+        state_dtype=_state_dtype(text) if lin is not None else "",
     )
 
 
