@@ -132,8 +132,9 @@ def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int) 
     attn = _ops_params(model.attention_linear_ops(), tp // cfg.attention_dp, model)
     n_attn = len(layers)
     if model.is_hybrid:  # per attention kind; 'attn' is then the stage's sum, n_attn = 1
-        attn = sum(n * (_ops_params(model.attention_linear_ops(k), tp, model)
-                        + model.mixer_extra_params(k) / tp)
+        tpa = tp // cfg.attention_dp
+        attn = sum(n * (_ops_params(model.attention_linear_ops(k), tpa, model)
+                        + model.mixer_extra_params(k) / tpa)
                    for k, n in model.kind_counts(layers).items())
         n_attn = 1
     dense = _ops_params(model.dense_mlp_linear_ops(), tp, model)

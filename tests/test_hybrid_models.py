@@ -241,3 +241,26 @@ def test_uniform_models_have_no_kinds_and_the_same_summary_keys():
     assert m.kv_bytes_per_token() == m.num_layers * 2 * m.num_kv_heads * m.head_dim * 2
     assert stage_kv_layout(m, range(m.num_layers), 1, "bf16", load_engine("vllm")) == (
         2 * m.num_kv_heads * m.head_dim * 2.0 * m.num_layers, 0.0, 0.0)
+
+
+def test_hybrid_with_dp_attention_and_pipeline_stages(node):
+    """Attention ranks split the sequences (the slowest rank sets the time); pipeline stages with
+    different mixes of kinds cost their own layers."""
+    pool = node.pools[0]
+    m = _model(_qwen35_like())
+    eng = load_engine("sglang")
+    tp2 = IterationCostModel(m, pool, ReplicaConfig(tp=2), eng)
+    dp2 = IterationCostModel(m, pool, ReplicaConfig(tp=2, ep=2, attention_dp=2), eng)
+    ctx = np.full(32, 4000)
+    assert dp2.iteration(ctx).time_s > 0
+    k = dp2._attention_kinds(ctx, [])
+    assert set(k) == {"linear", "full"}
+    # each rank holds half the sequences on tp/2 GPUs: per-rank linear-state traffic of 16 sequences
+    assert k["linear"][3] == pytest.approx(dp2._linear_attention(16, [])[3])
+    assert tp2._attention_kinds(ctx, [])["full"][0] > 0
+    pp = IterationCostModel(m, pool, ReplicaConfig(tp=1, pp=2), eng)
+    assert pp.stage_kinds == [(("full", 1), ("linear", 3))] * 2
+    c = pp.iteration(ctx, with_breakdown=True)
+    assert len(c.stage_times_s) == 2 and c.stage_times_s[0] > 0
+    mem = replica_memory(m, pool.device, ReplicaConfig(tp=2, ep=2, attention_dp=2), eng)
+    assert mem.fits and mem.max_state_seqs is not None and mem.max_state_seqs % 2 == 0
