@@ -70,6 +70,27 @@ def kv_bytes_per_token_per_layer(model: ModelSpec, tp: int, kv_dtype: str) -> fl
     return 2 * kv_heads_per_rank(model, tp) * model.head_dim * b
 
 
+def _ssm_dtype(model: ModelSpec, engine: EngineSpec) -> str:
+    return (model.state_dtype if (engine.recurrent_state_dtype_from_config and model.state_dtype)
+            else engine.recurrent_state_dtype)
+
+
+def hybrid_block_size(model: ModelSpec, tp: int, kv_dtype: str, engine: EngineSpec,
+                      conv_bytes: float = 2.0) -> int:
+    """KV block size (tokens) the engine runs a model with. vLLM V1 with linear-attention
+    (mamba-type) layers raises the attention block size until one attention page holds a layer's
+    recurrent state (platforms/interface.py _align_hybrid_block_size, without prefix caching:
+    ``alignment x ceil(mamba_page / (alignment x attention bytes per token))``, the alignment being
+    the cache block size, 16) and pads the state page to it; other engines / models: the
+    engine's block size."""
+    bs = engine.block_size
+    if engine.hybrid_kv != "shared_pool" or model.linear_attn is None:
+        return bs
+    plb = kv_bytes_per_token_per_layer(model, tp, kv_dtype)
+    page = model.linear_state_bytes(tp, DTYPE_BYTES[_ssm_dtype(model, engine)], conv_bytes)
+    return max(bs, bs * math.ceil(page / (bs * plb)))
+
+
 def stage_kv_layout(model: ModelSpec, layers, tp: int, kv_dtype: str, engine: EngineSpec,
                     conv_bytes: float = 2.0) -> tuple[float, float, float]:
     """(KV bytes per token, fixed bytes per running sequence in the KV pool, recurrent-state bytes
@@ -82,7 +103,8 @@ def stage_kv_layout(model: ModelSpec, layers, tp: int, kv_dtype: str, engine: En
       _get_kv_cache_groups_uniform_page_size + single_type_kv_cache_manager.py): all groups share
       one block pool; a sliding-window layer keeps the blocks of its last ``window - 1`` tokens
       plus the block being written (SlidingWindowManager.get_num_skipped_tokens frees the rest);
-      a linear-attention layer holds one state block per request (MambaManager);
+      a linear-attention layer holds one state block per request (MambaManager), a page of
+      :func:`hybrid_block_size` tokens of attention KV (the state padded to it);
     * 'separate_pools' (SGLang 0.5): sliding layers live in an SWA pool of
       ``swa_full_tokens_ratio`` x the full pool's tokens (server_args.swa_full_tokens_ratio,
       SWAKVPool); recurrent state in a MambaPool of its own (returned as the third number);
@@ -94,15 +116,15 @@ def stage_kv_layout(model: ModelSpec, layers, tp: int, kv_dtype: str, engine: En
         return plb * len(layers), 0.0, 0.0
     c = model.kind_counts(layers)
     full, sliding, linear = c.get("full", 0), c.get("sliding", 0), c.get("linear", 0)
-    ssm_dtype = (model.state_dtype if (engine.recurrent_state_dtype_from_config and model.state_dtype)
-                 else engine.recurrent_state_dtype)
-    state = linear * model.linear_state_bytes(tp, DTYPE_BYTES[ssm_dtype], conv_bytes)
+    state = linear * model.linear_state_bytes(tp, DTYPE_BYTES[_ssm_dtype(model, engine)], conv_bytes)
     mode = engine.hybrid_kv
     if mode == "separate_pools":
         return plb * (full + engine.swa_full_tokens_ratio * sliding), 0.0, state
     if mode == "shared_pool":
-        bs = engine.block_size
+        bs = hybrid_block_size(model, tp, kv_dtype, engine, conv_bytes)
         window_tokens = (-(-(model.sliding_window - 1) // bs) + 1) * bs
+        if linear:  # one padded page (bs tokens of attention KV) per linear layer and request
+            state = linear * bs * plb
         return plb * full, plb * sliding * window_tokens + state, 0.0
     return plb * (full + sliding), state, 0.0
 
@@ -255,6 +277,9 @@ class MemoryReport(BaseModel):
     fits: bool
     #: KV blocks every running sequence holds besides its tokens' (hybrid models' bounded state)
     seq_state_blocks: int = 0
+    #: tokens per KV block when the engine changes it for this model (vLLM V1 with linear-attention
+    #: layers, :func:`hybrid_block_size`); None = the engine's block_size
+    block_size: int | None = None
     #: most running sequences the engine's recurrent-state pool admits (SGLang MambaPool); None
     #: = no such pool
     max_state_seqs: int | None = None
@@ -286,6 +311,7 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
             runtime += int(engine.custom_allreduce_buffers_gib * GIB)
     act = int(activation_peak_bytes(model, cfg, tokens) * (1 + engine.allocator_slack))
     stages: list[StageMemory] = []
+    bs = hybrid_block_size(model, cfg.tp // cfg.attention_dp, cfg.kv_dtype, engine)
     state_per_seq: list[float] = []  # recurrent-state bytes per sequence in a pool of its own
     ranges = stage_layer_ranges(model.num_layers, cfg)
     for s, layers in enumerate(ranges):
@@ -309,7 +335,7 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
         if kv_tok <= 0:  # a stage with no full-attention layer: no per-token limit here
             blocks = 1 << 40
         else:
-            blocks = max(0, int(kv // (engine.block_size * kv_tok))) if kv > 0 else 0
+            blocks = max(0, int(kv // (bs * kv_tok))) if kv > 0 else 0
         stages.append(StageMemory(stage=s, layers=len(layers), weights_bytes=w,
                                   weights_by_component=comp, activation_bytes=act,
                                   runtime_overhead_bytes=runtime, outside_budget_bytes=outside,
@@ -319,8 +345,8 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
     # with data-parallel attention every attention rank holds a pool of its own requests
     rank_blocks = min(s.kv_blocks for s in stages)
     blocks = rank_blocks * cfg.attention_dp
-    kv_tokens = blocks * engine.block_size
-    rank_tokens = rank_blocks * engine.block_size
+    kv_tokens = blocks * bs
+    rank_tokens = rank_blocks * bs
     # bounded per-sequence state, in blocks of the stage that holds the fewest (every stage's
     # pool admits the same sequences); SGLang's recurrent-state pool caps running requests at
     # its slots // MAMBA_CACHE_SIZE_MAX_RUNNING_REQUESTS_RATIO (model_runner.init_memory_pool)
@@ -328,7 +354,7 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
     for st in stages:
         if st.seq_state_bytes > 0 and st.kv_bytes_per_token > 0:
             seq_blocks = max(seq_blocks, math.ceil(
-                st.seq_state_bytes / (engine.block_size * st.kv_bytes_per_token)))
+                st.seq_state_bytes / (bs * st.kv_bytes_per_token)))
     state_seqs = [int(st.state_pool_bytes // sb) for st, sb in zip(stages, state_per_seq) if sb > 0]
     if state_seqs:
         max_state = cfg.attention_dp * (min(state_seqs) // engine.mamba_slots_per_request)
@@ -371,5 +397,6 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
         device_memory_bytes=total, stages=stages, kv_blocks=blocks, kv_tokens=kv_tokens,
         max_concurrent_full_len=cfg.attention_dp * (rank_tokens // max_len) if max_len else 0,
         fits=problem is None, seq_state_blocks=seq_blocks, max_state_seqs=max_state,
+        block_size=bs if bs != engine.block_size else None,
         problem=problem, overflow_component=comp_name,
         overflow_bytes=int(overflow))

@@ -155,9 +155,12 @@ def test_recurrent_state_reservation_and_running_cap(node):
     dev = node.pools[0].device
     m = _model(_qwen35_like())
     v1 = replica_memory(m, dev, ReplicaConfig(tp=1), load_engine("vllm"))
-    state = 6 * m.linear_state_bytes(1, 2, 2)                      # vLLM: bf16 state ('auto')
-    per_block = 16 * m.kv_bytes_per_token()
-    assert v1.seq_state_blocks == -(-int(state) // per_block) and v1.max_state_seqs is None
+    # vLLM: bf16 state ('auto'); the attention block grows until one page (one layer) holds a
+    # layer's state, so every request holds linear / full layers = 3 blocks (groups of equal size)
+    page, plb = m.linear_state_bytes(1, 2, 2), 2 * KV * HD * 2
+    assert v1.block_size == 16 * -(-int(page) // (16 * plb)) and v1.block_size > 16
+    assert v1.seq_state_blocks == 3 and v1.max_state_seqs is None
+    assert v1.kv_tokens % v1.block_size == 0
     sg = replica_memory(m, dev, ReplicaConfig(tp=1), load_engine("sglang"))
     st = sg.stages[0]
     # SGLang: mamba pool / KV pool = 0.9; running requests <= slots // 3; fp32 state (config)

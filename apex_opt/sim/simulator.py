@@ -180,6 +180,8 @@ def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: Req
                              f"parallelism)", field=f"plan.groups[{gi}].attention_dp",
                              value=cfg.attention_dp)
         limits = engine_limits(model, cfg, blocks, engine, pool.device)
+        if mem.block_size is not None:  # vLLM V1 hybrid: attention pages hold a layer's state
+            limits = replace(limits, block_size=mem.block_size)
         if mem.seq_state_blocks or mem.max_state_seqs is not None:
             # hybrid models: bounded per-sequence state in the KV pool; a recurrent-state pool
             # of its own caps the running requests (memory.replica_memory)
