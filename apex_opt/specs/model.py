@@ -555,6 +555,7 @@ class ModelSpec(BaseModel):
             "tie_word_embeddings": self.tie_word_embeddings,
             "checkpoint_dtype": self.checkpoint_dtype,
             "quant_scheme": self.quant_scheme,
+            "quant_exclude": list(self.quant_exclude),
             "num_experts": moe.num_experts if moe else 0,
             "experts_per_token": moe.experts_per_token if moe else 0,
             "expert_intermediate_size": moe.expert_intermediate_size if moe else 0,
