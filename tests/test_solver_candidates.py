@@ -41,3 +41,26 @@ def test_constraints_filter_candidates() -> None:
     everything = enumerate_candidates(m, c, _stats(), slo, everything=True)
     assert any("weight_dtypes" in x.violates for x in everything)
     assert any("memory" in x.violates for x in everything)
+
+
+def test_default_weight_dtypes_follow_the_checkpoint() -> None:
+    # an fp8 checkpoint (deepseek-v3) is not dequantized to bf16 at load, an int4 / fp4 one is
+    # served as stored; a bf16 one may also be quantized online to fp8
+    from apex_opt.solver.candidates import default_weight_dtypes
+    from apex_opt.specs.model import ModelSpec
+
+    ds, llama = load_model("deepseek-v3"), load_model("llama-3.1-70b")
+    assert default_weight_dtypes(llama) == ("bf16", "fp8")
+    assert default_weight_dtypes(ds) == ("fp8",)
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 1024,
+           "num_hidden_layers": 4, "num_attention_heads": 8, "intermediate_size": 4096,
+           "vocab_size": 32000, "max_position_embeddings": 4096,
+           "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128}}
+    assert default_weight_dtypes(ModelSpec.from_hf_config(cfg)) == ("int4",)
+    c = load_cluster("h200-1x8")
+    cands = enumerate_candidates(ds, c, _stats(), SLOSpec())
+    assert cands and {x.weight_dtype for x in cands} == {"fp8"}
+    # asking for bf16 explicitly still searches it (a bf16 copy of the weights)
+    slo = SLOSpec(constraints={"weight_dtypes": ["bf16", "fp8"]})
+    assert any(x.weight_dtype == "bf16" for x in enumerate_candidates(
+        ds, load_cluster("h200-1x8"), _stats(), slo, everything=True))

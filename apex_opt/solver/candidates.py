@@ -44,10 +44,22 @@ def engine_limits(engine: EngineSpec, pool: PoolSpec) -> tuple[tuple[int, int], 
     ss = sorted({max(1, int(round(seqs * f))) for f in engine.search_max_num_seqs_factors})
     ts = sorted({max(16, int(round(tokens * f))) for f in engine.search_batched_tokens_factors})
     return tuple((s, t) for t in ts for s in ss)
-#: Weight / KV dtypes searched when the SLO file does not restrict them. int4 and fp4 (NVFP4) need a
-#: pre-quantised checkpoint, so they are only searched when the SLO file lists them; fp4 only on
-#: pools whose GPU an engine runs it on (costmodel.fp4_path).
+#: Weight / KV dtypes searched when the SLO file does not restrict them: what the engines can serve
+#: the model's own checkpoint as (default_weight_dtypes). int4 and fp4 (NVFP4) need a
+#: pre-quantised checkpoint, so for a bf16 checkpoint they are only searched when the SLO file lists
+#: them; fp4 only on pools whose GPU an engine runs it on (costmodel.fp4_path).
 DEFAULT_WEIGHT_DTYPES = ("bf16", "fp8")
+#: a checkpoint stored in the key dtype is served as (vLLM / SGLang load what config.json's
+#: quantization_config declares: an fp8, int4 or fp4 checkpoint is never dequantized to bf16 at
+#: load; a bf16 one is also quantized online to fp8, --quantization fp8)
+CHECKPOINT_WEIGHT_DTYPES = {"bf16": ("bf16", "fp8"), "fp8": ("fp8",), "int4": ("int4",),
+                            "fp4": ("fp4",)}
+
+
+def default_weight_dtypes(model: ModelSpec) -> tuple[str, ...]:
+    """Weight dtypes searched for ``model`` when the SLO file does not list any: its checkpoint's
+    serving dtype and what an engine makes of it at load (see CHECKPOINT_WEIGHT_DTYPES)."""
+    return CHECKPOINT_WEIGHT_DTYPES.get(model.default_weight_dtype, DEFAULT_WEIGHT_DTYPES)
 ALL_WEIGHT_DTYPES = ("bf16", "fp8", "int4", "fp4")
 DEFAULT_KV_DTYPES = ("bf16", "fp8")
 ALL_KV_DTYPES = ("bf16", "fp8")
@@ -163,12 +175,12 @@ def _total_linear_bytes(model: ModelSpec, weight_dtype: str) -> float:
 
 
 def _violations(slo: SLOSpec, pool: PoolSpec, tp: int, pp: int, wd: str, kv: str,
-                fits: bool) -> frozenset[str]:
+                fits: bool, default_wds: tuple[str, ...] = DEFAULT_WEIGHT_DTYPES) -> frozenset[str]:
     c = slo.constraints
     out = set()
     if not fits:
         out.add("memory")
-    if wd not in (c.weight_dtypes or DEFAULT_WEIGHT_DTYPES):
+    if wd not in (c.weight_dtypes or default_wds):
         out.add("weight_dtypes")
     if kv not in (c.kv_dtypes or DEFAULT_KV_DTYPES):
         out.add("kv_dtypes")
@@ -193,7 +205,8 @@ def enumerate_candidates(model: ModelSpec, cluster: ClusterSpec, stats: Workload
     # the user's required context (solve --max-model-len / SLO constraint) wins over the workload's
     max_len = getattr(slo.constraints, "max_model_len", None) or workload_max_model_len(model, stats)
     c = slo.constraints
-    wds = ALL_WEIGHT_DTYPES if everything else tuple(c.weight_dtypes or DEFAULT_WEIGHT_DTYPES)
+    default_wds = default_weight_dtypes(model)
+    wds = ALL_WEIGHT_DTYPES if everything else tuple(c.weight_dtypes or default_wds)
     kvs = ALL_KV_DTYPES if everything else tuple(c.kv_dtypes or DEFAULT_KV_DTYPES)
     out: list[Candidate] = []
     for pool in cluster.pools:
@@ -241,4 +254,5 @@ def _candidate(model: ModelSpec, pool: PoolSpec, shape, wd: str, kv: str, seqs: 
                      max_num_batched_tokens=tokens, max_model_len=max_len,
                      layers_per_stage=split, fits=fits, memory_problem=problem,
                      kv_tokens=kv_tokens, weights_bytes_max=wmax, max_replicas=max_rep,
-                     violates=_violations(slo, pool, shape.tp, shape.pp, wd, kv, fits))
+                     violates=_violations(slo, pool, shape.tp, shape.pp, wd, kv, fits,
+                                          default_weight_dtypes(model)))
