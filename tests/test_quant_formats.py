@@ -195,3 +195,18 @@ def test_mxfp4_refused_where_no_engine_runs_it():
     pool = load_cluster("h100-sxm-1x8").pools[0]
     with pytest.raises(InputError, match="MXFP4"):
         IterationCostModel(gpt_oss_120b(), pool, ReplicaConfig(tp=1), load_engine("vllm-0.6"))
+
+
+def test_gptq_dynamic_skip_and_awq_modules_to_not_convert():
+    # GPTQModel "dynamic": {"-:<regex>": {}} leaves matching modules unquantized (vLLM
+    # get_dynamic_override); AWQ modules_to_not_convert names modules by prefix
+    gptq = {"quant_method": "gptq", "bits": 4, "group_size": 128,
+            "dynamic": {"-:.*shared_experts.*": {}, "+:.*experts.*": {"bits": 4}}}
+    m = kimi_like(gptq)
+    assert (m.checkpoint_dtype, m.quant_scheme, m.quant_exclude) == ("int4", "int4_group",
+                                                                     ("shared_experts",))
+    awq = {"quant_method": "awq", "bits": 4, "group_size": 64,
+           "modules_to_not_convert": [f"model.layers.{i}.self_attn" for i in range(4)]}
+    m = kimi_like(awq)
+    assert (m.quant_scheme, m.quant_exclude) == ("int4_group64", ("attention",))
+    assert linear_weight_bytes_per_elem("int4", "int4_group64") == pytest.approx(0.5 + 2 / 64)

@@ -1046,7 +1046,7 @@ def _exclusion_patterns(q: dict) -> list[str]:
     AWQ / mxfp4 ``modules_to_not_convert`` and fp8 ``ignored_layers`` (vLLM Fp8Config.from_config
     reads both), compressed-tensors and ModelOpt-in-config.json ``ignore`` (vLLM ModelOptConfig
     reads "ignore" from config.json), ModelOpt ``exclude_modules`` (flat, or nested under
-    ``quantization`` as in hf_quant_config.json)."""
+    ``quantization`` as in hf_quant_config.json), GPTQ ``dynamic`` "-:" entries."""
     out: list[str] = []
     sources = [q]
     if isinstance(q.get("quantization"), dict):
@@ -1056,6 +1056,11 @@ def _exclusion_patterns(q: dict) -> list[str]:
             v = src.get(key)
             if isinstance(v, list):
                 out += [str(x) for x in v if isinstance(x, str) and x]
+    # GPTQ (GPTQModel) per-module overrides: a "-:<regex>" key leaves matching modules unquantized
+    # (vLLM gptq_utils.get_dynamic_override: re.match on the layer prefix -> False = skip)
+    dyn = q.get("dynamic")
+    if isinstance(dyn, dict):
+        out += ["re:" + k[2:] for k in dyn if isinstance(k, str) and k.startswith("-:")]
     return out
 
 
