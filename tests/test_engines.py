@@ -46,6 +46,24 @@ def test_version_pins_apply_overrides_and_reject_out_of_range():
         load_engine("tgi")
 
 
+def test_a_release_newer_than_every_profile_runs_on_the_newest_with_a_warning():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        e = load_engine("vllm@0.24")
+    assert e.name == "vllm" and e.version == "0.24"
+    assert any("newer than every release" in str(x.message) for x in w)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert load_engine("sglang@0.6.1").name == "sglang"
+    # older than a profile's range: still refused, naming the profile that covers it
+    with pytest.raises(InputError, match="sglang-0.4@0.4.5"):
+        load_engine("sglang@0.4.5")
+    with pytest.raises(InputError, match="not 0.3"):
+        load_engine("vllm@0.3")
+
+
 def test_defaults_by_gpu_memory():
     v1, sg = load_engine("vllm"), load_engine("sglang")
     h100 = load_cluster("h100-sxm-1x8").pools[0].device

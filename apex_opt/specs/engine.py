@@ -443,14 +443,37 @@ def load_engine(name: str | None = None) -> EngineSpec:
         fits = [e.name for e in all_engines() if e.engine == spec.engine
                 and v in SpecifierSet(e.versions)]
         hint = f"; use {fits[0]}@{ver}" if fits else ""
-        raise InputError(f"engine profile {base} models {spec.engine} {spec.versions}, not "
-                         f"{ver}{hint}", field="engine", value=name)
+        if fits or not _newer_than_every_profile(spec, v):
+            raise InputError(f"engine profile {base} models {spec.engine} {spec.versions}, not "
+                             f"{ver}{hint}", field="engine", value=name)
+        from ..errors import warn
+
+        warn(f"{spec.engine} {ver} is newer than every release whose source the profiles were "
+             f"read from; modelled as {base} ({spec.versions}), the newest profile: check the "
+             f"predictions against a measurement before relying on release-specific behaviour")
     data = spec.model_dump()
     for o in spec.version_overrides:
         if v in SpecifierSet(str(o["versions"])):
             data.update({k: val for k, val in o.items() if k != "versions"})
     data["version"] = str(v)
     return EngineSpec(**data)
+
+
+def _newer_than_every_profile(spec: EngineSpec, v) -> bool:
+    """``v`` is at or above the upper bound of every profile of ``spec``'s engine family and
+    ``spec`` is the family's newest profile (the one with the highest upper bound)."""
+    from packaging.version import Version
+
+    def upper(e: EngineSpec) -> Version | None:
+        bounds = [Version(x.split("<", 1)[1].lstrip("=").strip()) for x in e.versions.split(",")
+                  if x.strip().startswith("<")]
+        return max(bounds) if bounds else None
+
+    fam = [e for e in all_engines() if e.engine == spec.engine]
+    ups = [upper(e) for e in fam]
+    if any(u is None for u in ups):
+        return False  # an open-ended profile claims every newer release itself
+    return upper(spec) == max(ups) and v >= upper(spec)
 
 
 def engine_for(engine: str, version: str | None) -> str:
