@@ -30,9 +30,9 @@ def test_backend_by_release_gpu_and_tp():
     # TP >= 8: DeepGEMM MoE off by default (vLLM PR #29346); under EP the MoE's TP size is 1
     assert fp8_block_moe_backend("vllm", "0.12.0", "9.0", 8) == "triton"
     assert fp8_block_moe_backend("vllm", "0.12.0", "9.0", 8, ep=8) == "deep_gemm_contiguous"
-    # 0.11.0 gated Hopper E8M0 off (decode ran Triton); 0.13 skips the padding rows; no fp8 TCs
+    # 0.11.0 gated Hopper E8M0 off (decode ran Triton); 0.13 skips the padding MMAs; no fp8 TCs
     assert fp8_block_moe_backend("vllm", "0.11.0", "9.0", 2) == "triton"
-    assert fp8_block_moe_backend("vllm", "0.13.0", "9.0", 2) == "triton"
+    assert fp8_block_moe_backend("vllm", "0.13.0", "9.0", 2) == "deep_gemm_contiguous_skip"
     assert fp8_block_moe_backend("vllm", "0.12.0", "8.0", 2) == "triton"
     assert fp8_block_moe_backend("vllm", None, "9.0", 2) == "triton"
     assert fp8_block_moe_backend("sglang", "0.5.9", "9.0", 2) == "triton"

@@ -335,8 +335,12 @@ class DeviceCostModel:
         evenly (the kernel benchmarks' "balanced" distribution). ``imbalance`` scales the busiest EP
         rank's assignments.
 
-        ``backend="deep_gemm_contiguous"`` (block-fp8 W8A8 only): vLLM's DeepGEMM path
-        (``deep_gemm_moe_fp8`` / ``DeepGemmExperts``), see :meth:`_deep_gemm_moe`."""
+        ``backend`` (block-fp8 W8A8 only, see :func:`fp8_block_moe_backend`):
+        ``deep_gemm_contiguous`` = vLLM's DeepGEMM path with the padding rows computed (0.12; SM100
+        in 0.13/0.14), ``deep_gemm_contiguous_skip`` = the same with the padding blocks' MMAs
+        skipped but their tiles still loaded and stored (SM90, 0.13/0.14), see
+        :meth:`_deep_gemm_moe`; ``flashinfer_cutlass`` / ``flashinfer_trtllm`` (vLLM 0.15+) stream
+        only the hit experts' weights and are costed as ``triton``."""
         key = ("moe", tokens, hidden, inter, topk, experts, tp, ep, dtype, weight_dtype, balanced,
                imbalance, block_fp8, backend)
         hit = self._gemm_cache.get(key)
@@ -351,11 +355,12 @@ class DeviceCostModel:
 
         kf = kernel_facts()
         dt, wd = self._resolve_dtypes(dtype, weight_dtype)
-        if backend not in ("triton", "deep_gemm_contiguous"):
-            raise InputError("unknown fused-MoE backend; use triton or deep_gemm_contiguous",
+        if backend not in MOE_BACKENDS:
+            raise InputError(f"unknown fused-MoE backend; use one of {', '.join(MOE_BACKENDS)}",
                              field="backend", value=backend)
-        if backend == "deep_gemm_contiguous" and dt == "fp8" and block_fp8 and wd is None:
-            cost = self._deep_gemm_moe(tokens, hidden, inter, topk, experts, tp, ep, balanced)
+        if backend.startswith("deep_gemm") and dt == "fp8" and block_fp8 and wd is None:
+            cost = self._deep_gemm_moe(tokens, hidden, inter, topk, experts, tp, ep, balanced,
+                                       skip_padding=backend == "deep_gemm_contiguous_skip")
             self._gemm_cache[key] = cost
             return cost
         e_local = experts // ep
@@ -409,7 +414,7 @@ class DeviceCostModel:
         return cost
 
     def _deep_gemm_moe(self, tokens: float, hidden: int, inter: int, topk: int, experts: int,
-                       tp: int, ep: int, balanced: bool) -> OpCost:
+                       tp: int, ep: int, balanced: bool, skip_padding: bool = False) -> OpCost:
         """vLLM's DeepGEMM MoE (``fused_moe/deep_gemm_moe.py`` ``DeepGemmExperts.apply``): the
         tokens' top-k copies are scattered into a contiguous buffer in which every local expert's
         rows start on a multiple of the alignment (128 on SM90/SM100), sized for the worst case
@@ -423,7 +428,15 @@ class DeviceCostModel:
         shard ``inter/tp``). The activation (silu_and_mul) and the per-token-group fp8 quant of
         the intermediate also cover all ``M_sum`` rows. The hit experts' weights still stream from
         HBM (expert 0's tiles of the padding rows stay in L2): each GEMM takes the longer of the
-        dense ``M_sum``-row GEMM and that weight stream. See data/kernels.yaml fused_moe.deep_gemm."""
+        dense ``M_sum``-row GEMM and that weight stream.
+
+        ``skip_padding`` (vLLM 0.13+, padding ids -1, DeepGEMM's SM90 kernel): the hit experts'
+        blocks (each expert's rows rounded up to the alignment) are computed, a GEMM of those rows
+        that streams the hit experts' weights; every other block skips its MMAs but its TMA producer
+        still loads the block's activation rows (fp8) and their per-128 scales, and its epilogue
+        still stores the block's bf16 output rows: ``K + 4*K/128 + 2*N`` bytes of HBM traffic per
+        padding row and GEMM, at the copy bandwidth (expert 0's weight tiles those blocks also load
+        come from L2 and are not priced). See data/kernels.yaml fused_moe.deep_gemm."""
         align = deep_gemm_moe_facts()["m_alignment"]
         e_local = experts // ep
         inter_l = max(1, inter // tp)
@@ -434,13 +447,31 @@ class DeviceCostModel:
         fit = self._table("fp8").fit
         peak, bw = self.peak_flops("fp8") * self._mm_scale["fp8"], self.bw
         t_tot = e_tot = 0.0
-        for n, k in ((2 * inter_l, hidden), (hidden, inter_l)):
-            dense = self.gemm(m_sum, n, k, "fp8")
-            wbytes = active * n * k
-            t_w = float(fit.time(0.0, wbytes, peak, bw))
-            t = max(dense.time_s, t_w)
-            t_tot += t
-            e_tot += dense.energy_j if t == dense.time_s else self._cost(t_w, 0.0, wbytes, "fp8", "gemm").energy_j
+        if skip_padding:
+            per_expert = max(assign / active, 1.0)
+            rows_valid = min(float(m_sum), active * math.ceil(per_expert / align) * align)
+            rows_pad = m_sum - rows_valid
+            copy_bw = bw * self.cal.stream.eff
+            for n, k in ((2 * inter_l, hidden), (hidden, inter_l)):
+                # the hit experts' blocks: a dense fp8 GEMM of their rows, or their weight stream
+                dense = self.gemm(rows_valid, n, k, "fp8")
+                wbytes = active * n * k
+                t_valid = max(dense.time_s, float(fit.time(0.0, wbytes, peak, bw)))
+                pad_bytes = rows_pad * (k + 4.0 * math.ceil(k / 128) + 2.0 * n)
+                t = t_valid + pad_bytes / copy_bw
+                t_tot += t
+                e_tot += dense.energy_j
+                if t > dense.time_s:
+                    e_tot += self._cost(t - dense.time_s, 0.0, wbytes + pad_bytes, "fp8", "gemm").energy_j
+        else:
+            for n, k in ((2 * inter_l, hidden), (hidden, inter_l)):
+                dense = self.gemm(m_sum, n, k, "fp8")
+                wbytes = active * n * k
+                t_w = float(fit.time(0.0, wbytes, peak, bw))
+                t = max(dense.time_s, t_w)
+                t_tot += t
+                e_tot += (dense.energy_j if t == dense.time_s
+                          else self._cost(t_w, 0.0, wbytes, "fp8", "gemm").energy_j)
         aux = [self.elementwise("router_topk", m, experts),
                self.act_quant("fp8_block", m, hidden),                    # prepare: quant of x
                self.elementwise("moe_align", int(math.ceil(assign)), 1),  # counts + ep_scatter ids
@@ -597,6 +628,12 @@ def device_model(device: DeviceSpec) -> DeviceCostModel:
 
 
 
+# Block-fp8 MoE kernel paths the cost model knows (data/kernels.yaml fused_moe.deep_gemm): the
+# FlashInfer ones stream only the hit experts' weights and are costed as Triton's fused_moe.
+MOE_BACKENDS = ("triton", "deep_gemm_contiguous", "deep_gemm_contiguous_skip", "flashinfer_cutlass",
+                "flashinfer_trtllm")
+
+
 @lru_cache(maxsize=None)
 def deep_gemm_moe_facts() -> dict:
     """``fused_moe.deep_gemm`` of data/kernels.yaml: the contiguous layout's row alignment and, per
@@ -610,8 +647,10 @@ def deep_gemm_moe_facts() -> dict:
         engines = {str(k): tuple(dict(r) for r in v) for k, v in raw.get("engines", {}).items()}
         for rules in engines.values():
             for r in rules:
-                str(r["versions"]), str(r["backend"]), int(r["max_moe_tp"])
+                str(r["versions"]), int(r.get("max_moe_tp", 1 << 30))
                 tuple(str(c) for c in r["compute_capability"])
+                if r["backend"] not in MOE_BACKENDS or r.get("expert_parallel", True) not in (True, False):
+                    raise ValueError(f"rule {r}")
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"malformed fused_moe.deep_gemm ({exc})", source="<bundled kernels.yaml>",
                          field="common.fused_moe.deep_gemm") from None
@@ -621,9 +660,10 @@ def deep_gemm_moe_facts() -> dict:
 @lru_cache(maxsize=None)
 def fp8_block_moe_backend(engine: str, version: str | None, compute_capability: str | None,
                           tp: int, ep: int = 1) -> str:
-    """Kernel path of a block-fp8 (W8A8, 128x128 scales) MoE layer: ``deep_gemm_contiguous`` where
-    data/kernels.yaml fused_moe.deep_gemm lists the engine release, GPU and MoE TP size (vLLM's
-    FusedMoEParallelConfig: the MoE's TP size is 1 under expert parallelism), else ``triton``."""
+    """Kernel path of a block-fp8 (W8A8, 128x128 scales) MoE layer: the backend of the first rule of
+    data/kernels.yaml fused_moe.deep_gemm that lists the engine release and GPU and admits the MoE
+    TP size (``max_moe_tp``; vLLM's FusedMoEParallelConfig: the MoE's TP size is 1 under expert
+    parallelism) and the use of EP (``expert_parallel``), else ``triton``."""
     from packaging.specifiers import SpecifierSet
     from packaging.version import InvalidVersion, Version
 
@@ -637,6 +677,7 @@ def fp8_block_moe_backend(engine: str, version: str | None, compute_capability: 
     moe_tp = 1 if ep > 1 else tp
     for r in rules:
         if (v in SpecifierSet(r["versions"]) and str(compute_capability) in r["compute_capability"]
-                and moe_tp <= int(r["max_moe_tp"])):
+                and moe_tp <= int(r.get("max_moe_tp", 1 << 30))
+                and r.get("expert_parallel", ep > 1) == (ep > 1)):
             return str(r["backend"])
     return "triton"
