@@ -306,6 +306,8 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
         model = row_model(row, base)
         cluster = load_cluster(row["cluster"].strip())
         plan, pnote = row_plan(row, model, engine, engine_flags)
+        cluster, cnote = cluster_for_gpus(cluster, plan.gpus)
+        pnote += cnote
         req, warm = row_requests(row, base, warmup_factor, prompt_pool)
         out["compute_util"] = measured_compute_util(row, model, cluster)
         floor = measured_tpot_floor(row, model, cluster)
@@ -366,6 +368,28 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
         out["error"] = f"{type(exc).__name__}: {exc}"[:300]
     out["wall_s"] = time.perf_counter() - t0
     return out
+
+
+def cluster_for_gpus(cluster, gpus: int) -> tuple:
+    """(cluster, note): the row's one-node cluster when its GPUs suffice, else the bundled
+    multi-node cluster of the same GPU and node size (``h200-1x8`` -> ``h200-2x8``) with enough
+    nodes, if there is one (the row ran on that many GPUs)."""
+    import math
+
+    from apex_opt.registry import cluster_names, load_cluster
+
+    pool = cluster.pools[0]
+    if gpus <= pool.num_gpus or len(cluster.pools) != 1:
+        return cluster, ""
+    m = re.fullmatch(r"(.+)-(\d+)x(\d+)", cluster.name)
+    if not m or int(m.group(3)) != pool.gpus_per_node:
+        return cluster, ""
+    names = set(cluster_names())
+    for nodes in range(math.ceil(gpus / pool.gpus_per_node), 65):
+        name = f"{m.group(1)}-{nodes}x{m.group(3)}"
+        if name in names:
+            return load_cluster(name), f"{gpus} GPUs: replayed on {name}; "
+    return cluster, ""
 
 
 def fitting_max_model_len(row: dict, model, cluster, plan, engine, exc) -> tuple | None:

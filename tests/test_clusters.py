@@ -20,6 +20,10 @@ EXPECTED_CLUSTERS: dict[str, dict[str, int]] = {
     "h100-sxm-4x8": {"h100": 32},
     "h100-sxm-16x8": {"h100": 128},
     "h200-1x8": {"h200": 8},
+    "h200-2x8": {"h200": 16},
+    "b200-2x8": {"b200": 16},
+    "b300-1x8": {"b300": 8},
+    "b300-2x8": {"b300": 16},
     "a100-80g-1x8": {"a100": 8},
     "b200-1x8": {"b200": 8},
     "mi300x-1x8": {"mi300x": 8},
@@ -119,6 +123,11 @@ def test_mixed_cluster_has_two_pools_of_different_devices():
 def test_link_figures():
     assert load_cluster("h100-sxm-2x8").pools[0].intra_node.bandwidth_gbps == 450
     assert load_cluster("h100-sxm-2x8").pools[0].inter_node.bandwidth_gbps == 50
+    # DGX H200 / B200: one 400G ConnectX-7 per GPU; DGX / HGX B300: one 800G ConnectX-8 per GPU
+    for name, gbps in (("h200-2x8", 50), ("b200-2x8", 50), ("b300-2x8", 100)):
+        one, two = load_cluster(name.replace("-2x8", "-1x8")).pools[0], load_cluster(name).pools[0]
+        assert two.inter_node.bandwidth_gbps == gbps and two.nodes == 2
+        assert two.intra_node == one.intra_node and two.device == one.device
     assert load_cluster("a100-80g-1x8").pools[0].intra_node.bandwidth_gbps == 300
     assert load_cluster("b200-1x8").pools[0].intra_node.bandwidth_gbps == 900
     l40s = load_cluster("l40s-1x8").pools[0].intra_node
