@@ -84,10 +84,12 @@ def hybrid_block_size(model: ModelSpec, tp: int, kv_dtype: str, engine: EngineSp
     the cache block size, 16) and pads the state page to it; other engines / models: the
     engine's block size."""
     bs = engine.block_size
-    if engine.hybrid_kv != "shared_pool" or model.linear_attn is None:
+    if engine.hybrid_kv != "shared_pool" or (model.linear_attn is None and model.mamba is None):
         return bs
     plb = kv_bytes_per_token_per_layer(model, tp, kv_dtype)
-    page = model.linear_state_bytes(tp, DTYPE_BYTES[_ssm_dtype(model, engine)], conv_bytes)
+    ssm = DTYPE_BYTES[_ssm_dtype(model, engine)]
+    page = max(model.linear_state_bytes(tp, ssm, conv_bytes),
+               model.mamba_state_bytes(tp, ssm, conv_bytes))
     return max(bs, bs * math.ceil(page / (bs * plb)))
 
 
@@ -115,8 +117,9 @@ def stage_kv_layout(model: ModelSpec, layers, tp: int, kv_dtype: str, engine: En
     if not model.is_hybrid:
         return plb * len(layers), 0.0, 0.0
     c = model.kind_counts(layers)
-    full, sliding, linear = c.get("full", 0), c.get("sliding", 0), c.get("linear", 0)
-    state = linear * model.linear_state_bytes(tp, DTYPE_BYTES[_ssm_dtype(model, engine)], conv_bytes)
+    full, sliding = c.get("full", 0), c.get("sliding", 0)
+    linear = c.get("linear", 0) + c.get("mamba", 0)  # layers with a recurrent state
+    state = model.recurrent_state_bytes(layers, tp, DTYPE_BYTES[_ssm_dtype(model, engine)], conv_bytes)
     mode = engine.hybrid_kv
     if mode == "separate_pools":
         return plb * (full + engine.swa_full_tokens_ratio * sliding), 0.0, state
@@ -163,7 +166,7 @@ def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int) 
     shared = _ops_params(model.shared_expert_linear_ops(), tp, model) if model.moe else 0.0
     expert = _ops_params(model.expert_linear_ops(), 1, model) if model.moe else 0.0
     n_moe = sum(1 for i in layers if model.is_moe_layer(i))
-    n_dense = len(layers) - n_moe
+    n_dense = len(layers) - n_moe - sum(1 for i in layers if not model.has_mlp(i))
     norms = model.norm_params_per_layer * len(layers)
     out = {
         "attention": attn * n_attn * wb,

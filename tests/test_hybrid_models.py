@@ -267,3 +267,61 @@ def test_hybrid_with_dp_attention_and_pipeline_stages(node):
     assert len(c.stage_times_s) == 2 and c.stage_times_s[0] > 0
     mem = replica_memory(m, pool.device, ReplicaConfig(tp=2, ep=2, attention_dp=2), eng)
     assert mem.fits and mem.max_state_seqs is not None and mem.max_state_seqs % 2 == 0
+
+
+# ------------------------------------------------------------------------------ Nemotron-H (Mamba2)
+def _nemotron_h_like(**kw) -> dict:
+    cfg = {"architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h",
+           "hidden_size": H, "num_hidden_layers": 9, "num_attention_heads": HEADS,
+           "num_key_value_heads": KV, "head_dim": HD, "intermediate_size": 4096,
+           "vocab_size": V, "max_position_embeddings": 8192, "tie_word_embeddings": False,
+           "hybrid_override_pattern": "M-MM*-M--", "mamba_num_heads": 32, "mamba_head_dim": 64,
+           "ssm_state_size": 128, "n_groups": 4, "conv_kernel": 4, "chunk_size": 128,
+           "mlp_hidden_act": "relu2"}
+    cfg.update(kw)
+    return cfg
+
+
+def test_nemotron_h_blocks_and_parameter_count():
+    m = _model(_nemotron_h_like())
+    # M- | M | M | *- | M- | -   (a mixer with the MLP block after it; lone mixers / MLPs)
+    assert m.layer_kinds == ("mamba", "mamba", "mamba", "full", "mamba", "none")
+    assert m.mlp_free_layers == (1, 2) and m.num_dense_layers == 4 and not m.mlp_gated
+    d_inner, conv_dim = 32 * 64, 32 * 64 + 2 * 4 * 128
+    mamba = (H * (2 * d_inner + 2 * 4 * 128 + 32) + d_inner * H     # in_proj, out_proj
+             + conv_dim * 5 + 3 * 32 + d_inner + H)                 # conv + bias, A/D/dt, norms
+    attn = H * (HEADS + 2 * KV) * HD + HEADS * HD * H + H
+    mlp = 2 * H * 4096 + H                                          # relu2: up, down (+ its norm)
+    blocks = 4 * mamba + attn + 4 * mlp                             # 9 blocks, one norm each
+    assert m.params_total == 2 * V * H + H + blocks
+    assert m.kv_bytes_per_token() == 1 * 2 * KV * HD * 2
+    assert m.mamba_state_bytes(1, 4, 2) == 32 * 64 * 128 * 4 + conv_dim * 3 * 2
+
+
+def test_nemotron_h_moe_blocks_stay_refused():
+    cfg = _nemotron_h_like(hybrid_override_pattern="MEM*E-MEM", n_routed_experts=8,
+                           num_experts_per_tok=2, moe_intermediate_size=256)
+    with pytest.raises(InputError, match="not supported"):
+        _model(cfg)
+    with pytest.raises(InputError, match="hybrid_override_pattern"):
+        _model(_nemotron_h_like(num_hidden_layers=10))
+
+
+def test_nemotron_h_memory_and_cost(node):
+    pool = node.pools[0]
+    m = _model(_nemotron_h_like())
+    v1 = replica_memory(m, pool.device, ReplicaConfig(tp=1), load_engine("vllm"))
+    plb = 2 * KV * HD * 2
+    assert v1.block_size == 16 * -(-int(m.mamba_state_bytes(1, 2, 2)) // (16 * plb))
+    assert v1.seq_state_blocks == 4          # 4 Mamba2 layers per full-attention layer
+    sg = replica_memory(m, pool.device, ReplicaConfig(tp=1), load_engine("sglang"))
+    assert sg.max_state_seqs == int(sg.stages[0].state_pool_bytes // (4 * m.mamba_state_bytes(1, 4, 2))) // 3
+    c = IterationCostModel(m, pool, ReplicaConfig(tp=1), load_engine("vllm"))
+    assert dict(c.stage_kinds[0]) == {"mamba": 4, "full": 1, "none": 1}
+    assert c.stage_blocks == [9]             # 9 norms and (TP) all-reduces, one per block
+    mix = c._mamba_mixer(64, [])
+    assert mix[3] >= 2 * 64 * 32 * 64 * 128 * 2                    # the bf16 state in and out
+    t1 = c.iteration(np.full(64, 1000)).time_s
+    t2 = c.iteration(np.full(64, 8000)).time_s
+    assert 0 < t1 < t2
+    assert c.iteration(np.zeros(0, dtype=np.int64), [(2048, 0)]).time_s > 0

@@ -214,7 +214,13 @@ class IterationCostModel:
         self.pp_comm = collective_model_for(pool, pool.gpus_per_node + 1 if cross_node else 2) \
             if cfg.pp > 1 else None
         ranges = stage_layer_ranges(model.num_layers, cfg)
-        self.stage_layers = [(sum(1 for i in r if not model.is_moe_layer(i)),
+        #: per stage (dense-MLP layers, MoE layers) and all its layers (Nemotron-H: some have no MLP)
+        self.stage_nlayers = [len(r) for r in ranges]
+        #: hybrid models: sublayer blocks per stage (a mixer, an MLP), each with its pre-norm and
+        #: TP all-reduce -- 2 per layer except Nemotron-H's mixer-only / MLP-only blocks
+        self.stage_blocks = [sum(int(model.kind_of(i) != "none") + int(model.has_mlp(i)) for i in r)
+                             for r in ranges]
+        self.stage_layers = [(sum(1 for i in r if not model.is_moe_layer(i) and model.has_mlp(i)),
                               sum(1 for i in r if model.is_moe_layer(i))) for r in ranges]
         #: hybrid models: layers of each attention kind per stage (sorted: a stable role key)
         self.stage_kinds = [tuple(sorted(model.kind_counts(r).items())) for r in ranges]
@@ -348,7 +354,7 @@ class IterationCostModel:
         if self.eager is None:
             return None
         n_dense, n_moe = self.stage_layers[s]
-        us = ((n_dense + n_moe) * (self._eager_layer_us + self.eager.attention_us(decode, prefill))
+        us = (self.stage_nlayers[s] * (self._eager_layer_us + self.eager.attention_us(decode, prefill))
               + n_dense * self._eager_dense_us + n_moe * self._eager_moe_us)
         if s == 0:
             us += self._eager_first_us
@@ -457,11 +463,11 @@ class IterationCostModel:
                          bw=self.peak_bytes_per_s / self.num_gpus,
                          split=self._split if self.dvfs is not None else None, log=[])
             roles[role] = part
-            n_layers = n_dense + n_moe
+            n_layers = self.stage_nlayers[s]
             n_rope = n_layers
             if self.kind_ops:  # hybrid: each kind's projections on its layers; no rope in GDN
                 kinds = dict(self.stage_kinds[s])
-                n_rope = n_layers - kinds.get("linear", 0)
+                n_rope = kinds.get("full", 0) + kinds.get("sliding", 0)
                 for kind, cnt in self.stage_kinds[s]:
                     for name, n, k in self.kind_ops[kind]:
                         self._gemm(part, bd, "attention_proj", t_att, n, k, cnt,
@@ -472,19 +478,23 @@ class IterationCostModel:
             for width in self.mla_norms:  # MLA: q_a_layernorm, kv_a_layernorm
                 c = self.dev.elementwise("rmsnorm", t_att, width)
                 part.add("elementwise", c.time_s, c.power_w, bd, n_layers, nbytes=4.0 * t_att * width)
-            for op, width in (("fused_add_rmsnorm", h), ("fused_add_rmsnorm", h)):
+            norms = (("fused_add_rmsnorm", h, n_layers), ("fused_add_rmsnorm", h, n_layers))
+            if self.model.mlp_free_layers or "none" in self.model.kind_counts():
+                norms = (("fused_add_rmsnorm", h, self.stage_blocks[s]),)
+            for op, width, cnt in norms:
                 c = self.dev.elementwise(op, t_att, width)
-                part.add("elementwise", c.time_s, c.power_w, bd, n_layers, nbytes=4.0 * t_att * width)
+                part.add("elementwise", c.time_s, c.power_w, bd, cnt, nbytes=4.0 * t_att * width)
             rope = self.dev.elementwise("rope", t_att, rope_width)
             part.add("elementwise", rope.time_s, rope.power_w, bd, n_rope)
             if self.attn_dp == 1:
-                self._allreduce(part, bd, tokens, 2 * n_layers)
+                self._allreduce(part, bd, tokens, self.stage_blocks[s] if self.kind_ops else 2 * n_layers)
             else:
                 self._dp_attention_comm(part, bd, tokens, t_att, n_layers)
             if n_dense:
                 for name, n, k in self.mlp_ops:
                     self._gemm(part, bd, "mlp", tokens, n, k, n_dense)
-                c = self.dev.elementwise("silu_and_mul", tokens, self.mlp_ops[0][1] // 2)
+                c = self.dev.elementwise("silu_and_mul", tokens,
+                                         self.mlp_ops[0][1] // (2 if self.model.mlp_gated else 1))
                 part.add("elementwise", c.time_s, c.power_w, bd, n_dense)
             if n_moe:
                 self._moe(part, bd, tokens, n_moe)
@@ -588,8 +598,52 @@ class IterationCostModel:
                 w = m.sliding_window
                 out[kind] = self._attention_rank(np.minimum(decode_ctx, w), window_chunks(prefill, w),
                                                  tag="sw")
-            else:
+            elif kind == "linear":
                 out[kind] = self._linear_attention(int(decode_ctx.shape[0]), prefill)
+            elif kind == "mamba":
+                out[kind] = self._mamba_mixer(int(decode_ctx.shape[0]), prefill)
+            else:  # an MLP-only block: no token mixer
+                out[kind] = (0.0, 0.0, 0.0, 0.0)
+        return out
+
+    def _mamba_mixer(self, n_dec: int, prefill: Sequence[tuple[int, int]]) -> tuple[float, float, float, float]:
+        """Mamba2 token mixer of one layer on one GPU (costmodel/recurrent.py): decode
+        (causal_conv1d_update + selective_state_update) streams each sequence's conv window and
+        SSM state in and out; prefill runs causal_conv1d_fn and the chunked SSD scan; the grouped
+        gated RMSNorm streams tokens x d_inner."""
+        key = ("mamba2", n_dec, _chunks_key(prefill))
+        hit = self._attn_cache.get(key)
+        if hit is not None:
+            return hit
+        mb, tp = self.model.mamba, self.attn_tp
+        heads = mb.num_heads / tp
+        conv_ch = mb.conv_dim / tp
+        ssm_b = DTYPE_BYTES[self.state_dtype]
+        parts = []
+        if n_dec:
+            sb, cb, f = _rec.mamba_decode_work(n_dec, heads, mb.head_dim, mb.state_size, conv_ch,
+                                               mb.conv_kernel, ssm_b)
+            parts += [(self.dev.stream(cb), 0.0, cb), (self.dev.stream(sb), f, sb)]
+        if prefill:
+            tok = float(sum(q for q, _ in prefill))
+            cbytes = tok * conv_ch * 2 * _rec.ACT_BYTES + len(prefill) * conv_ch * (mb.conv_kernel - 1) * 2.0 * 2
+            f, nbytes, tiles = _rec.mamba_prefill_work(prefill, heads, mb.head_dim, mb.state_size,
+                                                       mb.n_groups / tp, mb.chunk_size, ssm_b)
+            ts = max(self.dev._prefill(0.0, f, tiles), self.dev._stream_time(nbytes))
+            parts += [(self.dev.stream(cbytes), 0.0, cbytes),
+                      (self.dev._cost(ts, f, nbytes, "bf16", "attention"), f, nbytes)]
+        tok_all = n_dec + sum(q for q, _ in prefill)
+        nb = 3.0 * tok_all * mb.d_inner / tp * _rec.ACT_BYTES  # gated norm: y, z in, y out
+        parts.append((self.dev.stream(nb), 0.0, nb))
+        t = e = fl = by = 0.0
+        for c, f, b in parts:
+            t += c.time_s
+            e += c.time_s * c.power_w
+            fl += f
+            by += b
+        out = (t, e, fl, by)
+        if len(self._attn_cache) < 262144:
+            self._attn_cache[key] = out
         return out
 
     def _linear_attention(self, n_dec: int, prefill: Sequence[tuple[int, int]]) -> tuple[float, float, float, float]:
@@ -745,7 +799,7 @@ class IterationCostModel:
                 eager_s = None if (graph or piecewise) else self._eager_stage_s(
                     s, n_dec > 0, bool(prefill), sampling > 0)
                 a_t, a_e, a_f, a_b, a_cmp, a_em, a_ec, a_c, a_cm = stage_attn[s]
-                inc = same[id(part)] = self._stage_increments(part, sum(self.stage_layers[s]), a_t,
+                inc = same[id(part)] = self._stage_increments(part, self.stage_nlayers[s], a_t,
                                                               a_e, a_cmp, a_em, a_ec, a_c, a_cm,
                                                               a_f, a_b, graph, piecewise, eager_s)
             t, gpu, e_i, busy_i, cmp_i, win_i, fl_i, nb_i, bd_i = inc

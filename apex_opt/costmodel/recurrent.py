@@ -1,5 +1,5 @@
-"""Gated DeltaNet (linear attention) layer costs: the token mixer of Qwen3-Next / Qwen3.5
-``linear_attention`` layers, between their projections (which go through the GEMM path).
+"""Recurrent token mixers between their projections (which go through the GEMM path): Gated
+DeltaNet (Qwen3-Next / Qwen3.5 ``linear_attention`` layers) and Mamba2 (Nemotron-H ``M`` blocks).
 
 Kernel structure (vLLM model_executor/layers/fla/ops and SGLang layers/attention/fla, both the
 flash-linear-attention Triton kernels; vLLM qwen3_next.py / SGLang hybrid_linear_attn_backend.py):
@@ -57,4 +57,35 @@ def prefill_work(chunks: Sequence[tuple[int, int]], heads: float, k_heads: float
               + 2.0 * tokens * heads * (dk + dv) * ACT_BYTES * 2            # w, u written + read
               + 2.0 * n_chunks * heads * dk * dv * ACT_BYTES                # h written + read
               + 2.0 * n * heads * dk * dv * ssm_bytes)                      # initial / final state
+    return flops, nbytes, n_chunks * heads
+
+
+def mamba_decode_work(n_seqs: int, heads: float, head_dim: int, state: int, conv_ch: float,
+                      conv_kernel: int, ssm_bytes: float, conv_bytes: float = 2.0) -> tuple[float, float, float]:
+    """(state bytes moved, conv bytes moved, FLOPs) of one Mamba2 decode step
+    (selective_state_update: per head, decay the head_dim x state state, add dt.x.B^T, read out
+    C.state -- ~6 head_dim x state FLOPs; causal_conv1d_update)."""
+    st = n_seqs * heads * head_dim * state * ssm_bytes
+    conv = n_seqs * conv_ch * (conv_kernel - 1) * conv_bytes
+    io = n_seqs * (2 * heads * head_dim) * ACT_BYTES
+    return 2.0 * st + io, 2.0 * conv + n_seqs * conv_ch * ACT_BYTES * 2, 6.0 * n_seqs * heads * head_dim * state
+
+
+def mamba_prefill_work(chunks: Sequence[tuple[int, int]], heads: float, head_dim: int, state: int,
+                       groups: float, chunk: int, ssm_bytes: float) -> tuple[float, float, float]:
+    """(FLOPs, bytes, query tiles) of Mamba2's chunked SSD scan (mamba_chunk_scan_combined:
+    _chunk_cumsum, _bmm_chunk_fwd C.B^T per group, _chunk_state_fwd, _state_passing_fwd,
+    _chunk_scan_fwd): per token and head ~ 4 head_dim x state (chunk states in, state read-out)
+    + 2 chunk x head_dim (the intra-chunk (C.B^T * L).x), plus 2 chunk x state per group for C.B^T;
+    the per-chunk states (fp32, [chunks, heads, head_dim, state]) written and read through HBM."""
+    tokens = float(sum(q for q, _ in chunks))
+    if tokens <= 0:
+        return 0.0, 0.0, 0.0
+    n = len(chunks)
+    flops = tokens * (heads * (4.0 * head_dim * state + 2.0 * chunk * head_dim)
+                      + groups * 2.0 * chunk * state)
+    n_chunks = float(sum(math.ceil(q / chunk) for q, _ in chunks))
+    nbytes = (tokens * (2 * heads * head_dim + 2 * groups * state) * ACT_BYTES   # x, B, C in; y out
+              + 2.0 * n_chunks * heads * head_dim * state * 4.0                 # chunk states (fp32)
+              + 2.0 * n * heads * head_dim * state * ssm_bytes)                 # initial / final
     return flops, nbytes, n_chunks * heads

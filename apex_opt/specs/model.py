@@ -112,10 +112,36 @@ class LinearAttnSpec(BaseModel):
         return 2 * self.key_dim + self.value_dim
 
 
+class MambaSpec(BaseModel):
+    """Mamba2 mixer (Nemotron-H ``M`` blocks; HF NemotronHMamba2Mixer, vLLM MambaMixer2):
+    in_proj (hidden -> z and x of ``d_inner``, B and C of ``n_groups x state_size``, dt per head),
+    a depthwise causal conv1d over x|B|C (``conv_kernel`` taps, with bias), A_log / D / dt_bias per
+    head, a grouped gated RMSNorm of width d_inner, out_proj (d_inner -> hidden). The recurrent
+    state per sequence and layer is ``num_heads x head_dim x state_size`` plus the conv window
+    ``conv_dim x (conv_kernel - 1)``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    num_heads: int
+    head_dim: int
+    state_size: int
+    n_groups: int
+    conv_kernel: int
+    chunk_size: int = 128
+
+    @property
+    def d_inner(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        return self.d_inner + 2 * self.n_groups * self.state_size
+
+
 #: attention kinds of a layer: full causal attention (KV grows with the context), sliding-window
 #: attention (KV of the last ``sliding_window`` tokens attended), Gated DeltaNet linear attention
-#: (fixed recurrent state per sequence)
-LayerKind = Literal["full", "sliding", "linear"]
+#: and Mamba2 (fixed recurrent state per sequence), or no token mixer (an MLP-only block)
+LayerKind = Literal["full", "sliding", "linear", "mamba", "none"]
 
 
 class LinearOp(BaseModel):
@@ -220,6 +246,11 @@ class ModelSpec(BaseModel):
     layer_kinds: tuple[LayerKind, ...] = ()
     sliding_window: int = 0          # tokens a 'sliding' layer attends (incl. the query's own)
     linear_attn: LinearAttnSpec | None = None
+    mamba: MambaSpec | None = None
+    #: layers without an MLP (Nemotron-H: a mixer block not followed by an MLP block)
+    mlp_free_layers: tuple[int, ...] = ()
+    #: False: the dense MLP is up -> activation -> down (Nemotron-H relu2), no gate
+    mlp_gated: bool = True
     attn_output_gate: bool = False   # Qwen3-Next/3.5: sigmoid gate on the attention output (q_proj x2)
     #: dtype of the recurrent (SSM / delta-rule) state the checkpoint asks for (config
     #: ``mamba_ssm_dtype``: 'fp32' / 'bf16'); '' = not given (the engine's default applies)
@@ -258,7 +289,11 @@ class ModelSpec(BaseModel):
 
     @property
     def num_dense_layers(self) -> int:
-        return self.num_layers - self.num_moe_layers
+        return self.num_layers - self.num_moe_layers - len(self.mlp_free_layers)
+
+    def has_mlp(self, i: int) -> bool:
+        """False for a layer with no MLP (Nemotron-H mixer-only blocks)."""
+        return not self.mlp_free_layers or i not in self.mlp_free_layers
 
     # ------------------------------------------------------------------ attention kinds
     def kind_of(self, i: int) -> str:
@@ -285,7 +320,11 @@ class ModelSpec(BaseModel):
         return self.kind_counts().get("full", 0)
 
     def mixer_extra_params(self, kind: str = "full") -> int:
-        """Non-GEMM weights of a layer's token mixer: Gated DeltaNet conv1d taps, A_log, dt_bias."""
+        """Non-GEMM weights of a layer's token mixer: Gated DeltaNet conv1d taps, A_log, dt_bias;
+        Mamba2 conv1d taps + bias, A_log, D, dt_bias."""
+        if kind == "mamba" and self.mamba is not None:
+            mb = self.mamba
+            return mb.conv_dim * (mb.conv_kernel + 1) + 3 * mb.num_heads
         if kind != "linear" or self.linear_attn is None:
             return 0
         la = self.linear_attn
@@ -296,6 +335,14 @@ class ModelSpec(BaseModel):
         """Linear layers of one attention block (vLLM's non-absorbed MLA form for prefill) of a
         layer of attention kind ``kind`` (sliding layers have the full layers' projections)."""
         h, H = self.num_attention_heads, self.hidden_size
+        if kind == "none":
+            return []
+        if kind == "mamba":
+            mb = self.mamba
+            assert mb is not None
+            return [LinearOp(name="in_proj", n=2 * mb.d_inner + 2 * mb.n_groups * mb.state_size
+                             + mb.num_heads, k=H, split="column"),
+                    LinearOp(name="out_proj", n=H, k=mb.d_inner, split="row")]
         if kind == "linear":
             la = self.linear_attn
             assert la is not None
@@ -325,7 +372,10 @@ class ModelSpec(BaseModel):
         return ops
 
     def dense_mlp_linear_ops(self) -> list[LinearOp]:
-        """Gated (SwiGLU) dense MLP: fused gate+up, then down."""
+        """Gated (SwiGLU) dense MLP: fused gate+up, then down (up, then down when not gated)."""
+        if not self.mlp_gated:
+            return [LinearOp(name="up", n=self.intermediate_size, k=self.hidden_size, split="column"),
+                    LinearOp(name="down", n=self.hidden_size, k=self.intermediate_size, split="row")]
         return _gated_mlp("", self.intermediate_size, self.hidden_size)
 
     def shared_expert_linear_ops(self) -> list[LinearOp]:
@@ -351,7 +401,7 @@ class ModelSpec(BaseModel):
     # ------------------------------------------------------------------ parameter counts
     def _attention_params(self, kind: str = "full") -> int:
         n = sum(op.params for op in self.attention_linear_ops(kind))
-        if kind == "linear":
+        if kind in ("linear", "mamba", "none"):
             return n + self.mixer_extra_params(kind)
         if self.qkv_bias:
             n += (self.num_attention_heads + 2 * self.num_kv_heads) * self.head_dim
@@ -362,8 +412,11 @@ class ModelSpec(BaseModel):
         """Norm weights of one decoder layer (the same in every layer)."""
         return self._norm_params()
 
-    def _norm_params(self, kind: str = "full") -> int:
+    def _norm_params(self, kind: str = "full", mlp: bool = True) -> int:
         n = DENSE_NORMS_PER_LAYER * self.hidden_size
+        if kind in ("mamba", "none") or not mlp:  # Nemotron-H: one norm per mixer / MLP block
+            n = self.hidden_size * (int(kind != "none") + int(mlp))
+            return n + (self.mamba.d_inner if kind == "mamba" and self.mamba is not None else 0)
         if kind == "linear" and self.linear_attn is not None:
             return n + self.linear_attn.head_v_dim  # the gated RMSNorm on the delta-rule output
         if self.qk_norm:
@@ -381,8 +434,11 @@ class ModelSpec(BaseModel):
         if not 0 <= layer < self.num_layers:
             raise IndexError(f"layer {layer} out of range 0..{self.num_layers - 1}")
         kind = self.kind_of(layer)
+        mlp = self.has_mlp(layer)
         out = {"attention": self._attention_params(kind), "mlp": 0, "router": 0, "experts": 0,
-               "shared_experts": 0, "norms": self._norm_params(kind)}
+               "shared_experts": 0, "norms": self._norm_params(kind, mlp)}
+        if not mlp:
+            return out
         if self.is_moe_layer(layer):
             assert self.moe is not None
             out["router"] = self.router_params()
@@ -421,9 +477,10 @@ class ModelSpec(BaseModel):
 
     def _sum_layers(self, per_layer: Callable[[int], int]) -> int:
         if self.is_hybrid:  # layers alike in (MLP type, attention kind) cost the same
-            groups: dict[tuple[bool, str], list[int]] = {}
+            groups: dict[tuple[bool, str, bool], list[int]] = {}
             for i in range(self.num_layers):
-                groups.setdefault((self.is_moe_layer(i), self.kind_of(i)), []).append(i)
+                groups.setdefault((self.is_moe_layer(i), self.kind_of(i), self.has_mlp(i)),
+                                  []).append(i)
             return int(sum(len(g) * per_layer(g[0]) for g in groups.values()))
         dense, moe = self._layer_kinds()
         total = 0
@@ -462,6 +519,26 @@ class ModelSpec(BaseModel):
         model; sliding-window and linear-attention layers hold a bounded state per sequence,
         see :meth:`linear_state_bytes`)."""
         return int(math.ceil(self.kv_elems_per_token_per_layer() * self.num_kv_layers * dtype_bytes))
+
+    def mamba_state_bytes(self, tp: int = 1, ssm_bytes: float = 4, conv_bytes: float = 2) -> float:
+        """Recurrent state of ONE sequence in ONE Mamba2 layer on one of ``tp`` ranks: the SSM
+        state (num_heads/tp x head_dim x state_size) and the conv window (conv_dim/tp x
+        (conv_kernel - 1)) -- vLLM MambaStateShapeCalculator.mamba2_state_shape, SGLang
+        Mamba2StateShape (n_groups not divisible by tp are replicated: ignored here)."""
+        mb = self.mamba
+        if mb is None:
+            return 0.0
+        ssm = mb.num_heads / tp * mb.head_dim * mb.state_size * ssm_bytes
+        conv = mb.conv_dim / tp * (mb.conv_kernel - 1) * conv_bytes
+        return ssm + conv
+
+    def recurrent_state_bytes(self, layers=None, tp: int = 1, ssm_bytes: float = 4,
+                              conv_bytes: float = 2) -> float:
+        """Recurrent state of one sequence over the linear-attention and Mamba2 layers among
+        ``layers`` (default all) on one of ``tp`` ranks."""
+        c = self.kind_counts(layers)
+        return (c.get("linear", 0) * self.linear_state_bytes(tp, ssm_bytes, conv_bytes)
+                + c.get("mamba", 0) * self.mamba_state_bytes(tp, ssm_bytes, conv_bytes))
 
     def linear_state_bytes(self, tp: int = 1, ssm_bytes: float = 4, conv_bytes: float = 2) -> float:
         """Recurrent state of ONE sequence in ONE linear-attention layer on one of ``tp`` ranks:
@@ -519,6 +596,9 @@ class ModelSpec(BaseModel):
         la = self.linear_attn
         if la is not None:
             att += c.get("linear", 0) * 4.0 * la.num_v_heads * la.head_k_dim * la.head_v_dim
+        mb = self.mamba
+        if mb is not None:  # decay + update + read-out of the heads x head_dim x state state
+            att += c.get("mamba", 0) * 6.0 * mb.num_heads * mb.head_dim * mb.state_size
         return self.linear_flops_per_token() + att
 
     @property
@@ -564,6 +644,8 @@ class ModelSpec(BaseModel):
             "mla": self.mla.model_dump() if self.mla else None,
             **({"layer_kinds": self.kind_counts(), "sliding_window": self.sliding_window,
                 "linear_attention": self.linear_attn.model_dump() if self.linear_attn else None,
+                "mamba": self.mamba.model_dump() if self.mamba else None,
+                "mlp_free_layers": len(self.mlp_free_layers),
                 "attn_output_gate": self.attn_output_gate} if self.is_hybrid else {}),
         }
 
@@ -668,6 +750,10 @@ _ATTENTION_LAYER_TYPES = frozenset({"attention", "full_attention", "sliding_atte
                                     "chunked_attention", "global", "local", "sliding_window"})
 #: layer_types entries of sliding-window attention (the rest of _ATTENTION_LAYER_TYPES is full)
 _SLIDING_LAYER_TYPES = frozenset({"sliding_attention", "local", "sliding_window"})
+#: Nemotron-H hybrid_override_pattern blocks modelled: Mamba2 mixer, attention, dense MLP (MoE
+#: 'E' blocks of Nemotron-3 have non-gated relu2 experts / latent projections: not modelled)
+_NEMOTRON_H_BLOCKS = "M*-"
+_MAMBA_KEYS = ("mamba_num_heads", "mamba_head_dim", "ssm_state_size", "n_groups", "conv_kernel")
 #: config keys of a Gated DeltaNet linear-attention layer (Qwen3-Next / Qwen3.5)
 _LINEAR_ATTN_KEYS = ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
                      "linear_value_head_dim", "linear_conv_kernel_dim")
@@ -684,12 +770,17 @@ def _reject_ssm(arch: str, model_type: str, cfg: dict, source: str) -> None:
         cfg.get(k) is not None for k in _LINEAR_ATTN_KEYS) else frozenset())
     odd = sorted({str(t) for t in types if str(t) not in known}) \
         if isinstance(types, list) else []
+    pattern = cfg.get("hybrid_override_pattern")
+    if isinstance(pattern, str) and pattern and set(pattern) <= set(_NEMOTRON_H_BLOCKS) \
+            and all(cfg.get(k) is not None for k in _MAMBA_KEYS) and not odd:
+        return  # Nemotron-H: Mamba2 / attention / MLP blocks, modelled (_nemotron_h_layers)
     if model_type in _SSM_MODEL_TYPES or any(p in arch for p in _SSM_ARCH_PARTS) or odd:
         what = f" (layer_types {', '.join(odd)})" if odd else ""
         raise InputError(f"architecture {arch} is not supported: state-space / recurrent layers"
                          f"{what} keep a recurrent state that apex-opt does not model (hybrid "
                          f"models it plans: sliding-window attention, Gated DeltaNet "
-                         f"linear_attention with its linear_* config keys)",
+                         f"linear_attention with its linear_* config keys, Nemotron-H Mamba2 / "
+                         f"attention / dense-MLP blocks)",
                          source=source, field="architectures")
 
 
@@ -945,8 +1036,39 @@ def _layer_kinds(r: _Reader, num_layers: int) -> tuple[tuple[str, ...], int, Lin
     return tuple(kinds), (window if "sliding" in kinds else 0), (lin if "linear" in kinds else None)
 
 
+def _nemotron_h_layers(r: _Reader) -> tuple[tuple[str, ...], tuple[int, ...], MambaSpec] | None:
+    """Nemotron-H (HF NemotronHConfig): every block of ``hybrid_override_pattern`` holds ONE
+    sublayer -- 'M' Mamba2, '*' attention, '-' MLP -- each with its own pre-norm and residual.
+    They are grouped into the (mixer, MLP) layers the cost model walks: a mixer block with the MLP
+    block that follows it, a mixer block followed by another mixer alone (MLP-free), an MLP block
+    with no mixer before it alone (mixer 'none'). Returns (kinds, MLP-free layer indices, Mamba2
+    layout) or None for other configs."""
+    pattern = r.cfg.get("hybrid_override_pattern")
+    if not isinstance(pattern, str) or not pattern or not all(r.has(k) for k in _MAMBA_KEYS):
+        return None
+    kinds: list[str] = []
+    free: list[int] = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "-":
+            kinds.append("none")
+            i += 1
+            continue
+        kinds.append("mamba" if c == "M" else "full")
+        if i + 1 < len(pattern) and pattern[i + 1] == "-":
+            i += 2
+        else:
+            free.append(len(kinds) - 1)
+            i += 1
+    mb = MambaSpec(num_heads=r.get_int("mamba_num_heads"), head_dim=r.get_int("mamba_head_dim"),
+                   state_size=r.get_int("ssm_state_size"), n_groups=r.get_int("n_groups"),
+                   conv_kernel=r.get_int("conv_kernel"), chunk_size=r.get_int("chunk_size", 128))
+    return tuple(kinds), tuple(free), mb
+
+
 def _state_dtype(cfg: dict) -> str:
-    dt = str(cfg.get("mamba_ssm_dtype") or "").lower()
+    dt = str(cfg.get("mamba_ssm_dtype") or cfg.get("mamba_ssm_cache_dtype") or "").lower()
     return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(dt, "")
 
 
@@ -1000,6 +1122,15 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
     if mla is not None:
         head_dim = mla.qk_nope_head_dim + mla.qk_rope_head_dim
     kinds, window, lin = _layer_kinds(r, layers)
+    nh = _nemotron_h_layers(r)
+    free: tuple[int, ...] = ()
+    mamba = None
+    if nh is not None:
+        kinds, free, mamba = nh
+        layers = len(kinds)
+        if len(r.cfg["hybrid_override_pattern"]) != r.get_int("num_hidden_layers", maximum=_MAX_LAYERS):
+            raise r.fail("hybrid_override_pattern", "must have one block per hidden layer "
+                         "(num_hidden_layers)", r.cfg["hybrid_override_pattern"])
     return ModelSpec(
         name=name, architecture=arch, source=source, model_type=model_type,
         hidden_size=hidden, num_layers=layers, vocab_size=vocab, num_attention_heads=heads,
@@ -1011,9 +1142,10 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
         qk_norm=model_type.startswith("qwen3"),
         checkpoint_dtype=_checkpoint_dtype(text),
         quant_scheme=_quant_scheme(text, _checkpoint_dtype(text)),
-        layer_kinds=kinds, sliding_window=window, linear_attn=lin,
+        layer_kinds=kinds, sliding_window=window, linear_attn=lin, mamba=mamba,
+        mlp_free_layers=free, mlp_gated=nh is None,
         attn_output_gate=bool(kinds) and r.get_bool("attn_output_gate", lin is not None),
-        state_dtype=_state_dtype(text) if lin is not None else "",
+        state_dtype=_state_dtype(text) if (lin is not None or mamba is not None) else "",
     )
 
 
