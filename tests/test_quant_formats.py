@@ -210,3 +210,41 @@ def test_gptq_dynamic_skip_and_awq_modules_to_not_convert():
     m = kimi_like(awq)
     assert (m.quant_scheme, m.quant_exclude) == ("int4_group64", ("attention",))
     assert linear_weight_bytes_per_elem("int4", "int4_group64") == pytest.approx(0.5 + 2 / 64)
+
+
+# ------------------------------------------------------------------------------ KV dtype
+@pytest.mark.parametrize("q, kv", [
+    # hf_quant_config.json (nvidia/DeepSeek-V3.1-NVFP4 ...): quantization.kv_cache_quant_algo
+    ({"quant_method": "modelopt", "quantization": {"quant_algo": "NVFP4",
+                                                   "kv_cache_quant_algo": "FP8"}}, "fp8"),
+    # config.json ModelOpt (nvidia/Kimi-K2.5-NVFP4): kv_cache_scheme static float 8-bit
+    ({"quant_method": "modelopt", "quant_algo": "NVFP4",
+      "kv_cache_scheme": {"dynamic": False, "num_bits": 8, "type": "float"}}, "fp8"),
+    ({"quant_method": "modelopt", "quant_algo": "NVFP4", "kv_cache_quant_algo": None}, ""),
+    # vLLM reads it for ModelOpt only: a compressed-tensors kv_cache_scheme does not set it
+    ({**KIMI_INT4_Q, "kv_cache_scheme": {"dynamic": False, "num_bits": 8, "type": "float"}}, ""),
+])
+def test_checkpoint_kv_dtype(q, kv):
+    assert kimi_like(q).checkpoint_kv_dtype == kv
+
+
+def test_unset_kv_dtype_is_the_checkpoints_where_the_engine_reads_it():
+    q = {"quant_method": "modelopt", "quantization": {"quant_algo": "NVFP4",
+                                                      "kv_cache_quant_algo": "FP8"}}
+    m = kimi_like(q, layers=61)
+    dev = load_cluster("b200-1x8").pools[0].device
+    # vLLM resolve_kv_cache_dtype_string from 0.14 (absent in 0.12 / 0.13); SGLang from 0.5.3
+    for eng, kv in (("vllm", "fp8"), ("vllm@0.14.0", "fp8"), ("vllm@0.13.0", "bf16"),
+                    ("sglang", "fp8"), ("sglang@0.5.2", "bf16"), ("vllm-0.6", "bf16")):
+        assert ReplicaConfig(tp=8).resolved(load_engine(eng), m, dev).kv_dtype == kv, eng
+    # an explicit kv_dtype wins; None means unset; a bf16 checkpoint keeps bf16
+    assert ReplicaConfig(tp=8, kv_dtype="bf16").resolved(load_engine("vllm"), m, dev).kv_dtype == "bf16"
+    assert ReplicaConfig(tp=8, kv_dtype=None).resolved(load_engine("vllm"), m, dev).kv_dtype == "fp8"
+    assert ReplicaConfig(tp=8).resolved(load_engine("vllm"), kimi_like(KIMI_INT4_Q), dev).kv_dtype == "bf16"
+    # served in another dtype than the checkpoint's: not its KV scales either
+    assert ReplicaConfig(tp=8, weight_dtype="fp8").resolved(load_engine("vllm"), m, dev).kv_dtype == "bf16"
+    # the KV pool holds twice the tokens
+    e = load_engine("vllm")
+    fp8 = replica_memory(m, dev, ReplicaConfig(tp=8), e).kv_tokens
+    bf16 = replica_memory(m, dev, ReplicaConfig(tp=8, kv_dtype="bf16"), e).kv_tokens
+    assert fp8 == pytest.approx(2 * bf16, rel=0.01)

@@ -165,6 +165,9 @@ class EngineSpec(StrictModel):
     recurrent_state_dtype_from_config: bool = Field(
         False, description="The checkpoint's config mamba_ssm_dtype overrides "
                            "recurrent_state_dtype (SGLang mamba2_state_dtype).")
+    kv_dtype_from_checkpoint: bool = Field(
+        False, description="An unset KV-cache dtype (--kv-cache-dtype auto) takes the one the "
+                           "checkpoint declares (ModelSpec.checkpoint_kv_dtype: ModelOpt FP8 KV).")
     mamba_full_memory_ratio: NonNegFloat = Field(
         0.9, description="SGLang: recurrent-state pool / full KV pool memory ratio.")
     mamba_slots_per_request: int = Field(

@@ -232,6 +232,12 @@ class ModelSpec(BaseModel):
     #: 'mlp' (dense MLP layers), 'shared_experts', 'experts'. Empty = every linear layer stored in
     #: checkpoint_dtype. Applies when the checkpoint is served as published (:meth:`keeps_bf16`).
     quant_exclude: tuple[str, ...] = ()
+    #: KV-cache dtype the checkpoint declares: 'fp8' for a ModelOpt checkpoint whose
+    #: kv_cache_quant_algo is FP8 or whose kv_cache_scheme is static float 8-bit (nvidia/*-NVFP4,
+    #: *-FP8), '' = none. Engines that resolve --kv-cache-dtype auto from it
+    #: (EngineSpec.kv_dtype_from_checkpoint) use it when the plan leaves kv_dtype unset
+    #: (ReplicaConfig.resolved).
+    checkpoint_kv_dtype: str = ""
     #: how a quantized checkpoint scales its weights (selects the engine's GEMM kernel path, see
     #: costmodel/kernels.yaml): 'fp8_block' (128x128 weight blocks, per-token-group activation quant:
     #: DeepSeek-V3, Qwen3-FP8), 'fp8_tensor' / 'fp8_channel' (one scale per tensor / output channel,
@@ -270,10 +276,16 @@ class ModelSpec(BaseModel):
         values.
         """
         spec = _build(cfg, name, source)
-        if spec.checkpoint_dtype in ("bf16", "fp16", "fp32"):
-            return spec
-        excl = _quant_exclude(_text_section(cfg, source)[0].get("quantization_config"), spec)
-        return spec.model_copy(update={"quant_exclude": excl}) if excl else spec
+        q = _text_section(cfg, source)[0].get("quantization_config")
+        update: dict[str, Any] = {}
+        if spec.checkpoint_dtype not in ("bf16", "fp16", "fp32"):
+            excl = _quant_exclude(q, spec)
+            if excl:
+                update["quant_exclude"] = excl
+        kv = _checkpoint_kv_dtype(q)
+        if kv:
+            update["checkpoint_kv_dtype"] = kv
+        return spec.model_copy(update=update) if update else spec
 
     # ------------------------------------------------------------------ layer layout
     def is_moe_layer(self, i: int) -> bool:
@@ -636,6 +648,7 @@ class ModelSpec(BaseModel):
             "checkpoint_dtype": self.checkpoint_dtype,
             "quant_scheme": self.quant_scheme,
             "quant_exclude": list(self.quant_exclude),
+            "checkpoint_kv_dtype": self.checkpoint_kv_dtype,
             "num_experts": moe.num_experts if moe else 0,
             "experts_per_token": moe.experts_per_token if moe else 0,
             "expert_intermediate_size": moe.expert_intermediate_size if moe else 0,
@@ -1273,6 +1286,24 @@ def _quant_exclude(q: Any, spec: ModelSpec) -> tuple[str, ...]:
                for mod, names in families):
             out.append(comp)
     return tuple(out)
+
+
+def _checkpoint_kv_dtype(q: Any) -> str:
+    """'fp8' when a ModelOpt checkpoint declares an FP8 KV cache, else ''. The rule of vLLM's
+    get_kv_cache_quant_algo_string (vllm/utils/torch_utils.py, 0.14.0-0.18.0 wheels; ModelOpt only:
+    quant_method modelopt*, hf_quant_config.json's included): kv_cache_scheme (nested under
+    ``quantization`` or flat) {dynamic: false, num_bits: 8, type: float}, else kv_cache_quant_algo
+    "FP8"; SGLang 0.5.3+ ModelRunner.configure_kv_cache_dtype likewise takes the ModelOpt config's
+    kv_cache_quant_algo FP8 (derived from kv_cache_scheme too, modelopt_quant.py)."""
+    if not isinstance(q, dict) or not str(q.get("quant_method", "")).lower().startswith("modelopt"):
+        return ""
+    inner = q.get("quantization") if isinstance(q.get("quantization"), dict) else q
+    kv = (inner.get("kv_cache_scheme") or q.get("kv_cache_scheme")
+          or inner.get("kv_cache_quant_algo") or q.get("kv_cache_quant_algo"))
+    if isinstance(kv, dict):
+        ok = kv.get("dynamic") is False and kv.get("num_bits") == 8 and kv.get("type") == "float"
+        return "fp8" if ok else ""
+    return "fp8" if isinstance(kv, str) and kv.lower() == "fp8" else ""
 
 
 def _has_component(spec: ModelSpec, comp: str) -> bool:

@@ -4,7 +4,7 @@ checks it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
 from typing_extensions import Self
@@ -30,7 +30,9 @@ class ReplicaConfig(StrictModel):
         None, description="Weight storage dtype (None = the checkpoint's own, from its "
                           "config.json quantization_config: fp8 for fp8 checkpoints such as "
                           "deepseek-v3, int4 for AWQ/GPTQ, else bf16).")
-    kv_dtype: KVDType = Field("bf16", description="KV-cache dtype.")
+    kv_dtype: KVDType = Field("bf16", description="KV-cache dtype (unset: bf16, or the fp8 a "
+                                                  "ModelOpt checkpoint declares where the engine "
+                                                  "reads it, see resolved()).")
     max_num_seqs: int | None = Field(
         None, ge=1, le=65536,
         description="Max sequences per iteration (None = the engine's default for the device: "
@@ -66,6 +68,14 @@ class ReplicaConfig(StrictModel):
     power_cap_w: float | None = Field(None, gt=0, le=10_000,
                                       description="Board power limit (nvidia-smi -pl) in W; None = "
                                                   "the device's default limit (TDP).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kv_unset(cls, data: Any) -> Any:
+        """kv_dtype None = unset (the engine's default for the checkpoint, see resolved())."""
+        if isinstance(data, dict) and "kv_dtype" in data and data["kv_dtype"] is None:
+            data = {k: v for k, v in data.items() if k != "kv_dtype"}
+        return data
 
     @model_validator(mode="after")
     def _shape(self) -> "ReplicaConfig":
@@ -130,6 +140,12 @@ class ReplicaConfig(StrictModel):
         prefix = self.prefix_caching if self.prefix_caching is not None else engine.prefix_caching
         update = {"weight_dtype": weight, "chunked_prefill": chunked, "max_model_len": max_len,
                   "max_num_batched_tokens": tokens, "max_num_seqs": seqs, "prefix_caching": prefix}
+        if ("kv_dtype" not in self.model_fields_set and isinstance(model, ModelSpec)
+                and model.checkpoint_kv_dtype and weight == model.default_weight_dtype
+                and getattr(engine, "kv_dtype_from_checkpoint", False)):
+            # --kv-cache-dtype auto of an engine that reads the checkpoint's declared KV dtype
+            # (vLLM >= 0.14 / SGLang >= 0.5.3: the ModelOpt FP8 KV of nvidia/*-NVFP4, *-FP8)
+            update["kv_dtype"] = model.checkpoint_kv_dtype
         if "gpu_memory_utilization" not in self.model_fields_set and device is not None:
             # SGLang picks mem_fraction_static itself (by GPU memory, chunk size, graph batch, TP)
             frac = engine.mem_fraction_static(
