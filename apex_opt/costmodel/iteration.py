@@ -486,6 +486,16 @@ class IterationCostModel:
                 part.add("elementwise", c.time_s, c.power_w, bd, cnt, nbytes=4.0 * t_att * width)
             rope = self.dev.elementwise("rope", t_att, rope_width)
             part.add("elementwise", rope.time_s, rope.power_w, bd, n_rope)
+            if self.model.qk_norm_tp:
+                # MiniMax-M2's whole-layer q/k RMSNorm: the norms over this rank's q and k slices,
+                # and with TP one all-reduce of the [tokens, 2] fp32 variances per layer
+                width = (self.q_heads + self.kv_heads) * self.model.head_dim
+                c = self.dev.elementwise("rmsnorm", t_att, width)
+                part.add("elementwise", c.time_s, c.power_w, bd, n_rope, nbytes=4.0 * t_att * width)
+                comm = self.attn_comm if self.attn_dp > 1 else self.tp_comm
+                if comm is not None:
+                    t = comm.all_reduce(t_att * 2 * 4.0, self.attn_tp, custom=self.custom_ar)
+                    part.add("communication", t, comm.power_w(), bd, n_rope)
             if self.attn_dp == 1:
                 self._allreduce(part, bd, tokens, self.stage_blocks[s] if self.kind_ops else 2 * n_layers)
             else:

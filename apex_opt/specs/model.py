@@ -225,6 +225,11 @@ class ModelSpec(BaseModel):
     moe: MoESpec | None = None
     qkv_bias: bool = False          # Qwen2: bias on q, k, v projections
     qk_norm: bool = False           # Qwen3: per-head RMSNorm on q and k (weights of width head_dim)
+    #: MiniMax-M2 (use_qk_norm, qk_norm_type 'per_layer'): one RMSNorm over ALL q heads and one over
+    #: all k heads of a layer; with TP each rank holds a slice, so the variances are all-reduced
+    #: across the TP group once per layer (vLLM minimax_m2.py MiniMaxText01RMSNormTP.forward_qk:
+    #: local q/k squares, one tensor_model_parallel_all_reduce of the [tokens, 2] fp32 variances)
+    qk_norm_tp: bool = False
     checkpoint_dtype: str = "bf16"  # dtype of the published weights ('fp8' for block-fp8 checkpoints)
     #: linear weights a quantized checkpoint keeps unquantized (bf16), read from its quantization
     #: config's exclusion list (see _quant_exclude): 'attention' (every attention projection),
@@ -433,6 +438,8 @@ class ModelSpec(BaseModel):
             return n + self.linear_attn.head_v_dim  # the gated RMSNorm on the delta-rule output
         if self.qk_norm:
             n += 2 * self.head_dim
+        if self.qk_norm_tp:
+            n += (self.num_attention_heads + self.num_kv_heads) * self.head_dim
         if self.mla is not None:
             n += self.mla.kv_lora_rank + (self.mla.q_lora_rank or 0)
         return n
@@ -1153,6 +1160,8 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
         attention="mla" if mla is not None else "gqa", mla=mla, moe=moe,
         qkv_bias=r.get_bool("attention_bias", model_type in _QKV_BIAS_MODEL_TYPES),
         qk_norm=model_type.startswith("qwen3"),
+        qk_norm_tp=(r.get_bool("use_qk_norm", False)
+                    and str(text.get("qk_norm_type", "")).lower() == "per_layer"),
         checkpoint_dtype=_checkpoint_dtype(text),
         quant_scheme=_quant_scheme(text, _checkpoint_dtype(text)),
         layer_kinds=kinds, sliding_window=window, linear_attn=lin, mamba=mamba,
