@@ -68,8 +68,8 @@ def _reports(model: ModelSpec, cluster: ClusterSpec, opts: CheckOptions) -> list
     out = []
     for pool in cluster.pools:
         if opts.weight_dtype == "fp4":
-            from .costmodel import fp4_engine_path
-            if fp4_engine_path(pool.device, engine.name) is None:  # engine can't run NVFP4 here
+            from .costmodel import fp4_runs
+            if not fp4_runs(model, pool.device, engine.name):  # engine can't run the fp4 here
                 continue
         for shape in enumerate_shapes(model, pool):
             out.append(replica_memory(model, pool.device, _cfg(shape, opts), engine))
@@ -144,15 +144,17 @@ def check(model: ModelSpec, cluster: ClusterSpec, opts: CheckOptions | None = No
     # an unset weight dtype is the checkpoint's (one rule: ReplicaConfig), echoed in the result
     opts = opts.model_copy(update={"weight_dtype": ReplicaConfig(
         weight_dtype=opts.weight_dtype).resolved_weight_dtype(model)})
-    if opts.weight_dtype == "fp4":  # NVFP4: refused where no engine runs it (e.g. MI300X)
-        from .costmodel import fp4_engine_path, fp4_unsupported_message
+    if opts.weight_dtype == "fp4":  # NVFP4 / MXFP4: refused where no engine runs it
+        from .costmodel import fp4_runs, fp4_unsupported_message
+        from .costmodel.kernels import mxfp4_unsupported_message
         from .errors import InputError
 
         name = load_engine(opts.engine).name
-        bad = [p.device for p in cluster.pools if fp4_engine_path(p.device, name) is None]
+        bad = [p.device for p in cluster.pools if not fp4_runs(model, p.device, name)]
         if bad and len(bad) == len(cluster.pools):
-            raise InputError(fp4_unsupported_message(bad[0], name), field="weight_dtype",
-                             value="fp4")
+            mx = model.quant_scheme == "mxfp4" and model.default_weight_dtype == "fp4"
+            raise InputError((mxfp4_unsupported_message if mx else fp4_unsupported_message)(
+                bad[0], name), field="weight_dtype", value="fp4")
     reports = _reports(model, cluster, opts)
     feasible = [r for r in reports if r.fits]
     feasible.sort(key=lambda r: (r.pool or "", r.gpus, r.tp, r.pp, r.ep))

@@ -248,3 +248,17 @@ def test_unset_kv_dtype_is_the_checkpoints_where_the_engine_reads_it():
     fp8 = replica_memory(m, dev, ReplicaConfig(tp=8), e).kv_tokens
     bf16 = replica_memory(m, dev, ReplicaConfig(tp=8, kv_dtype="bf16"), e).kv_tokens
     assert fp8 == pytest.approx(2 * bf16, rel=0.01)
+
+
+def test_mxfp4_checkpoint_planned_where_its_kernels_run():
+    # SGLang runs MXFP4 on Hopper (triton_kernels) although it runs no NVFP4 there; vLLM on
+    # MI300X (ROCm Triton); vLLM 0.6 has none
+    from apex_opt.check import CheckOptions, check
+
+    m = gpt_oss_120b()
+    for cluster, engine in (("h100-sxm-1x8", "sglang"), ("mi300x-1x8", "vllm")):
+        r = check(m, load_cluster(cluster), CheckOptions(engine=engine, max_model_len=8192),
+                  suggest=False)
+        assert r.fits and any(f.tp == 1 for f in r.feasible), (cluster, engine)
+    with pytest.raises(InputError, match="MXFP4"):
+        check(m, load_cluster("h100-sxm-1x8"), CheckOptions(engine="vllm-0.6", max_model_len=8192))

@@ -145,6 +145,17 @@ def fp4_engine_path(device: DeviceSpec, engine: str) -> str | None:
     return path if path is not None and path in engine_kernels(engine).get("nvfp4", ()) else None
 
 
+def fp4_runs(model, device: DeviceSpec, engine: str) -> bool:
+    """Whether ``model``'s fp4 weights run on ``device`` with ``engine``: an MXFP4 checkpoint
+    served as published by its MoE kernels (kernels.mxfp4_path), otherwise NVFP4
+    (:func:`fp4_engine_path`)."""
+    if getattr(model, "quant_scheme", "") == "mxfp4" and model.default_weight_dtype == "fp4":
+        from .kernels import mxfp4_path
+
+        return mxfp4_path(device, engine) is not None
+    return fp4_engine_path(device, engine) is not None
+
+
 def fp4_unsupported_message(device: DeviceSpec, engine: str | None = None) -> str:
     """One line saying why fp4 weights cannot run on ``device`` (with ``engine``)."""
     path = fp4_path(device)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..costmodel import fp4_engine_path
+from ..costmodel import fp4_runs
 from ..memory import linear_weight_bytes_per_elem, replica_memory
 from ..parallel import enumerate_shapes, node_aligned
 from ..sim.workload import Requests
@@ -221,8 +221,8 @@ def enumerate_candidates(model: ModelSpec, cluster: ClusterSpec, stats: Workload
                                    or (c.max_pp and shape.pp > c.max_pp)):
                 continue
             for wd in wds:
-                if wd == "fp4" and fp4_engine_path(pool.device, engine.name) is None:
-                    continue
+                if wd == "fp4" and not fp4_runs(model, pool.device, engine.name):
+                    continue  # NVFP4 / an MXFP4 checkpoint's kernels: not on this GPU / engine
                 hopeless = _total_linear_bytes(model, wd) / shape.gpus > cap
                 if hopeless and not everything:
                     continue
