@@ -408,7 +408,13 @@ class DeviceCostModel:
                self.elementwise("moe_align", int(math.ceil(assign)), 1),
                self.elementwise("silu_and_mul", int(math.ceil(assign)), inter_l),
                self.elementwise("moe_sum", int(math.ceil(tokens)), topk * hidden)]
-        if dt == "fp8":
+        if dt == "fp8" and wd == "mxfp4":
+            # MXFP4 x MXFP8 (SGLang flashinfer_mxfp4 on Blackwell): one mxfp8_quantize of x
+            # (per-32 E8M0 scales, priced as the per-token-group fp8 quant); TRT-LLM-gen's fused
+            # MoE quantizes the intermediate inside its activation step (data/kernels.yaml
+            # common.mxfp4)
+            aux.append(self.act_quant("fp8_block", int(math.ceil(tokens)), hidden))
+        elif dt == "fp8":
             scheme = "fp8_block" if block_fp8 else "fp8_channel"
             aux += [self.act_quant(scheme, int(math.ceil(tokens)), hidden),
                     self.act_quant(scheme, int(math.ceil(assign)), inter_l)]

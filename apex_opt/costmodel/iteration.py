@@ -284,7 +284,10 @@ class IterationCostModel:
         if self.compute_dtype == "fp4":
             self.quant_fused = False
         self.stream_bw = self.dev.bw * self.dev.cal.stream.eff
-        self.moe_kernels = 2 + kf.moe_aux_kernels + _MOE_QUANT_KERNELS.get(self.compute_dtype, 0)
+        #: activation-quant kernels of a fused MoE layer (MXFP4 x MXFP8: one, as NVFP4's)
+        self.moe_quant_kernels = (1 if self.weight_dtype == "mxfp4" and self.compute_dtype == "fp8"
+                                  else _MOE_QUANT_KERNELS.get(self.compute_dtype, 0))
+        self.moe_kernels = 2 + kf.moe_aux_kernels + self.moe_quant_kernels
         self.mla_norms: tuple[int, ...] = ()
         if model.attention == "mla":
             # decode runs MLA weight-absorbed: kv_b_proj becomes two per-head batched GEMMs, q_nope
@@ -343,7 +346,7 @@ class IterationCostModel:
             path = "moe_ep" if (self.ep > 1 and e.has("moe_ep")) else "moe"
             moe_us = gemm + e.us(path)  # + the router GEMM (bf16)
             # fused_moe quantizes both expert GEMMs' inputs (fp8); the FP4 MoE only its input
-            moe_us += _MOE_QUANT_KERNELS.get(self.compute_dtype, 0) * quant_op_us
+            moe_us += self.moe_quant_kernels * quant_op_us
             if self.shared_ops:
                 moe_us += gq_of("moe_shared", self.shared_ops) + e.us("mlp")
         self._eager_moe_us = moe_us
