@@ -19,7 +19,7 @@ class CheckOptions(BaseModel):
     """The knobs `check` varies or holds fixed."""
 
     weight_dtype: str | None = None  # None: the checkpoint's (ReplicaConfig.resolved)
-    kv_dtype: str = "bf16"
+    kv_dtype: str | None = None  # None: bf16, or the checkpoint's where the engine reads it
     max_model_len: int | None = None
     gpu_memory_utilization: float | None = None  # None: the engine's (vLLM 0.9, SGLang by GPU)
     max_num_seqs: int | None = None  # None: the engine's default for the device
@@ -110,7 +110,7 @@ def _suggestions(model: ModelSpec, cluster: ClusterSpec, opts: CheckOptions) -> 
         if tried(f"--weight-dtype {wd}", f"store weights in {wd}",
                  opts.model_copy(update={"weight_dtype": wd})):
             break
-    if opts.kv_dtype == "bf16":
+    if opts.kv_dtype in (None, "bf16"):
         tried("--kv-dtype fp8", "store the KV cache in fp8 (halves KV bytes per token)",
               opts.model_copy(update={"kv_dtype": "fp8"}))
     # more GPUs of the same type: grow each pool's node count until something fits

@@ -96,6 +96,8 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, cfg: ReplicaConfig, batch: 
         raise InfeasibleError(f"TP{cfg.tp} x PP{cfg.pp} needs {cfg.gpus} GPUs; pool '{pool.name}' has {pool.num_gpus}")
     if scope_problem(pool, cfg.tp):
         raise InfeasibleError(scope_problem(pool, cfg.tp))
+    if "kv_dtype" not in cfg.model_fields_set:  # unset: the engine's for this checkpoint
+        cfg = cfg.model_copy(update={"kv_dtype": cfg.resolved(engine, model, pool.device).kv_dtype})
     mem = replica_memory(model, pool.device, cfg, engine)
     cm = IterationCostModel(model, pool, cfg, engine)
     c = cm.iteration(np.array(batch.decode_ctx, dtype=np.int64), batch.prefill, with_breakdown=True)

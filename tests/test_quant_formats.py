@@ -262,3 +262,25 @@ def test_mxfp4_checkpoint_planned_where_its_kernels_run():
         assert r.fits and any(f.tp == 1 for f in r.feasible), (cluster, engine)
     with pytest.raises(InputError, match="MXFP4"):
         check(m, load_cluster("h100-sxm-1x8"), CheckOptions(engine="vllm-0.6", max_model_len=8192))
+
+
+def test_cli_kv_dtype_default_follows_the_checkpoint(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from apex_opt.cli import main
+
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+           "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "intermediate_size": 14336, "vocab_size": 128256, "max_position_embeddings": 8192,
+           "torch_dtype": "bfloat16",
+           "quantization_config": {"quant_method": "modelopt", "quant_algo": "FP8",
+                                   "kv_cache_quant_algo": "FP8"}}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    args = ["estimate", "--model", str(tmp_path), "--cluster", "h100-sxm-1x8", "--tp", "1",
+            "--batch", "decode:4x512", "--json"]
+    for extra, kv in (([], "fp8"), (["--kv-dtype", "bf16"], "bf16"), (["--engine", "vllm@0.13.0"], "bf16")):
+        r = CliRunner().invoke(main, args + extra)
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["kv_dtype"] == kv, extra

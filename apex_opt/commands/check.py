@@ -84,7 +84,7 @@ def command(model_ref, cluster_ref, weight_dtype, kv_dtype, max_model_len, gpu_m
                              gib(kv), f"{r.kv_tokens:,}", f"{r.kv_blocks:,}", r.max_concurrent_full_len])
             con.print(table(f"{model.name} on {cluster.name}: {len(res.feasible)} of "
                             f"{res.shapes_considered} shapes fit ({res.feasible[0].weight_dtype} "
-                            f"weights, {kv_dtype} KV, "
+                            f"weights, {res.feasible[0].kv_dtype} KV, "
                             f"max_model_len {res.feasible[0].max_model_len}, util "
                             f"{res.feasible[0].gpu_memory_utilization}, engine {engine_name})",
                             ["pool", "device", "TP", "PP", "EP", "GPUs", "weights GiB/GPU", "act GiB",

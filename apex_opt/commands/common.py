@@ -24,8 +24,10 @@ sort_trace_option = click.option(
     "--sort-trace", is_flag=True, default=False,
     help="Sort the --trace by arrival time instead of rejecting one that goes back.")
 
-kv_dtype_option = click.option("--kv-dtype", type=click.Choice(["bf16", "fp8"]), default="bf16",
-                               show_default=True, help="KV-cache dtype.")
+kv_dtype_option = click.option("--kv-dtype", type=click.Choice(["bf16", "fp8"]), default=None,
+                               help="KV-cache dtype [default: bf16; fp8 for a ModelOpt checkpoint "
+                                    "that declares an FP8 KV cache, on engines that read it: vLLM "
+                                    ">= 0.14, SGLang >= 0.5.3].")
 
 
 def load_inputs(model_ref: str, cluster_ref: str):
