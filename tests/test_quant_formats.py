@@ -284,3 +284,18 @@ def test_cli_kv_dtype_default_follows_the_checkpoint(tmp_path):
         r = CliRunner().invoke(main, args + extra)
         assert r.exit_code == 0, r.output
         assert json.loads(r.output)["kv_dtype"] == kv, extra
+
+
+def test_mxfp4_hopper_expert_kernel_is_sm_bound():
+    # AIConfigurator's published kernel tables (moe_dtype w4a16_mxfp4, gpt-oss-120b MoE layer, TP1,
+    # 32 tokens, balanced): H100 SXM 0.687 ms (vLLM 0.24 Triton matmul_ogs), H200 0.717 ms (vLLM
+    # 0.18): H200's 1.4x HBM bandwidth buys nothing (data/kernels.yaml common.mxfp4)
+    from apex_opt.costmodel import DeviceCostModel
+
+    t = {}
+    for cl in ("h100-sxm-1x8", "h200-1x8"):
+        dev = DeviceCostModel(load_cluster(cl).pools[0].device)
+        t[cl] = dev.fused_moe(32.0, 2880, 2880, 4, 128, 1, 1, "bf16", "mxfp4", balanced=True).time_s
+    assert t["h100-sxm-1x8"] * 1e3 == pytest.approx(0.687, rel=0.15)
+    assert t["h200-1x8"] * 1e3 == pytest.approx(0.717, rel=0.15)
+    assert t["h200-1x8"] > 0.9 * t["h100-sxm-1x8"]

@@ -393,6 +393,15 @@ class DeviceCostModel:
         # data/kernels.yaml fused_moe.weight_stream; the fit sees the bytes it would need to match
         copy = not marlin and kf.moe_weight_stream.get(dtype if dtype == "fp16" else dt) == "copy"
         stream = fit.eff_memory / self.cal.stream.eff if copy else 1.0
+        if marlin and wd == "mxfp4":
+            # MXFP4 experts on Hopper (triton_kernels matmul_ogs): an SM-bound weight stream,
+            # measured (data/kernels.yaml common.mxfp4.weight_stream_tbps): H200 streams no faster
+            # than H100
+            from .kernels import mxfp4_weight_stream_bps
+
+            cap = mxfp4_weight_stream_bps(self.device)
+            if cap is not None:
+                bw = min(bw, cap / fit.eff_memory)
         t_tot = fl_tot = by_tot = 0.0
         for n, k in ((2 * inter_l, hidden), (hidden, inter_l)):
             flops = 2.0 * padded * n * k

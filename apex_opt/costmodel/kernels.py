@@ -109,6 +109,13 @@ def mxfp4_path(device, engine: str) -> str | None:
     return path
 
 
+def mxfp4_weight_stream_bps(device) -> float | None:
+    """Measured weight-stream rate (bytes/s) of the weight-only MXFP4 expert kernel on ``device``
+    (data/kernels.yaml common.mxfp4.weight_stream_tbps, Hopper), None where none is published."""
+    v = (_raw()["common"].get("mxfp4", {}).get("weight_stream_tbps") or {}).get(device.name)
+    return float(v) * 1e12 if v is not None else None
+
+
 def mxfp4_unsupported_message(device, engine: str) -> str:
     """One line saying why an MXFP4 checkpoint cannot run on ``device`` with ``engine``."""
     if not (engine_kernels(engine).get("mxfp4") or {}):
