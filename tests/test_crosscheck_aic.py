@@ -1,0 +1,64 @@
+"""scripts/crosscheck_aic.py: aiconfigurator's silicon rows in validate_modern's format (a tiny
+synthetic checkout here; the real one is the user's)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import crosscheck_aic as cc  # noqa: E402
+
+_HEAD = ("id,silicon_data_source,backend,backend_version,model_path,system,precision,mode,isl,osl,"
+         "gemm_quant_mode,moe_quant_mode,batch_size,tp_size,pp_size,attention_dp_size,moe_tp_size,"
+         "moe_ep_size,silicon_ttft_ms,silicon_tpot_ms")
+
+
+def _checkout(tmp: Path, lines: list[str]) -> Path:
+    sil = tmp / cc.SILICON
+    sil.parent.mkdir(parents=True)
+    sil.write_text("\n".join([_HEAD] + lines) + "\n")
+    cfgs = tmp / cc.CONFIGS
+    cfgs.mkdir(parents=True)
+    (cfgs / "MiniMaxAI--MiniMax-M2.5_config.json").write_text(json.dumps({"model_type": "x"}))
+    return tmp
+
+
+def test_rows_convert_with_aiconfigurators_conventions(tmp_path):
+    aic = _checkout(tmp_path / "aic", [
+        # attention-DP row: batch_size is per DP rank, the id's c is batch x dp
+        "mm_b200_vllm_fp8_agg_1024x1024_c32_cfg1,s,vllm,0.19.0,MiniMaxAI/MiniMax-M2.5,b200_sxm,fp8,"
+        "agg,1024,1024,fp8,fp8,16,2,1,2,1,4,100.0,10.0",
+        # nightly version -> blank; plain TP row
+        "mm_h200_vllm_fp8_agg_1024x128_c8_cfg2,s,vllm,nightly-abc,MiniMaxAI/MiniMax-M2.5,h200_sxm,fp8,"
+        "agg,1024,128,fp8,fp8,8,4,1,1,4,1,50.0,5.0",
+        # already in ../shared: left out; disagg and TRT-LLM rows: left out
+        "q_h100,s,vllm,0.12.0,Qwen/Qwen3-32B,h100_sxm,,agg,1024,128,,,8,2,1,1,0,0,1,1",
+        "d,s,vllm,0.19.0,MiniMaxAI/MiniMax-M2.5,b200_sxm,fp8,disagg,1024,128,fp8,fp8,8,4,1,1,4,1,1,1",
+        "t,s,trtllm,1.0,MiniMaxAI/MiniMax-M2.5,b200_sxm,fp8,agg,1024,128,fp8,fp8,8,4,1,1,4,1,1,1",
+        # a GPU without a bundled cluster: skipped and counted
+        "g,s,sglang,0.5.9,MiniMaxAI/MiniMax-M2.5,gb200,fp8,agg,1024,128,fp8,fp8,8,4,1,1,4,1,1,1",
+    ])
+    n, skipped = cc.convert(aic, tmp_path / "out")
+    assert (n, skipped) == (2, 1)
+    base = tmp_path / "out" / "validation" / "modern"
+    rows = {r["case_id"]: r for r in csv.DictReader(open(base / "ground_truth.csv"))}
+    a = rows["aic-mm_b200_vllm_fp8_agg_1024x1024_c32_cfg1"]
+    assert (a["concurrency"], a["tp"], a["dp"], a["num_gpus"], a["cluster"]) == ("32", "2", "2", "4", "b200-1x8")
+    assert a["notes"] == "moe_tp1 moe_ep4" and a["engine_version"] == "0.19.0"
+    assert float(a["e2e_mean_s"]) == (100.0 + 10.0 * 1023) / 1e3
+    b = rows["aic-mm_h200_vllm_fp8_agg_1024x128_c8_cfg2"]
+    assert b["engine_version"] == "" and b["concurrency"] == "8"
+    assert (base / "models" / "MiniMaxAI--MiniMax-M2.5" / "config.json").is_file()
+    header = open(base / "ground_truth.csv").readline().strip().split(",")
+    assert header == list(cc.COLUMNS) and "ttft_mean_ms" in header and "notes" in header
+
+
+def test_a_missing_checkout_is_one_line_exit_2(tmp_path, capsys):
+    assert cc.main(["--aic", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "silicon_sample.csv: not found" in err[0]
