@@ -66,6 +66,21 @@ class MLASpec(BaseModel):
     v_head_dim: int
 
 
+class DSASpec(BaseModel):
+    """DeepSeek Sparse Attention lightning indexer (DeepSeek-V3.2, GLM-5: ``index_n_heads``,
+    ``index_head_dim``, ``index_topk``; vLLM deepseek_v2.py Indexer, SGLang nsa_indexer.py): per
+    MLA layer wq_b (q_lora_rank -> n_heads x head_dim), wk (hidden -> head_dim), k_norm
+    (LayerNorm, weight + bias) and weights_proj (hidden -> n_heads, never quantized), all
+    ReplicatedLinear. The indexer scores every cached token with its own fp8 key cache and the MLA
+    attends only the top ``topk`` of them per query."""
+
+    model_config = ConfigDict(frozen=True)
+
+    n_heads: int
+    head_dim: int
+    topk: int
+
+
 class MoESpec(BaseModel):
     """Mixture-of-experts layout of the MLP blocks."""
 
@@ -222,6 +237,9 @@ class ModelSpec(BaseModel):
     max_position_embeddings: int
     attention: Literal["gqa", "mla"]
     mla: MLASpec | None = None
+    #: DeepSeek Sparse Attention indexer of the MLA layers (None = dense MLA); its weights are
+    #: counted and costed as GEMMs; its top-k sparse attention and key cache are not yet
+    dsa: DSASpec | None = None
     moe: MoESpec | None = None
     qkv_bias: bool = False          # Qwen2: bias on q, k, v projections
     qk_norm: bool = False           # Qwen3: per-head RMSNorm on q and k (weights of width head_dim)
@@ -386,6 +404,12 @@ class ModelSpec(BaseModel):
         ops.append(LinearOp(name="kv_b", n=h * (m.qk_nope_head_dim + m.v_head_dim),
                             k=m.kv_lora_rank, split="column"))
         ops.append(LinearOp(name="o", n=H, k=h * m.v_head_dim, split="row"))
+        if self.dsa is not None and m.q_lora_rank:
+            d = self.dsa
+            ops += [LinearOp(name="indexer_q_b", n=d.n_heads * d.head_dim, k=m.q_lora_rank,
+                             split="replicated"),
+                    LinearOp(name="indexer_k", n=d.head_dim, k=H, split="replicated"),
+                    LinearOp(name="indexer_weights", n=d.n_heads, k=H, split="replicated")]
         return ops
 
     def dense_mlp_linear_ops(self) -> list[LinearOp]:
@@ -442,6 +466,8 @@ class ModelSpec(BaseModel):
             n += (self.num_attention_heads + self.num_kv_heads) * self.head_dim
         if self.mla is not None:
             n += self.mla.kv_lora_rank + (self.mla.q_lora_rank or 0)
+            if self.dsa is not None and self.mla.q_lora_rank:
+                n += 2 * self.dsa.head_dim  # indexer k_norm: LayerNorm weight + bias
         return n
 
     def params_by_component(self, layer: int) -> dict[str, int]:
@@ -662,6 +688,7 @@ class ModelSpec(BaseModel):
             "num_shared_experts": moe.num_shared_experts if moe else 0,
             "num_moe_layers": self.num_moe_layers,
             "mla": self.mla.model_dump() if self.mla else None,
+            **({"dsa": self.dsa.model_dump()} if self.dsa else {}),
             **({"layer_kinds": self.kind_counts(), "sliding_window": self.sliding_window,
                 "linear_attention": self.linear_attn.model_dump() if self.linear_attn else None,
                 "mamba": self.mamba.model_dump() if self.mamba else None,
@@ -767,7 +794,9 @@ _SSM_ARCH_PARTS = ("Mamba", "Jamba", "Zamba", "Bamba", "Rwkv", "RWKV", "Recurren
                    "NemotronH", "FalconH1", "Hybrid")
 #: layer_types entries that are attention (anything else, e.g. 'mamba', 'linear_attention', is not)
 _ATTENTION_LAYER_TYPES = frozenset({"attention", "full_attention", "sliding_attention",
-                                    "chunked_attention", "global", "local", "sliding_window"})
+                                    "chunked_attention", "global", "local", "sliding_window",
+                                    # GLM-5.2: MLA with the DSA indexer (full attention)
+                                    "deepseek_sparse_attention"})
 #: layer_types entries of sliding-window attention (the rest of _ATTENTION_LAYER_TYPES is full)
 _SLIDING_LAYER_TYPES = frozenset({"sliding_attention", "local", "sliding_window"})
 #: Nemotron-H hybrid_override_pattern blocks modelled: Mamba2 mixer, attention, dense MLP (MoE
@@ -790,7 +819,7 @@ def _reject_ssm(arch: str, model_type: str, cfg: dict, source: str) -> None:
         cfg.get(k) is not None for k in _LINEAR_ATTN_KEYS) else frozenset())
     odd = sorted({str(t) for t in types if str(t) not in known}) \
         if isinstance(types, list) else []
-    pattern = cfg.get("hybrid_override_pattern")
+    pattern = _block_pattern(cfg)
     if isinstance(pattern, str) and pattern and set(pattern) <= set(_NEMOTRON_H_BLOCKS) \
             and all(cfg.get(k) is not None for k in _MAMBA_KEYS) and not odd:
         return  # Nemotron-H: Mamba2 / attention / MLP blocks, modelled (_nemotron_h_layers)
@@ -826,6 +855,110 @@ _NON_DECODER_ARCH_ENDINGS = {
     "vision-only": ("ForImageClassification", "ForObjectDetection", "ForSemanticSegmentation",
                     "VisionModel"),
 }
+
+
+#: Nemotron-H ``layers_block_type`` entries (newer HF NemotronHConfig) as hybrid_override_pattern
+#: characters
+_BLOCK_TYPE_CHARS = {"mamba": "M", "attention": "*", "mlp": "-", "moe": "E"}
+
+
+def _block_pattern(cfg: dict) -> str | None:
+    """Nemotron-H block pattern: ``hybrid_override_pattern``, or the same spelled from the
+    per-layer ``layers_block_type`` list (mamba / attention / mlp / moe -> M * - E; an unknown
+    entry is kept as '?', which no modelled pattern contains)."""
+    pattern = cfg.get("hybrid_override_pattern")
+    if isinstance(pattern, str):
+        return pattern
+    types = cfg.get("layers_block_type")
+    if isinstance(types, list) and types:
+        return "".join(_BLOCK_TYPE_CHARS.get(str(t), "?") for t in types)
+    return None
+
+
+def _reject_unmodelled(arch: str, model_type: str, cfg: dict, source: str) -> None:
+    """One-line InputError for architectures whose attention, residual or MLP structure the layer
+    model here does not describe, naming the config field that shows it (checked before the
+    generic width checks, whose messages would name a symptom instead of the cause)."""
+    def refuse(field: str, why: str) -> None:
+        raise InputError(f"architecture {arch} (model_type {model_type or '?'}) is not supported: "
+                         f"{why}", source=source, field=field)
+
+    if cfg.get("hc_mult") is not None or cfg.get("compress_ratios") is not None:
+        # DeepSeek-V4 (HF DeepseekV4 / vLLM deepseek_v4.py): hc_mult parallel residual streams
+        # mixed by Sinkhorn hyper-connections around every sublayer; per-layer compressed
+        # (compress_ratios 4 / 128) sparse attention with a sliding window; grouped low-rank
+        # output projection (o_groups, o_lora_rank); hash-routed first layers (num_hash_layers)
+        ratios = cfg.get("compress_ratios")
+        rs = sorted({r for r in ratios if isinstance(r, int)}) if isinstance(ratios, list) else []
+        refuse("hc_mult" if cfg.get("hc_mult") is not None else "compress_ratios",
+               f"hyper-connections (hc_mult={cfg.get('hc_mult')}: parallel residual streams "
+               f"mixed around every sublayer) and compressed sparse attention (compress_ratios "
+               f"{rs}, sliding_window {cfg.get('sliding_window')}, o_groups "
+               f"{cfg.get('o_groups')}) are not modelled; its KV cache and active parameters "
+               f"would be read wrong")
+    lin = cfg.get("linear_attn_config")
+    if model_type == "kimi_linear" or (isinstance(lin, dict) and lin.get("kda_layers")):
+        # Kimi Linear (HF modeling_kimi_linear / vLLM kimi_linear.py): Kimi Delta Attention
+        # layers (gated delta rule with per-channel decay, short conv) interleaved with MLA layers
+        n = len(lin.get("kda_layers") or []) if isinstance(lin, dict) else 0
+        extra = ""
+        if cfg.get("routed_expert_hidden_size") not in (None, cfg.get("hidden_size")):
+            extra = (f"; latent MoE (routed_expert_hidden_size {cfg.get('routed_expert_hidden_size')}"
+                     f" != hidden_size {cfg.get('hidden_size')}) is not modelled either")
+        refuse("linear_attn_config.kda_layers",
+               f"Kimi Delta Attention linear layers ({n} of {cfg.get('num_hidden_layers')} layers) "
+               f"are not modelled (apex-opt models Gated DeltaNet linear_attention layers){extra}")
+    pattern = _block_pattern(cfg)
+    if isinstance(pattern, str) and "E" in pattern:
+        refuse("hybrid_override_pattern" if cfg.get("hybrid_override_pattern") else
+               "layers_block_type",
+               f"Nemotron-3 MoE 'E' blocks ({pattern.count('E')} of {len(pattern)}: "
+               f"n_routed_experts {cfg.get('n_routed_experts')}, non-gated "
+               f"{cfg.get('mlp_hidden_act', 'relu2')} experts"
+               + (f", latent projections moe_latent_size {cfg.get('moe_latent_size')}"
+                  if cfg.get("moe_latent_size") else "")
+               + ") are not modelled (Nemotron-H M / * / - blocks are)")
+    if isinstance(cfg.get("block_configs"), list):
+        # DeciLM / Nemotron-NAS (HF modeling_decilm): each layer has its own FFN width
+        # (ffn_mult), attention group size, or a no-op / linear replacement
+        bc = [b for b in cfg["block_configs"] if isinstance(b, dict)]
+        mults = sorted({(b.get("ffn") or {}).get("ffn_mult") for b in bc} - {None})
+        noop = sum(1 for b in bc if (b.get("attention") or {}).get("no_op")
+                   or (b.get("attention") or {}).get("replace_with_linear"))
+        refuse("block_configs",
+               f"per-layer NAS blocks (ffn_mult {mults[0] if mults else '?'}.."
+               f"{mults[-1] if mults else '?'}, {noop} of {len(bc)} layers with no-op / linear "
+               f"attention) give every layer its own widths; apex-opt models one dense-MLP "
+               f"width and one attention shape per model")
+    if any(cfg.get(k) is not None for k in ("global_head_dim", "num_global_key_value_heads")) \
+            or cfg.get("attention_k_eq_v") is True:
+        # Gemma-4 (HF Gemma4TextAttention): full-attention layers use global_head_dim and
+        # num_global_key_value_heads (K = V when attention_k_eq_v), sliding layers head_dim /
+        # num_key_value_heads
+        g = (cfg.get("global_head_dim"), cfg.get("num_global_key_value_heads"))
+        if g != (cfg.get("head_dim"), cfg.get("num_key_value_heads")) or cfg.get("attention_k_eq_v"):
+            refuse("global_head_dim",
+                   f"full-attention layers have their own shape (global_head_dim {g[0]}, "
+                   f"num_global_key_value_heads {g[1]}, attention_k_eq_v "
+                   f"{cfg.get('attention_k_eq_v')}) unlike the sliding layers (head_dim "
+                   f"{cfg.get('head_dim')}, num_key_value_heads {cfg.get('num_key_value_heads')}); "
+                   f"apex-opt models one attention shape per model")
+    swa = {k: cfg.get(k) for k in ("swa_num_attention_heads", "swa_num_key_value_heads",
+                                   "swa_head_dim", "swa_v_head_dim") if cfg.get(k) is not None}
+    base = {"swa_num_attention_heads": cfg.get("num_attention_heads"),
+            "swa_num_key_value_heads": cfg.get("num_key_value_heads"),
+            "swa_head_dim": cfg.get("head_dim"), "swa_v_head_dim": cfg.get("v_head_dim")}
+    odd = {k: v for k, v in swa.items() if v != base[k]}
+    if odd:
+        # MiMo-V2-Flash (vLLM mimo_v2_flash.py): sliding layers with their own head counts
+        k, v = next(iter(odd.items()))
+        refuse(k, f"sliding-window layers have their own attention shape ({k} {v} vs "
+                  f"{k[4:]} {base[k]}); apex-opt models one attention shape per model")
+    if cfg.get("kv_lora_rank") is None and cfg.get("v_head_dim") is not None \
+            and cfg.get("head_dim") is not None and cfg.get("v_head_dim") != cfg.get("head_dim"):
+        refuse("v_head_dim", f"value heads of width v_head_dim {cfg.get('v_head_dim')} differ from "
+                             f"the key heads (head_dim {cfg.get('head_dim')}) outside MLA; apex-opt "
+                             f"models K and V of one width")
 
 
 def _reject_non_decoder(arch: str, model_type: str, cfg: dict, top: dict, source: str) -> None:
@@ -979,13 +1112,19 @@ def _mla(r: _Reader) -> MLASpec | None:
     )
 
 
+def _dsa(r: _Reader, mla: MLASpec | None) -> DSASpec | None:
+    """The DeepSeek Sparse Attention indexer of an MLA model that names one (index_* keys)."""
+    if mla is None or not all(r.has(k) for k in ("index_n_heads", "index_head_dim", "index_topk")):
+        return None
+    return DSASpec(n_heads=r.get_int("index_n_heads"), head_dim=r.get_int("index_head_dim"),
+                   topk=r.get_int("index_topk", maximum=1 << 31))
+
+
 def _moe(r: _Reader, model_type: str, num_layers: int) -> tuple[MoESpec | None, int | None]:
     """MoE layout, plus an override of the dense-MLP width where the family names it differently."""
     if r.has("n_routed_experts"):                                   # DeepSeek-V2/V3, Kimi-K2
         n_exp = r.get_int("n_routed_experts")
-        first = r.get_int("first_k_dense_replace", 0, minimum=0, maximum=num_layers)
-        freq = r.get_int("moe_layer_freq", 1)
-        layers = tuple(i for i in range(first, num_layers) if i % freq == 0)
+        layers = _moe_layer_list(r, num_layers)
         width = r.get_int("moe_intermediate_size")
         n_shared = r.get_int("n_shared_experts", 0, minimum=0)
         return _moe_spec(r, n_exp, "n_routed_experts", width, n_shared, n_shared * width, layers,
@@ -999,6 +1138,21 @@ def _moe(r: _Reader, model_type: str, num_layers: int) -> tuple[MoESpec | None, 
         width = r.get_int("intermediate_size")
         return (_moe_spec(r, n_exp, "num_local_experts", width, 1, width, layers, False, False),
                 r.get_int("intermediate_size_mlp", width))
+    if r.has("num_local_experts") and (r.has("dense_intermediate_size")
+                                       or r.has("shared_intermediate_size")):
+        # MiniMax-M3 (vLLM minimax_m3): dense MLP layers of width dense_intermediate_size where
+        # moe_layer_freq is 0 (the first first_k_dense_replace), block_sparse_moe with
+        # n_shared_experts shared experts of width shared_intermediate_size elsewhere
+        n_exp = r.get_int("num_local_experts")
+        width = r.get_int("moe_intermediate_size") if r.has("moe_intermediate_size") \
+            else r.get_int("intermediate_size")
+        n_shared = r.get_int("n_shared_experts", 1 if r.has("shared_intermediate_size") else 0,
+                             minimum=0)
+        shared = n_shared * r.get_int("shared_intermediate_size", 0, minimum=0)
+        dense = r.get_int("dense_intermediate_size") if r.has("dense_intermediate_size") else None
+        return (_moe_spec(r, n_exp, "num_local_experts", width, n_shared, shared,
+                          _moe_layer_list(r, num_layers), r.get_bool("norm_topk_prob", True),
+                          False), dense)
     if r.has("num_local_experts"):                                   # Mixtral
         n_exp = r.get_int("num_local_experts")
         width = r.get_int("intermediate_size")
@@ -1008,13 +1162,43 @@ def _moe(r: _Reader, model_type: str, num_layers: int) -> tuple[MoESpec | None, 
         n_exp = r.get_int("num_experts")
         step = r.get_int("decoder_sparse_step", 1)
         dense_only = set(r.get_int_list("mlp_only_layers", num_layers))
-        layers = tuple(i for i in range(num_layers)
+        # Step-3.5/3.7 (vLLM step3p5.py): the first first_k_dense_replace layers are dense
+        first = r.get_int("first_k_dense_replace", 0, minimum=0, maximum=num_layers)
+        layers = tuple(i for i in range(first, num_layers)
                        if i not in dense_only and (i + 1) % step == 0)
         width = r.get_int("moe_intermediate_size")
         shared = r.get_int("shared_expert_intermediate_size", 0, minimum=0)
-        return _moe_spec(r, n_exp, "num_experts", width, 1 if shared else 0, shared, layers,
-                         r.get_bool("norm_topk_prob", False), shared > 0), None
+        if shared:
+            return _moe_spec(r, n_exp, "num_experts", width, 1, shared, layers,
+                             r.get_bool("norm_topk_prob", False), True), None
+        # Step-3.5/3.7: an always-on ungated shared expert of width share_expert_dim per MoE layer
+        n_shared = r.get_int("n_shared_experts", 1, minimum=0) if r.has("share_expert_dim") else 0
+        shared = n_shared * r.get_int("share_expert_dim", 0, minimum=0)
+        return _moe_spec(r, n_exp, "num_experts", width, n_shared, shared, layers,
+                         r.get_bool("norm_topk_prob", False), False), None
     return None, None
+
+
+def _moe_layer_list(r: _Reader, num_layers: int) -> tuple[int, ...]:
+    """MoE layer indices of the DeepSeek-style keys: ``mlp_layer_types`` ('dense' / 'sparse' per
+    layer: GLM-5.2), a per-layer 0/1 ``moe_layer_freq`` list (MiMo-V2-Flash, MiniMax-M3), else
+    layers from ``first_k_dense_replace`` on whose index is a multiple of ``moe_layer_freq``
+    (HF DeepseekV3: ``layer_idx >= first_k_dense_replace and layer_idx % moe_layer_freq == 0``)."""
+    types = r.cfg.get("mlp_layer_types")
+    if isinstance(types, list) and types:
+        if len(types) < num_layers or not {str(t) for t in types} <= {"dense", "sparse"}:
+            raise r.fail("mlp_layer_types", f"must list 'dense' / 'sparse' for each of "
+                         f"{num_layers} layers", types[:4])
+        return tuple(i for i, t in enumerate(types[:num_layers]) if t == "sparse")
+    freq = r.cfg.get("moe_layer_freq")
+    if isinstance(freq, list):
+        if len(freq) < num_layers or any(f not in (0, 1) or isinstance(f, bool) for f in freq):
+            raise r.fail("moe_layer_freq", f"a per-layer list must hold 0 / 1 for each of "
+                         f"{num_layers} layers", freq[:4])
+        return tuple(i for i, f in enumerate(freq[:num_layers]) if f)
+    first = r.get_int("first_k_dense_replace", 0, minimum=0, maximum=num_layers)
+    step = r.get_int("moe_layer_freq", 1)
+    return tuple(i for i in range(first, num_layers) if i % step == 0)
 
 
 def _layer_kinds(r: _Reader, num_layers: int) -> tuple[tuple[str, ...], int, LinearAttnSpec | None]:
@@ -1063,7 +1247,7 @@ def _nemotron_h_layers(r: _Reader) -> tuple[tuple[str, ...], tuple[int, ...], Ma
     block that follows it, a mixer block followed by another mixer alone (MLP-free), an MLP block
     with no mixer before it alone (mixer 'none'). Returns (kinds, MLP-free layer indices, Mamba2
     layout) or None for other configs."""
-    pattern = r.cfg.get("hybrid_override_pattern")
+    pattern = _block_pattern(r.cfg)
     if not isinstance(pattern, str) or not pattern or not all(r.has(k) for k in _MAMBA_KEYS):
         return None
     kinds: list[str] = []
@@ -1111,6 +1295,7 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
     text, prefix = _text_section(cfg, source)
     r = _Reader(text, source, prefix)
     arch, model_type = _architecture(text, cfg)
+    _reject_unmodelled(arch, model_type, text, source)
     _reject_ssm(arch, model_type, text, source)
     _reject_non_decoder(arch, model_type, text, cfg, source)
     _vision_warning(arch, cfg, prefix, name)
@@ -1148,16 +1333,17 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
     if nh is not None:
         kinds, free, mamba = nh
         layers = len(kinds)
-        if len(r.cfg["hybrid_override_pattern"]) != r.get_int("num_hidden_layers", maximum=_MAX_LAYERS):
+        pat = _block_pattern(r.cfg)
+        if len(pat or "") != r.get_int("num_hidden_layers", maximum=_MAX_LAYERS):
             raise r.fail("hybrid_override_pattern", "must have one block per hidden layer "
-                         "(num_hidden_layers)", r.cfg["hybrid_override_pattern"])
+                         "(num_hidden_layers)", pat)
     return ModelSpec(
         name=name, architecture=arch, source=source, model_type=model_type,
         hidden_size=hidden, num_layers=layers, vocab_size=vocab, num_attention_heads=heads,
         num_kv_heads=kv_heads, head_dim=head_dim, intermediate_size=inter,
         tie_word_embeddings=r.get_bool("tie_word_embeddings", model_type.startswith("gemma")),
         max_position_embeddings=max_pos,
-        attention="mla" if mla is not None else "gqa", mla=mla, moe=moe,
+        attention="mla" if mla is not None else "gqa", mla=mla, dsa=_dsa(r, mla), moe=moe,
         qkv_bias=r.get_bool("attention_bias", model_type in _QKV_BIAS_MODEL_TYPES),
         qk_norm=model_type.startswith("qwen3"),
         qk_norm_tp=(r.get_bool("use_qk_norm", False)
@@ -1182,7 +1368,8 @@ _MXFP4_EXCLUDE = ("attention", "mlp", "shared_experts")
 #: prefix): the first family whose names the exclusion patterns match is the checkpoint's
 _ATTN_NAMES = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "q": ("q_proj",),
                "q_a": ("q_a_proj",), "q_b": ("q_b_proj",), "kv_a": ("kv_a_proj_with_mqa",),
-               "kv_b": ("kv_b_proj",)}
+               "kv_b": ("kv_b_proj",), "indexer_q_b": ("indexer.wq_b",),
+               "indexer_k": ("indexer.wk",), "indexer_weights": ("indexer.weights_proj",)}
 _MLP_FAMILIES = (("mlp", ("gate_proj", "up_proj", "down_proj")),
                  ("feed_forward", ("gate_proj", "up_proj", "down_proj")))
 _SHARED_FAMILIES = (("mlp.shared_experts", ("gate_proj", "up_proj", "down_proj")),

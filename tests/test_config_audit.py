@@ -1,0 +1,200 @@
+"""Audit of current public model configs (aiconfigurator model_configs families): each family's
+config keys are read into the right layout, and architectures the layer model does not describe
+are refused with ONE line naming the real cause (file field and value), exit 2 -- never loaded
+and silently read wrong. Small inline config dicts shaped like the published ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from apex_opt.cli import main
+from apex_opt.errors import InputError
+from apex_opt.specs.model import ModelSpec
+
+
+def _base(**kw) -> dict:
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 512,
+           "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 2,
+           "head_dim": 64, "vocab_size": 1000, "max_position_embeddings": 4096,
+           "intermediate_size": 1024}
+    cfg.update(kw)
+    return cfg
+
+
+def _mla(**kw) -> dict:
+    cfg = dict(architectures=["DeepseekV3ForCausalLM"], model_type="deepseek_v3",
+               q_lora_rank=256, kv_lora_rank=128, qk_nope_head_dim=32, qk_rope_head_dim=16,
+               v_head_dim=32, n_routed_experts=8, num_experts_per_tok=2,
+               moe_intermediate_size=128, n_shared_experts=1, first_k_dense_replace=1)
+    cfg.update(kw)
+    return _base(**cfg)
+
+
+def _refusal(cfg: dict) -> str:
+    with pytest.raises(InputError) as e:
+        ModelSpec.from_hf_config(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+# ------------------------------------------------------------------ MoE layouts
+def test_step3p7_first_dense_layers_and_ungated_shared_expert():
+    # stepfun-ai/Step-3.7-Flash: num_experts + first_k_dense_replace + share_expert_dim
+    cfg = _base(architectures=["Step3p7FlashForCausalLM"], model_type="step3p7", num_experts=16,
+                num_experts_per_tok=2, moe_intermediate_size=128, first_k_dense_replace=2,
+                share_expert_dim=96, n_shared_experts=1)
+    m = ModelSpec.from_hf_config(cfg)
+    assert m.moe.moe_layers == (2, 3, 4, 5)
+    assert m.moe.shared_intermediate_size == 96 and m.moe.num_shared_experts == 1
+    assert not m.moe.shared_expert_gate
+    assert m.num_dense_layers == 2
+    # a Qwen3-MoE config (no first_k_dense_replace / share_expert_dim) is read as before
+    q = ModelSpec.from_hf_config(_base(model_type="qwen3_moe", num_experts=16,
+                                       num_experts_per_tok=2, moe_intermediate_size=128))
+    assert q.moe.moe_layers == tuple(range(6)) and q.moe.shared_intermediate_size == 0
+
+
+def test_minimax_m3_dense_layers_and_shared_expert():
+    # MiniMaxAI/MiniMax-M3: num_local_experts with dense_intermediate_size, a per-layer
+    # moe_layer_freq list and shared_intermediate_size (not Mixtral's every-layer MoE)
+    cfg = _base(architectures=["MiniMaxM3ForCausalLM"], model_type="minimax_m3",
+                num_local_experts=8, num_experts_per_tok=2, intermediate_size=128,
+                moe_intermediate_size=128, dense_intermediate_size=2048,
+                shared_intermediate_size=128, n_shared_experts=1, first_k_dense_replace=2,
+                moe_layer_freq=[0, 0, 1, 1, 1, 1])
+    m = ModelSpec.from_hf_config(cfg)
+    assert m.moe.moe_layers == (2, 3, 4, 5)
+    assert m.intermediate_size == 2048
+    assert m.moe.shared_intermediate_size == 128 and m.moe.expert_intermediate_size == 128
+    dense = m.params_by_component(0)["mlp"]
+    assert dense == 3 * 512 * 2048
+    # Mixtral: every layer MoE, no shared expert
+    mx = ModelSpec.from_hf_config(_base(model_type="mixtral", num_local_experts=8,
+                                        num_experts_per_tok=2))
+    assert mx.moe.moe_layers == tuple(range(6)) and mx.moe.shared_intermediate_size == 0
+
+
+def test_per_layer_moe_lists():
+    # moe_layer_freq as a 0/1 list per layer (MiMo-V2-Flash) and GLM-5.2's mlp_layer_types
+    m = ModelSpec.from_hf_config(_mla(moe_layer_freq=[0, 1, 0, 1, 1, 1]))
+    assert m.moe.moe_layers == (1, 3, 4, 5)
+    g = ModelSpec.from_hf_config(_mla(mlp_layer_types=["dense"] * 3 + ["sparse"] * 3))
+    assert g.moe.moe_layers == (3, 4, 5)
+    # the integer form keeps DeepSeek's rule
+    d = ModelSpec.from_hf_config(_mla(moe_layer_freq=1))
+    assert d.moe.moe_layers == (1, 2, 3, 4, 5)
+    msg = _refusal(_mla(moe_layer_freq=[0, 1]))
+    assert "moe_layer_freq" in msg
+
+
+# ------------------------------------------------------------------ DeepSeek Sparse Attention
+def test_dsa_indexer_weights_counted():
+    dense = ModelSpec.from_hf_config(_mla())
+    dsa = ModelSpec.from_hf_config(_mla(index_n_heads=4, index_head_dim=32, index_topk=2048))
+    assert dense.dsa is None
+    assert dsa.dsa.topk == 2048
+    names = [op.name for op in dsa.attention_linear_ops()]
+    assert names[-3:] == ["indexer_q_b", "indexer_k", "indexer_weights"]
+    assert all(op.split == "replicated" for op in dsa.attention_linear_ops()[-3:])
+    # wq_b 256 -> 4x32, wk 512 -> 32, weights_proj 512 -> 4, k_norm LayerNorm 2 x 32 per layer
+    per_layer = 256 * 128 + 512 * 32 + 512 * 4 + 2 * 32
+    assert dsa.params_total - dense.params_total == 6 * per_layer
+    assert dsa.kv_bytes_per_token() == dense.kv_bytes_per_token()
+
+
+def test_glm52_deepseek_sparse_attention_layer_type_is_full_mla():
+    cfg = _mla(architectures=["GlmMoeDsaForCausalLM"], model_type="glm_moe_dsa",
+               index_n_heads=4, index_head_dim=32, index_topk=2048,
+               layer_types=["deepseek_sparse_attention"] * 6)
+    m = ModelSpec.from_hf_config(cfg)
+    assert m.attention == "mla" and not m.is_hybrid and m.dsa is not None
+
+
+# ------------------------------------------------------------------ refusals
+def test_deepseek_v4_refused_naming_hyper_connections():
+    cfg = _base(architectures=["DeepseekV4ForCausalLM"], model_type="deepseek_v4", hc_mult=4,
+                compress_ratios=[0, 4, 128, 4, 128, 0], sliding_window=128, o_groups=8,
+                num_key_value_heads=1, n_routed_experts=8, num_experts_per_tok=2,
+                moe_intermediate_size=128)
+    msg = _refusal(cfg)
+    assert "field 'hc_mult'" in msg and "hyper-connections" in msg and "[0, 4, 128]" in msg
+
+
+def test_kimi_linear_refused_naming_kda_layers():
+    text = _mla(architectures=["KimiLinearForCausalLM"], model_type="kimi_linear",
+                num_attention_heads=12, head_dim=None, hidden_size=512,
+                routed_expert_hidden_size=256,
+                linear_attn_config={"kda_layers": [1, 2, 4], "full_attn_layers": [3, 5],
+                                    "num_heads": 12, "head_dim": 32})
+    cfg = {"architectures": ["KimiK3ForConditionalGeneration"], "model_type": "kimi_k3",
+           "text_config": text}
+    msg = _refusal(cfg)
+    assert "kda_layers" in msg and "Kimi Delta Attention" in msg and "latent MoE" in msg
+    assert "divide" not in msg
+
+
+@pytest.mark.parametrize("key,value", [
+    ("hybrid_override_pattern", "MEM*EM"),
+    ("layers_block_type", ["mamba", "moe", "mamba", "attention", "moe", "mamba"]),
+])
+def test_nemotron3_moe_blocks_refused(key, value):
+    cfg = _base(architectures=["NemotronHForCausalLM"], model_type="nemotron_h",
+                mamba_num_heads=8, mamba_head_dim=32, ssm_state_size=16, n_groups=2,
+                conv_kernel=4, n_routed_experts=16, num_experts_per_tok=2,
+                moe_latent_size=256, mlp_hidden_act="relu2", **{key: value})
+    msg = _refusal(cfg)
+    assert f"field '{key}'" in msg and "'E' blocks (2 of 6" in msg and "moe_latent_size 256" in msg
+
+
+def test_nemotron_h_layers_block_type_without_moe_is_planned():
+    cfg = _base(architectures=["NemotronHForCausalLM"], model_type="nemotron_h",
+                mamba_num_heads=8, mamba_head_dim=32, ssm_state_size=16, n_groups=2,
+                conv_kernel=4, layers_block_type=["mamba", "mlp", "attention", "mlp",
+                                                  "mamba", "mlp"])
+    m = ModelSpec.from_hf_config(cfg)
+    assert m.layer_kinds == ("mamba", "full", "mamba") and not m.mlp_gated
+
+
+def test_nemotron_nas_block_configs_refused():
+    blocks = [{"attention": {"n_heads_in_group": 4, "no_op": i == 2},
+               "ffn": {"ffn_mult": 2.5 if i % 2 else 5.25, "no_op": False}} for i in range(6)]
+    cfg = _base(architectures=["DeciLMForCausalLM"], model_type="nemotron-nas",
+                intermediate_size=None, num_key_value_heads=None, block_configs=blocks)
+    msg = _refusal(cfg)
+    assert "field 'block_configs'" in msg and "2.5..5.25" in msg and "1 of 6" in msg
+
+
+def test_gemma4_global_attention_shape_refused():
+    text = _base(model_type="gemma4_text", head_dim=64, global_head_dim=128,
+                 num_global_key_value_heads=1, attention_k_eq_v=True, sliding_window=256,
+                 layer_types=["sliding_attention"] * 5 + ["full_attention"])
+    cfg = {"architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4",
+           "text_config": text}
+    msg = _refusal(cfg)
+    assert "global_head_dim 128" in msg and "num_global_key_value_heads 1" in msg
+
+
+def test_mimo_v2_sliding_shape_refused():
+    cfg = _base(architectures=["MiMoV2FlashForCausalLM"], model_type="mimo_v2_flash",
+                swa_num_attention_heads=8, swa_num_key_value_heads=4, swa_head_dim=64,
+                v_head_dim=64)
+    msg = _refusal(cfg)
+    assert "field 'swa_num_key_value_heads'" in msg and "4 vs num_key_value_heads 2" in msg
+
+
+def test_gqa_value_width_differs_refused():
+    msg = _refusal(_base(v_head_dim=32))
+    assert "field 'v_head_dim'" in msg
+
+
+def test_refusal_exit_code_2(tmp_path):
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(_base(architectures=["DeepseekV4ForCausalLM"],
+                                  model_type="deepseek_v4", hc_mult=4)))
+    r = CliRunner().invoke(main, ["models", "show", str(p)])
+    assert r.exit_code == 2
+    assert "hyper-connections" in r.output
