@@ -198,3 +198,33 @@ def test_refusal_exit_code_2(tmp_path):
     r = CliRunner().invoke(main, ["models", "show", str(p)])
     assert r.exit_code == 2
     assert "hyper-connections" in r.output
+
+
+def test_dsa_sparse_attention_cost():
+    """Decode: the MLA reads min(context, index_topk) latents, the indexer streams every cached
+    index key (head_dim fp8 + fp32 scale). Below top-k the indexer only adds; far above it the
+    sparse model reads far fewer bytes than dense MLA."""
+    import numpy as np
+
+    from apex_opt.costmodel.iteration import IterationCostModel
+    from apex_opt.registry import load_cluster
+    from apex_opt.specs.engine import load_engine
+    from apex_opt.specs.plan import ReplicaConfig
+
+    pool = load_cluster("h100-sxm-1x8").pools[0]
+    eng = load_engine("vllm")
+    kw = dict(num_attention_heads=16, hidden_size=1024, head_dim=None)
+    dense = ModelSpec.from_hf_config(_mla(**kw))
+    dsa = ModelSpec.from_hf_config(_mla(index_n_heads=4, index_head_dim=128, index_topk=256, **kw))
+    cd = IterationCostModel(dense, pool, ReplicaConfig(tp=1), eng)
+    cs = IterationCostModel(dsa, pool, ReplicaConfig(tp=1), eng)
+    short, long = np.full(8, 200), np.full(8, 60000)
+    # bytes of one layer's attention: latents of min(ctx, topk) + index keys of the whole context
+    lat = (128 + 16) * 2
+    assert cs._attention(long, [])[3] == 8 * (256 * lat + 60000 * (128 + 4))
+    assert cd._attention(long, [])[3] == 8 * 60000 * lat
+    assert cs._attention(short, [])[3] > cd._attention(short, [])[3]
+    assert cs._attention(long, [])[0] < cd._attention(long, [])[0]
+    # prefill: a long chunk's queries each attend at most topk keys (+ the indexer GEMM)
+    assert cs._attention(np.zeros(0, dtype=np.int64), [(8192, 0)])[2] > 0
+    assert cs.iteration(long).time_s < cd.iteration(long).time_s

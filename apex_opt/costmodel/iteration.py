@@ -698,10 +698,45 @@ class IterationCostModel:
             self._attn_cache[key] = out
         return out
 
+    def _dsa_attention(self, decode_ctx: np.ndarray,
+                       prefill: Sequence[tuple[int, int]]) -> tuple[float, float, float, float]:
+        """DeepSeek Sparse Attention (DeepSeek-V3.2, GLM-5; vLLM deepseek_v2.py Indexer + the
+        FlashMLA sparse backend, SGLang nsa): the lightning indexer scores every cached token of
+        the sequence -- fp8 MQA logits of ``n_heads`` query heads against one ``head_dim`` index
+        key per token, read from its own cache of head_dim fp8 bytes + one fp32 scale per 128
+        (vLLM DeepseekV32IndexerCache) -- and the MLA attends only the top ``topk`` keys of each
+        query: decode reads min(context, topk) latents, a prefill query at position p min(p + 1,
+        topk) (counted as window_chunks). Decode logits are a stream of the index keys, prefill
+        logits a causal fp8 GEMM; the top-k
+        selection kernel is not costed. The prefill GEMM is q rows x key columns x (n_heads x
+        head_dim) deep: the FLOPs of every head's logits, and the kernel's output -- one
+        head-weighted logit per (query, key) -- as its output (DeepGEMM fp8_mqa_logits)."""
+        d = self.model.dsa
+        t, e, fl, by = self._attention_rank(np.minimum(decode_ctx, d.topk),
+                                            window_chunks(prefill, d.topk), tag="dsa")
+        n_dec = len(decode_ctx)
+        if n_dec:
+            ctx_sum = int(decode_ctx.sum())
+            nbytes = float(ctx_sum) * (d.head_dim + 4 * max(1, d.head_dim // 128))
+            c = self._op_memo(("dsa_index_decode", ctx_sum), lambda: self.dev.stream(nbytes))
+            t += c.time_s
+            e += c.time_s * c.power_w
+            by += nbytes
+            fl += 2.0 * d.n_heads * d.head_dim * float(ctx_sum)
+        for q, cached in prefill:
+            keys = max(1, int(round(cached + (q + 1) / 2)))
+            c = self.dev.gemm(int(q), keys, d.n_heads * d.head_dim, "fp8")
+            t += c.time_s
+            e += c.time_s * c.power_w
+            fl += 2.0 * q * d.n_heads * d.head_dim * keys
+        return t, e, fl, by
+
     def _attention_rank(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]],
                         tag: str = "") -> tuple[float, float, float, float]:
         t = e = fl = by = 0.0
         m = self.model
+        if m.dsa is not None and not tag:
+            return self._dsa_attention(decode_ctx, prefill)
         n_dec = len(decode_ctx)
         ctx_sum = int(decode_ctx.sum()) if n_dec else 0  # exact (int64), float() of it as before
         if m.attention == "mla":
@@ -756,6 +791,8 @@ class IterationCostModel:
                _chunks_key(prefill), prefill_sampling, with_breakdown)
         if self.model.sliding_window:  # sliding layers read min(context, window) keys
             key += (int(np.minimum(decode_ctx, self.model.sliding_window).sum()),)
+        if self.model.dsa is not None:  # sparse MLA reads min(context, topk) keys
+            key += (int(np.minimum(decode_ctx, self.model.dsa.topk).sum()),)
         hit = self._iter_cache.get(key)
         if hit is None:
             hit = self._iteration(decode_ctx, prefill, with_breakdown, prefill_sampling)
