@@ -228,3 +228,21 @@ def test_dsa_sparse_attention_cost():
     # prefill: a long chunk's queries each attend at most topk keys (+ the indexer GEMM)
     assert cs._attention(np.zeros(0, dtype=np.int64), [(8192, 0)])[2] > 0
     assert cs.iteration(long).time_s < cd.iteration(long).time_s
+
+
+def test_sparse_attention_approximations_warn():
+    from apex_opt.errors import ApexWarning
+
+    m3 = _base(architectures=["MiniMaxM3ForCausalLM"], model_type="minimax_m3",
+               num_local_experts=8, num_experts_per_tok=2, dense_intermediate_size=2048,
+               shared_intermediate_size=128, moe_intermediate_size=128,
+               moe_layer_freq=[0, 1, 1, 1, 1, 1],
+               sparse_attention_config={"use_sparse_attention": True, "sparse_topk_blocks": 16,
+                                        "sparse_block_size": 128, "sparse_index_dim": 64,
+                                        "sparse_attention_freq": [0, 1, 1, 1, 1, 1]})
+    with pytest.warns(ApexWarning, match="top 16 blocks of 128 tokens on 5 of 6 layers"):
+        ModelSpec.from_hf_config(m3)
+    glm = _mla(index_n_heads=4, index_head_dim=32, index_topk=2048,
+               indexer_types=["full", "shared", "shared", "full", "shared", "shared"])
+    with pytest.warns(ApexWarning, match="own DSA indexer in 2 of 6 layers"):
+        ModelSpec.from_hf_config(glm)

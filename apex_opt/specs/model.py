@@ -977,6 +977,30 @@ def _reject_non_decoder(arch: str, model_type: str, cfg: dict, top: dict, source
                          source=source, field="architectures")
 
 
+def _sparse_attention_warning(arch: str, cfg: dict, name: str) -> None:
+    """Warn about sparse-attention layouts read only approximately: MiniMax-M3's block-sparse
+    attention (costed dense; its index projections and index-key cache not counted) and GLM-5.2's
+    shared indexers (every layer counted with its own)."""
+    from ..errors import warn
+
+    sp = cfg.get("sparse_attention_config")
+    if isinstance(sp, dict) and sp.get("use_sparse_attention"):
+        freq = sp.get("sparse_attention_freq")
+        n = sum(1 for f in freq if f) if isinstance(freq, list) else "?"
+        warn(f"{name}: {arch} block-sparse attention (sparse_attention_config: top "
+             f"{sp.get('sparse_topk_blocks')} blocks of {sp.get('sparse_block_size')} tokens on {n} "
+             f"of {cfg.get('num_hidden_layers')} layers) is planned as dense attention: attention "
+             f"time at long context is over-estimated, and its index projections and index-key "
+             f"cache ({sp.get('sparse_index_dim')} elements per token per sparse layer) are not "
+             f"counted, so KV memory is under-estimated")
+    types = cfg.get("indexer_types")
+    if isinstance(types, list) and any(t != "full" for t in types):
+        own = sum(1 for t in types if t == "full")
+        warn(f"{name}: {arch} has its own DSA indexer in {own} of {len(types)} layers "
+             f"(indexer_types; the others reuse a previous layer's top-k); every layer is planned "
+             f"with its own indexer weights and indexer pass (a slight over-estimate)")
+
+
 def _vision_warning(arch: str, top: dict, text_prefix: str, name: str) -> None:
     """Warn that only the language model of a vision-language config is planned for."""
     found = [k for k in _VISION_KEYS if k in top]
@@ -1299,6 +1323,7 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
     _reject_ssm(arch, model_type, text, source)
     _reject_non_decoder(arch, model_type, text, cfg, source)
     _vision_warning(arch, cfg, prefix, name)
+    _sparse_attention_warning(arch, text, name)
     hidden = r.get_int("hidden_size")
     layers = r.get_int("num_hidden_layers", maximum=_MAX_LAYERS)
     heads = r.get_int("num_attention_heads")
