@@ -66,8 +66,23 @@ def kv_bytes_per_token_per_layer(model: ModelSpec, tp: int, kv_dtype: str) -> fl
     b = DTYPE_BYTES[kv_dtype]
     if model.attention == "mla":
         # the compressed latent + rope key is not split over TP: every rank caches it whole
-        return model.kv_elems_per_token_per_layer() * b
+        return model.kv_elems_per_token_per_layer() * b + dsa_index_bytes_per_token(model)
     return 2 * kv_heads_per_rank(model, tp) * model.head_dim * b
+
+
+#: DeepSeek Sparse Attention's indexer keeps its own key cache next to the MLA latent, in fp8 with
+#: one fp32 scale per 128 elements whatever the KV dtype: vLLM deepseek_v2.py Indexer
+#: (DeepseekV32IndexerCache head_dim = index_head_dim + index_head_dim // 128 * 4, uint8), SGLang
+#: NSA index_k buffer (fp8 key + fp32 scale per 128-element block), on every TP rank
+DSA_INDEX_SCALE_BLOCK = 128
+
+
+def dsa_index_bytes_per_token(model: ModelSpec) -> float:
+    """Bytes of the sparse-attention indexer's key cache per token and layer (0 without DSA)."""
+    dsa = getattr(model, "dsa", None)
+    if dsa is None:
+        return 0.0
+    return dsa.head_dim + -(-dsa.head_dim // DSA_INDEX_SCALE_BLOCK) * 4
 
 
 def _ssm_dtype(model: ModelSpec, engine: EngineSpec) -> str:
