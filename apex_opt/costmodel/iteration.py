@@ -624,70 +624,65 @@ class IterationCostModel:
         (causal_conv1d_update + selective_state_update) streams each sequence's conv window and
         SSM state in and out; prefill runs causal_conv1d_fn and the chunked SSD scan; the grouped
         gated RMSNorm streams tokens x d_inner."""
-        key = ("mamba2", n_dec, _chunks_key(prefill))
-        hit = self._attn_cache.get(key)
-        if hit is not None:
-            return hit
         mb, tp = self.model.mamba, self.attn_tp
-        heads = mb.num_heads / tp
-        conv_ch = mb.conv_dim / tp
-        ssm_b = DTYPE_BYTES[self.state_dtype]
-        parts = []
-        if n_dec:
-            sb, cb, f = _rec.mamba_decode_work(n_dec, heads, mb.head_dim, mb.state_size, conv_ch,
-                                               mb.conv_kernel, ssm_b)
-            parts += [(self.dev.stream(cb), 0.0, cb), (self.dev.stream(sb), f, sb)]
-        if prefill:
-            tok = float(sum(q for q, _ in prefill))
-            cbytes = tok * conv_ch * 2 * _rec.ACT_BYTES + len(prefill) * conv_ch * (mb.conv_kernel - 1) * 2.0 * 2
-            f, nbytes, tiles = _rec.mamba_prefill_work(prefill, heads, mb.head_dim, mb.state_size,
-                                                       mb.n_groups / tp, mb.chunk_size, ssm_b)
-            ts = max(self.dev._prefill(0.0, f, tiles), self.dev._stream_time(nbytes))
-            parts += [(self.dev.stream(cbytes), 0.0, cbytes),
-                      (self.dev._cost(ts, f, nbytes, "bf16", "attention"), f, nbytes)]
-        tok_all = n_dec + sum(q for q, _ in prefill)
-        nb = 3.0 * tok_all * mb.d_inner / tp * _rec.ACT_BYTES  # gated norm: y, z in, y out
-        parts.append((self.dev.stream(nb), 0.0, nb))
-        t = e = fl = by = 0.0
-        for c, f, b in parts:
-            t += c.time_s
-            e += c.time_s * c.power_w
-            fl += f
-            by += b
-        out = (t, e, fl, by)
-        if len(self._attn_cache) < 262144:
-            self._attn_cache[key] = out
-        return out
+        heads, ssm_b = mb.num_heads / tp, DTYPE_BYTES[self.state_dtype]
+
+        def decode():
+            return _rec.mamba_decode_work(n_dec, heads, mb.head_dim, mb.state_size,
+                                          mb.conv_dim / tp, mb.conv_kernel, ssm_b)
+
+        def scan():
+            return _rec.mamba_prefill_work(prefill, heads, mb.head_dim, mb.state_size,
+                                           mb.n_groups / tp, mb.chunk_size, ssm_b)
+
+        return self._recurrent_mixer(("mamba2", n_dec, _chunks_key(prefill)), n_dec, prefill,
+                                     mb.conv_dim / tp, mb.conv_kernel, mb.d_inner / tp, decode, scan)
 
     def _linear_attention(self, n_dec: int, prefill: Sequence[tuple[int, int]]) -> tuple[float, float, float, float]:
         """Gated DeltaNet token mixer of one layer on one GPU (costmodel/recurrent.py): decode
         streams each sequence's state in and out; prefill runs the chunked delta rule after the
         causal conv; the gated RMSNorm on the output streams tokens x value_dim."""
-        key = ("gdn", n_dec, _chunks_key(prefill))
+        la, tp = self.model.linear_attn, self.attn_tp
+        heads, ssm_b = la.num_v_heads / tp, DTYPE_BYTES[self.state_dtype]
+
+        def decode():
+            return _rec.decode_work(n_dec, heads, la.head_k_dim, la.head_v_dim, la.conv_dim / tp,
+                                    la.conv_kernel, ssm_b)
+
+        def scan():
+            return _rec.prefill_work(prefill, heads, la.num_k_heads / tp, la.head_k_dim,
+                                     la.head_v_dim, ssm_b)
+
+        return self._recurrent_mixer(("gdn", n_dec, _chunks_key(prefill)), n_dec, prefill,
+                                     la.conv_dim / tp, la.conv_kernel, la.value_dim / tp, decode, scan)
+
+    def _recurrent_mixer(self, key: tuple, n_dec: int, prefill: Sequence[tuple[int, int]],
+                         conv_ch: float, conv_kernel: int, norm_width: float, decode, scan
+                         ) -> tuple[float, float, float, float]:
+        """(time, energy, FLOPs, bytes) of one recurrent token mixer (Gated DeltaNet, Mamba2) on one
+        GPU, memoised: decode streams the conv window and the state (``decode()`` -> state bytes,
+        conv bytes, FLOPs); prefill streams the causal conv's input/output and each sequence's conv
+        window, then the chunked scan (``scan()`` -> FLOPs, bytes, tiles) at the attention
+        kernels' efficiency, at least its memory traffic; the gated RMSNorm streams
+        3 x tokens x ``norm_width`` activations."""
         hit = self._attn_cache.get(key)
         if hit is not None:
             return hit
-        la, tp = self.model.linear_attn, self.attn_tp
-        heads, k_heads = la.num_v_heads / tp, la.num_k_heads / tp
-        conv_ch = la.conv_dim / tp
-        ssm_b = DTYPE_BYTES[self.state_dtype]
-        t = e = fl = by = 0.0
         parts = []
         if n_dec:
-            sb, cb, f = _rec.decode_work(n_dec, heads, la.head_k_dim, la.head_v_dim, conv_ch,
-                                         la.conv_kernel, ssm_b)
+            sb, cb, f = decode()
             parts += [(self.dev.stream(cb), 0.0, cb), (self.dev.stream(sb), f, sb)]
         if prefill:
             tok = float(sum(q for q, _ in prefill))
-            cbytes = tok * conv_ch * 2 * _rec.ACT_BYTES + len(prefill) * conv_ch * (la.conv_kernel - 1) * 2.0 * 2
-            f, nbytes, tiles = _rec.prefill_work(prefill, heads, k_heads, la.head_k_dim,
-                                                 la.head_v_dim, ssm_b)
+            cbytes = tok * conv_ch * 2 * _rec.ACT_BYTES + len(prefill) * conv_ch * (conv_kernel - 1) * 2.0 * 2
+            f, nbytes, tiles = scan()
             ts = max(self.dev._prefill(0.0, f, tiles), self.dev._stream_time(nbytes))
             parts += [(self.dev.stream(cbytes), 0.0, cbytes),
                       (self.dev._cost(ts, f, nbytes, "bf16", "attention"), f, nbytes)]
         tok_all = n_dec + sum(q for q, _ in prefill)
-        nb = 3.0 * tok_all * la.value_dim / tp * _rec.ACT_BYTES  # gated norm: o, z in, o out
+        nb = 3.0 * tok_all * norm_width * _rec.ACT_BYTES
         parts.append((self.dev.stream(nb), 0.0, nb))
+        t = e = fl = by = 0.0
         for c, f, b in parts:
             t += c.time_s
             e += c.time_s * c.power_w
