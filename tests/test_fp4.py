@@ -110,11 +110,13 @@ def test_w4a4_on_b200_faster_than_fp8(b200):
             / (us * 1e-6) < 1.15
     # at m = 1024 the fp4 tensor cores win again
     assert d.gemm(1024, 8192, 8192, "fp4", "fp4").time_s < 0.7 * d.gemm(1024, 8192, 8192, "fp8").time_s
-    # MoE (Mixtral-8x7B shapes): weight-stream bound at 32 decode tokens (about fp8's time, as
-    # the dense FP4 GEMM), compute bound at 4096 prefill tokens (fp4 tensor cores)
+    # MoE (Mixtral-8x7B shapes): weight-stream bound at 32 decode tokens -- unlike the dense FP4
+    # GEMM, FlashInfer TRT-LLM-gen's FP4 MoE streams at copy speed (kernels.yaml fused_moe
+    # weight_stream): AIConfigurator's B200 vLLM 0.19 table gives nvfp4 0.136 ms vs Triton fp8
+    # 0.267 ms at 32 tokens (0.51) -- compute bound at 4096 prefill tokens (fp4 tensor cores)
     def moe(t, *dt):
         return d.fused_moe(t, 4096, 14336, 2, 8, 1, 1, *dt).time_s
-    assert 0.85 < moe(32, "fp4", "fp4") / moe(32, "fp8", None) < 1.0
+    assert 0.45 < moe(32, "fp4", "fp4") / moe(32, "fp8", None) < 0.6
     assert 0.5 < moe(4096, "fp4", "fp4") / moe(4096, "fp8", None) < 0.7
     # the activation quant: one kernel, 2.5625 B per element
     q = d.act_quant("fp4_group16", 4096, 8192)
