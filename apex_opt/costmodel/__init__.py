@@ -393,6 +393,9 @@ class DeviceCostModel:
         # data/kernels.yaml fused_moe.weight_stream; the fit sees the bytes it would need to match
         copy = not marlin and kf.moe_weight_stream.get(dtype if dtype == "fp16" else dt) == "copy"
         stream = fit.eff_memory / self.cal.stream.eff if copy else 1.0
+        eff = kf.moe_backend_stream_eff.get(backend)
+        if eff is not None and dt == "fp4" and not marlin:  # an fp4 kernel's measured stream rate
+            stream = fit.eff_memory / eff
         if marlin and wd == "mxfp4":
             # MXFP4 experts on Hopper (triton_kernels matmul_ogs): an SM-bound weight stream,
             # measured (data/kernels.yaml common.mxfp4.weight_stream_tbps): H200 streams no faster
@@ -657,7 +660,7 @@ def device_model(device: DeviceSpec) -> DeviceCostModel:
 # Block-fp8 MoE kernel paths the cost model knows (data/kernels.yaml fused_moe.deep_gemm): the
 # FlashInfer ones stream only the hit experts' weights and are costed as Triton's fused_moe.
 MOE_BACKENDS = ("triton", "deep_gemm_contiguous", "deep_gemm_contiguous_skip", "flashinfer_cutlass",
-                "flashinfer_trtllm")
+                "flashinfer_trtllm", "flashinfer_cutedsl")
 
 
 @lru_cache(maxsize=None)

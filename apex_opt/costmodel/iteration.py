@@ -550,6 +550,8 @@ class IterationCostModel:
         backend = (fp8_block_moe_backend(self.engine.name, self.engine.version or self.engine.reference_version,
                                          self.device.compute_capability, self.tp, self.ep)
                    if self.block_fp8 and self.compute_dtype == "fp8" else "triton")
+        if self.compute_dtype == "fp4":  # the engine's own NVFP4 MoE kernel (kernels.yaml)
+            backend = kernel_facts().moe_fp4_backend.get(self.engine.engine, backend)
         c = self.dev.fused_moe(tokens, self.hidden, moe.expert_intermediate_size, moe.experts_per_token,
                                moe.num_experts, etp, self.ep, self.compute_dtype, self.weight_dtype,
                                imbalance=self.moe_imbalance if self.ep > 1 else 1.0,

@@ -8,7 +8,7 @@ eager mode, per component and op kind.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from ..errors import InputError
@@ -36,6 +36,10 @@ class KernelFacts:
     #: compute dtype -> "copy" (expert weights streamed at the copy bandwidth) or "gemm" (dense fit)
     moe_weight_stream: dict[str, str]
     mla_absorbed_bmm_kernels: int
+    #: engine family -> the NVFP4 MoE kernel it runs when not vLLM's (fused_moe.fp4_backend)
+    moe_fp4_backend: dict[str, str] = field(default_factory=dict)
+    #: MoE backend -> share of HBM bandwidth its weight stream reaches (fused_moe.backend_stream_eff)
+    moe_backend_stream_eff: dict[str, float] = field(default_factory=dict)
 
 
 @lru_cache(maxsize=None)
@@ -60,6 +64,9 @@ def kernel_facts() -> KernelFacts:
             moe_aux_kernels=int(c["fused_moe"]["aux_kernels"]),
             moe_weight_stream=_weight_stream(c["fused_moe"].get("weight_stream", {})),
             mla_absorbed_bmm_kernels=int(c["mla"]["absorbed_bmm_kernels"]),
+            moe_fp4_backend={str(k): str(v) for k, v in c["fused_moe"].get("fp4_backend", {}).items()},
+            moe_backend_stream_eff={str(k): float(v) for k, v in
+                                    c["fused_moe"].get("backend_stream_eff", {}).items()},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"malformed kernel facts ({exc})", source=_SRC, field="common") from None
