@@ -32,33 +32,20 @@ from pydantic import BaseModel, Field
 from .specs.cluster import DeviceSpec
 from .specs.common import DTYPE_BYTES
 from .specs.engine import EngineSpec, load_engine
-from .specs.model import CHECKPOINT_FORMAT_BYTES, LinearOp, ModelSpec, weight_format
+from .specs.model import WEIGHT_ELEMENT_BYTES, LinearOp, ModelSpec, weight_format
 from .parallel import default_layers_per_stage, kv_heads_per_rank, stage_layer_ranges  # noqa: F401
 from .specs.plan import ReplicaConfig
 
 GIB = 1024 ** 3
-#: int4 weights carry one bf16 scale per group of 128 elements.
-INT4_GROUP = 128
-#: NVFP4 (fp4): E2M1 values packed two per byte with one FP8-E4M3 block scale per 16 elements
-#: (vLLM ModelOptNvFp4LinearMethod.create_weights: weight uint8 [n, k/2], weight_scale
-#: float8_e4m3fn [n, k/16]; + two fp32 per-tensor scales per layer, weight_scale_2 and
-#: input_scale, negligible) -> 0.5 + 1/16 = 0.5625 B per element.
-FP4_GROUP = 16
 
 
 def linear_weight_bytes_per_elem(weight_dtype: str, quant_scheme: str = "") -> float:
-    """Stored bytes per linear-weight element in ``weight_dtype``; with a checkpoint's scaling
-    layout ``quant_scheme`` (when it is served as published) the checkpoint's own format: MXFP4
-    (E2M1 + one E8M0 byte per 32 = 0.53125 B), int4 of group size 32 / 64 (specs/model.py
-    weight_format, CHECKPOINT_FORMAT_BYTES)."""
-    fmt = weight_format(weight_dtype, quant_scheme)
-    if fmt != weight_dtype:
-        return CHECKPOINT_FORMAT_BYTES[fmt]
-    if weight_dtype == "int4":
-        return DTYPE_BYTES["int4"] + DTYPE_BYTES["bf16"] / INT4_GROUP
-    if weight_dtype == "fp4":
-        return DTYPE_BYTES["fp4"] + DTYPE_BYTES["fp8"] / FP4_GROUP
-    return DTYPE_BYTES[weight_dtype]
+    """Stored bytes per linear-weight element in ``weight_dtype`` (int4 with its group-128 bf16
+    scales, fp4 = NVFP4 with its FP8 block scales); with a checkpoint's scaling layout
+    ``quant_scheme`` (when it is served as published) the checkpoint's own format: MXFP4 (E2M1 +
+    one E8M0 byte per 32 = 0.53125 B), int4 of group size 32 / 64 (specs/model.py weight_format,
+    WEIGHT_ELEMENT_BYTES)."""
+    return WEIGHT_ELEMENT_BYTES[weight_format(weight_dtype, quant_scheme)]
 
 
 def kv_bytes_per_token_per_layer(model: ModelSpec, tp: int, kv_dtype: str) -> float:
@@ -70,22 +57,16 @@ def kv_bytes_per_token_per_layer(model: ModelSpec, tp: int, kv_dtype: str) -> fl
     return 2 * kv_heads_per_rank(model, tp) * model.head_dim * b
 
 
-#: DeepSeek Sparse Attention's indexer keeps its own key cache next to the MLA latent, in fp8 with
-#: one fp32 scale per 128 elements whatever the KV dtype: vLLM deepseek_v2.py Indexer
-#: (DeepseekV32IndexerCache head_dim = index_head_dim + index_head_dim // 128 * 4, uint8), SGLang
-#: NSA index_k buffer (fp8 key + fp32 scale per 128-element block), on every TP rank
-DSA_INDEX_SCALE_BLOCK = 128
-
-
 def dsa_index_bytes_per_token(model: ModelSpec) -> float:
-    """Bytes of the sparse-attention indexer's key cache per token and layer (0 without DSA)."""
-    dsa = getattr(model, "dsa", None)
-    if dsa is None:
-        return 0.0
-    return dsa.head_dim + -(-dsa.head_dim // DSA_INDEX_SCALE_BLOCK) * 4
+    """Bytes of DeepSeek Sparse Attention's indexer key cache per token and layer, kept next to
+    the MLA latent (DSASpec.key_cache_bytes; 0 without DSA)."""
+    return float(model.dsa.key_cache_bytes) if model.dsa is not None else 0.0
 
 
-def _ssm_dtype(model: ModelSpec, engine: EngineSpec) -> str:
+def recurrent_state_dtype(model: ModelSpec, engine: EngineSpec) -> str:
+    """dtype of a hybrid model's recurrent (SSM / delta-rule) state: the engine's default, or the
+    checkpoint's ``mamba_ssm_dtype`` where the engine reads it (EngineSpec
+    .recurrent_state_dtype_from_config)."""
     return (model.state_dtype if (engine.recurrent_state_dtype_from_config and model.state_dtype)
             else engine.recurrent_state_dtype)
 
@@ -102,7 +83,7 @@ def hybrid_block_size(model: ModelSpec, tp: int, kv_dtype: str, engine: EngineSp
     if engine.hybrid_kv != "shared_pool" or (model.linear_attn is None and model.mamba is None):
         return bs
     plb = kv_bytes_per_token_per_layer(model, tp, kv_dtype)
-    ssm = DTYPE_BYTES[_ssm_dtype(model, engine)]
+    ssm = DTYPE_BYTES[recurrent_state_dtype(model, engine)]
     page = max(model.linear_state_bytes(tp, ssm, conv_bytes),
                model.mamba_state_bytes(tp, ssm, conv_bytes))
     return max(bs, bs * math.ceil(page / (bs * plb)))
@@ -134,7 +115,7 @@ def stage_kv_layout(model: ModelSpec, layers, tp: int, kv_dtype: str, engine: En
     c = model.kind_counts(layers)
     full, sliding = c.get("full", 0), c.get("sliding", 0)
     linear = c.get("linear", 0) + c.get("mamba", 0)  # layers with a recurrent state
-    state = model.recurrent_state_bytes(layers, tp, DTYPE_BYTES[_ssm_dtype(model, engine)], conv_bytes)
+    state = model.recurrent_state_bytes(layers, tp, DTYPE_BYTES[recurrent_state_dtype(model, engine)], conv_bytes)
     mode = engine.hybrid_kv
     if mode == "separate_pools":
         return plb * (full + engine.swa_full_tokens_ratio * sliding), 0.0, state

@@ -351,7 +351,9 @@ class DeviceCostModel:
         in 0.13/0.14), ``deep_gemm_contiguous_skip`` = the same with the padding blocks' MMAs
         skipped but their tiles still loaded and stored (SM90, 0.13/0.14), see
         :meth:`_deep_gemm_moe`; ``flashinfer_cutlass`` / ``flashinfer_trtllm`` (vLLM 0.15+) stream
-        only the hit experts' weights and are costed as ``triton``."""
+        only the hit experts' weights and are costed as ``triton``. For fp4 (NVFP4) a backend
+        with a measured weight-stream rate (data/kernels.yaml fused_moe.backend_stream_eff, e.g.
+        SGLang's ``flashinfer_cutedsl``) streams the hit experts at that share of HBM."""
         key = ("moe", tokens, hidden, inter, topk, experts, tp, ep, dtype, weight_dtype, balanced,
                imbalance, block_fp8, backend)
         hit = self._gemm_cache.get(key)
@@ -657,8 +659,9 @@ def device_model(device: DeviceSpec) -> DeviceCostModel:
 
 
 
-# Block-fp8 MoE kernel paths the cost model knows (data/kernels.yaml fused_moe.deep_gemm): the
-# FlashInfer ones stream only the hit experts' weights and are costed as Triton's fused_moe.
+# MoE kernel paths the cost model knows: block-fp8 ones (data/kernels.yaml fused_moe.deep_gemm;
+# the FlashInfer ones stream only the hit experts' weights and are costed as Triton's fused_moe)
+# and engines' NVFP4 kernels with a measured weight-stream rate (fused_moe.fp4_backend).
 MOE_BACKENDS = ("triton", "deep_gemm_contiguous", "deep_gemm_contiguous_skip", "flashinfer_cutlass",
                 "flashinfer_trtllm", "flashinfer_cutedsl")
 

@@ -29,6 +29,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..memory import recurrent_state_dtype
 from ..parallel import kv_heads_per_rank, stage_layer_ranges
 from ..specs.cluster import PoolSpec
 from ..specs.common import DTYPE_BYTES
@@ -41,7 +42,8 @@ from .power import IterationWork, check_gpu_settings, dvfs_model, memory_activit
 from .roofline import WEIGHT_BYTES, weight_format
 from . import recurrent as _rec
 from .attention import window_chunks
-from . import DeviceCostModel, fp4_engine_path, fp4_unsupported_message, fp8_block_moe_backend
+from . import (DeviceCostModel, _active_experts, fp4_engine_path, fp4_unsupported_message,
+               fp8_block_moe_backend)
 from .kernels import mxfp4_path, mxfp4_unsupported_message
 
 
@@ -220,6 +222,8 @@ class IterationCostModel:
         #: TP all-reduce -- 2 per layer except Nemotron-H's mixer-only / MLP-only blocks
         self.stage_blocks = [sum(int(model.kind_of(i) != "none") + int(model.has_mlp(i)) for i in r)
                              for r in ranges]
+        #: some block has no mixer or no MLP: a pre-norm per block, not two per layer
+        self.norm_per_block = bool(model.mlp_free_layers) or "none" in model.kind_counts()
         self.stage_layers = [(sum(1 for i in r if not model.is_moe_layer(i) and model.has_mlp(i)),
                               sum(1 for i in r if model.is_moe_layer(i))) for r in ranges]
         #: hybrid models: layers of each attention kind per stage (sorted: a stable role key)
@@ -241,9 +245,7 @@ class IterationCostModel:
         self.kv_heads = kv_heads_per_rank(model, self.attn_tp)
         self.kv_bytes = DTYPE_BYTES[cfg.kv_dtype]
         #: recurrent-state dtype of linear-attention layers (engine default or the checkpoint's)
-        self.state_dtype = (model.state_dtype if (self.engine.recurrent_state_dtype_from_config
-                                                  and model.state_dtype)
-                            else self.engine.recurrent_state_dtype)
+        self.state_dtype = recurrent_state_dtype(model, self.engine)
         self.attn_ops = [self._shard(op, self.attn_tp) for op in model.attention_linear_ops()]
         #: hybrid models: the projections of each attention kind (sliding = full's)
         self.kind_ops = {k: [self._shard(op, self.attn_tp) for op in model.attention_linear_ops(k)]
@@ -383,10 +385,8 @@ class IterationCostModel:
         if not model.quant_exclude or wd in ("bf16", "fp16"):
             return frozenset()
         out = set()
-        kinds = list(model.kind_counts()) if getattr(model, "is_hybrid", False) else ["full"]
-        for kind in kinds:
-            ops = model.attention_linear_ops(kind) if kind != "full" else model.attention_linear_ops()
-            for op in ops:
+        for kind in (model.kind_counts() if model.is_hybrid else ("full",)):
+            for op in model.attention_linear_ops(kind):
                 if model.keeps_bf16("attention", op.name, wd):
                     out.add(("attention_proj",) + self._shard(op, self.attn_tp)[1:])
         for cls, comp, ops in (("mlp", "mlp", self.mlp_ops), ("moe_shared", "shared_experts", self.shared_ops)):
@@ -482,7 +482,7 @@ class IterationCostModel:
                 c = self.dev.elementwise("rmsnorm", t_att, width)
                 part.add("elementwise", c.time_s, c.power_w, bd, n_layers, nbytes=4.0 * t_att * width)
             norms = (("fused_add_rmsnorm", h, n_layers), ("fused_add_rmsnorm", h, n_layers))
-            if self.model.mlp_free_layers or "none" in self.model.kind_counts():
+            if self.norm_per_block:
                 norms = (("fused_add_rmsnorm", h, self.stage_blocks[s]),)
             for op, width, cnt in norms:
                 c = self.dev.elementwise(op, t_att, width)
@@ -557,11 +557,12 @@ class IterationCostModel:
                                imbalance=self.moe_imbalance if self.ep > 1 else 1.0,
                                block_fp8=self.block_fp8, backend=backend)
         assignments = tokens * moe.experts_per_token / self.ep
-        active = self.local_experts * (1.0 - (1.0 - moe.experts_per_token / moe.num_experts) ** tokens)
+        active = _active_experts(tokens, moe.experts_per_token, moe.num_experts, self.local_experts,
+                                 assignments, balanced=False)
         wbytes = sum(n * k for _, n, k in self.expert_ops) * self.weight_elt_bytes
         part.add("moe_experts", c.time_s, c.power_w, bd, n_moe, kernels=self.moe_kernels,
                  flops=2.0 * assignments * sum(n * k for _, n, k in self.expert_ops),
-                 nbytes=max(1.0, active) * wbytes)
+                 nbytes=active * wbytes)
         for name, n, k in self.shared_ops:
             self._gemm(part, bd, "moe_shared", tokens, n, k, n_moe)
 
@@ -714,7 +715,7 @@ class IterationCostModel:
         n_dec = len(decode_ctx)
         if n_dec:
             ctx_sum = int(decode_ctx.sum())
-            nbytes = float(ctx_sum) * (d.head_dim + 4 * max(1, d.head_dim // 128))
+            nbytes = float(ctx_sum) * d.key_cache_bytes
             c = self._op_memo(("dsa_index_decode", ctx_sum), lambda: self.dev.stream(nbytes))
             t += c.time_s
             e += c.time_s * c.power_w

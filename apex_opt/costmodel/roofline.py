@@ -29,7 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..specs.model import CHECKPOINT_FORMAT_BYTES, weight_format  # noqa: F401 (re-exported)
+from ..specs.model import WEIGHT_ELEMENT_BYTES, weight_format  # noqa: F401 (re-exported)
 from .fitting import least_squares
 
 def dequant_overhead(weight_dtype: str) -> float:
@@ -39,12 +39,9 @@ def dequant_overhead(weight_dtype: str) -> float:
     from .kernels import kernel_facts
 
     return kernel_facts().marlin_compute_overhead.get(weight_dtype, 0.0)
-#: Bytes per weight element including group scales (int4: group 128 with a bf16 scale; fp4 =
-#: NVFP4: E2M1 + one FP8-E4M3 scale per 16 elements, see memory.py FP4_GROUP).
-#: + the checkpoint-specific storage formats (specs/model.py CHECKPOINT_FORMAT_BYTES,
-#: weight_format: MXFP4, int4 of group 32 / 64).
-WEIGHT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5 + 2.0 / 128,
-                "fp4": 0.5 + 1.0 / 16, **CHECKPOINT_FORMAT_BYTES}
+#: Bytes per weight element including group scales (specs/model.py WEIGHT_ELEMENT_BYTES: int4
+#: group 128, NVFP4, and the checkpoint formats of weight_format: MXFP4, int4 of group 32 / 64).
+WEIGHT_BYTES = WEIGHT_ELEMENT_BYTES
 #: Bytes per activation element for a compute dtype (fp8 GEMMs read fp8 activations; NVFP4 W4A4
 #: GEMMs read fp4 activations with their FP8 block scales, from vLLM's scaled_fp4_quant).
 ACT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "fp4": 0.5 + 1.0 / 16}

@@ -80,6 +80,13 @@ class DSASpec(BaseModel):
     head_dim: int
     topk: int
 
+    @property
+    def key_cache_bytes(self) -> int:
+        """Bytes of the indexer's key cache per token and layer, whatever the KV dtype: fp8 keys +
+        one fp32 scale per 128 elements (vLLM deepseek_v2.py DeepseekV32IndexerCache head_dim +
+        head_dim // 128 * 4, uint8; SGLang NSA index_k buffer), on every TP rank."""
+        return self.head_dim + self.head_dim // 128 * 4
+
 
 class MoESpec(BaseModel):
     """Mixture-of-experts layout of the MLP blocks."""
@@ -201,6 +208,13 @@ def serving_weight_dtype(checkpoint_dtype: str) -> str:
 #: bf16 [n, k/group]; e.g. moonshotai/Kimi-K2.5 group_size 32).
 CHECKPOINT_FORMAT_BYTES = {"mxfp4": 0.5 + 1.0 / 32, "int4_g32": 0.5 + 2.0 / 32,
                            "int4_g64": 0.5 + 2.0 / 64}
+#: Stored bytes per linear-weight element of every format, scales included: int4 = AWQ / GPTQ's
+#: usual group of 128 with a bf16 scale; fp4 = NVFP4, E2M1 two per byte + one FP8-E4M3 block scale
+#: per 16 elements (vLLM ModelOptNvFp4LinearMethod.create_weights: weight uint8 [n, k/2],
+#: weight_scale float8_e4m3fn [n, k/16]; the two fp32 per-tensor scales are negligible); plus the
+#: checkpoint-specific formats above. The one table memory.py and costmodel/roofline.py read.
+WEIGHT_ELEMENT_BYTES = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5 + 2.0 / 128,
+                        "fp4": 0.5 + 1.0 / 16, **CHECKPOINT_FORMAT_BYTES}
 
 
 def weight_format(weight_dtype: str, quant_scheme: str = "") -> str:
