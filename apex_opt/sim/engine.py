@@ -307,7 +307,7 @@ class ReplicaEngine:
         if p + o > lim.max_model_len:
             return DROP_MAX_MODEL_LEN
         # the longest KV state (last decode step holds p + o - 1 tokens) must fit in an empty cache
-        if _cdiv(p + o - 1, self.bs) + self.state_blocks > self.nb - self.wm:
+        if self._seq_blocks(p + o - 1) > self.nb - self.wm:
             return DROP_KV_CAPACITY
         if not lim.chunked_prefill and p + o - 1 > lim.max_num_batched_tokens:
             return DROP_TOKEN_BUDGET
@@ -882,6 +882,11 @@ class ReplicaEngine:
         return k, prefill, sampling
 
     # ------------------------------------------------------------------ KV blocks
+    def _seq_blocks(self, tokens: int) -> int:
+        """KV blocks a sequence holding ``tokens`` tokens takes: its tokens' blocks plus the
+        model's bounded per-sequence state (hybrid models: ``state_blocks``)."""
+        return _cdiv(tokens, self.bs) + self.state_blocks
+
     def _free(self, ve: _VirtualEngine) -> int:
         """Blocks an allocation may take now (free cached prefix blocks are evictable)."""
         return self.nb - ve.used_blocks
@@ -924,7 +929,7 @@ class ReplicaEngine:
         cached = hit * self.bs
         chunk = self._chunk_cap(target - cached, budget)
         alloc = target if whole else cached + chunk
-        need = _cdiv(alloc, self.bs) - hit + self.state_blocks
+        need = self._seq_blocks(alloc) - hit
         revive = sum(cache.blocks[n] for n in chain if cache.refs[n] == 0) if chain else 0
         free = self._free(ve) - revive - need
         if free < self.wm:
@@ -999,14 +1004,14 @@ class ReplicaEngine:
         log = self.log
         if ve.pre:
             rid, _target, _done, alloc = ve.pre.pop()
-            ve.used_blocks -= _cdiv(alloc, self.bs) - self._release(ve, rid) + self.state_blocks
+            ve.used_blocks -= self._seq_blocks(alloc) - self._release(ve, rid)
             dec = False
         else:
             n = int(ve.d_id.shape[0]) - 1
             rid = int(ve.d_id[n])
             length = int(ve.d_len[n])
             log.generated[rid] = length - log.prompt[rid]
-            ve.used_blocks -= _cdiv(length - 1, self.bs) - self._release(ve, rid) + self.state_blocks
+            ve.used_blocks -= self._seq_blocks(length - 1) - self._release(ve, rid)
             ve.d_id, ve.d_len, ve.d_rem = ve.d_id[:n], ve.d_len[:n], ve.d_rem[:n]
             dec = True
         log.preemptions[rid] += 1
@@ -1109,7 +1114,7 @@ class ReplicaEngine:
                 log.finish_s[rid] = end
                 if log.done_sink is not None:
                     log.done_sink.append((rid, end))
-                ve.used_blocks -= _cdiv(target, self.bs) - self._release(ve, rid) + self.state_blocks
+                ve.used_blocks -= self._seq_blocks(target) - self._release(ve, rid)
                 ve.pending_done += 1
             else:
                 new_id.append(rid)
