@@ -401,8 +401,7 @@ def fitting_max_model_len(row: dict, model, cluster, plan, engine, exc) -> tuple
     if (row.get("max_model_len") or "").strip() or exc.details.get("overflow_component") != "kv_cache":
         return None
     g = plan.groups[0]
-    pool = cluster.pools[0] if g.pool is None else next(p for p in cluster.pools if p.name == g.pool)
-    mem = replica_memory(model, pool.device, g.replica(), engine)
+    mem = replica_memory(model, cluster.pool(g.pool).device, g.replica(), engine)
     per_rank = mem.kv_tokens // max(1, g.attention_dp)
     need = (_i(row.get("isl", "")) or 0) + (_i(row.get("osl", "")) or 0)
     if per_rank < max(need, 16):

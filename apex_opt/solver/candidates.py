@@ -44,6 +44,8 @@ def engine_limits(engine: EngineSpec, pool: PoolSpec) -> tuple[tuple[int, int], 
     ss = sorted({max(1, int(round(seqs * f))) for f in engine.search_max_num_seqs_factors})
     ts = sorted({max(16, int(round(tokens * f))) for f in engine.search_batched_tokens_factors})
     return tuple((s, t) for t in ts for s in ss)
+
+
 #: Weight / KV dtypes searched when the SLO file does not restrict them: what the engines can serve
 #: the model's own checkpoint as (default_weight_dtypes). int4 and fp4 (NVFP4) need a
 #: pre-quantised checkpoint, so for a bf16 checkpoint they are only searched when the SLO file lists
@@ -60,6 +62,8 @@ def default_weight_dtypes(model: ModelSpec) -> tuple[str, ...]:
     """Weight dtypes searched for ``model`` when the SLO file does not list any: its checkpoint's
     serving dtype and what an engine makes of it at load (see CHECKPOINT_WEIGHT_DTYPES)."""
     return CHECKPOINT_WEIGHT_DTYPES.get(model.default_weight_dtype, DEFAULT_WEIGHT_DTYPES)
+
+
 ALL_WEIGHT_DTYPES = ("bf16", "fp8", "int4", "fp4")
 DEFAULT_KV_DTYPES = ("bf16", "fp8")
 ALL_KV_DTYPES = ("bf16", "fp8")
