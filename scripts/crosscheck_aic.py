@@ -15,7 +15,9 @@ B200 / B300 / H100 / H200) in the validate_modern format under a scratch folder 
 Row conventions of that file, as read: ``batch_size`` is the concurrency per attention-DP rank
 (the row id's ``c<N>`` is batch x attention_dp_size); ``tp_size`` x ``attention_dp_size`` GPUs;
 ``moe_tp_size`` / ``moe_ep_size`` the MoE split (validate_modern replays a MoE over more GPUs than
-the attention as recorded in the notes). TTFT / TPOT statistic unstated; E2E = TTFT + TPOT x
+the attention as recorded in the notes). Rows whose ``tp_size`` is ``moe_tp x moe_ep`` with
+``moe_tp = moe_ep`` (TP16 / TP64 on one node; ids ``tp4_ep4`` / ``tp8_ep8``) are read as TP = EP =
+``moe_ep``, the shape their ids and duplicate rows show. TTFT / TPOT statistic unstated; E2E = TTFT + TPOT x
 (osl - 1). Engine limits are not recorded (the version's defaults apply). A diagnostic, like
 validate_modern: never a target to tune constants to.
 """
@@ -92,6 +94,12 @@ def convert(aic: Path, out: Path) -> tuple[int, int]:
                         shutil.copy(src, dst / name)
             tp, dp = int(r["tp_size"] or 1), int(r["attention_dp_size"] or 1)
             ep, moe_tp = int(r["moe_ep_size"] or 1), int(r["moe_tp_size"] or 1)
+            if dp == 1 and ep == moe_tp > 1 and tp == moe_tp * ep:
+                # dump artefact: some SGLang rows store tp_size = moe_tp x moe_ep with moe_tp =
+                # moe_ep (TP16 / TP64 on one 8-GPU node); their ids say "tp4_ep4" / "tp8_ep8" and
+                # duplicate the measurements of rows recorded as TP4 EP4 (e.g. id ..._1451 and
+                # qwen3_5_b200_sglang_fp8_agg_8192x1024_c64_cfg615): the run was TP = EP = moe_ep
+                tp, moe_tp = ep, 1
             isl, osl, c = int(r["isl"]), int(r["osl"]), int(r["batch_size"])
             m = re.search(r"_c(\d+)_", r["id"])
             if m and int(m.group(1)) == c * dp:  # batch_size is per attention-DP rank
