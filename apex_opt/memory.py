@@ -188,14 +188,16 @@ def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int) 
 def _keep_bf16(model: ModelSpec, cfg: ReplicaConfig, out: dict[str, float], wb: float) -> None:
     """Re-price at bf16 the linear weights a checkpoint leaves unquantized (ModelSpec.quant_exclude:
     e.g. gpt-oss's MXFP4 covers the MoE experts only, Kimi-K2.5's int4 the routed experts only);
-    a single excluded attention projection by its share of the attention weights."""
+    a single excluded attention projection by its share of the attention weights; at fp8 the
+    components a mixed-precision checkpoint stores in fp8 (ModelSpec.quant_fp8)."""
     wd = cfg.resolved_weight_dtype(model)
-    if not model.quant_exclude or wd in ("bf16", "fp16"):
+    if not (model.quant_exclude or model.quant_fp8) or wd in ("bf16", "fp16"):
         return
     r = DTYPE_BYTES["bf16"] / wb
     for comp in ("attention", "mlp", "shared_experts", "experts"):
-        if model.keeps_bf16(comp, weight_dtype=wd):
-            out[comp] *= r
+        stored = model.stored_dtype(comp, weight_dtype=wd)
+        if stored is not None:
+            out[comp] *= linear_weight_bytes_per_elem(stored) / wb
     if not model.keeps_bf16("attention", weight_dtype=wd):
         tpa = cfg.tp // cfg.attention_dp
         ops = model.attention_linear_ops()

@@ -58,6 +58,24 @@ def test_rows_convert_with_aiconfigurators_conventions(tmp_path):
     assert header == list(cc.COLUMNS) and "ttft_mean_ms" in header and "notes" in header
 
 
+def test_single_node_tp16_dump_rows_read_as_tp_equal_ep(tmp_path):
+    """Rows storing tp_size = moe_tp x moe_ep with moe_tp = moe_ep (TP16 on one 8-GPU node, id
+    'tp4_ep4') replay as TP4 EP4; a genuine attention-DP row keeps its shape."""
+    aic = _checkout(tmp_path / "aic", [
+        "x_sglang_fp8_agg_1024x1024_c8_tp4_ep4_1,s,sglang,0.5.9,MiniMaxAI/MiniMax-M2.5,b200_sxm,fp8,"
+        "agg,1024,1024,fp8,fp8,8,16,1,1,4,4,100.0,10.0",
+        "y_vllm_fp8_agg_1024x1024_c64_tp4_ep4_2,s,vllm,0.19.0,MiniMaxAI/MiniMax-M2.5,b200_sxm,fp8,"
+        "agg,1024,1024,fp8,fp8,16,4,1,4,1,16,100.0,10.0",
+    ])
+    cc.convert(aic, tmp_path / "out")
+    rows = {r["case_id"]: r for r in csv.DictReader(
+        open(tmp_path / "out" / "validation" / "modern" / "ground_truth.csv"))}
+    x = rows["aic-x_sglang_fp8_agg_1024x1024_c8_tp4_ep4_1"]
+    assert (x["tp"], x["ep"], x["dp"], x["num_gpus"], x["notes"]) == ("4", "4", "1", "4", "moe_tp1 moe_ep4")
+    y = rows["aic-y_vllm_fp8_agg_1024x1024_c64_tp4_ep4_2"]
+    assert (y["tp"], y["dp"], y["num_gpus"], y["concurrency"]) == ("4", "4", "16", "64")
+
+
 def test_a_missing_checkout_is_one_line_exit_2(tmp_path, capsys):
     assert cc.main(["--aic", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -128,6 +128,9 @@ class _Part:
 class IterationCostModel:
     """Iteration latency/energy for one replica shape (``cfg``) of ``model`` on ``pool``."""
 
+    #: iteration() takes each DP-attention rank's batch as ``attention_ranks`` (sim/engine.py)
+    supports_attention_dp = True
+
     def __init__(self, model: ModelSpec, pool: PoolSpec, cfg: ReplicaConfig,
                  engine: EngineSpec | None = None, *, moe_imbalance: float = 1.15,
                  sampler: str = "greedy", device_model: DeviceCostModel | None = None,
@@ -241,6 +244,11 @@ class IterationCostModel:
                              field="attention_dp", value=self.attn_dp)
         self.attn_tp = tp // self.attn_dp
         self.attn_comm = collective_model_for(pool, self.attn_tp) if self.attn_tp > 1 else None
+        #: per MoE layer, in order: (op, group, size) -- EngineSpec.dp_attention_collectives
+        self.dp_colls = tuple(tuple(c) for c in self.engine.dp_attention_collectives)
+        #: dense MLP layers / LM head on the gathered tokens over all tp GPUs (SGLang) or per rank
+        #: on its own tokens over its attention-TP group (vLLM: each DP rank is an engine core)
+        self.dp_gathered_dense = self.attn_dp == 1 or bool(self.engine.dp_attention_gathered_dense)
         self.q_heads = model.num_attention_heads // self.attn_tp
         self.kv_heads = kv_heads_per_rank(model, self.attn_tp)
         self.kv_bytes = DTYPE_BYTES[cfg.kv_dtype]
@@ -251,6 +259,8 @@ class IterationCostModel:
         self.kind_ops = {k: [self._shard(op, self.attn_tp) for op in model.attention_linear_ops(k)]
                          for k in model.kind_counts()} if model.is_hybrid else {}
         self.mlp_ops = [self._shard(op) for op in model.dense_mlp_linear_ops()]
+        if not self.dp_gathered_dense:  # DP attention, per-rank dense MLP: attention-TP shards
+            self.mlp_ops = [self._shard(op, self.attn_tp) for op in model.dense_mlp_linear_ops()]
         self.shared_ops = [self._shard(op) for op in model.shared_expert_linear_ops()]
         if model.moe:
             etp = tp // cfg.ep
@@ -261,8 +271,13 @@ class IterationCostModel:
         #: GEMMs (class, n, k) the checkpoint keeps in bf16 (ModelSpec.quant_exclude, e.g. the
         #: attention of gpt-oss / Kimi-K2.5): bf16 GEMMs without an activation quant
         self._bf16_ops = self._kept_bf16_gemms(model, wd)
+        #: GEMMs a mixed-precision checkpoint stores in fp8 below an fp4 / int4 main dtype
+        #: (ModelSpec.quant_fp8, e.g. the attention of nvidia/Qwen3.6-*-NVFP4)
+        self._fp8_ops = self._stored_fp8_gemms(model, wd)
         self.hidden = h
-        self.vocab_shard = -(-model.vocab_size // tp)
+        #: LM head shard: over the GPUs that compute the logits (one DP rank's without gathering)
+        self.lm_tp = tp if self.dp_gathered_dense else self.attn_tp
+        self.vocab_shard = -(-model.vocab_size // self.lm_tp)
         # kernel paths (data/kernels.yaml): fp8 W8A8 quantizes each GEMM input dynamically with the
         # checkpoint's scheme (online fp8 of a bf16 checkpoint: per-tensor); block-fp8 MoE tiles
         kf = kernel_facts()
@@ -331,8 +346,9 @@ class IterationCostModel:
         n_coll = 0
         if self.attn_dp == 1:
             n_coll = 2 if self.tp_comm is not None else 0
-        else:  # DP attention: all-reduce in the attention group, all-gather + reduce-scatter
-            n_coll = (1 if self.attn_comm is not None else 0) + (2 if self.tp_comm is not None else 0)
+        else:  # DP attention: the engine's per-layer collectives that have more than one GPU
+            n_coll = sum(1 for _, g, _ in self.dp_colls
+                         if (self.attn_comm if g == "attention_tp" else self.tp_comm) is not None)
         gq = gemm + (0.0 if (self.quant_fused or not self.act_quant) else q_us)
         #: per layer (any kind), per dense-MLP layer, per MoE layer; per first / last stage
         self._eager_layer_us = (e.us("layer") + attn_gemms + n_coll * coll
@@ -394,10 +410,46 @@ class IterationCostModel:
                 out |= {(cls, n, k) for _, n, k in ops}
         return frozenset(out)
 
+    def _stored_fp8_gemms(self, model: ModelSpec, wd: str) -> frozenset:
+        """(class, n, k) of the sharded GEMMs a mixed-precision checkpoint stores in fp8
+        (ModelSpec.stored_dtype 'fp8'), for :meth:`_gemm`."""
+        if not model.quant_fp8 or wd in ("bf16", "fp16", "fp8"):
+            return frozenset()
+        out = set()
+        if model.stored_dtype("attention", weight_dtype=wd) == "fp8":
+            for kind in (model.kind_counts() if model.is_hybrid else ("full",)):
+                out |= {("attention_proj",) + self._shard(op, self.attn_tp)[1:]
+                        for op in model.attention_linear_ops(kind)}
+        for cls, comp, ops in (("mlp", "mlp", self.mlp_ops), ("moe_shared", "shared_experts", self.shared_ops)):
+            if model.stored_dtype(comp, weight_dtype=wd) == "fp8":
+                out |= {(cls, n, k) for _, n, k in ops}
+        return frozenset(out)
+
+    def _gemm_fp8(self, part: _Part, bd: dict, cls: str, m: int, n: int, k: int, count: float,
+                  fusible: bool) -> None:
+        """A GEMM whose weights the checkpoint stores in fp8 inside an fp4 / int4 plan: W8A8
+        with one activation-quant kernel on GPUs with fp8 tensor cores (ModelOpt FP8 layers carry
+        a static input_scale: a single scaled_fp8_quant pass, like per-token quant), fp8 Marlin
+        (weight-only, bf16 compute) elsewhere (DeviceCostModel.gemm)."""
+        c = self.dev.gemm(m, n, k, "fp8", "fp8")
+        part.add(cls, c.time_s, c.power_w, bd, count, flops=2.0 * m * n * k,
+                 nbytes=n * k * 1.0 + 2.0 * m * (n + k))
+        if "fp8" not in self.dev.device.peak_tflops:
+            return
+        if self.quant_fused and fusible:
+            part.add("act_quant", m * k * 1.0 / self.stream_bw, c.power_w, bd, count, kernels=0,
+                     nbytes=1.0 * m * k)
+            return
+        q = self.dev.act_quant("fp8_channel", m, k)
+        part.add("act_quant", q.time_s, q.power_w, bd, count, kernels=1, nbytes=3.0 * m * k)
+
     def _gemm(self, part: _Part, bd: dict, cls: str, m: int, n: int, k: int, count: float,
               bf16: bool = False, fusible: bool = True) -> None:
         if not bf16 and self._bf16_ops and (cls, n, k) in self._bf16_ops:
             bf16 = True  # kept unquantized by the checkpoint (ModelSpec.quant_exclude)
+        if not bf16 and self._fp8_ops and (cls, n, k) in self._fp8_ops:
+            self._gemm_fp8(part, bd, cls, m, n, k, count, fusible)
+            return
         if bf16:  # e.g. MLA's absorbed W_UK / W_UV batched GEMMs (dequantized to bf16 at load)
             c = self.dev.gemm(m, n, k, "bf16", None)
             part.add(cls, c.time_s, c.power_w, bd, count, flops=2.0 * m * n * k,

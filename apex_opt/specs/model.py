@@ -269,6 +269,12 @@ class ModelSpec(BaseModel):
     #: 'mlp' (dense MLP layers), 'shared_experts', 'experts'. Empty = every linear layer stored in
     #: checkpoint_dtype. Applies when the checkpoint is served as published (:meth:`keeps_bf16`).
     quant_exclude: tuple[str, ...] = ()
+    #: linear weights a lower-precision (fp4 / int4) checkpoint stores in fp8 instead, same names
+    #: as quant_exclude: ModelOpt MIXED_PRECISION exports keep attention (and e.g. shared experts)
+    #: in FP8 / MXFP8 next to NVFP4 experts (nvidia/Qwen3.6-*-NVFP4, MiniMax-M3-NVFP4); vLLM and
+    #: SGLang ModelOptMixedPrecisionConfig serve each layer with its own algorithm. Applies when
+    #: the checkpoint is served as published (:meth:`stored_dtype`).
+    quant_fp8: tuple[str, ...] = ()
     #: KV-cache dtype the checkpoint declares: 'fp8' for a ModelOpt checkpoint whose
     #: kv_cache_quant_algo is FP8 or whose kv_cache_scheme is static float 8-bit (nvidia/*-NVFP4,
     #: *-FP8), '' = none. Engines that resolve --kv-cache-dtype auto from it
@@ -316,7 +322,13 @@ class ModelSpec(BaseModel):
         q = _text_section(cfg, source)[0].get("quantization_config")
         update: dict[str, Any] = {}
         if spec.checkpoint_dtype not in ("bf16", "fp16", "fp32"):
-            excl = _quant_exclude(q, spec)
+            mixed = _mixed_precision(q)
+            if mixed is not None:
+                excl, fp8 = _mixed_components(mixed, spec)
+                if fp8:
+                    update["quant_fp8"] = fp8
+            else:
+                excl = _quant_exclude(q, spec)
             if excl:
                 update["quant_exclude"] = excl
         kv = _checkpoint_kv_dtype(q)
@@ -677,6 +689,17 @@ class ModelSpec(BaseModel):
             return False
         return component in self.quant_exclude or (bool(op) and f"{component}.{op}" in self.quant_exclude)
 
+    def stored_dtype(self, component: str, op: str = "", weight_dtype: str | None = None) -> str | None:
+        """dtype the checkpoint stores ``component``'s linear weights in when it differs from the
+        served weight dtype ('bf16': quant_exclude, 'fp8': quant_fp8), else None (the plan's
+        weight dtype). Only when served as published (``weight_dtype`` None or the checkpoint's)."""
+        if self.keeps_bf16(component, op, weight_dtype):
+            return "bf16"
+        if component in self.quant_fp8 and (weight_dtype is None
+                                             or weight_dtype == self.default_weight_dtype):
+            return "fp8"
+        return None
+
     # ------------------------------------------------------------------ report
     def summary(self) -> dict:
         """Plain dict for ``apex-opt models show --json``."""
@@ -695,6 +718,7 @@ class ModelSpec(BaseModel):
             "checkpoint_dtype": self.checkpoint_dtype,
             "quant_scheme": self.quant_scheme,
             "quant_exclude": list(self.quant_exclude),
+            "quant_fp8": list(self.quant_fp8),
             "checkpoint_kv_dtype": self.checkpoint_kv_dtype,
             "num_experts": moe.num_experts if moe else 0,
             "experts_per_token": moe.experts_per_token if moe else 0,
@@ -1074,6 +1098,11 @@ def _is_mxfp4(q: dict) -> bool:
 
 def _checkpoint_dtype(cfg: dict) -> str:
     q = cfg.get("quantization_config")
+    mixed = _mixed_precision(q)
+    if mixed is not None:
+        main = _mixed_main(mixed)
+        if main is not None:
+            return main[0]
     if isinstance(q, dict):
         if _nvfp4_scheme(q) is not None or _is_mxfp4(q):
             return "fp4"
@@ -1110,6 +1139,10 @@ def _quant_scheme(cfg: dict, dtype: str) -> str:
     q = cfg.get("quantization_config")
     if not isinstance(q, dict) or dtype in ("bf16", "fp16", "fp32"):
         return ""
+    mixed = _mixed_precision(q)
+    if mixed is not None:
+        main = _mixed_main(mixed)
+        return main[1] if main is not None else ""
     if dtype in ("int4", "int8"):
         return _int4_scheme(q) if dtype == "int4" else "int8_channel"
     if dtype == "fp4":
@@ -1521,6 +1554,92 @@ def _quant_exclude(q: Any, spec: ModelSpec) -> tuple[str, ...]:
                for mod, names in families):
             out.append(comp)
     return tuple(out)
+
+
+#: ModelOpt per-layer quant_algo -> (stored dtype, apex-opt quant_scheme), as vLLM / SGLang
+#: ModelOptMixedPrecisionConfig dispatch them (FP8: static per-tensor W8A8, MXFP8: E8M0 scale per
+#: 32 -> per-group fp8, FP8_PB_WO: 128x128 block weight-only, NVFP4 W4A4, W4A16_NVFP4 weight-only,
+#: W4A16_AWQ / W4A8_AWQ int4 groups of 128)
+_MODELOPT_LAYER_ALGOS = {"FP8": ("fp8", "fp8_tensor"), "MXFP8": ("fp8", "fp8_block"),
+                         "FP8_PB_WO": ("fp8", "fp8_block"), "NVFP4": ("fp4", "nvfp4"),
+                         "W4A16_NVFP4": ("fp4", "nvfp4_w4a16"), "W4A16_AWQ": ("int4", "int4_group"),
+                         "W4A8_AWQ": ("int4", "int4_group")}
+_DTYPE_RANK = {"bf16": 0, "fp8": 1, "int4": 2, "fp4": 2}
+
+
+def _mixed_precision(q: Any) -> dict[str, tuple[str, str]] | None:
+    """A ModelOpt MIXED_PRECISION checkpoint's (dtype, scheme) per component ('attention', 'mlp',
+    'shared_experts', 'experts'; the algorithm most of its modules use) from ``quantized_layers``
+    (flat in config.json's quantization_config, or nested under ``quantization`` as in
+    hf_quant_config.json); None for any other checkpoint. Modules absent from the list are not
+    quantized (ModelOptMixedPrecisionConfig: no entry -> unquantized method)."""
+    if not isinstance(q, dict) or _modelopt_algo(q) != "MIXED_PRECISION":
+        return None
+    layers = q.get("quantized_layers")
+    if not isinstance(layers, dict) and isinstance(q.get("quantization"), dict):
+        layers = q["quantization"].get("quantized_layers")
+    if not isinstance(layers, dict):
+        return None
+    from collections import Counter
+
+    votes: dict[str, Counter] = {}
+    for mod, v in layers.items():
+        algo = str(v.get("quant_algo", "")).upper() if isinstance(v, dict) else ""
+        comp = _mixed_component(str(mod))
+        if comp is None or algo not in _MODELOPT_LAYER_ALGOS:
+            continue
+        votes.setdefault(comp, Counter())[_MODELOPT_LAYER_ALGOS[algo]] += 1
+    # most modules' algorithm; ties to the lower precision (the larger share of bytes saved)
+    return {c: max(cnt.items(), key=lambda kv: (kv[1], _DTYPE_RANK[kv[0][0]]))[0]
+            for c, cnt in votes.items()}
+
+
+def _mixed_component(module: str) -> str | None:
+    """The apex-opt weight component of a checkpoint module name (None: embeddings, lm_head,
+    routers, MTP and vision modules, which apex-opt does not count as quantized linear weights)."""
+    if ".layers." not in module or module.startswith("mtp") or ".mtp." in module:
+        return None
+    if "vision" in module or "visual" in module:
+        return None
+    if "shared_expert" in module:
+        return "shared_experts"
+    if ".experts" in module:
+        return "experts"
+    if any(k in module for k in (".self_attn.", ".linear_attn.", ".attn.", ".attention.")):
+        return "attention"
+    if ".mixer." in module:  # Nemotron-H: mamba / attention mixer projections (not its MoE gate)
+        return None if module.endswith(".gate") else "attention"
+    if ".mlp." in module or ".feed_forward." in module:
+        return None if module.endswith((".gate", ".router")) else "mlp"
+    return None
+
+
+def _mixed_main(mixed: dict[str, tuple[str, str]]) -> tuple[str, str] | None:
+    """(dtype, scheme) a MIXED_PRECISION checkpoint is served as: its routed experts' (most of
+    an MoE's weights), else its dense MLP's, else the lowest precision it stores."""
+    for comp in ("experts", "mlp"):
+        if comp in mixed:
+            return mixed[comp]
+    return max(mixed.values(), key=lambda ds: _DTYPE_RANK[ds[0]]) if mixed else None
+
+
+def _mixed_components(mixed: dict[str, tuple[str, str]], spec: ModelSpec) -> tuple[tuple[str, ...],
+                                                                                  tuple[str, ...]]:
+    """(quant_exclude, quant_fp8) of a MIXED_PRECISION checkpoint: components the model has that
+    the list leaves unquantized, and those it stores in fp8 below a lower-precision main dtype."""
+    main = _mixed_main(mixed)
+    excl, fp8 = [], []
+    for comp in ("attention", "mlp", "shared_experts", "experts"):
+        if comp != "attention" and not _has_component(spec, comp):
+            continue
+        if comp == "experts" and spec.moe is None:
+            continue
+        got = mixed.get(comp)
+        if got is None:
+            excl.append(comp)
+        elif main is not None and got[0] == "fp8" and main[0] != "fp8":
+            fp8.append(comp)
+    return tuple(excl), tuple(fp8)
 
 
 def _checkpoint_kv_dtype(q: Any) -> str:
