@@ -475,31 +475,46 @@ class IterationCostModel:
         t = self.tp_comm.all_reduce(nbytes, self.tp, custom=self.custom_ar)
         part.add("communication", t, self.tp_comm.power_w(), bd, count)
 
-    def _dp_attention_comm(self, part: _Part, bd: dict, tokens: int, t_att: int, n_layers: int) -> None:
-        """DP attention: all-reduce inside each attention-TP group after o_proj (when it has more
-        than one GPU), then per layer an all-gather of every rank's hidden states (padded to the
-        busiest rank) before the MLP/MoE and a reduce-scatter of its output back to the ranks."""
-        if self.attn_comm is not None:
-            t = self.attn_comm.all_reduce(t_att * self.hidden * 2.0, self.attn_tp, custom=self.custom_ar)
-            part.add("communication", t, self.attn_comm.power_w(), bd, n_layers)
-        if self.tp_comm is None:
-            return
-        nbytes = self.attn_dp * t_att * self.hidden * 2.0
-        t = self.tp_comm.all_gather(nbytes, self.tp) + self.tp_comm.reduce_scatter(nbytes, self.tp)
-        part.add("communication", t, self.tp_comm.power_w(), bd, n_layers, kernels=2)
+    def _dp_attention_comm(self, part: _Part, bd: dict, tokens: int, t_att: int, n_gathered: int,
+                           n_rank: int = 0, n_mixer: int = 0) -> None:
+        """DP attention collectives of one stage. ``n_gathered`` layers whose MLP (MoE, or dense
+        when the engine gathers it) runs on every rank's tokens: the engine's
+        ``dp_attention_collectives`` in order (e.g. vLLM: o_proj all-reduce in the attention-TP
+        group, all-gather of all ranks' tokens over the tp GPUs, reduce-scatter back, all-gather
+        of the rank's sequence-parallel shards). ``n_rank`` dense layers run per rank: an
+        all-reduce in the attention-TP group after o_proj and after the MLP; ``n_mixer`` blocks
+        without an MLP: the o_proj all-reduce. ``tokens``: all ranks' tokens (each padded to the
+        busiest rank under a CUDA graph); ``t_att``: one rank's."""
+        h2 = self.hidden * 2.0
+        for op, group, size in self.dp_colls:
+            comm, n = (self.attn_comm, self.attn_tp) if group == "attention_tp" else (self.tp_comm, self.tp)
+            if comm is None or not n_gathered:
+                continue
+            nbytes = (t_att if size == "rank" else tokens) * h2
+            t = (comm.all_reduce(nbytes, n, custom=self.custom_ar) if op == "all_reduce"
+                 else getattr(comm, op)(nbytes, n))
+            part.add("communication", t, comm.power_w(), bd, n_gathered)
+        if self.attn_comm is not None and (n_rank or n_mixer):
+            t = self.attn_comm.all_reduce(t_att * h2, self.attn_tp, custom=self.custom_ar)
+            part.add("communication", t, self.attn_comm.power_w(), bd, 2 * n_rank + n_mixer)
 
     # ------------------------------------------------------------------ token-count-only work
-    def _token_work(self, tokens: int, sampling: int) -> tuple[tuple[_Part, ...], dict]:
-        """Per-stage cost of everything except attention for ``tokens`` tokens (cached)."""
-        key = (tokens, sampling)
+    def _token_work(self, tokens: int, sampling: int, t_att: int | None = None,
+                    s_rank: int | None = None) -> tuple[tuple[_Part, ...], dict]:
+        """Per-stage cost of everything except attention for ``tokens`` tokens (cached). DP
+        attention: ``tokens`` / ``sampling`` are every rank's, ``t_att`` / ``s_rank`` the busiest
+        rank's (default: an even split), which sets the lockstep step's attention-side time."""
+        if t_att is None:
+            t_att = -(-tokens // self.attn_dp)
+        if s_rank is None:
+            s_rank = -(-sampling // self.attn_dp)
+        key = (tokens, sampling, t_att, s_rank)
         hit = self._token_cache.get(key)
         if hit is not None:
             return hit
         bd: dict[str, float] = {}
         parts = []
         h = self.hidden
-        # attention side: the busiest DP-attention rank's tokens (all tokens without DP attention)
-        t_att = -(-tokens // self.attn_dp)
         mla = self.model.mla
         rope_width = ((self.q_heads + 1) * mla.qk_rope_head_dim if mla is not None
                       else (self.q_heads + self.kv_heads) * self.model.head_dim)
@@ -553,31 +568,39 @@ class IterationCostModel:
                     part.add("communication", t, comm.power_w(), bd, n_rope)
             if self.attn_dp == 1:
                 self._allreduce(part, bd, tokens, self.stage_blocks[s] if self.kind_ops else 2 * n_layers)
+            elif self.dp_gathered_dense:
+                self._dp_attention_comm(part, bd, tokens, t_att, n_moe + n_dense,
+                                        n_mixer=n_layers - n_moe - n_dense)
             else:
-                self._dp_attention_comm(part, bd, tokens, t_att, n_layers)
+                self._dp_attention_comm(part, bd, tokens, t_att, n_moe, n_rank=n_dense,
+                                        n_mixer=n_layers - n_moe - n_dense)
             if n_dense:
+                m_mlp = tokens if self.dp_gathered_dense else t_att
                 for name, n, k in self.mlp_ops:
-                    self._gemm(part, bd, "mlp", tokens, n, k, n_dense)
-                c = self.dev.elementwise("silu_and_mul", tokens,
+                    self._gemm(part, bd, "mlp", m_mlp, n, k, n_dense)
+                c = self.dev.elementwise("silu_and_mul", m_mlp,
                                          self.mlp_ops[0][1] // (2 if self.model.mlp_gated else 1))
                 part.add("elementwise", c.time_s, c.power_w, bd, n_dense)
             if n_moe:
                 self._moe(part, bd, tokens, n_moe)
-            if s == 0:
-                c = self.dev.elementwise("embedding", tokens, h)
+            if s == 0:  # each DP-attention rank embeds its own tokens
+                c = self.dev.elementwise("embedding", t_att, h)
                 part.add("elementwise", c.time_s, c.power_w, bd)
             if s == self.pp - 1 and sampling:
-                c = self.dev.elementwise("rmsnorm", sampling, h)
+                c = self.dev.elementwise("rmsnorm", s_rank, h)
                 part.add("elementwise", c.time_s, c.power_w, bd)
-                # the LM head is not quantized (ParallelLMHead stays bf16 in fp8 checkpoints)
-                self._gemm(part, bd, "lm_head", sampling, self.vocab_shard, h, 1, bf16=True)
-                if self.tp_comm is not None:
-                    t = self.tp_comm.all_gather(sampling * self.model.vocab_size * 2.0, self.tp)
-                    part.add("communication", t, self.tp_comm.power_w(), bd)
-                c = self.dev.elementwise("sampling", sampling, self.model.vocab_size)
+                # the LM head is not quantized (ParallelLMHead stays bf16 in fp8 checkpoints);
+                # DP attention: over the gathered samples of all ranks, or per rank
+                m_lm = sampling if self.dp_gathered_dense else s_rank
+                self._gemm(part, bd, "lm_head", m_lm, self.vocab_shard, h, 1, bf16=True)
+                lm_comm = self.tp_comm if self.lm_tp == self.tp else self.attn_comm
+                if lm_comm is not None:
+                    t = lm_comm.all_gather(m_lm * self.model.vocab_size * 2.0, self.lm_tp)
+                    part.add("communication", t, lm_comm.power_w(), bd)
+                c = self.dev.elementwise("sampling", s_rank, self.model.vocab_size)
                 part.add("sampling", c.time_s, c.power_w, bd)
                 if self._filter_bytes:
-                    c = self.dev.stream(self._filter_bytes * sampling * self.model.vocab_size)
+                    c = self.dev.stream(self._filter_bytes * s_rank * self.model.vocab_size)
                     part.add("sampling", c.time_s, c.power_w, bd)
             if s < self.pp - 1 and self.pp_comm is not None:
                 t = self.pp_comm.send_recv(2.0 * tokens * h * 2.0)
@@ -619,14 +642,22 @@ class IterationCostModel:
             self._gemm(part, bd, "moe_shared", tokens, n, k, n_moe)
 
     # ------------------------------------------------------------------ attention
-    def _attention(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]]) -> tuple[float, float, float, float]:
+    def _split_ranks(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]]) -> list:
+        """DP attention without the ranks' own batches: the sequences round robin over the
+        ranks (SGLang's DataParallelController default)."""
+        d = self.attn_dp
+        return [(decode_ctx[r::d], list(prefill)[r::d]) for r in range(d)]
+
+    def _attention(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]],
+                   ranks: list | None = None) -> tuple[float, float, float, float]:
         """(time, energy/GPU, flops, bytes) of attention in ONE layer on one GPU. With DP attention
-        the sequences are spread round-robin over the ranks (SGLang's DP controller): the slowest
-        rank sets the time, energy / FLOPs / bytes are the ranks' mean."""
+        each rank attends over its own batch (``ranks``: [(decode_ctx, prefill)] per rank, default
+        :meth:`_split_ranks`): the slowest rank sets the time, energy / FLOPs / bytes are the
+        ranks' mean."""
         if self.attn_dp == 1:
             return self._attention_rank(decode_ctx, prefill)
-        ranks = [self._attention_rank(decode_ctx[r::self.attn_dp], list(prefill)[r::self.attn_dp])
-                 for r in range(self.attn_dp)]
+        ranks = [self._attention_rank(np.asarray(c, dtype=np.int64), pf)
+                 for c, pf in (ranks or self._split_ranks(decode_ctx, prefill))]
         d = float(self.attn_dp)
         return (max(x[0] for x in ranks), sum(x[1] for x in ranks) / d, sum(x[2] for x in ranks) / d,
                 sum(x[3] for x in ranks) / d)
@@ -641,15 +672,15 @@ class IterationCostModel:
                 self._attn_cache[key] = hit
         return hit
 
-    def _attention_kinds(self, decode_ctx: np.ndarray,
-                         prefill: Sequence[tuple[int, int]]) -> dict[str, tuple[float, float, float, float]]:
+    def _attention_kinds(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]],
+                         ranks: list | None = None) -> dict[str, tuple[float, float, float, float]]:
         """Hybrid models: (time, energy/GPU, FLOPs, bytes) of ONE layer of each attention kind on
         one GPU: full layers as :meth:`_attention_rank`; sliding layers the same kernels with every
         query's keys capped at the window; linear layers the Gated DeltaNet recurrence."""
         if self.attn_dp != 1:  # DP attention: as _attention, the slowest rank sets the time
             d = float(self.attn_dp)
-            ranks = [self._attention_kinds_rank(decode_ctx[r::self.attn_dp], list(prefill)[r::self.attn_dp])
-                     for r in range(self.attn_dp)]
+            ranks = [self._attention_kinds_rank(np.asarray(c, dtype=np.int64), pf)
+                     for c, pf in (ranks or self._split_ranks(decode_ctx, prefill))]
             return {k: (max(x[k][0] for x in ranks), sum(x[k][1] for x in ranks) / d,
                         sum(x[k][2] for x in ranks) / d, sum(x[k][3] for x in ranks) / d)
                     for k in ranks[0]}
@@ -821,13 +852,15 @@ class IterationCostModel:
 
     # ------------------------------------------------------------------ public
     def iteration(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]] = (), *,
-                  with_breakdown: bool = False, prefill_sampling: int | None = None) -> IterationCost:
+                  with_breakdown: bool = False, prefill_sampling: int | None = None,
+                  attention_ranks: list | None = None) -> IterationCost:
         """Cost of one iteration.
 
         decode_ctx: context length (tokens in the KV cache including this step's) of each decoding
         sequence. prefill: ``(chunk_tokens, cached_tokens_before)`` of each prefilling sequence.
         prefill_sampling: how many of the prefill chunks finish their prompt (and so sample a token);
-        default all.
+        default all. attention_ranks: DP attention, each rank's (decode_ctx, prefill) -- the
+        union is ``decode_ctx`` / ``prefill``; default: the union round robin over the ranks.
 
         Memoised exactly: without DP attention an iteration depends on its decode sequences only
         through their count and context SUM (decode attention is costed on the KV bytes read, every
@@ -836,7 +869,8 @@ class IterationCostModel:
         """
         decode_ctx = np.asarray(decode_ctx, dtype=np.int64)
         if self.attn_dp != 1:
-            return self._iteration(decode_ctx, prefill, with_breakdown, prefill_sampling)
+            return self._iteration(decode_ctx, prefill, with_breakdown, prefill_sampling,
+                                   attention_ranks or self._split_ranks(decode_ctx, prefill))
         key = (int(decode_ctx.shape[0]), int(decode_ctx.sum()),
                _chunks_key(prefill), prefill_sampling, with_breakdown)
         if self.model.sliding_window:  # sliding layers read min(context, window) keys
@@ -853,17 +887,23 @@ class IterationCostModel:
         return hit
 
     def _iteration(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]],
-                   with_breakdown: bool, prefill_sampling: int | None) -> IterationCost:
+                   with_breakdown: bool, prefill_sampling: int | None,
+                   ranks: list | None = None) -> IterationCost:
         n_dec = int(decode_ctx.shape[0])
         n_pre_tok = int(sum(q for q, _ in prefill))
         sampling = n_dec + (len(prefill) if prefill_sampling is None else prefill_sampling)
         tokens = n_dec + n_pre_tok
+        t_att = s_rank = None
+        host_seqs = n_dec + len(prefill)
         # CUDA-graph mode of the engine (EngineSpec.cuda_graph_mode): a full graph for decode-only
         # batches (padded to a captured batch size); vLLM V1's piecewise graphs for batches up to
         # the largest capture size (tokens padded; attention runs eagerly between the pieces)
         mode = self.engine.cuda_graph_mode
         graph = piecewise = False
-        if self.graph and tokens:
+        if ranks is not None:  # DP attention: the lockstep step of every rank's batch
+            tokens, sampling, t_att, s_rank, graph, piecewise, host_seqs = self._dp_step_shape(
+                ranks, sampling - n_dec)
+        elif self.graph and tokens:
             if not prefill and mode != "piecewise":
                 padded = self.engine.graph_batch_size(n_dec, self.graph_max_bs)
                 if padded is not None:
@@ -877,20 +917,20 @@ class IterationCostModel:
         if tokens == 0:
             return IterationCost(0.0, tuple(0.0 for _ in range(self.pp)), 0.0, 0.0, 0.0, 0.0,
                                  {} if with_breakdown else None)
-        parts, bd_tok = self._token_work(tokens, sampling)
+        parts, bd_tok = self._token_work(tokens, sampling, t_att, s_rank)
         stage_times, energy, busy, flops, nbytes = [], 0.0, 0.0, 0.0, 0.0
         cmp_s = 0.0
         win = [0.0, 0.0, 0.0, 0.0, 0.0]  # e_mem, e_cmp, cmp (table), cmp at f_max, kernel time
         if self.kind_ops:
             # hybrid: every stage's layers of each attention kind, as one mean layer per stage
-            per_kind = self._attention_kinds(decode_ctx, prefill)
+            per_kind = self._attention_kinds(decode_ctx, prefill, ranks)
             stage_attn = []
             for kinds in self.stage_kinds:
                 n = sum(c for _, c in kinds)
                 stage_attn.append(self._attn_terms(*(
                     sum(c * per_kind[k][j] for k, c in kinds) / n for j in range(4))))
         else:
-            stage_attn = [self._attn_terms(*self._attention(decode_ctx, prefill))] * self.pp
+            stage_attn = [self._attn_terms(*self._attention(decode_ctx, prefill, ranks))] * self.pp
         bd = dict(bd_tok) if with_breakdown else None
         same: dict = {}  # stages sharing a part (same layers and role) add the same increments
         for s, part in enumerate(parts):
@@ -915,13 +955,46 @@ class IterationCostModel:
             if bd is not None:
                 for key, v in bd_i:
                     bd[key] = bd.get(key, 0.0) + v
-        host = self.host_time(n_dec + len(prefill))
+        host = self.host_time(host_seqs)  # DP attention: each rank's engine core, the busiest's
         if bd is not None:
             bd["host"] = host
         total = sum(stage_times) + host
         if self.dvfs is not None and win[4] > 0:
             return self._power_window(total, host, stage_times, busy, flops, nbytes, bd, win)
         return IterationCost(total, tuple(stage_times), energy, busy, flops, nbytes, bd)
+
+    def _dp_step_shape(self, ranks: list, pre_samples: int) -> tuple:
+        """DP attention: the token counts of one lockstep step over the ranks' batches ``ranks``
+        ([(decode_ctx, prefill)] per rank; ``pre_samples`` prefill chunks sample, taken in rank
+        order). Under a CUDA graph every rank pads to the busiest rank's captured size (vLLM
+        vllm/v1/worker/dp_utils.py coordinate_batch_across_dp: an all-reduce of each rank's
+        padded count, _post_process_dp_padding pads all to the max unless the synced cudagraph
+        mode is NONE; SGLang dp_attention.py DpPaddingMode.MAX_LEN in CUDA graphs), an idle rank
+        running a dummy / idle batch of that size; without one each rank keeps its own count
+        (vLLM all_gatherv sizes, SGLang SUM_LEN). Returns (all ranks' tokens, all ranks'
+        samples, the busiest rank's tokens, its samples, graph, piecewise, its sequences)."""
+        n, samp, seqs = [], [], []
+        left = pre_samples
+        for c, pf in ranks:
+            k = min(len(pf), left)
+            left -= k
+            n.append(len(c) + sum(q for q, _ in pf))
+            samp.append(len(c) + k)
+            seqs.append(len(c) + len(pf))
+        t_att = max(n)
+        mode = self.engine.cuda_graph_mode
+        graph = piecewise = False
+        if self.graph and t_att:
+            padded = self.engine.graph_batch_size(t_att, self.graph_max_bs)
+            if padded is not None and mode != "piecewise" and all(not pf for _, pf in ranks):
+                graph = True
+                samp = [padded] * len(ranks)
+            elif padded is not None and mode != "decode_only":
+                piecewise = True
+            if graph or piecewise:
+                t_att = padded
+        tokens = len(ranks) * t_att if (graph or piecewise) else sum(n)
+        return tokens, sum(samp), t_att, max(samp), graph, piecewise, max(seqs)
 
     def _attn_terms(self, a_t: float, a_e: float, a_f: float, a_b: float) -> tuple:
         """One layer's attention (time, energy, FLOPs, bytes) with its compute-bound seconds and

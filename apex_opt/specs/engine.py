@@ -271,6 +271,21 @@ class EngineSpec(StrictModel):
                                                   "attention on tp/attention_dp GPUs, experts over "
                                                   "all tp GPUs (SGLang --enable-dp-attention; vLLM "
                                                   "V1 --data-parallel-size with expert parallelism).")
+    # --- data-parallel attention: what one lockstep step runs (owner: the DP-attention model)
+    dp_attention_collectives: tuple[tuple[str, str, str], ...] = Field(
+        (("all_reduce", "attention_tp", "rank"), ("all_gather", "all", "all_ranks"),
+         ("reduce_scatter", "all", "all_ranks")),
+        description="DP attention: the collectives of one MoE layer in order, each [op, group, "
+                    "size]: op all_reduce / all_gather / reduce_scatter; group attention_tp (the "
+                    "tp/attention_dp GPUs of one rank; skipped when that is one GPU) or all (the "
+                    "replica's tp GPUs); size rank (one rank's tokens x hidden bf16) or all_ranks "
+                    "(every rank's tokens, each padded to the busiest rank when the step runs a "
+                    "CUDA graph).")
+    dp_attention_gathered_dense: bool = Field(
+        True, description="DP attention: dense (non-MoE) MLP layers and the LM head run on every "
+                          "rank's gathered tokens sharded over all tp GPUs (with the MoE layers' "
+                          "collectives); False: each rank runs them on its own tokens sharded over "
+                          "its attention-TP group (an all-reduce there after the MLP).")
     dp_router: DPRouterSpec = Field(
         default_factory=lambda: DPRouterSpec(policy="least_outstanding"),
         description="Router over data-parallel replicas in the engine's own DP deployment "
@@ -304,6 +319,11 @@ class EngineSpec(StrictModel):
             raise ValueError(f"reference_version {ref} is outside versions {self.versions}")
         if list(self.cuda_graph_batch_sizes) != sorted(set(self.cuda_graph_batch_sizes)):
             raise ValueError("cuda_graph_batch_sizes must be strictly increasing")
+        for c in self.dp_attention_collectives:
+            if (len(c) != 3 or c[0] not in ("all_reduce", "all_gather", "reduce_scatter")
+                    or c[1] not in ("attention_tp", "all") or c[2] not in ("rank", "all_ranks")):
+                raise ValueError(f"dp_attention_collectives: {list(c)} is not [all_reduce|"
+                                 f"all_gather|reduce_scatter, attention_tp|all, rank|all_ranks]")
         for o in self.version_overrides:
             if "versions" not in o:
                 raise ValueError("every version_overrides entry needs 'versions'")
