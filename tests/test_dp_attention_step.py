@@ -1,0 +1,103 @@
+"""What one data-parallel-attention step runs (vLLM V1 --data-parallel-size + EP, SGLang
+--enable-dp-attention): the ranks step in lockstep, padded to the busiest rank, and every MoE
+layer runs the engine's gather / scatter collectives."""
+
+import numpy as np
+import pytest
+
+from apex_opt.costmodel.iteration import IterationCostModel
+from apex_opt.registry import load_cluster
+from apex_opt.specs.engine import EngineSpec, load_engine
+from apex_opt.specs.model import load_model
+from apex_opt.specs.plan import ReplicaConfig
+
+EMPTY = np.zeros(0, dtype=np.int64)
+
+
+def _qwen(engine="vllm", adp=4, **kw):
+    model, pool = load_model("qwen3-235b-a22b"), load_cluster("h200-1x8").pools[0]
+    cfg = ReplicaConfig(tp=8, ep=8, weight_dtype="fp8", **kw).model_copy(update={"attention_dp": adp})
+    eng = load_engine(engine) if isinstance(engine, str) else engine
+    return IterationCostModel(model, pool, cfg, eng)
+
+
+def test_every_rank_pads_to_the_busiest_ranks_graph_size():
+    cm = _qwen()
+    eng = cm.engine
+    ranks = [(np.full(3, 2048), []), (np.full(1, 2048), []), (EMPTY, []), (np.full(2, 2048), [])]
+    pad = eng.graph_batch_size(3, cm.graph_max_bs)
+    assert pad is not None and pad > 3
+    # coordinate_batch_across_dp: all four ranks (the idle one a dummy batch) run the busiest
+    # rank's captured size; the experts see 4 x that many tokens
+    tokens, samples, t_att, s_rank, graph, piecewise, seqs = cm._dp_step_shape(ranks, 0)
+    assert (tokens, t_att, graph, seqs) == (4 * pad, pad, True, 3)
+    # eager: no padding, the gather takes each rank's own count
+    eager = _qwen(cuda_graphs=False)
+    tokens, _, t_att, _, graph, piecewise, _ = eager._dp_step_shape(ranks, 0)
+    assert (tokens, t_att, graph, piecewise) == (6, 3, False, False)
+
+
+def test_the_busiest_rank_sets_the_lockstep_step():
+    cm = _qwen(adp=2)
+    ctx = np.full(64, 8192)
+    balanced = cm.iteration(ctx, attention_ranks=[(ctx[:32], []), (ctx[32:], [])], with_breakdown=True)
+    skewed = cm.iteration(ctx, attention_ranks=[(ctx, []), (EMPTY, [])], with_breakdown=True)
+    # same 64 sequences; one rank holding all of them attends over twice the KV while the other
+    # (a dummy batch padded to 64) waits: the step is the busiest rank's
+    assert skewed.breakdown["attention"] > 1.5 * balanced.breakdown["attention"]
+    assert skewed.time_s > 1.15 * balanced.time_s
+    # without the ranks' batches the union is dealt round robin (SGLang's controller default)
+    assert cm.iteration(ctx).time_s == pytest.approx(balanced.time_s)
+    # the simulator hands the ranks' own batches over (sim/engine.py _step_lockstep)
+    assert IterationCostModel.supports_attention_dp
+
+
+def test_moe_layers_run_the_engines_collectives():
+    vllm = load_engine("vllm")
+    colls = vllm.dp_attention_collectives
+    # V1 sequence-parallel MoE: the rank's shards are all-gathered in its TP group after combine
+    assert tuple(colls[-1]) == ("all_gather", "attention_tp", "rank")
+    shorter = vllm.model_copy(update={"dp_attention_collectives": colls[:-1]})
+    ctx = np.full(64, 2048)
+    full, cut = _qwen(vllm, adp=4), _qwen(shorter, adp=4)
+    ranks = [(ctx[r::4], []) for r in range(4)]
+    c_full = full.iteration(ctx, attention_ranks=ranks, with_breakdown=True).breakdown["communication"]
+    c_cut = cut.iteration(ctx, attention_ranks=ranks, with_breakdown=True).breakdown["communication"]
+    t_att = full.engine.graph_batch_size(16, full.graph_max_bs)
+    one = full.attn_comm.all_gather(t_att * full.hidden * 2.0, full.attn_tp)
+    n_moe = sum(m for _, m in full.stage_layers)
+    assert c_full - c_cut == pytest.approx(n_moe * one, rel=1e-6)
+    # attention-TP collectives vanish when each rank is one GPU (attention_dp = tp)
+    assert _qwen(vllm, adp=8).attn_comm is None
+    c8 = _qwen(vllm, adp=8).iteration(ctx).time_s
+    assert c8 == pytest.approx(_qwen(shorter, adp=8).iteration(ctx).time_s)
+    # SGLang reduce-scatters the un-reduced o_proj output instead of all-reducing it
+    assert tuple(load_engine("sglang").dp_attention_collectives[0]) == (
+        "reduce_scatter", "attention_tp", "rank")
+
+
+def test_vllm_runs_dense_layers_and_the_lm_head_per_rank():
+    model, pool = load_model("deepseek-v3"), load_cluster("h200-1x8").pools[0]
+    cfg = ReplicaConfig(tp=8, weight_dtype="fp8").model_copy(update={"attention_dp": 2})
+    vllm = load_engine("vllm")
+    assert vllm.dp_attention_gathered_dense is False
+    per_rank = IterationCostModel(model, pool, cfg, vllm)
+    gathered = IterationCostModel(model, pool, cfg,
+                                  vllm.model_copy(update={"dp_attention_gathered_dense": True}))
+    # each DP rank is an engine core with TP = 4: its dense MLP and LM head are TP4 shards
+    assert per_rank.vocab_shard == -(-model.vocab_size // 4)
+    assert gathered.vocab_shard == -(-model.vocab_size // 8)
+    assert per_rank.mlp_ops[0][1] == 2 * gathered.mlp_ops[0][1]
+    ctx = np.full(32, 2048)
+    a = per_rank.iteration(ctx, with_breakdown=True).breakdown
+    b = gathered.iteration(ctx, with_breakdown=True).breakdown
+    # decode is weight-bound: reading a twice larger LM-head / MLP shard for half the tokens is slower
+    assert a["lm_head"] > 1.3 * b["lm_head"]
+    assert a["mlp"] > 1.3 * b["mlp"]
+
+
+def test_bad_dp_collective_is_refused():
+    data = load_engine("vllm").model_dump()
+    data["dp_attention_collectives"] = [["broadcast", "all", "rank"]]
+    with pytest.raises(ValueError, match="dp_attention_collectives"):
+        EngineSpec.model_validate(data)
