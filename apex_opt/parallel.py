@@ -7,7 +7,9 @@ Rules: TP stays inside one node (it all-reduces twice per layer) and divides the
 KV heads either split evenly over TP or are replicated (TP a multiple of the KV heads); EP divides
 TP and the number of routed experts; PP spans nodes, at most one stage per layer (vLLM's default
 split puts the remainder on the last stage); a replica either packs evenly into one node or takes
-whole nodes.
+whole nodes. Data-parallel attention (``attention_dp`` = D > 1: D attention ranks of tp/D GPUs,
+experts over all tp GPUs) needs a mixture-of-experts model, an engine that runs it, pp = 1, D
+dividing tp and an attention TP of tp/D that is itself valid (:func:`attention_dp_problem`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .specs.cluster import ClusterSpec, PoolSpec
+from .specs.engine import EngineSpec
 from .specs.model import ModelSpec
 from .specs.plan import Plan, ReplicaConfig
 
@@ -47,6 +50,42 @@ def valid_ep(model: ModelSpec, tp: int, ep: int) -> bool:
     if ep == 1:
         return True
     return model.moe is not None and model.moe.num_experts % ep == 0
+
+
+def attention_dp_problem(model: ModelSpec, tp: int, pp: int, adp: int,
+                         engine: EngineSpec | None = None) -> str | None:
+    """Why data-parallel attention of size ``adp`` cannot run on a TP ``tp`` x PP ``pp`` replica
+    of ``model`` (with ``engine``, an EngineSpec, when given), or None. SGLang
+    (``--enable-dp-attention --dp-size D``, server_args.py asserts tp_size % dp_size == 0) and
+    vLLM V1 (``--data-parallel-size D --tensor-parallel-size tp/D``, the MoE over all D x tp/D
+    GPUs) run it for MoE models only: a dense model's MLP would be replicated per rank, which is
+    plain data parallelism. apex-opt's simulator runs the ranks in lockstep in one stage (pp 1)."""
+    if adp == 1:
+        return None
+    if adp < 1:
+        return f"attention_dp={adp} must be >= 1"
+    if model.moe is None:
+        return (f"attention_dp={adp} needs a mixture-of-experts model; {model.name} is dense "
+                f"(use replicas for data parallelism)")
+    if tp % adp:
+        return f"attention_dp={adp} must divide tp={tp}"
+    if pp > 1:
+        return f"attention_dp={adp} needs pp=1 (got pp={pp})"
+    if not valid_tp(model, tp // adp):
+        return (f"attention_dp={adp} leaves attention TP {tp // adp}, which does not split the "
+                f"{model.num_attention_heads} attention heads / {model.num_kv_heads} KV heads of "
+                f"{model.name}")
+    if engine is not None and not getattr(engine, "dp_attention", False):
+        return (f"attention_dp={adp}: engine {engine.name} has no data-parallel attention "
+                f"(SGLang: --enable-dp-attention; vLLM V1: --data-parallel-size)")
+    return None
+
+
+def attention_dp_degrees(model: ModelSpec, tp: int, pp: int,
+                         engine: EngineSpec | None = None) -> list[int]:
+    """Every attention-DP size a TP ``tp`` x PP ``pp`` replica of ``model`` can use (1 first)."""
+    return [d for d in range(1, tp + 1)
+            if tp % d == 0 and attention_dp_problem(model, tp, pp, d, engine) is None]
 
 
 def tp_degrees(model: ModelSpec, pool: PoolSpec) -> list[int]:
@@ -129,10 +168,13 @@ def node_aligned(gpus: int, gpus_per_node: int) -> bool:
     return gpus % gpus_per_node == 0
 
 
-def validate_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> list[str]:
+def validate_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan,
+                  engine: EngineSpec | None = None) -> list[str]:
     """Every parallelism rule ``plan`` breaks on ``cluster`` (empty = valid): unknown pools, shapes
-    the engine would refuse (:func:`shape_problem`), stage splits that do not cover the model, and
-    pools asked for more GPUs than they have. Memory is checked by :mod:`apex_opt.memory`."""
+    the engine would refuse (:func:`shape_problem`), data-parallel attention that cannot run
+    (:func:`attention_dp_problem`; the engine's support checked when ``engine`` is given), stage
+    splits that do not cover the model, and pools asked for more GPUs than they have. Memory is
+    checked by :mod:`apex_opt.memory`."""
     out: list[str] = []
     pools = {p.name: p for p in cluster.pools}
     used: dict[str, int] = {}
@@ -143,7 +185,9 @@ def validate_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan) -> list[st
             out.append(f"{where}: unknown pool {g.pool!r}")
             continue
         used[pool.name] = used.get(pool.name, 0) + g.replicas * g.gpus
-        for problem in (shape_problem(model, pool, g.tp, g.pp, g.ep), scope_problem(pool, g.tp)):
+        for problem in (shape_problem(model, pool, g.tp, g.pp, g.ep), scope_problem(pool, g.tp),
+                        attention_dp_problem(model, g.tp, g.pp, getattr(g, "attention_dp", 1) or 1,
+                                             engine)):
             if problem:
                 out.append(f"{where}: {problem}")
         if g.layers_per_stage is not None and sum(g.layers_per_stage) != model.num_layers:

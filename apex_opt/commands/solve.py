@@ -58,6 +58,20 @@ def make_launcher(model_ref: str, model, cluster, *, hf_id: str | None = None,
     return launcher
 
 
+def parse_attention_dp(value: str) -> int | None:
+    """``--attention-dp``: auto -> None (every size the engine and each MoE shape allow), off ->
+    1, N -> N."""
+    v = value.strip().lower()
+    if v == "auto":
+        return None
+    if v == "off":
+        return 1
+    if v.isdigit() and int(v) >= 1:
+        return int(v)
+    raise InputError("use auto, off or a size N >= 1 (e.g. --attention-dp 8)",
+                     field="--attention-dp", value=value)
+
+
 def _fmt(x, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -116,6 +130,13 @@ def render_tables(res: SolveResult) -> None:
                    "--model given as a local config.json [default: a bundled model's Hub repo, "
                    "e.g. meta-llama/Llama-3.1-70B-Instruct; for a config.json path, its folder]. "
                    "Example: --hf-id hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4.")
+@click.option("--attention-dp", "attention_dp", default="auto", show_default=True,
+              metavar="auto|off|N",
+              help="Data-parallel attention for mixture-of-experts models (SGLang "
+                   "--enable-dp-attention, vLLM V1 --data-parallel-size with the MoE over the "
+                   "whole TP group): auto searches every size that divides TP on engines that run "
+                   "it; off keeps attention tensor-parallel; N searches only N attention ranks "
+                   "per replica. Example: --attention-dp 8.")
 @json_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write the decision plot of the simulated plans: objective vs GPUs and "
@@ -123,9 +144,9 @@ def render_tables(res: SolveResult) -> None:
                    "starred (.png/.svg/.pdf; needs the 'plot' extra). Example: --plot plans.png")
 def command(model_ref, cluster_ref, trace, sort_trace, concurrency, workload, slo_path, objective, top_k, exhaustive,
             workers, executor, time_limit, seed, engine_name, also_launch, max_model_len, hf_id,
-            as_json, plot_path, sampling_top_p, sampling_top_k):
-    """Find the best parallel plan (DP/PP/TP/EP, weight/KV dtypes, engine limits) for serving a
-    model on a cluster, for a workload and SLO, and print how to launch it.
+            attention_dp, as_json, plot_path, sampling_top_p, sampling_top_k):
+    """Find the best parallel plan (DP/PP/TP/EP, attention DP, weight/KV dtypes, engine limits)
+    for serving a model on a cluster, for a workload and SLO, and print how to launch it.
 
     \b
     How it works: a CP-SAT model picks the top-K plans by an analytic estimate (memory must fit,
@@ -151,6 +172,7 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, workload, sl
     if hf_id is not None and not hf_id.strip():
         raise InputError("empty model id for the launch commands; give ORG/NAME or a weights "
                          "folder, or leave --hf-id out", field="--hf-id", value=hf_id)
+    adp = parse_attention_dp(attention_dp)
     model, cluster = load_inputs(model_ref, cluster_ref)
     requests = _load_requests(trace, workload, sort_trace, concurrency)
     requests = apply_sampling(requests, sampling_top_p, sampling_top_k)
@@ -199,7 +221,8 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, workload, sl
             res = solve(model, cluster, requests, slo, objective=objective, top_k=top_k,
                         exhaustive=exhaustive, workers=workers, executor=executor, seed=seed,
                         time_limit_s=time_limit, model_ref=model_ref, engine=engine_name,
-                        also_launch=tuple(also_launch), launcher=launcher, progress=progress)
+                        also_launch=tuple(also_launch), launcher=launcher, progress=progress,
+                        attention_dp=adp)
         except InfeasibleError as exc:
             from ..report.tables import infeasible_document, render_infeasible
 

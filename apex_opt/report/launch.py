@@ -391,8 +391,18 @@ def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int | None, dp: int = 1
         else:
             argv += [f["nnodes"], str(nnodes), f["node_rank"], str(node_rank),
                      f["dist_init_addr"], str(dist_init_addr)]
-    argv += [f["max_num_seqs"], str(cfg.max_num_seqs)]
-    tokens = cfg.max_num_batched_tokens
+    seqs, tokens = cfg.max_num_seqs, cfg.max_num_batched_tokens
+    if adp > 1 and fam == "sglang" and "dp_attention" in f:
+        # the plan's limits are each attention-DP rank's (as simulated; vLLM's DP engine cores
+        # each take them as given); SGLang's --max-running-requests and --chunked-prefill-size
+        # are the whole server's, divided by --dp-size per rank (server_args.py
+        # "chunked_prefill_size // dp_size" under enable_dp_attention; model_runner.py
+        # "max_running_requests // dp_size")
+        seqs = seqs * adp if seqs is not None else None
+        tokens = tokens * adp if tokens is not None and cfg.chunked_prefill else tokens
+        notes.append(f"SGLang divides --max-running-requests and --chunked-prefill-size by "
+                     f"--dp-size {adp}: they are {adp}x the plan's per-rank limits")
+    argv += [f["max_num_seqs"], str(seqs)]
     if fam == "vllm":
         argv += [f["max_num_batched_tokens"], str(tokens)]
         if "chunked_prefill_on" in f:  # V0: a switch; V1 always chunks

@@ -18,7 +18,7 @@ BASELINES = (
 def baseline_keys(space: SearchSpace, engine: EngineSpec) -> list[tuple[str, str, PlanKey | None, str | None]]:
     """The baselines as plan keys (None when no candidate fits): the engine's default
     (max_num_seqs, max_num_batched_tokens) on each pool's device; bf16 weights and KV unless not
-    allowed."""
+    allowed; plain TP attention (no data-parallel attention)."""
     out = []
     mg = space.slo.constraints.max_gpus
     for name, desc, order in BASELINES:
@@ -29,7 +29,8 @@ def baseline_keys(space: SearchSpace, engine: EngineSpec) -> list[tuple[str, str
             budget = pool.num_gpus if mg is None else min(pool.num_gpus, mg - used)
             cands = [(i, c) for i, c in enumerate(space.cands) if c.pool == pool.name
                      and c.max_num_seqs == seqs and c.max_num_batched_tokens == tokens
-                     and c.gpus <= budget and c.sm_clock_mhz is None]
+                     and c.gpus <= budget and c.sm_clock_mhz is None
+                     and c.attention_dp == 1]
             if not cands:
                 continue
             dt = [(i, c) for i, c in cands if c.weight_dtype == "bf16" and c.kv_dtype == "bf16"] or cands

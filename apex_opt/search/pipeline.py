@@ -73,6 +73,22 @@ def _check_args(slo: SLOSpec, objective: str, top_k: int) -> None:
         raise InputError("must be >= 1", field="top_k", value=top_k)
 
 
+def _check_attention_dp(model: ModelSpec, engine: EngineSpec, attention_dp: int | None) -> None:
+    """A data-parallel-attention size the model or the engine cannot run at all is bad input."""
+    if attention_dp is None or attention_dp == 1:
+        return
+    if attention_dp < 1:
+        raise InputError("must be >= 1 (1 = off)", field="attention_dp", value=attention_dp)
+    if model.moe is None:
+        raise InputError(f"data-parallel attention needs a mixture-of-experts model; {model.name} "
+                         f"is dense (replicas already are data parallel)", field="attention_dp",
+                         value=attention_dp)
+    if not engine.dp_attention:
+        raise InputError(f"engine {engine.name} has no data-parallel attention (SGLang: "
+                         f"--enable-dp-attention; vLLM V1: --data-parallel-size)",
+                         field="attention_dp", value=attention_dp)
+
+
 def _check_prices(cluster: ClusterSpec) -> None:
     for i, p in enumerate(cluster.pools):
         if getattr(p, "gpu_price_per_hour", None) is None:
@@ -260,12 +276,15 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
           engine: str | EngineSpec = DEFAULT_ENGINE, also_launch: tuple[str, ...] = (),
           launcher: Launcher | None = None, max_sims: int | None = None,
           progress: Callable[[str, int, int], None] | None = None,
-          gpu_clocks: bool = True, _detail: bool = True, _verify: bool = True) -> SolveResult:
+          gpu_clocks: bool = True, attention_dp: int | None = None,
+          _detail: bool = True, _verify: bool = True) -> SolveResult:
     """Plan serving ``model`` on ``cluster`` for ``requests`` under ``slo``, every plan simulated
     with ``engine`` (a bundled engine name or spec). ``launcher(plan, engine_name)`` renders launch
     commands (for ``engine`` and every engine of ``also_launch``, whose simulation of the chosen
     plan is reported too). With ``gpu_clocks`` the energy and cost objectives also try locked
-    GPU clocks on their best plans (each setting simulated).
+    GPU clocks on their best plans (each setting simulated). ``attention_dp``: None searches
+    data-parallel attention of every size the engine and each MoE shape allow (1 included); N
+    only N (1 = off); N > 1 with a dense model or an engine without it is bad input.
 
     Raises :class:`InfeasibleError` (with an explanation and verified fixes) when no plan can meet
     memory or the SLO, :class:`InputError` for bad arguments.
@@ -277,6 +296,7 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
     if objective == "cost":
         _check_prices(cluster)
     eng = engine if isinstance(engine, EngineSpec) else load_engine(engine)
+    _check_attention_dp(model, eng, attention_dp)
     eng_key = engine if isinstance(engine, str) else eng.name
     other_keys = tuple(dict.fromkeys(e for e in also_launch if e != eng_key))
     others = tuple(load_engine(e) for e in other_keys)
@@ -286,15 +306,16 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
         """Best simulated plan of a relaxed problem (no details, no further explanations)."""
         r = solve(model, cl, rq, sl, objective=objective, top_k=2, workers=workers,
                   executor=executor, seed=seed, time_limit_s=time_limit_s, engine=eng,
-                  max_sims=6, _detail=False, _verify=False)
+                  max_sims=6, attention_dp=attention_dp, _detail=False, _verify=False)
         return r.plans[0]
 
     def infeasible(err):
         return verify_fixes(err, cluster, slo, requests, resolve) if _verify else err
 
-    space = build_space(model, cluster, stats, slo, objective, engine=eng)
+    space = build_space(model, cluster, stats, slo, objective, engine=eng, attention_dp=attention_dp)
     if not space.cands:
-        raise infeasible(explain(model, cluster, stats, slo, objective, None, engine=eng))
+        raise infeasible(explain(model, cluster, stats, slo, objective, None, engine=eng,
+                                 attention_dp=attention_dp))
     ctx = SimContext(model, cluster, requests, slo, eng)
     cb = (lambda d, n: progress("simulating", d, n)) if progress else None
     cache: dict[PlanKey, SimOutcome] = {}
@@ -405,7 +426,8 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
             gap = None if ref.gap is None else round_sig(ref.gap)
             status = st[0] if st else "UNKNOWN"
             if not keys:
-                raise infeasible(explain(model, cluster, stats, slo, objective, space, engine=eng))
+                raise infeasible(explain(model, cluster, stats, slo, objective, space, engine=eng,
+                                         attention_dp=attention_dp))
             if objective == "energy":
                 # the latency-optimal plan, to measure the saving against
                 lat_src, _ = ranked_plans(latency_space(space), workers, seed, time_limit_s)

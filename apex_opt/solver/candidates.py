@@ -1,11 +1,16 @@
-"""Replica candidates: every (pool, TP, PP, EP, weight dtype, KV dtype, engine limits) a plan group
-may use, with its memory verdict (:func:`apex_opt.memory.replica_memory`) and the constraint groups
+"""Replica candidates: every (pool, TP, PP, EP, attention DP, weight dtype, KV dtype, engine limits) a
+plan group may use, with its memory verdict (:func:`apex_opt.memory.replica_memory`) and the constraint groups
 it violates.
 
 A candidate's ``max_model_len`` is the workload's longest request (prompt + output) rounded up to a
 multiple of 256 tokens, so the memory check demands a KV cache of at least one such request: the
 "minimum KV budget for the workload's context lengths". Pipeline stages get the uneven split of
 :func:`apex_opt.solver.stages.split_layers`.
+
+Data-parallel attention (``attention_dp`` D > 1) is searched for mixture-of-experts models on
+engines that run it (EngineSpec.dp_attention), on every single-stage shape whose TP D divides
+(:func:`apex_opt.parallel.attention_dp_degrees`); a candidate's engine limits (max_num_seqs,
+max_num_batched_tokens) are those of each attention-DP rank, as the simulator applies them.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import numpy as np
 
 from ..costmodel import fp4_runs
 from ..memory import linear_weight_bytes_per_elem, replica_memory
-from ..parallel import enumerate_shapes, node_aligned
+from ..parallel import attention_dp_degrees, enumerate_shapes, node_aligned
 from ..sim.workload import Requests
 from ..specs.cluster import ClusterSpec, PoolSpec
 from ..specs.engine import EngineSpec, load_engine
@@ -138,6 +143,8 @@ class Candidate:
     violates: frozenset[str] = field(default_factory=frozenset)
     #: locked SM clock (MHz) of the replica's GPUs; None = the driver's default
     sm_clock_mhz: int | None = None
+    #: data-parallel attention ranks inside the TP group (1 = off)
+    attention_dp: int = 1
 
     @property
     def gpus(self) -> int:
@@ -147,10 +154,11 @@ class Candidate:
     def cost_key(self) -> tuple:
         """Candidates sharing this key share an iteration cost model."""
         return (self.pool, self.tp, self.pp, self.ep, self.weight_dtype, self.kv_dtype,
-                self.layers_per_stage, self.sm_clock_mhz)
+                self.layers_per_stage, self.sm_clock_mhz, self.attention_dp)
 
     def config(self) -> ReplicaConfig:
         return ReplicaConfig(pool=self.pool, tp=self.tp, pp=self.pp, ep=self.ep,
+                             attention_dp=self.attention_dp,
                              layers_per_stage=self.layers_per_stage if self.pp > 1 else None,
                              weight_dtype=self.weight_dtype, kv_dtype=self.kv_dtype,
                              max_num_seqs=self.max_num_seqs,
@@ -200,11 +208,14 @@ def _violations(slo: SLOSpec, pool: PoolSpec, tp: int, pp: int, wd: str, kv: str
 def enumerate_candidates(model: ModelSpec, cluster: ClusterSpec, stats: WorkloadStats,
                          slo: SLOSpec, *, engine: EngineSpec | None = None,
                          everything: bool = False,
-                         limits: tuple[tuple[int, int], ...] | None = None) -> list[Candidate]:
+                         limits: tuple[tuple[int, int], ...] | None = None,
+                         attention_dp: int | None = None) -> list[Candidate]:
     """Candidates of every pool. Normally only those violating no constraint group are returned;
     ``everything=True`` returns all of them (dtypes outside the defaults included) with their
     ``violates`` sets, for the infeasibility explanation. Shapes whose linear weights alone exceed
-    the pool's device memory skip the detailed memory check (they cannot fit)."""
+    the pool's device memory skip the detailed memory check (they cannot fit). ``attention_dp``:
+    None searches every attention-DP size each shape can run (1 included); N only N (1 = off;
+    shapes that cannot run N are left out)."""
     engine = engine or load_engine()
     # the user's required context (solve --max-model-len / SLO constraint) wins over the workload's
     max_len = getattr(slo.constraints, "max_model_len", None) or workload_max_model_len(model, stats)
@@ -224,6 +235,11 @@ def enumerate_candidates(model: ModelSpec, cluster: ClusterSpec, stats: Workload
             if not everything and ((c.max_tp and shape.tp > c.max_tp)
                                    or (c.max_pp and shape.pp > c.max_pp)):
                 continue
+            adps = attention_dp_degrees(model, shape.tp, shape.pp, engine)
+            if attention_dp is not None:
+                adps = [d for d in adps if d == attention_dp]
+                if not adps:
+                    continue
             for wd in wds:
                 if wd == "fp4" and not fp4_runs(model, pool.device, engine.name):
                     continue  # NVFP4 / an MXFP4 checkpoint's kernels: not on this GPU / engine
@@ -231,18 +247,19 @@ def enumerate_candidates(model: ModelSpec, cluster: ClusterSpec, stats: Workload
                 if hopeless and not everything:
                     continue
                 split = split_layers(model, shape.pp, linear_weight_bytes_per_elem(wd))
-                for kv in kvs:
-                    for seqs, tokens in pool_limits:
-                        cand = _candidate(model, pool, shape, wd, kv, seqs, tokens, max_len,
-                                          split, hopeless, engine, slo, len(out))
-                        if everything or not cand.violates:
-                            out.append(cand)
+                for adp in adps:
+                    for kv in kvs:
+                        for seqs, tokens in pool_limits:
+                            cand = _candidate(model, pool, shape, wd, kv, seqs, tokens, max_len,
+                                              split, hopeless, engine, slo, len(out), adp)
+                            if everything or not cand.violates:
+                                out.append(cand)
     return [Candidate(**{**cand.__dict__, "index": i}) for i, cand in enumerate(out)]
 
 
 def _candidate(model: ModelSpec, pool: PoolSpec, shape, wd: str, kv: str, seqs: int, tokens: int,
                max_len: int, split: tuple[int, ...], hopeless: bool, engine: EngineSpec,
-               slo: SLOSpec, index: int) -> Candidate:
+               slo: SLOSpec, index: int, attention_dp: int = 1) -> Candidate:
     max_rep = pool.num_gpus // shape.gpus
     if hopeless:
         fits, problem, kv_tokens, wmax = False, "linear weights alone exceed device memory", 0, 0
@@ -250,7 +267,7 @@ def _candidate(model: ModelSpec, pool: PoolSpec, shape, wd: str, kv: str, seqs: 
         cfg = ReplicaConfig(pool=pool.name, tp=shape.tp, pp=shape.pp, ep=shape.ep,
                             layers_per_stage=split if shape.pp > 1 else None, weight_dtype=wd,
                             kv_dtype=kv, max_num_seqs=seqs, max_num_batched_tokens=tokens,
-                            chunked_prefill=True, max_model_len=max_len)
+                            chunked_prefill=True, max_model_len=max_len, attention_dp=attention_dp)
         mem = replica_memory(model, pool.device, cfg, engine)
         fits, problem, kv_tokens, wmax = mem.fits, mem.problem, mem.kv_tokens, mem.weights_per_gpu_max
     return Candidate(index=index, pool=pool.name, device=pool.device.name, tp=shape.tp,
@@ -258,5 +275,5 @@ def _candidate(model: ModelSpec, pool: PoolSpec, shape, wd: str, kv: str, seqs: 
                      max_num_batched_tokens=tokens, max_model_len=max_len,
                      layers_per_stage=split, fits=fits, memory_problem=problem,
                      kv_tokens=kv_tokens, weights_bytes_max=wmax, max_replicas=max_rep,
-                     violates=_violations(slo, pool, shape.tp, shape.pp, wd, kv, fits,
+                     attention_dp=attention_dp, violates=_violations(slo, pool, shape.tp, shape.pp, wd, kv, fits,
                                           default_weight_dtypes(model)))

@@ -126,9 +126,12 @@ def _fix(model: ModelSpec, cluster: ClusterSpec, stats: WorkloadStats, slo: SLOS
 
 
 def explain(model: ModelSpec, cluster: ClusterSpec, stats: WorkloadStats, slo: SLOSpec,
-            objective: str, space: SearchSpace | None, engine=None) -> InfeasibleError:
-    """Build the :class:`InfeasibleError` for a search with no feasible plan."""
-    full = build_space(model, cluster, stats, slo, objective, everything=True, engine=engine)
+            objective: str, space: SearchSpace | None, engine=None,
+            attention_dp: int | None = None) -> InfeasibleError:
+    """Build the :class:`InfeasibleError` for a search with no feasible plan (``attention_dp``:
+    the search's data-parallel-attention restriction, None = every size)."""
+    full = build_space(model, cluster, stats, slo, objective, everything=True, engine=engine,
+                       attention_dp=attention_dp)
     if not full.cands:
         groups = ["memory"]
         fixes = [f for f in [_fix(model, cluster, stats, slo.model_copy(update={

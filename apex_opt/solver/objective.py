@@ -16,6 +16,18 @@ when ``tau`` must also stay within the TPOT target). Latency at load: TPOT = ``t
 service ``ceil(P / (budget - b))·tau`` plus an M/M/1-style wait ``rho/(1-rho)`` times that service,
 E2E = TTFT + (D - 1)·TPOT. Power = active energy per period + idle power of the idle GPU share.
 
+Data-parallel attention (``attention_dp`` = R > 1, pp = 1) also splits a replica into R schedulers,
+each with ``1/R`` of the requests and KV blocks and its own engine limits, but they step together:
+one iteration of period ``tau`` carries every rank's ``b`` decodes and ``p`` prefill tokens. The
+curves are the cost model's iteration over R equal rank batches (the ``attention_ranks`` the
+simulator passes), indexed by the per-rank batch, so the same fixed point holds per rank with
+``tau = T_dec(b) + F(p)``; capacity is R times a rank's. Prefill is bursty: a rank prefills a
+chunk of the token budget ``B`` in a fraction ``q = p/B`` of the steps, and a lockstep step runs
+the attention side of its busiest rank, so one prefilling rank costs the step about as much as
+R would on that side. With ``k ~ Binomial(R, q)`` ranks prefilling and the step's prefill cost
+linear in k between one rank (``T_1``) and all (``T_R``), ``F(p) = P(k>=1)·T_1 + (E[k] -
+P(k>=1))·(T_R - T_1)/(R-1)`` (= ``p·t_tok`` without DP attention).
+
 A plan spreads its load over groups in proportion to their capacity (what a least-outstanding router
 converges to), so every replica runs at the same utilisation.
 """
@@ -59,6 +71,18 @@ class CostCurves:
     idle_w: float
     #: front-end latency of every request before the engine sees it (HTTP, tokenisation, IPC)
     overhead_s: float = 0.0
+    #: data-parallel attention ranks stepping together (1 = off); b and the prefill tokens of
+    #: the curves are per rank, the times / energies those of the whole lockstep iteration
+    ranks: int = 1
+    #: DP attention: budget -> (time, stage time, energy, busy GPU s) of a step in which ONE rank
+    #: prefills a chunk of the budget and the others idle (host time excluded)
+    tok_one: dict | None = None
+
+    @property
+    def schedulers(self) -> int:
+        """Independent schedulers, each with its share of the requests and KV blocks: the
+        pipeline's virtual engines or the attention-DP ranks."""
+        return max(self.pp, self.ranks)
 
 
 def _interp(xs: tuple[float, ...], ys: tuple[float, ...], x: float) -> float:
@@ -82,6 +106,7 @@ def cost_curves(model: ModelSpec, cluster: ClusterSpec, cand: Candidate, stats: 
     shape, the token-count-only work (same numbers, computed once)."""
     engine = engine or load_engine()
     pool = cluster.pool(cand.pool)
+    ranks = max(1, getattr(cand, "attention_dp", 1))
     kw = {}
     if shared is not None:
         devs = shared.setdefault("device", {})
@@ -89,27 +114,50 @@ def cost_curves(model: ModelSpec, cluster: ClusterSpec, cand: Candidate, stats: 
         if dev is None:
             dev = devs[pool.name] = DeviceCostModel(pool.device)
         tok_key = (cand.pool, cand.tp, cand.pp, cand.ep, cand.weight_dtype, cand.layers_per_stage,
-                   cand.sm_clock_mhz)
+                   cand.sm_clock_mhz, ranks)
         kw = {"device_model": dev, "token_cache": shared.setdefault("tokens", {}).setdefault(tok_key, {})}
     # the same sampler filter the simulator charges these requests (one workload per space, so
     # the shared token-work cache stays consistent)
     cm = IterationCostModel(model, pool, cand.config(), engine, sampler=stats.sampler, **kw)
     ctx = max(1, int(round(stats.mean_prompt + stats.mean_output / 2)))
+    empty = np.zeros(0, dtype=np.int64)
+    # attention-DP ranks: one lockstep iteration over ``ranks`` equal rank batches, called as the
+    # simulator calls it (sim/engine.py _step_lockstep: the union batch, and the per-rank
+    # batches as ``attention_ranks`` where the cost model takes them)
+    by_rank = ranks > 1 and getattr(cm, "supports_attention_dp", False)
+
+    def step(b: int, chunk: tuple[int, int] | None):
+        dec = np.full(b, ctx, dtype=np.int64)
+        pf = [chunk] if chunk is not None else []
+        if ranks == 1:
+            return cm.iteration(dec, pf)
+        per_rank = {"attention_ranks": [(dec, pf)] * ranks} if by_rank else {}
+        return cm.iteration(np.concatenate([dec] * ranks), pf * ranks,
+                            prefill_sampling=len(pf) * ranks, **per_rank)
+
     rows = []
     for b in BATCH_GRID:
-        c = cm.iteration(np.full(b, ctx, dtype=np.int64))
+        c = step(b, None)
         rows.append((c.time_s, max(c.stage_times_s), c.energy_j, c.busy_gpu_s))
-    tok = {}
+    tok, one = {}, {}
     cached = max(0, int(stats.mean_prompt / 2))
     for budget in budgets:
-        c = cm.iteration(np.zeros(0, dtype=np.int64), [(budget, cached)])
-        host = cm.host_time(1)
+        c = step(0, (budget, cached))
+        host = cm.host_time(ranks)
         tok[budget] = ((c.time_s - host) / budget, max(c.stage_times_s) / budget,
                        c.energy_j / budget, c.busy_gpu_s / budget, host)
+        if ranks > 1:  # one rank prefills, the others idle through the lockstep step
+            chunk = [(budget, cached)]
+            per_rank = ({"attention_ranks": [(empty, chunk)] + [(empty, [])] * (ranks - 1)}
+                        if by_rank else {})
+            c = cm.iteration(empty, chunk, **per_rank)
+            h1 = cm.host_time(1)
+            one[budget] = (c.time_s - h1, max(c.stage_times_s), c.energy_j, c.busy_gpu_s)
     cols = list(zip(*rows))
     return CostCurves(tuple(float(b) for b in BATCH_GRID), *(tuple(col) for col in cols), tok,
                       cand.pp, cand.gpus, pool.device.idle_power_w,
-                      float(getattr(engine, "request_overhead_ms", 0.0)) * 1e-3)
+                      float(getattr(engine, "request_overhead_ms", 0.0)) * 1e-3, ranks,
+                      one or None)
 
 
 @dataclass(frozen=True)
@@ -133,15 +181,28 @@ class ReplicaModel:
     def __init__(self, cand: Candidate, curves: CostCurves, stats: WorkloadStats):
         self.cand, self.cv, self.st = cand, curves, stats
         self.tok = curves.tok[cand.max_num_batched_tokens]
-        self.kv_seqs = cand.kv_tokens / curves.pp / max(1.0, stats.mean_prompt + stats.mean_output / 2)
+        self.one = curves.tok_one[cand.max_num_batched_tokens] if curves.tok_one else None
+        self.kv_seqs = cand.kv_tokens / curves.schedulers / max(1.0, stats.mean_prompt + stats.mean_output / 2)
         self.max_b = min(cand.max_num_seqs, self.kv_seqs)
         self._cap: dict[float | None, float] = {}
         self._slo_rate: dict[int, tuple] = {}
 
+    def _prefill(self, p: float, j: int) -> float:
+        """Prefill cost per step of ``p`` prefill tokens per scheduler: ``j`` = 0 time, 1 stage
+        time, 2 energy, 3 busy GPU s (the module docstring's F(p))."""
+        per_tok = self.tok[j]
+        if self.one is None or p <= 0:
+            return p * per_tok
+        budget, r = self.cand.max_num_batched_tokens, self.cv.ranks
+        q = min(1.0, p / budget)
+        p_any = 1.0 - (1.0 - q) ** r
+        all_r, one = budget * per_tok, self.one[j]
+        return p_any * one + (r * q - p_any) * (all_r - one) / (r - 1)
+
     def _period(self, b: float, p: float) -> float:
-        cv, (t_tok, s_tok, *_rest) = self.cv, self.tok
-        t = _interp(cv.b, cv.t_dec, max(b, 1.0)) + p * t_tok
-        s = _interp(cv.b, cv.s_dec, max(b, 1.0)) + p * s_tok
+        cv = self.cv
+        t = _interp(cv.b, cv.t_dec, max(b, 1.0)) + self._prefill(p, 0)
+        s = _interp(cv.b, cv.s_dec, max(b, 1.0)) + self._prefill(p, 1)
         return max(t, cv.pp * s)
 
     def _fixed_point(self, lam_v: float, tpot_cap: float | None) -> tuple[float, float] | None:
@@ -195,7 +256,7 @@ class ReplicaModel:
         """Largest stable request rate (req/s) of the replica (with TPOT <= ``tpot_cap_s``)."""
         if tpot_cap_s in self._cap:
             return self._cap[tpot_cap_s]
-        pp = self.cv.pp
+        sched = self.cv.schedulers
         if self._fixed_point(1e-9, tpot_cap_s) is None:
             self._cap[tpot_cap_s] = 0.0
             return 0.0
@@ -213,7 +274,7 @@ class ReplicaModel:
                 lo = mid
             if hi - lo <= 1e-4 * hi:
                 break
-        cap = lo * pp
+        cap = lo * sched
         self._cap[tpot_cap_s] = cap
         return cap
 
@@ -223,10 +284,10 @@ class ReplicaModel:
         P = self.st.mean_prompt if prompt is None else prompt
         D = self.st.mean_output if output is None else output
         cap = self.capacity()
-        cv, tok = self.cv, self.tok
+        cv = self.cv
         budget = self.cand.max_num_batched_tokens
         rho = rate / cap if cap > 0 else math.inf
-        fp = self._fixed_point(rate / cv.pp, None) if rho < MAX_UTILISATION else None
+        fp = self._fixed_point(rate / cv.schedulers, None) if rho < MAX_UTILISATION else None
         if fp is None:
             over = OVERLOAD_LATENCY_S * max(rho, 1.0)
             return ReplicaState(rate, False, rho, math.inf, self.max_b, over, over, over,
@@ -237,9 +298,10 @@ class ReplicaModel:
         wait = service * rho / (1.0 - rho)
         ttft = service + wait + cv.overhead_s
         e2e = ttft + max(0.0, D - 1.0) * tau
-        p = rate / cv.pp * self.st.mean_prompt * tau
-        energy = _interp(cv.b, cv.e_dec, max(b, 1.0)) + p * tok[2]
-        busy = _interp(cv.b, cv.busy_dec, max(b, 1.0)) + p * tok[3]
+        p = rate / cv.schedulers * self.st.mean_prompt * tau  # prefill tokens per scheduler
+        energy = _interp(cv.b, cv.e_dec, max(b, 1.0)) + self._prefill(p, 2)
+        busy = _interp(cv.b, cv.busy_dec, max(b, 1.0)) + self._prefill(p, 3)
+        # pp virtual engines each run an iteration per period; attention-DP ranks share one
         busy_frac = min(1.0, cv.pp * busy / (cv.gpus * tau))
         power = cv.pp * energy / tau * (1.0 if rate > 0 else 0.0) \
             + cv.idle_w * cv.gpus * (1.0 - (busy_frac if rate > 0 else 0.0))

@@ -14,12 +14,14 @@ from .objective import ReplicaModel, cost_curves
 
 def build_space(model: ModelSpec, cluster: ClusterSpec, stats: WorkloadStats, slo: SLOSpec,
                 objective: str, everything: bool = False,
-                engine: EngineSpec | None = None) -> SearchSpace:
+                engine: EngineSpec | None = None, attention_dp: int | None = None) -> SearchSpace:
     """Candidates of every pool with their surrogates. ``everything=True`` keeps candidates that
     violate a user constraint (the infeasibility explanation relaxes them one group at a time)
-    but drops those that cannot fit in memory."""
+    but drops those that cannot fit in memory. ``attention_dp``: None searches every
+    data-parallel-attention size, N only N (1 = off)."""
     engine = engine or load_engine()
-    cands = enumerate_candidates(model, cluster, stats, slo, engine=engine, everything=everything)
+    cands = enumerate_candidates(model, cluster, stats, slo, engine=engine, everything=everything,
+                                 attention_dp=attention_dp)
     if everything:
         cands = [c for c in cands if c.fits]
     budgets: dict = {}

@@ -7,25 +7,27 @@ from __future__ import annotations
 from ..memory import replica_memory
 from ..parallel import validate_plan
 from ..specs.cluster import ClusterSpec
+from ..specs.engine import EngineSpec
 from ..specs.model import ModelSpec
 from ..specs.plan import Plan
 from ..specs.slo import SLOSpec
 
 
 def plan_problems(model: ModelSpec, cluster: ClusterSpec, plan: Plan,
-                  slo: SLOSpec | None = None) -> list[str]:
-    """Everything wrong with ``plan`` (an empty list means it is valid)."""
+                  slo: SLOSpec | None = None, engine: EngineSpec | None = None) -> list[str]:
+    """Everything wrong with ``plan`` (an empty list means it is valid); with ``engine`` also
+    what that engine cannot run (data-parallel attention)."""
     out: list[str] = []
     pools = {p.name: p for p in cluster.pools}
     c = slo.constraints if slo is not None else None
-    out += validate_plan(model, cluster, plan)
+    out += validate_plan(model, cluster, plan, engine)
     for gi, g in enumerate(plan.groups):
         where = f"group {gi} ({g.label()})"
         pool = pools.get(g.pool) if g.pool is not None else cluster.pools[0]
         if pool is None:
             continue
         if not any(o.startswith(where) for o in out):
-            mem = replica_memory(model, pool.device, g.replica())
+            mem = replica_memory(model, pool.device, g.replica(), engine)
             if not mem.fits:
                 out.append(f"{where}: does not fit in memory: {mem.problem}")
         if c is not None:
@@ -45,5 +47,6 @@ def plan_problems(model: ModelSpec, cluster: ClusterSpec, plan: Plan,
     return out
 
 
-def is_valid(model: ModelSpec, cluster: ClusterSpec, plan: Plan, slo: SLOSpec | None = None) -> bool:
-    return not plan_problems(model, cluster, plan, slo)
+def is_valid(model: ModelSpec, cluster: ClusterSpec, plan: Plan, slo: SLOSpec | None = None,
+             engine: EngineSpec | None = None) -> bool:
+    return not plan_problems(model, cluster, plan, slo, engine)
