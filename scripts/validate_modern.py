@@ -323,7 +323,8 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
             # model's full context not fitting the KV cache (vLLM refuses to start then), the run
             # must have set a shorter one -- replay with the longest that fits (what vLLM's error
             # message suggests), never shorter than the row's own requests
-            plan2 = fitting_max_model_len(row, model, cluster, plan, engine, exc)
+            plan2 = (fitting_max_model_len(row, model, cluster, plan, engine, exc)
+                     or fitting_memory_fraction(row, model, cluster, plan, engine, exc))
             if plan2 is None:
                 raise
             plan, fit_note = plan2
@@ -408,6 +409,40 @@ def fitting_max_model_len(row: dict, model, cluster, plan, engine, exc) -> tuple
         return None
     new = plan.model_copy(update={"groups": (g.model_copy(update={"max_model_len": per_rank}),)})
     return new, f"max_model_len not recorded and {model.max_position_embeddings} does not fit: {per_rank}; "
+
+
+#: the largest static memory fraction a replay assumes an unrecorded flag set (SGLang's own
+#: docs suggest raising --mem-fraction-static up to ~0.9 when the weights do not leave room;
+#: aiconfigurator's generator writes 0.9 when it sets one: generator/sflow.py)
+MAX_STATIC_FRACTION = 0.95
+
+
+def fitting_memory_fraction(row: dict, model, cluster, plan, engine, exc) -> tuple | None:
+    """(plan with the smallest static memory fraction that holds the weights and the row's own
+    concurrent requests, note) when ``exc`` is an SGLang server whose default
+    mem_fraction_static cannot hold the weights and the row does not record the fraction (it
+    ran, so it was set higher); else None. The smallest such fraction: a floor, never more KV
+    than the run needed (at most MAX_STATIC_FRACTION)."""
+    from apex_opt.memory import replica_memory
+
+    if ((row.get("gpu_memory_utilization") or "").strip()
+            or getattr(engine, "kv_sizing", "") != "static_fraction"
+            or exc.details.get("overflow_component") in (None, "kv_cache", "cuda_context_and_graphs")):
+        return None
+    g = plan.groups[0]
+    need = ((_i(row.get("isl", "")) or 0) + (_i(row.get("osl", "")) or 0)) * max(1, _i(row.get("concurrency", "")) or 1)
+    dev = cluster.pool(g.pool).device
+    for pct in range(50, int(MAX_STATIC_FRACTION * 100) + 1):  # below the default: cannot fit
+        g2 = g.model_copy(update={"gpu_memory_utilization": pct / 100})
+        try:
+            mem = replica_memory(model, dev, g2.replica(), engine)
+        except Exception:  # noqa: BLE001 -- not fitting yet
+            continue
+        if mem.fits and mem.kv_tokens >= need:
+            new = plan.model_copy(update={"groups": (g2,)})
+            return new, (f"memory fraction not recorded and the default does not hold the weights: "
+                         f"{pct / 100:.2f}; ")
+    return None
 
 
 #: a closed loop whose measured means imply more than this share of the GPUs' dense datasheet

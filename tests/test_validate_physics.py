@@ -71,3 +71,33 @@ def test_tpot_floor_spreads_weights_over_the_moe_gpus_a_row_records():
     one = vm.measured_tpot_floor(_row(tp="1", notes=""), big, cl)
     two = vm.measured_tpot_floor(_row(tp="1", notes="agg tp1 pp1 attn_dp1 moe_tp2 moe_ep1"), big, cl)
     assert two == pytest.approx(one / 2)
+
+
+def test_unrecorded_sglang_memory_fraction_smallest_that_holds_the_weights():
+    """DeepSeek-V3 fp8 on 4 B200 under SGLang: the default mem_fraction_static (~0.85) cannot hold
+    the 157 GiB of weights per GPU, so a run that happened set it higher; the replay takes the
+    smallest fraction that holds the weights and the row's own requests, and only for SGLang rows
+    that leave the fraction unrecorded."""
+    from apex_opt.errors import InfeasibleError
+    from apex_opt.memory import replica_memory
+    from apex_opt.specs.engine import load_engine
+    from apex_opt.specs.plan import Plan, ReplicaGroup
+
+    m, cl, eng = load_model("deepseek-v3"), load_cluster("b200-1x8"), load_engine("sglang")
+    plan = Plan(groups=(ReplicaGroup(tp=4, weight_dtype="fp8"),), router="round_robin")
+    dev = cl.pools[0].device
+    mem = replica_memory(m, dev, plan.groups[0].replica(), eng)
+    assert not mem.fits
+    exc = InfeasibleError("weights do not fit", details={"overflow_component": mem.overflow_component})
+    row = _row(isl="8192", osl="1024", concurrency="8", gpu_memory_utilization="")
+    plan2, note = vm.fitting_memory_fraction(row, m, cl, plan, eng, exc)
+    frac = plan2.groups[0].gpu_memory_utilization
+    assert 0.85 < frac <= vm.MAX_STATIC_FRACTION and "memory fraction not recorded" in note
+    fit = replica_memory(m, dev, plan2.groups[0].replica(), eng)
+    assert fit.fits and fit.kv_tokens >= 8 * (8192 + 1024)
+    lower = plan2.groups[0].model_copy(update={"gpu_memory_utilization": frac - 0.01})
+    low = replica_memory(m, dev, lower.replica(), eng)
+    assert not (low.fits and low.kv_tokens >= 8 * (8192 + 1024))
+    # recorded fraction, or a vLLM engine: no guess
+    assert vm.fitting_memory_fraction({**row, "gpu_memory_utilization": "0.8"}, m, cl, plan, eng, exc) is None
+    assert vm.fitting_memory_fraction(row, m, cl, plan, load_engine("vllm"), exc) is None
