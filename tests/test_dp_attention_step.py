@@ -101,3 +101,25 @@ def test_bad_dp_collective_is_refused():
     data["dp_attention_collectives"] = [["broadcast", "all", "rank"]]
     with pytest.raises(ValueError, match="dp_attention_collectives"):
         EngineSpec.model_validate(data)
+
+
+def test_sglang_dp_attention_splits_the_prefill_budget_and_reserve():
+    from apex_opt.sim.simulator import engine_limits
+
+    model = load_model("deepseek-v3")
+    dev = load_cluster("h200-1x8").pools[0].device
+    base = ReplicaConfig(tp=8, weight_dtype="fp8")
+    dpa = base.model_copy(update={"attention_dp": 8})
+    sg = load_engine("sglang")
+    one, eight = (engine_limits(model, c, 10000, sg, dev) for c in (base, dpa))
+    # server_args _handle_data_parallelism: chunked_prefill_size //= dp_size, conservativeness x 0.3
+    assert eight.max_num_batched_tokens == one.max_num_batched_tokens // 8
+    assert eight.new_token_ratio[0] == pytest.approx(0.3 * one.new_token_ratio[0])
+    assert eight.new_token_ratio[1] == pytest.approx(0.3 * one.new_token_ratio[1])
+    # a plan's own budget is already each rank's (the SGLang launch passes 8 x it)
+    own = dpa.model_copy(update={"max_num_batched_tokens": 4096})
+    assert engine_limits(model, own, 10000, sg, dev).max_num_batched_tokens == 4096
+    # vLLM: every DP rank is an engine core with the whole --max-num-batched-tokens
+    v = load_engine("vllm")
+    assert (engine_limits(model, dpa, 10000, v, dev).max_num_batched_tokens
+            == engine_limits(model, base, 10000, v, dev).max_num_batched_tokens)

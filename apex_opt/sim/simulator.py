@@ -122,24 +122,33 @@ def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
                   engine: EngineSpec, device=None) -> EngineLimits:
     """Resolved scheduler limits of one replica (engine defaults -- by ``device`` memory where
     the engine picks them so -- filled in)."""
+    # DP attention: a plan's limits are each rank's (report/launch.py passes D x them to SGLang);
+    # the engine's own default chunked-prefill budget is divided over the ranks (below)
+    default_budget = cfg.max_num_batched_tokens is None
     cfg = cfg.resolved(engine, model, device)
     max_len = cfg.resolved_max_model_len(model.max_position_embeddings)
     policy = {"vllm": "v0", "vllm_v1": "v1", "sglang": "sglang"}[engine.scheduler]
     if policy == "sglang" and not cfg.chunked_prefill:
         policy = "v0"  # SGLang with --chunked-prefill-size -1: whole-prompt prefill batches
     ntr = engine.new_token_ratio
+    budget = cfg.resolved_batched_tokens(model.max_position_embeddings, engine.chunked_prefill_budget)
+    ntr_init = None if ntr is None else ntr.init
+    if cfg.attention_dp > 1:  # DP attention: the engine's per-rank scheduler settings
+        if engine.dp_attention_split_prefill_budget and cfg.chunked_prefill and default_budget:
+            budget = max(1, budget // cfg.attention_dp)
+        if ntr is not None:
+            ntr_init = min(1.0, ntr.init * engine.dp_attention_conservativeness)
     return EngineLimits(
         num_blocks=num_blocks, block_size=engine.block_size, max_num_seqs=cfg.max_num_seqs,
-        max_num_batched_tokens=cfg.resolved_batched_tokens(model.max_position_embeddings,
-                                                           engine.chunked_prefill_budget),
+        max_num_batched_tokens=budget,
         max_model_len=max_len, chunked_prefill=cfg.chunked_prefill, pp=cfg.pp,
         watermark_fraction=engine.watermark_fraction, policy=policy,
         prefix_caching=bool(cfg.prefix_caching) and engine.prefix_cache != "none",
         long_prefill_token_threshold=engine.long_prefill_token_threshold,
         attention_dp=cfg.attention_dp,
         new_token_ratio=(None if ntr is None or policy != "sglang" else
-                         (ntr.init, ntr.init * ntr.min_factor,
-                          (ntr.init - ntr.init * ntr.min_factor) / ntr.decay_steps)))
+                         (ntr_init, ntr_init * ntr.min_factor,
+                          (ntr_init - ntr_init * ntr.min_factor) / ntr.decay_steps)))
 
 
 def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: RequestLog,

@@ -19,7 +19,7 @@ from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
-from .common import DPRouterPolicy, NonNegFloat, StrictModel
+from .common import DPRouterPolicy, NonNegFloat, PosFloat, StrictModel
 
 
 class BatchDefaults(StrictModel):
@@ -286,6 +286,15 @@ class EngineSpec(StrictModel):
                           "rank's gathered tokens sharded over all tp GPUs (with the MoE layers' "
                           "collectives); False: each rank runs them on its own tokens sharded over "
                           "its attention-TP group (an all-reduce there after the MLP).")
+    dp_attention_split_prefill_budget: bool = Field(
+        False, description="DP attention: each rank's chunked-prefill budget is the configured one "
+                           "divided by attention_dp (SGLang server_args _handle_data_parallelism: "
+                           "chunked_prefill_size //= dp_size); False: every rank keeps the whole "
+                           "budget (vLLM: each DP rank an engine core with --max-num-batched-tokens).")
+    dp_attention_conservativeness: PosFloat = Field(
+        1.0, description="DP attention: factor on the new-token-ratio decode reserve (SGLang "
+                         "server_args: schedule_conservativeness x 0.3, which scales the "
+                         "scheduler's init / min new_token_ratio).")
     dp_router: DPRouterSpec = Field(
         default_factory=lambda: DPRouterSpec(policy="least_outstanding"),
         description="Router over data-parallel replicas in the engine's own DP deployment "
