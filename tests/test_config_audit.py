@@ -141,13 +141,17 @@ def test_kimi_linear_refused_naming_kda_layers():
     ("hybrid_override_pattern", "MEM*EM"),
     ("layers_block_type", ["mamba", "moe", "mamba", "attention", "moe", "mamba"]),
 ])
-def test_nemotron3_moe_blocks_refused(key, value):
-    cfg = _base(architectures=["NemotronHForCausalLM"], model_type="nemotron_h",
-                mamba_num_heads=8, mamba_head_dim=32, ssm_state_size=16, n_groups=2,
-                conv_kernel=4, n_routed_experts=16, num_experts_per_tok=2,
-                moe_latent_size=256, mlp_hidden_act="relu2", **{key: value})
-    msg = _refusal(cfg)
-    assert f"field '{key}'" in msg and "'E' blocks (2 of 6" in msg and "moe_latent_size 256" in msg
+def test_nemotron3_moe_blocks_planned(key, value):
+    """Nemotron-3 'E' blocks (either spelling of the pattern) are planned: non-gated experts in
+    the latent width; without the expert keys they are refused naming n_routed_experts."""
+    common = dict(architectures=["NemotronHForCausalLM"], model_type="nemotron_h",
+                  mamba_num_heads=8, mamba_head_dim=32, ssm_state_size=16, n_groups=2,
+                  conv_kernel=4, mlp_hidden_act="relu2", **{key: value})
+    m = ModelSpec.from_hf_config(_base(**common, n_routed_experts=16, num_experts_per_tok=2,
+                                       moe_intermediate_size=64, moe_latent_size=256))
+    assert m.moe.moe_layers == (0, 2) and m.moe.latent_size == 256 and not m.moe.expert_gated
+    msg = _refusal(_base(**common))
+    assert "field 'n_routed_experts'" in msg and "'E' blocks (2 of 6" in msg
 
 
 def test_nemotron_h_layers_block_type_without_moe_is_planned():

@@ -298,11 +298,33 @@ def test_nemotron_h_blocks_and_parameter_count():
     assert m.mamba_state_bytes(1, 4, 2) == 32 * 64 * 128 * 4 + conv_dim * 3 * 2
 
 
-def test_nemotron_h_moe_blocks_stay_refused():
-    cfg = _nemotron_h_like(hybrid_override_pattern="MEM*E-MEM", n_routed_experts=8,
-                           num_experts_per_tok=2, moe_intermediate_size=256)
-    with pytest.raises(InputError, match="not supported"):
-        _model(cfg)
+def test_nemotron_3_moe_blocks():
+    """Nemotron-3 'E' blocks (vLLM nemotron_h.py NemotronHMoE): non-gated relu2 experts, a
+    non-gated shared MLP of moe_shared_expert_intermediate_size, sigmoid router; with
+    moe_latent_size the routed experts run in the latent width between two replicated
+    projections. Grouped like '-' blocks: a mixer with the MoE block after it."""
+    kw = dict(hybrid_override_pattern="MEM*E-MEM", n_routed_experts=8, num_experts_per_tok=2,
+              moe_intermediate_size=256, n_shared_experts=1, moe_shared_expert_intermediate_size=512)
+    m = _model(_nemotron_h_like(**kw))
+    # ME | M | *E | - | ME | M  ->  the MoE blocks join the mixer before them; '-' stays alone
+    assert m.layer_kinds == ("mamba", "mamba", "full", "none", "mamba", "mamba")
+    assert m.mlp_free_layers == (1, 5)
+    assert m.moe.moe_layers == (0, 2, 4) and not m.moe.expert_gated and m.moe.latent_size == 0
+    assert [(op.name, op.n, op.k) for op in m.expert_linear_ops()] == [("up", 256, H), ("down", H, 256)]
+    assert [(op.name, op.n, op.k) for op in m.shared_expert_linear_ops()] == [
+        ("shared_up", 512, H), ("shared_down", H, 512)]
+    moe_layer = 8 * 2 * H * 256 + 2 * H * 512 + 8 * H          # experts + shared + router
+    dense = _model(_nemotron_h_like(hybrid_override_pattern="M-M*--M-M"))
+    assert dense.moe is None
+    per_mlp = 2 * H * 4096                                     # the dense relu2 MLP it replaces
+    assert m.params_total - dense.params_total == 3 * (moe_layer - per_mlp)
+    assert m.params_active - dense.params_active == 3 * (2 * 2 * H * 256 + 2 * H * 512 + 8 * H - per_mlp)
+    lat = _model(_nemotron_h_like(**kw, moe_latent_size=128))
+    assert lat.moe_hidden_size == 128
+    assert [(op.name, op.n, op.k) for op in lat.expert_linear_ops()] == [("up", 256, 128), ("down", 128, 256)]
+    assert [op.split for op in lat.shared_expert_linear_ops()[:2]] == ["replicated", "replicated"]
+    with pytest.raises(InputError, match="n_routed_experts"):
+        _model(_nemotron_h_like(hybrid_override_pattern="MEM*E-MEM"))
     with pytest.raises(InputError, match="hybrid_override_pattern"):
         _model(_nemotron_h_like(num_hidden_layers=10))
 

@@ -101,6 +101,13 @@ class MoESpec(BaseModel):
     moe_layers: tuple[int, ...]   # indices of layers whose MLP is MoE
     norm_topk_prob: bool = False
     shared_expert_gate: bool = False  # Qwen2-MoE: sigmoid gate Linear(hidden, 1) on the shared expert
+    #: False: experts (and shared experts) are up -> activation -> down with no gate (Nemotron-3
+    #: relu2 experts: vLLM nemotron_h.py FusedMoE activation_without_mul, ckpt up_proj/down_proj)
+    expert_gated: bool = True
+    #: LatentMoE (Nemotron-3 Super / Ultra ``moe_latent_size``): the routed experts run in this
+    #: width between a hidden -> latent and a latent -> hidden projection, both replicated on every
+    #: TP rank (vLLM nemotron_h.py fc1_latent_proj / fc2_latent_proj ReplicatedLinear); 0 = none
+    latent_size: int = 0
 
 
 class LinearAttnSpec(BaseModel):
@@ -446,20 +453,44 @@ class ModelSpec(BaseModel):
         return _gated_mlp("", self.intermediate_size, self.hidden_size)
 
     def shared_expert_linear_ops(self) -> list[LinearOp]:
-        """Shared-expert MLP of one MoE layer (all shared experts fused); [] if none."""
-        if self.moe is None or self.moe.shared_intermediate_size == 0:
+        """The dense GEMMs of one MoE layer every token runs: the shared-expert MLP (all shared
+        experts fused) and a LatentMoE's two replicated latent projections; [] if none."""
+        if self.moe is None:
             return []
-        ops = _gated_mlp("shared_", self.moe.shared_intermediate_size, self.hidden_size)
+        ops: list[LinearOp] = []
+        if self.moe.latent_size:
+            ops += [LinearOp(name="latent_in", n=self.moe.latent_size, k=self.hidden_size,
+                             split="replicated"),
+                    LinearOp(name="latent_out", n=self.hidden_size, k=self.moe.latent_size,
+                             split="replicated")]
+        if self.moe.shared_intermediate_size == 0:
+            return ops
+        if not self.moe.expert_gated:
+            w = self.moe.shared_intermediate_size
+            return ops + [LinearOp(name="shared_up", n=w, k=self.hidden_size, split="column"),
+                          LinearOp(name="shared_down", n=self.hidden_size, k=w, split="row")]
+        ops += _gated_mlp("shared_", self.moe.shared_intermediate_size, self.hidden_size)
         if self.moe.shared_expert_gate:
             ops.append(LinearOp(name="shared_expert_gate", n=1, k=self.hidden_size,
                                 split="replicated"))
         return ops
 
     def expert_linear_ops(self) -> list[LinearOp]:
-        """ONE routed expert: gate_up (n = 2 × expert width) and down; [] for dense models."""
+        """ONE routed expert: gate_up (n = 2 × expert width) and down -- up (n = expert width)
+        and down when not gated -- in the hidden width (a LatentMoE's latent width); [] for dense
+        models."""
         if self.moe is None:
             return []
-        return _gated_mlp("", self.moe.expert_intermediate_size, self.hidden_size)
+        h, w = self.moe_hidden_size, self.moe.expert_intermediate_size
+        if not self.moe.expert_gated:
+            return [LinearOp(name="up", n=w, k=h, split="column"),
+                    LinearOp(name="down", n=h, k=w, split="row")]
+        return _gated_mlp("", w, h)
+
+    @property
+    def moe_hidden_size(self) -> int:
+        """Width the routed experts read and write: hidden_size, or a LatentMoE's latent size."""
+        return (self.moe.latent_size or self.hidden_size) if self.moe is not None else self.hidden_size
 
     def router_params(self) -> int:
         """Router (gate) weights of one MoE layer: hidden × num_experts."""
@@ -837,9 +868,9 @@ _ATTENTION_LAYER_TYPES = frozenset({"attention", "full_attention", "sliding_atte
                                     "deepseek_sparse_attention"})
 #: layer_types entries of sliding-window attention (the rest of _ATTENTION_LAYER_TYPES is full)
 _SLIDING_LAYER_TYPES = frozenset({"sliding_attention", "local", "sliding_window"})
-#: Nemotron-H hybrid_override_pattern blocks modelled: Mamba2 mixer, attention, dense MLP (MoE
-#: 'E' blocks of Nemotron-3 have non-gated relu2 experts / latent projections: not modelled)
-_NEMOTRON_H_BLOCKS = "M*-"
+#: Nemotron-H hybrid_override_pattern blocks modelled: Mamba2 mixer, attention, dense MLP, and
+#: Nemotron-3's MoE 'E' blocks (non-gated relu2 experts, LatentMoE projections: _nemotron_moe)
+_NEMOTRON_H_BLOCKS = "M*-E"
 _MAMBA_KEYS = ("mamba_num_heads", "mamba_head_dim", "ssm_state_size", "n_groups", "conv_kernel")
 #: config keys of a Gated DeltaNet linear-attention layer (Qwen3-Next / Qwen3.5)
 _LINEAR_ATTN_KEYS = ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim",
@@ -947,15 +978,10 @@ def _reject_unmodelled(arch: str, model_type: str, cfg: dict, source: str) -> No
                f"Kimi Delta Attention linear layers ({n} of {cfg.get('num_hidden_layers')} layers) "
                f"are not modelled (apex-opt models Gated DeltaNet linear_attention layers){extra}")
     pattern = _block_pattern(cfg)
-    if isinstance(pattern, str) and "E" in pattern:
-        refuse("hybrid_override_pattern" if cfg.get("hybrid_override_pattern") else
-               "layers_block_type",
-               f"Nemotron-3 MoE 'E' blocks ({pattern.count('E')} of {len(pattern)}: "
-               f"n_routed_experts {cfg.get('n_routed_experts')}, non-gated "
-               f"{cfg.get('mlp_hidden_act', 'relu2')} experts"
-               + (f", latent projections moe_latent_size {cfg.get('moe_latent_size')}"
-                  if cfg.get("moe_latent_size") else "")
-               + ") are not modelled (Nemotron-H M / * / - blocks are)")
+    if isinstance(pattern, str) and "E" in pattern and cfg.get("n_routed_experts") is None:
+        refuse("n_routed_experts", f"Nemotron-H MoE 'E' blocks ({pattern.count('E')} of "
+               f"{len(pattern)}) need n_routed_experts, moe_intermediate_size and "
+               f"num_experts_per_tok")
     if isinstance(cfg.get("block_configs"), list):
         # DeciLM / Nemotron-NAS (HF modeling_decilm): each layer has its own FFN width
         # (ffn_mult), attention group size, or a no-op / linear replacement
@@ -1311,27 +1337,33 @@ def _layer_kinds(r: _Reader, num_layers: int) -> tuple[tuple[str, ...], int, Lin
     return tuple(kinds), (window if "sliding" in kinds else 0), (lin if "linear" in kinds else None)
 
 
-def _nemotron_h_layers(r: _Reader) -> tuple[tuple[str, ...], tuple[int, ...], MambaSpec] | None:
+def _nemotron_h_layers(r: _Reader) -> tuple[tuple[str, ...], tuple[int, ...], MambaSpec,
+                                              tuple[int, ...]] | None:
     """Nemotron-H (HF NemotronHConfig): every block of ``hybrid_override_pattern`` holds ONE
-    sublayer -- 'M' Mamba2, '*' attention, '-' MLP -- each with its own pre-norm and residual.
-    They are grouped into the (mixer, MLP) layers the cost model walks: a mixer block with the MLP
-    block that follows it, a mixer block followed by another mixer alone (MLP-free), an MLP block
-    with no mixer before it alone (mixer 'none'). Returns (kinds, MLP-free layer indices, Mamba2
-    layout) or None for other configs."""
+    sublayer -- 'M' Mamba2, '*' attention, '-' MLP, 'E' MoE (Nemotron-3) -- each with its own
+    pre-norm and residual. They are grouped into the (mixer, MLP) layers the cost model walks: a
+    mixer block with the MLP / MoE block that follows it, a mixer block followed by another mixer
+    alone (MLP-free), an MLP / MoE block with no mixer before it alone (mixer 'none'). Returns
+    (kinds, MLP-free layer indices, Mamba2 layout, MoE layer indices) or None for other configs."""
     pattern = _block_pattern(r.cfg)
     if not isinstance(pattern, str) or not pattern or not all(r.has(k) for k in _MAMBA_KEYS):
         return None
     kinds: list[str] = []
     free: list[int] = []
+    moe: list[int] = []
     i = 0
     while i < len(pattern):
         c = pattern[i]
-        if c == "-":
+        if c in "-E":  # an MLP / MoE block with no mixer before it
             kinds.append("none")
+            if c == "E":
+                moe.append(len(kinds) - 1)
             i += 1
             continue
         kinds.append("mamba" if c == "M" else "full")
-        if i + 1 < len(pattern) and pattern[i + 1] == "-":
+        if i + 1 < len(pattern) and pattern[i + 1] in "-E":
+            if pattern[i + 1] == "E":
+                moe.append(len(kinds) - 1)
             i += 2
         else:
             free.append(len(kinds) - 1)
@@ -1339,7 +1371,23 @@ def _nemotron_h_layers(r: _Reader) -> tuple[tuple[str, ...], tuple[int, ...], Ma
     mb = MambaSpec(num_heads=r.get_int("mamba_num_heads"), head_dim=r.get_int("mamba_head_dim"),
                    state_size=r.get_int("ssm_state_size"), n_groups=r.get_int("n_groups"),
                    conv_kernel=r.get_int("conv_kernel"), chunk_size=r.get_int("chunk_size", 128))
-    return tuple(kinds), tuple(free), mb
+    return tuple(kinds), tuple(free), mb, tuple(moe)
+
+
+def _nemotron_moe(r: _Reader, layers: tuple[int, ...]) -> MoESpec:
+    """Nemotron-3 MoE blocks (vLLM nemotron_h.py NemotronHMoE): n_routed_experts non-gated relu2
+    experts of moe_intermediate_size (top num_experts_per_tok, sigmoid grouped routing), a
+    non-gated shared MLP of moe_shared_expert_intermediate_size x n_shared_experts, and with
+    ``moe_latent_size`` (LatentMoE, Nemotron-3 Super / Ultra) the routed experts in that width
+    between two replicated projections."""
+    n_exp = r.get_int("n_routed_experts")
+    n_shared = r.get_int("n_shared_experts", 0, minimum=0)
+    shared = n_shared * r.get_int("moe_shared_expert_intermediate_size", 0, minimum=0) if n_shared else 0
+    latent = r.get_int("moe_latent_size", 0, minimum=0) if r.cfg.get("moe_latent_size") is not None else 0
+    spec = _moe_spec(r, n_exp, "n_routed_experts", r.get_int("moe_intermediate_size"), n_shared,
+                     shared, layers, r.get_bool("norm_topk_prob", True), False)
+    assert spec is not None  # layers is not empty
+    return spec.model_copy(update={"expert_gated": False, "latent_size": latent})
 
 
 def _state_dtype(cfg: dict) -> str:
@@ -1364,6 +1412,9 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
         raise InputError(f"expected a JSON object (an HF config.json), got {type(cfg).__name__}",
                          source=source)
     text, prefix = _text_section(cfg, source)
+    if "num_hidden_layers" not in text and isinstance(text.get("layers_block_type"), list):
+        # newer HF NemotronHConfig (Nemotron-3 Ultra): the layer count is the block list's length
+        text = {**text, "num_hidden_layers": len(text["layers_block_type"])}
     r = _Reader(text, source, prefix)
     arch, model_type = _architecture(text, cfg)
     _reject_unmodelled(arch, model_type, text, source)
@@ -1403,8 +1454,10 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
     free: tuple[int, ...] = ()
     mamba = None
     if nh is not None:
-        kinds, free, mamba = nh
+        kinds, free, mamba, moe_layers = nh
         layers = len(kinds)
+        if moe_layers:
+            moe = _nemotron_moe(r, moe_layers)
         pat = _block_pattern(r.cfg)
         if len(pat or "") != r.get_int("num_hidden_layers", maximum=_MAX_LAYERS):
             raise r.fail("hybrid_override_pattern", "must have one block per hidden layer "
