@@ -48,12 +48,20 @@ def linear_weight_bytes_per_elem(weight_dtype: str, quant_scheme: str = "") -> f
     return WEIGHT_ELEMENT_BYTES[weight_format(weight_dtype, quant_scheme)]
 
 
-def kv_bytes_per_token_per_layer(model: ModelSpec, tp: int, kv_dtype: str) -> float:
-    """Bytes one token's KV occupies in one layer on one TP rank."""
+def kv_bytes_per_token_per_layer(model: ModelSpec, tp: int, kv_dtype: str,
+                                 kind: str = "full") -> float:
+    """Bytes one token's KV occupies in one layer (of attention kind ``kind``) on one TP rank.
+    Per-kind shapes (ModelSpec.attn_shapes): that kind's KV heads per rank x (head_dim +
+    v_head_dim) -- vLLM FullAttentionSpec / SlidingWindowSpec page = block x kv_heads x
+    (head_size + head_size_v) x dtype; SGLang MHATokenToKVPool k_buffer (head_dim) + v_buffer
+    (v_head_dim), the SWA pool with swa_head_num / swa_head_dim / swa_v_head_dim."""
     b = DTYPE_BYTES[kv_dtype]
     if model.attention == "mla":
         # the compressed latent + rope key is not split over TP: every rank caches it whole
         return model.kv_elems_per_token_per_layer() * b + dsa_index_bytes_per_token(model)
+    if model.attn_shapes:
+        sh = model.attn_shape(kind)
+        return max(1, sh.num_kv_heads // tp) * sh.kv_width * b
     return 2 * kv_heads_per_rank(model, tp) * model.head_dim * b
 
 
@@ -80,6 +88,8 @@ def hybrid_block_size(model: ModelSpec, tp: int, kv_dtype: str, engine: EngineSp
     the cache block size, 16) and pads the state page to it; other engines / models: the
     engine's block size."""
     bs = engine.block_size
+    if engine.hybrid_kv == "shared_pool" and model.attn_shapes:
+        return _kind_block_sizes(model, tp, kv_dtype, bs).get("full", bs)
     if engine.hybrid_kv != "shared_pool" or (model.linear_attn is None and model.mamba is None):
         return bs
     plb = kv_bytes_per_token_per_layer(model, tp, kv_dtype)
@@ -87,6 +97,17 @@ def hybrid_block_size(model: ModelSpec, tp: int, kv_dtype: str, engine: EngineSp
     page = max(model.linear_state_bytes(tp, ssm, conv_bytes),
                model.mamba_state_bytes(tp, ssm, conv_bytes))
     return max(bs, bs * math.ceil(page / (bs * plb)))
+
+
+def _kind_block_sizes(model: ModelSpec, tp: int, kv_dtype: str, bs: int) -> dict[str, int]:
+    """vLLM V1 with attention kinds of different page sizes (per-kind shapes): the hybrid KV cache
+    manager needs one page size, so unify_kv_cache_spec_page_size multiplies the block size of
+    every kind whose page (bs x bytes per token) is smaller than the largest by the ratio (it
+    raises when the ratio is not whole; rounded up here)."""
+    plb = {k: kv_bytes_per_token_per_layer(model, tp, kv_dtype, k)
+           for k in model.kind_counts() if k in ("full", "sliding")}
+    top = max(plb.values(), default=0.0)
+    return {k: bs * max(1, math.ceil(top / v)) for k, v in plb.items()}
 
 
 def stage_kv_layout(model: ModelSpec, layers, tp: int, kv_dtype: str, engine: EngineSpec,
@@ -112,6 +133,8 @@ def stage_kv_layout(model: ModelSpec, layers, tp: int, kv_dtype: str, engine: En
     plb = kv_bytes_per_token_per_layer(model, tp, kv_dtype)
     if not model.is_hybrid:
         return plb * len(layers), 0.0, 0.0
+    if model.attn_shapes:  # per-kind shapes: each kind's own bytes per token
+        return _shaped_kv_layout(model, layers, tp, kv_dtype, engine)
     c = model.kind_counts(layers)
     full, sliding = c.get("full", 0), c.get("sliding", 0)
     linear = c.get("linear", 0) + c.get("mamba", 0)  # layers with a recurrent state
@@ -128,9 +151,36 @@ def stage_kv_layout(model: ModelSpec, layers, tp: int, kv_dtype: str, engine: En
     return plb * (full + sliding), state, 0.0
 
 
-def _sharded_params(op: LinearOp, tp: int, model: ModelSpec) -> float:
+def _shaped_kv_layout(model: ModelSpec, layers, tp: int, kv_dtype: str,
+                      engine: EngineSpec) -> tuple[float, float, float]:
+    """:func:`stage_kv_layout` for full / sliding layers of their own shapes (Gemma-4,
+    MiMo-V2-Flash): full layers hold every token at their bytes per token; sliding layers their
+    window at theirs -- in vLLM's shared pool the window's blocks of the sliding kind's block size
+    (:func:`_kind_block_sizes`), in SGLang's SWA pool swa_full_tokens_ratio x the full pool's
+    tokens (SWAKVPool sizes each pool with its own head_num / head_dim / v_head_dim)."""
+    c = model.kind_counts(layers)
+    full, sliding = c.get("full", 0), c.get("sliding", 0)
+    p_full = kv_bytes_per_token_per_layer(model, tp, kv_dtype, "full")
+    p_sw = kv_bytes_per_token_per_layer(model, tp, kv_dtype, "sliding")
+    mode = engine.hybrid_kv
+    if mode == "separate_pools":
+        return p_full * full + engine.swa_full_tokens_ratio * p_sw * sliding, 0.0, 0.0
+    if mode == "shared_pool":
+        bs = _kind_block_sizes(model, tp, kv_dtype, engine.block_size).get("sliding",
+                                                                           engine.block_size)
+        window_tokens = (-(-(model.sliding_window - 1) // bs) + 1) * bs
+        return p_full * full, p_sw * sliding * window_tokens, 0.0
+    return p_full * full + p_sw * sliding, 0.0, 0.0
+
+
+def _sharded_params(op: LinearOp, tp: int, model: ModelSpec, kind: str = "full") -> float:
     if op.split == "replicated":
         return op.n * op.k
+    if op.name == "qkv" and model.attention == "gqa" and model.attn_shapes:
+        sh = model.attn_shape(kind)  # q heads split; K / V heads replicated past their count
+        q = 2 if model.attn_output_gate else 1
+        return (q * model.num_attention_heads / tp * sh.head_dim
+                + max(1, sh.num_kv_heads // tp) * sh.kv_width) * op.k
     if op.name == "qkv" and model.attention == "gqa":
         q = 2 if model.attn_output_gate else 1  # the output gate doubles q_proj
         per_rank_heads = q * model.num_attention_heads / tp + 2 * kv_heads_per_rank(model, tp)
@@ -138,8 +188,8 @@ def _sharded_params(op: LinearOp, tp: int, model: ModelSpec) -> float:
     return op.n * op.k / tp
 
 
-def _ops_params(ops: Iterable[LinearOp], tp: int, model: ModelSpec) -> float:
-    return sum(_sharded_params(op, tp, model) for op in ops)
+def _ops_params(ops: Iterable[LinearOp], tp: int, model: ModelSpec, kind: str = "full") -> float:
+    return sum(_sharded_params(op, tp, model, kind) for op in ops)
 
 
 def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int) -> dict[str, int]:
@@ -154,7 +204,7 @@ def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int) 
     n_attn = len(layers)
     if model.is_hybrid:  # per attention kind; 'attn' is then the stage's sum, n_attn = 1
         tpa = tp // cfg.attention_dp
-        attn = sum(n * (_ops_params(model.attention_linear_ops(k), tpa, model)
+        attn = sum(n * (_ops_params(model.attention_linear_ops(k), tpa, model, k)
                         + model.mixer_extra_params(k) / tpa)
                    for k, n in model.kind_counts(layers).items())
         n_attn = 1

@@ -38,9 +38,11 @@ def valid_tp(model: ModelSpec, tp: int) -> bool:
     if model.num_attention_heads % tp:
         return False
     if model.attention == "gqa":
-        kv = model.num_kv_heads
-        if kv % tp and tp % kv:
-            return False
+        # every layer kind's KV heads (per-kind shapes: Gemma-4 global layers, MiMo-V2 sliding
+        # layers; vLLM / SGLang assert kv % tp == 0 or tp % kv == 0 per layer)
+        for kv in {model.num_kv_heads} | {s.num_kv_heads for _, s in model.attn_shapes}:
+            if kv % tp and tp % kv:
+                return False
     return True
 
 
@@ -111,9 +113,11 @@ def shape_problem(model: ModelSpec, pool: PoolSpec, tp: int, pp: int, ep: int) -
     if model.num_attention_heads % tp:
         return (f"tp={tp} does not divide the {model.num_attention_heads} attention heads of "
                 f"{model.name}; use one of {tp_degrees(model, pool) or [1]}")
-    if model.attention == "gqa" and model.num_kv_heads % tp and tp % model.num_kv_heads:
-        return (f"tp={tp} neither divides nor is a multiple of the {model.num_kv_heads} KV heads "
-                f"of {model.name}")
+    for kv in ({model.num_kv_heads} | {s.num_kv_heads for _, s in model.attn_shapes}
+               if model.attention == "gqa" else ()):
+        if kv % tp and tp % kv:
+            return (f"tp={tp} neither divides nor is a multiple of the {kv} KV heads of "
+                    f"{model.name}")
     if ep > 1 and model.moe is None:
         return f"ep={ep} needs a mixture-of-experts model; {model.name} is dense"
     if not valid_ep(model, tp, ep):

@@ -172,27 +172,30 @@ def test_nemotron_nas_block_configs_refused():
     assert "field 'block_configs'" in msg and "2.5..5.25" in msg and "1 of 6" in msg
 
 
-def test_gemma4_global_attention_shape_refused():
+def test_gemma4_kv_shared_layers_refused():
+    # per-kind shapes are modelled (tests/test_attention_kinds.py); KV sharing is not
     text = _base(model_type="gemma4_text", head_dim=64, global_head_dim=128,
                  num_global_key_value_heads=1, attention_k_eq_v=True, sliding_window=256,
+                 num_kv_shared_layers=2,
                  layer_types=["sliding_attention"] * 5 + ["full_attention"])
     cfg = {"architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4",
            "text_config": text}
     msg = _refusal(cfg)
-    assert "global_head_dim 128" in msg and "num_global_key_value_heads 1" in msg
+    assert "field 'num_kv_shared_layers'" in msg and "last 2 layers" in msg
 
 
-def test_mimo_v2_sliding_shape_refused():
+def test_mimo_v2_sliding_query_heads_refused():
     cfg = _base(architectures=["MiMoV2FlashForCausalLM"], model_type="mimo_v2_flash",
-                swa_num_attention_heads=8, swa_num_key_value_heads=4, swa_head_dim=64,
+                swa_num_attention_heads=4, swa_num_key_value_heads=4, swa_head_dim=64,
                 v_head_dim=64)
     msg = _refusal(cfg)
-    assert "field 'swa_num_key_value_heads'" in msg and "4 vs num_key_value_heads 2" in msg
+    assert "field 'swa_num_attention_heads'" in msg and "4 vs num_attention_heads 8" in msg
 
 
-def test_gqa_value_width_differs_refused():
-    msg = _refusal(_base(v_head_dim=32))
-    assert "field 'v_head_dim'" in msg
+def test_gqa_value_width_differs_is_modelled():
+    m = ModelSpec.from_hf_config(_base(v_head_dim=32))
+    assert m.kv_elems_per_token_per_layer() == 2 * (64 + 32)
+    assert m.attention_linear_ops()[1].k == 8 * 32   # o_proj reads heads x v_head_dim
 
 
 def test_refusal_exit_code_2(tmp_path):

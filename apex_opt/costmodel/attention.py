@@ -17,6 +17,13 @@ across heads and sequences) run below peak::
     t = t0 + (F_causal / (P * eff_causal) + F_cached / (P * eff_cached)) * (1 + (tiles_half / tiles) ** a)
     F = 4 * q_heads * head_dim * pairs
 
+Layer kinds with their own shape (ModelSpec.attn_shapes: Gemma-4's 512-wide global layers,
+MiMo-V2-Flash's K of 192 / V of 128, sliding layers with their own KV heads): each kind is costed
+with its own KV heads per rank and ``head_dim = (k_head_dim + v_head_dim) / 2``, which makes both
+formulas above exact -- decode reads ``L * kv_heads * (k_head_dim + v_head_dim)`` elements and
+prefill does ``2 * q_heads * (k_head_dim + v_head_dim) * pairs`` FLOPs (q.k over K's width, p.v
+over V's).
+
 MLA (DeepSeek-V3) -- our choice, documented:
 
 * decode reads the compressed latent once per token and layer (``kv_lora_rank + rope`` elements,

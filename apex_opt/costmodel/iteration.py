@@ -256,7 +256,7 @@ class IterationCostModel:
         self.state_dtype = recurrent_state_dtype(model, self.engine)
         self.attn_ops = [self._shard(op, self.attn_tp) for op in model.attention_linear_ops()]
         #: hybrid models: the projections of each attention kind (sliding = full's)
-        self.kind_ops = {k: [self._shard(op, self.attn_tp) for op in model.attention_linear_ops(k)]
+        self.kind_ops = {k: [self._shard(op, self.attn_tp, k) for op in model.attention_linear_ops(k)]
                          for k in model.kind_counts()} if model.is_hybrid else {}
         self.mlp_ops = [self._shard(op) for op in model.dense_mlp_linear_ops()]
         if not self.dp_gathered_dense:  # DP attention, per-rank dense MLP: attention-TP shards
@@ -384,10 +384,14 @@ class IterationCostModel:
         return us * 1e-6
 
     # ------------------------------------------------------------------ helpers
-    def _shard(self, op, tp: int | None = None) -> tuple[str, int, int]:
+    def _shard(self, op, tp: int | None = None, kind: str = "full") -> tuple[str, int, int]:
         tp, m = tp or self.tp, self.model
         if op.split == "replicated":
             return op.name, op.n, op.k
+        if op.name == "qkv" and m.attention == "gqa" and m.attn_shapes:
+            sh = m.attn_shape(kind)  # this kind's K / V heads (replicated past their count)
+            q = 2 * m.num_attention_heads // tp if m.attn_output_gate else m.num_attention_heads // tp
+            return op.name, q * sh.head_dim + max(1, sh.num_kv_heads // tp) * sh.kv_width, op.k
         if op.name == "qkv" and m.attention == "gqa":
             q = 2 * self.q_heads if m.attn_output_gate else self.q_heads  # output gate: q_proj x2
             return op.name, (q + 2 * kv_heads_per_rank(m, tp)) * m.head_dim, op.k
@@ -696,7 +700,7 @@ class IterationCostModel:
             elif kind == "sliding":
                 w = m.sliding_window
                 out[kind] = self._attention_rank(np.minimum(decode_ctx, w), window_chunks(prefill, w),
-                                                 tag="sw")
+                                                 tag="sw", kind="sliding")
             elif kind == "linear":
                 out[kind] = self._linear_attention(int(decode_ctx.shape[0]), prefill)
             elif kind == "mamba":
@@ -813,11 +817,13 @@ class IterationCostModel:
         return t, e, fl, by
 
     def _attention_rank(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]],
-                        tag: str = "") -> tuple[float, float, float, float]:
+                        tag: str = "", kind: str = "full") -> tuple[float, float, float, float]:
         t = e = fl = by = 0.0
         m = self.model
         if m.dsa is not None and not tag:
             return self._dsa_attention(decode_ctx, prefill)
+        if m.attention == "gqa" and m.attn_shapes:
+            return self._shaped_attention(decode_ctx, prefill, tag, kind)
         n_dec = len(decode_ctx)
         ctx_sum = int(decode_ctx.sum()) if n_dec else 0  # exact (int64), float() of it as before
         if m.attention == "mla":
@@ -848,6 +854,36 @@ class IterationCostModel:
                 e += c.time_s * c.power_w
                 for q, cached in prefill:
                     fl += 4.0 * self.q_heads * m.head_dim * q * (cached + (q + 1) / 2)
+        return t, e, fl, by
+
+    def _shaped_attention(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]],
+                          tag: str, kind: str) -> tuple[float, float, float, float]:
+        """GQA attention of one layer of kind ``kind`` with that kind's own shape
+        (ModelSpec.attn_shapes: Gemma-4's 512-wide global layers, MiMo-V2's K of 192 / V of 128):
+        its KV heads per rank, and K and V widths. The kernel curves take one head width; at the
+        mean of K's and V's, (head_dim + v_head_dim) / 2, both the decode KV bytes read
+        (kv_heads x (head_dim + v_head_dim) per token) and the prefill FLOPs (q.k over head_dim,
+        p.v over v_head_dim) are exact."""
+        t = e = fl = by = 0.0
+        sh = self.model.attn_shape(kind)
+        kvh = max(1, sh.num_kv_heads // self.attn_tp)
+        d = sh.kv_width / 2.0
+        n_dec = len(decode_ctx)
+        ctx_sum = int(decode_ctx.sum()) if n_dec else 0
+        if n_dec:
+            c = self._op_memo(("decode" + tag, n_dec, ctx_sum), lambda: self.dev.attention_decode(
+                self.q_heads, kvh, d, decode_ctx, self.cfg.kv_dtype))
+            t += c.time_s
+            e += c.time_s * c.power_w
+            by += float(ctx_sum) * kvh * sh.kv_width * self.kv_bytes
+            fl += 2.0 * self.q_heads * sh.kv_width * float(ctx_sum)
+        if prefill:
+            c = self._op_memo(("prefill" + tag, _chunks_key(prefill)), lambda: self.dev.attention_prefill(
+                self.q_heads, kvh, d, prefill, self.cfg.kv_dtype))
+            t += c.time_s
+            e += c.time_s * c.power_w
+            for q, cached in prefill:
+                fl += 2.0 * self.q_heads * sh.kv_width * q * (cached + (q + 1) / 2)
         return t, e, fl, by
 
     # ------------------------------------------------------------------ public

@@ -174,6 +174,68 @@ class RequestLog:
         self.done_sink: list[tuple[int, float]] | None = None
 
 
+class StreamFrontEnd:
+    """The one server process that streams every request's tokens of a replica to its client.
+
+    SGLang: the TokenizerManager (HTTP server + OpenAI adapter, one asyncio process) receives each
+    step's decoded text from the detokenizer and writes one SSE chunk per request and
+    ``stream_interval`` tokens; vLLM V1: the API server process (AsyncLLM output handler,
+    incremental detokenisation, OpenAI chunk serialisation). The engine never waits for it, so
+    its chunks queue first in, first out: a step whose chunks are out at ``e`` is seen by the
+    clients at ``max(e, front end free) + service`` -- a client-visible token rate capped at
+    ``1 / service`` however fast the GPUs are, and (closed loop) a client sends its next request
+    only when its last chunk is written. Service per chunk: ``chunk_s + per_token_s x tokens the
+    request has generated so far`` (non-incremental streaming copies the whole output each time).
+    """
+
+    __slots__ = ("chunk_s", "per_token_s", "interval", "free", "_latest", "_recent")
+
+    def __init__(self, chunk_s: float, per_token_s: float = 0.0, interval: int = 1):
+        self.chunk_s = float(chunk_s)
+        self.per_token_s = float(per_token_s)
+        self.interval = max(1, int(interval))
+        #: when the front end has written everything handed to it so far
+        self.free = float("-inf")
+        self._latest = float("-inf")  # latest emission time handed over so far
+        #: recent hand-overs (first, last, work, done): pipeline-parallel virtual engines plan
+        #: their decode runs out of time order, and a run must queue only behind earlier work
+        self._recent: deque = deque(maxlen=64)
+
+    def emit(self, first: float, last: float, n: float, steps: int = 1,
+             generated: float = 0.0) -> float:
+        """``steps`` engine steps, each handing over the tokens of ``n`` requests that have
+        generated ``generated`` tokens on average at the first of them, are out at ``first`` ..
+        ``last`` (evenly spaced). Returns when the clients see the last step's tokens (the mean
+        over its batch)."""
+        if n <= 0 or steps <= 0:
+            return last
+        chunks = n / self.interval
+        # one step's service; the run's mean and its last step (the output grows by one per step)
+        per_run = chunks * (self.chunk_s + self.per_token_s * (generated + (steps - 1) / 2))
+        per_last = chunks * (self.chunk_s + self.per_token_s * (generated + steps - 1))
+        work = per_run * steps
+        if first >= self._latest:  # in time order: FIFO behind everything handed over
+            start = first if first > self.free else self.free
+            # evenly spaced batches: the backlog is worst at the first or the last step
+            done = max(start + work, last + per_last)
+            self.free = done
+            self._latest = last
+        else:  # out of order: behind the work handed over for earlier times only
+            base, overlap = float("-inf"), 0.0
+            for f, la, w, d in reversed(self._recent):
+                if la <= first:
+                    base = d if d > base else base
+                elif f < last:  # its work inside [first, last]
+                    span = la - f
+                    overlap += w * (min(la, last) - max(f, first)) / span if span > 0 else w
+            start = first if first > base else base
+            done = max(start + work + overlap, last + per_last)
+            if done > self.free:
+                self.free = done
+        self._recent.append((first, last, work, done))
+        return done - 0.5 * per_last * (1.0 - 1.0 / max(chunks, 1.0))
+
+
 @dataclass
 class ReplicaStats:
     """Totals of one replica over the run."""
@@ -253,7 +315,7 @@ class ReplicaEngine:
     def __init__(self, index: int, cost: CostModel, limits: EngineLimits, log: RequestLog, *,
                  debug: bool = False, breakdown: bool = False, fast_forward: int = 1,
                  async_output: bool = False, host_serial_s: float | None = None,
-                 lookahead: bool = False):
+                 lookahead: bool = False, frontend: StreamFrontEnd | None = None):
         if limits.blocks_per_virtual_engine < 1:
             raise ValueError(f"replica {index}: no KV blocks per virtual engine "
                              f"({limits.num_blocks} blocks over pp={limits.pp})")
@@ -273,6 +335,10 @@ class ReplicaEngine:
         #: async scheduling schedules step N+1 when step N starts: requests arriving during step
         #: N join step N+2 at the earliest
         self.lookahead = lookahead
+        #: the streaming front end the clients see the tokens through (None = tokens are seen
+        #: when the engine emits them)
+        self.fe = frontend
+        self._out = np.asarray(log.output, dtype=np.float64) if frontend is not None else None
         self.bs = limits.block_size
         self.nb = limits.blocks_per_virtual_engine
         self.wm = limits.watermark_blocks
@@ -550,7 +616,7 @@ class ReplicaEngine:
             self._evict_if_needed(ve)
             if ve.used_blocks > st.max_blocks_used:
                 st.max_blocks_used = ve.used_blocks
-        self._advance_decodes(ve, k, m, end + lag)
+        self._advance_decodes(ve, k, m, end + lag, first=t + vals0[0] + lag0)
         return end
 
     def _fit_run(self, ve: _VirtualEngine, lens: np.ndarray, started: bool) -> int:
@@ -738,7 +804,8 @@ class ReplicaEngine:
         if ve.used_blocks > st.max_blocks_used:
             st.max_blocks_used = ve.used_blocks
         ve.last_start = last_start
-        self._advance_decodes(ve, int(ve.d_id.shape[0]), n, end)
+        self._advance_decodes(ve, int(ve.d_id.shape[0]), n, end,
+                              first=end - (n - 1) * (end - last_start))
         return end
 
     def _period(self, c) -> tuple[float, float]:
@@ -1047,11 +1114,18 @@ class ReplicaEngine:
         return k
 
     # ------------------------------------------------------------------ effects
-    def _advance_decodes(self, ve: _VirtualEngine, k: int, steps: int, end: float) -> None:
-        """The first ``k`` decodes ran ``steps`` iterations ending at ``end``."""
+    def _advance_decodes(self, ve: _VirtualEngine, k: int, steps: int, end: float,
+                         first: float | None = None) -> None:
+        """The first ``k`` decodes ran ``steps`` iterations ending at ``end`` (the first of them
+        at ``first``; default ``end``)."""
         if k == 0:
             return
         self.stats.decode_tokens += k * steps
+        if self.fe is not None:  # the clients see these tokens when the front end wrote them
+            gen = 0.0
+            if self.fe.per_token_s:
+                gen = float(self._out[ve.d_id[:k]].mean() - ve.d_rem[:k].mean())
+            end = self.fe.emit(end if first is None else first, end, k, steps, gen)
         if self.lim.new_token_ratio is not None:
             lo, dec = self.lim.new_token_ratio[1], self.lim.new_token_ratio[2]
             ve.ratio = max(lo, ve.ratio - dec * steps)
@@ -1086,6 +1160,11 @@ class ReplicaEngine:
 
     def _advance_prefills(self, ve: _VirtualEngine, prefill: list[tuple[int, int]], end: float) -> None:
         log, st = self.log, self.stats
+        if self.fe is not None:  # completed prompts stream their first token through it
+            done = sum(1 for i, e in enumerate(ve.pre[:len(prefill)])
+                       if e[2] + prefill[i][0] >= e[1])
+            if done:
+                end = self.fe.emit(end, end, done, 1, 0.0)
         new_id, new_len, new_rem = [], [], []
         remaining = []
         for i, entry in enumerate(ve.pre):

@@ -24,7 +24,8 @@ from ..specs.engine import DPRouterSpec, EngineSpec, dp_router_for, load_engine
 from ..specs.model import ModelSpec
 from ..specs.plan import Plan, ReplicaConfig
 from ..specs.slo import SLOSpec
-from .engine import DROP_NONE, DROP_REASONS, EngineLimits, ReplicaEngine, RequestLog
+from .engine import (DROP_NONE, DROP_REASONS, EngineLimits, ReplicaEngine, RequestLog,
+                     StreamFrontEnd)
 from .metrics import (EnergyReport, EnergyTimeline, Metrics, compute_metrics, energy_report,
                       energy_window, round_sig, steady_state_bounds, tokens_in_window)
 from .router import run_closed_loop, run_cluster
@@ -206,9 +207,19 @@ def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: Req
             engines.append(ReplicaEngine(len(engines), cost, limits, log, debug=debug,
                                          breakdown=breakdown, fast_forward=fast_forward,
                                          async_output=overlap, host_serial_s=serial,
-                                         lookahead=engine.async_scheduling))
+                                         lookahead=engine.async_scheduling,
+                                         frontend=stream_frontend(engine)))
             meta.append((gi, cfg.label(), pool.name))
     return engines, meta
+
+
+def stream_frontend(engine: EngineSpec) -> StreamFrontEnd | None:
+    """The streaming front end of one replica of ``engine`` (each server has its own), or None
+    when the profile does not model it (``frontend_chunk_us`` 0)."""
+    if engine.frontend_chunk_us <= 0 and engine.frontend_chunk_per_token_ns <= 0:
+        return None
+    return StreamFrontEnd(engine.frontend_chunk_us * 1e-6,
+                          engine.frontend_chunk_per_token_ns * 1e-9, engine.stream_interval)
 
 
 def _token_weighted_tpot_ms(first: np.ndarray, fin: np.ndarray, out: np.ndarray,

@@ -246,6 +246,18 @@ class EngineSpec(StrictModel):
         0.0, description="Per-request latency before the engine can schedule a new request "
                          "(HTTP handling, request parsing, tokenisation, hand-off to the engine "
                          "process) plus first-token output processing.")
+    # streaming front end (sim/engine.py StreamFrontEnd)
+    frontend_chunk_us: NonNegFloat = Field(
+        0.0, description="CPU time the server process that streams tokens to the clients (SGLang "
+                         "TokenizerManager + HTTP, vLLM V1 API server) spends per streamed chunk. "
+                         "One process serves every request of a replica: chunks queue FIFO and a "
+                         "client sees its tokens when the front end has written them (0 = not "
+                         "modelled).")
+    frontend_chunk_per_token_ns: NonNegFloat = Field(
+        0.0, description="Extra front-end time per streamed chunk per token the request has "
+                         "generated so far (cumulative, non-incremental streaming copies).")
+    stream_interval: int = Field(
+        1, ge=1, description="Tokens per streamed chunk (--stream-interval; 1 = every token).")
     graph_launch_saving_us: NonNegFloat = Field(description="Launch latency per kernel that a CUDA-graph "
                                                             "replay removes from isolated-kernel timings.")
     eager_launch_us: NonNegFloat = Field(

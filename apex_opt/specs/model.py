@@ -30,6 +30,12 @@ Supported layouts:
   ``linear_conv_kernel_dim``; or ``full_attention_interval`` when ``layer_types`` is absent).
   Qwen3-Next / Qwen3.5 full-attention layers carry an output gate (``attn_output_gate``: q_proj
   is doubled). Sliding layers without a ``sliding_window`` are counted as full attention.
+  MiMo-V2-Flash's ``hybrid_layer_pattern`` (1 = sliding) gives the kinds too;
+* attention shapes per layer kind (``ModelSpec.attn_shapes``, :class:`AttnShape`): Gemma-4
+  (``global_head_dim``, ``num_global_key_value_heads``, ``attention_k_eq_v``; its
+  ``enable_moe_block`` dense MLP + MoE as an always-on shared expert), MiMo-V2-Flash
+  (``swa_num_key_value_heads``, ``swa_head_dim``, ``swa_v_head_dim``, ``v_head_dim``, sink bias)
+  and any GQA ``v_head_dim`` != ``head_dim``;
 
 Parameter counts include the input embedding and an untied LM head, as published totals do.
 Mamba / RWKV / other recurrent layer types are refused (exit 2) with a one-line message.
@@ -173,6 +179,42 @@ class MambaSpec(BaseModel):
 LayerKind = Literal["full", "sliding", "linear", "mamba", "none"]
 
 
+class AttnShape(BaseModel):
+    """Attention shape of the layers of one kind (full / sliding) when it differs between kinds
+    (ModelSpec.attn_shapes): KV heads, key (and query) head width, value head width.
+
+    * Gemma-4 (vLLM gemma4.py Gemma4DecoderLayer): full layers use ``global_head_dim`` and, with
+      ``attention_k_eq_v``, ``num_global_key_value_heads``; the checkpoint has no v_proj there
+      (``k_eq_v``) and vLLM loads k_proj's weights into BOTH the K and V slots of its fused
+      QKVParallelLinear (Gemma4Attention: "k_eq_v layers load K weights into both K and V slots")
+      -- the served GEMM and the KV cache hold a V like any other layer;
+    * MiMo-V2-Flash (vLLM mimo_v2_flash.py MiMoV2Attention): sliding layers
+      ``swa_num_key_value_heads`` / ``swa_head_dim`` / ``swa_v_head_dim``, full layers
+      ``num_key_value_heads`` / ``head_dim`` / ``v_head_dim`` (V narrower than K: QKVParallelLinear
+      v_head_size, o_proj in heads x v_head_dim, FullAttentionSpec head_size_v); ``sink``: a
+      learned per-head attention-sink bias (``add_swa_attention_sink_bias``: num_heads params).
+
+    SGLang builds the same layers (models/gemma4_causal.py: full layers in head_dim /
+    num_key_value_heads, sliding layers in swa_head_dim / swa_num_key_value_heads after its config
+    remap, one fused QKVParallelLinear with a V part; models/mimo_v2_flash.py) and keeps them in
+    an SWA pool of per-kind head_num / head_dim / v_head_dim (MHATokenToKVPool swa_head_num,
+    swa_head_dim, swa_v_head_dim).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    num_kv_heads: int
+    head_dim: int
+    v_head_dim: int
+    k_eq_v: bool = False
+    sink: bool = False
+
+    @property
+    def kv_width(self) -> int:
+        """K + V elements one KV head caches per token."""
+        return self.head_dim + self.v_head_dim
+
+
 class LinearOp(BaseModel):
     """One linear layer: ``y[tokens, n] = x[tokens, k] @ W[n, k]^T`` with full (unsharded) shapes.
 
@@ -311,6 +353,15 @@ class ModelSpec(BaseModel):
     #: dtype of the recurrent (SSM / delta-rule) state the checkpoint asks for (config
     #: ``mamba_ssm_dtype``: 'fp32' / 'bf16'); '' = not given (the engine's default applies)
     state_dtype: str = ""
+    #: per attention kind ('full' / 'sliding') shapes that differ from (num_kv_heads, head_dim,
+    #: head_dim) -- Gemma-4, MiMo-V2-Flash (:class:`AttnShape`); empty = one shape for every layer
+    attn_shapes: tuple[tuple[str, AttnShape], ...] = ()
+    #: RMSNorm weights of width hidden_size per layer (Gemma-4: input, post-attention,
+    #: pre- and post-feedforward norms)
+    layer_norms: int = DENSE_NORMS_PER_LAYER
+    #: extra per-MoE-layer weights outside the GEMMs (Gemma-4: the MoE branch's three norms and
+    #: the router's input scale, 4 x hidden, plus per_expert_scale)
+    moe_layer_extra_params: int = 0
 
     _moe_set: frozenset[int] = PrivateAttr(default=frozenset())
 
@@ -364,6 +415,15 @@ class ModelSpec(BaseModel):
         return not self.mlp_free_layers or i not in self.mlp_free_layers
 
     # ------------------------------------------------------------------ attention kinds
+    def attn_shape(self, kind: str = "full") -> AttnShape:
+        """Attention shape of the layers of kind ``kind`` (GQA): the per-kind override of
+        :attr:`attn_shapes`, else (num_kv_heads, head_dim, head_dim)."""
+        for k, s in self.attn_shapes:
+            if k == kind:
+                return s
+        return AttnShape(num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+                         v_head_dim=self.head_dim)
+
     def kind_of(self, i: int) -> str:
         """Attention kind of layer ``i``: 'full', 'sliding' or 'linear'."""
         return self.layer_kinds[i] if self.layer_kinds else "full"
@@ -393,6 +453,8 @@ class ModelSpec(BaseModel):
         if kind == "mamba" and self.mamba is not None:
             mb = self.mamba
             return mb.conv_dim * (mb.conv_kernel + 1) + 3 * mb.num_heads
+        if kind in ("full", "sliding") and self.attn_shapes and self.attn_shape(kind).sink:
+            return self.num_attention_heads  # the per-head attention-sink bias
         if kind != "linear" or self.linear_attn is None:
             return 0
         la = self.linear_attn
@@ -418,6 +480,14 @@ class ModelSpec(BaseModel):
                              split="column"),
                     LinearOp(name="in_proj_ba", n=2 * la.num_v_heads, k=H, split="column"),
                     LinearOp(name="out_proj", n=H, k=la.value_dim, split="row")]
+        if self.attention == "gqa" and self.attn_shapes:
+            # per-kind shape: q and k in head_dim, v (and o's input) in v_head_dim; a k_eq_v
+            # layer's served GEMM still produces V (vLLM loads k_proj into the V slot)
+            s = self.attn_shape(kind)
+            q = 2 * h if self.attn_output_gate else h
+            return [LinearOp(name="qkv", n=(q + s.num_kv_heads) * s.head_dim
+                             + s.num_kv_heads * s.v_head_dim, k=H, split="column"),
+                    LinearOp(name="o", n=H, k=h * s.v_head_dim, split="row")]
         if self.attention == "gqa":
             q = 2 * h if self.attn_output_gate else h
             return [LinearOp(name="qkv", n=(q + 2 * self.num_kv_heads) * self.head_dim, k=H,
@@ -501,6 +571,15 @@ class ModelSpec(BaseModel):
         n = sum(op.params for op in self.attention_linear_ops(kind))
         if kind in ("linear", "mamba", "none"):
             return n + self.mixer_extra_params(kind)
+        if self.attn_shapes:
+            s = self.attn_shape(kind)
+            if s.k_eq_v:  # the checkpoint has no v_proj (the engine duplicates k_proj)
+                n -= s.num_kv_heads * s.v_head_dim * self.hidden_size
+            n += self.mixer_extra_params(kind)
+            if self.qkv_bias:
+                n += (self.num_attention_heads + s.num_kv_heads) * s.head_dim \
+                    + (0 if s.k_eq_v else s.num_kv_heads * s.v_head_dim)
+            return n
         if self.qkv_bias:
             n += (self.num_attention_heads + 2 * self.num_kv_heads) * self.head_dim
         return n
@@ -511,14 +590,14 @@ class ModelSpec(BaseModel):
         return self._norm_params()
 
     def _norm_params(self, kind: str = "full", mlp: bool = True) -> int:
-        n = DENSE_NORMS_PER_LAYER * self.hidden_size
+        n = self.layer_norms * self.hidden_size
         if kind in ("mamba", "none") or not mlp:  # Nemotron-H: one norm per mixer / MLP block
             n = self.hidden_size * (int(kind != "none") + int(mlp))
             return n + (self.mamba.d_inner if kind == "mamba" and self.mamba is not None else 0)
         if kind == "linear" and self.linear_attn is not None:
             return n + self.linear_attn.head_v_dim  # the gated RMSNorm on the delta-rule output
         if self.qk_norm:
-            n += 2 * self.head_dim
+            n += 2 * (self.attn_shape(kind).head_dim if self.attn_shapes else self.head_dim)
         if self.qk_norm_tp:
             n += (self.num_attention_heads + self.num_kv_heads) * self.head_dim
         if self.mla is not None:
@@ -546,6 +625,7 @@ class ModelSpec(BaseModel):
             out["router"] = self.router_params()
             out["experts"] = self.moe.num_experts * _ops_params(self.expert_linear_ops())
             out["shared_experts"] = _ops_params(self.shared_expert_linear_ops())
+            out["norms"] += self.moe_layer_extra_params
         else:
             out["mlp"] = _ops_params(self.dense_mlp_linear_ops())
         return out
@@ -609,11 +689,16 @@ class ModelSpec(BaseModel):
         return int(math.ceil(self.params_total * dtype_bytes))
 
     # ------------------------------------------------------------------ KV cache and FLOPs
-    def kv_elems_per_token_per_layer(self) -> int:
-        """Cached elements per token per layer: GQA 2·kv_heads·head_dim; MLA latent + rope key."""
+    def kv_elems_per_token_per_layer(self, kind: str = "full") -> int:
+        """Cached elements per token per layer (of attention kind ``kind``): GQA
+        2·kv_heads·head_dim (kv_heads·(head_dim + v_head_dim) with per-kind shapes); MLA latent +
+        rope key."""
         if self.attention == "mla":
             assert self.mla is not None
             return self.mla.kv_lora_rank + self.mla.qk_rope_head_dim
+        if self.attn_shapes:
+            s = self.attn_shape(kind)
+            return s.num_kv_heads * s.kv_width
         return 2 * self.num_kv_heads * self.head_dim
 
     def kv_bytes_per_token(self, dtype_bytes: float = 2) -> int:
@@ -654,8 +739,9 @@ class ModelSpec(BaseModel):
         conv = la.conv_dim / tp * (la.conv_kernel - 1) * conv_bytes
         return ssm + conv
 
-    def attention_flops_per_token(self, context: int) -> float:
-        """QKᵀ + PV FLOPs of one query token over ``context`` keys, one layer, all heads.
+    def attention_flops_per_token(self, context: int, kind: str = "full") -> float:
+        """QKᵀ + PV FLOPs of one query token over ``context`` keys, one layer (of attention kind
+        ``kind``), all heads.
 
         MLA is counted in its non-absorbed form (q·k over nope+rope dims, p·v over v dims).
         """
@@ -666,6 +752,8 @@ class ModelSpec(BaseModel):
             assert self.mla is not None
             qk = self.mla.qk_nope_head_dim + self.mla.qk_rope_head_dim
             return 2.0 * h * context * (qk + self.mla.v_head_dim)
+        if self.attn_shapes:  # q.k over head_dim, p.v over v_head_dim
+            return 2.0 * h * context * self.attn_shape(kind).kv_width
         return 4.0 * h * self.head_dim * context
 
     def linear_flops_per_token(self) -> float:
@@ -694,7 +782,8 @@ class ModelSpec(BaseModel):
             return self.linear_flops_per_token() + self.num_layers * self.attention_flops_per_token(context)
         c = self.kind_counts()
         att = c.get("full", 0) * self.attention_flops_per_token(context)
-        att += c.get("sliding", 0) * self.attention_flops_per_token(min(context, self.sliding_window))
+        att += c.get("sliding", 0) * self.attention_flops_per_token(min(context, self.sliding_window),
+                                                                    "sliding")
         la = self.linear_attn
         if la is not None:
             att += c.get("linear", 0) * 4.0 * la.num_v_heads * la.head_k_dim * la.head_v_dim
@@ -763,6 +852,8 @@ class ModelSpec(BaseModel):
                 "mamba": self.mamba.model_dump() if self.mamba else None,
                 "mlp_free_layers": len(self.mlp_free_layers),
                 "attn_output_gate": self.attn_output_gate} if self.is_hybrid else {}),
+            **({"attn_shapes": {k: v.model_dump() for k, v in self.attn_shapes}}
+               if self.attn_shapes else {}),
         }
 
 
@@ -944,6 +1035,55 @@ def _block_pattern(cfg: dict) -> str | None:
     return None
 
 
+def _is_gemma4(cfg: dict) -> bool:
+    """Gemma-4 text config: per-kind attention keys (global_head_dim, num_global_key_value_heads,
+    attention_k_eq_v)."""
+    return (any(cfg.get(k) is not None for k in ("global_head_dim", "num_global_key_value_heads"))
+            or cfg.get("attention_k_eq_v") is True)
+
+
+def _attn_shapes(r: "_Reader", kinds: tuple[str, ...], kv_heads: int,
+                 head_dim: int) -> tuple[tuple[str, AttnShape], ...]:
+    """Per-kind attention shapes (ModelSpec.attn_shapes), () when every layer has
+    (kv_heads, head_dim, head_dim).
+
+    * Gemma-4 (vLLM gemma4.py Gemma4DecoderLayer): full layers head_dim = global_head_dim; with
+      attention_k_eq_v their KV heads are num_global_key_value_heads and the checkpoint has no
+      v_proj; sliding layers (head_dim, num_key_value_heads);
+    * MiMo-V2-Flash (vLLM mimo_v2_flash.py): full layers (num_key_value_heads, head_dim,
+      v_head_dim), sliding layers (swa_num_key_value_heads, swa_head_dim, swa_v_head_dim), the
+      sliding layers' attention-sink bias (add_swa_attention_sink_bias; the full layers' flag is
+      add_full_attention_sink_bias);
+    * any GQA config with v_head_dim != head_dim: V narrower / wider than K on every layer."""
+    cfg = r.cfg
+    v_dim = r.get_int("v_head_dim") if r.has("v_head_dim") else head_dim
+    full = AttnShape(num_kv_heads=kv_heads, head_dim=head_dim, v_head_dim=v_dim,
+                     sink=r.get_bool("add_full_attention_sink_bias", False))
+    sliding = full.model_copy(update={"sink": r.get_bool("add_swa_attention_sink_bias", False)})
+    if _is_gemma4(cfg):
+        k_eq_v = r.get_bool("attention_k_eq_v", False)
+        g_kv = r.get_int("num_global_key_value_heads") if (k_eq_v and r.has(
+            "num_global_key_value_heads")) else kv_heads
+        g_dim = r.get_int("global_head_dim") if r.has("global_head_dim") else head_dim
+        full = AttnShape(num_kv_heads=g_kv, head_dim=g_dim, v_head_dim=g_dim, k_eq_v=k_eq_v)
+    if any(r.has(k) for k in ("swa_num_key_value_heads", "swa_head_dim", "swa_v_head_dim")):
+        sd = r.get_int("swa_head_dim") if r.has("swa_head_dim") else head_dim
+        sliding = AttnShape(
+            num_kv_heads=r.get_int("swa_num_key_value_heads") if r.has("swa_num_key_value_heads")
+            else kv_heads, head_dim=sd,
+            v_head_dim=r.get_int("swa_v_head_dim") if r.has("swa_v_head_dim") else sd,
+            sink=r.get_bool("add_swa_attention_sink_bias", False))
+    for kv in (full.num_kv_heads, sliding.num_kv_heads):
+        heads = r.get_int("num_attention_heads")
+        if kv > heads or heads % kv:
+            raise r.fail("num_key_value_heads", f"a layer kind's KV heads ({kv}) must divide "
+                         f"num_attention_heads ({heads})", kv)
+    default = AttnShape(num_kv_heads=kv_heads, head_dim=head_dim, v_head_dim=head_dim)
+    present = set(kinds) if kinds else {"full"}
+    out = tuple((k, s) for k, s in (("full", full), ("sliding", sliding)) if k in present)
+    return out if any(s != default for _, s in out) else ()
+
+
 def _reject_unmodelled(arch: str, model_type: str, cfg: dict, source: str) -> None:
     """One-line InputError for architectures whose attention, residual or MLP structure the layer
     model here does not describe, naming the config field that shows it (checked before the
@@ -994,35 +1134,26 @@ def _reject_unmodelled(arch: str, model_type: str, cfg: dict, source: str) -> No
                f"{mults[-1] if mults else '?'}, {noop} of {len(bc)} layers with no-op / linear "
                f"attention) give every layer its own widths; apex-opt models one dense-MLP "
                f"width and one attention shape per model")
-    if any(cfg.get(k) is not None for k in ("global_head_dim", "num_global_key_value_heads")) \
-            or cfg.get("attention_k_eq_v") is True:
-        # Gemma-4 (HF Gemma4TextAttention): full-attention layers use global_head_dim and
-        # num_global_key_value_heads (K = V when attention_k_eq_v), sliding layers head_dim /
-        # num_key_value_heads
-        g = (cfg.get("global_head_dim"), cfg.get("num_global_key_value_heads"))
-        if g != (cfg.get("head_dim"), cfg.get("num_key_value_heads")) or cfg.get("attention_k_eq_v"):
-            refuse("global_head_dim",
-                   f"full-attention layers have their own shape (global_head_dim {g[0]}, "
-                   f"num_global_key_value_heads {g[1]}, attention_k_eq_v "
-                   f"{cfg.get('attention_k_eq_v')}) unlike the sliding layers (head_dim "
-                   f"{cfg.get('head_dim')}, num_key_value_heads {cfg.get('num_key_value_heads')}); "
-                   f"apex-opt models one attention shape per model")
-    swa = {k: cfg.get(k) for k in ("swa_num_attention_heads", "swa_num_key_value_heads",
-                                   "swa_head_dim", "swa_v_head_dim") if cfg.get(k) is not None}
-    base = {"swa_num_attention_heads": cfg.get("num_attention_heads"),
-            "swa_num_key_value_heads": cfg.get("num_key_value_heads"),
-            "swa_head_dim": cfg.get("head_dim"), "swa_v_head_dim": cfg.get("v_head_dim")}
-    odd = {k: v for k, v in swa.items() if v != base[k]}
-    if odd:
-        # MiMo-V2-Flash (vLLM mimo_v2_flash.py): sliding layers with their own head counts
-        k, v = next(iter(odd.items()))
-        refuse(k, f"sliding-window layers have their own attention shape ({k} {v} vs "
-                  f"{k[4:]} {base[k]}); apex-opt models one attention shape per model")
-    if cfg.get("kv_lora_rank") is None and cfg.get("v_head_dim") is not None \
-            and cfg.get("head_dim") is not None and cfg.get("v_head_dim") != cfg.get("head_dim"):
-        refuse("v_head_dim", f"value heads of width v_head_dim {cfg.get('v_head_dim')} differ from "
-                             f"the key heads (head_dim {cfg.get('head_dim')}) outside MLA; apex-opt "
-                             f"models K and V of one width")
+    if _is_gemma4(cfg):
+        # Gemma-4 (vLLM gemma4.py): per-kind attention shapes are modelled (_attn_shapes); the
+        # E2B/E4B-only features are not
+        shared = cfg.get("num_kv_shared_layers") or 0
+        if shared:
+            refuse("num_kv_shared_layers",
+                   f"KV-shared layers (the last {shared} layers reuse an earlier layer's KV cache, "
+                   f"vLLM kv_sharing_target_layer_name) are not modelled")
+        ple = cfg.get("hidden_size_per_layer_input") or 0
+        if ple:
+            refuse("hidden_size_per_layer_input",
+                   f"per-layer input embeddings (hidden_size_per_layer_input {ple}) are not "
+                   f"modelled")
+    heads = cfg.get("swa_num_attention_heads")
+    if heads is not None and heads != cfg.get("num_attention_heads"):
+        # MiMo-V2-Flash style sliding layers with their own query-head count
+        refuse("swa_num_attention_heads",
+               f"sliding-window layers have their own query heads (swa_num_attention_heads "
+               f"{heads} vs num_attention_heads {cfg.get('num_attention_heads')}); apex-opt "
+               f"models one query-head count per model")
 
 
 def _reject_non_decoder(arch: str, model_type: str, cfg: dict, top: dict, source: str) -> None:
@@ -1219,6 +1350,21 @@ def _dsa(r: _Reader, mla: MLASpec | None) -> DSASpec | None:
 
 def _moe(r: _Reader, model_type: str, num_layers: int) -> tuple[MoESpec | None, int | None]:
     """MoE layout, plus an override of the dense-MLP width where the family names it differently."""
+    if r.get_bool("enable_moe_block", False):
+        # Gemma-4 26B-A4B (vLLM gemma4.py Gemma4DecoderLayer): every layer runs its dense
+        # Gemma4MLP (intermediate_size, gated GELU) AND, in parallel on the same residual, a
+        # FusedMoE of num_experts experts (moe_intermediate_size, top_k_experts, renormalized);
+        # the outputs are summed -- an always-on ungated shared expert of intermediate_size in
+        # cost and weights (the model card's "128 experts + 1 shared")
+        n_exp = r.get_int("num_experts")
+        topk = r.get_int("top_k_experts")
+        if topk > n_exp:
+            raise r.fail("top_k_experts", f"exceeds the number of experts (num_experts={n_exp})", topk)
+        width = r.get_int("moe_intermediate_size") if r.has("moe_intermediate_size") \
+            else r.get_int("expert_intermediate_size")
+        return MoESpec(num_experts=n_exp, experts_per_token=topk, expert_intermediate_size=width,
+                       num_shared_experts=1, shared_intermediate_size=r.get_int("intermediate_size"),
+                       moe_layers=tuple(range(num_layers)), norm_topk_prob=True), None
     if r.has("n_routed_experts"):                                   # DeepSeek-V2/V3, Kimi-K2
         n_exp = r.get_int("n_routed_experts")
         layers = _moe_layer_list(r, num_layers)
@@ -1325,6 +1471,13 @@ def _layer_kinds(r: _Reader, num_layers: int) -> tuple[tuple[str, ...], int, Lin
                 kinds.append("sliding")
             else:  # full / global / chunked (Llama-4 chunks are counted as full, as before)
                 kinds.append("full")
+    elif isinstance(r.cfg.get("hybrid_layer_pattern"), list) and window > 0:
+        # MiMo-V2-Flash (vLLM mimo_v2_flash.py is_compressed_softmax_layer): 1 = sliding window
+        pat = r.cfg["hybrid_layer_pattern"]
+        if len(pat) < num_layers or any(p not in (0, 1) or isinstance(p, bool) for p in pat):
+            raise r.fail("hybrid_layer_pattern", f"must hold 0 (full) / 1 (sliding) for each of "
+                         f"{num_layers} layers", pat[:4])
+        kinds = ["sliding" if p == 1 else "full" for p in pat[:num_layers]]
     elif lin is not None and r.has("full_attention_interval"):
         step = r.get_int("full_attention_interval")
         kinds = ["full" if (i + 1) % step == 0 else "linear" for i in range(num_layers)]
@@ -1470,7 +1623,7 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
         max_position_embeddings=max_pos,
         attention="mla" if mla is not None else "gqa", mla=mla, dsa=_dsa(r, mla), moe=moe,
         qkv_bias=r.get_bool("attention_bias", model_type in _QKV_BIAS_MODEL_TYPES),
-        qk_norm=model_type.startswith("qwen3"),
+        qk_norm=model_type.startswith("qwen3") or _is_gemma4(text),
         qk_norm_tp=(r.get_bool("use_qk_norm", False)
                     and str(text.get("qk_norm_type", "")).lower() == "per_layer"),
         checkpoint_dtype=_checkpoint_dtype(text),
@@ -1478,6 +1631,11 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
         layer_kinds=kinds, sliding_window=window, linear_attn=lin, mamba=mamba,
         mlp_free_layers=free, mlp_gated=nh is None,
         attn_output_gate=bool(kinds) and r.get_bool("attn_output_gate", lin is not None),
+        attn_shapes=_attn_shapes(r, kinds, kv_heads, head_dim) if mla is None else (),
+        # Gemma-4: q_norm / k_norm per head, four hidden-width norms per layer, and per MoE
+        # layer three more norms + the router's input scale (4 x hidden) + per_expert_scale
+        **({"layer_norms": 4, "moe_layer_extra_params": (4 * hidden + moe.num_experts)
+            if moe is not None else 0} if _is_gemma4(text) else {}),
         state_dtype=_state_dtype(text) if (lin is not None or mamba is not None) else "",
     )
 
@@ -1599,10 +1757,15 @@ def _quant_exclude(q: Any, spec: ModelSpec) -> tuple[str, ...]:
         out += [f"attention.{op}" for op in attn_hit]
     moe_layers = [i for i in all_layers if spec.is_moe_layer(i)]
     dense_layers = [i for i in all_layers if not spec.is_moe_layer(i)]
+    shared_fams, expert_fams = _SHARED_FAMILIES, _EXPERT_FAMILIES
+    if spec.model_type.startswith("gemma4"):
+        # Gemma-4 MoE layers (HF Gemma4TextDecoderLayer): the always-on dense MLP (our shared
+        # expert) is layers.N.mlp, the routed experts layers.N.experts -- not under mlp
+        shared_fams, expert_fams = _MLP_FAMILIES[:1], (("experts", ("gate_up_proj", "down_proj")),)
     for comp, layers, families in (("mlp", dense_layers, _MLP_FAMILIES),
                                    ("shared_experts", moe_layers if spec.shared_expert_linear_ops() else [],
-                                    _SHARED_FAMILIES),
-                                   ("experts", moe_layers, _EXPERT_FAMILIES)):
+                                    shared_fams),
+                                   ("experts", moe_layers, expert_fams)):
         if any(matched(layers, lambda L, m=mod, ns=names: [f"{L}.{m}.{n}" for n in ns])
                for mod, names in families):
             out.append(comp)
