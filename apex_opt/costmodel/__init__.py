@@ -391,8 +391,9 @@ class DeviceCostModel:
         wb = WEIGHT_BYTES[wd or dt]
         ab = 1.0 if dt == "fp8" else (ACT_BYTES["fp4"] if dt == "fp4" else 2.0)
         marlin = wd is not None and dt == "bf16"
-        # expert weights streamed at the copy bandwidth (bf16) or the dense-GEMM fit's (fp8, Marlin):
-        # data/kernels.yaml fused_moe.weight_stream; the fit sees the bytes it would need to match
+        # expert weights streamed at the copy bandwidth (bf16, fp8, fp4) or the dense-GEMM fit's
+        # (Marlin): data/kernels.yaml fused_moe.weight_stream; the fit sees the bytes it would need
+        # to match
         copy = not marlin and kf.moe_weight_stream.get(dtype if dtype == "fp16" else dt) == "copy"
         stream = fit.eff_memory / self.cal.stream.eff if copy else 1.0
         eff = kf.moe_backend_stream_eff.get(backend)
@@ -407,6 +408,24 @@ class DeviceCostModel:
             cap = mxfp4_weight_stream_bps(self.device)
             if cap is not None:
                 bw = min(bw, cap / fit.eff_memory)
+        # Triton fused_moe cost (every backend that reaches here but Marlin and the fp4 kernels):
+        # each output tile (a CTA: BLOCK_SIZE_M rows of one expert x BLOCK_SIZE_N columns) adds a
+        # fixed latency, measured per GPU (data/kernels.yaml fused_moe.tile_latency_ns): small
+        # expert shards (high TP) have many tiles per weight byte
+        triton = wd is None and dt in ("bf16", "fp16", "fp8")
+        tile_s = kf.moe_tile_latency_s.get(self.device.name, 0.0) if triton else 0.0
+        if dt == "fp4" and wd is None and eff is None:  # vLLM's NVFP4 MoE (FlashInfer TRT-LLM-gen)
+            tile_s = kf.moe_fp4_tile_latency_s.get(self.device.name, 0.0)
+        m_tiles = active * math.ceil(per_expert / bm)
+        # expert parallelism in the Triton kernel (vLLM FusedMoE with an expert_map and no
+        # all-to-all kernel): every rank gets all tokens; moe_align_block_size buckets all
+        # tokens x topk slots by GLOBAL expert and maps the non-local experts' blocks to -1, for
+        # which fused_moe_kernel only writes zeros into its [tokens, topk, N] output and returns
+        # (no weight loads: no tile latency); the activation, the intermediate's quant, the align
+        # and moe_sum cover all tokens x topk rows (vLLM fused_moe.py fused_experts_impl,
+        # moe_align_block_size.py: expert_ids = expert_map[expert_ids])
+        rows = tokens * topk if (triton and ep > 1) else assign
+        nl_rows = rows - tokens * topk / ep if (triton and ep > 1) else 0.0
         t_tot = fl_tot = by_tot = 0.0
         for n, k in ((2 * inter_l, hidden), (hidden, inter_l)):
             flops = 2.0 * padded * n * k
@@ -414,13 +433,18 @@ class DeviceCostModel:
             if marlin:
                 flops *= 1.0 + kf.marlin_compute_overhead.get(wd, 0.0)
             t = float(fit.time(flops, nbytes * stream, peak, bw))
+            if tile_s:  # latency on the weight-stream side: hidden once the tiles are compute bound
+                t = max(t, float(fit.time(0.0, nbytes * stream, peak, bw))
+                        + tile_s * m_tiles * math.ceil(n / kf.moe_tile_n))
+            if nl_rows > 0:  # the non-local blocks' zero rows (bf16 output), at copy speed
+                t += self._stream_time(nl_rows * n * 2.0) - self._stream_time(0.0)
             t = self._derate(t, float(fit.compute_share(flops, nbytes * stream, peak, bw)))
             fl_tot += flops
             by_tot += nbytes
             t_tot += t
         aux = [self.elementwise("router_topk", int(math.ceil(tokens)), experts),
-               self.elementwise("moe_align", int(math.ceil(assign)), 1),
-               self.elementwise("silu_and_mul", int(math.ceil(assign)), inter_l),
+               self.elementwise("moe_align", int(math.ceil(rows)), 1),
+               self.elementwise("silu_and_mul", int(math.ceil(rows)), inter_l),
                self.elementwise("moe_sum", int(math.ceil(tokens)), topk * hidden)]
         if dt == "fp8" and wd == "mxfp4":
             # MXFP4 x MXFP8 (SGLang flashinfer_mxfp4 on Blackwell): one mxfp8_quantize of x
@@ -431,7 +455,7 @@ class DeviceCostModel:
         elif dt == "fp8":
             scheme = "fp8_block" if block_fp8 else "fp8_channel"
             aux += [self.act_quant(scheme, int(math.ceil(tokens)), hidden),
-                    self.act_quant(scheme, int(math.ceil(assign)), inter_l)]
+                    self.act_quant(scheme, int(math.ceil(rows)), inter_l)]
         elif dt == "fp4":
             # NVFP4 MoE on Blackwell (vLLM FlashInferCutlassMoEPrepareAndFinalize.prepare): one
             # per-16 fp4 quant of x; the intermediate's fp4 quant happens inside

@@ -40,6 +40,13 @@ class KernelFacts:
     moe_fp4_backend: dict[str, str] = field(default_factory=dict)
     #: MoE backend -> share of HBM bandwidth its weight stream reaches (fused_moe.backend_stream_eff)
     moe_backend_stream_eff: dict[str, float] = field(default_factory=dict)
+    #: Triton fused_moe output-tile width (BLOCK_SIZE_N) the per-tile latency counts tiles of
+    moe_tile_n: int = 64
+    #: device name -> latency each output tile of a Triton fused_moe GEMM adds to the kernel, in
+    #: seconds (fused_moe.tile_latency_ns, measured); devices without an entry: none
+    moe_tile_latency_s: dict[str, float] = field(default_factory=dict)
+    #: the same for vLLM's NVFP4 MoE kernel (fused_moe.fp4_tile_latency_ns)
+    moe_fp4_tile_latency_s: dict[str, float] = field(default_factory=dict)
 
 
 @lru_cache(maxsize=None)
@@ -67,6 +74,11 @@ def kernel_facts() -> KernelFacts:
             moe_fp4_backend={str(k): str(v) for k, v in c["fused_moe"].get("fp4_backend", {}).items()},
             moe_backend_stream_eff={str(k): float(v) for k, v in
                                     c["fused_moe"].get("backend_stream_eff", {}).items()},
+            moe_tile_n=int(c["fused_moe"].get("tile_n", 64)),
+            moe_tile_latency_s={str(k): float(v) * 1e-9 for k, v in
+                                (c["fused_moe"].get("tile_latency_ns") or {}).items()},
+            moe_fp4_tile_latency_s={str(k): float(v) * 1e-9 for k, v in
+                                    (c["fused_moe"].get("fp4_tile_latency_ns") or {}).items()},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"malformed kernel facts ({exc})", source=_SRC, field="common") from None
