@@ -644,6 +644,12 @@ class IterationCostModel:
                  nbytes=active * wbytes)
         for name, n, k in self.shared_ops:
             self._gemm(part, bd, "moe_shared", tokens, n, k, n_moe)
+        if self.shared_ops:
+            # the shared expert's activation between its gate_up and down GEMMs, a kernel of its
+            # own in both engines (vLLM deepseek_v2.py DeepseekV2MLP / qwen2_moe.py Qwen2MoeMLP and
+            # SGLang's: gate_up_proj -> SiluAndMul -> down_proj), as the dense MLP's
+            c = self.dev.elementwise("silu_and_mul", tokens, self.shared_ops[0][1] // 2)
+            part.add("moe_shared", c.time_s, c.power_w, bd, n_moe)
 
     # ------------------------------------------------------------------ attention
     def _split_ranks(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]]) -> list:
