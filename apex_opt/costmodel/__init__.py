@@ -334,7 +334,7 @@ class DeviceCostModel:
     def fused_moe(self, tokens: float, hidden: int, inter: int, topk: int, experts: int, tp: int = 1,
                   ep: int = 1, dtype: str = "bf16", weight_dtype: str | None = None, *,
                   balanced: bool = False, imbalance: float = 1.0, block_fp8: bool = False,
-                  backend: str = "triton") -> OpCost:
+                  backend: str = "triton", gated: bool = True) -> OpCost:
         """One MoE layer's routed experts on one GPU as the Triton ``fused_moe`` runs them (vLLM,
         SGLang): two grouped GEMM kernels (w13: hidden -> 2*inter/tp, w2: inter/tp -> hidden), each
         ONE launch that streams the weights of every local expert that received a token, plus the
@@ -353,9 +353,12 @@ class DeviceCostModel:
         :meth:`_deep_gemm_moe`; ``flashinfer_cutlass`` / ``flashinfer_trtllm`` (vLLM 0.15+) stream
         only the hit experts' weights and are costed as ``triton``. For fp4 (NVFP4) a backend
         with a measured weight-stream rate (data/kernels.yaml fused_moe.backend_stream_eff, e.g.
-        SGLang's ``flashinfer_cutedsl``) streams the hit experts at that share of HBM."""
+        SGLang's ``flashinfer_cutedsl``) streams the hit experts at that share of HBM.
+
+        ``gated=False``: non-gated experts (Nemotron-3's relu2: w13 is hidden -> inter/tp, one
+        up projection; the activation reads and writes inter/tp per row)."""
         key = ("moe", tokens, hidden, inter, topk, experts, tp, ep, dtype, weight_dtype, balanced,
-               imbalance, block_fp8, backend)
+               imbalance, block_fp8, backend, gated)
         hit = self._gemm_cache.get(key)
         if hit is not None:
             return hit
@@ -373,7 +376,8 @@ class DeviceCostModel:
                              field="backend", value=backend)
         if backend.startswith("deep_gemm") and dt == "fp8" and block_fp8 and wd is None:
             cost = self._deep_gemm_moe(tokens, hidden, inter, topk, experts, tp, ep, balanced,
-                                       skip_padding=backend == "deep_gemm_contiguous_skip")
+                                       skip_padding=backend == "deep_gemm_contiguous_skip",
+                                       gated=gated)
             self._gemm_cache[key] = cost
             return cost
         e_local = experts // ep
@@ -426,8 +430,9 @@ class DeviceCostModel:
         # moe_align_block_size.py: expert_ids = expert_map[expert_ids])
         rows = tokens * topk if (triton and ep > 1) else assign
         nl_rows = rows - tokens * topk / ep if (triton and ep > 1) else 0.0
+        w13 = (2 if gated else 1) * inter_l
         t_tot = fl_tot = by_tot = 0.0
-        for n, k in ((2 * inter_l, hidden), (hidden, inter_l)):
+        for n, k in ((w13, hidden), (hidden, inter_l)):
             flops = 2.0 * padded * n * k
             nbytes = active * n * k * wb + assign * k * ab + assign * n * 2.0
             if marlin:
@@ -444,7 +449,8 @@ class DeviceCostModel:
             t_tot += t
         aux = [self.elementwise("router_topk", int(math.ceil(tokens)), experts),
                self.elementwise("moe_align", int(math.ceil(rows)), 1),
-               self.elementwise("silu_and_mul", int(math.ceil(rows)), inter_l),
+               (self.elementwise("silu_and_mul", int(math.ceil(rows)), inter_l) if gated
+                else self.stream(4.0 * math.ceil(rows) * inter_l)),
                self.elementwise("moe_sum", int(math.ceil(tokens)), topk * hidden)]
         if dt == "fp8" and wd == "mxfp4":
             # MXFP4 x MXFP8 (SGLang flashinfer_mxfp4 on Blackwell): one mxfp8_quantize of x
@@ -469,7 +475,8 @@ class DeviceCostModel:
         return cost
 
     def _deep_gemm_moe(self, tokens: float, hidden: int, inter: int, topk: int, experts: int,
-                       tp: int, ep: int, balanced: bool, skip_padding: bool = False) -> OpCost:
+                       tp: int, ep: int, balanced: bool, skip_padding: bool = False,
+                       gated: bool = True) -> OpCost:
         """vLLM's DeepGEMM MoE (``fused_moe/deep_gemm_moe.py`` ``DeepGemmExperts.apply``): the
         tokens' top-k copies are scattered into a contiguous buffer in which every local expert's
         rows start on a multiple of the alignment (128 on SM90/SM100), sized for the worst case
@@ -507,7 +514,7 @@ class DeviceCostModel:
             rows_valid = min(float(m_sum), active * math.ceil(per_expert / align) * align)
             rows_pad = m_sum - rows_valid
             copy_bw = bw * self.cal.stream.eff
-            for n, k in ((2 * inter_l, hidden), (hidden, inter_l)):
+            for n, k in (((2 if gated else 1) * inter_l, hidden), (hidden, inter_l)):
                 # the hit experts' blocks: a dense fp8 GEMM of their rows, or their weight stream
                 dense = self.gemm(rows_valid, n, k, "fp8")
                 wbytes = active * n * k
@@ -519,7 +526,7 @@ class DeviceCostModel:
                 if t > dense.time_s:
                     e_tot += self._cost(t - dense.time_s, 0.0, wbytes + pad_bytes, "fp8", "gemm").energy_j
         else:
-            for n, k in ((2 * inter_l, hidden), (hidden, inter_l)):
+            for n, k in (((2 if gated else 1) * inter_l, hidden), (hidden, inter_l)):
                 dense = self.gemm(m_sum, n, k, "fp8")
                 wbytes = active * n * k
                 t_w = float(fit.time(0.0, wbytes, peak, bw))
@@ -531,7 +538,8 @@ class DeviceCostModel:
                self.act_quant("fp8_block", m, hidden),                    # prepare: quant of x
                self.elementwise("moe_align", int(math.ceil(assign)), 1),  # counts + ep_scatter ids
                self.stream(float(math.ceil(assign)) * hidden * 2.0),      # ep_scatter rows (fp8 r+w)
-               self.elementwise("silu_and_mul", m_sum, inter_l),
+               (self.elementwise("silu_and_mul", m_sum, inter_l) if gated
+                else self.stream(4.0 * m_sum * inter_l)),
                self.act_quant("fp8_block", m_sum, inter_l),
                self.elementwise("moe_sum", m, topk * hidden)]             # ep_gather + weighted sum
         t_aux = sum(c.time_s for c in aux)

@@ -631,10 +631,11 @@ class IterationCostModel:
                    if self.block_fp8 and self.compute_dtype == "fp8" else "triton")
         if self.compute_dtype == "fp4":  # the engine's own NVFP4 MoE kernel (kernels.yaml)
             backend = kernel_facts().moe_fp4_backend.get(self.engine.engine, backend)
-        c = self.dev.fused_moe(tokens, self.hidden, moe.expert_intermediate_size, moe.experts_per_token,
-                               moe.num_experts, etp, self.ep, self.compute_dtype, self.weight_dtype,
+        c = self.dev.fused_moe(tokens, self.model.moe_hidden_size, moe.expert_intermediate_size,
+                               moe.experts_per_token, moe.num_experts, etp, self.ep,
+                               self.compute_dtype, self.weight_dtype,
                                imbalance=self.moe_imbalance if self.ep > 1 else 1.0,
-                               block_fp8=self.block_fp8, backend=backend)
+                               block_fp8=self.block_fp8, backend=backend, gated=moe.expert_gated)
         assignments = tokens * moe.experts_per_token / self.ep
         active = _active_experts(tokens, moe.experts_per_token, moe.num_experts, self.local_experts,
                                  assignments, balanced=False)
@@ -644,11 +645,17 @@ class IterationCostModel:
                  nbytes=active * wbytes)
         for name, n, k in self.shared_ops:
             self._gemm(part, bd, "moe_shared", tokens, n, k, n_moe)
-        if self.shared_ops:
+        for name, n, _ in self.shared_ops:
             # the shared expert's activation between its gate_up and down GEMMs, a kernel of its
             # own in both engines (vLLM deepseek_v2.py DeepseekV2MLP / qwen2_moe.py Qwen2MoeMLP and
-            # SGLang's: gate_up_proj -> SiluAndMul -> down_proj), as the dense MLP's
-            c = self.dev.elementwise("silu_and_mul", tokens, self.shared_ops[0][1] // 2)
+            # SGLang's: gate_up_proj -> SiluAndMul -> down_proj), as the dense MLP's; a non-gated
+            # shared MLP (Nemotron-3 relu2) reads and writes its up projection's output
+            if name == "shared_gate_up":
+                c = self.dev.elementwise("silu_and_mul", tokens, n // 2)
+            elif name == "shared_up":
+                c = self.dev.stream(4.0 * tokens * n)
+            else:
+                continue
             part.add("moe_shared", c.time_s, c.power_w, bd, n_moe)
 
     # ------------------------------------------------------------------ attention
