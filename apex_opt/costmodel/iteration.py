@@ -558,8 +558,18 @@ class IterationCostModel:
             for op, width, cnt in norms:
                 c = self.dev.elementwise(op, t_att, width)
                 part.add("elementwise", c.time_s, c.power_w, bd, cnt, nbytes=4.0 * t_att * width)
-            rope = self.dev.elementwise("rope", t_att, rope_width)
-            part.add("elementwise", rope.time_s, rope.power_w, bd, n_rope)
+            if self.model.attn_shapes and self.kind_ops:
+                # per-kind shapes: each kind's rope over its own q + k heads and width
+                kinds = dict(self.stage_kinds[s])
+                for kind in ("full", "sliding"):
+                    if kinds.get(kind):
+                        sh = self.model.attn_shape(kind)
+                        w = (self.q_heads + max(1, sh.num_kv_heads // self.attn_tp)) * sh.head_dim
+                        rope = self.dev.elementwise("rope", t_att, w)
+                        part.add("elementwise", rope.time_s, rope.power_w, bd, kinds[kind])
+            else:
+                rope = self.dev.elementwise("rope", t_att, rope_width)
+                part.add("elementwise", rope.time_s, rope.power_w, bd, n_rope)
             if self.model.qk_norm_tp:
                 # MiniMax-M2's whole-layer q/k RMSNorm: the norms over this rank's q and k slices,
                 # and with TP one all-reduce of the [tokens, 2] fp32 variances per layer
