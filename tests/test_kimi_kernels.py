@@ -6,7 +6,7 @@ top-8 -- the DeepSeek-V3 / Kimi-K2 MoE layer.
 NVFP4 experts (kernel_source vllm_flashinfer_trtllm_moe_fp4: vLLM's select_nvfp4_moe_backend tries
 FLASHINFER_TRTLLM first on SM100) stream the hit experts' weights at copy speed
 (data/kernels.yaml fused_moe.weight_stream fp4: copy) plus a fixed latency per output tile
-(fused_moe.fp4_tile_latency_ns, fitted on these tables' nvfp4 rows of all shapes, not on these
+(fused_moe.trtllm_tile_latency_ns, fitted on these tables' nvfp4 rows of all shapes, not on these
 alone). The tables are CUDA-graph replays: the model is compared with the launch latency a graph
 removes taken off its kernels (2 GEMMs, the aux kernels, the fp4 quant of x). They pin the
 decode-size cost (16-256 tokens) within 15 %."""

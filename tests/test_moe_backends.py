@@ -98,9 +98,12 @@ def test_skip_path_is_nearly_flat_at_small_batch(h200):
 
 
 def test_flashinfer_backends_cost_as_triton(h200):
+    """FlashInfer CUTLASS has no kernel measurement here: costed as Triton. TRT-LLM-gen has its own
+    per-tile latency (data/kernels.yaml fused_moe.trtllm_tile_latency_ns), measured on Blackwell
+    only -- on an H200 (where vLLM never selects it) it streams like Triton without tile term."""
     tri = _moe(h200, 8, 4)
     assert _moe(h200, 8, 4, "flashinfer_cutlass") == tri
-    assert _moe(h200, 8, 4, "flashinfer_trtllm") == tri
+    assert _moe(h200, 8, 4, "flashinfer_trtllm") < tri
     with pytest.raises(Exception):
         _moe(h200, 8, 4, "deep_gemm_masked")
 

@@ -144,7 +144,34 @@ def test_nvfp4_tile_term_only_on_vllm_kernel(monkeypatch):
     d = _dev("b200-1x8")
     shape = (64, 3072, 1536, 8, 256, 8, 1, "fp4")
     v, s = d.fused_moe(*shape).time_s, d.fused_moe(*shape, backend="flashinfer_cutedsl").time_s
-    kf = dataclasses.replace(kernel_facts(), moe_fp4_tile_latency_s={})
+    kf = dataclasses.replace(kernel_facts(), moe_trtllm_tile_latency_s={})
     monkeypatch.setattr(kmod, "kernel_facts", lambda: kf)
     assert _dev("b200-1x8").fused_moe(*shape).time_s < 0.85 * v
     assert _dev("b200-1x8").fused_moe(*shape, backend="flashinfer_cutedsl").time_s == s
+
+
+def test_sglang_sm100_deepseek_fp8_runs_trtllm_tiles():
+    """SGLang on SM100 runs DeepseekV3ForCausalLM's fp8 MoE with flashinfer_trtllm (server_args),
+    priced with TRT-LLM-gen's tile latency, not Triton's; on Hopper it stays Triton."""
+    import numpy as np
+
+    from apex_opt.costmodel.iteration import IterationCostModel
+    from apex_opt.specs.model import load_model
+    from apex_opt.specs.plan import ReplicaConfig
+
+    model = load_model("deepseek-v3")
+    assert model.architecture in kernel_facts().moe_sglang_sm100_trtllm_archs
+
+    def moe(cluster, engine):
+        cm = IterationCostModel(model, load_cluster(cluster).pools[0],
+                                ReplicaConfig(tp=8, weight_dtype="fp8"), load_engine(engine))
+        return cm.iteration(np.full(32, 2048), with_breakdown=True).breakdown["moe_experts"]
+
+    d = _dev("b200-1x8")
+    n_moe = sum(1 for i in range(model.num_layers) if model.is_moe_layer(i))
+    tokens = 32
+    args = (tokens, 7168, 2048, 8, 256, 8, 1, "fp8", "fp8")
+    trt = d.fused_moe(*args, block_fp8=True, backend="flashinfer_trtllm").time_s
+    tri = d.fused_moe(*args, block_fp8=True).time_s
+    assert trt < 0.9 * tri
+    assert moe("b200-1x8", "sglang") == pytest.approx(n_moe * trt, rel=1e-6)

@@ -412,14 +412,16 @@ class DeviceCostModel:
             cap = mxfp4_weight_stream_bps(self.device)
             if cap is not None:
                 bw = min(bw, cap / fit.eff_memory)
-        # Triton fused_moe cost (every backend that reaches here but Marlin and the fp4 kernels):
-        # each output tile (a CTA: BLOCK_SIZE_M rows of one expert x BLOCK_SIZE_N columns) adds a
+        # Triton fused_moe cost (every backend that reaches here but Marlin, TRT-LLM-gen and the
+        # fp4 kernels): each output tile (a CTA: BLOCK_SIZE_M rows of one expert x BLOCK_SIZE_N columns) adds a
         # fixed latency, measured per GPU (data/kernels.yaml fused_moe.tile_latency_ns): small
         # expert shards (high TP) have many tiles per weight byte
-        triton = wd is None and dt in ("bf16", "fp16", "fp8")
+        trtllm = wd is None and ((dt == "fp4" and eff is None)  # vLLM's NVFP4 MoE
+                                 or (backend == "flashinfer_trtllm" and dt in ("bf16", "fp8")))
+        triton = wd is None and dt in ("bf16", "fp16", "fp8") and not trtllm
         tile_s = kf.moe_tile_latency_s.get(self.device.name, 0.0) if triton else 0.0
-        if dt == "fp4" and wd is None and eff is None:  # vLLM's NVFP4 MoE (FlashInfer TRT-LLM-gen)
-            tile_s = kf.moe_fp4_tile_latency_s.get(self.device.name, 0.0)
+        if trtllm:  # FlashInfer TRT-LLM-gen: its own measured tile latency
+            tile_s = kf.moe_trtllm_tile_latency_s.get(self.device.name, 0.0)
         m_tiles = active * math.ceil(per_expert / bm)
         # expert parallelism in the Triton kernel (vLLM FusedMoE with an expert_map and no
         # all-to-all kernel): every rank gets all tokens; moe_align_block_size buckets all

@@ -641,6 +641,10 @@ class IterationCostModel:
                    if self.block_fp8 and self.compute_dtype == "fp8" else "triton")
         if self.compute_dtype == "fp4":  # the engine's own NVFP4 MoE kernel (kernels.yaml)
             backend = kernel_facts().moe_fp4_backend.get(self.engine.engine, backend)
+        elif (self.compute_dtype == "fp8" and self.engine.engine == "sglang"
+              and str(self.device.compute_capability or "").startswith("10.")
+              and self.model.architecture in kernel_facts().moe_sglang_sm100_trtllm_archs):
+            backend = "flashinfer_trtllm"  # SGLang's own choice on SM100 (kernels.yaml fused_moe)
         c = self.dev.fused_moe(tokens, self.model.moe_hidden_size, moe.expert_intermediate_size,
                                moe.experts_per_token, moe.num_experts, etp, self.ep,
                                self.compute_dtype, self.weight_dtype,

@@ -45,8 +45,10 @@ class KernelFacts:
     #: device name -> latency each output tile of a Triton fused_moe GEMM adds to the kernel, in
     #: seconds (fused_moe.tile_latency_ns, measured); devices without an entry: none
     moe_tile_latency_s: dict[str, float] = field(default_factory=dict)
-    #: the same for vLLM's NVFP4 MoE kernel (fused_moe.fp4_tile_latency_ns)
-    moe_fp4_tile_latency_s: dict[str, float] = field(default_factory=dict)
+    #: the same for FlashInfer's TRT-LLM-gen MoE kernels (fused_moe.trtllm_tile_latency_ns)
+    moe_trtllm_tile_latency_s: dict[str, float] = field(default_factory=dict)
+    #: architectures whose fp8 MoE SGLang runs with flashinfer_trtllm on SM100
+    moe_sglang_sm100_trtllm_archs: tuple[str, ...] = ()
 
 
 @lru_cache(maxsize=None)
@@ -77,8 +79,10 @@ def kernel_facts() -> KernelFacts:
             moe_tile_n=int(c["fused_moe"].get("tile_n", 64)),
             moe_tile_latency_s={str(k): float(v) * 1e-9 for k, v in
                                 (c["fused_moe"].get("tile_latency_ns") or {}).items()},
-            moe_fp4_tile_latency_s={str(k): float(v) * 1e-9 for k, v in
-                                    (c["fused_moe"].get("fp4_tile_latency_ns") or {}).items()},
+            moe_trtllm_tile_latency_s={str(k): float(v) * 1e-9 for k, v in
+                                       (c["fused_moe"].get("trtllm_tile_latency_ns") or {}).items()},
+            moe_sglang_sm100_trtllm_archs=tuple(
+                str(a) for a in c["fused_moe"].get("sglang_sm100_trtllm_architectures") or ()),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"malformed kernel facts ({exc})", source=_SRC, field="common") from None
