@@ -102,7 +102,7 @@ def test_shortlist_leads_with_attention_dp_under_throughput(ds, h200):
     the SLO is a DP-attention plan's; with --attention-dp off none."""
     from apex_opt.search.shortlist import ranked_plans
 
-    st = WorkloadStats.of(_requests(400))  # a trace long enough that the drain does not decide
+    st = WorkloadStats.of(_requests(1000))  # a trace long enough that the drain does not decide
     space = build_space(ds, h200, st, SLO, "throughput", engine=load_engine("vllm"))
     src, _status = ranked_plans(space)
     first = [next(src).key for _ in range(4)]

@@ -201,8 +201,12 @@ class ReplicaModel:
 
     def _period(self, b: float, p: float) -> float:
         cv = self.cv
-        t = _interp(cv.b, cv.t_dec, max(b, 1.0)) + self._prefill(p, 0)
-        s = _interp(cv.b, cv.s_dec, max(b, 1.0)) + self._prefill(p, 1)
+        if self.one is None:  # the hot path of the capacity searches: linear prefill
+            t = _interp(cv.b, cv.t_dec, max(b, 1.0)) + p * self.tok[0]
+            s = _interp(cv.b, cv.s_dec, max(b, 1.0)) + p * self.tok[1]
+        else:
+            t = _interp(cv.b, cv.t_dec, max(b, 1.0)) + self._prefill(p, 0)
+            s = _interp(cv.b, cv.s_dec, max(b, 1.0)) + self._prefill(p, 1)
         return max(t, cv.pp * s)
 
     def _fixed_point(self, lam_v: float, tpot_cap: float | None) -> tuple[float, float] | None:
