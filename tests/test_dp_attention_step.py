@@ -123,3 +123,13 @@ def test_sglang_dp_attention_splits_the_prefill_budget_and_reserve():
     v = load_engine("vllm")
     assert (engine_limits(model, dpa, 10000, v, dev).max_num_batched_tokens
             == engine_limits(model, base, 10000, v, dev).max_num_batched_tokens)
+
+
+def test_sglang_pads_a_rank_to_a_multiple_of_its_attention_tp():
+    # SGLang captures only batch sizes divisible by attn_tp under DP attention: with attn_tp 4
+    # a busiest rank of 1 sequence runs the size-4 graph (vLLM: its size-1 graph)
+    sg = _qwen("sglang", adp=2)
+    assert sg.attn_tp == 4 and sg.engine.dp_attention_graph_bs_multiple
+    ranks = [(np.full(1, 1024), []), (EMPTY, [])]
+    assert sg._dp_step_shape(ranks, 0)[2] == 4
+    assert _qwen("vllm", adp=2)._dp_step_shape(ranks, 0)[2] == 1

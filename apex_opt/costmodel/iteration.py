@@ -1049,6 +1049,11 @@ class IterationCostModel:
         graph = piecewise = False
         if self.graph and t_att:
             padded = self.engine.graph_batch_size(t_att, self.graph_max_bs)
+            if padded is not None and self.engine.dp_attention_graph_bs_multiple and self.attn_tp > 1:
+                # SGLang captures only multiples of the attention-TP size
+                padded = next((b for b in self.engine.cuda_graph_batch_sizes
+                               if b >= t_att and b % self.attn_tp == 0
+                               and (self.graph_max_bs is None or b <= self.graph_max_bs)), None)
             if padded is not None and mode != "piecewise" and all(not pf for _, pf in ranks):
                 graph = True
                 samp = [padded] * len(ranks)

@@ -303,6 +303,11 @@ class EngineSpec(StrictModel):
                            "divided by attention_dp (SGLang server_args _handle_data_parallelism: "
                            "chunked_prefill_size //= dp_size); False: every rank keeps the whole "
                            "budget (vLLM: each DP rank an engine core with --max-num-batched-tokens).")
+    dp_attention_graph_bs_multiple: bool = Field(
+        False, description="DP attention: CUDA graphs are captured only for batch sizes that are "
+                           "multiples of the attention-TP size (SGLang cuda_graph_runner "
+                           "get_batch_sizes_to_capture: mul_base *= attn_tp_size when the gathered "
+                           "buffer is used), so a rank's batch pads to the next such size.")
     dp_attention_conservativeness: PosFloat = Field(
         1.0, description="DP attention: factor on the new-token-ratio decode reserve (SGLang "
                          "server_args: schedule_conservativeness x 0.3, which scales the "
