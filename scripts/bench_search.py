@@ -139,6 +139,10 @@ CASES = {
                    {"max_gpus": 4, **BF16}, "energy"),
     "mixtral-pcie-lat": ("mixtral-8x7b", H100_PCIE_1X4, (120, 3.0, 800, 150), LOOSE,
                          BF16, "latency"),
+    # decode-heavy MoE throughput: the space also holds data-parallel-attention plans
+    # (TP2-ADP2, TP4-ADP2, TP4-ADP4), which the shortlist must rank against plain TP / PP
+    "moe-adp-throughput": ("qwen3-30b-a3b", "h100-sxm-1x8", (200, 6.0, 300, 900), LOOSE,
+                           {"max_gpus": 4, **BF16}, "throughput"),
     "mixed-lat": ("llama-3.1-8b", MIXED_4_4, (100, 10.0, 600, 120), LOOSE,
                   {**BF16, "max_pp": 1}, "latency"),
     "mixed-energy": ("llama-3.1-8b", MIXED_4_4, (100, 10.0, 600, 120), TIGHT,
