@@ -17,7 +17,9 @@ Row conventions of that file, as read: ``batch_size`` is the concurrency per att
 ``moe_tp_size`` / ``moe_ep_size`` the MoE split (validate_modern replays a MoE over more GPUs than
 the attention as recorded in the notes). Rows whose ``tp_size`` is ``moe_tp x moe_ep`` with
 ``moe_tp = moe_ep`` (TP16 / TP64 on one node; ids ``tp4_ep4`` / ``tp8_ep8``) are read as TP = EP =
-``moe_ep``, the shape their ids and duplicate rows show. TTFT / TPOT statistic unstated; E2E = TTFT + TPOT x
+``moe_ep``, the shape their ids and duplicate rows show; vLLM rows with ``attention_dp_size =
+tp_size`` and ``moe_ep = tp x dp`` (TP4 ADP4 EP16 on one 8-GPU node) likewise repeat TP = EP =
+``tp_size`` rows at the id's concurrency and are read that way. TTFT / TPOT statistic unstated; E2E = TTFT + TPOT x
 (osl - 1). Engine limits are not recorded (the version's defaults apply). A diagnostic, like
 validate_modern: never a target to tune constants to.
 """
@@ -104,6 +106,11 @@ def convert(aic: Path, out: Path) -> tuple[int, int]:
             m = re.search(r"_c(\d+)_", r["id"])
             if m and int(m.group(1)) == c * dp:  # batch_size is per attention-DP rank
                 c *= dp
+            if r["backend"] == "vllm" and dp == tp > 1 and moe_tp == 1 and ep == tp * dp:
+                # dump artefact: vLLM rows with attention_dp_size = tp_size and moe_ep = tp x dp
+                # (TP4 ADP4 EP16 on one 8-GPU node) repeat the TTFT/TPOT of rows recorded as
+                # TP = EP = tp_size at the id's c<N> concurrency: the run was TP = EP = tp_size
+                dp, ep = 1, tp
             ttft, tpot = float(r["silicon_ttft_ms"]), float(r["silicon_tpot_ms"])
             ver = r["backend_version"] if r["backend_version"][:1].isdigit() else ""
             row = dict.fromkeys(COLUMNS, "")

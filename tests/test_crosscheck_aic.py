@@ -31,7 +31,7 @@ def _checkout(tmp: Path, lines: list[str]) -> Path:
 def test_rows_convert_with_aiconfigurators_conventions(tmp_path):
     aic = _checkout(tmp_path / "aic", [
         # attention-DP row: batch_size is per DP rank, the id's c is batch x dp
-        "mm_b200_vllm_fp8_agg_1024x1024_c32_cfg1,s,vllm,0.19.0,MiniMaxAI/MiniMax-M2.5,b200_sxm,fp8,"
+        "mm_b200_sglang_fp8_agg_1024x1024_c32_cfg1,s,sglang,0.5.9,MiniMaxAI/MiniMax-M2.5,b200_sxm,fp8,"
         "agg,1024,1024,fp8,fp8,16,2,1,2,1,4,100.0,10.0",
         # nightly version -> blank; plain TP row
         "mm_h200_vllm_fp8_agg_1024x128_c8_cfg2,s,vllm,nightly-abc,MiniMaxAI/MiniMax-M2.5,h200_sxm,fp8,"
@@ -47,9 +47,9 @@ def test_rows_convert_with_aiconfigurators_conventions(tmp_path):
     assert (n, skipped) == (2, 1)
     base = tmp_path / "out" / "validation" / "modern"
     rows = {r["case_id"]: r for r in csv.DictReader(open(base / "ground_truth.csv"))}
-    a = rows["aic-mm_b200_vllm_fp8_agg_1024x1024_c32_cfg1"]
+    a = rows["aic-mm_b200_sglang_fp8_agg_1024x1024_c32_cfg1"]
     assert (a["concurrency"], a["tp"], a["dp"], a["num_gpus"], a["cluster"]) == ("32", "2", "2", "4", "b200-1x8")
-    assert a["notes"] == "moe_tp1 moe_ep4" and a["engine_version"] == "0.19.0"
+    assert a["notes"] == "moe_tp1 moe_ep4" and a["engine_version"] == "0.5.9"
     assert float(a["e2e_mean_s"]) == (100.0 + 10.0 * 1023) / 1e3
     b = rows["aic-mm_h200_vllm_fp8_agg_1024x128_c8_cfg2"]
     assert b["engine_version"] == "" and b["concurrency"] == "8"
@@ -60,7 +60,8 @@ def test_rows_convert_with_aiconfigurators_conventions(tmp_path):
 
 def test_single_node_tp16_dump_rows_read_as_tp_equal_ep(tmp_path):
     """Rows storing tp_size = moe_tp x moe_ep with moe_tp = moe_ep (TP16 on one 8-GPU node, id
-    'tp4_ep4') replay as TP4 EP4; a genuine attention-DP row keeps its shape."""
+    'tp4_ep4') replay as TP4 EP4; so do vLLM rows storing attention_dp = tp with moe_ep = tp x dp
+    (EP16 on one 8-GPU node, id 'tp4_ep4'), at the id's concurrency."""
     aic = _checkout(tmp_path / "aic", [
         "x_sglang_fp8_agg_1024x1024_c8_tp4_ep4_1,s,sglang,0.5.9,MiniMaxAI/MiniMax-M2.5,b200_sxm,fp8,"
         "agg,1024,1024,fp8,fp8,8,16,1,1,4,4,100.0,10.0",
@@ -73,7 +74,8 @@ def test_single_node_tp16_dump_rows_read_as_tp_equal_ep(tmp_path):
     x = rows["aic-x_sglang_fp8_agg_1024x1024_c8_tp4_ep4_1"]
     assert (x["tp"], x["ep"], x["dp"], x["num_gpus"], x["notes"]) == ("4", "4", "1", "4", "moe_tp1 moe_ep4")
     y = rows["aic-y_vllm_fp8_agg_1024x1024_c64_tp4_ep4_2"]
-    assert (y["tp"], y["dp"], y["num_gpus"], y["concurrency"]) == ("4", "4", "16", "64")
+    assert (y["tp"], y["dp"], y["ep"], y["num_gpus"], y["concurrency"]) == ("4", "1", "4", "4", "64")
+    assert y["notes"] == "moe_tp1 moe_ep4"
 
 
 def test_a_missing_checkout_is_one_line_exit_2(tmp_path, capsys):
