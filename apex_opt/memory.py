@@ -192,13 +192,15 @@ def _ops_params(ops: Iterable[LinearOp], tp: int, model: ModelSpec, kind: str = 
     return sum(_sharded_params(op, tp, model, kind) for op in ops)
 
 
-def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int) -> dict[str, int]:
-    """Weight bytes on one GPU of pipeline stage ``stage``, by component."""
+def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int,
+                              engine: EngineSpec | None = None) -> dict[str, int]:
+    """Weight bytes on one GPU of pipeline stage ``stage`` (of ``engine``'s default split when
+    ``cfg`` gives none), by component."""
     wd = cfg.resolved_weight_dtype(model)
     tp, wb = cfg.tp, linear_weight_bytes_per_elem(
         wd, model.quant_scheme if wd == model.default_weight_dtype else "")
     bf16 = DTYPE_BYTES["bf16"]
-    layers = stage_layer_ranges(model.num_layers, cfg)[stage]
+    layers = stage_layer_ranges(model, cfg, engine)[stage]
     # data-parallel attention (SGLang): each attention rank is tp / attention_dp GPUs
     attn = _ops_params(model.attention_linear_ops(), tp // cfg.attention_dp, model)
     n_attn = len(layers)
@@ -364,9 +366,9 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
     stages: list[StageMemory] = []
     bs = hybrid_block_size(model, cfg.tp // cfg.attention_dp, cfg.kv_dtype, engine)
     state_per_seq: list[float] = []  # recurrent-state bytes per sequence in a pool of its own
-    ranges = stage_layer_ranges(model.num_layers, cfg)
+    ranges = stage_layer_ranges(model, cfg, engine)
     for s, layers in enumerate(ranges):
-        comp = weight_bytes_by_component(model, cfg, s)
+        comp = weight_bytes_by_component(model, cfg, s, engine)
         w = sum(comp.values())
         kv_tok, seq_b, state_b = stage_kv_layout(model, layers, cfg.tp // cfg.attention_dp,
                                                  cfg.kv_dtype, engine)

@@ -5,9 +5,9 @@ candidates of the search and the launch commands all use these rules).
 
 Rules: TP stays inside one node (it all-reduces twice per layer) and divides the attention heads;
 KV heads either split evenly over TP or are replicated (TP a multiple of the KV heads); EP divides
-TP and the number of routed experts; PP spans nodes, at most one stage per layer (vLLM's default
-split puts the remainder on the last stage); a replica either packs evenly into one node or takes
-whole nodes. Data-parallel attention (``attention_dp`` = D > 1: D attention ranks of tp/D GPUs,
+TP and the number of routed experts; PP spans nodes, at most one stage per layer (the default
+split is the engine's own, ``EngineSpec.pp_layer_remainder``); a replica either packs evenly into
+one node or takes whole nodes. Data-parallel attention (``attention_dp`` = D > 1: D attention ranks of tp/D GPUs,
 experts over all tp GPUs) needs a mixture-of-experts model, an engine that runs it, pp = 1, D
 dividing tp and an attention TP of tp/D that is itself valid (:func:`attention_dp_problem`).
 """
@@ -144,17 +144,57 @@ def kv_heads_per_rank(model: ModelSpec, tp: int) -> int:
     return max(1, model.num_kv_heads // tp)
 
 
-def default_layers_per_stage(num_layers: int, pp: int) -> tuple[int, ...]:
-    """vLLM's default split: ``num_layers // pp`` per stage, the remainder on the last stage."""
-    if pp > num_layers:
-        raise ValueError(f"pp={pp} exceeds the model's {num_layers} layers")
-    base = num_layers // pp
-    return tuple([base] * (pp - 1) + [num_layers - base * (pp - 1)])
+def engine_partition(n: int, pp: int, remainder: str = "before_last") -> list[int]:
+    """How an engine's default pipeline split shares ``n`` hidden layers over ``pp`` stages:
+    ``n // pp`` each and the remainder as ``EngineSpec.pp_layer_remainder`` says ('last': all on
+    the last stage; 'before_last': one each on the stages before the last, from the
+    second-to-last back; 'last_n': one each on the last ``remainder`` stages)."""
+    if pp > n:
+        raise ValueError(f"pp={pp} exceeds the model's {n} layers")
+    base, rem = divmod(n, pp)
+    parts = [base] * pp
+    if remainder == "last":
+        parts[-1] += rem
+    elif remainder == "before_last":
+        for i in range(2, rem + 2):
+            parts[-i] += 1
+    elif remainder == "last_n":
+        for i in range(1, rem + 1):
+            parts[-i] += 1
+    else:
+        raise ValueError(f"unknown pp_layer_remainder {remainder!r}")
+    return parts
 
 
-def stage_layer_ranges(num_layers: int, cfg: ReplicaConfig) -> list[range]:
-    """The decoder layers of each pipeline stage of ``cfg``."""
-    split = cfg.layers_per_stage or default_layers_per_stage(num_layers, cfg.pp)
+def default_layers_per_stage(model: ModelSpec | int, pp: int,
+                             engine: EngineSpec | None = None) -> tuple[int, ...]:
+    """The engine's default split of ``model``'s layers into ``pp`` stages (an int: that many
+    one-block layers; no engine: vLLM V1's rule). The engine splits the config's hidden layers
+    (``ModelSpec.layer_blocks``: Nemotron-H counts a mixer and its MLP as two); a modelled layer
+    goes to the stage that holds its first block."""
+    remainder = engine.pp_layer_remainder if engine is not None else "before_last"
+    if isinstance(model, int):
+        return tuple(engine_partition(model, pp, remainder))
+    blocks = model.blocks_per_layer
+    if pp > len(blocks):
+        raise ValueError(f"pp={pp} exceeds the model's {len(blocks)} layers")
+    parts = engine_partition(sum(blocks), pp, remainder)
+    ends = [sum(parts[:s + 1]) for s in range(pp)]
+    counts, first = [0] * pp, 0
+    for b in blocks:
+        counts[next(s for s in range(pp) if first < ends[s])] += 1
+        first += b
+    if min(counts) == 0:  # a stage of a lone trailing block: split the modelled layers instead
+        return tuple(engine_partition(len(blocks), pp, remainder))
+    return tuple(counts)
+
+
+def stage_layer_ranges(model: ModelSpec, cfg: ReplicaConfig,
+                       engine: EngineSpec | None = None) -> list[range]:
+    """The layers of each pipeline stage of ``cfg``: its ``layers_per_stage``, else the engine's
+    default split (:func:`default_layers_per_stage`)."""
+    num_layers = model.num_layers
+    split = cfg.layers_per_stage or default_layers_per_stage(model, cfg.pp, engine)
     if sum(split) != num_layers:
         raise ValueError(f"layers_per_stage {list(split)} sums to {sum(split)}, model has "
                          f"{num_layers} layers")
@@ -163,6 +203,17 @@ def stage_layer_ranges(num_layers: int, cfg: ReplicaConfig) -> list[range]:
         out.append(range(start, start + n))
         start += n
     return out
+
+
+def stage_blocks(model: ModelSpec, split: tuple[int, ...]) -> tuple[int, ...]:
+    """``split`` (modelled layers per stage) in the config's hidden layers, as the engines'
+    VLLM_PP_LAYER_PARTITION / SGLANG_PP_LAYER_PARTITION count them."""
+    blocks = model.blocks_per_layer
+    out, start = [], 0
+    for n in split:
+        out.append(sum(blocks[start:start + n]))
+        start += n
+    return tuple(out)
 
 
 def node_aligned(gpus: int, gpus_per_node: int) -> bool:

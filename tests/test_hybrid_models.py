@@ -329,6 +329,28 @@ def test_nemotron_3_moe_blocks():
         _model(_nemotron_h_like(num_hidden_layers=10))
 
 
+def test_nemotron_h_pipeline_split_counts_the_configs_blocks(node):
+    """Engines split num_hidden_layers blocks over the stages (a mixer and its MLP are two);
+    a grouped layer goes to the stage of its first block, and the launch partition is spelled
+    in blocks (vLLM refuses a VLLM_PP_LAYER_PARTITION that does not sum to num_hidden_layers)."""
+    from apex_opt.parallel import default_layers_per_stage, stage_blocks
+    from apex_opt.report.launch import launch_plan
+
+    m = _model(_nemotron_h_like())          # M- | M | M | *- | M- | -   (9 blocks, 6 layers)
+    assert m.layer_blocks == (2, 1, 1, 2, 2, 1) and sum(m.layer_blocks) == 9
+    # vLLM: blocks [5, 4] -> layers starting at blocks 0, 2, 3, 4 | 6, 8
+    assert default_layers_per_stage(m, 2, load_engine("vllm")) == (4, 2)
+    # SGLang: blocks [4, 5] -> 0, 2, 3 | 4, 6, 8
+    assert default_layers_per_stage(m, 2, load_engine("sglang")) == (3, 3)
+    assert stage_blocks(m, (4, 2)) == (6, 3)
+    mem = replica_memory(m, node.pools[0].device, ReplicaConfig(tp=1, pp=2), load_engine("vllm"))
+    assert [s.layers for s in mem.stages] == [4, 2]
+    plan = Plan(groups=(ReplicaGroup(tp=1, pp=2, layers_per_stage=(3, 3)),))
+    for eng, var in (("vllm", "VLLM_PP_LAYER_PARTITION"), ("sglang", "SGLANG_PP_LAYER_PARTITION")):
+        lp = launch_plan("/tmp/nemotron-h", m, plan, engine=eng, cluster=node)
+        assert {p.env.get(var) for p in lp.processes if p.role == "server"} == {"4,5"}
+
+
 def test_nemotron_h_memory_and_cost(node):
     pool = node.pools[0]
     m = _model(_nemotron_h_like())

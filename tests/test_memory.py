@@ -11,6 +11,7 @@ from apex_opt.memory import (GIB, default_layers_per_stage, kv_bytes_per_token_p
 from apex_opt.registry import load_cluster
 from apex_opt.specs.model import load_model
 from apex_opt.specs.plan import ReplicaConfig
+from apex_opt.specs.engine import load_engine
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,14 @@ def test_pipeline_stages_embedding_first_lm_head_last(h100):
     s1 = weight_bytes_by_component(m, cfg, 1)
     assert s0["embedding"] > 0 and s0["lm_head"] == 0
     assert s1["embedding"] == 0 and s1["lm_head"] > 0
-    assert default_layers_per_stage(80, 3) == (26, 26, 28)
+    # each engine's own default split of the remainder (get_pp_indices of vLLM 0.6 / V1 / SGLang)
+    assert default_layers_per_stage(80, 3, load_engine("vllm-0.6")) == (26, 26, 28)
+    assert default_layers_per_stage(80, 3, load_engine("vllm")) == (27, 27, 26)
+    assert default_layers_per_stage(80, 6, load_engine("vllm")) == (13, 13, 13, 14, 14, 13)
+    assert default_layers_per_stage(80, 6, load_engine("sglang")) == (13, 13, 13, 13, 14, 14)
+    v1 = replica_memory(m, h100, ReplicaConfig(tp=2, pp=3), load_engine("vllm"))
+    v0 = replica_memory(m, h100, ReplicaConfig(tp=2, pp=3), load_engine("vllm-0.6"))
+    assert [s.layers for s in v1.stages] == [27, 27, 26] and [s.layers for s in v0.stages] == [26, 26, 28]
     rep = replica_memory(m, h100, ReplicaConfig(tp=4, pp=2, layers_per_stage=(38, 42)))
     assert [s.layers for s in rep.stages] == [38, 42]
     assert rep.kv_blocks == min(s.kv_blocks for s in rep.stages)

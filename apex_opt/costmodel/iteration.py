@@ -218,7 +218,7 @@ class IterationCostModel:
         cross_node = cfg.tp * cfg.pp > pool.gpus_per_node
         self.pp_comm = collective_model_for(pool, pool.gpus_per_node + 1 if cross_node else 2) \
             if cfg.pp > 1 else None
-        ranges = stage_layer_ranges(model.num_layers, cfg)
+        ranges = stage_layer_ranges(model, cfg, self.engine)
         #: per stage (dense-MLP layers, MoE layers) and all its layers (Nemotron-H: some have no MLP)
         self.stage_nlayers = [len(r) for r in ranges]
         #: hybrid models: sublayer blocks per stage (a mixer, an MLP), each with its pre-norm and

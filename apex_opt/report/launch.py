@@ -42,7 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InputError
 from ..io import parse_yaml
-from ..parallel import node_aligned, stage_layer_ranges, valid_ep, valid_tp, validate_plan
+from ..parallel import (node_aligned, stage_blocks, stage_layer_ranges, valid_ep, valid_tp,
+                        validate_plan)
 from ..registry import data_dir
 from ..specs.cluster import ClusterSpec, DeviceSpec
 from ..specs.common import StrictModel
@@ -288,9 +289,14 @@ def _num(x: float) -> str:
     return repr(float(x))
 
 
-def _partition(group: ReplicaConfig) -> str | None:
+def _partition(group: ReplicaConfig, model: ModelSpec | None) -> str | None:
+    """The plan's stage split as the engine's *_PP_LAYER_PARTITION counts it: in the config's
+    hidden layers (Nemotron-H: its mixer and MLP blocks), which must sum to num_hidden_layers."""
     if group.pp > 1 and group.layers_per_stage is not None:
-        return ",".join(str(n) for n in group.layers_per_stage)
+        split = tuple(group.layers_per_stage)
+        if model is not None and len(model.blocks_per_layer) == sum(split):
+            split = stage_blocks(model, split)
+        return ",".join(str(n) for n in split)
     return None
 
 
@@ -309,6 +315,8 @@ class _Ctx(BaseModel):
     host: str | None
     #: the plan's data-parallel routing policy on this engine (specs.engine.dp_router_for)
     router: str = "round_robin"
+    #: the model (for the stage split in its hidden layers); None from the argv API
+    model: ModelSpec | None = None
 
 
 class _DPNode(BaseModel):
@@ -439,7 +447,7 @@ def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int | None, dp: int = 1
         argv.append(f["custom_allreduce_off"])
     if not cfg.cuda_graphs:
         argv.append(f["eager"])
-    part = _partition(cfg)
+    part = _partition(cfg, ctx.model)
     if part is not None:
         env[_PARTITION_ENV[fam]] = part
         if fam == "sglang":
@@ -615,7 +623,7 @@ def _check_rules(model: ModelSpec, plan: Plan, cluster: ClusterSpec | None,
             raise InputError(f"expert parallelism must divide tp={g.tp} and the experts of "
                              f"{model.name}", source="plan", field=f"groups[{gi}].ep", value=g.ep)
         try:
-            stage_layer_ranges(model.num_layers, g)
+            stage_layer_ranges(model, g)
         except ValueError as e:
             raise InputError(f"the pipeline stages must cover the model's {model.num_layers} "
                              f"layers ({e})", source="plan", field=f"groups[{gi}].layers_per_stage",
@@ -712,7 +720,8 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
                                                   entry, hf_id)
         notes += [n for n in qnotes if n not in notes]
         ctx = _Ctx(spec=spec, family=fam, flags=flags, model_arg=model_arg, quant=quant,
-                   max_model_len=length, trust_remote_code=trust, host=host, router=policy)
+                   max_model_len=length, trust_remote_code=trust, host=host, router=policy,
+                   model=model)
         cur = cursors.setdefault(pool_name, _PoolCursor(gpn))
         slots = [cur.place(g.gpus) for _ in range(g.replicas)]
         if max_nodes is not None and cur.nodes_used > max_nodes:

@@ -152,6 +152,13 @@ class EngineSpec(StrictModel):
     watermark_fraction: NonNegFloat = Field(0.01, description="Share of KV blocks kept free when "
                                                                "admitting a prefill (V0 only).")
     block_size: int = Field(16, ge=1, le=1024, description="KV-cache block (page) size in tokens.")
+    pp_layer_remainder: Literal["last", "before_last", "last_n"] = Field(
+        "before_last", description="Where the engine's default pipeline split puts the hidden "
+                                   "layers left over by num_layers // pp: 'last' all on the last "
+                                   "stage (vLLM 0.6), 'before_last' one each on the stages before "
+                                   "the last, from the second-to-last back (vLLM get_pp_indices), "
+                                   "'last_n' one each on the last `remainder` stages (SGLang "
+                                   "get_pp_indices).")
     hybrid_kv: Literal["none", "shared_pool", "separate_pools"] = Field(
         "none", description="How hybrid models' bounded per-sequence state is stored (see "
                             "memory.stage_kv_layout). 'shared_pool': vLLM V1 hybrid KV cache "

@@ -347,6 +347,10 @@ class ModelSpec(BaseModel):
     mamba: MambaSpec | None = None
     #: layers without an MLP (Nemotron-H: a mixer block not followed by an MLP block)
     mlp_free_layers: tuple[int, ...] = ()
+    #: the config's hidden layers (``num_hidden_layers`` blocks) each modelled layer holds, in
+    #: order (Nemotron-H: a mixer block and the MLP / MoE block after it are one layer of 2);
+    #: empty = one block per layer. Engines split and count pipeline stages in blocks.
+    layer_blocks: tuple[int, ...] = ()
     #: False: the dense MLP is up -> activation -> down (Nemotron-H relu2), no gate
     mlp_gated: bool = True
     attn_output_gate: bool = False   # Qwen3-Next/3.5: sigmoid gate on the attention output (q_proj x2)
@@ -427,6 +431,11 @@ class ModelSpec(BaseModel):
     def kind_of(self, i: int) -> str:
         """Attention kind of layer ``i``: 'full', 'sliding' or 'linear'."""
         return self.layer_kinds[i] if self.layer_kinds else "full"
+
+    @property
+    def blocks_per_layer(self) -> tuple[int, ...]:
+        """The config's hidden layers in each modelled layer (``layer_blocks``, else 1 each)."""
+        return self.layer_blocks or (1,) * self.num_layers
 
     @property
     def is_hybrid(self) -> bool:
@@ -1491,19 +1500,21 @@ def _layer_kinds(r: _Reader, num_layers: int) -> tuple[tuple[str, ...], int, Lin
 
 
 def _nemotron_h_layers(r: _Reader) -> tuple[tuple[str, ...], tuple[int, ...], MambaSpec,
-                                              tuple[int, ...]] | None:
+                                              tuple[int, ...], tuple[int, ...]] | None:
     """Nemotron-H (HF NemotronHConfig): every block of ``hybrid_override_pattern`` holds ONE
     sublayer -- 'M' Mamba2, '*' attention, '-' MLP, 'E' MoE (Nemotron-3) -- each with its own
     pre-norm and residual. They are grouped into the (mixer, MLP) layers the cost model walks: a
     mixer block with the MLP / MoE block that follows it, a mixer block followed by another mixer
     alone (MLP-free), an MLP / MoE block with no mixer before it alone (mixer 'none'). Returns
-    (kinds, MLP-free layer indices, Mamba2 layout, MoE layer indices) or None for other configs."""
+    (kinds, MLP-free layer indices, Mamba2 layout, MoE layer indices, blocks per layer) or None
+    for other configs."""
     pattern = _block_pattern(r.cfg)
     if not isinstance(pattern, str) or not pattern or not all(r.has(k) for k in _MAMBA_KEYS):
         return None
     kinds: list[str] = []
     free: list[int] = []
     moe: list[int] = []
+    blocks: list[int] = []
     i = 0
     while i < len(pattern):
         c = pattern[i]
@@ -1511,20 +1522,23 @@ def _nemotron_h_layers(r: _Reader) -> tuple[tuple[str, ...], tuple[int, ...], Ma
             kinds.append("none")
             if c == "E":
                 moe.append(len(kinds) - 1)
+            blocks.append(1)
             i += 1
             continue
         kinds.append("mamba" if c == "M" else "full")
         if i + 1 < len(pattern) and pattern[i + 1] in "-E":
             if pattern[i + 1] == "E":
                 moe.append(len(kinds) - 1)
+            blocks.append(2)
             i += 2
         else:
             free.append(len(kinds) - 1)
+            blocks.append(1)
             i += 1
     mb = MambaSpec(num_heads=r.get_int("mamba_num_heads"), head_dim=r.get_int("mamba_head_dim"),
                    state_size=r.get_int("ssm_state_size"), n_groups=r.get_int("n_groups"),
                    conv_kernel=r.get_int("conv_kernel"), chunk_size=r.get_int("chunk_size", 128))
-    return tuple(kinds), tuple(free), mb, tuple(moe)
+    return tuple(kinds), tuple(free), mb, tuple(moe), tuple(blocks)
 
 
 def _nemotron_moe(r: _Reader, layers: tuple[int, ...]) -> MoESpec:
@@ -1605,9 +1619,10 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
     kinds, window, lin = _layer_kinds(r, layers)
     nh = _nemotron_h_layers(r)
     free: tuple[int, ...] = ()
+    blocks: tuple[int, ...] = ()
     mamba = None
     if nh is not None:
-        kinds, free, mamba, moe_layers = nh
+        kinds, free, mamba, moe_layers, blocks = nh
         layers = len(kinds)
         if moe_layers:
             moe = _nemotron_moe(r, moe_layers)
@@ -1629,7 +1644,7 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
         checkpoint_dtype=_checkpoint_dtype(text),
         quant_scheme=_quant_scheme(text, _checkpoint_dtype(text)),
         layer_kinds=kinds, sliding_window=window, linear_attn=lin, mamba=mamba,
-        mlp_free_layers=free, mlp_gated=nh is None,
+        mlp_free_layers=free, layer_blocks=blocks, mlp_gated=nh is None,
         attn_output_gate=bool(kinds) and r.get_bool("attn_output_gate", lin is not None),
         attn_shapes=_attn_shapes(r, kinds, kv_heads, head_dim) if mla is None else (),
         # Gemma-4: q_norm / k_norm per head, four hidden-width norms per layer, and per MoE
