@@ -74,7 +74,11 @@ def dsa_index_bytes_per_token(model: ModelSpec) -> float:
 def recurrent_state_dtype(model: ModelSpec, engine: EngineSpec) -> str:
     """dtype of a hybrid model's recurrent (SSM / delta-rule) state: the engine's default, or the
     checkpoint's ``mamba_ssm_dtype`` where the engine reads it (EngineSpec
-    .recurrent_state_dtype_from_config)."""
+    .recurrent_state_dtype_from_config), or for the architectures the engine configures itself
+    (``recurrent_state_dtype_by_architecture``) the checkpoint's, else that default."""
+    by_arch = engine.recurrent_state_dtype_by_architecture.get(model.architecture)
+    if by_arch is not None:
+        return model.state_dtype or by_arch
     return (model.state_dtype if (engine.recurrent_state_dtype_from_config and model.state_dtype)
             else engine.recurrent_state_dtype)
 

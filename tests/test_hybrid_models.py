@@ -329,6 +329,20 @@ def test_nemotron_3_moe_blocks():
         _model(_nemotron_h_like(num_hidden_layers=10))
 
 
+def test_state_dtype_each_engine_takes():
+    """vLLM keeps 'auto' (the model dtype) for Gated DeltaNet state whatever the config says,
+    but its NemotronH config hook takes the config's mamba_ssm_cache_dtype (float32 when
+    absent); SGLang reads the config's for both."""
+    from apex_opt.memory import recurrent_state_dtype
+
+    v1, sg = load_engine("vllm"), load_engine("sglang")
+    qwen = _model(_qwen35_like())                       # mamba_ssm_dtype float32
+    assert (recurrent_state_dtype(qwen, v1), recurrent_state_dtype(qwen, sg)) == ("bf16", "fp32")
+    nh = _model(_nemotron_h_like(mamba_ssm_cache_dtype="bfloat16"))
+    assert (recurrent_state_dtype(nh, v1), recurrent_state_dtype(nh, sg)) == ("bf16", "bf16")
+    assert recurrent_state_dtype(_model(_nemotron_h_like()), v1) == "fp32"
+
+
 def test_nemotron_h_pipeline_split_counts_the_configs_blocks(node):
     """Engines split num_hidden_layers blocks over the stages (a mixer and its MLP are two);
     a grouped layer goes to the stage of its first block, and the launch partition is spelled
@@ -355,8 +369,8 @@ def test_nemotron_h_memory_and_cost(node):
     pool = node.pools[0]
     m = _model(_nemotron_h_like())
     v1 = replica_memory(m, pool.device, ReplicaConfig(tp=1), load_engine("vllm"))
-    plb = 2 * KV * HD * 2
-    assert v1.block_size == 16 * -(-int(m.mamba_state_bytes(1, 2, 2)) // (16 * plb))
+    plb = 2 * KV * HD * 2                    # vLLM's NemotronH hook: an fp32 SSM state
+    assert v1.block_size == 16 * -(-int(m.mamba_state_bytes(1, 4, 2)) // (16 * plb))
     assert v1.seq_state_blocks == 4          # 4 Mamba2 layers per full-attention layer
     sg = replica_memory(m, pool.device, ReplicaConfig(tp=1), load_engine("sglang"))
     assert sg.max_state_seqs == int(sg.stages[0].state_pool_bytes // (4 * m.mamba_state_bytes(1, 4, 2))) // 3
@@ -364,7 +378,7 @@ def test_nemotron_h_memory_and_cost(node):
     assert dict(c.stage_kinds[0]) == {"mamba": 4, "full": 1, "none": 1}
     assert c.stage_blocks == [9]             # 9 norms and (TP) all-reduces, one per block
     mix = c._mamba_mixer(64, [])
-    assert mix[3] >= 2 * 64 * 32 * 64 * 128 * 2                    # the bf16 state in and out
+    assert mix[3] >= 2 * 64 * 32 * 64 * 128 * 4                    # the fp32 state in and out
     t1 = c.iteration(np.full(64, 1000)).time_s
     t2 = c.iteration(np.full(64, 8000)).time_s
     assert 0 < t1 < t2

@@ -172,6 +172,11 @@ class EngineSpec(StrictModel):
     recurrent_state_dtype_from_config: bool = Field(
         False, description="The checkpoint's config mamba_ssm_dtype overrides "
                            "recurrent_state_dtype (SGLang mamba2_state_dtype).")
+    recurrent_state_dtype_by_architecture: dict[str, Literal["bf16", "fp16", "fp32"]] = Field(
+        default_factory=dict,
+        description="Architectures whose state dtype the engine takes from the checkpoint's "
+                    "config (mamba_ssm_cache_dtype / mamba_ssm_dtype), with this dtype when the "
+                    "config gives none (vLLM's NemotronH config hook).")
     kv_dtype_from_checkpoint: bool = Field(
         False, description="An unset KV-cache dtype (--kv-cache-dtype auto) takes the one the "
                            "checkpoint declares (ModelSpec.checkpoint_kv_dtype: ModelOpt FP8 KV).")
