@@ -189,6 +189,16 @@ def default_layers_per_stage(model: ModelSpec | int, pp: int,
     return tuple(counts)
 
 
+def _grouping_note(model: ModelSpec) -> str:
+    """How the modelled layers relate to the config's hidden layers, where they differ."""
+    blocks = model.blocks_per_layer
+    if sum(blocks) == len(blocks):
+        return ""
+    return (f" (its {len(blocks)} modelled layers pair a mixer block with the MLP / MoE block "
+            f"after it, out of the config's {sum(blocks)} hidden layers; the launch commands "
+            f"spell the split in those {sum(blocks)})")
+
+
 def stage_layer_ranges(model: ModelSpec, cfg: ReplicaConfig,
                        engine: EngineSpec | None = None) -> list[range]:
     """The layers of each pipeline stage of ``cfg``: its ``layers_per_stage``, else the engine's
@@ -197,7 +207,7 @@ def stage_layer_ranges(model: ModelSpec, cfg: ReplicaConfig,
     split = cfg.layers_per_stage or default_layers_per_stage(model, cfg.pp, engine)
     if sum(split) != num_layers:
         raise ValueError(f"layers_per_stage {list(split)} sums to {sum(split)}, model has "
-                         f"{num_layers} layers")
+                         f"{num_layers} layers{_grouping_note(model)}")
     out, start = [], 0
     for n in split:
         out.append(range(start, start + n))
@@ -247,7 +257,7 @@ def validate_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan,
                 out.append(f"{where}: {problem}")
         if g.layers_per_stage is not None and sum(g.layers_per_stage) != model.num_layers:
             out.append(f"{where}: layers_per_stage sums to {sum(g.layers_per_stage)}, "
-                       f"model has {model.num_layers}")
+                       f"model has {model.num_layers}{_grouping_note(model)}")
     for name, n in used.items():
         if n > pools[name].num_gpus:
             out.append(f"pool {name}: plan uses {n} GPUs, the pool has {pools[name].num_gpus}")

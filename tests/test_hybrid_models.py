@@ -357,6 +357,9 @@ def test_nemotron_h_pipeline_split_counts_the_configs_blocks(node):
     # SGLang: blocks [4, 5] -> 0, 2, 3 | 4, 6, 8
     assert default_layers_per_stage(m, 2, load_engine("sglang")) == (3, 3)
     assert stage_blocks(m, (4, 2)) == (6, 3)
+    from apex_opt.parallel import stage_layer_ranges
+    with pytest.raises(ValueError, match="6 modelled layers .* config's 9 hidden layers"):
+        stage_layer_ranges(m, ReplicaConfig(tp=1, pp=2, layers_per_stage=(5, 4)))
     mem = replica_memory(m, node.pools[0].device, ReplicaConfig(tp=1, pp=2), load_engine("vllm"))
     assert [s.layers for s in mem.stages] == [4, 2]
     plan = Plan(groups=(ReplicaGroup(tp=1, pp=2, layers_per_stage=(3, 3)),))
