@@ -242,3 +242,23 @@ def test_sglang_starts_with_a_kv_pool_shorter_than_the_context():
     s = replica_memory(m, dev, cfg, load_engine("sglang"))
     assert not v.fits and v.overflow_component == "kv_cache"
     assert s.fits and 0 < s.kv_tokens < m.max_position_embeddings
+
+
+def test_engines_turn_their_host_overlap_off_under_pipeline_parallelism():
+    """vLLM V1 disables its default async scheduling with pp > 1 (vllm/config/vllm.py) and SGLang
+    its overlap scheduler (server_args _handle_pipeline_parallelism): a PP2 replica neither
+    overlaps host work nor schedules a step ahead; the same shape at PP1 does both."""
+    from apex_opt.sim.simulator import _build_replicas
+    from apex_opt.specs.plan import Plan, ReplicaGroup
+
+    model = load_model("llama-3.1-8b")
+    cluster = load_cluster("h100-sxm-1x8")
+    log = RequestLog(np.full(4, 100), np.full(4, 10))
+    for name in ("vllm", "sglang"):
+        eng = load_engine(name)
+        assert eng.async_scheduling and not eng.overlap_with_pp
+        for pp, on in ((1, True), (2, False)):
+            plan = Plan(groups=(ReplicaGroup(tp=1, pp=pp),))
+            (rep,), _ = _build_replicas(model, cluster, plan, log, None, eng, False, False, 1,
+                                        False)
+            assert (rep.async_output, rep.lookahead, rep.host_serial_s is not None) == (on, on, on)

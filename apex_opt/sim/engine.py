@@ -326,8 +326,10 @@ class ReplicaEngine:
         self.debug = debug
         #: most decode-only iterations evaluated as one run (1 = every iteration separately)
         self.ff = max(1, int(fast_forward))
-        #: vLLM 0.6 async output processing (overlaps host output work with the next GPU step);
-        #: only with pp == 1 (vLLM disables it under pipeline parallelism)
+        #: host work overlapping the next GPU step (vLLM V1 async scheduling, SGLang's overlap
+        #: scheduler, vLLM 0.6 async output processing); the simulator passes it off under
+        #: pipeline parallelism where the engine turns it off (EngineSpec.overlap_with_pp), and
+        #: the pipeline timing path (_timing) has no overlap of its own
         self.async_output = async_output and limits.pp == 1
         #: host time per step that cannot overlap the GPU under async scheduling (None = the
         #: cost's own ``host_serial_s`` if it has one, else 0)

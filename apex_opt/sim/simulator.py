@@ -200,14 +200,17 @@ def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: Req
                                               mem.max_state_seqs or limits.max_num_seqs))
         cost = IterationCostModel(model, pool, cfg, engine, sampler=sampler)
         # vLLM V1 async scheduling / SGLang overlap scheduler (the engine's own), or vLLM 0.6's
-        # async output processing when asked for (CUDA graphs on)
-        overlap = engine.async_scheduling or (async_output and cfg.cuda_graphs)
-        serial = engine.host_serial_ms * 1e-3 if engine.async_scheduling else None
+        # async output processing when asked for (CUDA graphs on); every engine turns them off
+        # with pipeline parallelism unless its profile says otherwise (overlap_with_pp)
+        pp_ok = cfg.pp == 1 or engine.overlap_with_pp
+        asyn = engine.async_scheduling and pp_ok
+        overlap = asyn or (async_output and cfg.cuda_graphs and pp_ok)
+        serial = engine.host_serial_ms * 1e-3 if asyn else None
         for _ in range(g.replicas):
             engines.append(ReplicaEngine(len(engines), cost, limits, log, debug=debug,
                                          breakdown=breakdown, fast_forward=fast_forward,
                                          async_output=overlap, host_serial_s=serial,
-                                         lookahead=engine.async_scheduling,
+                                         lookahead=asyn,
                                          frontend=stream_frontend(engine)))
             meta.append((gi, cfg.label(), pool.name))
     return engines, meta

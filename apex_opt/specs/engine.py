@@ -254,6 +254,10 @@ class EngineSpec(StrictModel):
     host_serial_ms: NonNegFloat = Field(
         0.0, description="With async_scheduling: host time per step that cannot overlap the GPU "
                          "(waiting for the sampled tokens and launching the next step).")
+    overlap_with_pp: bool = Field(
+        False, description="The host/GPU overlap (async scheduling, SGLang's overlap scheduler, "
+                           "vLLM 0.6's async output processing) stays on with pipeline "
+                           "parallelism; False: the engine turns it off when pp > 1.")
     request_overhead_ms: NonNegFloat = Field(
         0.0, description="Per-request latency before the engine can schedule a new request "
                          "(HTTP handling, request parsing, tokenisation, hand-off to the engine "
