@@ -215,6 +215,15 @@ def stage_layer_ranges(model: ModelSpec, cfg: ReplicaConfig,
     return out
 
 
+def seqs_per_scheduler(max_num_seqs: int, pp: int, engine: EngineSpec | None) -> int:
+    """Running requests one pipeline virtual engine may hold: the whole ``max_num_seqs`` where
+    each has a scheduler of its own (vLLM 0.6), ``max_num_seqs // pp`` (at least 1) where the
+    in-flight micro-batches share it (``EngineSpec.pp_shares_max_num_seqs``)."""
+    if pp > 1 and engine is not None and engine.pp_shares_max_num_seqs:
+        return max(1, max_num_seqs // pp)
+    return max_num_seqs
+
+
 def stage_blocks(model: ModelSpec, split: tuple[int, ...]) -> tuple[int, ...]:
     """``split`` (modelled layers per stage) in the config's hidden layers, as the engines'
     VLLM_PP_LAYER_PARTITION / SGLANG_PP_LAYER_PARTITION count them."""

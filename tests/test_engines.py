@@ -262,3 +262,20 @@ def test_engines_turn_their_host_overlap_off_under_pipeline_parallelism():
             (rep,), _ = _build_replicas(model, cluster, plan, log, None, eng, False, False, 1,
                                         False)
             assert (rep.async_output, rep.lookahead, rep.host_serial_s is not None) == (on, on, on)
+
+
+def test_pipeline_micro_batches_share_the_running_cap():
+    """vLLM V1 keeps one running list for every in-flight micro-batch (len(running) <
+    max_num_seqs) and SGLang caps each micro-batch at max_running_requests // pp; vLLM 0.6 gives
+    each virtual engine a Scheduler with the whole max_num_seqs."""
+    from apex_opt.parallel import seqs_per_scheduler
+
+    model = load_model("llama-3.1-8b")
+    dev = load_cluster("h100-sxm-1x8").pools[0].device
+    for name, per_ve in (("vllm", 128), ("sglang", 128), ("vllm-0.6", 256)):
+        eng = load_engine(name)
+        lim = engine_limits(model, ReplicaConfig(tp=1, pp=2, max_num_seqs=256), 1000, eng, dev)
+        assert lim.max_num_seqs == per_ve == seqs_per_scheduler(256, 2, eng)
+        one = engine_limits(model, ReplicaConfig(tp=1, pp=1, max_num_seqs=256), 1000, eng, dev)
+        assert one.max_num_seqs == 256
+    assert seqs_per_scheduler(3, 4, load_engine("sglang")) == 1

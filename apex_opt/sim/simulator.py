@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from ..costmodel.iteration import IterationCostModel
 from ..errors import InfeasibleError, InputError
 from ..memory import replica_memory
-from ..parallel import scope_problem, shape_problem
+from ..parallel import scope_problem, seqs_per_scheduler, shape_problem
 from ..specs.cluster import ClusterSpec, PoolSpec
 from ..specs.engine import DPRouterSpec, EngineSpec, dp_router_for, load_engine
 from ..specs.model import ModelSpec
@@ -140,7 +140,8 @@ def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
         if ntr is not None:
             ntr_init = min(1.0, ntr.init * engine.dp_attention_conservativeness)
     return EngineLimits(
-        num_blocks=num_blocks, block_size=engine.block_size, max_num_seqs=cfg.max_num_seqs,
+        num_blocks=num_blocks, block_size=engine.block_size,
+        max_num_seqs=seqs_per_scheduler(cfg.max_num_seqs, cfg.pp, engine),
         max_num_batched_tokens=budget,
         max_model_len=max_len, chunked_prefill=cfg.chunked_prefill, pp=cfg.pp,
         watermark_fraction=engine.watermark_fraction, policy=policy,

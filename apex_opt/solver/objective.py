@@ -77,6 +77,9 @@ class CostCurves:
     #: DP attention: budget -> (time, stage time, energy, busy GPU s) of a step in which ONE rank
     #: prefills a chunk of the budget and the others idle (host time excluded)
     tok_one: dict | None = None
+    #: the engine's running-request cap of one scheduler, as a function of max_num_seqs
+    #: (parallel.seqs_per_scheduler: a pipeline's virtual engines may share it)
+    seq_share: int = 1
 
     @property
     def schedulers(self) -> int:
@@ -157,7 +160,8 @@ def cost_curves(model: ModelSpec, cluster: ClusterSpec, cand: Candidate, stats: 
     return CostCurves(tuple(float(b) for b in BATCH_GRID), *(tuple(col) for col in cols), tok,
                       cand.pp, cand.gpus, pool.device.idle_power_w,
                       float(getattr(engine, "request_overhead_ms", 0.0)) * 1e-3, ranks,
-                      one or None)
+                      one or None,
+                      cand.pp if cand.pp > 1 and engine.pp_shares_max_num_seqs else 1)
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,7 @@ class ReplicaModel:
         self.tok = curves.tok[cand.max_num_batched_tokens]
         self.one = curves.tok_one[cand.max_num_batched_tokens] if curves.tok_one else None
         self.kv_seqs = cand.kv_tokens / curves.schedulers / max(1.0, stats.mean_prompt + stats.mean_output / 2)
-        self.max_b = min(cand.max_num_seqs, self.kv_seqs)
+        self.max_b = min(max(1, cand.max_num_seqs // curves.seq_share), self.kv_seqs)
         self._cap: dict[float | None, float] = {}
         self._slo_rate: dict[int, tuple] = {}
 

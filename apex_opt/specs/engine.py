@@ -254,6 +254,13 @@ class EngineSpec(StrictModel):
     host_serial_ms: NonNegFloat = Field(
         0.0, description="With async_scheduling: host time per step that cannot overlap the GPU "
                          "(waiting for the sampled tokens and launching the next step).")
+    pp_shares_max_num_seqs: bool = Field(
+        False, description="With pipeline parallelism the running-request cap (max_num_seqs / "
+                           "max_running_requests) covers every in-flight micro-batch together: "
+                           "each of the pp virtual engines runs at most cap // pp (vLLM V1: one "
+                           "scheduler whose running list holds them all; SGLang: "
+                           "pp_max_micro_batch_size). False: each virtual engine has the whole "
+                           "cap (vLLM 0.6: one Scheduler per virtual engine).")
     overlap_with_pp: bool = Field(
         False, description="The host/GPU overlap (async scheduling, SGLang's overlap scheduler, "
                            "vLLM 0.6's async output processing) stays on with pipeline "
