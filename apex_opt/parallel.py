@@ -6,10 +6,12 @@ candidates of the search and the launch commands all use these rules).
 Rules: TP stays inside one node (it all-reduces twice per layer) and divides the attention heads;
 KV heads either split evenly over TP or are replicated (TP a multiple of the KV heads); EP divides
 TP and the number of routed experts; PP spans nodes, at most one stage per layer (the default
-split is the engine's own, ``EngineSpec.pp_layer_remainder``); a replica either packs evenly into
-one node or takes whole nodes. Data-parallel attention (``attention_dp`` = D > 1: D attention ranks of tp/D GPUs,
-experts over all tp GPUs) needs a mixture-of-experts model, an engine that runs it, pp = 1, D
-dividing tp and an attention TP of tp/D that is itself valid (:func:`attention_dp_problem`).
+split is the engine's own, ``EngineSpec.pp_layer_remainder``, counted in the config's hidden
+layers; the stages' micro-batches may share the running-request cap, :func:`seqs_per_scheduler`);
+a replica either packs evenly into one node or takes whole nodes. Data-parallel attention
+(``attention_dp`` = D > 1: D attention ranks of tp/D GPUs, experts over all tp GPUs) needs a
+mixture-of-experts model, an engine that runs it, pp = 1, D dividing tp and an attention TP of
+tp/D that is itself valid (:func:`attention_dp_problem`).
 """
 
 from __future__ import annotations
