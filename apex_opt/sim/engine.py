@@ -103,6 +103,9 @@ class EngineLimits:
     max_model_len: int
     chunked_prefill: bool
     pp: int = 1
+    #: the replica's configured max_num_seqs when the pipeline's virtual engines share it (each
+    #: then runs at most ``max_num_seqs`` = its share); 0 = ``max_num_seqs`` itself
+    replica_max_num_seqs: int = 0
     watermark_fraction: float = WATERMARK_FRACTION
     #: SGLang-style batching: a (chunked) prefill batch runs whenever one can be formed and
     #: decodes wait for it; no mixed decode+prefill batches (same as ``policy="sglang"``)

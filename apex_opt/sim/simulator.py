@@ -142,6 +142,7 @@ def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
     return EngineLimits(
         num_blocks=num_blocks, block_size=engine.block_size,
         max_num_seqs=seqs_per_scheduler(cfg.max_num_seqs, cfg.pp, engine),
+        replica_max_num_seqs=cfg.max_num_seqs,
         max_num_batched_tokens=budget,
         max_model_len=max_len, chunked_prefill=cfg.chunked_prefill, pp=cfg.pp,
         watermark_fraction=engine.watermark_fraction, policy=policy,
@@ -318,7 +319,8 @@ def _energy(cluster: ClusterSpec, plan: Plan, requests: Requests, log: RequestLo
     start = float(requests.arrival_s[0])
     out = requests.output_tokens
     whole = energy_window("whole_run", start, start + makespan, energy_j, float(out[served].sum()))
-    conc = sum(e.lim.max_num_seqs for e in engines)
+    # the steady-state window counts each replica's configured cap (a pipeline's shared one once)
+    conc = sum(e.lim.replica_max_num_seqs or e.lim.max_num_seqs for e in engines)
     if requests.concurrency is not None:
         conc = min(conc, int(requests.concurrency))
     bounds = steady_state_bounds(log.first_s, log.finish_s, served, conc)
