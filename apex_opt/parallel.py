@@ -217,11 +217,11 @@ def stage_layer_ranges(model: ModelSpec, cfg: ReplicaConfig,
     return out
 
 
-def seqs_per_scheduler(max_num_seqs: int, pp: int, engine: EngineSpec | None) -> int:
+def seqs_per_scheduler(max_num_seqs: int, pp: int, shared: bool) -> int:
     """Running requests one pipeline virtual engine may hold: the whole ``max_num_seqs`` where
     each has a scheduler of its own (vLLM 0.6), ``max_num_seqs // pp`` (at least 1) where the
-    in-flight micro-batches share it (``EngineSpec.pp_shares_max_num_seqs``)."""
-    if pp > 1 and engine is not None and engine.pp_shares_max_num_seqs:
+    in-flight micro-batches share it (``shared``: ``EngineSpec.pp_shares_max_num_seqs``)."""
+    if pp > 1 and shared:
         return max(1, max_num_seqs // pp)
     return max_num_seqs
 

@@ -275,8 +275,8 @@ def test_pipeline_micro_batches_share_the_running_cap():
     for name, per_ve in (("vllm", 128), ("sglang", 128), ("vllm-0.6", 256)):
         eng = load_engine(name)
         lim = engine_limits(model, ReplicaConfig(tp=1, pp=2, max_num_seqs=256), 1000, eng, dev)
-        assert lim.max_num_seqs == per_ve == seqs_per_scheduler(256, 2, eng)
+        assert lim.max_num_seqs == per_ve == seqs_per_scheduler(256, 2, eng.pp_shares_max_num_seqs)
         assert lim.replica_max_num_seqs == 256  # what the steady-state energy window counts
         one = engine_limits(model, ReplicaConfig(tp=1, pp=1, max_num_seqs=256), 1000, eng, dev)
         assert one.max_num_seqs == 256
-    assert seqs_per_scheduler(3, 4, load_engine("sglang")) == 1
+    assert seqs_per_scheduler(3, 4, load_engine("sglang").pp_shares_max_num_seqs) == 1

@@ -141,7 +141,7 @@ def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
             ntr_init = min(1.0, ntr.init * engine.dp_attention_conservativeness)
     return EngineLimits(
         num_blocks=num_blocks, block_size=engine.block_size,
-        max_num_seqs=seqs_per_scheduler(cfg.max_num_seqs, cfg.pp, engine),
+        max_num_seqs=seqs_per_scheduler(cfg.max_num_seqs, cfg.pp, engine.pp_shares_max_num_seqs),
         replica_max_num_seqs=cfg.max_num_seqs,
         max_num_batched_tokens=budget,
         max_model_len=max_len, chunked_prefill=cfg.chunked_prefill, pp=cfg.pp,

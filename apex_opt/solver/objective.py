@@ -42,6 +42,7 @@ import numpy as np
 
 from ..costmodel import DeviceCostModel
 from ..costmodel.iteration import IterationCostModel
+from ..parallel import seqs_per_scheduler
 from ..specs.cluster import ClusterSpec
 from ..specs.engine import EngineSpec, load_engine
 from ..specs.model import ModelSpec
@@ -77,9 +78,9 @@ class CostCurves:
     #: DP attention: budget -> (time, stage time, energy, busy GPU s) of a step in which ONE rank
     #: prefills a chunk of the budget and the others idle (host time excluded)
     tok_one: dict | None = None
-    #: the engine's running-request cap of one scheduler, as a function of max_num_seqs
-    #: (parallel.seqs_per_scheduler: a pipeline's virtual engines may share it)
-    seq_share: int = 1
+    #: a pipeline's virtual engines share max_num_seqs (EngineSpec.pp_shares_max_num_seqs; the
+    #: cap of one is parallel.seqs_per_scheduler)
+    pp_shares_seqs: bool = False
 
     @property
     def schedulers(self) -> int:
@@ -161,7 +162,7 @@ def cost_curves(model: ModelSpec, cluster: ClusterSpec, cand: Candidate, stats: 
                       cand.pp, cand.gpus, pool.device.idle_power_w,
                       float(getattr(engine, "request_overhead_ms", 0.0)) * 1e-3, ranks,
                       one or None,
-                      cand.pp if cand.pp > 1 and engine.pp_shares_max_num_seqs else 1)
+                      engine.pp_shares_max_num_seqs)
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,8 @@ class ReplicaModel:
         self.tok = curves.tok[cand.max_num_batched_tokens]
         self.one = curves.tok_one[cand.max_num_batched_tokens] if curves.tok_one else None
         self.kv_seqs = cand.kv_tokens / curves.schedulers / max(1.0, stats.mean_prompt + stats.mean_output / 2)
-        self.max_b = min(max(1, cand.max_num_seqs // curves.seq_share), self.kv_seqs)
+        self.max_b = min(seqs_per_scheduler(cand.max_num_seqs, cand.pp, curves.pp_shares_seqs),
+                         self.kv_seqs)
         self._cap: dict[float | None, float] = {}
         self._slo_rate: dict[int, tuple] = {}
 
