@@ -8,7 +8,8 @@ import pytest
 from apex_opt.registry import load_cluster
 from apex_opt.sim.metrics import (EnergyTimeline, cost_per_mtok, energy_report, energy_window,
                                   free_gpu_idle_power_w, plan_host_power_w, plan_node_power_w,
-                                  plan_node_share, plan_nodes_by_pool, steady_state_bounds, tokens_in_window)
+                                  open_loop_bounds, plan_node_share, plan_nodes_by_pool, steady_state_bounds,
+                                  tokens_in_window)
 from apex_opt.specs.cluster import ClusterSpec
 from apex_opt.specs.plan import Plan, ReplicaGroup
 
@@ -74,6 +75,40 @@ def test_steady_state_window_and_tokens():
     # tokens at first + k for k = 0..4: in [1, 5]: req0 1,2,3,4 -> 4; req1 1..5 -> 5; req2 2..5 -> 4;
     # req3 3,4,5 -> 3
     assert tokens_in_window(first, fin, out, served, 1.0, 5.0) == 16
+
+
+def test_open_loop_window_spans_the_arrivals():
+    arr = np.array([0.0, 1.0, 2.0, 9.0])
+    served = np.ones(4, dtype=bool)
+    # arrivals go on after the first finish (3.0): first arrival -> last arrival
+    assert open_loop_bounds(arr, np.array([3.0, 4.0, 6.0, 12.0]), served) == (0.0, 9.0)
+    # every request arrived before anything finished: a batch, no open-loop window
+    assert open_loop_bounds(arr, np.array([10.0, 11.0, 12.0, 13.0]), served) is None
+    assert open_loop_bounds(np.zeros(4), np.arange(4.0) + 1, served) is None
+
+
+def test_open_loop_energy_rates_do_not_depend_on_an_unreached_cap():
+    """Two plans that differ only in a max_num_seqs the workload never reaches serve the same
+    requests identically, so W, J/token and tok/s must agree (the closed-batch window that counts
+    the cap used to move with it)."""
+    from apex_opt.sim.simulator import simulate
+    from apex_opt.sim.workload import Requests
+    from apex_opt.specs.model import load_model
+
+    rng = np.random.default_rng(0)
+    n = 200
+    arr = np.concatenate(([0.0], np.cumsum(rng.exponential(1 / 8.0, n - 1))))
+    req = Requests(arrival_s=arr, prompt_tokens=rng.integers(100, 600, n),
+                   output_tokens=rng.integers(20, 120, n), source="test")
+    model, cluster = load_model("llama-3.2-1b"), load_cluster("h100-sxm-1x8")
+    runs = [simulate(model, cluster, Plan(groups=(ReplicaGroup(tp=1, max_num_seqs=s),)), req)
+            for s in (64, 256)]
+    pa, pb = (r.per_request() for r in runs)
+    assert np.array_equal(pa["finish_s"], pb["finish_s"])  # the cap is never reached
+    a, b = (r.energy for r in runs)
+    assert a.steady_state.start_s == 0.0 and a.steady_state.end_s == pytest.approx(arr[-1], rel=1e-5)
+    assert (a.gpu_power_w, a.gpu_energy_j_per_token, a.steady_state.throughput_tokens_per_s) == \
+        (b.gpu_power_w, b.gpu_energy_j_per_token, b.steady_state.throughput_tokens_per_s)
 
 
 def test_timeline_energy_counts_gaps_at_awake_power():

@@ -239,10 +239,16 @@ def compute_metrics(arrival_s, first_token_s, finish_s, output_tokens, prompt_to
 # * free GPUs: GPUs of the cluster the plan leaves unused, at the device's idle power -- reported
 #   on their own, NOT in the plan's energy, J/token or $/Mtok;
 # * facility: node energy x PUE (cluster ``pue``, default 1) for the electricity cost;
-# * windows: ``whole_run`` = first arrival -> last event; ``steady_state`` = from the time the
-#   first C requests have their first token to the time N - C requests have finished (C = the
-#   plan's total max_num_seqs, N = requests), i.e. ramp-up and drain left out, as ML.ENERGY
-#   measures; None when the run never fills (N <= C).
+# * windows: ``whole_run`` = first arrival -> last event; ``steady_state``:
+#   - open loop (a trace or a rate whose arrivals go on after the first request finished): from
+#     the first arrival to the last, the span in which the workload's own rate drives the plan;
+#     the drain after the last arrival is left out. It depends on the arrivals only, so two plans
+#     that serve the same requests identically get the same window whatever their engine limits;
+#   - closed loop or batch (all requests at once, or arrivals over before anything finishes):
+#     from the time the first C requests have their first token to the time N - C requests have
+#     finished (C = the plan's total max_num_seqs, or the clients when fewer; N = requests), i.e.
+#     ramp-up and drain left out, as ML.ENERGY measures its closed batches; None when the run
+#     never fills (N <= C).
 
 HOURS_PER_DAY = 24.0
 J_PER_KWH = 3.6e6
@@ -364,6 +370,17 @@ def steady_state_bounds(first_s: np.ndarray, finish_s: np.ndarray, served: np.nd
         return None
     t0, t1 = float(f[min(c, n) - 1]), float(e[n - c - 1])
     return (t0, t1) if t1 > t0 else None
+
+
+def open_loop_bounds(arrival_s: np.ndarray, finish_s: np.ndarray,
+                     served: np.ndarray) -> tuple[float, float] | None:
+    """(first arrival, last arrival) of an open-loop run whose arrivals go on after its first
+    request finished (see the module comment), else None (a batch: use
+    :func:`steady_state_bounds`)."""
+    if arrival_s.shape[0] < 2 or not served.any():
+        return None
+    t0, t1 = float(arrival_s.min()), float(arrival_s.max())
+    return (t0, t1) if t1 > float(finish_s[served].min()) else None
 
 
 def tokens_in_window(first_s: np.ndarray, finish_s: np.ndarray, output_tokens: np.ndarray,

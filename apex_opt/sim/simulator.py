@@ -27,7 +27,7 @@ from ..specs.slo import SLOSpec
 from .engine import (DROP_NONE, DROP_REASONS, EngineLimits, ReplicaEngine, RequestLog,
                      StreamFrontEnd)
 from .metrics import (EnergyReport, EnergyTimeline, Metrics, compute_metrics, energy_report,
-                      energy_window, round_sig, steady_state_bounds, tokens_in_window)
+                      energy_window, open_loop_bounds, round_sig, steady_state_bounds, tokens_in_window)
 from .router import run_closed_loop, run_cluster
 from .workload import Requests
 
@@ -319,11 +319,15 @@ def _energy(cluster: ClusterSpec, plan: Plan, requests: Requests, log: RequestLo
     start = float(requests.arrival_s[0])
     out = requests.output_tokens
     whole = energy_window("whole_run", start, start + makespan, energy_j, float(out[served].sum()))
-    # the steady-state window counts each replica's configured cap (a pipeline's shared one once)
-    conc = sum(e.lim.replica_max_num_seqs or e.lim.max_num_seqs for e in engines)
-    if requests.concurrency is not None:
-        conc = min(conc, int(requests.concurrency))
-    bounds = steady_state_bounds(log.first_s, log.finish_s, served, conc)
+    bounds = open_loop_bounds(requests.arrival_s, log.finish_s, served) \
+        if requests.concurrency is None else None
+    if bounds is None:
+        # closed loop / batch: the window counts each replica's configured cap (a pipeline's
+        # shared one once), or the clients when fewer
+        conc = sum(e.lim.replica_max_num_seqs or e.lim.max_num_seqs for e in engines)
+        if requests.concurrency is not None:
+            conc = min(conc, int(requests.concurrency))
+        bounds = steady_state_bounds(log.first_s, log.finish_s, served, conc)
     steady = None
     if bounds is not None:
         t0, t1 = bounds
