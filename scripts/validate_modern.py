@@ -2,7 +2,8 @@
 """Validate the simulator against real vLLM V1 / SGLang 0.5 runs (../shared/validation/modern).
 
 Every row of ``ground_truth.csv`` is replayed with its own engine profile (``vllm`` / ``sglang`` at
-the row's release, from apex_opt/data/engines), model (bundled name or the row's config.json),
+the row's release, from apex_opt/data/engines; a blank release is the one out on the day the
+notes say the row was measured, see RELEASES), model (bundled name or the row's config.json),
 cluster, parallel shape, weight / KV dtype, engine limits (blank = the engine's default), prefix
 caching (blank = the engine's default) and workload:
 
@@ -106,6 +107,28 @@ def resolve_engine(engine: str, version: str):
         return es.load_engine(engine), note
     except (InputError, ValueError, FileNotFoundError) as exc:
         raise RuntimeError(f"no engine profile for {engine!r}: {exc}") from None
+
+
+#: Release dates of the engine versions a row's measurement date can resolve to (GitHub releases of
+#: vllm-project/vllm: v0.10.0 2025-07-24, v0.11.0 2025-10-02, v0.11.1 2025-11-18). A row whose
+#: engine version is blank but whose notes say when it was measured ("measured 2025-10-29": every
+#: aiconfigurator Llama-3.1-70B H200 row) is replayed with the newest release out on that day --
+#: the version a run that day would install -- instead of today's profile. Only a provenance
+#: fact; nothing about the rows' numbers enters it.
+RELEASES = {"vllm": (("0.10.0", "2025-07-24"), ("0.11.0", "2025-10-02"), ("0.11.1", "2025-11-18"))}
+
+
+def row_version(row: dict) -> tuple[str, str]:
+    """(engine version to replay, note): the recorded one, else the newest release (RELEASES) out
+    on the row's measurement date, else blank (the engine's current profile)."""
+    version = (row.get("engine_version") or "").strip()
+    if version:
+        return version, ""
+    m = re.search(r"measured (\d{4}-\d{2}-\d{2})", row.get("notes", ""))
+    out = [v for v, day in RELEASES.get(row["engine"].strip(), ()) if m and day <= m.group(1)]
+    if not out:
+        return "", ""
+    return out[-1], f"version not recorded: {out[-1]}, the release out when measured ({m.group(1)}); "
 
 
 #: aiconfigurator's generator rule for aggregated vLLM workers (ai-dynamo/aiconfigurator
@@ -302,7 +325,9 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
         if v is not None:
             out["meas"][k] = v
     try:
-        engine, note = resolve_engine(row["engine"].strip(), row["engine_version"])
+        version, vnote = row_version(row)
+        engine, note = resolve_engine(row["engine"].strip(), version)
+        note = vnote + note
         model = row_model(row, base)
         cluster = load_cluster(row["cluster"].strip())
         plan, pnote = row_plan(row, model, engine, engine_flags)
