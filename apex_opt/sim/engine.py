@@ -1,7 +1,9 @@
 """One serving replica, iteration by iteration, scheduled like vLLM (V0 or V1) or SGLang.
 
 State per *virtual engine* (vLLM runs ``pp`` of them under pipeline parallelism, each with its own
-scheduler and ``num_blocks // pp`` KV blocks; with ``pp == 1`` there is one):
+scheduler; vLLM 0.6 gives each ``num_blocks // pp`` KV blocks, vLLM V1 and SGLang let them all
+allocate from one pool of ``num_blocks`` -- ``EngineLimits.shared_kv_pool`` -- and an idle one
+is woken when another frees blocks; with ``pp == 1`` there is one):
 
 * ``waiting`` -- FCFS deque of request ids (preempted requests go back to its front);
 * the running queue in admission order: decoding sequences as numpy arrays (id, sequence length,
@@ -103,6 +105,9 @@ class EngineLimits:
     max_model_len: int
     chunked_prefill: bool
     pp: int = 1
+    #: the pipeline's virtual engines allocate from one pool of ``num_blocks`` (vLLM V1, SGLang)
+    #: instead of ``num_blocks // pp`` each (vLLM 0.6)
+    shared_kv_pool: bool = False
     #: the replica's configured max_num_seqs when the pipeline's virtual engines share it (each
     #: then runs at most ``max_num_seqs`` = its share); 0 = ``max_num_seqs`` itself
     replica_max_num_seqs: int = 0
@@ -135,8 +140,15 @@ class EngineLimits:
         return "sglang" if self.prefill_first else self.policy
 
     @property
+    def pool_shared(self) -> bool:
+        """The virtual engines allocate from one pool (a pipeline with ``shared_kv_pool``;
+        attention-DP ranks always own their share)."""
+        return self.shared_kv_pool and self.pp > 1
+
+    @property
     def blocks_per_virtual_engine(self) -> int:
-        return self.num_blocks // self.schedulers
+        """KV blocks one virtual engine may allocate (the whole pool when shared)."""
+        return self.num_blocks if self.pool_shared else self.num_blocks // self.schedulers
 
     @property
     def schedulers(self) -> int:
@@ -280,7 +292,11 @@ class _VirtualEngine:
     d_rem: np.ndarray = field(default_factory=lambda: _EMPTY)
     # partially prefilled sequences: [id, target tokens, tokens done, tokens allocated]
     pre: list = field(default_factory=list)
-    used_blocks: int = 0
+    #: [blocks in use] of the pool this engine allocates from (one list shared by the virtual
+    #: engines of a pipeline with a shared pool)
+    pool: list = field(default_factory=lambda: [0])
+    #: shared pool: blocks taken for this engine's planned decode run before it starts
+    booked: int = 0
     busy: bool = False
     kick_pending: bool = False
     unfinished: int = 0
@@ -300,6 +316,15 @@ class _VirtualEngine:
     ends_at: float = float("inf")
     order: int = 0
     planned: tuple | None = None
+
+    @property
+    def used_blocks(self) -> int:
+        """KV blocks in use in this engine's pool (all sharing engines' when shared)."""
+        return self.pool[0]
+
+    @used_blocks.setter
+    def used_blocks(self, n: int) -> None:
+        self.pool[0] = n
 
     def running(self) -> int:
         return int(self.d_id.shape[0]) + len(self.pre)
@@ -349,14 +374,24 @@ class ReplicaEngine:
         self.wm = limits.watermark_blocks
         self.state_blocks = int(limits.seq_state_blocks)
         self.ves = [_VirtualEngine() for _ in range(limits.schedulers)]
+        #: one pool (and one prefix cache) for every virtual engine of the pipeline
+        self.shared_pool = limits.pool_shared
+        #: idle virtual engines to kick at the current time (the event loop drains it after each
+        #: kick / complete): with a shared pool, waiting requests another engine's blocks held
+        #: back may fit once that engine's iteration freed some
+        self.wake: list[int] = []
+        if self.shared_pool:
+            for ve in self.ves[1:]:
+                ve.pool = self.ves[0].pool
         #: attention-DP ranks step together (one forward over every rank's batch)
         self.lockstep = limits.attention_dp > 1
         self._rr = 0
         self.mode = limits.mode
         self.use_cache = bool(limits.prefix_caching and log.prefix_blocks is not None)
-        for ve in self.ves:
+        for i, ve in enumerate(self.ves):
             if self.use_cache:
-                ve.cache = PrefixCache(self.bs, log.prefix_block_tokens)
+                ve.cache = self.ves[0].cache if self.shared_pool and i else \
+                    PrefixCache(self.bs, log.prefix_block_tokens)
             if limits.new_token_ratio is not None:
                 ve.ratio = limits.new_token_ratio[0]
         self.stage_free = [0.0] * limits.pp
@@ -446,6 +481,11 @@ class ReplicaEngine:
                 r.cutoff = r.last_start if self.lookahead else t
             return self._step_lockstep(t)
         ve.cutoff = ve.last_start if self.lookahead else t
+        if self.shared_pool:
+            for w, u in enumerate(self.ves):
+                if u is not ve and not u.busy and not u.kick_pending and u.waiting:
+                    u.kick_pending = True
+                    self.wake.append(w)
         return self._step(ve, t, horizon)
 
     def idle(self, v: int) -> bool:
@@ -624,13 +664,16 @@ class ReplicaEngine:
         self._advance_decodes(ve, k, m, end + lag, first=t + vals0[0] + lag0)
         return end
 
-    def _fit_run(self, ve: _VirtualEngine, lens: np.ndarray, started: bool) -> int:
+    def _fit_run(self, ve: _VirtualEngine, lens: np.ndarray, started: bool,
+                 free: int | None = None) -> int:
         """Longest decode run of ``ve``'s decodes ``lens`` (at most ``ff`` steps, ending with the
-        first finish) whose KV blocks fit; ``started``: the first step's blocks are reserved."""
+        first finish) whose KV blocks fit in ``free`` (default: the pool's free blocks);
+        ``started``: the first step's blocks are reserved."""
         m = min(self.ff, int(ve.d_rem[:lens.shape[0]].min()))
         if m <= 1 and started:
             return m
-        free = self._free(ve)
+        if free is None:
+            free = self._free(ve)
         # each decode needs its next KV block at run step f (1..bs when its step-0 block is
         # already held, else 0..bs-1), its later ones bs steps apart: a round of needs per bs
         # steps, in the same order, so the run ends before the (free+1)-th need
@@ -683,12 +726,18 @@ class ReplicaEngine:
             stop = min(stop, u.ends_at)
         if stop <= soon:
             return None
-        m_v = self._fit_run(ve, ve.d_len[:k], True)
+        # a shared pool: the runs' blocks come out of the same free blocks, handed out in turn
+        left = self._free(ve) if self.shared_pool else None
+        m_v = self._fit_run(ve, ve.d_len[:k], True, left)
         if m_v <= 1:
             return None
+        if left is not None:
+            left -= self._extra_blocks(ve.d_len[:k], m_v - 1)
         members = [(ve, ve.d_len[:k], m_v, t, -1)]
         for u in joining:
-            m = self._fit_run(u, u.d_len, False)
+            m = self._fit_run(u, u.d_len, False, left)
+            if m >= 1 and left is not None:
+                left -= self._extra_blocks(u.d_len - 1, m)
             if m >= 1:
                 members.append((u, u.d_len, m, u.ends_at, u.order))
             else:
@@ -768,12 +817,21 @@ class ReplicaEngine:
             if i == 0:
                 end_v = self._take_run(u, plan)
             else:
+                if self.shared_pool and blocks:
+                    # book a later run's blocks now: the pool's other engines must not take them
+                    # before it starts
+                    u.used_blocks += blocks
+                    u.booked = blocks
+                    plan = plan[:5] + (0,)
+                    if u.used_blocks > self.stats.max_blocks_used:
+                        self.stats.max_blocks_used = u.used_blocks
                 u.planned = plan
         return end_v
 
     def _start_planned(self, ve: _VirtualEngine, t: float) -> float:
         """``ve``'s iteration ended at ``t``: its part of a pipeline decode run starts now."""
         plan, ve.planned = ve.planned, None
+        ve.booked = 0  # the run's blocks are held by its sequences from now on
         end = self._take_run(ve, plan)
         if self.debug:
             self._check(ve)
@@ -1211,12 +1269,15 @@ class ReplicaEngine:
             ve.d_rem = np.concatenate((ve.d_rem, np.asarray(new_rem, dtype=np.int64)))
 
     def _check(self, ve: _VirtualEngine) -> None:
-        """Debug invariant: block accounting matches the running set and stays within capacity."""
-        hit = ve.hit
-        held = sum(_cdiv(int(n) - 1, self.bs) - hit.get(int(r), 0)
-                   for r, n in zip(ve.d_id.tolist(), ve.d_len.tolist()))
-        held += sum(_cdiv(e[3], self.bs) - hit.get(e[0], 0) for e in ve.pre)
-        held += self.state_blocks * ve.running()
+        """Debug invariant: block accounting matches the running set and stays within capacity
+        (with a shared pool: every sharing engine's running set and booked run blocks)."""
+        held = 0
+        for u in (self.ves if self.shared_pool else (ve,)):
+            hit = u.hit
+            held += sum(_cdiv(int(n) - 1, self.bs) - hit.get(int(r), 0)
+                        for r, n in zip(u.d_id.tolist(), u.d_len.tolist()))
+            held += sum(_cdiv(e[3], self.bs) - hit.get(e[0], 0) for e in u.pre)
+            held += self.state_blocks * u.running() + u.booked
         if ve.cache is not None:
             c = ve.cache
             held += sum(c.blocks[n] for n, r in c.refs.items() if r > 0)

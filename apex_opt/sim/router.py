@@ -347,6 +347,11 @@ def _drive(engines: Sequence[ReplicaEngine], choose: Callable[[int, float], int]
             if end is not None:
                 push(heap, (end, seq, _END, e, v))
                 seq += 1
+            if eng.wake:  # idle engines of a shared KV pool that may admit again now
+                for w in eng.wake:
+                    push(heap, (t, seq, _KICK, e, w))
+                    seq += 1
+                eng.wake.clear()
         else:
             break
         if sink:

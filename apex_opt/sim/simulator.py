@@ -49,7 +49,8 @@ class ReplicaSummary(BaseModel):
     pool: str
     gpus: int
     kv_blocks: int = Field(description="KV blocks of the replica (all virtual engines).")
-    max_kv_blocks_used: int = Field(description="Most blocks one virtual engine held at once.")
+    max_kv_blocks_used: int = Field(description="Most blocks one virtual engine held at once (the "
+                                   "pipeline's whole pool when its engines share one).")
     requests: int
     dropped: int
     iterations: int
@@ -145,6 +146,7 @@ def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
         replica_max_num_seqs=cfg.max_num_seqs,
         max_num_batched_tokens=budget,
         max_model_len=max_len, chunked_prefill=cfg.chunked_prefill, pp=cfg.pp,
+        shared_kv_pool=engine.pp_shares_kv_pool,
         watermark_fraction=engine.watermark_fraction, policy=policy,
         prefix_caching=bool(cfg.prefix_caching) and engine.prefix_cache != "none",
         long_prefill_token_threshold=engine.long_prefill_token_threshold,

@@ -261,6 +261,12 @@ class EngineSpec(StrictModel):
                            "scheduler whose running list holds them all; SGLang: "
                            "pp_max_micro_batch_size). False: each virtual engine has the whole "
                            "cap (vLLM 0.6: one Scheduler per virtual engine).")
+    pp_shares_kv_pool: bool = Field(
+        False, description="With pipeline parallelism the in-flight micro-batches allocate from "
+                           "ONE pool of KV blocks (vLLM V1: one KVCacheManager per scheduler; "
+                           "SGLang: one token-to-KV pool), so one micro-batch may hold more than "
+                           "1/pp of it and a request may use the whole cache. False: each virtual "
+                           "engine owns num_blocks // pp (vLLM 0.6's per-virtual-engine Scheduler).")
     overlap_with_pp: bool = Field(
         False, description="The host/GPU overlap (async scheduling, SGLang's overlap scheduler, "
                            "vLLM 0.6's async output processing) stays on with pipeline "
