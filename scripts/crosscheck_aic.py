@@ -113,6 +113,9 @@ def convert(aic: Path, out: Path) -> tuple[int, int]:
                 dp, ep = 1, tp
             ttft, tpot = float(r["silicon_ttft_ms"]), float(r["silicon_tpot_ms"])
             ver = r["backend_version"] if r["backend_version"][:1].isdigit() else ""
+            # the measurement date: validate_modern replays a row without a version with the
+            # release out that day (its RELEASES)
+            when = re.search(r"measured=(\d{4}-\d{2}-\d{2})", r.get("silicon_data_source", ""))
             row = dict.fromkeys(COLUMNS, "")
             row.update(case_id=f"aic-{r['id']}", dataset="aiconfigurator_silicon", quality="approx",
                        source=f"ai-dynamo/aiconfigurator:{SILICON} (id={r['id']})",
@@ -124,7 +127,7 @@ def convert(aic: Path, out: Path) -> tuple[int, int]:
                        workload_kind="concurrency", concurrency=str(c), isl=str(isl), osl=str(osl),
                        ttft_mean_ms=str(ttft), tpot_mean_ms=str(tpot),
                        e2e_mean_s=str((ttft + tpot * (osl - 1)) / 1e3),
-                       notes=f"moe_tp{moe_tp} moe_ep{ep}")
+                       notes=f"moe_tp{moe_tp} moe_ep{ep}" + (f"; measured {when.group(1)}" if when else ""))
             rows.append(row)
     with open(base / "ground_truth.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
