@@ -12,6 +12,9 @@ Two sources:
 
   ==================== ===========================================================================
   fused_add_rmsnorm    vLLM's fused residual-add + RMSNorm: read x, residual; write both (4 T H 2 B)
+  rms_norm             the engines' one-kernel RMSNorm without residual (vLLM ``ops.rms_norm``,
+                       SGLang / FlashInfer ``rmsnorm``): read x, write y (2 T H 2 B) -- MLA's
+                       q_a / kv_a norms, MiniMax's layer q / k norm
   silu_and_mul         vLLM's fused SwiGLU: read gate and up (hidden = intermediate size), write one
   rope                 rotary embedding in place on q and k (hidden = q + k width): read + write
   embedding            gather rows of the embedding table + write (2 T H 2 B)
@@ -37,6 +40,7 @@ TABLE_OPS = ("rmsnorm", "silu_mul", "residual_add")
 #: Bytes moved per (token x hidden) element for the streaming-kernel ops.
 STREAM_BYTES_PER_ELT = {
     "fused_add_rmsnorm": 8.0,
+    "rms_norm": 4.0,
     "silu_and_mul": 6.0,
     "rope": 4.0,
     "embedding": 4.0,

@@ -550,7 +550,7 @@ class IterationCostModel:
                 self._gemm(part, bd, "attention_proj", t_att, n, k, n_layers, bf16=name in _ABSORBED,
                            fusible=name not in _AFTER_ATTENTION)
             for width in self.mla_norms:  # MLA: q_a_layernorm, kv_a_layernorm
-                c = self.dev.elementwise("rmsnorm", t_att, width)
+                c = self.dev.elementwise("rms_norm", t_att, width)
                 part.add("elementwise", c.time_s, c.power_w, bd, n_layers, nbytes=4.0 * t_att * width)
             norms = (("fused_add_rmsnorm", h, n_layers), ("fused_add_rmsnorm", h, n_layers))
             if self.norm_per_block:
@@ -574,7 +574,7 @@ class IterationCostModel:
                 # MiniMax-M2's whole-layer q/k RMSNorm: the norms over this rank's q and k slices,
                 # and with TP one all-reduce of the [tokens, 2] fp32 variances per layer
                 width = (self.q_heads + self.kv_heads) * self.model.head_dim
-                c = self.dev.elementwise("rmsnorm", t_att, width)
+                c = self.dev.elementwise("rms_norm", t_att, width)
                 part.add("elementwise", c.time_s, c.power_w, bd, n_rope, nbytes=4.0 * t_att * width)
                 comm = self.attn_comm if self.attn_dp > 1 else self.tp_comm
                 if comm is not None:
@@ -601,7 +601,8 @@ class IterationCostModel:
                 c = self.dev.elementwise("embedding", t_att, h)
                 part.add("elementwise", c.time_s, c.power_w, bd)
             if s == self.pp - 1 and sampling:
-                c = self.dev.elementwise("rmsnorm", s_rank, h)
+                # the final norm (vLLM / SGLang: fused residual add + RMSNorm, one kernel)
+                c = self.dev.elementwise("fused_add_rmsnorm", s_rank, h)
                 part.add("elementwise", c.time_s, c.power_w, bd)
                 # the LM head is not quantized (ParallelLMHead stays bf16 in fp8 checkpoints);
                 # DP attention: over the gathered samples of all ranks, or per rank
