@@ -5,7 +5,6 @@ input check, and fixes / load explanations checked by simulation (slow)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 
@@ -137,6 +136,12 @@ def test_energy_searches_gpu_clocks_and_reports_the_saving() -> None:
     assert any(g.config.sm_clock_mhz for p in r.plans for g in p.groups)  # clocked plans were simulated
     e = r.energy_saving
     assert e is not None and e.saving_fraction >= 0 and e.chosen_e2e_s is not None
+    chosen = r.plans[0]
+    if any(g.config.sm_clock_mhz for g in chosen.groups):
+        # the same plan at the default clock was simulated: what the clock alone saves
+        assert e.default_clock_plan is not None and e.default_clock_plan != chosen.label
+        assert e.default_clock_j_per_token >= e.chosen_j_per_token
+        assert e.default_clock_e2e_s <= e.chosen_e2e_s * 1.001  # a locked clock is not faster
 
 
 @pytest.mark.slow

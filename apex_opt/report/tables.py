@@ -158,8 +158,17 @@ def render_solve(res: Any) -> None:
                                                    "SLO met", "chosen is better by"], brows))
     e = getattr(res, "energy_saving", None)
     if e and e.saving_fraction is not None:
+        given = (f", mean E2E {e.chosen_e2e_s:.2f} s vs {e.latency_plan_e2e_s:.2f} s"
+                 if e.chosen_e2e_s is not None and e.latency_plan_e2e_s is not None else "")
         con.print(f"energy: {e.chosen_j_per_token:.3f} J/token vs {e.latency_plan_j_per_token:.3f} "
-                  f"for the latency-optimal plan ({e.latency_plan}): {e.saving_fraction:.1%} saved")
+                  f"for the latency-optimal plan ({e.latency_plan}): {e.saving_fraction:.1%} saved"
+                  f"{given}", soft_wrap=True)
+        if e.default_clock_j_per_token and e.chosen_j_per_token is not None:
+            own = 1 - e.chosen_j_per_token / e.default_clock_j_per_token
+            con.print(f"GPU setting alone: {e.chosen_j_per_token:.3f} vs "
+                      f"{e.default_clock_j_per_token:.3f} J/token for the same plan at the default "
+                      f"clock ({e.default_clock_plan}): {own:.1%} saved, mean E2E "
+                      f"{e.chosen_e2e_s:.2f} s vs {e.default_clock_e2e_s:.2f} s", soft_wrap=True)
     for o in getattr(res, "also_simulated", ()) or ():
         m = o.metrics
         lat = ", ".join(f"{h.rsplit(' ', 1)[0]} {_fmt(_get(_get(m, k), f'p{pct}'), spec)} {u}"

@@ -119,6 +119,12 @@ class EnergySaving(_Out):
     latency_plan_e2e_s: float | None = None
     chosen_e2e_s: float | None = Field(None, description="Mean E2E latency of the chosen plan: "
                                                          "the latency given up for the saving.")
+    default_clock_plan: str | None = Field(None, description="The chosen plan at the driver's "
+                                           "default clock and power limit, when it was simulated "
+                                           "(the chosen plan sets a clock or cap): what the GPU "
+                                           "setting alone saves.")
+    default_clock_j_per_token: float | None = None
+    default_clock_e2e_s: float | None = None
 
 
 class OtherEngine(_Out):
