@@ -14,7 +14,7 @@ Two sources:
   fused_add_rmsnorm    vLLM's fused residual-add + RMSNorm: read x, residual; write both (4 T H 2 B)
   rms_norm             the engines' one-kernel RMSNorm without residual (vLLM ``ops.rms_norm``,
                        SGLang / FlashInfer ``rmsnorm``): read x, write y (2 T H 2 B) -- MLA's
-                       q_a / kv_a norms, MiniMax's layer q / k norm
+                       q_a / kv_a norms
   silu_and_mul         vLLM's fused SwiGLU: read gate and up (hidden = intermediate size), write one
   rope                 rotary embedding in place on q and k (hidden = q + k width): read + write
   embedding            gather rows of the embedding table + write (2 T H 2 B)

@@ -572,9 +572,12 @@ class IterationCostModel:
                 part.add("elementwise", rope.time_s, rope.power_w, bd, n_rope)
             if self.model.qk_norm_tp:
                 # MiniMax-M2's whole-layer q/k RMSNorm: the norms over this rank's q and k slices,
-                # and with TP one all-reduce of the [tokens, 2] fp32 variances per layer
+                # and with TP one all-reduce of the [tokens, 2] fp32 variances per layer. vLLM
+                # writes it in PyTorch ops around that all-reduce (MiniMaxText01RMSNormTP: pow,
+                # mean, all-reduce, rsqrt, two muls, for q and for k), not one fused norm kernel:
+                # the profile's unfused PyTorch rmsnorm is the closer measurement
                 width = (self.q_heads + self.kv_heads) * self.model.head_dim
-                c = self.dev.elementwise("rms_norm", t_att, width)
+                c = self.dev.elementwise("rmsnorm", t_att, width)
                 part.add("elementwise", c.time_s, c.power_w, bd, n_rope, nbytes=4.0 * t_att * width)
                 comm = self.attn_comm if self.attn_dp > 1 else self.tp_comm
                 if comm is not None:
