@@ -16,6 +16,8 @@ tp/D that is itself valid (:func:`attention_dp_problem`).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from dataclasses import dataclass
 
 from .specs.cluster import ClusterSpec, PoolSpec
@@ -180,12 +182,10 @@ def default_layers_per_stage(model: ModelSpec | int, pp: int,
     blocks = model.blocks_per_layer
     if pp > len(blocks):
         raise ValueError(f"pp={pp} exceeds the model's {len(blocks)} layers")
-    parts = engine_partition(sum(blocks), pp, remainder)
-    ends = [sum(parts[:s + 1]) for s in range(pp)]
-    counts, first = [0] * pp, 0
-    for b in blocks:
-        counts[next(s for s in range(pp) if first < ends[s])] += 1
-        first += b
+    ends = list(itertools.accumulate(engine_partition(sum(blocks), pp, remainder)))
+    counts = [0] * pp
+    for first in itertools.accumulate(blocks[:-1], initial=0):  # each layer's first block
+        counts[bisect.bisect_right(ends, first)] += 1
     if min(counts) == 0:  # a stage of a lone trailing block: split the modelled layers instead
         return tuple(engine_partition(len(blocks), pp, remainder))
     return tuple(counts)

@@ -263,14 +263,12 @@ def _energy_saving(ranked: list[PlanOut]) -> EnergySaving | None:
     chosen = ranked[0]
     a, b = chosen.metrics.energy_j_per_token if chosen.metrics else None, lat.metrics.energy_j_per_token
     saving = round_sig(1 - a / b) if a is not None and b else None
-    # the chosen plan's default-clock twin: same groups without the clock / cap
-    unset = {"sm_clock_mhz": None, "power_cap_w": None}
-    key = [(g.replicas, g.device, g.config.model_copy(update=unset)) for g in chosen.groups]
-    twin = None
-    if any(g.config.sm_clock_mhz is not None or g.config.power_cap_w is not None
-           for g in chosen.groups):
-        twin = next((p for p in met if [(g.replicas, g.device, g.config) for g in p.groups] == key),
-                    None)
+    # the chosen plan's default-clock twin: same groups without the clock / cap (none when the
+    # chosen plan sets neither: it is its own twin)
+    def groups(p: PlanOut, **unset) -> list:
+        return [(g.replicas, g.device, g.config.model_copy(update=unset)) for g in p.groups]
+    key = groups(chosen, sm_clock_mhz=None, power_cap_w=None)
+    twin = None if key == groups(chosen) else next((p for p in met if groups(p) == key), None)
     return EnergySaving(latency_plan=lat.label, latency_plan_j_per_token=b,
                         chosen_j_per_token=a, saving_fraction=saving,
                         latency_plan_e2e_s=lat.metrics.e2e_s.mean,
