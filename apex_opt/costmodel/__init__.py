@@ -334,7 +334,7 @@ class DeviceCostModel:
     def fused_moe(self, tokens: float, hidden: int, inter: int, topk: int, experts: int, tp: int = 1,
                   ep: int = 1, dtype: str = "bf16", weight_dtype: str | None = None, *,
                   balanced: bool = False, imbalance: float = 1.0, block_fp8: bool = False,
-                  backend: str = "triton", gated: bool = True) -> OpCost:
+                  backend: str = "triton", gated: bool = True, shared: int = 0) -> OpCost:
         """One MoE layer's routed experts on one GPU as the Triton ``fused_moe`` runs them (vLLM,
         SGLang): two grouped GEMM kernels (w13: hidden -> 2*inter/tp, w2: inter/tp -> hidden), each
         ONE launch that streams the weights of every local expert that received a token, plus the
@@ -356,13 +356,19 @@ class DeviceCostModel:
         SGLang's ``flashinfer_cutedsl``) streams the hit experts at that share of HBM.
 
         ``gated=False``: non-gated experts (Nemotron-3's relu2: w13 is hidden -> inter/tp, one
-        up projection; the activation reads and writes inter/tp per row)."""
+        up projection; the activation reads and writes inter/tp per row).
+
+        ``shared``: shared experts fused into the kernel as extra experts that every token selects
+        (SGLang's shared-expert fusion, EngineSpec.moe_shared_expert_fusion; same shape as a
+        routed expert): always hit, ``tokens`` rows each (padded to BLOCK_SIZE_M), and their rows
+        in the aux kernels. Not on the DeepGEMM paths (vLLM's, which never fuses)."""
         key = ("moe", tokens, hidden, inter, topk, experts, tp, ep, dtype, weight_dtype, balanced,
-               imbalance, block_fp8, backend, gated)
+               imbalance, block_fp8, backend, gated, shared)
         hit = self._gemm_cache.get(key)
         if hit is not None:
             return hit
-        if tokens < 0 or topk < 1 or experts < topk or ep < 1 or tp < 1 or experts % ep or imbalance < 1.0:
+        if (tokens < 0 or topk < 1 or experts < topk or ep < 1 or tp < 1 or experts % ep or imbalance < 1.0
+                or shared < 0 or (shared and ep > 1)):
             raise InputError("fused MoE needs tokens >= 0, 1 <= topk <= experts, EP dividing experts",
                              field="tokens/topk/experts/ep", value=(tokens, topk, experts, ep))
         if tokens == 0:
@@ -374,7 +380,7 @@ class DeviceCostModel:
         if backend not in MOE_BACKENDS:
             raise InputError(f"unknown fused-MoE backend; use one of {', '.join(MOE_BACKENDS)}",
                              field="backend", value=backend)
-        if backend.startswith("deep_gemm") and dt == "fp8" and block_fp8 and wd is None:
+        if backend.startswith("deep_gemm") and dt == "fp8" and block_fp8 and wd is None and not shared:
             cost = self._deep_gemm_moe(tokens, hidden, inter, topk, experts, tp, ep, balanced,
                                        skip_padding=backend == "deep_gemm_contiguous_skip",
                                        gated=gated)
@@ -390,6 +396,13 @@ class DeviceCostModel:
         else:
             bm = kf.moe_block_m_small if tokens <= experts else kf.moe_block_m_large
         padded = active * math.ceil(per_expert / bm) * bm
+        m_tiles = active * math.ceil(per_expert / bm)
+        if shared:  # fused shared experts: every token's extra pick, always streamed
+            s_blocks = shared * math.ceil(tokens / bm)
+            padded += s_blocks * bm
+            m_tiles += s_blocks
+            active += shared
+            assign += shared * tokens
         fit = self._fp4_fit() if dt == "fp4" else self._table(dt).fit
         peak, bw = self.peak_flops(dt) * self._mm_scale[dt], self.bw
         wb = WEIGHT_BYTES[wd or dt]
@@ -422,7 +435,6 @@ class DeviceCostModel:
         tile_s = kf.moe_tile_latency_s.get(self.device.name, 0.0) if triton else 0.0
         if trtllm:  # FlashInfer TRT-LLM-gen: its own measured tile latency
             tile_s = kf.moe_trtllm_tile_latency_s.get(self.device.name, 0.0)
-        m_tiles = active * math.ceil(per_expert / bm)
         # expert parallelism in the Triton kernel (vLLM FusedMoE with an expert_map and no
         # all-to-all kernel): every rank gets all tokens; moe_align_block_size buckets all
         # tokens x topk slots by GLOBAL expert and maps the non-local experts' blocks to -1, for
@@ -430,7 +442,7 @@ class DeviceCostModel:
         # (no weight loads: no tile latency); the activation, the intermediate's quant, the align
         # and moe_sum cover all tokens x topk rows (vLLM fused_moe.py fused_experts_impl,
         # moe_align_block_size.py: expert_ids = expert_map[expert_ids])
-        rows = tokens * topk if (triton and ep > 1) else assign
+        rows = tokens * topk if (triton and ep > 1) else assign  # shared picks are in assign
         nl_rows = rows - tokens * topk / ep if (triton and ep > 1) else 0.0
         w13 = (2 if gated else 1) * inter_l
         t_tot = fl_tot = by_tot = 0.0
@@ -453,7 +465,7 @@ class DeviceCostModel:
                self.elementwise("moe_align", int(math.ceil(rows)), 1),
                (self.elementwise("silu_and_mul", int(math.ceil(rows)), inter_l) if gated
                 else self.stream(4.0 * math.ceil(rows) * inter_l)),
-               self.elementwise("moe_sum", int(math.ceil(tokens)), topk * hidden)]
+               self.elementwise("moe_sum", int(math.ceil(tokens)), (topk + shared) * hidden)]
         if dt == "fp8" and wd == "mxfp4":
             # MXFP4 x MXFP8 (SGLang flashinfer_mxfp4 on Blackwell): one mxfp8_quantize of x
             # (per-32 E8M0 scales, priced as the per-token-group fp8 quant); TRT-LLM-gen's fused

@@ -315,6 +315,20 @@ class IterationCostModel:
                 ("w_uk", self.q_heads * mla.kv_lora_rank, mla.qk_nope_head_dim),
                 ("w_uv", self.q_heads * mla.v_head_dim, mla.kv_lora_rank)][:kf.mla_absorbed_bmm_kernels]
             self.mla_norms = ((mla.q_lora_rank,) if mla.q_lora_rank else ()) + (mla.kv_lora_rank,)
+        #: shared experts the engine runs inside the routed-expert MoE kernel as experts every
+        #: token picks (SGLang's shared-expert fusion, EngineSpec.moe_shared_expert_fusion): no
+        #: separate shared MLP then. Only the Triton fused_moe takes them (SGLang turns the fusion
+        #: off for its FlashInfer TRT-LLM / CuteDSL MoE runners, server_args
+        #: _handle_moe_kernel_config: "--disable-shared-experts-fusion is automatically set"), and
+        #: not under weight-only formats
+        self.fused_shared = 0
+        rule = self.engine.moe_shared_expert_fusion
+        if (rule is not None and model.moe is not None and self.shared_ops and wd in ("bf16", "fp8")
+                and self._moe_backend() == "triton"
+                and rule.applies(model.architecture, model.moe.num_experts,
+                                 model.moe.num_shared_experts, pool.device.compute_capability, cfg.ep)):
+            self.fused_shared = model.moe.num_shared_experts
+            self.shared_ops = []
         self.graph = cfg.cuda_graphs
         self._eager_init(engine_kernels(self.engine.name))
         #: largest captured batch (SGLang's cuda_graph_max_bs by GPU memory and TP; None = all
@@ -629,6 +643,21 @@ class IterationCostModel:
             self._token_cache[key] = out
         return out
 
+    def _moe_backend(self) -> str:
+        """The routed experts' kernel: Triton fused_moe, or for block fp8 where the engine release
+        runs it DeepGEMM's padded contiguous layout (data/kernels.yaml fused_moe.deep_gemm), the
+        engine's own NVFP4 kernel, or SGLang's FlashInfer TRT-LLM MoE on SM100."""
+        backend = (fp8_block_moe_backend(self.engine.name, self.engine.version or self.engine.reference_version,
+                                         self.device.compute_capability, self.tp, self.ep)
+                   if self.block_fp8 and self.compute_dtype == "fp8" else "triton")
+        if self.compute_dtype == "fp4":  # the engine's own NVFP4 MoE kernel (kernels.yaml)
+            backend = kernel_facts().moe_fp4_backend.get(self.engine.engine, backend)
+        elif (self.compute_dtype == "fp8" and self.engine.engine == "sglang"
+              and str(self.device.compute_capability or "").startswith("10.")
+              and self.model.architecture in kernel_facts().moe_sglang_sm100_trtllm_archs):
+            backend = "flashinfer_trtllm"  # SGLang's own choice on SM100 (kernels.yaml fused_moe)
+        return backend
+
     def _moe(self, part: _Part, bd: dict, tokens: int, n_moe: int) -> None:
         moe = self.model.moe
         assert moe is not None
@@ -640,23 +669,17 @@ class IterationCostModel:
         # or for block fp8 where the engine release runs it, DeepGEMM's padded contiguous layout
         # (data/kernels.yaml fused_moe.deep_gemm)
         etp = self.tp // self.ep
-        backend = (fp8_block_moe_backend(self.engine.name, self.engine.version or self.engine.reference_version,
-                                         self.device.compute_capability, self.tp, self.ep)
-                   if self.block_fp8 and self.compute_dtype == "fp8" else "triton")
-        if self.compute_dtype == "fp4":  # the engine's own NVFP4 MoE kernel (kernels.yaml)
-            backend = kernel_facts().moe_fp4_backend.get(self.engine.engine, backend)
-        elif (self.compute_dtype == "fp8" and self.engine.engine == "sglang"
-              and str(self.device.compute_capability or "").startswith("10.")
-              and self.model.architecture in kernel_facts().moe_sglang_sm100_trtllm_archs):
-            backend = "flashinfer_trtllm"  # SGLang's own choice on SM100 (kernels.yaml fused_moe)
+        backend = self._moe_backend()
         c = self.dev.fused_moe(tokens, self.model.moe_hidden_size, moe.expert_intermediate_size,
                                moe.experts_per_token, moe.num_experts, etp, self.ep,
                                self.compute_dtype, self.weight_dtype,
                                imbalance=self.moe_imbalance if self.ep > 1 else 1.0,
-                               block_fp8=self.block_fp8, backend=backend, gated=moe.expert_gated)
+                               block_fp8=self.block_fp8, backend=backend, gated=moe.expert_gated,
+                               shared=self.fused_shared)
         assignments = tokens * moe.experts_per_token / self.ep
         active = _active_experts(tokens, moe.experts_per_token, moe.num_experts, self.local_experts,
-                                 assignments, balanced=False)
+                                 assignments, balanced=False) + self.fused_shared
+        assignments += self.fused_shared * tokens
         wbytes = sum(n * k for _, n, k in self.expert_ops) * self.weight_elt_bytes
         part.add("moe_experts", c.time_s, c.power_w, bd, n_moe, kernels=self.moe_kernels,
                  flops=2.0 * assignments * sum(n * k for _, n, k in self.expert_ops),

@@ -17,7 +17,7 @@ import math
 import time
 from typing import Callable
 
-from ..errors import InfeasibleError, InputError
+from ..errors import InputError
 from ..memory import GIB, replica_memory
 from ..sim.metrics import Metrics, round_sig
 from ..sim.simulator import engine_limits

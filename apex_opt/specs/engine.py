@@ -119,6 +119,31 @@ class DPRouterSpec(StrictModel):
         return self
 
 
+class SharedExpertFusion(StrictModel):
+    """When the engine folds a model's shared expert into the routed-expert MoE kernel as one more
+    expert that every token selects (SGLang deepseek_v2.py determine_num_fused_shared_experts:
+    num_experts = routed + 1, top_k = k + 1, the shared expert's weights loaded as
+    ``experts.<n_routed>``), instead of running it as a separate MLP."""
+
+    architectures: list[str] = Field(description="HF architectures the engine fuses for.")
+    routed_experts: list[int] = Field(description="Routed-expert counts it accepts.")
+    shared_experts: int = Field(1, ge=1, description="Shared-expert count it accepts.")
+    min_compute_capability: float = Field(
+        0.0, ge=0, description="Lowest CUDA compute capability (major.minor) it fuses on.")
+    expert_parallel: bool = Field(
+        False, description="Whether it still fuses under expert parallelism (moe_ep_size > 1).")
+
+    def applies(self, architecture: str | None, routed: int, shared: int,
+                compute_capability: str | None, ep: int) -> bool:
+        try:
+            cc = float(compute_capability) if compute_capability else None
+        except ValueError:
+            cc = None
+        return (architecture in self.architectures and routed in self.routed_experts
+                and shared == self.shared_experts and (ep == 1 or self.expert_parallel)
+                and (cc is None or cc >= self.min_compute_capability))
+
+
 class EngineSpec(StrictModel):
     """Every behaviour constant of one serving-engine generation."""
 
@@ -341,6 +366,9 @@ class EngineSpec(StrictModel):
         1.0, description="DP attention: factor on the new-token-ratio decode reserve (SGLang "
                          "server_args: schedule_conservativeness x 0.3, which scales the "
                          "scheduler's init / min new_token_ratio).")
+    moe_shared_expert_fusion: SharedExpertFusion | None = Field(
+        None, description="MoE models whose shared expert runs inside the routed-expert kernel "
+                          "as an always-selected extra expert (None: a separate MLP).")
     dp_router: DPRouterSpec = Field(
         default_factory=lambda: DPRouterSpec(policy="least_outstanding"),
         description="Router over data-parallel replicas in the engine's own DP deployment "
