@@ -22,6 +22,7 @@ graph mode); attention is computed per call from the per-sequence lengths.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple, Sequence
@@ -1210,7 +1211,7 @@ class IterationCostModel:
             e_cmp = self._j_per_flop * flops
             f_max = self.dvfs.f_max
             f_alone = self.dvfs.default_clock(IterationWork(0.0, (1 - share) * t, share * t, e_mem, e_cmp))
-            w = float(np.exp(-t / self._tau_s))
+            w = math.exp(-t / self._tau_s)
             f_tab = f_max * w + f_alone * (1.0 - w)
             out = (e_mem, e_cmp, share * t, share * t * f_tab / f_max)
         if len(self._split_cache) < 200_000:

@@ -286,10 +286,14 @@ class DvfsModel:
         t = w.t_host + w.t_other + w.t_cmp
         if t <= 0:
             return self.f_max
+        # base_power() inlined with one voltage() per probe (the same arithmetic): this bisection
+        # runs for every kernel the board limit holds back, ~1e5 times per simulation
+        voltage, p_idle, d_awake, f_max = self.voltage, self.p_idle, self.p_awake - self.p_idle, self.f_max
+        e_mem, e_cmp = w.e_mem, w.e_cmp
 
         def p(f: float) -> float:
-            v = self.voltage(f)
-            return (self.base_power(f) * t + w.e_mem + w.e_cmp * v * v) / t
+            v = voltage(f)
+            return ((p_idle + d_awake * (f / f_max) * v * v) * t + e_mem + e_cmp * v * v) / t
 
         if p(self.f_max) <= self.p_limit:
             return self.f_max
