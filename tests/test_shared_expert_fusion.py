@@ -87,3 +87,13 @@ def test_engine_rule_conditions():
     assert not rule.applies("DeepseekV3ForCausalLM", 256, 1, "9.0", 8)
     assert not rule.applies("Qwen3MoeForCausalLM", 256, 1, "9.0", 1)
     assert load_engine("vllm").moe_shared_expert_fusion is None
+
+
+def test_fused_shared_expert_under_expert_parallelism():
+    """A profile that fuses under EP (SGLang does on MI300-class GPUs): the shared expert sits
+    on every EP rank and takes all tokens there -- dearer than the routed share alone."""
+    d = DeviceCostModel(load_cluster("h200-1x8").pools[0].device)
+    args = (64, 7168, 2048, 8, 256, 1, 8, "fp8", "fp8")
+    assert d.fused_moe(*args, block_fp8=True, shared=1).time_s > d.fused_moe(*args, block_fp8=True).time_s
+    rule = load_engine("sglang").moe_shared_expert_fusion.model_copy(update={"expert_parallel": True})
+    assert rule.applies("DeepseekV3ForCausalLM", 256, 1, "9.0", 8)

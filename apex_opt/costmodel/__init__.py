@@ -360,15 +360,16 @@ class DeviceCostModel:
 
         ``shared``: shared experts fused into the kernel as extra experts that every token selects
         (SGLang's shared-expert fusion, EngineSpec.moe_shared_expert_fusion; same shape as a
-        routed expert): always hit, ``tokens`` rows each (padded to BLOCK_SIZE_M), and their rows
-        in the aux kernels. Not on the DeepGEMM paths (vLLM's, which never fuses)."""
+        routed expert; on every EP rank): always hit, ``tokens`` rows each (padded to
+        BLOCK_SIZE_M), and their rows in the aux kernels. Not on the DeepGEMM paths (vLLM's, which
+        never fuses)."""
         key = ("moe", tokens, hidden, inter, topk, experts, tp, ep, dtype, weight_dtype, balanced,
                imbalance, block_fp8, backend, gated, shared)
         hit = self._gemm_cache.get(key)
         if hit is not None:
             return hit
         if (tokens < 0 or topk < 1 or experts < topk or ep < 1 or tp < 1 or experts % ep or imbalance < 1.0
-                or shared < 0 or (shared and ep > 1)):
+                or shared < 0):
             raise InputError("fused MoE needs tokens >= 0, 1 <= topk <= experts, EP dividing experts",
                              field="tokens/topk/experts/ep", value=(tokens, topk, experts, ep))
         if tokens == 0:
@@ -442,8 +443,9 @@ class DeviceCostModel:
         # (no weight loads: no tile latency); the activation, the intermediate's quant, the align
         # and moe_sum cover all tokens x topk rows (vLLM fused_moe.py fused_experts_impl,
         # moe_align_block_size.py: expert_ids = expert_map[expert_ids])
-        rows = tokens * topk if (triton and ep > 1) else assign  # shared picks are in assign
-        nl_rows = rows - tokens * topk / ep if (triton and ep > 1) else 0.0
+        # (fused shared experts: on every rank, their rows in ``assign`` / the slots)
+        rows = tokens * (topk + shared) if (triton and ep > 1) else assign
+        nl_rows = tokens * topk - tokens * topk / ep if (triton and ep > 1) else 0.0
         w13 = (2 if gated else 1) * inter_l
         t_tot = fl_tot = by_tot = 0.0
         for n, k in ((w13, hidden), (hidden, inter_l)):
