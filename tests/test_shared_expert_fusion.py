@@ -41,7 +41,7 @@ def test_fusion_saves_the_shared_mlp_kernels():
     sg = load_engine("sglang")
     off = IterationCostModel(load_model("deepseek-v3"), load_cluster("h200-1x8").pools[0],
                              ReplicaConfig(tp=8, weight_dtype="fp8"),
-                             sg.model_copy(update={"moe_shared_expert_fusion": None}))
+                             sg.model_copy(update={"moe_shared_expert_fusion": []}))
     on = _cm("deepseek-v3", "h200-1x8", "sglang")
     assert off.fused_shared == 0
     b_off, b_on = _decode(off), _decode(on)
@@ -80,13 +80,18 @@ def test_fused_shared_expert_is_always_streamed():
 
 
 def test_engine_rule_conditions():
-    rule = load_engine("sglang").moe_shared_expert_fusion
+    rule = load_engine("sglang").moe_shared_expert_fusion[0]
     assert rule.applies("DeepseekV3ForCausalLM", 256, 1, "9.0", 1)
     assert not rule.applies("DeepseekV3ForCausalLM", 256, 1, "7.5", 1)
     assert not rule.applies("DeepseekV3ForCausalLM", 256, 2, "9.0", 1)
     assert not rule.applies("DeepseekV3ForCausalLM", 256, 1, "9.0", 8)
     assert not rule.applies("Qwen3MoeForCausalLM", 256, 1, "9.0", 1)
-    assert load_engine("vllm").moe_shared_expert_fusion is None
+    assert load_engine("vllm").moe_shared_expert_fusion == []
+    assert load_engine("sglang-0.4").moe_shared_expert_fusion == []
+    glm = load_engine("sglang").moe_shared_expert_fusion[1]
+    assert glm.applies("Glm4MoeForCausalLM", 128, 1, "9.0", 1)  # GLM-4.5-Air
+    assert glm.applies("Glm4MoeForCausalLM", 160, 1, "9.0", 1)  # GLM-4.5
+    assert not glm.applies("Glm4MoeForCausalLM", 160, 1, "9.0", 4)
 
 
 def test_fused_shared_expert_under_expert_parallelism():
@@ -95,5 +100,27 @@ def test_fused_shared_expert_under_expert_parallelism():
     d = DeviceCostModel(load_cluster("h200-1x8").pools[0].device)
     args = (64, 7168, 2048, 8, 256, 1, 8, "fp8", "fp8")
     assert d.fused_moe(*args, block_fp8=True, shared=1).time_s > d.fused_moe(*args, block_fp8=True).time_s
-    rule = load_engine("sglang").moe_shared_expert_fusion.model_copy(update={"expert_parallel": True})
+    rule = load_engine("sglang").moe_shared_expert_fusion[0].model_copy(update={"expert_parallel": True})
     assert rule.applies("DeepseekV3ForCausalLM", 256, 1, "9.0", 8)
+
+
+def test_glm45_air_fuses_on_sglang():
+    """GLM-4.5-Air (Glm4MoeForCausalLM, 128 routed + 1 shared expert; its HF config numbers):
+    SGLang's glm4_moe.py fuses it too, whatever the routed-expert count; vLLM does not."""
+    from apex_opt.specs.model import ModelSpec
+
+    cfg = {"architectures": ["Glm4MoeForCausalLM"], "model_type": "glm4_moe", "hidden_size": 4096,
+           "num_hidden_layers": 46, "n_routed_experts": 128, "n_shared_experts": 1,
+           "num_experts_per_tok": 8, "moe_intermediate_size": 1408, "intermediate_size": 10944,
+           "first_k_dense_replace": 1, "num_attention_heads": 96, "num_key_value_heads": 8,
+           "head_dim": 128, "vocab_size": 151552, "max_position_embeddings": 131072,
+           "rms_norm_eps": 1e-5, "hidden_act": "silu", "partial_rotary_factor": 0.5,
+           "torch_dtype": "bfloat16", "n_group": 1, "topk_group": 1, "norm_topk_prob": True,
+           "tie_word_embeddings": False}
+    m = ModelSpec.from_hf_config(cfg, "glm-4.5-air", "test")
+    pool = load_cluster("h200-1x8").pools[0]
+    sg = IterationCostModel(m, pool, ReplicaConfig(tp=4), load_engine("sglang"))
+    vl = IterationCostModel(m, pool, ReplicaConfig(tp=4), load_engine("vllm"))
+    assert sg.fused_shared == 1 and vl.fused_shared == 0
+    assert "moe_shared" not in _decode(sg).breakdown
+    assert _decode(vl).breakdown["moe_shared"] > 0

@@ -323,11 +323,12 @@ class IterationCostModel:
         #: _handle_moe_kernel_config: "--disable-shared-experts-fusion is automatically set"), and
         #: not under weight-only formats
         self.fused_shared = 0
-        rule = self.engine.moe_shared_expert_fusion
-        if (rule is not None and model.moe is not None and self.shared_ops and wd in ("bf16", "fp8")
+        if (model.moe is not None and self.shared_ops and wd in ("bf16", "fp8")
                 and self._moe_backend() == "triton"
-                and rule.applies(model.architecture, model.moe.num_experts,
-                                 model.moe.num_shared_experts, pool.device.compute_capability, cfg.ep)):
+                and any(rule.applies(model.architecture, model.moe.num_experts,
+                                     model.moe.num_shared_experts, pool.device.compute_capability,
+                                     cfg.ep)
+                        for rule in self.engine.moe_shared_expert_fusion)):
             self.fused_shared = model.moe.num_shared_experts
             self.shared_ops = []
         self.graph = cfg.cuda_graphs

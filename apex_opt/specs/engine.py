@@ -126,7 +126,8 @@ class SharedExpertFusion(StrictModel):
     ``experts.<n_routed>``), instead of running it as a separate MLP."""
 
     architectures: list[str] = Field(description="HF architectures the engine fuses for.")
-    routed_experts: list[int] = Field(description="Routed-expert counts it accepts.")
+    routed_experts: list[int] | None = Field(
+        None, description="Routed-expert counts it accepts (None: any).")
     shared_experts: int = Field(1, ge=1, description="Shared-expert count it accepts.")
     min_compute_capability: float = Field(
         0.0, ge=0, description="Lowest CUDA compute capability (major.minor) it fuses on.")
@@ -139,7 +140,8 @@ class SharedExpertFusion(StrictModel):
             cc = float(compute_capability) if compute_capability else None
         except ValueError:
             cc = None
-        return (architecture in self.architectures and routed in self.routed_experts
+        return (architecture in self.architectures
+                and (self.routed_experts is None or routed in self.routed_experts)
                 and shared == self.shared_experts and (ep == 1 or self.expert_parallel)
                 and (cc is None or cc >= self.min_compute_capability))
 
@@ -366,9 +368,11 @@ class EngineSpec(StrictModel):
         1.0, description="DP attention: factor on the new-token-ratio decode reserve (SGLang "
                          "server_args: schedule_conservativeness x 0.3, which scales the "
                          "scheduler's init / min new_token_ratio).")
-    moe_shared_expert_fusion: SharedExpertFusion | None = Field(
-        None, description="MoE models whose shared expert runs inside the routed-expert kernel "
-                          "as an always-selected extra expert (None: a separate MLP).")
+    moe_shared_expert_fusion: list[SharedExpertFusion] = Field(
+        default_factory=list, description="MoE models whose shared expert runs inside the "
+                                          "routed-expert kernel as an always-selected extra "
+                                          "expert, one rule per model family (none: a separate "
+                                          "MLP).")
     dp_router: DPRouterSpec = Field(
         default_factory=lambda: DPRouterSpec(policy="least_outstanding"),
         description="Router over data-parallel replicas in the engine's own DP deployment "
