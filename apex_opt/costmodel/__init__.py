@@ -334,7 +334,8 @@ class DeviceCostModel:
     def fused_moe(self, tokens: float, hidden: int, inter: int, topk: int, experts: int, tp: int = 1,
                   ep: int = 1, dtype: str = "bf16", weight_dtype: str | None = None, *,
                   balanced: bool = False, imbalance: float = 1.0, block_fp8: bool = False,
-                  backend: str = "triton", gated: bool = True, shared: int = 0) -> OpCost:
+                  backend: str = "triton", gated: bool = True, shared: int = 0,
+                  compute_eff: float = 1.0) -> OpCost:
         """One MoE layer's routed experts on one GPU as the Triton ``fused_moe`` runs them (vLLM,
         SGLang): two grouped GEMM kernels (w13: hidden -> 2*inter/tp, w2: inter/tp -> hidden), each
         ONE launch that streams the weights of every local expert that received a token, plus the
@@ -364,7 +365,7 @@ class DeviceCostModel:
         BLOCK_SIZE_M), and their rows in the aux kernels. Not on the DeepGEMM paths (vLLM's, which
         never fuses)."""
         key = ("moe", tokens, hidden, inter, topk, experts, tp, ep, dtype, weight_dtype, balanced,
-               imbalance, block_fp8, backend, gated, shared)
+               imbalance, block_fp8, backend, gated, shared, compute_eff)
         hit = self._gemm_cache.get(key)
         if hit is not None:
             return hit
@@ -409,6 +410,8 @@ class DeviceCostModel:
         wb = WEIGHT_BYTES[wd or dt]
         ab = 1.0 if dt == "fp8" else (ACT_BYTES["fp4"] if dt == "fp4" else 2.0)
         marlin = wd is not None and dt == "bf16"
+        if not marlin:  # the engine's Triton kernel against the dense-GEMM fit (kernels.yaml)
+            peak *= compute_eff
         # expert weights streamed at the copy bandwidth (bf16, fp8, fp4) or the dense-GEMM fit's
         # (Marlin): data/kernels.yaml fused_moe.weight_stream; the fit sees the bytes it would need
         # to match

@@ -322,6 +322,12 @@ class IterationCostModel:
         #: off for its FlashInfer TRT-LLM / CuteDSL MoE runners, server_args
         #: _handle_moe_kernel_config: "--disable-shared-experts-fusion is automatically set"), and
         #: not under weight-only formats
+        #: the engine's Triton fused_moe against the dense-GEMM fit's compute rate (kernels.yaml
+        #: fused_moe.triton_compute_eff); block fp8 keeps 1 (see there)
+        self._moe_compute_eff = 1.0
+        if model.moe is not None and self._moe_backend() == "triton" and not self.block_fp8:
+            self._moe_compute_eff = kf.moe_triton_compute_eff.get(self.engine.engine, {}).get(
+                self.compute_dtype, 1.0)
         self.fused_shared = 0
         if (model.moe is not None and self.shared_ops and wd in ("bf16", "fp8")
                 and self._moe_backend() == "triton"
@@ -677,7 +683,7 @@ class IterationCostModel:
                                self.compute_dtype, self.weight_dtype,
                                imbalance=self.moe_imbalance if self.ep > 1 else 1.0,
                                block_fp8=self.block_fp8, backend=backend, gated=moe.expert_gated,
-                               shared=self.fused_shared)
+                               shared=self.fused_shared, compute_eff=self._moe_compute_eff)
         assignments = tokens * moe.experts_per_token / self.ep
         active = _active_experts(tokens, moe.experts_per_token, moe.num_experts, self.local_experts,
                                  assignments, balanced=False) + self.fused_shared

@@ -49,6 +49,9 @@ class KernelFacts:
     moe_trtllm_tile_latency_s: dict[str, float] = field(default_factory=dict)
     #: architectures whose fp8 MoE SGLang runs with flashinfer_trtllm on SM100
     moe_sglang_sm100_trtllm_archs: tuple[str, ...] = ()
+    #: engine family -> {compute dtype -> share of the dense-GEMM fit's compute rate the engine's
+    #: Triton fused_moe reaches} (fused_moe.triton_compute_eff, measured); absent: 1
+    moe_triton_compute_eff: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @lru_cache(maxsize=None)
@@ -83,6 +86,8 @@ def kernel_facts() -> KernelFacts:
                                        (c["fused_moe"].get("trtllm_tile_latency_ns") or {}).items()},
             moe_sglang_sm100_trtllm_archs=tuple(
                 str(a) for a in c["fused_moe"].get("sglang_sm100_trtllm_architectures") or ()),
+            moe_triton_compute_eff={str(e): {str(k): float(v) for k, v in d.items()} for e, d in
+                                    (c["fused_moe"].get("triton_compute_eff") or {}).items()},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"malformed kernel facts ({exc})", source=_SRC, field="common") from None
