@@ -371,8 +371,9 @@ class DeviceCostModel:
             return hit
         if (tokens < 0 or topk < 1 or experts < topk or ep < 1 or tp < 1 or experts % ep or imbalance < 1.0
                 or shared < 0):
-            raise InputError("fused MoE needs tokens >= 0, 1 <= topk <= experts, EP dividing experts",
-                             field="tokens/topk/experts/ep", value=(tokens, topk, experts, ep))
+            raise InputError("fused MoE needs tokens >= 0, 1 <= topk <= experts, EP dividing experts, "
+                             "shared >= 0", field="tokens/topk/experts/ep/shared",
+                             value=(tokens, topk, experts, ep, shared))
         if tokens == 0:
             return OpCost(0.0, self.idle_power_w)
         from .kernels import kernel_facts

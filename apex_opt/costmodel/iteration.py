@@ -316,21 +316,22 @@ class IterationCostModel:
                 ("w_uk", self.q_heads * mla.kv_lora_rank, mla.qk_nope_head_dim),
                 ("w_uv", self.q_heads * mla.v_head_dim, mla.kv_lora_rank)][:kf.mla_absorbed_bmm_kernels]
             self.mla_norms = ((mla.q_lora_rank,) if mla.q_lora_rank else ()) + (mla.kv_lora_rank,)
+        #: the routed experts' kernel (see _moe_backend), fixed by the replica's shape
+        self.moe_backend = self._moe_backend() if model.moe is not None else None
+        #: the engine's Triton fused_moe against the dense-GEMM fit's compute rate (kernels.yaml
+        #: fused_moe.triton_compute_eff); block fp8 keeps 1 (see there)
+        self._moe_compute_eff = 1.0
+        if self.moe_backend == "triton" and not self.block_fp8:
+            self._moe_compute_eff = kf.moe_triton_compute_eff.get(self.engine.engine, {}).get(
+                self.compute_dtype, 1.0)
         #: shared experts the engine runs inside the routed-expert MoE kernel as experts every
         #: token picks (SGLang's shared-expert fusion, EngineSpec.moe_shared_expert_fusion): no
         #: separate shared MLP then. Only the Triton fused_moe takes them (SGLang turns the fusion
         #: off for its FlashInfer TRT-LLM / CuteDSL MoE runners, server_args
         #: _handle_moe_kernel_config: "--disable-shared-experts-fusion is automatically set"), and
         #: not under weight-only formats
-        #: the engine's Triton fused_moe against the dense-GEMM fit's compute rate (kernels.yaml
-        #: fused_moe.triton_compute_eff); block fp8 keeps 1 (see there)
-        self._moe_compute_eff = 1.0
-        if model.moe is not None and self._moe_backend() == "triton" and not self.block_fp8:
-            self._moe_compute_eff = kf.moe_triton_compute_eff.get(self.engine.engine, {}).get(
-                self.compute_dtype, 1.0)
         self.fused_shared = 0
-        if (model.moe is not None and self.shared_ops and wd in ("bf16", "fp8")
-                and self._moe_backend() == "triton"
+        if (self.moe_backend == "triton" and self.shared_ops and wd in ("bf16", "fp8")
                 and any(rule.applies(model.architecture, model.moe.num_experts,
                                      model.moe.num_shared_experts, pool.device.compute_capability,
                                      cfg.ep)
@@ -677,7 +678,7 @@ class IterationCostModel:
         # or for block fp8 where the engine release runs it, DeepGEMM's padded contiguous layout
         # (data/kernels.yaml fused_moe.deep_gemm)
         etp = self.tp // self.ep
-        backend = self._moe_backend()
+        backend = self.moe_backend
         c = self.dev.fused_moe(tokens, self.model.moe_hidden_size, moe.expert_intermediate_size,
                                moe.experts_per_token, moe.num_experts, etp, self.ep,
                                self.compute_dtype, self.weight_dtype,
