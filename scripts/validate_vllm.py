@@ -48,7 +48,9 @@ from apex_opt.specs.model import load_model  # noqa: E402
 from apex_opt.specs.plan import Plan, ReplicaGroup  # noqa: E402
 
 METRICS = ("ttft_ms", "tpot_ms", "e2e_s")
-TARGETS = {"ttft_ms": 20.0, "tpot_ms": 8.0, "e2e_s": 8.0}
+# issue 8's acceptance on this set: all rows (the SGLang rows on E2E only) TTFT <= 10 %, TPOT and
+# E2E <= 5 % MAPE
+TARGETS = {"ttft_ms": 10.0, "tpot_ms": 5.0, "e2e_s": 5.0}
 
 
 def _bool(s: str) -> bool:
