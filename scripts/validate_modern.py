@@ -310,8 +310,12 @@ def measured_means(res, skip: int) -> dict:
 
 
 def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
-                 engine_flags: str = "defaults", prompt_pool: int = 0) -> dict:
-    """Replay one row; never raises (a failure is reported in the result)."""
+                 engine_flags: str = "defaults", prompt_pool: int = 0,
+                 bracket: bool = False) -> dict:
+    """Replay one row; never raises (a failure is reported in the result). ``bracket``: a
+    closed-loop row is replayed a second time with its clients' first requests staggered over
+    the first replay's mean E2E (``ttft_staggered_ms``): the desynchronised end of the range
+    whose lockstep end the first replay is."""
     from apex_opt.errors import InfeasibleError
     from apex_opt.registry import load_cluster
     from apex_opt.sim.simulator import simulate
@@ -371,6 +375,10 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
                            "e2e_s": m.e2e_s.mean, "tput_tok_s": m.throughput_tokens_per_s}
         out["err_pct"] = {k: (out["pred"][k] - v) / v * 100 for k, v in out["meas"].items()
                           if out["pred"].get(k) is not None and v}
+        if bracket and req.concurrency is not None:
+            ramped = req.with_concurrency(req.concurrency, ramp_s=out["pred"]["e2e_s"])
+            out["ttft_staggered_ms"] = measured_means(
+                simulate(model, cluster, plan, ramped, engine=engine), warm)["ttft_ms"]
         if m.num_dropped:
             out["note"] += f"{m.num_dropped} dropped; "
         u = out["compute_util"]
@@ -592,7 +600,31 @@ def summarise(results: list[dict]) -> dict:
             overall[k] = {"mape": float(np.mean(np.abs(errs))), "bias": float(np.mean(errs))}
     met = {g: all(v[k]["mape"] <= t for k, t in TARGETS.items() if k in v)
            for g, v in groups.items()}
-    return {"groups": groups, "overall": overall, "targets_met": met}
+    return {"groups": groups, "overall": overall, "targets_met": met,
+            "ttft_bracket": ttft_bracket(ok)}
+
+
+def ttft_bracket(ok: list[dict]) -> dict:
+    """Per group of closed-loop rows replayed with ``bracket``: the measured mean TTFT against
+    the lockstep replay (clients all at t = 0) and the staggered one -- how many rows fall below,
+    inside or above the range the two span, and each end's MAPE."""
+    out: dict[str, dict] = {}
+    for r in ok:
+        s, m = r.get("ttft_staggered_ms"), r["meas"].get("ttft_ms")
+        if s is None or not m:
+            continue
+        lock = r["pred"]["ttft_ms"]
+        lo, hi = min(lock, s), max(lock, s)
+        e = out.setdefault(r["group"], {"rows": 0, "below": 0, "inside": 0, "above": 0,
+                                        "_lock": [], "_stag": []})
+        e["rows"] += 1
+        e["below" if m < lo else "above" if m > hi else "inside"] += 1
+        e["_lock"].append(abs(lock - m) / m * 100)
+        e["_stag"].append(abs(s - m) / m * 100)
+    for e in out.values():
+        e["mape_lockstep"] = round(float(np.mean(e.pop("_lock"))), 2)
+        e["mape_staggered"] = round(float(np.mean(e.pop("_stag"))), 2)
+    return out
 
 
 def render(results: list[dict], summ: dict, wall: float) -> str:
@@ -640,15 +672,25 @@ def render(results: list[dict], summ: dict, wall: float) -> str:
     n_ok = sum("error" not in r for r in results)
     lines.append(f"{'overall':48} {f'{n_ok}/{len(results)}':>5} {mb(o, 'ttft_ms'):>16} "
                  f"{mb(o, 'tpot_ms'):>16} {mb(o, 'e2e_s'):>16} {mb(o, 'tput_tok_s'):>16}")
+    if summ.get("ttft_bracket"):
+        lines.append("")
+        lines.append("closed-loop TTFT: lockstep replay (all clients at t=0) vs clients staggered "
+                     "over one mean E2E; measured below / inside / above that range")
+        lines.append(f"{'group':48} {'rows':>5} {'lockstep MAPE':>14} {'staggered MAPE':>15} "
+                     f"{'below':>6} {'inside':>7} {'above':>6}")
+        for g, v in summ["ttft_bracket"].items():
+            lines.append(f"{g:48} {v['rows']:>5} {v['mape_lockstep']:>14.1f} "
+                         f"{v['mape_staggered']:>15.1f} {v['below']:>6} {v['inside']:>7} "
+                         f"{v['above']:>6}")
     lines.append(f"{len(results)} rows in {wall:.1f} s wall")
     lines.append("closed-loop rows: the means leave out the warm-up requests sent first "
                  "(--warmup per client); trace rows: every request")
     return "\n".join(lines)
 
 
-def _job(args: tuple[dict, str, float, str, int]) -> dict:
-    row, base, warmup, flags, pool = args
-    return simulate_row(row, Path(base), warmup, flags, pool)
+def _job(args: tuple[dict, str, float, str, int, bool]) -> dict:
+    row, base, warmup, flags, pool, bracket = args
+    return simulate_row(row, Path(base), warmup, flags, pool, bracket)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -677,6 +719,13 @@ def main(argv: list[str] | None = None) -> int:
                          "aiconfigurator's bench_run.sh leaves it at the default and its vLLM "
                          "launch keeps V1's prefix caching on): a hypothesis, not recorded. "
                          "0 (default) = every prompt distinct")
+    ap.add_argument("--ttft-bracket", action="store_true",
+                    help="closed-loop rows: replay each a second time with the clients' first "
+                         "requests staggered over the first replay's mean E2E (apex-opt simulate "
+                         "--client-ramp) and report, per group, how many measured mean TTFTs fall "
+                         "below / inside / above the range between the lockstep and the "
+                         "staggered replay (a diagnostic; the scored numbers stay the lockstep "
+                         "replay's)")
     ap.add_argument("--json-only", action="store_true", help="print only the final JSON line")
     ap.add_argument("--out", default=None, help="also write the full output to this file")
     args = ap.parse_args(argv)
@@ -696,10 +745,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs > 1 and len(rows) > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             done = list(pool.map(_job, [(rows[i], str(base), args.warmup, args.engine_flags,
-                                         args.prompt_pool) for i in order], chunksize=1))
+                                         args.prompt_pool, args.ttft_bracket) for i in order],
+                                 chunksize=1))
     else:
-        done = [_job((rows[i], str(base), args.warmup, args.engine_flags, args.prompt_pool))
-                for i in order]
+        done = [_job((rows[i], str(base), args.warmup, args.engine_flags, args.prompt_pool,
+                      args.ttft_bracket)) for i in order]
     results: list[dict] = [None] * len(rows)  # type: ignore[list-item]
     for i, r in zip(order, done):
         results[i] = r
@@ -724,6 +774,7 @@ def main(argv: list[str] | None = None) -> int:
            "shape_unreplayable_as_recorded": {g: v["shape_unreplayable"]
                                               for g, v in summ["groups"].items()
                                               if v["shape_unreplayable"]},
+           **({"ttft_bracket": summ["ttft_bracket"]} if args.ttft_bracket else {}),
            "slowest_rows_s": sorted(((round(r["wall_s"], 1), r["case"]) for r in results),
                                     reverse=True)[:3],
            "wall_s": round(wall, 2)}

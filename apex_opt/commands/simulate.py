@@ -50,7 +50,20 @@ def _refuse_unused_synthetic_flags(from_file: bool, closed_loop: bool, arrival: 
 
 
 def _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
-              seed, concurrency=None, sort_trace=False, prompt_pool=None) -> Requests:
+              seed, concurrency=None, sort_trace=False, prompt_pool=None,
+              client_ramp=None) -> Requests:
+    req = _requests_unramped(trace, workload, rate, num_requests, prompt_len, output_len, arrival,
+                             cv, seed, concurrency, sort_trace, prompt_pool)
+    if client_ramp is None:
+        return req
+    if req.concurrency is None:
+        raise click.UsageError("--client-ramp only applies to a closed loop (--concurrency, or a "
+                               "--workload with process closed_loop)")
+    return req.with_concurrency(req.concurrency, ramp_s=client_ramp)
+
+
+def _requests_unramped(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
+                       seed, concurrency=None, sort_trace=False, prompt_pool=None) -> Requests:
     synthetic = [rate, num_requests, prompt_len, output_len]
     if prompt_pool is not None and (trace is not None or workload is not None):
         raise click.UsageError("--prompt-pool only applies to the synthetic flags; a --workload "
@@ -231,9 +244,16 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
 @sort_trace_option
 @click.option("--concurrency", type=click.IntRange(1, 1_000_000), default=None,
               help="Closed loop: N clients, each sending its next request as soon as its previous "
-                   "one finished (vllm bench serve --max-concurrency N); all start at t=0. Use "
+                   "one finished (vllm bench serve --max-concurrency N); all start at t=0 (see "
+                   "--client-ramp). Use "
                    "with --num-requests/--prompt-len/--output-len, or with --workload/--trace "
                    "for the lengths (their arrival times then only order the requests).")
+@click.option("--client-ramp", "client_ramp", type=click.FloatRange(0, 1e6), default=None,
+              metavar="SECONDS",
+              help="Closed loop: stagger the clients' first requests evenly over this many "
+                   "seconds (client i starts at i x SECONDS / N) instead of all at t=0, e.g. "
+                   "about one request's latency to model clients already out of step "
+                   "[default: 0, or the --workload file's ramp_s].")
 @click.option("--workload", type=click.Path(dir_okay=False), default=None,
               help="Synthetic workload YAML (arrival process + length distributions).")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -294,7 +314,7 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
 @json_option
 def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_len, output_len,
             arrival, cv, seed, slo_path, progress, engine_name, as_json, concurrency, sort_trace,
-            sampling_top_p, sampling_top_k, prompt_pool, **opts):
+            sampling_top_p, sampling_top_k, prompt_pool, client_ramp, **opts):
     """Simulate serving a workload with ONE plan (DP x PP x TP replicas of the --engine: vLLM V1
     by default, see `apex-opt engines`) and report latency (TTFT / TPOT / E2E mean and percentiles), throughput and energy.
 
@@ -313,7 +333,7 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
           --rate 2 --num-requests 500 --prompt-len 1000 --output-len 200
       apex-opt simulate --tp 4 --dp 2 --trace my_trace.jsonl --slo slo.yaml --json
       apex-opt simulate --model llama-3.1-8b --tp 1 --concurrency 16 \\
-          --num-requests 200 --prompt-len 1024 --output-len 128
+          --num-requests 200 --prompt-len 1024 --output-len 128 [--client-ramp 2]
       apex-opt simulate --model llama-3.1-8b --tp 1 --concurrency 256 --max-num-seqs 256 \\
           --num-requests 2000 --prompt-len 200 --output-len 400 --sm-clock-mhz 1410
 
@@ -333,7 +353,7 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     # the simulator refuses (exit 2) what the real engine refuses to start with
     check_max_model_len(model, opts.get("max_model_len"))
     requests = _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
-                         seed, concurrency, sort_trace, prompt_pool)
+                         seed, concurrency, sort_trace, prompt_pool, client_ramp)
     src, field = ((trace, "input + output tokens") if trace else
                   (workload, "prompt_len + output_len") if workload else
                   (_SRC, "--prompt-len + --output-len"))

@@ -79,7 +79,9 @@ def workload_line(w: Mapping | Any) -> str:
     parts = [f"{n:,} requests" if isinstance(n, int) else "? requests"]
     rate, conc = _get(w, "rate_req_s"), _get(w, "concurrency")
     if conc:
-        parts.append(f"closed loop of {conc} clients")
+        ramp = _get(w, "client_ramp_s")
+        parts.append(f"closed loop of {conc} clients"
+                     + (f" starting over {ramp:.3g} s" if ramp else ""))
     elif rate is not None:
         parts.append(f"{rate:.3g} req/s")
     pt, ot = _get(w, "prompt_tokens"), _get(w, "output_tokens")

@@ -34,6 +34,7 @@ instant are queued before the idle engines are kicked (they batch together, as i
 from __future__ import annotations
 
 import heapq
+import math
 from collections import OrderedDict
 from typing import Callable, Sequence
 
@@ -66,12 +67,12 @@ def run_cluster(engines: Sequence[ReplicaEngine], arrival_s: np.ndarray,
 
 def run_closed_loop(engines: Sequence[ReplicaEngine], n: int, concurrency: int,
                     router: str | DPRouterSpec, log: RequestLog, *, start_s: float = 0.0,
-                    delay_s: float = 0.0,
+                    delay_s: float = 0.0, ramp_s: float = 0.0,
                     progress: Callable[[int], None] | None = None) -> tuple[float, np.ndarray]:
-    """Serve requests ``0 .. n-1`` to ``concurrency`` closed-loop clients that all start at
-    ``start_s``. A request sent at ``t`` reaches the engine at ``t + delay_s`` (front-end
-    latency). Returns (time of the last event, the time each request was sent: what its client
-    measures latency from).
+    """Serve requests ``0 .. n-1`` to ``concurrency`` closed-loop clients; client ``i`` sends its
+    first request at ``start_s + i * ramp_s / clients`` (``ramp_s`` 0: all at ``start_s``). A
+    request sent at ``t`` reaches the engine at ``t + delay_s`` (front-end latency). Returns (time
+    of the last event, the time each request was sent: what its client measures latency from).
 
     Decode runs of an engine (``fast_forward``) never extend past a pending send; with several
     replicas also not past the next event of any engine (a finish not yet scheduled may free a
@@ -79,8 +80,10 @@ def run_closed_loop(engines: Sequence[ReplicaEngine], n: int, concurrency: int,
     choose = make_router(engines, router)
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1 (got {concurrency})")
+    if not (ramp_s >= 0.0 and math.isfinite(ramp_s)):
+        raise ValueError(f"ramp_s must be a finite number >= 0 (got {ramp_s})")
     k = min(concurrency, n)
-    pend = [(start_s, i, _FREE) for i in range(k)]
+    pend = [(start_s + i * ramp_s / k, i, _FREE) for i in range(k)]  # sorted: already a heap
     sink: list[tuple[int, float]] = []
     log.done_sink = sink
     try:

@@ -349,7 +349,7 @@ def _run_closed(engines: list[ReplicaEngine], requests: Requests, router: DPRout
     def run(engines, _arrival, router, progress=None) -> float:
         out.extend(run_closed_loop(engines, n, requests.concurrency, router, log,
                                    start_s=float(requests.arrival_s[0]), delay_s=delay_s,
-                                   progress=progress))
+                                   ramp_s=requests.client_ramp_s, progress=progress))
         return out[0]
 
     _run(engines, requests.arrival_s, router, progress, n, runner=run)

@@ -74,7 +74,9 @@ class Requests:
     = nothing known to be shared.
 
     ``concurrency`` (optional): a closed loop of that many clients (see the module docstring);
-    ``None`` = open loop, requests arrive at ``arrival_s``.
+    ``None`` = open loop, requests arrive at ``arrival_s``. ``client_ramp_s``: a closed loop's
+    client ``i`` (0-based) sends its first request ``i * client_ramp_s / concurrency`` seconds
+    after the first arrival (0 = all at once).
 
     ``top_p`` / ``top_k``: the sampling filter every request asks for (1.0 / 0 = none, e.g.
     greedy, what ``vllm bench serve`` sends by default). A filter costs the engine's sampler GPU
@@ -91,6 +93,7 @@ class Requests:
     concurrency: int | None = None
     top_p: float = 1.0
     top_k: int = 0
+    client_ramp_s: float = 0.0
 
     def __post_init__(self) -> None:
         arr = np.ascontiguousarray(self.arrival_s, dtype=np.float64)
@@ -134,6 +137,10 @@ class Requests:
         object.__setattr__(self, "prefix_block_tokens", int(self.prefix_block_tokens))
         if self.concurrency is not None:
             object.__setattr__(self, "concurrency", int(self.concurrency))
+        ramp = float(self.client_ramp_s)
+        if not (math.isfinite(ramp) and ramp >= 0.0):
+            raise ValueError(f"client_ramp_s must be a finite number >= 0 (got {self.client_ramp_s!r})")
+        object.__setattr__(self, "client_ramp_s", ramp)
         if not (0.0 < float(self.top_p) <= 1.0):
             raise ValueError(f"top_p must be in (0, 1] (got {self.top_p!r})")
         if not (isinstance(self.top_k, (int, np.integer)) and self.top_k >= 0):
@@ -168,7 +175,8 @@ class Requests:
                 prefix_blocks=([self.prefix_blocks[i] for i in sel]
                                if self.prefix_blocks is not None else None))
         fields.update(source=self.source, prefix_block_tokens=self.prefix_block_tokens,
-                      concurrency=self.concurrency, top_p=self.top_p, top_k=self.top_k)
+                      concurrency=self.concurrency, top_p=self.top_p, top_k=self.top_k,
+                      client_ramp_s=self.client_ramp_s)
         fields.update(kw)
         return Requests(**fields)
 
@@ -215,9 +223,12 @@ class Requests:
         return self._replace(top_p=self.top_p if top_p is None else top_p,
                              top_k=self.top_k if top_k is None else top_k)
 
-    def with_concurrency(self, n: int | None) -> "Requests":
-        """The same requests as a closed loop of ``n`` clients (``None`` = open loop again)."""
-        return self._replace(concurrency=n)
+    def with_concurrency(self, n: int | None, ramp_s: float | None = None) -> "Requests":
+        """The same requests as a closed loop of ``n`` clients (``None`` = open loop again),
+        their first requests staggered over ``ramp_s`` seconds (None = keep the current ramp;
+        an open loop has none)."""
+        ramp = self.client_ramp_s if ramp_s is None else ramp_s
+        return self._replace(concurrency=n, client_ramp_s=ramp if n is not None else 0.0)
 
     def scaled_rate(self, factor: float) -> "Requests":
         """Same requests arriving ``factor`` times faster: gaps after the first arrival are
@@ -276,6 +287,7 @@ class Requests:
             total_prompt_tokens=int(self.prompt_tokens.sum()),
             total_output_tokens=int(self.output_tokens.sum()), max_seq_len=self.max_seq_len,
             concurrency=self.concurrency,
+            client_ramp_s=self.client_ramp_s if closed and self.client_ramp_s > 0 else None,
             prefix_block_tokens=self.prefix_block_tokens if self.prefix_blocks is not None else None,
             prefix_reuse_tokens=(self.prefix_reuse_tokens() if self.prefix_blocks is not None
                                  else None),
@@ -296,6 +308,9 @@ class WorkloadSummary(StrictModel):
     max_seq_len: int
     concurrency: int | None = Field(None, description="Closed-loop clients (None = open loop: "
                                                       "requests arrive at their arrival times).")
+    client_ramp_s: R6Opt = Field(None, description="Closed loop: seconds over which the clients' "
+                                                   "first requests are staggered (None = all at "
+                                                   "once).")
     prefix_block_tokens: int | None = Field(None, description="Tokens per prefix block id "
                                                               "(None = no prefix information).")
     prefix_reuse_tokens: int | None = Field(
@@ -636,7 +651,7 @@ def generate(spec: WorkloadSpec, rng: np.random.Generator | None = None) -> Requ
         blocks, bt = prefix_blocks(spec.prefix, prompt, r_prefix)
     return Requests(arrival, prompt, output, None, f"synthetic:{name}", prefix_blocks=blocks,
                     prefix_block_tokens=bt, concurrency=spec.arrival.concurrency,
-                    top_p=spec.top_p, top_k=spec.top_k)
+                    top_p=spec.top_p, top_k=spec.top_k, client_ramp_s=spec.arrival.ramp_s)
 
 
 def prefix_blocks(p: PrefixSpec, prompt: np.ndarray,

@@ -17,9 +17,11 @@ Arrival processes (inter-arrival gaps; the first request arrives at t = 0):
 * ``constant`` -- gaps of exactly ``1/rate``;
 * ``closed_loop`` -- ``concurrency`` clients, each sending its next request as soon as its
   previous one finished (what ``vllm bench serve --max-concurrency N`` and most published
-  concurrency sweeps do); all clients start at t = 0; no ``rate``::
+  concurrency sweeps do); all clients start at t = 0 unless ``ramp_s`` staggers their first
+  requests evenly over that many seconds; no ``rate``::
 
       arrival: {process: closed_loop, concurrency: 64}
+      arrival: {process: closed_loop, concurrency: 64, ramp_s: 30}
 
 Shared prefixes (optional ``prefix``): every request belongs to one of ``groups`` groups (drawn
 uniformly at random, or ``assignment: round_robin``) whose first ``shared_tokens`` prompt tokens
@@ -54,7 +56,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from .common import PosFloat, StrictModel
+from .common import NonNegFloat, PosFloat, StrictModel
 
 #: Largest token count a length distribution may produce (sanity bound on user input).
 MAX_TOKENS = 10_000_000
@@ -64,6 +66,8 @@ MAX_REQUESTS = 10_000_000
 
 #: Most clients a closed loop may have.
 MAX_CONCURRENCY = 1_000_000
+#: Longest closed-loop client ramp (seconds, about 11.6 days).
+MAX_RAMP_S = 1e6
 
 
 class ArrivalSpec(StrictModel):
@@ -80,6 +84,10 @@ class ArrivalSpec(StrictModel):
                                                   "gaps (gamma only; 1 = Poisson, > 1 = bursty).")
     concurrency: int | None = Field(None, ge=1, le=MAX_CONCURRENCY,
                                     description="Clients of a closed loop (closed_loop only).")
+    ramp_s: NonNegFloat = Field(0.0, description="Closed loop only: client i (0-based) sends its "
+                                                 "first request at i x ramp_s / concurrency "
+                                                 "seconds [default 0: all at t = 0, as vllm bench "
+                                                 "serve --max-concurrency starts them].")
 
     @model_validator(mode="after")
     def _cv_only_for_gamma(self) -> "ArrivalSpec":
@@ -89,7 +97,12 @@ class ArrivalSpec(StrictModel):
             if self.rate is not None:
                 raise ValueError("'rate' does not apply to process 'closed_loop' (the clients "
                                  "send as fast as requests finish)")
+            if self.ramp_s > MAX_RAMP_S:
+                raise ValueError(f"ramp_s {self.ramp_s} s is absurd (> {MAX_RAMP_S:.0f} s)")
         else:
+            if self.ramp_s:
+                raise ValueError(f"'ramp_s' only applies to process 'closed_loop', not "
+                                 f"{self.process!r}")
             if self.rate is None:
                 raise ValueError(f"process {self.process!r} needs 'rate' (requests per second)")
             if self.concurrency is not None:
