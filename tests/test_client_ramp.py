@@ -117,3 +117,10 @@ def test_validate_modern_ttft_bracket_counts():
     assert got == {"g": {"rows": 3, "below": 1, "inside": 1, "above": 1,
                          "mape_lockstep": pytest.approx((200 + 650 + 25) / 3, abs=0.01),
                          "mape_staggered": pytest.approx((50 + 25 + 87.5) / 3, abs=0.01)}}
+
+
+def test_solve_refuses_a_ramp_without_a_closed_loop():
+    res = CliRunner().invoke(cli, ["solve", "--model", MODEL, "--client-ramp", "2"])
+    assert res.exit_code == 2
+    assert "--client-ramp" in res.output and "closed loop" in res.output
+    assert "Traceback" not in res.output

@@ -20,7 +20,7 @@ DEFAULT_SLO = "default-slo.yaml"
 
 
 def _load_requests(trace: str | None, workload: str | None, sort_trace: bool = False,
-                   concurrency: int | None = None):
+                   concurrency: int | None = None, client_ramp: float | None = None):
     from ..sim.workload import generate, load_trace
     from ..specs.workload import load_workload
 
@@ -32,7 +32,14 @@ def _load_requests(trace: str | None, workload: str | None, sort_trace: bool = F
         req = load_trace(trace, sort=sort_trace)
     else:
         req = generate(load_workload(workload or str(data_dir("examples") / DEFAULT_WORKLOAD)))
-    return req.with_concurrency(concurrency) if concurrency is not None else req
+    if concurrency is not None:
+        req = req.with_concurrency(concurrency)
+    if client_ramp is not None:
+        if req.concurrency is None:
+            raise InputError("only applies to a closed loop (--concurrency, or a --workload "
+                             "with process closed_loop)", field="--client-ramp", value=client_ramp)
+        req = req.with_concurrency(req.concurrency, ramp_s=client_ramp)
+    return req
 
 
 def _load_slo(path: str | None):
@@ -94,6 +101,10 @@ def render_tables(res: SolveResult) -> None:
               help="Serve the workload's requests as a closed loop of N clients (each sends its "
                    "next request when its previous one finished) instead of at their arrival "
                    "times.")
+@click.option("--client-ramp", "client_ramp", type=click.FloatRange(0, 1e6), default=None,
+              metavar="SECONDS",
+              help="Closed loop: stagger the clients' first requests evenly over this many "
+                   "seconds instead of all at t=0 [default: 0, or the --workload file's ramp_s].")
 @click.option("--workload", type=click.Path(dir_okay=False), default=None,
               help="Synthetic workload YAML (rate, number of requests, length distributions) "
                    "[default: the bundled chat example, 500 requests at 3 req/s].")
@@ -142,7 +153,7 @@ def render_tables(res: SolveResult) -> None:
               help="Write the decision plot of the simulated plans: objective vs GPUs and "
                    "J/token vs the SLO's latency percentile, Pareto fronts, the chosen plan "
                    "starred (.png/.svg/.pdf; needs the 'plot' extra). Example: --plot plans.png")
-def command(model_ref, cluster_ref, trace, sort_trace, concurrency, workload, slo_path, objective, top_k, exhaustive,
+def command(model_ref, cluster_ref, trace, sort_trace, concurrency, client_ramp, workload, slo_path, objective, top_k, exhaustive,
             workers, executor, time_limit, seed, engine_name, also_launch, max_model_len, hf_id,
             attention_dp, as_json, plot_path, sampling_top_p, sampling_top_k):
     """Find the best parallel plan (DP/PP/TP/EP, attention DP, weight/KV dtypes, engine limits)
@@ -174,7 +185,7 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, workload, sl
                          "folder, or leave --hf-id out", field="--hf-id", value=hf_id)
     adp = parse_attention_dp(attention_dp)
     model, cluster = load_inputs(model_ref, cluster_ref)
-    requests = _load_requests(trace, workload, sort_trace, concurrency)
+    requests = _load_requests(trace, workload, sort_trace, concurrency, client_ramp)
     requests = apply_sampling(requests, sampling_top_p, sampling_top_k)
     slo = _load_slo(slo_path)
     warn_thin_percentiles(slo, requests, slo_path or DEFAULT_SLO)
