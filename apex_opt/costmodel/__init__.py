@@ -519,7 +519,8 @@ class DeviceCostModel:
         still stores the block's bf16 output rows: ``K + 4*K/128 + 2*N`` bytes of HBM traffic per
         padding row and GEMM, at the copy bandwidth (expert 0's weight tiles those blocks also load
         come from L2 and are not priced). See data/kernels.yaml fused_moe.deep_gemm."""
-        align = deep_gemm_moe_facts()["m_alignment"]
+        facts = deep_gemm_moe_facts()
+        align = facts["m_alignment"]
         e_local = experts // ep
         inter_l = max(1, inter // tp)
         m = int(math.ceil(tokens))
@@ -528,6 +529,25 @@ class DeviceCostModel:
         active = _active_experts(tokens, topk, experts, e_local, assign, balanced)
         fit = self._table("fp8").fit
         peak, bw = self.peak_flops("fp8") * self._mm_scale["fp8"], self.bw
+        sm90 = facts["sm90_compute"]
+        if sm90 is not None and self.device.compute_capability not in sm90["compute_capability"]:
+            sm90 = None
+
+        def grouped(rows: float, n: int, k: int) -> OpCost:
+            # the grouped GEMM over ``rows`` rows: the dense fp8 GEMM, no faster than DeepGEMM's
+            # published SM90 rate at this K (data/kernels.yaml fused_moe.deep_gemm.sm90_compute)
+            dense = self.gemm(rows, n, k, "fp8")
+            if sm90 is None or rows <= 0:
+                return dense
+            flops = 2.0 * rows * n * k
+            rate = (self.peak_flops("fp8") * sm90["peak_fraction"]
+                    * k / (k + sm90["k_overhead"]))
+            t = flops / rate
+            if t <= dense.time_s:
+                return dense
+            return self._cost(t, flops, float(gemm_flops_bytes(rows, n, k, "fp8", None)[1]),
+                              "fp8", "gemm")
+
         t_tot = e_tot = 0.0
         if skip_padding:
             per_expert = max(assign / active, 1.0)
@@ -536,7 +556,7 @@ class DeviceCostModel:
             copy_bw = bw * self.cal.stream.eff
             for n, k in (((2 if gated else 1) * inter_l, hidden), (hidden, inter_l)):
                 # the hit experts' blocks: a dense fp8 GEMM of their rows, or their weight stream
-                dense = self.gemm(rows_valid, n, k, "fp8")
+                dense = grouped(rows_valid, n, k)
                 wbytes = active * n * k
                 t_valid = max(dense.time_s, float(fit.time(0.0, wbytes, peak, bw)))
                 pad_bytes = rows_pad * (k + 4.0 * math.ceil(k / 128) + 2.0 * n)
@@ -547,7 +567,7 @@ class DeviceCostModel:
                     e_tot += self._cost(t - dense.time_s, 0.0, wbytes + pad_bytes, "fp8", "gemm").energy_j
         else:
             for n, k in (((2 if gated else 1) * inter_l, hidden), (hidden, inter_l)):
-                dense = self.gemm(m_sum, n, k, "fp8")
+                dense = grouped(m_sum, n, k)
                 wbytes = active * n * k
                 t_w = float(fit.time(0.0, wbytes, peak, bw))
                 t = max(dense.time_s, t_w)
@@ -728,6 +748,13 @@ def deep_gemm_moe_facts() -> dict:
     raw = _raw()["common"]["fused_moe"].get("deep_gemm")
     try:
         align = int(raw["m_alignment"])
+        sm90 = raw.get("sm90_compute")
+        if sm90 is not None:
+            sm90 = {"compute_capability": tuple(str(c) for c in sm90["compute_capability"]),
+                    "peak_fraction": float(sm90["peak_fraction"]),
+                    "k_overhead": float(sm90["k_overhead"])}
+            if not (0.0 < sm90["peak_fraction"] <= 1.0 and sm90["k_overhead"] >= 0.0):
+                raise ValueError(f"sm90_compute {sm90}")
         engines = {str(k): tuple(dict(r) for r in v) for k, v in raw.get("engines", {}).items()}
         for rules in engines.values():
             for r in rules:
@@ -738,7 +765,7 @@ def deep_gemm_moe_facts() -> dict:
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"malformed fused_moe.deep_gemm ({exc})", source="<bundled kernels.yaml>",
                          field="common.fused_moe.deep_gemm") from None
-    return {"m_alignment": align, "engines": engines}
+    return {"m_alignment": align, "engines": engines, "sm90_compute": sm90}
 
 
 @lru_cache(maxsize=None)
