@@ -199,6 +199,23 @@ def test_sglang_new_token_ratio_reserves_decode_room():
     assert with_ratio.first_s[1] > without.first_s[1] + 0.05
 
 
+def test_sglang_joiner_counts_its_whole_output():
+    """A request joining a prefill batch counts its whole remaining output (clipped at 4096),
+    not the running requests' new-token ratio (SGLang PrefillAdder.add_one_req and
+    _update_prefill_budget): two 1,000-token prompts with 600-token outputs arriving together in
+    a 3,000-token pool -- at the ratio both would join one batch (1,000 free >= 0.7 x 600 x 2)
+    but with whole outputs (1,000 < 600 x 2) the second waits for the next batch."""
+    kw = dict(num_blocks=3000, block_size=1, max_num_seqs=64, max_num_batched_tokens=8192,
+              max_model_len=4096, chunked_prefill=True, policy="sglang",
+              watermark_fraction=0.0, new_token_ratio=(0.7, 0.098, 0.001))
+    log, _ = _run(EngineLimits(**kw), [1000, 1000], [600, 600], [0.0, 0.0])
+    assert log.first_s[1] > log.first_s[0] + 0.05
+    assert np.all(np.isfinite(log.finish_s))
+    small, _ = _run(EngineLimits(**kw), [1000, 1000], [400, 400], [0.0, 0.0])
+    # with 400-token outputs both fit in one prefill batch (1,000 free >= 2 x 400)
+    assert small.first_s[1] == pytest.approx(small.first_s[0])
+
+
 def test_attention_dp_memory_routing_and_lockstep():
     """SGLang DP attention (DeepSeek MLA): attention weights replicated per rank, a KV pool per
     rank (more tokens in total), requests spread round robin over the ranks, one forward for all."""

@@ -1006,7 +1006,7 @@ class ReplicaEngine:
             if cached + chunk == target:
                 sampling += 1
             if self.mode == "sglang" and self.lim.new_token_ratio is not None:
-                reserve += self._ratio_tokens(ve, rid) / self.bs
+                reserve += self._new_tokens(rid) / self.bs
         if k == 0 and not prefill:
             return None
         return k, prefill, sampling
@@ -1026,9 +1026,13 @@ class ReplicaEngine:
         if c is not None and ve.used_blocks + c.free_blocks > self.nb:
             self.stats.evicted_blocks += c.evict(ve.used_blocks + c.free_blocks - self.nb)
 
-    def _ratio_tokens(self, ve: _VirtualEngine, rid: int) -> float:
+    def _new_tokens(self, rid: int) -> float:
+        """SGLang's PrefillAdder.add_one_req: a request joining a prefill batch counts its whole
+        remaining output (clipped at CLIP_MAX_NEW_TOKENS), not the new-token ratio of the running
+        ones, both in its own admission test and in the budget the next joiner sees
+        (_update_prefill_budget adds extend_input_len + max_new_tokens)."""
         left = self.log.output[rid] - self.log.generated[rid]
-        return ve.ratio * min(left, self.lim.new_token_clip)
+        return float(min(left, self.lim.new_token_clip))
 
     def _decode_reserve(self, ve: _VirtualEngine) -> float:
         """SGLang: room kept for the running requests' future tokens (new-token ratio)."""
@@ -1065,7 +1069,7 @@ class ReplicaEngine:
         if free < self.wm:
             return None
         if self.mode == "sglang" and self.lim.new_token_ratio is not None \
-                and free < reserve + self._ratio_tokens(ve, rid) / self.bs:
+                and free < reserve + self._new_tokens(rid) / self.bs:
             return None  # SGLang PrefillAdder: no room for its and the running outputs
         ve.waiting.popleft()
         if chain:
