@@ -183,10 +183,12 @@ def link_bandwidth_gbps(link: LinkSpec, n: int) -> float:
       memory -- each byte a GPU sends is written there and read back, and all n GPUs send at
       once -- so each gets at most ``host_bandwidth_gbps / (2 n)`` (and never more than its
       link). On PCIe systems the collective bandwidth is set by what the CPU and memory deliver
-      (NCCL maintainer, github.com/NVIDIA/nccl/issues/1639).
+      (NCCL maintainer, github.com/NVIDIA/nccl/issues/1639). With ``p2p_group_size`` a group of
+      at most that many GPUs (one PCIe switch) still runs P2P at the link rate.
     """
     bw = link.group_bandwidth_gbps(n)
-    if link.kind == "pcie" and not link.p2p and link.host_bandwidth_gbps is not None and n >= 2:
+    if link.kind == "pcie" and not link.p2p and link.host_bandwidth_gbps is not None and n >= 2 \
+            and not (link.p2p_group_size is not None and n <= link.p2p_group_size):
         bw = min(bw, link.host_bandwidth_gbps / (2.0 * n))
     return bw
 
@@ -299,7 +301,8 @@ class CollectiveModel:
         supported on more than two PCIe-only GPUs"; disabled when the P2P test fails)."""
         if self.link.kind in ("nvlink", "nvswitch", "xgmi"):
             return True
-        return self.link.kind == "pcie" and self.link.p2p and n == 2
+        p2p = self.link.p2p or (self.link.p2p_group_size or 0) >= 2
+        return self.link.kind == "pcie" and p2p and n == 2
 
     def _custom_all_reduce(self, nbytes: float, n: int) -> float:
         """CPU launch + in-graph time: the one-shot / two-shot floor (launch inside the graph,

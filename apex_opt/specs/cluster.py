@@ -177,6 +177,12 @@ class LinkSpec(_StrictNumbers):
         None, description="With p2p: false: the host-memory bandwidth (GB/s, whole node) that the "
                           "staged copies share; each byte a GPU sends is written to and read back "
                           "from host memory, so n GPUs each get at most host_bandwidth / (2 n).")
+    p2p_group_size: int | None = Field(
+        None, ge=2, le=64,
+        description="With p2p: false: GPUs that still reach each other P2P in groups of this "
+                    "size (e.g. 2 behind one PCIe switch); a collective within one group runs at "
+                    "the link rate (and vLLM's custom all-reduce works for 2), larger ones stage "
+                    "through host memory.")
     nvls: bool | None = Field(None, description="Only for kind 'nvswitch': NVLink SHARP (all-reduce "
                                                 "reduced inside the switch; 3rd-generation NVSwitch, "
                                                 "H100/H200/B200 HGX). Unset: on when the device's "
@@ -188,6 +194,8 @@ class LinkSpec(_StrictNumbers):
             raise ValueError(f"p2p: false only applies to kind 'pcie' (got kind '{self.kind}')")
         if not self.p2p and self.host_bandwidth_gbps is None:
             raise ValueError("p2p: false needs host_bandwidth_gbps (host-memory bandwidth of the node)")
+        if self.p2p_group_size is not None and self.p2p:
+            raise ValueError("p2p_group_size only applies with p2p: false (P2P within groups only)")
         if self.nvls is not None and self.kind != "nvswitch":
             raise ValueError(f"nvls only applies to kind 'nvswitch' (got kind '{self.kind}')")
         return self
