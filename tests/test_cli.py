@@ -308,6 +308,17 @@ def test_infeasible_document_carries_the_closest_simulated_plans(solved):
     assert doc["stage"] == "simulation" and doc["closest_plans"][0]["metrics"]
 
 
+def test_closest_plans_table_numbers_its_rows(solved, capsys):
+    # closest plans carry rank 0 (ranks number the plans that meet the SLO): the table numbers them
+    from apex_opt.report.tables import render_infeasible
+
+    plans = [dict(p, rank=0) for p in solved["plans"][:2]]
+    render_infeasible({"closest_plans": plans, "slo": None})
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if plans[0]["label"][:12] in ln
+            or plans[1]["label"][:12] in ln]
+    assert [ln.split("│")[1].strip() for ln in rows] == ["1", "2"]
+
+
 def test_solve_max_model_len_beyond_the_model_is_exit_2():
     r = run("solve", "--model", "llama-3.2-1b", "--max-model-len", "999999")
     assert r.exit_code == 2 and "--max-model-len" in r.output

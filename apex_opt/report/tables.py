@@ -196,9 +196,10 @@ def render_infeasible(doc: Mapping) -> None:
     con = console()
     slo = doc.get("slo")
     cols = latency_columns(slo)
-    rows = [[p.get("rank"), p.get("label"), p.get("gpus"), *_lat_cells(p.get("metrics"), cols),
+    # numbered by closeness (their `rank` field is 0: ranks number the plans that meet the SLO)
+    rows = [[i, p.get("label"), p.get("gpus"), *_lat_cells(p.get("metrics"), cols),
              _dropped(p.get("metrics")), _fmt(_get(p.get("metrics"), "slo_attainment"), ".3f")]
-            for p in plans]
+            for i, p in enumerate(plans, 1)]
     con.print(table("closest simulated plans (none meets the SLO)",
                     ["#", "plan", "GPUs", *[c[1] for c in cols], "dropped", "SLO attain."], rows,
                     right_from=2))
