@@ -429,8 +429,11 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
     elif worst.kv_cache_bytes <= 0:
         overflow = -worst.kv_cache_bytes + int(worst.kv_bytes_per_token * max_len)
         comp_name = max(worst.weights_by_component, key=worst.weights_by_component.get)
-        problem = (f"stage {worst.stage}: weights {worst.weights_bytes / GIB:.1f} GiB + activations "
-                   f"{worst.activation_bytes / GIB:.1f} GiB + buffers {runtime / GIB:.2f} GiB exceed the "
+        # a static-fraction engine keeps activations outside the budget (the CUDA context counts in)
+        inside = (f"CUDA context {engine.cuda_context_gib:.2f} GiB" if engine.kv_sizing == "static_fraction"
+                  else f"activations {worst.activation_bytes / GIB:.1f} GiB")
+        problem = (f"stage {worst.stage}: weights {worst.weights_bytes / GIB:.1f} GiB + {inside} + "
+                   f"buffers {runtime / GIB:.2f} GiB exceed the "
                    f"{budget / GIB:.1f} GiB budget by {-worst.kv_cache_bytes / GIB:.1f} GiB "
                    f"(largest component: {comp_name})")
     elif max_state == 0:

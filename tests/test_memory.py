@@ -166,3 +166,12 @@ def test_sglang_static_pool_sizing(h100):
     tight = replica_memory(m, h100, ReplicaConfig(tp=8, gpu_memory_utilization=0.99, max_model_len=8192),
                            load_engine("sglang"))
     assert not tight.fits and tight.overflow_component == "cuda_context_and_graphs"
+
+
+def test_static_fraction_overflow_names_what_it_counts():
+    # SGLang keeps activations outside mem_fraction_static: the message must not charge them
+    pool = load_cluster("b200-1x8").pools[0]
+    r = replica_memory(load_model("deepseek-v3"), pool.device, ReplicaConfig(tp=4), load_engine("sglang"))
+    assert not r.fits and "activations" not in r.problem and "CUDA context" in r.problem
+    v = replica_memory(load_model("llama-3.1-405b"), pool.device, ReplicaConfig(tp=1), load_engine("vllm"))
+    assert not v.fits and "activations" in v.problem
