@@ -105,6 +105,19 @@ def apply_sampling(requests, top_p: float | None, top_k: int | None):
     return requests.with_sampling(top_p, top_k)
 
 
+def apply_client_ramp(requests, client_ramp: float | None):
+    """The requests with the --client-ramp the user gave (None: as loaded); only a closed loop has
+    clients to stagger (InputError, exit 2, otherwise)."""
+    if client_ramp is None:
+        return requests
+    if requests.concurrency is None:
+        from ..errors import InputError
+
+        raise InputError(f"--client-ramp only applies to a closed loop (--concurrency, or a "
+                         f"--workload with process closed_loop; got --client-ramp {client_ramp:g})")
+    return requests.with_concurrency(requests.concurrency, ramp_s=client_ramp)
+
+
 def check_max_model_len(model, max_model_len: int | None) -> None:
     """--max-model-len within the model's context (vLLM refuses a longer one: InputError, exit 2)."""
     if max_model_len is not None and max_model_len > model.max_position_embeddings:

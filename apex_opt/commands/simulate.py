@@ -17,10 +17,11 @@ from ..specs.plan import Plan
 from ..specs.slo import load_slo
 from ..specs.workload import WorkloadSpec, load_workload
 from ..specs.engine import load_engine
-from .common import (apply_sampling, check_gpu_setting_flags, check_max_model_len,
-                     check_request_lengths, cluster_option, engine_option, gpu_setting_options,
-                     json_option, kv_dtype_option, load_inputs, model_option, sampling_options,
-                     sort_trace_option, warn_thin_percentiles, weight_dtype_option)
+from .common import (apply_client_ramp, apply_sampling, check_gpu_setting_flags,
+                     check_max_model_len, check_request_lengths, cluster_option, engine_option,
+                     gpu_setting_options, json_option, kv_dtype_option, load_inputs, model_option,
+                     sampling_options, sort_trace_option, warn_thin_percentiles,
+                     weight_dtype_option)
 
 _SRC = "<command line>"
 
@@ -50,20 +51,7 @@ def _refuse_unused_synthetic_flags(from_file: bool, closed_loop: bool, arrival: 
 
 
 def _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
-              seed, concurrency=None, sort_trace=False, prompt_pool=None,
-              client_ramp=None) -> Requests:
-    req = _requests_unramped(trace, workload, rate, num_requests, prompt_len, output_len, arrival,
-                             cv, seed, concurrency, sort_trace, prompt_pool)
-    if client_ramp is None:
-        return req
-    if req.concurrency is None:
-        raise click.UsageError("--client-ramp only applies to a closed loop (--concurrency, or a "
-                               "--workload with process closed_loop)")
-    return req.with_concurrency(req.concurrency, ramp_s=client_ramp)
-
-
-def _requests_unramped(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
-                       seed, concurrency=None, sort_trace=False, prompt_pool=None) -> Requests:
+              seed, concurrency=None, sort_trace=False, prompt_pool=None) -> Requests:
     synthetic = [rate, num_requests, prompt_len, output_len]
     if prompt_pool is not None and (trace is not None or workload is not None):
         raise click.UsageError("--prompt-pool only applies to the synthetic flags; a --workload "
@@ -353,7 +341,8 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     # the simulator refuses (exit 2) what the real engine refuses to start with
     check_max_model_len(model, opts.get("max_model_len"))
     requests = _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
-                         seed, concurrency, sort_trace, prompt_pool, client_ramp)
+                         seed, concurrency, sort_trace, prompt_pool)
+    requests = apply_client_ramp(requests, client_ramp)
     src, field = ((trace, "input + output tokens") if trace else
                   (workload, "prompt_len + output_len") if workload else
                   (_SRC, "--prompt-len + --output-len"))

@@ -11,16 +11,16 @@ from ..errors import InfeasibleError, InputError
 from ..registry import data_dir
 from ..report.render import console, table, to_json
 from ..search import DEFAULT_TIME_LIMIT_S, DEFAULT_TOP_K, OBJECTIVES, SolveResult, solve
-from .common import (apply_sampling, check_max_model_len, check_request_lengths, cluster_option,
-                     engine_option, json_option, load_inputs, model_option, sampling_options,
-                     sort_trace_option, warn_thin_percentiles)
+from .common import (apply_client_ramp, apply_sampling, check_max_model_len,
+                     check_request_lengths, cluster_option, engine_option, json_option, load_inputs,
+                     model_option, sampling_options, sort_trace_option, warn_thin_percentiles)
 
 DEFAULT_WORKLOAD = "default-workload.yaml"
 DEFAULT_SLO = "default-slo.yaml"
 
 
 def _load_requests(trace: str | None, workload: str | None, sort_trace: bool = False,
-                   concurrency: int | None = None, client_ramp: float | None = None):
+                   concurrency: int | None = None):
     from ..sim.workload import generate, load_trace
     from ..specs.workload import load_workload
 
@@ -32,14 +32,7 @@ def _load_requests(trace: str | None, workload: str | None, sort_trace: bool = F
         req = load_trace(trace, sort=sort_trace)
     else:
         req = generate(load_workload(workload or str(data_dir("examples") / DEFAULT_WORKLOAD)))
-    if concurrency is not None:
-        req = req.with_concurrency(concurrency)
-    if client_ramp is not None:
-        if req.concurrency is None:
-            raise InputError("only applies to a closed loop (--concurrency, or a --workload "
-                             "with process closed_loop)", field="--client-ramp", value=client_ramp)
-        req = req.with_concurrency(req.concurrency, ramp_s=client_ramp)
-    return req
+    return req.with_concurrency(concurrency) if concurrency is not None else req
 
 
 def _load_slo(path: str | None):
@@ -185,7 +178,8 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, client_ramp,
                          "folder, or leave --hf-id out", field="--hf-id", value=hf_id)
     adp = parse_attention_dp(attention_dp)
     model, cluster = load_inputs(model_ref, cluster_ref)
-    requests = _load_requests(trace, workload, sort_trace, concurrency, client_ramp)
+    requests = _load_requests(trace, workload, sort_trace, concurrency)
+    requests = apply_client_ramp(requests, client_ramp)
     requests = apply_sampling(requests, sampling_top_p, sampling_top_k)
     slo = _load_slo(slo_path)
     warn_thin_percentiles(slo, requests, slo_path or DEFAULT_SLO)
