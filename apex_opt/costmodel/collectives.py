@@ -187,8 +187,8 @@ def link_bandwidth_gbps(link: LinkSpec, n: int) -> float:
       at most that many GPUs (one PCIe switch) still runs P2P at the link rate.
     """
     bw = link.group_bandwidth_gbps(n)
-    if link.kind == "pcie" and not link.p2p and link.host_bandwidth_gbps is not None and n >= 2 \
-            and not (link.p2p_group_size is not None and n <= link.p2p_group_size):
+    if link.kind == "pcie" and not link.peer_to_peer(n) and link.host_bandwidth_gbps is not None \
+            and n >= 2:
         bw = min(bw, link.host_bandwidth_gbps / (2.0 * n))
     return bw
 
@@ -301,8 +301,7 @@ class CollectiveModel:
         supported on more than two PCIe-only GPUs"; disabled when the P2P test fails)."""
         if self.link.kind in ("nvlink", "nvswitch", "xgmi"):
             return True
-        p2p = self.link.p2p or (self.link.p2p_group_size or 0) >= 2
-        return self.link.kind == "pcie" and p2p and n == 2
+        return self.link.kind == "pcie" and n == 2 and self.link.peer_to_peer(n)
 
     def _custom_all_reduce(self, nbytes: float, n: int) -> float:
         """CPU launch + in-graph time: the one-shot / two-shot floor (launch inside the graph,

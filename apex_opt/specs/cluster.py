@@ -208,6 +208,11 @@ class LinkSpec(_StrictNumbers):
             raise ValueError(f"peer_bandwidth_gbps ({v}) cannot exceed bandwidth_gbps ({total})")
         return v
 
+    def peer_to_peer(self, group_size: int) -> bool:
+        """Whether ``group_size`` GPUs on this link reach each other's memory directly (P2P):
+        always, unless ``p2p`` is false, and then only within a ``p2p_group_size`` group."""
+        return self.p2p or (self.p2p_group_size is not None and group_size <= self.p2p_group_size)
+
     def group_bandwidth_gbps(self, group_size: int) -> float:
         """Unidirectional per-GPU bandwidth (GB/s) available to a collective over ``group_size``
         GPUs on this link: the full ``bandwidth_gbps`` on a switched fabric; on a full mesh only
