@@ -155,6 +155,17 @@ def aic_generator_limits(row: dict) -> dict:
     return {k: v for k, v in out.items() if not (row.get(k) or "").strip()}
 
 
+def aic_generator_sglang(row: dict) -> dict:
+    """{'mixed_chunk': True} for an aggregated SGLang aiconfigurator closed-loop row: its
+    generator's rules (generator/rule_plugin/sglang.rule and benchmark/sglang.rule: ``agg
+    enable_mixed_chunk = true``) write --enable-mixed-chunk into every aggregated SGLang launch,
+    and its guard rails call it required for agg mode. Not recorded per row: a hypothesis."""
+    if not (row.get("dataset", "").startswith("aiconfigurator") and row["engine"].strip() == "sglang"
+            and row["workload_kind"].strip() == "concurrency"):
+        return {}
+    return {"mixed_chunk": True}
+
+
 def aic_generator_kv_dtype(row: dict) -> dict:
     """{'kv_dtype': 'fp8'} for an aiconfigurator row of a quantised checkpoint (a key of
     QUANTISED_CHECKPOINTS) whose KV dtype the source left blank, else {}: aiconfigurator's
@@ -214,7 +225,7 @@ def row_plan(row: dict, model, engine, engine_flags: str = "defaults") -> tuple:
         if v is not None:
             g[k] = v
     if engine_flags == "aic-generator":
-        aic = {**aic_generator_limits(row), **aic_generator_kv_dtype(row)}
+        aic = {**aic_generator_limits(row), **aic_generator_kv_dtype(row), **aic_generator_sglang(row)}
         if aic:
             g.update(aic)
             note += "aic-generator flags; "
@@ -711,7 +722,8 @@ def main(argv: list[str] | None = None) -> int:
                          "README's rule), or for aiconfigurator's vLLM closed loops the limits its "
                          "generator writes (max_num_seqs 512, max_num_batched_tokens 512 + isl + "
                          "1500, max_model_len isl + osl + 1500; fp8 KV cache for a quantised "
-                         "checkpoint): a hypothesis, not recorded")
+                         "checkpoint; --enable-mixed-chunk for its SGLang ones): a hypothesis, "
+                         "not recorded")
     ap.add_argument("--prompt-pool", type=int, default=0, metavar="N",
                     help="aiconfigurator's closed loops: draw each prompt at random from N "
                          "distinct prompts, as aiperf's synthetic dataset does "

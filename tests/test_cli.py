@@ -424,3 +424,12 @@ def test_profile_error_is_the_only_line(tmp_path, monkeypatch):
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and "apex-opt[profile]" in lines[0], r.output
     assert not (tmp_path / "p").exists()
+
+
+def test_mixed_chunk_is_an_sglang_flag():
+    base = ("simulate", "--model", "llama-3.1-8b", "--tp", "1", "--rate", "2", "--num-requests",
+            "20", "--prompt-len", "256", "--output-len", "16")
+    one_line_error(run(*base, "--mixed-chunk"), 2, "mixed_chunk", "vllm")
+    r = run(*base, "--engine", "sglang", "--mixed-chunk", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["metrics"]["num_completed"] == 20

@@ -461,3 +461,12 @@ def test_dp_over_nodes_without_the_engine_balancer_keeps_endpoints(llama, engine
     lb = next(n for n in lp.notes if n.startswith("2 endpoints"))
     want = "round-robin" if router == "round_robin" else "least-outstanding"
     assert want in lb and unknown_flags(lp) == []
+
+
+@pytest.mark.parametrize("engine", ["sglang", "sglang-0.4"])
+def test_sglang_mixed_chunk_flag_only_when_set(llama, engine):
+    off = launch_plan("llama-3.1-70b", llama, _plan(tp=8), engine=engine)
+    assert "--enable-mixed-chunk" not in off.processes[0].argv
+    on = launch_plan("llama-3.1-70b", llama, _plan(tp=8, mixed_chunk=True), engine=engine)
+    assert "--enable-mixed-chunk" in on.processes[0].argv
+    assert unknown_flags(on) == []

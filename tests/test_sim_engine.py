@@ -251,3 +251,29 @@ def test_prefill_first_sglang_chunks_without_mixing():
     assert veng.stats.mixed_iterations >= 3
     # request 0's decode stalls for the three chunks under prefill-first
     assert log.finish_s[0] > mixed.finish_s[0]
+
+
+def test_sglang_mixed_chunk_carries_decodes_and_takes_their_tokens_from_the_chunk():
+    """SGLang --enable-mixed-chunk: the running decode rides along in each prefill batch, and
+    the chunk shrinks by one token per running request (PrefillAdder mixed_with_decode_tokens);
+    without the flag the same decode stalls for every chunk."""
+    arrival, prompt, output = [0.0, 0.05], [16, 1200], [50, 1]
+
+    def run(mixed: bool):
+        log = RequestLog(np.asarray(prompt, dtype=np.int64), np.asarray(output, dtype=np.int64))
+        lim = EngineLimits(num_blocks=10_000, block_size=1, max_num_seqs=256,
+                           max_num_batched_tokens=512, max_model_len=8192, chunked_prefill=True,
+                           prefill_first=True, watermark_fraction=0.0, mixed_chunk=mixed)
+        cost = LinearCost(base=0.01, per_token=0.0)
+        eng = ReplicaEngine(0, cost, lim, log, debug=True)
+        run_cluster([eng], np.asarray(arrival), "round_robin")
+        return log, eng, cost
+
+    log_off, eng_off, _ = run(False)
+    log_on, eng_on, cost_on = run(True)
+    assert eng_off.stats.mixed_iterations == 0
+    # 1200 tokens at 512 - 1 per step with the one decode aboard: 511 + 511 + 178
+    assert eng_on.stats.mixed_iterations == 3
+    assert sum(1 for d, p in cost_on.calls if d and p) == 3
+    assert log_on.finish_s[0] < log_off.finish_s[0]  # the decode never stalled
+    assert log_on.first_s[1] == pytest.approx(log_off.first_s[1])  # same number of chunks

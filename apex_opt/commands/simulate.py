@@ -117,6 +117,8 @@ def _plan(opts: dict) -> Plan:
         del group["gpu_memory_utilization"]
     if opts.get("prefix_caching") is not None:  # None: the engine's own default
         group["prefix_caching"] = opts["prefix_caching"]
+    if opts.get("mixed_chunk"):  # unset: the engine's own default (off)
+        group["mixed_chunk"] = True
     return validate(Plan, {"groups": [group], "router": opts["router"]}, _SRC)
 
 
@@ -288,6 +290,9 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
 @click.option("--prefix-caching/--no-prefix-caching", default=None,
               help="Reuse the KV cache of shared prompt prefixes (Mooncake hash_ids, workload "
                    "'prefix' groups) [default: the engine's own].")
+@click.option("--mixed-chunk", "mixed_chunk", is_flag=True, default=None,
+              help="SGLang --enable-mixed-chunk: running decodes join each prefill batch instead "
+                   "of waiting for it [default: off, as SGLang]. SGLang engines only.")
 @click.option("--router", type=click.Choice(get_args(PlanRouter)),
               default="engine", show_default=True,
               help="How requests are spread over the --dp replicas: 'engine' = the engine's own "

@@ -86,7 +86,7 @@ _DEFAULT_FLAGS: dict[str, dict[str, str]] = {
         "max_num_batched_tokens": "--chunked-prefill-size", "max_model_len": "--context-length",
         "gpu_memory_utilization": "--mem-fraction-static", "quantization": "--quantization",
         "kv_cache_dtype": "--kv-cache-dtype", "eager": "--disable-cuda-graph",
-        "custom_allreduce_off": "--disable-custom-all-reduce"},
+        "custom_allreduce_off": "--disable-custom-all-reduce", "mixed_chunk": "--enable-mixed-chunk"},
 }
 #: Flags every release of the family has that the profiles' launch_flags do not name.
 _FIXED_FLAGS = {"vllm": {"host": "--host", "port": "--port",
@@ -439,6 +439,9 @@ def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int | None, dp: int = 1
         else:
             notes.append(f"{ctx.spec.label} has no flag to turn prefix caching "
                          f"{'on' if pc else 'off'}; the plan assumed it {'on' if pc else 'off'}")
+    if getattr(cfg, "mixed_chunk", None) and not getattr(ctx.spec, "mixed_chunk", False) \
+            and "mixed_chunk" in f:
+        argv.append(f["mixed_chunk"])
     if ctx.quant is not None:
         argv += [f["quantization"], ctx.quant]
     if cfg.kv_dtype == "fp8":

@@ -119,6 +119,9 @@ class EngineLimits:
     policy: Literal["v0", "v1", "sglang"] = "v0"
     #: prefix caching on (needs ``RequestLog.prefix_blocks`` to find anything to share)
     prefix_caching: bool = False
+    #: SGLang --enable-mixed-chunk: the running decodes join every prefill batch (one token of
+    #: its budget each) instead of waiting for it
+    mixed_chunk: bool = False
     #: vLLM V1: at most this many prefill tokens per request and step (0 = no limit)
     long_prefill_token_threshold: int = 0
     #: SGLang decode-room reserve: (init ratio, min ratio, decay per decode step); None = off
@@ -552,7 +555,7 @@ class ReplicaEngine:
             if plan is None:
                 continue
             k, pf, _ = plan
-            self._advance_decodes(ve, k, 1, end + lag)
+            self._advance_decodes(ve, k, 1, end + lag, decay=not pf)
             if pf:
                 self._advance_prefills(ve, pf, end + lag)
             if self.debug:
@@ -601,7 +604,7 @@ class ReplicaEngine:
                 st.prefill_iterations += 1
             else:
                 st.decode_iterations += 1
-            self._advance_decodes(ve, k, 1, end + lag)
+            self._advance_decodes(ve, k, 1, end + lag, decay=not prefill)
             if prefill:
                 self._advance_prefills(ve, prefill, end + lag)
         if self.debug:
@@ -939,11 +942,14 @@ class ReplicaEngine:
     def _schedule_prefill_first(self, ve: _VirtualEngine):
         """SGLang: a prefill batch (the chunked request first, then FCFS admissions, the last one
         chunked to the token budget) runs whenever one can be formed, with no decodes in it;
-        otherwise every running sequence decodes."""
+        otherwise every running sequence decodes. With --enable-mixed-chunk the running decodes
+        join the prefill batch instead (scheduler get_new_batch_prefill mix_with_running; the
+        PrefillAdder's chunk budget is chunked_prefill_size less one token per running
+        request): one token budget as vLLM's, but formed prefill-first."""
         if ve.pre or ve.waiting:
-            plan = self._schedule_chunked(ve, with_decodes=False)
+            plan = self._schedule_chunked(ve, with_decodes=self.lim.mixed_chunk)
             if plan is not None:
-                return plan
+                return plan  # with mixed_chunk and no prefill formed: (k, [], 0), a decode step
         return self._decode_only(ve)
 
     def _chunk_cap(self, n: int, budget: int) -> int:
@@ -1182,9 +1188,10 @@ class ReplicaEngine:
 
     # ------------------------------------------------------------------ effects
     def _advance_decodes(self, ve: _VirtualEngine, k: int, steps: int, end: float,
-                         first: float | None = None) -> None:
+                         first: float | None = None, decay: bool = True) -> None:
         """The first ``k`` decodes ran ``steps`` iterations ending at ``end`` (the first of them
-        at ``first``; default ``end``)."""
+        at ``first``; default ``end``). ``decay``: SGLang's new-token ratio decays (decode-only
+        steps: update_running_batch; not the decodes of a mixed-chunk prefill batch)."""
         if k == 0:
             return
         self.stats.decode_tokens += k * steps
@@ -1193,7 +1200,7 @@ class ReplicaEngine:
             if self.fe.per_token_s:
                 gen = float(self._out[ve.d_id[:k]].mean() - ve.d_rem[:k].mean())
             end = self.fe.emit(end if first is None else first, end, k, steps, gen)
-        if self.lim.new_token_ratio is not None:
+        if self.lim.new_token_ratio is not None and decay:
             lo, dec = self.lim.new_token_ratio[1], self.lim.new_token_ratio[2]
             ve.ratio = max(lo, ve.ratio - dec * steps)
         if k == ve.d_id.shape[0]:

@@ -130,6 +130,10 @@ def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
     cfg = cfg.resolved(engine, model, device)
     max_len = cfg.resolved_max_model_len(model.max_position_embeddings)
     policy = {"vllm": "v0", "vllm_v1": "v1", "sglang": "sglang"}[engine.scheduler]
+    if cfg.mixed_chunk and engine.scheduler != "sglang":
+        raise InputError(f"mixed_chunk is SGLang's --enable-mixed-chunk; {engine.label} already "
+                         f"mixes decodes into its chunked-prefill steps: leave mixed_chunk unset "
+                         f"(or use chunked_prefill)", field="mixed_chunk", value=True)
     if policy == "sglang" and not cfg.chunked_prefill:
         policy = "v0"  # SGLang with --chunked-prefill-size -1: whole-prompt prefill batches
     ntr = engine.new_token_ratio
@@ -149,6 +153,7 @@ def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
         shared_kv_pool=engine.pp_shares_kv_pool,
         watermark_fraction=engine.watermark_fraction, policy=policy,
         prefix_caching=bool(cfg.prefix_caching) and engine.prefix_cache != "none",
+        mixed_chunk=bool(cfg.mixed_chunk) and policy == "sglang",
         long_prefill_token_threshold=engine.long_prefill_token_threshold,
         attention_dp=cfg.attention_dp,
         new_token_ratio=(None if ntr is None or policy != "sglang" else

@@ -254,6 +254,11 @@ class EngineSpec(StrictModel):
     max_num_partial_prefills: int = Field(1, ge=1, description="vLLM: concurrent partial "
                                                                "prefills (default 1).")
     prefix_caching: bool = Field(False, description="Prefix caching on by default.")
+    mixed_chunk: bool = Field(
+        False, description="SGLang --enable-mixed-chunk on by default: the running decodes join "
+                           "every prefill batch (each taking one token of its chunk budget) "
+                           "instead of waiting for it. Only the SGLang scheduler has it (vLLM "
+                           "mixes whenever chunked prefill is on).")
     prefix_cache: Literal["none", "block_hash", "radix"] = Field(
         "none", description="'block_hash' (vLLM): whole full blocks reused by chained block "
                             "hashes, never the whole prompt; free cached blocks evicted LRU. "

@@ -55,6 +55,11 @@ class ReplicaConfig(StrictModel):
     prefix_caching: bool | None = Field(
         None, description="Reuse the KV cache of shared prompt prefixes (None = the engine's "
                           "default: vLLM V1 and SGLang on, vLLM 0.6 off).")
+    mixed_chunk: bool | None = Field(
+        None, description="SGLang --enable-mixed-chunk: running decodes join each (chunked) "
+                          "prefill batch, one token of its chunk budget each, instead of "
+                          "stalling while it runs; None = the engine's default (off). SGLang "
+                          "only: vLLM always mixes decodes into chunked-prefill steps.")
     attention_dp: int = Field(
         1, ge=1, le=1024,
         description="Data-parallel attention inside the TP group (SGLang --enable-dp-attention "
@@ -138,8 +143,10 @@ class ReplicaConfig(StrictModel):
         if seqs is None:
             seqs = engine.default_max_num_seqs_for(dev_name, dev_gib)
         prefix = self.prefix_caching if self.prefix_caching is not None else engine.prefix_caching
+        mixed = self.mixed_chunk if self.mixed_chunk is not None else engine.mixed_chunk
         update = {"weight_dtype": weight, "chunked_prefill": chunked, "max_model_len": max_len,
-                  "max_num_batched_tokens": tokens, "max_num_seqs": seqs, "prefix_caching": prefix}
+                  "max_num_batched_tokens": tokens, "max_num_seqs": seqs, "prefix_caching": prefix,
+                  "mixed_chunk": mixed}
         if ("kv_dtype" not in self.model_fields_set and isinstance(model, ModelSpec)
                 and model.checkpoint_kv_dtype and weight == model.default_weight_dtype
                 and getattr(engine, "kv_dtype_from_checkpoint", False)):
