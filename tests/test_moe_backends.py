@@ -121,4 +121,6 @@ def test_iteration_follows_the_release():
 
     v12, v13, v16, v18 = (moe(f"vllm@{v}") for v in ("0.12.0", "0.13.0", "0.16.0", "0.18.0"))
     assert v12 > v13 > 1.5 * v16
-    assert v16 == pytest.approx(v18, rel=1e-9)   # FlashInfer CUTLASS and Triton: the same stream
+    # FlashInfer CUTLASS and Triton: the same weight stream at decode (only Triton's measured
+    # block-fp8 compute factor, kernels.yaml triton_compute_eff, differs: < 1 % at 4 tokens)
+    assert v16 == pytest.approx(v18, rel=0.01)

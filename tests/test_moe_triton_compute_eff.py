@@ -1,6 +1,7 @@
 """vLLM's Triton fused_moe at prefill sizes runs below the dense-GEMM fit's compute rate
 (data/kernels.yaml fused_moe.triton_compute_eff, from vLLM's measured MoE kernel tables); decode
-sizes (memory bound) keep their cost, and block fp8 / SGLang / Marlin paths are untouched."""
+sizes (memory bound) keep their cost; block fp8 has its own factor (fp8_block) and 16-row tiles up
+to 64 tokens; SGLang, Marlin and the DeepGEMM paths are untouched."""
 
 import csv
 from statistics import median
@@ -43,10 +44,44 @@ def _moe_ms(engine: str, model: str, wd: str, tokens: int) -> float:
 def test_engine_and_path_scope():
     # vLLM's Triton bf16 MoE prefill is dearer than SGLang's (no measured factor there)
     assert _moe_ms("vllm", "mixtral-8x7b", "bf16", 8192) > 1.05 * _moe_ms("sglang", "mixtral-8x7b", "bf16", 8192)
-    # block fp8 (DeepSeek) keeps the fit's rate on vLLM's Triton path: no factor applied
+    # block fp8 (DeepSeek) on vLLM's Triton path takes its own factor, not the per-tensor one
     cm = IterationCostModel(load_model("deepseek-v3"), load_cluster("h200-1x8").pools[0],
                             ReplicaConfig(tp=8, weight_dtype="fp8"), load_engine("vllm@0.11.0"))
-    assert cm._moe_compute_eff == 1.0
+    facts = kernel_facts().moe_triton_compute_eff["vllm"]
+    assert cm.moe_backend == "triton"
+    assert cm._moe_compute_eff == facts["fp8_block"] != facts["fp8"]
+    # ... but not on the DeepGEMM path (0.12, TP4) nor on SGLang's Triton kernel
+    for engine, tp in (("vllm@0.12.0", 4), ("sglang", 8)):
+        cm = IterationCostModel(load_model("deepseek-v3"), load_cluster("h200-1x8").pools[0],
+                                ReplicaConfig(tp=tp, weight_dtype="fp8"), load_engine(engine))
+        assert cm._moe_compute_eff == 1.0, engine
+
+
+def test_block_fp8_decode_tiles_and_prefill_rate():
+    """Block fp8: 16-row tiles up to 64 tokens, so the fp8_block factor leaves decode sizes at
+    the hit experts' weight stream, while 16k-token prefill runs at about the bf16 kernel's
+    speed (the 0.19 table: Mixtral shape, moe_tp2, 16k tokens: bf16 10.26 / block fp8 10.21 ms)."""
+    d = _dev()
+    f = kernel_facts()
+    assert f.moe_block_m_fp8_block_small < f.moe_block_m_fp8_block
+    eff = f.moe_triton_compute_eff["vllm"]["fp8_block"]
+    assert 0.2 < eff < 0.7
+
+    def t(tokens, e, dt="fp8"):
+        return d.fused_moe(tokens, *MIXTRAL, dt, balanced=True, block_fp8=dt == "fp8",
+                           compute_eff=e).time_s
+
+    n = f.moe_block_m_fp8_block_small_max_tokens
+    assert t(n, eff) == pytest.approx(t(n, 1.0), rel=0.03)  # decode: weight-stream bound
+    assert t(16384, eff) > 1.5 * t(16384, 1.0)
+    bf16 = t(16384, f.moe_triton_compute_eff["vllm"]["bf16"], "bf16")
+    assert 0.8 < t(16384, eff) / bf16 < 1.25
+    # one token past the small-tile range pads every hit expert to the large tile: more MMA work
+    e_only = d.fused_moe(n + 1, 4096, 14336, 8, 64, 1, 1, "fp8", balanced=True, block_fp8=True,
+                         compute_eff=eff).time_s
+    e_small = d.fused_moe(n, 4096, 14336, 8, 64, 1, 1, "fp8", balanced=True, block_fp8=True,
+                          compute_eff=eff).time_s
+    assert e_only > 1.1 * e_small
 
 
 def test_matches_vllm_kernel_tables_at_prefill_sizes(shared_dir):

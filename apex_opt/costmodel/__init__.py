@@ -394,8 +394,9 @@ class DeviceCostModel:
         assign = tokens * topk / ep * (imbalance if ep > 1 else 1.0)
         active = _active_experts(tokens, topk, experts, e_local, assign, balanced)
         per_expert = assign / active
-        if block_fp8 and dt == "fp8":
-            bm = kf.moe_block_m_fp8_block
+        if block_fp8 and dt == "fp8":  # 16-row tiles at decode sizes (kernels.yaml fused_moe)
+            bm = (kf.moe_block_m_fp8_block_small if tokens <= kf.moe_block_m_fp8_block_small_max_tokens
+                  else kf.moe_block_m_fp8_block)
         else:
             bm = kf.moe_block_m_small if tokens <= experts else kf.moe_block_m_large
         padded = active * math.ceil(per_expert / bm) * bm

@@ -319,11 +319,11 @@ class IterationCostModel:
         #: the routed experts' kernel (see _moe_backend), fixed by the replica's shape
         self.moe_backend = self._moe_backend() if model.moe is not None else None
         #: the engine's Triton fused_moe against the dense-GEMM fit's compute rate (kernels.yaml
-        #: fused_moe.triton_compute_eff); block fp8 keeps 1 (see there)
+        #: fused_moe.triton_compute_eff; block fp8 under its own key, fp8_block)
         self._moe_compute_eff = 1.0
-        if self.moe_backend == "triton" and not self.block_fp8:
-            self._moe_compute_eff = kf.moe_triton_compute_eff.get(self.engine.engine, {}).get(
-                self.compute_dtype, 1.0)
+        if self.moe_backend == "triton":
+            key = "fp8_block" if (self.block_fp8 and self.compute_dtype == "fp8") else self.compute_dtype
+            self._moe_compute_eff = kf.moe_triton_compute_eff.get(self.engine.engine, {}).get(key, 1.0)
         #: shared experts the engine runs inside the routed-expert MoE kernel as experts every
         #: token picks (SGLang's shared-expert fusion, EngineSpec.moe_shared_expert_fusion): no
         #: separate shared MLP then. Only the Triton fused_moe takes them (SGLang turns the fusion

@@ -32,6 +32,9 @@ class KernelFacts:
     moe_block_m_small: int
     moe_block_m_large: int
     moe_block_m_fp8_block: int
+    #: block fp8's smaller tile at decode sizes and the largest token count that gets it
+    moe_block_m_fp8_block_small: int
+    moe_block_m_fp8_block_small_max_tokens: int
     moe_aux_kernels: int
     #: compute dtype -> "copy" (expert weights streamed at the copy bandwidth) or "gemm" (dense fit)
     moe_weight_stream: dict[str, str]
@@ -73,6 +76,9 @@ def kernel_facts() -> KernelFacts:
             moe_block_m_small=int(c["fused_moe"]["block_m_small"]),
             moe_block_m_large=int(c["fused_moe"]["block_m_large"]),
             moe_block_m_fp8_block=int(c["fused_moe"]["block_m_fp8_block"]),
+            moe_block_m_fp8_block_small=int(c["fused_moe"]["block_m_fp8_block_small"]),
+            moe_block_m_fp8_block_small_max_tokens=int(
+                c["fused_moe"]["block_m_fp8_block_small_max_tokens"]),
             moe_aux_kernels=int(c["fused_moe"]["aux_kernels"]),
             moe_weight_stream=_weight_stream(c["fused_moe"].get("weight_stream", {})),
             mla_absorbed_bmm_kernels=int(c["mla"]["absorbed_bmm_kernels"]),
