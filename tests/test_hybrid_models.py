@@ -209,10 +209,12 @@ def test_sliding_window_caps_decode_attention(node):
     a = ch.iteration(short, with_breakdown=True).breakdown["attention"]
     b = cu.iteration(short, with_breakdown=True).breakdown["attention"]
     assert a == pytest.approx(b, rel=1e-9)
-    # iterations are memoised on the windowed context sum too
+    # iterations are memoised on the windowed context sum too: equal raw sums, but the sliding
+    # layers read 228 vs 256 keys, so the two must not share a memo entry (which one is faster at
+    # two sequences is latency-bound noise: fewer keys, but a larger per-block share)
     x = ch.iteration(np.array([16000, 100])).time_s
     y = ch.iteration(np.array([8050, 8050])).time_s
-    assert x < y
+    assert x != pytest.approx(y, rel=1e-9)
 
 
 def test_linear_attention_decode_is_independent_of_context(node):

@@ -210,6 +210,11 @@ class DeviceCostModel:
         # another GPU of the same generation keeps as TIME rather than scaling with its bandwidth
         # (see _stream_time)
         self._ref_bw = float(self.cal.profile.datasheet.hbm_bytes_per_s)
+        # paged decode attention: fixed cost of one thread block (sequence x KV head) spread over
+        # the SMs (data/kernels.yaml attention_decode; none without a published SM count)
+        from .kernels import kernel_facts
+        sms = getattr(device, "sm_count", None)
+        self._decode_cta_s = kernel_facts().decode_cta_sm_s / sms if sms else 0.0
 
     # -- power -----------------------------------------------------------------------------------
     def peak_flops(self, dtype: str) -> float:
@@ -628,8 +633,20 @@ class DeviceCostModel:
             return OpCost(0.0, self.idle_power_w)
         nbytes = total * kv_heads * head_dim * 2 * _attn.kv_bytes(kv_dtype)
         flops = 4.0 * q_heads * head_dim * total
-        t = max(self._decode_mem(nbytes), self._prefill(0.0, flops, ctx.size * q_heads))
+        t = (max(self._decode_mem(nbytes), self._prefill(0.0, flops, ctx.size * q_heads))
+             + self._decode_blocks(ctx.size, kv_heads, nbytes))
         return self._cost(t, flops, nbytes, "bf16", "attention")
+
+    def _decode_blocks(self, seqs: int, kv_heads: float, nbytes: float) -> float:
+        """Fixed cost of the paged kernel's thread blocks, one per (sequence, KV head), beyond their
+        stream: each block adds hypot(c, x) - x, c its fixed cost over the SMs, x its bytes at the
+        fitted decode bandwidth (the mean block: the iteration memoises on the context sum)."""
+        c = self._decode_cta_s
+        blocks = float(seqs) * kv_heads
+        if c <= 0.0 or blocks <= 0.0:
+            return 0.0
+        x = nbytes / blocks / (self.bw * self.cal.decode.eff)
+        return blocks * (math.hypot(c, x) - x)
 
     def attention_prefill(self, q_heads: int, kv_heads: int, head_dim: int,
                           chunks: Sequence[tuple[int, int]], kv_dtype: str = "bf16") -> OpCost:

@@ -39,6 +39,9 @@ class KernelFacts:
     #: compute dtype -> "copy" (expert weights streamed at the copy bandwidth) or "gemm" (dense fit)
     moe_weight_stream: dict[str, str]
     mla_absorbed_bmm_kernels: int
+    #: SM-seconds one paged decode-attention thread block (sequence x KV head) costs besides its
+    #: stream (kernels.yaml attention_decode.cta_sm_us); divided by the device's SM count
+    decode_cta_sm_s: float
     #: engine family -> the NVFP4 MoE kernel it runs when not vLLM's (fused_moe.fp4_backend)
     moe_fp4_backend: dict[str, str] = field(default_factory=dict)
     #: MoE backend -> share of HBM bandwidth its weight stream reaches (fused_moe.backend_stream_eff)
@@ -82,6 +85,7 @@ def kernel_facts() -> KernelFacts:
             moe_aux_kernels=int(c["fused_moe"]["aux_kernels"]),
             moe_weight_stream=_weight_stream(c["fused_moe"].get("weight_stream", {})),
             mla_absorbed_bmm_kernels=int(c["mla"]["absorbed_bmm_kernels"]),
+            decode_cta_sm_s=float(c["attention_decode"]["cta_sm_us"]) * 1e-6,
             moe_fp4_backend={str(k): str(v) for k, v in c["fused_moe"].get("fp4_backend", {}).items()},
             moe_backend_stream_eff={str(k): float(v) for k, v in
                                     c["fused_moe"].get("backend_stream_eff", {}).items()},

@@ -81,6 +81,11 @@ class DeviceSpec(_StrictNumbers):
         description="CUDA compute capability ('8.0' A100, '8.9' L40S, '9.0' H100/H200, '10.0' "
                     "B200) or AMD gfx target ('gfx942'): picks the attention kernel generation the "
                     "engines run (data/device_transfer.yaml). Unset: as the profiled H100.")
+    sm_count: int | None = Field(
+        None, ge=1, description="Streaming multiprocessors (NVIDIA) on the card, from its "
+                                "datasheet / architecture whitepaper: the paged decode-attention "
+                                "kernel's per-thread-block overhead is spread over them "
+                                "(data/kernels.yaml attention_decode). Unset: no such term.")
     matmul_efficiency: dict[ComputeDType, PosFloat] | None = Field(
         None, description="Published maximum achievable matmul throughput as a fraction of the "
                           "dense peak per dtype (e.g. MAMF / theory). The GEMM roofline fitted on "
