@@ -200,11 +200,13 @@ def modern_kernels() -> dict[str, np.ndarray] | None:
             put("ctx_attention", dev.attention_prefill(int(r["num_heads"]), int(r["num_key_value_heads"]),
                                                        int(r["head_dim"]), chunks).time_s, r["latency"])
         for r in _modern_rows(gpu, "gen_attention"):
-            if r["kv_cache_dtype"] != "bfloat16":
+            kvd = {"bfloat16": "bf16", "fp8": "fp8"}.get(r["kv_cache_dtype"])
+            if kvd is None:
                 continue
             ctx = [int(r["isl"]) + int(r["step"])] * int(r["batch_size"])
-            put("gen_attention", dev.attention_decode(int(r["num_heads"]), int(r["num_key_value_heads"]),
-                                                      int(r["head_dim"]), ctx).time_s, r["latency"])
+            put("gen_attention" + ("_fp8kv" if kvd == "fp8" else ""),
+                dev.attention_decode(int(r["num_heads"]), int(r["num_key_value_heads"]), int(r["head_dim"]),
+                                     ctx, kvd).time_s, r["latency"])
         for r in _modern_rows(gpu, "moe"):
             dt = "bf16" if r["moe_dtype"] == "bfloat16" else "fp8"
             kind = "moe_triton_bf16" if dt == "bf16" else "moe_flashinfer_fp8"

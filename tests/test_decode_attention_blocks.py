@@ -85,3 +85,15 @@ def test_matches_vllm_decode_tables(shared_dir, gpu, device, limit):
                 short.append(e)
     assert median(errs) < limit
     assert abs(median(short)) < 0.15
+
+
+def test_fp8_kv_on_hopper_reads_slower_than_half():
+    """FA3's fp8 path (Hopper) streams fp8 K/V slower per byte than bf16: long contexts take more
+    than half the bf16 time; where no such kernel fact exists (L40S) fp8 just halves the bytes."""
+    ctx = [8192] * 64
+    h = _dev()
+    ratio = h.attention_decode(32, 8, 128, ctx, "fp8").time_s / h.attention_decode(32, 8, 128, ctx).time_s
+    assert 0.55 < ratio < 0.7
+    lo = _dev("l40s")
+    ratio = lo.attention_decode(32, 8, 128, ctx, "fp8").time_s / lo.attention_decode(32, 8, 128, ctx).time_s
+    assert 0.45 < ratio < 0.55

@@ -213,8 +213,13 @@ class DeviceCostModel:
         # paged decode attention: fixed cost of one thread block (sequence x KV head) spread over
         # the SMs (data/kernels.yaml attention_decode; none without a published SM count)
         from .kernels import kernel_facts
+        kf = kernel_facts()
         sms = getattr(device, "sm_count", None)
-        self._decode_cta_s = kernel_facts().decode_cta_sm_s / sms if sms else 0.0
+        self._decode_cta_s = kf.decode_cta_sm_s / sms if sms else 0.0
+        # fp8 KV cache: (factor on streamed bytes, factor on the block cost) where the engines'
+        # kernel has a measured fp8 path (FA3 on Hopper), else plain byte halving
+        ccs, stream_f, block_f = kf.decode_fp8_kv
+        self._fp8_kv_factors = (stream_f, block_f) if device.compute_capability in ccs else (1.0, 1.0)
 
     # -- power -----------------------------------------------------------------------------------
     def peak_flops(self, dtype: str) -> float:
@@ -633,15 +638,17 @@ class DeviceCostModel:
             return OpCost(0.0, self.idle_power_w)
         nbytes = total * kv_heads * head_dim * 2 * _attn.kv_bytes(kv_dtype)
         flops = 4.0 * q_heads * head_dim * total
-        t = (max(self._decode_mem(nbytes), self._prefill(0.0, flops, ctx.size * q_heads))
-             + self._decode_blocks(ctx.size, kv_heads, nbytes))
+        stream_f, block_f = self._fp8_kv_factors if kv_dtype == "fp8" else (1.0, 1.0)
+        t = (max(self._decode_mem(nbytes * stream_f), self._prefill(0.0, flops, ctx.size * q_heads))
+             + self._decode_blocks(ctx.size, kv_heads, nbytes * stream_f, block_f))
         return self._cost(t, flops, nbytes, "bf16", "attention")
 
-    def _decode_blocks(self, seqs: int, kv_heads: float, nbytes: float) -> float:
+    def _decode_blocks(self, seqs: int, kv_heads: float, nbytes: float, factor: float = 1.0) -> float:
         """Fixed cost of the paged kernel's thread blocks, one per (sequence, KV head), beyond their
-        stream: each block adds hypot(c, x) - x, c its fixed cost over the SMs, x its bytes at the
-        fitted decode bandwidth (the mean block: the iteration memoises on the context sum)."""
-        c = self._decode_cta_s
+        stream: each block adds hypot(c, x) - x, c its fixed cost over the SMs (x ``factor``), x
+        its bytes at the fitted decode bandwidth (the mean block: the iteration memoises on the
+        context sum)."""
+        c = self._decode_cta_s * factor
         blocks = float(seqs) * kv_heads
         if c <= 0.0 or blocks <= 0.0:
             return 0.0

@@ -42,6 +42,9 @@ class KernelFacts:
     #: SM-seconds one paged decode-attention thread block (sequence x KV head) costs besides its
     #: stream (kernels.yaml attention_decode.cta_sm_us); divided by the device's SM count
     decode_cta_sm_s: float
+    #: fp8 KV-cache decode (kernels.yaml attention_decode.fp8_kv): compute capabilities, factor on
+    #: the streamed bytes, factor on the per-block cost
+    decode_fp8_kv: tuple[tuple[str, ...], float, float]
     #: engine family -> the NVFP4 MoE kernel it runs when not vLLM's (fused_moe.fp4_backend)
     moe_fp4_backend: dict[str, str] = field(default_factory=dict)
     #: MoE backend -> share of HBM bandwidth its weight stream reaches (fused_moe.backend_stream_eff)
@@ -86,6 +89,9 @@ def kernel_facts() -> KernelFacts:
             moe_weight_stream=_weight_stream(c["fused_moe"].get("weight_stream", {})),
             mla_absorbed_bmm_kernels=int(c["mla"]["absorbed_bmm_kernels"]),
             decode_cta_sm_s=float(c["attention_decode"]["cta_sm_us"]) * 1e-6,
+            decode_fp8_kv=(tuple(str(x) for x in c["attention_decode"]["fp8_kv"]["compute_capability"]),
+                           float(c["attention_decode"]["fp8_kv"]["stream_factor"]),
+                           float(c["attention_decode"]["fp8_kv"]["block_factor"])),
             moe_fp4_backend={str(k): str(v) for k, v in c["fused_moe"].get("fp4_backend", {}).items()},
             moe_backend_stream_eff={str(k): float(v) for k, v in
                                     c["fused_moe"].get("backend_stream_eff", {}).items()},
