@@ -640,16 +640,18 @@ class DeviceCostModel:
         flops = 4.0 * q_heads * head_dim * total
         stream_f, block_f = self._fp8_kv_factors if kv_dtype == "fp8" else (1.0, 1.0)
         t = (max(self._decode_mem(nbytes * stream_f), self._prefill(0.0, flops, ctx.size * q_heads))
-             + self._decode_blocks(ctx.size, kv_heads, nbytes * stream_f, block_f))
+             + self._block_cost(float(ctx.size) * kv_heads, nbytes * stream_f, block_f))
         return self._cost(t, flops, nbytes, "bf16", "attention")
 
     def _decode_blocks(self, seqs: int, kv_heads: float, nbytes: float, factor: float = 1.0) -> float:
-        """Fixed cost of the paged kernel's thread blocks, one per (sequence, KV head), beyond their
-        stream: each block adds hypot(c, x) - x, c its fixed cost over the SMs (x ``factor``), x
-        its bytes at the fitted decode bandwidth (the mean block: the iteration memoises on the
-        context sum)."""
+        """Block cost of a decode: one thread block per (sequence, KV head)."""
+        return self._block_cost(float(seqs) * kv_heads, nbytes, factor)
+
+    def _block_cost(self, blocks: float, nbytes: float, factor: float = 1.0) -> float:
+        """Fixed cost of the paged attention kernel's thread blocks beyond their stream: each block
+        adds hypot(c, x) - x, c its fixed cost over the SMs (x ``factor``), x its bytes at the
+        fitted decode bandwidth (the mean block: the iteration memoises on sums)."""
         c = self._decode_cta_s * factor
-        blocks = float(seqs) * kv_heads
         if c <= 0.0 or blocks <= 0.0:
             return 0.0
         x = nbytes / blocks / (self.bw * self.cal.decode.eff)
@@ -662,8 +664,16 @@ class DeviceCostModel:
         if causal + cached <= 0:
             return OpCost(0.0, self.idle_power_w)
         arr = np.asarray(chunks, dtype=float).reshape(-1, 2)
-        nbytes = float(arr.sum()) * kv_heads * head_dim * 2 * _attn.kv_bytes(kv_dtype)
-        t = max(self._prefill(causal, cached, tiles), self._decode_mem(nbytes))
+        # bytes: the K/V of every attended token, plus the new tokens' Q read and O written (bf16;
+        # with GQA they outweigh K/V q_heads / kv_heads times, which short prompts feel)
+        nbytes = (float(arr.sum()) * kv_heads * head_dim * 2 * _attn.kv_bytes(kv_dtype)
+                  + float(arr[:, 0].sum()) * q_heads * head_dim * 2 * 2.0)
+        # the paged kernel packs a KV head's query heads into its 128-row tiles (FA3 pack_gqa,
+        # always on with a page table): one block per (chunk, KV head, tile of q x group rows)
+        group = max(float(q_heads) / max(float(kv_heads), 1e-9), 1.0)
+        blocks = float(np.ceil(arr[:, 0] * group / _attn.Q_TILE).sum()) * kv_heads
+        t = (max(self._prefill(causal, cached, tiles), self._decode_mem(nbytes))
+             + self._block_cost(blocks, nbytes))
         return self._cost(t, causal + cached, nbytes, "bf16", "attention")
 
     def mla_decode(self, q_heads: int, kv_lora_rank: int, qk_rope_head_dim: int, context_lens,
