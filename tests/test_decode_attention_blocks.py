@@ -105,6 +105,8 @@ def test_short_prefills_pay_q_o_bytes_and_blocks():
     than the FLOPs alone take; one 16k-token prompt stays compute-bound (no such surcharge)."""
     d = _dev()
     short = d.attention_prefill(64, 8, 128, [(128, 0)] * 256).time_s
+    # a prefill block costs more than a decode block (kernels.yaml prefill_block_factor)
+    assert 1.0 < kernel_facts().prefill_block_factor < 3.0
     flops = 4.0 * 64 * 128 * 256 * 128 * 129 / 2
     assert short > 3 * d._prefill(flops, 0.0, 256 * 64)
     qo = 256 * 128 * 64 * 128 * 2 * 2.0
@@ -114,11 +116,12 @@ def test_short_prefills_pay_q_o_bytes_and_blocks():
     assert long_ == pytest.approx(d._prefill(f_long, 0.0, 64 * 128), rel=0.05)
 
 
-@pytest.mark.parametrize("gpu,device,limit", [("h100_sxm", "h100-sxm-80gb", 0.14),
-                                              ("h200_sxm", "h200-sxm-141gb", 0.15)])
+@pytest.mark.parametrize("gpu,device,limit", [("h100_sxm", "h100-sxm-80gb", 0.11),
+                                              ("h200_sxm", "h200-sxm-141gb", 0.11)])
 def test_matches_vllm_prefill_tables(shared_dir, gpu, device, limit):
-    """vLLM 0.24's measured FA3 prefill (../shared kernels): median |error| within ``limit`` (it was
-    17.5 / 16.6 % with FLOPs and K/V bytes only, and -83 % at 256 x 128-token prompts)."""
+    """vLLM 0.24's measured FA3 prefill (../shared kernels; the prefill block factor was fitted on
+    the H100 table, the H200 one is held out): median |error| within ``limit`` (it was 17.5 / 16.6 %
+    with FLOPs and K/V bytes only, and -83 % at 256 x 128-token prompts)."""
     path = shared_dir / "validation" / "modern" / "kernels" / f"{gpu}_vllm0.24.0_ctx_attention.csv"
     if not path.is_file():
         pytest.skip(f"{path.name} is absent")

@@ -220,6 +220,7 @@ class DeviceCostModel:
         # kernel has a measured fp8 path (FA3 on Hopper), else plain byte halving
         ccs, stream_f, block_f = kf.decode_fp8_kv
         self._fp8_kv_factors = (stream_f, block_f) if device.compute_capability in ccs else (1.0, 1.0)
+        self._prefill_block_factor = kf.prefill_block_factor
 
     # -- power -----------------------------------------------------------------------------------
     def peak_flops(self, dtype: str) -> float:
@@ -673,7 +674,7 @@ class DeviceCostModel:
         group = max(float(q_heads) / max(float(kv_heads), 1e-9), 1.0)
         blocks = float(np.ceil(arr[:, 0] * group / _attn.Q_TILE).sum()) * kv_heads
         t = (max(self._prefill(causal, cached, tiles), self._decode_mem(nbytes))
-             + self._block_cost(blocks, nbytes))
+             + self._block_cost(blocks, nbytes, self._prefill_block_factor))
         return self._cost(t, causal + cached, nbytes, "bf16", "attention")
 
     def mla_decode(self, q_heads: int, kv_lora_rank: int, qk_rope_head_dim: int, context_lens,

@@ -45,6 +45,8 @@ class KernelFacts:
     #: fp8 KV-cache decode (kernels.yaml attention_decode.fp8_kv): compute capabilities, factor on
     #: the streamed bytes, factor on the per-block cost
     decode_fp8_kv: tuple[tuple[str, ...], float, float]
+    #: a prefill thread block's fixed cost over a decode block's (attention_decode.prefill_block_factor)
+    prefill_block_factor: float
     #: engine family -> the NVFP4 MoE kernel it runs when not vLLM's (fused_moe.fp4_backend)
     moe_fp4_backend: dict[str, str] = field(default_factory=dict)
     #: MoE backend -> share of HBM bandwidth its weight stream reaches (fused_moe.backend_stream_eff)
@@ -92,6 +94,7 @@ def kernel_facts() -> KernelFacts:
             decode_fp8_kv=(tuple(str(x) for x in c["attention_decode"]["fp8_kv"]["compute_capability"]),
                            float(c["attention_decode"]["fp8_kv"]["stream_factor"]),
                            float(c["attention_decode"]["fp8_kv"]["block_factor"])),
+            prefill_block_factor=float(c["attention_decode"]["prefill_block_factor"]),
             moe_fp4_backend={str(k): str(v) for k, v in c["fused_moe"].get("fp4_backend", {}).items()},
             moe_backend_stream_eff={str(k): float(v) for k, v in
                                     c["fused_moe"].get("backend_stream_eff", {}).items()},
