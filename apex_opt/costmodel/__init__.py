@@ -648,14 +648,17 @@ class DeviceCostModel:
         """Block cost of a decode: one thread block per (sequence, KV head)."""
         return self._block_cost(float(seqs) * kv_heads, nbytes, factor)
 
-    def _block_cost(self, blocks: float, nbytes: float, factor: float = 1.0) -> float:
-        """Fixed cost of the paged attention kernel's thread blocks beyond their stream: each block
-        adds hypot(c, x) - x, c its fixed cost over the SMs (x ``factor``), x its bytes at the
-        fitted decode bandwidth (the mean block: the iteration memoises on sums)."""
+    def _block_cost(self, blocks: float, nbytes: float, factor: float = 1.0,
+                    work_s: float | None = None) -> float:
+        """Fixed cost of the paged attention kernel's thread blocks beyond their work: each block
+        adds hypot(c, x) - x, c its fixed cost over the SMs (x ``factor``), x its share of the
+        kernel's work -- ``work_s`` when given (prefill: the larger of its stream and its FLOPs),
+        else its bytes at the fitted decode bandwidth (the mean block: the iteration memoises on
+        sums)."""
         c = self._decode_cta_s * factor
         if c <= 0.0 or blocks <= 0.0:
             return 0.0
-        x = nbytes / blocks / (self.bw * self.cal.decode.eff)
+        x = (nbytes / (self.bw * self.cal.decode.eff) if work_s is None else work_s) / blocks
         return blocks * (math.hypot(c, x) - x)
 
     def attention_prefill(self, q_heads: int, kv_heads: int, head_dim: int,
@@ -673,8 +676,12 @@ class DeviceCostModel:
         # always on with a page table): one block per (chunk, KV head, tile of q x group rows)
         group = max(float(q_heads) / max(float(kv_heads), 1e-9), 1.0)
         blocks = float(np.ceil(arr[:, 0] * group / _attn.Q_TILE).sum()) * kv_heads
+        f = self.cal.prefill
+        peak = self.peak_flops("bf16") * self._attn_scale
+        work = max(nbytes / (self.bw * self.cal.decode.eff),
+                   causal / (peak * f.eff_causal) + cached / (peak * f.eff_cached))
         t = (max(self._prefill(causal, cached, tiles), self._decode_mem(nbytes))
-             + self._block_cost(blocks, nbytes, self._prefill_block_factor))
+             + self._block_cost(blocks, nbytes, self._prefill_block_factor, work))
         return self._cost(t, causal + cached, nbytes, "bf16", "attention")
 
     def mla_decode(self, q_heads: int, kv_lora_rank: int, qk_rope_head_dim: int, context_lens,
