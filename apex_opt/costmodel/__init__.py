@@ -621,11 +621,20 @@ class DeviceCostModel:
         b = max(nbytes, 1.0)
         return f.launch_s + b / (self.bw * f.eff) * (1.0 + (f.bytes_half / b) ** f.power)
 
+    def _decode_stream_s(self, nbytes: float) -> float:
+        """Bytes at the fitted decode bandwidth (no launch or small-problem terms)."""
+        return nbytes / (self.bw * self.cal.decode.eff)
+
+    def _prefill_work(self, causal: float, cached: float) -> float:
+        """Attention FLOPs at the fitted causal / cached efficiencies (no launch or tile terms)."""
+        f = self.cal.prefill
+        peak = self.peak_flops("bf16") * self._attn_scale
+        return causal / (peak * f.eff_causal) + cached / (peak * f.eff_cached)
+
     def _prefill(self, causal: float, cached: float, tiles: float) -> float:
         """Scalar fast path of :meth:`attention.PrefillFit.time`."""
         f = self.cal.prefill
-        peak = self.peak_flops("bf16") * self._attn_scale
-        work = causal / (peak * f.eff_causal) + cached / (peak * f.eff_cached)
+        work = self._prefill_work(causal, cached)
         mult = max(1.0 + (f.tiles_half / max(tiles, 1.0)) ** f.power,
                    max(f.eff_causal, f.eff_cached) / _attn.MAX_ATTN_EFF)
         return f.launch_s + work * mult
@@ -641,7 +650,7 @@ class DeviceCostModel:
         flops = 4.0 * q_heads * head_dim * total
         stream_f, block_f = self._fp8_kv_factors if kv_dtype == "fp8" else (1.0, 1.0)
         t = (max(self._decode_mem(nbytes * stream_f), self._prefill(0.0, flops, ctx.size * q_heads))
-             + self._block_cost(float(ctx.size) * kv_heads, nbytes * stream_f, block_f))
+             + self._decode_blocks(ctx.size, kv_heads, nbytes * stream_f, block_f))
         return self._cost(t, flops, nbytes, "bf16", "attention")
 
     def _decode_blocks(self, seqs: int, kv_heads: float, nbytes: float, factor: float = 1.0) -> float:
@@ -658,7 +667,7 @@ class DeviceCostModel:
         c = self._decode_cta_s * factor
         if c <= 0.0 or blocks <= 0.0:
             return 0.0
-        x = (nbytes / (self.bw * self.cal.decode.eff) if work_s is None else work_s) / blocks
+        x = (self._decode_stream_s(nbytes) if work_s is None else work_s) / blocks
         return blocks * (math.hypot(c, x) - x)
 
     def attention_prefill(self, q_heads: int, kv_heads: int, head_dim: int,
@@ -676,10 +685,7 @@ class DeviceCostModel:
         # always on with a page table): one block per (chunk, KV head, tile of q x group rows)
         group = max(float(q_heads) / max(float(kv_heads), 1e-9), 1.0)
         blocks = float(np.ceil(arr[:, 0] * group / _attn.Q_TILE).sum()) * kv_heads
-        f = self.cal.prefill
-        peak = self.peak_flops("bf16") * self._attn_scale
-        work = max(nbytes / (self.bw * self.cal.decode.eff),
-                   causal / (peak * f.eff_causal) + cached / (peak * f.eff_cached))
+        work = max(self._decode_stream_s(nbytes), self._prefill_work(causal, cached))
         t = (max(self._prefill(causal, cached, tiles), self._decode_mem(nbytes))
              + self._block_cost(blocks, nbytes, self._prefill_block_factor, work))
         return self._cost(t, causal + cached, nbytes, "bf16", "attention")
