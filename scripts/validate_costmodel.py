@@ -272,10 +272,11 @@ FLUSH_FIT_MAX_M = 16
 def flush_writeback_check() -> dict | None:
     """How much of a small-m GEMM's profiled time is the profiler's L2 flush, not the kernel.
 
-    The profile (``triton.testing.do_bench``, as ``apex_opt.profiling.timing``) clears the L2
-    before each timed call by WRITING a 256 MB buffer; the timed kernel's reads then evict dirty
-    lines, a write-back that competes with its own streaming and that serving (clean weight lines
-    in L2) does not pay. Fit on the profile's own m <= 16 rows (both dtypes, >= 4 MB read):
+    The bundled H100 profile (``triton.testing.do_bench``, as ``apex_opt.profiling.timing`` did
+    before it switched to a read flush) cleared the L2 before each timed call by WRITING a 256 MB
+    buffer; the timed kernel's reads then evict dirty lines, a write-back that competes with its
+    own streaming and that serving (clean weight lines in L2) does not pay. Fit on the profile's
+    own m <= 16 rows (both dtypes, >= 4 MB read):
     ``t = floor + B / bw + extra x min(1, B / sat)`` (relative least squares, ``sat`` on a grid),
     against the same line without the saturating term. Then, on the kernel shapes both tables
     hold, the vLLM 0.24 H100 bf16 GEMM table (back-to-back in a CUDA graph over six weight

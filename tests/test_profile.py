@@ -293,3 +293,35 @@ def test_power_tables_from_the_energy_counter(torch, monkeypatch):
     assert rows_c[1]["intensity_flop_per_byte"] == pytest.approx(4 * 4 / (2 * 2 * 2))
     assert rows_c[2]["ms_per_call"] is None and rows_c[2]["intensity_flop_per_byte"] is None
     assert rows_e[0]["calls"] > 0 and rows_e[0]["tflops"] is None
+
+
+def test_l2_flush_reads_and_leaves_the_cache_clean(torch, monkeypatch):
+    """The CUDA timer's flush is a read of its buffer, never a write: a written flush buffer
+    leaves dirty L2 lines whose write-back the timed kernel would pay (the bundled H100 profile's
+    artifact). Run on the CPU with CUDA events replaced by fixed-duration stand-ins."""
+    from apex_opt.profiling.timing import Bench
+
+    durations = iter([3.0, 1.0, 2.0])
+
+    class _Event:
+        def __init__(self, enable_timing=False):
+            self.ms = None
+
+        def record(self):
+            pass
+
+        def elapsed_time(self, end):
+            return next(durations)
+
+    monkeypatch.setattr(torch.cuda, "Event", _Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    bench = Bench(torch, "cpu", reps=3, warmup=0, flush_bytes=4096)
+    bench._flush = torch.full((1024,), 7, dtype=torch.int32)  # what __post_init__ makes on CUDA
+    reads = []
+    real_sum = torch.Tensor.sum
+    monkeypatch.setattr(torch.Tensor, "sum", lambda self, *a, **k: reads.append(self.numel())
+                        or real_sum(self, *a, **k))
+    calls = []
+    assert bench._cuda_ms(lambda: calls.append(1), 3) == 2.0  # the median of the three
+    assert len(calls) == 3 and reads == [1024] * 3  # one full read before every timed call
+    assert int(bench._flush.min()) == 7 == int(bench._flush.max())  # never written

@@ -83,7 +83,7 @@ class RunInfo:
 def _timer(device: str) -> str:
     if device.startswith("cuda"):
         return ("CUDA events, median of reps after warm-up, L2 flushed before every call "
-                "(256 MiB buffer write)")
+                "(256 MiB buffer read: clean lines, no write-back inside the timed call)")
     return "time.perf_counter, median of reps after warm-up (no cache flush on the CPU)"
 
 

@@ -1,6 +1,14 @@
 """Kernel timers: CUDA events with an L2 flush between calls, or perf_counter on the CPU.
 
 Both return the median of ``reps`` calls in milliseconds after ``warmup`` untimed calls.
+
+The flush READS a 256 MiB buffer (a sum over it), so the L2 holds only clean lines when the timed
+call starts: the previous call's dirty outputs are written back during the flush, not inside the
+timed window. A flush that WRITES the buffer (``triton.testing.do_bench``'s ``cache.zero_()``, which
+the bundled H100 profile was measured with) leaves the L2 full of dirty lines, and the timed
+kernel then pays their write-back as it evicts them: ~7 us on a memory-bound H100 GEMM (see
+``scripts/validate_costmodel.py``, "profiler L2-flush write-back"), time that serving, whose
+weight lines are clean, never pays.
 """
 
 from __future__ import annotations
@@ -34,12 +42,12 @@ class Bench:
         if self.reps < 1 or self.warmup < 0:
             raise ValueError("reps must be >= 1 and warmup >= 0")
         if self.cuda:
-            self._flush = self.torch.empty(self.flush_bytes // 4, dtype=self.torch.int32,
+            self._flush = self.torch.zeros(self.flush_bytes // 4, dtype=self.torch.int32,
                                            device=self.device)
 
     def time_ms(self, fn: Callable[[], object], reps: int | None = None) -> float:
         """Median milliseconds of ``fn()`` (warm-up first; on CUDA the L2 is flushed before each
-        timed call by writing a 256 MiB buffer)."""
+        timed call by reading a 256 MiB buffer, which leaves it clean)."""
         reps = reps or self.reps
         for _ in range(self.warmup):
             fn()
@@ -51,7 +59,7 @@ class Bench:
         ends = [cuda.Event(enable_timing=True) for _ in range(reps)]
         cuda.synchronize()
         for start, end in zip(starts, ends):
-            self._flush.zero_()
+            self._flush.sum()  # a read: evicts (and writes back) what fn() left, stays clean
             start.record()
             fn()
             end.record()
