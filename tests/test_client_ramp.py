@@ -124,3 +124,37 @@ def test_solve_refuses_a_ramp_without_a_closed_loop():
     assert res.exit_code == 2
     assert "--client-ramp" in res.output and "closed loop" in res.output
     assert "Traceback" not in res.output
+
+
+def test_compare_staggered_replays_a_lockstep_closed_loop_out_of_step():
+    plan = Plan(groups=(ReplicaGroup(tp=1, max_model_len=8192),))
+    model, cluster = load_model(MODEL), load_cluster("h100-sxm-1x8")
+    req = _fixed(64, 16)
+    res = simulate(model, cluster, plan, req, compare_staggered=True)
+    st = res.staggered_clients
+    plain = _run(req)
+    # the lockstep figures are the plain run's; the companion is the run with the clients'
+    # first requests spread over its mean E2E
+    assert res.metrics == plain.metrics and plain.staggered_clients is None
+    assert st.client_ramp_s == pytest.approx(res.metrics.e2e_s.mean, rel=1e-5)
+    spread = _run(_fixed(64, 16, ramp=st.client_ramp_s)).metrics
+    assert (st.ttft_ms, st.tpot_ms, st.e2e_s) == (spread.ttft_ms, spread.tpot_ms, spread.e2e_s)
+    assert st.ttft_ms.mean < 0.6 * res.metrics.ttft_ms.mean
+    # nothing to compare: an open loop, a closed loop already staggered, a single client
+    for other in (Requests(np.arange(16) * 0.1, np.full(16, 1024), np.full(16, 64)),
+                  _fixed(64, 16, ramp=0.5), _fixed(16, 1)):
+        assert simulate(model, cluster, plan, other, compare_staggered=True).staggered_clients is None
+
+
+def test_cli_shows_lockstep_and_staggered_clients():
+    r = CliRunner()
+    base = ["simulate", "--model", MODEL, "--tp", "1", "--num-requests", "48", "--prompt-len",
+            "1024", "--output-len", "32", "--concurrency", "8"]
+    txt = r.invoke(cli, base)
+    assert txt.exit_code == 0, txt.output
+    assert "clients' first requests" in txt.output and "all 8 at t=0" in txt.output
+    js = r.invoke(cli, base + ["--json"])
+    assert '"staggered_clients": {' in js.output
+    off = r.invoke(cli, base + ["--json", "--no-compare-staggered"])
+    assert '"staggered_clients": null' in off.output
+    assert "clients' first requests" not in r.invoke(cli, base + ["--no-compare-staggered"]).output

@@ -146,6 +146,20 @@ def _render_energy(con, e) -> None:
     con.print(table("energy accounting", ["what", "value"], rows))
 
 
+def _render_staggered(con, res: SimulationResult) -> None:
+    """Lockstep vs staggered clients of a closed loop (SimulationResult.staggered_clients)."""
+    m, st = res.metrics, res.staggered_clients
+    n = res.workload.get("concurrency")
+    rows = [[f"all {n} at t=0 (the figures above)", _fmt(m.ttft_ms.mean, 1), _fmt(m.ttft_ms.p50, 1),
+             _fmt(m.tpot_ms.mean, 2), _fmt(m.e2e_s.mean, 3), _fmt(m.throughput_tokens_per_s)],
+            [f"spread over {st.client_ramp_s:,.3g} s (--client-ramp)", _fmt(st.ttft_ms.mean, 1),
+             _fmt(st.ttft_ms.p50, 1), _fmt(st.tpot_ms.mean, 2), _fmt(st.e2e_s.mean, 3),
+             _fmt(st.throughput_tokens_per_s)]]
+    con.print(table("closed loop: clients' first requests", ["clients start", "TTFT mean",
+                                                              "TTFT p50", "TPOT mean", "E2E mean",
+                                                              "output tok/s"], rows))
+
+
 def _fmt(x, digits: int = 1) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
@@ -174,6 +188,8 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
     con.print(f"{res.model} on {res.cluster}: {shape} ({router}) -- "
               f"{m.num_completed:,} requests completed, {m.num_dropped:,} dropped")
     con.print(table(None, ["latency", "mean", "p50", "p90", "p99", "max"], rows))
+    if res.staggered_clients is not None:
+        _render_staggered(con, res)
     summary = [
         ["requests completed / dropped", f"{m.num_completed:,} / {m.num_dropped:,}"],
         ["token-weighted TPOT (ms)", _fmt(res.tpot_token_weighted_ms, 2)],
@@ -244,6 +260,12 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
                    "seconds (client i starts at i x SECONDS / N) instead of all at t=0, e.g. "
                    "about one request's latency to model clients already out of step "
                    "[default: 0, or the --workload file's ramp_s].")
+@click.option("--compare-staggered/--no-compare-staggered", "compare_staggered", default=True,
+              help="Closed loop started in lockstep (no --client-ramp): also replay it with the "
+                   "clients' first requests spread over one mean E2E and show both. Equal "
+                   "requests sent together stay in lockstep, so their TTFT includes prefilling "
+                   "the whole group; real clients drift apart by an amount nothing records, and "
+                   "the two runs show how much TTFT hangs on it [default: on].")
 @click.option("--workload", type=click.Path(dir_okay=False), default=None,
               help="Synthetic workload YAML (arrival process + length distributions).")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -307,7 +329,8 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
 @json_option
 def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_len, output_len,
             arrival, cv, seed, slo_path, progress, engine_name, as_json, concurrency, sort_trace,
-            sampling_top_p, sampling_top_k, prompt_pool, client_ramp, **opts):
+            sampling_top_p, sampling_top_k, prompt_pool, client_ramp, compare_staggered,
+            **opts):
     """Simulate serving a workload with ONE plan (DP x PP x TP replicas of the --engine: vLLM V1
     by default, see `apex-opt engines`) and report latency (TTFT / TPOT / E2E mean and percentiles), throughput and energy.
 
@@ -358,7 +381,7 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
         warn_thin_percentiles(slo, requests, slo_path)
     show = progress if progress is not None else sys.stderr.isatty()
     res = simulate(model, cluster, plan, requests, slo=slo, seed=seed or 0, progress=bool(show),
-                   engine=engine)
+                   engine=engine, compare_staggered=compare_staggered)
     if as_json:
         click.echo(to_json(res))
     else:

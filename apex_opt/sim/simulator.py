@@ -26,8 +26,9 @@ from ..specs.plan import Plan, ReplicaConfig
 from ..specs.slo import SLOSpec
 from .engine import (DROP_NONE, DROP_REASONS, EngineLimits, ReplicaEngine, RequestLog,
                      StreamFrontEnd)
-from .metrics import (EnergyReport, EnergyTimeline, Metrics, compute_metrics, energy_report,
-                      energy_window, open_loop_bounds, round_sig, steady_state_bounds, tokens_in_window)
+from .metrics import (EnergyReport, EnergyTimeline, Metrics, Stats, compute_metrics,
+                      energy_report, energy_window, open_loop_bounds, round_sig,
+                      steady_state_bounds, tokens_in_window)
 from .router import run_closed_loop, run_cluster
 from .workload import Requests
 
@@ -66,6 +67,25 @@ class ReplicaSummary(BaseModel):
     energy_j: float = Field(description="Active + idle energy of the replica's GPUs.")
 
 
+class StaggeredClients(BaseModel):
+    """The same closed loop replayed with its clients out of step: client ``i`` of ``N`` sends its
+    first request ``i x client_ramp_s / N`` after the first (``client_ramp_s`` = the lockstep
+    run's mean E2E, so the first requests spread over one request's lifetime), instead of all at
+    once. A closed loop of equal requests that starts together stays together (they finish in the
+    same step and are sent again at once), so its TTFT includes prefilling the whole group; real
+    load generators drift apart to a degree no client records. The two runs bound what client
+    synchronisation alone does to TTFT."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    client_ramp_s: float = Field(description="Seconds over which the clients' first requests "
+                                             "were spread (the lockstep run's mean E2E).")
+    ttft_ms: Stats
+    tpot_ms: Stats
+    e2e_s: Stats
+    throughput_tokens_per_s: float
+
+
 class SimulationResult(BaseModel):
     """Outcome of :func:`simulate` (the ``--json`` of ``apex-opt simulate``)."""
 
@@ -89,6 +109,10 @@ class SimulationResult(BaseModel):
     energy: EnergyReport | None = Field(
         None, description="Power / energy / cost accounting: plan GPUs, host power of its nodes, "
                           "free GPUs apart; whole-run and steady-state windows (sim/metrics.py).")
+    staggered_clients: StaggeredClients | None = Field(
+        None, description="Closed loops started in lockstep, when asked for (simulate(..., "
+                          "compare_staggered=True)): the same run with the clients' first "
+                          "requests spread over one mean E2E. metrics stay the lockstep run's.")
 
     _timings: dict = PrivateAttr(default_factory=dict)
 
@@ -248,7 +272,7 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
              progress: bool | Callable[[int, int], None] = False, debug: bool = False,
              breakdown: bool = False, engine: EngineSpec | None = None,
              fast_forward: int = DEFAULT_FAST_FORWARD,
-             async_output: bool = False) -> SimulationResult:
+             async_output: bool = False, compare_staggered: bool = False) -> SimulationResult:
     """Simulate serving ``requests`` with ``plan`` on ``cluster``.
 
     ``num_blocks_override`` replaces every replica's KV-block count (tests, what-ifs; the memory
@@ -261,7 +285,10 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
     first and last step; 1 costs every iteration separately. ``async_output`` models vLLM 0.6's
     asynchronous output processing (host output work of one iteration overlaps the GPU work of
     the next; pp == 1 with CUDA graphs only) -- off by default because the bundled cost model's
-    host time is calibrated as serial per-step time. The engine has no randomness:
+    host time is calibrated as serial per-step time. ``compare_staggered``: a closed loop of
+    two or more clients that all start at once is replayed a second time with their first
+    requests spread over the first run's mean E2E (``staggered_clients``). The engine has no
+    randomness:
     ``seed`` is recorded for reproducibility of the caller's workload sampling.
     Unset plan fields take their defaults from :meth:`ReplicaConfig.resolved` (the checkpoint's
     weight dtype, the engine's limits for the GPU), exactly as ``apex-opt simulate`` does.
@@ -276,6 +303,7 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
         raise InputError("must be >= 1", field="num_blocks_override", value=num_blocks_override)
     engine = engine or load_engine()
     _check_gpu_counts(cluster, plan)
+    given = requests
     log = RequestLog(requests.prompt_tokens, requests.output_tokens,
                      getattr(requests, "prefix_blocks", None),
                      getattr(requests, "prefix_block_tokens", 512))
@@ -298,8 +326,21 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
         end = max(end, float(np.nanmax(log.finish_s)))
     start = float(requests.arrival_s[0])
     makespan = max(end - start, 1e-9)
-    return _result(model, cluster, plan, requests, slo, seed, log, engines, meta, makespan, engine,
-                   timelines)
+    res = _result(model, cluster, plan, requests, slo, seed, log, engines, meta, makespan, engine,
+                  timelines)
+    if compare_staggered and (given.concurrency or 0) > 1 and given.client_ramp_s == 0 \
+            and min(given.concurrency, n) > 1:
+        ramp = res.metrics.e2e_s.mean
+        if ramp is not None and ramp > 0:
+            other = simulate(model, cluster, plan,
+                             given.with_concurrency(given.concurrency, ramp_s=float(ramp)),
+                             seed=seed, num_blocks_override=num_blocks_override, engine=engine,
+                             fast_forward=fast_forward, async_output=async_output)
+            om = other.metrics
+            res = res.model_copy(update={"staggered_clients": StaggeredClients(
+                client_ramp_s=round_sig(float(ramp)), ttft_ms=om.ttft_ms, tpot_ms=om.tpot_ms,
+                e2e_s=om.e2e_s, throughput_tokens_per_s=om.throughput_tokens_per_s)})
+    return res
 
 
 def _attach_timelines(engines: list[ReplicaEngine]) -> list[EnergyTimeline]:
