@@ -18,8 +18,11 @@ have their first token until N - max_num_seqs have finished -- ML.ENERGY's own w
 Workload assumptions (documented, task-based, the same for every row of a task -- nothing is fitted
 per row):
 
-* output lengths: the row's measured mean output length (notes), exponentially distributed around
-  it (clipped to 1 .. max_tokens of the task), seed 0;
+* output lengths: exponentially distributed (seed 0) and cut where the server cuts them: at the
+  task's max_tokens and at max_model_len - prompt (vLLM's OpenAI server clamps max_tokens to the
+  context left, vllm/entrypoints/utils.py get_max_tokens: such a request ends at the limit, it is
+  not refused). The exponential's scale is chosen so that the cut lengths average the row's
+  measured mean output length (notes), which already includes those cuts;
 * input lengths are not published. Per task: LMArena chat 350 tokens -- ML.ENERGY turns every turn
   of a conversation into a request whose prompt is the whole history so far (user prompts AND
   earlier responses; ml-energy/benchmark mlenergy/llm/datasets.py), and LMSYS-Chat-1M averages
@@ -166,12 +169,36 @@ def requests_for(s: dict) -> Requests:
     n = s["n"]
     rng_out = np.random.default_rng(0)
     rng_in = np.random.default_rng(1)
-    out = np.clip(np.rint(rng_out.exponential(s["out_mean"], n)), 1, MAX_TOKENS[s["task"]]).astype(np.int64)
     mu = INPUT_LEN[s["task"]]
     sigma = 0.5
     prompt = np.clip(np.rint(rng_in.lognormal(np.log(mu) - sigma ** 2 / 2, sigma, n)), 8, 8192).astype(np.int64)
+    out = cut_exponential(rng_out.standard_exponential(n), s["out_mean"], MAX_TOKENS[s["task"]],
+                          s["max_model_len"] - prompt if s["max_model_len"] else None)
     return Requests(arrival_s=np.zeros(n), prompt_tokens=prompt, output_tokens=out,
                     source=f"closed batch {s['task']}", top_p=TOP_P[s["task"]], top_k=s["top_k"])
+
+
+def cut_exponential(draws: np.ndarray, mean: float, max_tokens: int,
+                    room: np.ndarray | None) -> np.ndarray:
+    """Output lengths ``scale x draws`` (standard exponential draws) cut at ``max_tokens`` and at
+    each request's ``room`` (max_model_len - prompt), with the scale that makes the cut lengths
+    average ``mean`` (bisection: the cut mean grows with the scale; it also takes out the draws'
+    own sampling error). The scale stays ``mean`` when the cuts cannot reach it."""
+    cap = np.full(draws.shape, float(max_tokens)) if room is None \
+        else np.minimum(float(max_tokens), np.maximum(room, 1).astype(float))
+
+    def lengths(scale: float) -> np.ndarray:
+        return np.clip(np.rint(scale * draws), 1, cap)
+
+    lo, hi = 0.0, float(mean)
+    while lengths(hi).mean() < mean and hi < 64 * mean:
+        hi *= 2.0
+    if lengths(hi).mean() < mean:  # the cuts cannot average the mean: keep the scale
+        return lengths(float(mean)).astype(np.int64)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if lengths(mid).mean() < mean else (lo, mid)
+    return lengths(hi).astype(np.int64)
 
 
 def simulate_row(row: dict) -> dict | None:

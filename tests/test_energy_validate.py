@@ -97,3 +97,29 @@ def test_v2_rows_replay_vllm_054_with_the_front_end_in_process(energy_rows, monk
     with pytest.raises(_Stop):
         v.simulate_row(energy_rows["mlev3-lm-arena-chat-Llama-3.1-8B-Instruct-H100-g1-tp1-ep1-mns8"])
     assert not seen["engine"].frontend_in_process      # V1: the server is its own process
+
+
+def test_output_lengths_are_cut_where_vllm_cuts_them_and_keep_the_measured_mean():
+    # vLLM's OpenAI server clamps max_tokens to max_model_len - prompt (the request ends there,
+    # it is not refused); the replay's lengths are cut there and still average the row's mean
+    import numpy as np
+
+    v = _script()
+    draws = np.random.default_rng(0).standard_exponential(2000)
+    room = 20480 - np.full(2000, 300)
+    out = v.cut_exponential(draws, 7854.2, 32768, room)
+    assert out.max() == 20180 and (out == 20180).sum() > 100  # cut, not dropped
+    assert out.mean() == pytest.approx(7854.2, abs=0.5)
+    assert out.min() >= 1
+    short = v.cut_exponential(draws, 620.0, 4096, None)
+    assert short.mean() == pytest.approx(620.0, abs=0.5) and short.max() == 4096
+    # a mean the cuts cannot reach keeps the plain scale (every length at the cap or below)
+    assert v.cut_exponential(draws, 5000.0, 1024, None).max() == 1024
+
+
+def test_gpqa_replay_has_no_request_over_max_model_len(energy_rows):
+    v = _script()
+    s = v.row_setup(energy_rows["mlev3-gpqa-Qwen3-8B-H100-g1-tp1-ep1-mns8"])
+    r = v.requests_for(s)
+    assert (r.prompt_tokens + r.output_tokens).max() <= s["max_model_len"]
+    assert r.output_tokens.mean() == pytest.approx(s["out_mean"], abs=0.5)
