@@ -305,7 +305,7 @@ def test_l2_flush_reads_and_leaves_the_cache_clean(torch, monkeypatch):
 
     class _Event:
         def __init__(self, enable_timing=False):
-            self.ms = None
+            pass
 
         def record(self):
             pass
@@ -316,7 +316,8 @@ def test_l2_flush_reads_and_leaves_the_cache_clean(torch, monkeypatch):
     monkeypatch.setattr(torch.cuda, "Event", _Event)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     bench = Bench(torch, "cpu", reps=3, warmup=0, flush_bytes=4096)
-    bench._flush = torch.full((1024,), 7, dtype=torch.int32)  # what __post_init__ makes on CUDA
+    # the buffer a CUDA Bench allocates (zeros there; sevens here, so that any write shows)
+    bench._flush = torch.full((1024,), 7, dtype=torch.int32)
     reads = []
     real_sum = torch.Tensor.sum
     monkeypatch.setattr(torch.Tensor, "sum", lambda self, *a, **k: reads.append(self.numel())

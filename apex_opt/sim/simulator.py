@@ -288,8 +288,7 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
     host time is calibrated as serial per-step time. ``compare_staggered``: a closed loop of
     two or more clients that all start at once is replayed a second time with their first
     requests spread over the first run's mean E2E (``staggered_clients``). The engine has no
-    randomness:
-    ``seed`` is recorded for reproducibility of the caller's workload sampling.
+    randomness: ``seed`` is recorded for reproducibility of the caller's workload sampling.
     Unset plan fields take their defaults from :meth:`ReplicaConfig.resolved` (the checkpoint's
     weight dtype, the engine's limits for the GPU), exactly as ``apex-opt simulate`` does.
     Raises :class:`InfeasibleError` when a replica does not fit in memory or the plan needs more
@@ -328,7 +327,7 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
     makespan = max(end - start, 1e-9)
     res = _result(model, cluster, plan, requests, slo, seed, log, engines, meta, makespan, engine,
                   timelines)
-    if compare_staggered and (given.concurrency or 0) > 1 and given.client_ramp_s == 0 \
+    if compare_staggered and given.concurrency is not None and given.client_ramp_s == 0 \
             and min(given.concurrency, n) > 1:
         ramp = res.metrics.e2e_s.mean
         if ramp is not None and ramp > 0:
