@@ -18,11 +18,13 @@ have their first token until N - max_num_seqs have finished -- ML.ENERGY's own w
 Workload assumptions (documented, task-based, the same for every row of a task -- nothing is fitted
 per row):
 
-* output lengths: exponentially distributed (seed 0) and cut where the server cuts them: at the
-  task's max_tokens and at max_model_len - prompt (vLLM's OpenAI server clamps max_tokens to the
-  context left, vllm/entrypoints/utils.py get_max_tokens: such a request ends at the limit, it is
-  not refused). The exponential's scale is chosen so that the cut lengths average the row's
-  measured mean output length (notes), which already includes those cuts;
+* output lengths: exponentially distributed (seed 0) and cut at the task's max_tokens, which every
+  request sends (a request ends there). The exponential's scale is chosen so that the cut lengths
+  average the row's measured mean output length (notes), which already includes those cuts; that
+  also takes out the draws' own sampling error (the 198 GPQA draws at seed 0 averaged 11-13 %
+  above the mean). vLLM refuses a request whose prompt + max_tokens exceeds max_model_len (0.11:
+  "'max_tokens' or 'max_completion_tokens' is too large", entrypoints/openai/serving_engine.py);
+  no replayed prompt + max_tokens exceeds its row's max_model_len, so none is refused;
 * input lengths are not published. Per task: LMArena chat 350 tokens -- ML.ENERGY turns every turn
   of a conversation into a request whose prompt is the whole history so far (user prompts AND
   earlier responses; ml-energy/benchmark mlenergy/llm/datasets.py), and LMSYS-Chat-1M averages
@@ -172,20 +174,17 @@ def requests_for(s: dict) -> Requests:
     mu = INPUT_LEN[s["task"]]
     sigma = 0.5
     prompt = np.clip(np.rint(rng_in.lognormal(np.log(mu) - sigma ** 2 / 2, sigma, n)), 8, 8192).astype(np.int64)
-    out = cut_exponential(rng_out.standard_exponential(n), s["out_mean"], MAX_TOKENS[s["task"]],
-                          s["max_model_len"] - prompt if s["max_model_len"] else None)
+    out = cut_exponential(rng_out.standard_exponential(n), s["out_mean"], MAX_TOKENS[s["task"]])
     return Requests(arrival_s=np.zeros(n), prompt_tokens=prompt, output_tokens=out,
                     source=f"closed batch {s['task']}", top_p=TOP_P[s["task"]], top_k=s["top_k"])
 
 
-def cut_exponential(draws: np.ndarray, mean: float, max_tokens: int,
-                    room: np.ndarray | None) -> np.ndarray:
-    """Output lengths ``scale x draws`` (standard exponential draws) cut at ``max_tokens`` and at
-    each request's ``room`` (max_model_len - prompt), with the scale that makes the cut lengths
-    average ``mean`` (bisection: the cut mean grows with the scale; it also takes out the draws'
-    own sampling error). The scale stays ``mean`` when the cuts cannot reach it."""
-    cap = np.full(draws.shape, float(max_tokens)) if room is None \
-        else np.minimum(float(max_tokens), np.maximum(room, 1).astype(float))
+def cut_exponential(draws: np.ndarray, mean: float, max_tokens: int) -> np.ndarray:
+    """Output lengths ``scale x draws`` (standard exponential draws) cut at ``max_tokens``, with
+    the scale that makes the cut lengths average ``mean`` (bisection: the cut mean grows with the
+    scale; it also takes out the draws' own sampling error). The scale stays ``mean`` when the cut
+    cannot reach it."""
+    cap = float(max_tokens)
 
     def lengths(scale: float) -> np.ndarray:
         return np.clip(np.rint(scale * draws), 1, cap)

@@ -99,27 +99,33 @@ def test_v2_rows_replay_vllm_054_with_the_front_end_in_process(energy_rows, monk
     assert not seen["engine"].frontend_in_process      # V1: the server is its own process
 
 
-def test_output_lengths_are_cut_where_vllm_cuts_them_and_keep_the_measured_mean():
-    # vLLM's OpenAI server clamps max_tokens to max_model_len - prompt (the request ends there,
-    # it is not refused); the replay's lengths are cut there and still average the row's mean
+def test_output_lengths_are_cut_at_max_tokens_and_keep_the_measured_mean():
+    # every request sends the task's max_tokens, so its output ends there; the cut lengths still
+    # average the row's measured mean (which includes the cuts)
     import numpy as np
 
     v = _script()
     draws = np.random.default_rng(0).standard_exponential(2000)
-    room = 20480 - np.full(2000, 300)
-    out = v.cut_exponential(draws, 7854.2, 32768, room)
-    assert out.max() == 20180 and (out == 20180).sum() > 100  # cut, not dropped
+    out = v.cut_exponential(draws, 7854.2, 16384)
+    assert out.max() == 16384 and (out == 16384).sum() > 100  # cut, not dropped
     assert out.mean() == pytest.approx(7854.2, abs=0.5)
     assert out.min() >= 1
-    short = v.cut_exponential(draws, 620.0, 4096, None)
+    short = v.cut_exponential(draws, 620.0, 4096)
     assert short.mean() == pytest.approx(620.0, abs=0.5) and short.max() == 4096
-    # a mean the cuts cannot reach keeps the plain scale (every length at the cap or below)
-    assert v.cut_exponential(draws, 5000.0, 1024, None).max() == 1024
+    # a mean the cut cannot reach keeps the plain scale (every length at the cap or below)
+    assert v.cut_exponential(draws, 5000.0, 1024).max() == 1024
 
 
-def test_gpqa_replay_has_no_request_over_max_model_len(energy_rows):
+def test_no_replayed_request_is_one_vllm_would_refuse(energy_rows):
+    # vLLM refuses prompt + max_tokens > max_model_len ("'max_tokens' ... is too large"); the
+    # replay must not send such a request, and the GPQA lengths keep the measured mean
     v = _script()
+    for cid, row in energy_rows.items():
+        s = v.row_setup(row)
+        limit = s["max_model_len"] or (4096 if not s["v3"] else None)
+        if limit is None:
+            continue
+        r = v.requests_for(s)
+        assert (r.prompt_tokens + v.MAX_TOKENS[s["task"]]).max() <= limit, cid
     s = v.row_setup(energy_rows["mlev3-gpqa-Qwen3-8B-H100-g1-tp1-ep1-mns8"])
-    r = v.requests_for(s)
-    assert (r.prompt_tokens + r.output_tokens).max() <= s["max_model_len"]
-    assert r.output_tokens.mean() == pytest.approx(s["out_mean"], abs=0.5)
+    assert v.requests_for(s).output_tokens.mean() == pytest.approx(s["out_mean"], abs=0.5)
