@@ -112,6 +112,42 @@ def test_pipeline_shared_pool_under_pressure_serves_everything(m8, node):
     assert res.replicas[0].max_kv_blocks_used <= 160
 
 
+def test_sglang_cuts_outputs_longer_than_its_kv_pool_where_vllm_drops_them(m8, node):
+    """SGLang's scheduler cuts max_new_tokens at min(context, pool) - 1 - prompt - 1 and aborts
+    prompts above min(context, pool) - 6; vLLM 0.6 (no startup check on a forced pool) drops
+    a request its KV cache cannot hold."""
+    sg = load_engine("sglang")
+    assert sg.context_limit_exclusive and sg.clip_output_to_kv_pool
+    assert not load_engine("vllm").clip_output_to_kv_pool
+    pool = 4000  # SGLang pages are 1 token
+    req = Requests(np.array([0.0, 0.1, 0.2]), np.array([1000, 3000, 3996]),
+                   np.array([200, 2000, 10]))
+    plan = _plan(tp=1, max_model_len=8192)
+    res = simulate(m8, node, plan, req, num_blocks_override=pool, engine=sg)
+    t = res._timings
+    assert res.dropped_by_reason == {"prompt + output does not fit in the KV cache": 1}
+    assert list(t["dropped"]) == [0, 0, 2]  # prompt 3,996 > 4,000 - 1 - 5
+    # the 3,000 + 2,000 request runs with 4,000 - 1 - 3,000 - 1 = 998 output tokens
+    assert list(t["output_tokens"][:2]) == [200, 998]
+    assert res.outputs_cut == 1 and res.output_tokens_cut == 1002
+    assert res.metrics.num_completed == 2
+    assert res.workload["total_output_tokens"] == 200 + 2000 + 10  # what was asked for
+    v0 = simulate(m8, node, plan, req, num_blocks_override=pool // 16,
+                  engine=load_engine("vllm-0.6"))
+    assert v0.outputs_cut == 0 and v0.metrics.num_dropped == 2
+
+
+def test_sglang_refuses_a_request_that_reaches_the_context_length(m8, node):
+    """SGLang's tokenizer manager refuses prompt + max_new_tokens >= context_len; vLLM only
+    a total above max_model_len."""
+    req = Requests(np.array([0.0, 0.1]), np.array([1000, 1000]), np.array([3096, 100]))
+    plan = _plan(tp=1, max_model_len=4096)
+    sg = simulate(m8, node, plan, req, engine=load_engine("sglang"))
+    assert sg.dropped_by_reason == {"prompt + output exceeds max_model_len": 1}
+    vl = simulate(m8, node, plan, req, engine=load_engine("vllm"))
+    assert vl.metrics.num_dropped == 0 and vl.metrics.num_completed == 2
+
+
 def test_tiny_kv_preempts(m8, node):
     req = _requests(n=80, rate=200.0, prompt=(200, 600), output=(100, 400))
     plan = _plan(tp=1, max_model_len=2048, chunked_prefill=False)
@@ -164,6 +200,30 @@ def test_cli_json_and_errors():
     bad = runner.invoke(command, ["--model", "llama-3.1-405b", "--tp", "1", "--rate", "1",
                                   "--num-requests", "5", "--prompt-len", "10", "--output-len", "5"])
     assert isinstance(bad.exception, InfeasibleError)
+
+
+def test_cli_sglang_length_limits():
+    """`simulate --engine sglang` shows the outputs SGLang cuts to fit its KV pool (text and
+    JSON), and warns about requests whose prompt + output reaches the context length (SGLang
+    refuses those; vLLM takes a total equal to max_model_len)."""
+    from apex_opt.commands.simulate import command
+
+    runner = CliRunner()
+    base = ["--model", "qwen3-32b", "--tp", "1", "--engine", "sglang", "--concurrency", "1",
+            "--num-requests", "2", "--prompt-len", "8000", "--output-len", "16000"]
+    text = runner.invoke(command, base)
+    assert text.exit_code == 0, text.output
+    assert "outputs cut to fit the KV pool" in text.output
+    doc = json.loads(runner.invoke(command, base + ["--json"]).output)
+    assert doc["outputs_cut"] == 2 and doc["output_tokens_cut"] > 0
+    assert doc["metrics"]["num_completed"] == 2
+    edge = ["--model", "llama-3.1-8b", "--tp", "1", "--rate", "5", "--num-requests", "4",
+            "--prompt-len", "1000", "--output-len", "3096", "--max-model-len", "4096"]
+    sg = runner.invoke(command, edge + ["--engine", "sglang", "--json"])
+    assert isinstance(sg.exception, InputError)
+    assert "reach or exceed max_model_len 4,096" in str(sg.exception)
+    vl = runner.invoke(command, edge + ["--json"])
+    assert vl.exit_code == 0 and json.loads(vl.output)["metrics"]["num_completed"] == 4
 
 
 def test_validation_row_lmsys_8tp(validation_dir):

@@ -129,28 +129,32 @@ def check_max_model_len(model, max_model_len: int | None) -> None:
 
 
 def check_request_lengths(requests, model, max_model_len: int | None, *, source: str,
-                          field: str) -> None:
+                          field: str, exclusive: bool = False) -> None:
     """Requests whose prompt + output exceeds the context the engine accepts (--max-model-len, else
     the model's max_position_embeddings) are rejected by the engine. All of them: bad input (exit
-    2, naming the limit); some: one warning line (they count as dropped)."""
+    2, naming the limit); some: one warning line (they count as dropped). ``exclusive``: the
+    engine needs the total *below* the limit (SGLang refuses a total equal to it)."""
     limit = max_model_len if max_model_len is not None else model.max_position_embeddings
     what = (f"max_model_len {limit:,}" if max_model_len is not None else
             f"the maximum context of {model.name}, {limit:,} tokens (max_position_embeddings)")
-    over = (requests.prompt_tokens + requests.output_tokens) > limit
-    n, total = int(over.sum()), len(requests)
+    total = requests.prompt_tokens + requests.output_tokens
+    over = total >= limit if exclusive else total > limit
+    rel = "at or above" if exclusive else "above"
+    n, count = int(over.sum()), len(requests)
     if n == 0:
         return
     longest = requests.max_seq_len
-    if n == total:
+    if n == count:
         from ..errors import InputError
 
-        raise InputError(f"every request's prompt + output tokens exceed {what}, so the "
+        raise InputError(f"every request's prompt + output tokens "
+                         f"{'reach or exceed' if exclusive else 'exceed'} {what}, so the "
                          f"engine would reject all of them; shorten the requests"
                          + ("" if max_model_len is None else " or raise max_model_len"),
                          source=source, field=field, value=longest)
     from ..errors import warn
 
-    warn(f"{source}: {n:,} of {total:,} requests have prompt + output tokens above {what} "
+    warn(f"{source}: {n:,} of {count:,} requests have prompt + output tokens {rel} {what} "
          f"(longest {longest:,}); the engine rejects them and they count as dropped")
 
 

@@ -213,6 +213,9 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
         summary.append(["goodput (req/s)", _fmt(m.goodput_requests_per_s, 3)])
     for reason, count in res.dropped_by_reason.items():
         summary.append([f"dropped: {reason}", f"{count:,}"])
+    if res.outputs_cut:
+        summary.append(["outputs cut to fit the KV pool",
+                        f"{res.outputs_cut:,} requests, {res.output_tokens_cut:,} tokens"])
     con.print(table(None, ["metric", "value"], summary))
     if res.energy is not None:
         _render_energy(con, res.energy)
@@ -374,7 +377,8 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     src, field = ((trace, "input + output tokens") if trace else
                   (workload, "prompt_len + output_len") if workload else
                   (_SRC, "--prompt-len + --output-len"))
-    check_request_lengths(requests, model, opts.get("max_model_len"), source=src, field=field)
+    check_request_lengths(requests, model, opts.get("max_model_len"), source=src, field=field,
+                          exclusive=engine.context_limit_exclusive)
     requests = apply_sampling(requests, sampling_top_p, sampling_top_k)
     slo = load_slo(slo_path) if slo_path else None
     if slo is not None:

@@ -10,6 +10,7 @@ import click
 from ..errors import InfeasibleError, InputError
 from ..registry import data_dir
 from ..report.render import console, table, to_json
+from ..specs.engine import load_engine
 from ..search import DEFAULT_TIME_LIMIT_S, DEFAULT_TOP_K, OBJECTIVES, SolveResult, solve
 from .common import (apply_client_ramp, apply_sampling, check_max_model_len,
                      check_request_lengths, cluster_option, engine_option, json_option, load_inputs,
@@ -199,7 +200,8 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, client_ramp,
             update={"max_model_len": max_model_len})})
     check_request_lengths(requests, model, slo.constraints.max_model_len,
                           source=trace or workload or DEFAULT_WORKLOAD,
-                          field="input + output tokens" if trace else "prompt_len + output_len")
+                          field="input + output tokens" if trace else "prompt_len + output_len",
+                          exclusive=load_engine(engine_name).context_limit_exclusive)
     if plot_path:  # refuse an unwritable path now, not after the whole search
         anc = next(a for a in Path(plot_path).absolute().parents if a.exists())
         if not anc.is_dir():

@@ -45,8 +45,10 @@ prompt + generated tokens again, keeping its generated tokens and first-token ti
 
 A prefill that completes a prompt yields a token at the end of its iteration (the first token for a
 fresh request); each decode yields one token. Requests that can never be served (prompt + output >
-``max_model_len``, larger than the KV cache, or -- without chunked prefill -- larger than the token
-budget) are dropped on arrival with a reason code, never lost. ``RequestLog.done_sink`` (when set)
+``max_model_len`` -- or >= with ``context_exclusive`` --, larger than the KV cache, or -- without
+chunked prefill -- larger than the token budget) are dropped on arrival with a reason code, never
+lost. With ``clip_output_to_pool`` (SGLang) a request longer than the KV pool is not dropped: its
+output is cut to fit on arrival (``RequestLog.asked_output`` keeps what it asked for). ``RequestLog.done_sink`` (when set)
 receives ``(request id, time)`` for every finish or drop (closed-loop clients).
 
 Time: an iteration of a virtual engine starts when it is scheduled; the host part of
@@ -115,6 +117,11 @@ class EngineLimits:
     #: SGLang-style batching: a (chunked) prefill batch runs whenever one can be formed and
     #: decodes wait for it; no mixed decode+prefill batches (same as ``policy="sglang"``)
     prefill_first: bool = False
+    #: requests need prompt + output below max_model_len (SGLang), not up to it (vLLM)
+    context_exclusive: bool = False
+    #: a request longer than the KV pool runs with its output cut to fit (SGLang's scheduler);
+    #: else it counts as dropped
+    clip_output_to_pool: bool = False
     #: scheduler policy (see the module docstring)
     policy: Literal["v0", "v1", "sglang"] = "v0"
     #: prefix caching on (needs ``RequestLog.prefix_blocks`` to find anything to share)
@@ -184,6 +191,8 @@ class RequestLog:
         self.finish_s = np.full(n, np.nan)
         self.dropped = np.zeros(n, dtype=np.int8)
         self.preemptions = np.zeros(n, dtype=np.int32)
+        #: the output length a request asked for where the engine cut it (0 = not cut)
+        self.asked_output = np.zeros(n, dtype=np.int64)
         self.replica = np.full(n, -1, dtype=np.int32)
         #: when each request reached its engine's waiting queue
         self.queued_s: list[float] = [0.0] * n
@@ -413,14 +422,34 @@ class ReplicaEngine:
         """Why request ``rid`` could never be served by this replica (0 = it can be)."""
         p, o = self.log.prompt[rid], self.log.output[rid]
         lim = self.lim
-        if p + o > lim.max_model_len:
+        if p + o > lim.max_model_len - int(lim.context_exclusive):
             return DROP_MAX_MODEL_LEN
+        if lim.clip_output_to_pool:
+            if p > self.max_request_tokens - 5:
+                return DROP_KV_CAPACITY  # SGLang aborts a prompt above max_req_input_len
+            o = min(o, self.max_request_tokens - p - 1)  # what runs after the cut
         # the longest KV state (last decode step holds p + o - 1 tokens) must fit in an empty cache
         if self._seq_blocks(p + o - 1) > self.nb - self.wm:
             return DROP_KV_CAPACITY
         if not lim.chunked_prefill and p + o - 1 > lim.max_num_batched_tokens:
             return DROP_TOKEN_BUDGET
         return DROP_NONE
+
+    @property
+    def max_request_tokens(self) -> int:
+        """SGLang's max_req_len: min(context length, KV pool tokens of one scheduler) - 1."""
+        return min(self.lim.max_model_len, (self.nb - self.wm) * self.bs) - 1
+
+    def _clip_output(self, rid: int) -> None:
+        """SGLang's scheduler cuts max_new_tokens at max_req_len - prompt - 1: a request longer
+        than the KV pool runs with a shorter output (recorded in ``log.asked_output``)."""
+        p, o = self.log.prompt[rid], self.log.output[rid]
+        cut = self.max_request_tokens - p - 1
+        if 1 <= cut < o:
+            self.log.output[rid] = cut
+            self.log.asked_output[rid] = o
+            if self._out is not None:
+                self._out[rid] = cut
 
     def submit(self, rid: int, t: float) -> int | None:
         """Request ``rid`` arrives at ``t``. Returns the index of the virtual engine it joined when
@@ -431,6 +460,8 @@ class ReplicaEngine:
         log.queued_s[rid] = t
         self.stats.requests += 1
         reason = self.drop_reason(rid)
+        if not reason and self.lim.clip_output_to_pool:
+            self._clip_output(rid)
         if reason:
             log.dropped[rid] = reason
             self.stats.dropped += 1

@@ -104,6 +104,11 @@ class SimulationResult(BaseModel):
                           "requests (what vLLM's time_per_output_token histogram averages); "
                           "metrics.tpot_ms is the per-request mean instead.")
     dropped_by_reason: dict[str, int] = Field(default_factory=dict)
+    outputs_cut: int = Field(
+        0, description="Requests served with a shorter output than they asked for: SGLang cuts "
+                       "max_new_tokens where prompt + output would not fit its KV pool (engine "
+                       "profile clip_output_to_kv_pool). Metrics count the tokens generated.")
+    output_tokens_cut: int = Field(0, description="Output tokens those cuts took off.")
     replicas: list[ReplicaSummary]
     workload: dict
     energy: EnergyReport | None = Field(
@@ -174,6 +179,8 @@ def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
         replica_max_num_seqs=cfg.max_num_seqs,
         max_num_batched_tokens=budget,
         max_model_len=max_len, chunked_prefill=cfg.chunked_prefill, pp=cfg.pp,
+        context_exclusive=engine.context_limit_exclusive,
+        clip_output_to_pool=engine.clip_output_to_kv_pool,
         shared_kv_pool=engine.pp_shares_kv_pool,
         watermark_fraction=engine.watermark_fraction, policy=policy,
         prefix_caching=bool(cfg.prefix_caching) and engine.prefix_cache != "none",
@@ -421,6 +428,10 @@ def _result(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reques
             meta: list[tuple[int, str, str]], makespan: float,
             engine: EngineSpec, timelines: list[EnergyTimeline] | None = None) -> SimulationResult:
     served = log.dropped == DROP_NONE
+    cut = log.asked_output > 0
+    asked = requests
+    if cut.any():  # the engine cut some outputs: count the tokens it generated
+        requests = requests.with_output_tokens(np.asarray(log.output, dtype=np.int64))
     summaries: list[ReplicaSummary] = []
     energy = flops = nbytes = peak_f = peak_b = 0.0
     bd_total: dict[str, float] = {}
@@ -457,8 +468,10 @@ def _result(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reques
         metrics=metrics,
         tpot_token_weighted_ms=_token_weighted_tpot_ms(log.first_s, log.finish_s,
                                                        requests.output_tokens, served),
-        dropped_by_reason=reasons, replicas=summaries,
-        workload=requests.summary().model_dump(mode="json"),
+        dropped_by_reason=reasons, outputs_cut=int(cut.sum()),
+        output_tokens_cut=int((log.asked_output[cut] - requests.output_tokens[cut]).sum()),
+        replicas=summaries,
+        workload=asked.summary().model_dump(mode="json"),
         energy=(_energy(cluster, plan, requests, log, engines, timelines, served, energy, makespan)
                 if timelines is not None else None))
     res._timings = {

@@ -218,6 +218,10 @@ class Requests:
         times."""
         return self._replace(arrival_s=arrival_s)
 
+    def with_output_tokens(self, output_tokens: np.ndarray) -> "Requests":
+        """The same requests with other output lengths (e.g. those an engine cut)."""
+        return self._replace(output_tokens=np.asarray(output_tokens, dtype=np.int64))
+
     def with_sampling(self, top_p: float | None = None, top_k: int | None = None) -> "Requests":
         """The same requests asking for another sampling filter (None = keep the current)."""
         return self._replace(top_p=self.top_p if top_p is None else top_p,

@@ -176,6 +176,16 @@ class EngineSpec(StrictModel):
     kv_must_hold_max_len: bool = Field(
         True, description="The server refuses to start when the KV cache holds fewer tokens than "
                           "max_model_len (vLLM); SGLang starts anyway and rejects longer requests.")
+    context_limit_exclusive: bool = Field(
+        False, description="A request needs prompt + max new tokens *below* the context length "
+                           "(SGLang's tokenizer manager refuses a total >= context_len); False: up "
+                           "to it (vLLM refuses only a total > max_model_len).")
+    clip_output_to_kv_pool: bool = Field(
+        False, description="A request longer than the KV pool is served with its output cut to "
+                           "fit: max new tokens = min(asked, min(context, pool) - prompt - 2), and "
+                           "a prompt above min(context, pool) - 6 is refused (SGLang's scheduler, "
+                           "max_req_len / max_req_input_len). False: such a request can never run "
+                           "and counts as dropped.")
     watermark_fraction: NonNegFloat = Field(0.01, description="Share of KV blocks kept free when "
                                                                "admitting a prefill (V0 only).")
     block_size: int = Field(16, ge=1, le=1024, description="KV-cache block (page) size in tokens.")
