@@ -135,6 +135,12 @@ def test_sglang_cuts_outputs_longer_than_its_kv_pool_where_vllm_drops_them(m8, n
     v0 = simulate(m8, node, plan, req, num_blocks_override=pool // 16,
                   engine=load_engine("vllm-0.6"))
     assert v0.outputs_cut == 0 and v0.metrics.num_dropped == 2
+    # a request served short did not get what it asked for: like a drop, it misses the SLO
+    from apex_opt.specs.slo import SLOSpec
+
+    loose = SLOSpec.model_validate({"e2e_s": {"target": 1e6, "percentile": 50}})
+    met = simulate(m8, node, plan, req, num_blocks_override=pool, engine=sg, slo=loose)
+    assert met.metrics.slo_attainment == pytest.approx(1 / 3)
 
 
 def test_sglang_refuses_a_request_that_reaches_the_context_length(m8, node):

@@ -8,8 +8,9 @@ Definitions (all vectorised numpy):
 * E2E = finish - arrival, in s;
 * percentiles use numpy's ``linear`` method; statistics cover completed requests only;
 * throughput = completed output tokens / makespan; goodput = requests meeting every SLO target /
-  makespan; SLO attainment = fraction of *all* requests meeting every target (dropped requests
-  never do; see :mod:`apex_opt.specs.slo` for how percentile targets are checked);
+  makespan; SLO attainment = fraction of *all* requests meeting every target (dropped requests,
+  and requests whose output the engine cut short, never do; see :mod:`apex_opt.specs.slo` for
+  how percentile targets are checked);
 * MFU = FLOPs / (makespan * peak FLOP/s); MBU = bytes / (makespan * peak bytes/s). Both must come
   out <= 1; larger values mean the caller passed inconsistent numbers and raise ValueError.
 
@@ -166,10 +167,12 @@ def compute_metrics(arrival_s, first_token_s, finish_s, output_tokens, prompt_to
                     slo: SLOSpec | None = None, breakdown: Mapping[str, float] | None = None,
                     flops: float | None = None, bytes: float | None = None,  # noqa: A002
                     peak_flops: float | None = None, peak_bytes_per_s: float | None = None,
-                    preemptions: int = 0) -> Metrics:
+                    preemptions: int = 0, cut_mask=None) -> Metrics:
     """Aggregate per-request timings (seconds, one entry per request) into :class:`Metrics`.
 
     ``dropped_mask`` marks requests that never completed (their times are ignored).
+    ``cut_mask`` marks requests served with a shorter output than they asked for (the engine cut
+    it to fit): their times count, but like drops they never meet the SLO.
     ``makespan_s`` is the simulated wall time the throughputs and power divide by. ``energy_j``
     is the total energy of all GPUs; ``breakdown`` the total time per component in **seconds**
     (reported in ms); ``flops``/``bytes`` the work done, ``peak_flops``/``peak_bytes_per_s`` the
@@ -192,7 +195,8 @@ def compute_metrics(arrival_s, first_token_s, finish_s, output_tokens, prompt_to
 
     slo_fields: dict = {}
     if slo is not None and slo.has_targets:
-        all_ok, per = slo_request_mask(ttft_ms, tpot_ms, e2e_s, out, drop, slo)
+        missed = drop if cut_mask is None else drop | np.asarray(cut_mask, dtype=bool)
+        all_ok, per = slo_request_mask(ttft_ms, tpot_ms, e2e_s, out, missed, slo)
         attain = float(all_ok.mean()) if n else 0.0
         fractions = {k: float(m.mean()) if n else 0.0 for k, m in per.items()}
         targets_hold = all(fractions[k] * 100 >= t.percentile * (1 - 1e-12)

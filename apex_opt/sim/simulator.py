@@ -460,7 +460,7 @@ def _result(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reques
         requests.arrival_s, log.first_s, log.finish_s, requests.output_tokens,
         requests.prompt_tokens, ~served, makespan_s=makespan, energy_j=energy, slo=slo,
         breakdown=bd_total or None, flops=flops, bytes=nbytes, peak_flops=peak_f,
-        peak_bytes_per_s=peak_b, preemptions=int(log.preemptions.sum()))
+        peak_bytes_per_s=peak_b, preemptions=int(log.preemptions.sum()), cut_mask=cut)
     reasons = {DROP_REASONS[c]: int((log.dropped == c).sum()) for c in DROP_REASONS
                if (log.dropped == c).any()}
     res = SimulationResult(
