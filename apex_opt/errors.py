@@ -30,6 +30,7 @@ class InputError(ApexError):
         if field:
             parts.append(f"field '{field}'")
         prefix = ": ".join(parts)
+        self.reason = message  # without source, field and value (to re-raise it elsewhere)
         if field is not None and value is not None:
             message = f"{message} (got {value!r})"
         super().__init__(f"{prefix}: {message}" if prefix else message)

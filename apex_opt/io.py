@@ -94,12 +94,36 @@ def parse_yaml(text: str, source: str) -> Any:
     return data
 
 
+class DuplicateJSONKey(ValueError):
+    """A JSON object with a key given twice (raised by :func:`unique_json_keys`)."""
+
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def unique_json_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """json object_pairs_hook that refuses a key given twice (json.loads keeps the last one
+    silently, as PyYAML does; parse_yaml refuses it too)."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise DuplicateJSONKey(k)
+        out[k] = v
+    return out
+
+
 def parse_json(text: str, source: str) -> Any:
+    if not text.strip():
+        raise InputError("file is empty", source=source)
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_json_keys)
     except json.JSONDecodeError as exc:
         raise InputError(f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
                          source=source) from None
+    except DuplicateJSONKey as exc:
+        raise InputError("key given twice in one object; remove one", source=source,
+                         field=exc.key) from None
 
 
 def load_data(path: str | Path) -> Any:

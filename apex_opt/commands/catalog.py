@@ -62,7 +62,9 @@ def models_show(ref, as_json):
     Example:
       apex-opt models show deepseek-v3
     """
-    s = load_model(ref)
+    from .common import load_model_ref
+
+    s = load_model_ref(ref, "REF")
     su = s.summary()
     if as_json:
         click.echo(to_json({"schema_version": SCHEMA_VERSION, **su}))

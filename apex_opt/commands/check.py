@@ -7,10 +7,10 @@ import click
 from ..check import CheckOptions, check
 from ..errors import InfeasibleError, InputError
 from ..report.render import console, gib, table, to_json
-from ..specs.engine import load_engine
 from ..specs.plan import ReplicaConfig
-from .common import (check_max_model_len, cluster_option, engine_option, json_option,
-                     kv_dtype_option, load_inputs, model_option, weight_dtype_option)
+from .common import (FiniteFloatRange, check_max_model_len, cluster_option, command_line_errors,
+                     engine_option, json_option, kv_dtype_option, load_engine_flag, load_inputs,
+                     model_option, weight_dtype_option)
 
 
 @click.command("check")
@@ -20,7 +20,7 @@ from .common import (check_max_model_len, cluster_option, engine_option, json_op
 @kv_dtype_option
 @click.option("--max-model-len", type=click.IntRange(16, 10_000_000), default=None,
               help="Max context per request [default: the model's maximum].")
-@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=None,
+@click.option("--gpu-memory-utilization", type=FiniteFloatRange(0.05, 1.0), default=None,
               help="Share of device memory the engine may use [default: the engine's: vLLM 0.9, "
                    "SGLang's mem_fraction_static by GPU memory].")
 @click.option("--max-num-seqs", type=click.IntRange(1, 65536), default=None,
@@ -51,7 +51,7 @@ def command(model_ref, cluster_ref, weight_dtype, kv_dtype, max_model_len, gpu_m
     model, cluster = load_inputs(model_ref, cluster_ref)
     # an unset --weight-dtype stays None: ReplicaConfig.resolved() takes the checkpoint's, as the
     # Python API's check() does
-    engine = load_engine(engine_name)  # unknown names: exit 2 listing the valid ones
+    engine = load_engine_flag(engine_name)  # unknown names: exit 2 listing the valid ones
     engine_name = engine.label
     check_max_model_len(model, max_model_len)
     # what vLLM refuses to start with (token budget below max_num_seqs / max_model_len), as simulate
@@ -68,7 +68,8 @@ def command(model_ref, cluster_ref, weight_dtype, kv_dtype, max_model_len, gpu_m
                         gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
                         max_num_batched_tokens=max_num_batched_tokens, chunked_prefill=chunked_prefill,
                         engine=engine_name)
-    res = check(model, cluster, opts)
+    with command_line_errors():  # e.g. a --weight-dtype the engine cannot run on the GPU
+        res = check(model, cluster, opts)
     if as_json:
         click.echo(to_json(res))
     else:

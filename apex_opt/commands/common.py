@@ -2,10 +2,79 @@
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
 import click
 
+from ..errors import InputError
 from ..registry import load_cluster
 from ..specs.model import load_model
+
+#: the source named by errors in a flag's value
+CLI_SOURCE = "<command line>"
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click.FloatRange that also refuses nan and inf (NaN passes every range comparison, so
+    ``--client-ramp nan`` or ``--gpu-memory-utilization nan`` would reach the models)."""
+
+    def convert(self, value, param, ctx):
+        rv = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(rv, param, ctx)
+
+
+class NonEmptyPath(click.Path):
+    """click.Path that refuses an empty string: ``--slo ""`` would silently mean no SLO (or the
+    bundled default), ``--trace ""`` the current folder."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("empty path.", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def flag_for(field: str | None, flags: dict[str, str]) -> str | None:
+    """The command-line flag a library field name stands for: ``flags[field]``, else
+    ``--field-name`` (without a ``plan.groups[0].`` prefix) when the current command has that
+    option, else ``field`` unchanged."""
+    if field is None or field.startswith("--"):
+        return field
+    if field in flags:
+        return flags[field]
+    base = field
+    for prefix in ("plan.groups[0].", "groups[0]."):
+        base = base.removeprefix(prefix)
+    flag = "--" + base.replace("_", "-")
+    ctx = click.get_current_context(silent=True)
+    known = {o for p in (ctx.command.params if ctx is not None else ()) for o in p.opts}
+    return flag if flag in known else field
+
+
+@contextmanager
+def command_line_errors(flags: dict[str, str] | None = None) -> Iterator[None]:
+    """InputErrors raised inside without a source are about values given on the command line
+    (names, flags): re-raise them as one line naming ``<command line>`` and the flag (a library
+    field name is mapped through ``flags``, else to ``--field-name`` when the command has it)."""
+    try:
+        yield
+    except InputError as exc:
+        if exc.source is not None:
+            raise
+        raise InputError(exc.reason, source=CLI_SOURCE, field=flag_for(exc.field, flags or {}),
+                         value=exc.value) from None
+
+
+def load_engine_flag(engine_name: str | None):
+    """The --engine profile (an unknown name or version: InputError naming the flag)."""
+    from ..specs.engine import load_engine
+
+    with command_line_errors({"engine": "--engine"}):
+        return load_engine(engine_name)
+
 
 model_option = click.option(
     "--model", "model_ref", default="llama-3.1-70b", show_default=True,
@@ -31,14 +100,52 @@ kv_dtype_option = click.option("--kv-dtype", type=click.Choice(["bf16", "fp8"]),
 
 
 def load_inputs(model_ref: str, cluster_ref: str):
-    """The model and the cluster; one warning line per link bandwidth in a doubtful unit."""
+    """The model and the cluster; one warning line per link bandwidth in a doubtful unit. An empty
+    or unknown name is an InputError naming --model / --cluster; a device ``profile`` that is not
+    bundled is one naming the cluster file and the field (it would silently fall back to the
+    roofline, or fail later without naming the file)."""
+    from ..bundled import profile_names
     from ..errors import warn
     from ..specs.cluster import unit_warnings
 
-    cluster = load_cluster(cluster_ref)
+    if not cluster_ref.strip():
+        raise InputError("empty cluster name or YAML path", source=CLI_SOURCE, field="--cluster",
+                         value=cluster_ref)
+    if not model_ref.strip():  # before reading the cluster: both are checked up front
+        raise InputError("empty model name or config.json path", source=CLI_SOURCE,
+                         field="--model", value=model_ref)
+    try:
+        cluster = load_cluster(cluster_ref)
+    except InputError as exc:
+        if exc.source is None:  # an unknown bundled name (its message lists the valid ones)
+            raise InputError(exc.reason, source=CLI_SOURCE, field="--cluster") from None
+        raise
+    known = profile_names()
+    for i, p in enumerate(cluster.pools):
+        prof = p.device.profile
+        if prof is not None and prof not in known:
+            raise InputError(f"unknown operator profile; bundled: {', '.join(known)} (or leave "
+                             f"'profile' out to use the roofline)", source=cluster_ref,
+                             field=f"pools[{i}].device.profile", value=prof)
     for w in unit_warnings(cluster):
         warn(f"{cluster_ref}: {w}")
-    return load_model(model_ref), cluster
+    return load_model_ref(model_ref), cluster
+
+
+def load_model_ref(ref: str, flag: str = "--model"):
+    """The model of a bundled name or a config.json path given as ``flag``; an empty or unknown
+    name is an InputError naming the flag (the message lists the bundled names)."""
+    if not ref.strip():
+        raise InputError("empty model name or config.json path", source=CLI_SOURCE, field=flag,
+                         value=ref)
+    try:
+        return load_model(ref)
+    except InputError as exc:
+        if exc.source is None:
+            raise InputError(exc.reason, source=CLI_SOURCE, field=flag) from None
+        raise
+
+
 def _engine_help() -> str:
     try:
         from ..specs.engine import all_engines
@@ -59,7 +166,7 @@ _sm_clock_option = click.option(
     "--sm-clock-mhz", type=click.IntRange(1, 10_000), default=None,
     help="Lock the GPUs' SM clock (MHz, as `nvidia-smi -lgc`), e.g. 1410 [default: driver default].")
 _power_cap_option = click.option(
-    "--power-cap-w", type=click.FloatRange(min=0, min_open=True), default=None,
+    "--power-cap-w", type=FiniteFloatRange(min=0, min_open=True), default=None,
     help="GPU board power limit (W, as `nvidia-smi -pl`), e.g. 500 [default: the device's TDP].")
 
 
@@ -85,7 +192,7 @@ def check_gpu_setting_flags(cluster, pool: str | None, sm_clock_mhz: int | None,
 
 
 _sampling_top_p_option = click.option(
-    "--sampling-top-p", "sampling_top_p", type=click.FloatRange(0, 1, min_open=True), default=None,
+    "--sampling-top-p", "sampling_top_p", type=FiniteFloatRange(0, 1, min_open=True), default=None,
     help="top_p every request sends, e.g. 0.95 [default: 1 = no filter, or the workload file's]. "
          "vLLM's sort-based top-p/top-k filter costs GPU time on every step.")
 _sampling_top_k_option = click.option(

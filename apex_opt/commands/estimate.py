@@ -6,10 +6,10 @@ import click
 
 from ..estimate import estimate, parse_batch
 from ..report.render import console, table, to_json
-from ..specs.engine import load_engine
 from ..specs.plan import ReplicaConfig
-from .common import (cluster_option, engine_option, json_option, kv_dtype_option, load_inputs, model_option,
-                     weight_dtype_option, gpu_setting_options, check_gpu_setting_flags)
+from .common import (CLI_SOURCE, check_gpu_setting_flags, cluster_option, command_line_errors,
+                     engine_option, gpu_setting_options, json_option, kv_dtype_option,
+                     load_engine_flag, load_inputs, model_option, weight_dtype_option)
 
 
 @click.command("estimate")
@@ -57,15 +57,22 @@ def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, ba
     except ValueError as exc:  # pydantic's ValidationError: its first message, not its URL line
         errs = getattr(exc, "errors", lambda: [])()
         msg = errs[0]["msg"].removeprefix("Value error, ") if errs else str(exc).splitlines()[0]
-        raise InputError(msg, source="<command line>", field="--tp/--pp/--ep",
+        raise InputError(msg, source=CLI_SOURCE, field="--tp/--pp/--ep",
                          value=f"{tp}/{pp}/{ep}") from None
-    batch = parse_batch(batch_spec)
+    if not batch_spec.isascii():  # e.g. full-width digits, which int() would read
+        raise InputError("expected decode:NxCONTEXT or prefill:NxTOKENS[@CACHED] in ASCII",
+                         source=CLI_SOURCE, field="--batch", value=batch_spec)
+    with command_line_errors():
+        batch = parse_batch(batch_spec)
     longest = max([*batch.decode_ctx, *(t + k for t, k in batch.prefill)], default=0)
     if longest > model.max_position_embeddings:  # no engine serves a sequence this long
         raise InputError(f"a sequence of {longest:,} tokens exceeds the maximum context of "
                          f"{model.name} ({model.max_position_embeddings:,}, "
-                         f"max_position_embeddings)", field="--batch", value=batch_spec)
-    res = estimate(model, cluster, cfg, batch, engine=load_engine(engine_name))
+                         f"max_position_embeddings)", source=CLI_SOURCE, field="--batch",
+                         value=batch_spec)
+    engine = load_engine_flag(engine_name)
+    with command_line_errors():  # --pool, --tp/--pp/--ep, --weight-dtype the replica refuses
+        res = estimate(model, cluster, cfg, batch, engine=engine)
     if as_json:
         click.echo(to_json(res))
         return

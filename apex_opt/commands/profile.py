@@ -6,13 +6,15 @@ from pathlib import Path
 
 import click
 
+from .common import NonEmptyPath
+
 
 def _echo_progress(msg: str) -> None:
     click.echo(f"  {msg}", err=True)
 
 
 @click.command("profile")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", required=True, type=NonEmptyPath(file_okay=False, path_type=Path),
               help="Directory to create (its name becomes the profile name).")
 @click.option("--quick", is_flag=True,
               help="Toy sizes and 3 reps: a few seconds, even on a CPU. Checks the setup; the "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from typing import get_args
 
 import click
@@ -17,11 +18,12 @@ from ..specs.plan import Plan
 from ..specs.slo import load_slo
 from ..specs.workload import WorkloadSpec, load_workload
 from ..specs.engine import load_engine
-from .common import (apply_client_ramp, apply_sampling, check_gpu_setting_flags,
-                     check_max_model_len, check_request_lengths, cluster_option, engine_option,
-                     gpu_setting_options, json_option, kv_dtype_option, load_inputs, model_option,
-                     sampling_options, sort_trace_option, warn_thin_percentiles,
-                     weight_dtype_option)
+from .common import (FiniteFloatRange, NonEmptyPath, apply_client_ramp, apply_sampling,
+                     check_gpu_setting_flags, check_max_model_len, check_request_lengths,
+                     cluster_option, command_line_errors, engine_option, flag_for,
+                     gpu_setting_options, json_option, kv_dtype_option, load_engine_flag,
+                     load_inputs, model_option, sampling_options, sort_trace_option,
+                     warn_thin_percentiles, weight_dtype_option)
 
 _SRC = "<command line>"
 
@@ -93,7 +95,9 @@ def _requests(trace, workload, rate, num_requests, prompt_len, output_len, arriv
         # N distinct prompts drawn with replacement (aiperf / genai-perf synthetic datasets):
         # two requests with the same draw send the same whole prompt
         fields["prefix"] = {"groups": prompt_pool, "shared_tokens": prompt_len}
-    spec = validate(WorkloadSpec, fields, _SRC)
+    with _flag_names({"arrival": "--rate", "arrival.rate": "--rate", "arrival.cv": "--cv",
+                      "arrival.concurrency": "--concurrency", "prefix.groups": "--prompt-pool"}):
+        spec = validate(WorkloadSpec, fields, _SRC)
     return generate(spec, np.random.default_rng(seed or 0))
 
 
@@ -119,7 +123,22 @@ def _plan(opts: dict) -> Plan:
         group["prefix_caching"] = opts["prefix_caching"]
     if opts.get("mixed_chunk"):  # unset: the engine's own default (off)
         group["mixed_chunk"] = True
-    return validate(Plan, {"groups": [group], "router": opts["router"]}, _SRC)
+    with _flag_names({"groups[0].replicas": "--dp"}):
+        return validate(Plan, {"groups": [group], "router": opts["router"]}, _SRC)
+
+
+@contextmanager
+def _flag_names(flags: dict[str, str]):
+    """Errors in the specs this command builds from its flags name the flag, not the field."""
+    from ..errors import InputError
+
+    try:
+        yield
+    except InputError as exc:
+        if exc.source != _SRC:
+            raise
+        raise InputError(exc.reason, source=_SRC, field=flag_for(exc.field, flags),
+                         value=exc.value) from None
 
 
 def _render_energy(con, e) -> None:
@@ -246,7 +265,7 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
 @click.option("--pool", default=None, help="Device pool of the cluster [default: the first].")
 @weight_dtype_option
 @kv_dtype_option
-@click.option("--trace", type=click.Path(dir_okay=False), default=None,
+@click.option("--trace", type=NonEmptyPath(dir_okay=False), default=None,
               help="Request trace: APEX JSONL (StartTimeOffset/ContextTokens/GeneratedTokens), "
                    "Mooncake JSONL (timestamp/input_length/output_length/hash_ids: shared "
                    "prefixes) or Azure CSV; the format is detected from the content.")
@@ -257,7 +276,7 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
                    "--client-ramp). Use "
                    "with --num-requests/--prompt-len/--output-len, or with --workload/--trace "
                    "for the lengths (their arrival times then only order the requests).")
-@click.option("--client-ramp", "client_ramp", type=click.FloatRange(0, 1e6), default=None,
+@click.option("--client-ramp", "client_ramp", type=FiniteFloatRange(0, 1e6), default=None,
               metavar="SECONDS",
               help="Closed loop: stagger the clients' first requests evenly over this many "
                    "seconds (client i starts at i x SECONDS / N) instead of all at t=0, e.g. "
@@ -269,9 +288,9 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
                    "requests sent together stay in lockstep, so their TTFT includes prefilling "
                    "the whole group; real clients drift apart by an amount nothing records, and "
                    "the two runs show how much TTFT hangs on it [default: on].")
-@click.option("--workload", type=click.Path(dir_okay=False), default=None,
+@click.option("--workload", type=NonEmptyPath(dir_okay=False), default=None,
               help="Synthetic workload YAML (arrival process + length distributions).")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--rate", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Synthetic: requests per second.")
 @click.option("--num-requests", type=click.IntRange(1, 10_000_000), default=None,
               help="Synthetic: number of requests.")
@@ -286,11 +305,11 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
                    "cache [default: every prompt distinct].")
 @click.option("--arrival", type=click.Choice(["poisson", "gamma", "constant"]), default="poisson",
               show_default=True, help="Synthetic: arrival process.")
-@click.option("--cv", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+@click.option("--cv", type=FiniteFloatRange(min=0, min_open=True), default=2.0, show_default=True,
               help="Synthetic gamma arrivals: coefficient of variation of the gaps.")
-@click.option("--seed", type=click.IntRange(0), default=None,
+@click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=None,
               help="Seed of the synthetic workload [default: 0, or the workload file's seed].")
-@click.option("--slo", "slo_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--slo", "slo_path", type=NonEmptyPath(dir_okay=False), default=None,
               help="SLO YAML: report attainment and goodput against its targets [default: "
                    "none, latency and throughput only].")
 @click.option("--max-num-seqs", type=click.IntRange(1, 65536), default=None,
@@ -303,7 +322,7 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
 @click.option("--chunked-prefill/--no-chunked-prefill", default=None,
               help="Chunked prefill [default: the engine's own: vLLM V1 and SGLang always, "
                    "vLLM 0.6 when max_model_len > 32768].")
-@click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0), default=None,
+@click.option("--gpu-memory-utilization", type=FiniteFloatRange(0.05, 1.0), default=None,
               help="Share of device memory the engine may use [default: the engine's: vLLM 0.9, "
                    "SGLang's mem_fraction_static by GPU memory].")
 @click.option("--max-model-len", type=click.IntRange(16, 10_000_000), default=None,
@@ -367,7 +386,7 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
                          value=opts["pool"])
     check_gpu_setting_flags(cluster, opts.get("pool"), opts.get("sm_clock_mhz"),
                             opts.get("power_cap_w"))
-    engine = load_engine(engine_name)
+    engine = load_engine_flag(engine_name)
     plan = _plan(opts)
     # the simulator refuses (exit 2) what the real engine refuses to start with
     check_max_model_len(model, opts.get("max_model_len"))
@@ -384,8 +403,9 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     if slo is not None:
         warn_thin_percentiles(slo, requests, slo_path)
     show = progress if progress is not None else sys.stderr.isatty()
-    res = simulate(model, cluster, plan, requests, slo=slo, seed=seed or 0, progress=bool(show),
-                   engine=engine, compare_staggered=compare_staggered)
+    with command_line_errors():  # the plan's flags the engine or the model refuses
+        res = simulate(model, cluster, plan, requests, slo=slo, seed=seed or 0,
+                       progress=bool(show), engine=engine, compare_staggered=compare_staggered)
     if as_json:
         click.echo(to_json(res))
     else:

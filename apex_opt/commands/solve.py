@@ -9,11 +9,11 @@ import click
 
 from ..errors import InfeasibleError, InputError
 from ..registry import data_dir
-from ..report.render import console, table, to_json
-from ..specs.engine import load_engine
+from ..report.render import to_json
 from ..search import DEFAULT_TIME_LIMIT_S, DEFAULT_TOP_K, OBJECTIVES, SolveResult, solve
-from .common import (apply_client_ramp, apply_sampling, check_max_model_len,
-                     check_request_lengths, cluster_option, engine_option, json_option, load_inputs,
+from .common import (CLI_SOURCE, FiniteFloatRange, NonEmptyPath, apply_client_ramp,
+                     apply_sampling, check_max_model_len, check_request_lengths, cluster_option,
+                     engine_option, flag_for, json_option, load_engine_flag, load_inputs,
                      model_option, sampling_options, sort_trace_option, warn_thin_percentiles)
 
 DEFAULT_WORKLOAD = "default-workload.yaml"
@@ -26,9 +26,11 @@ def _load_requests(trace: str | None, workload: str | None, sort_trace: bool = F
     from ..specs.workload import load_workload
 
     if trace and workload:
-        raise InputError("give either --trace or --workload, not both", field="--trace", value=trace)
+        raise InputError("give either --trace or --workload, not both", source=CLI_SOURCE,
+                         field="--trace", value=trace)
     if sort_trace and not trace:
-        raise InputError("--sort-trace only applies to --trace", field="--sort-trace", value=True)
+        raise InputError("--sort-trace only applies to --trace", source=CLI_SOURCE,
+                         field="--sort-trace", value=True)
     if trace:
         req = load_trace(trace, sort=sort_trace)
     else:
@@ -70,7 +72,50 @@ def parse_attention_dp(value: str) -> int | None:
     if v.isdigit() and int(v) >= 1:
         return int(v)
     raise InputError("use auto, off or a size N >= 1 (e.g. --attention-dp 8)",
-                     field="--attention-dp", value=value)
+                     source=CLI_SOURCE, field="--attention-dp", value=value)
+
+
+def _check_plot_path(plot_path: str) -> None:
+    """--plot: a format the plot is written in, into a folder that exists or can be made and is
+    writable, with the 'plot' extra installed -- checked before the search, not after it."""
+    import importlib.util
+    import os
+
+    from ..report.plot import _FORMATS
+
+    path = Path(plot_path)
+    if path.suffix.lower() not in _FORMATS:
+        raise InputError(f"the plot format is taken from the suffix: use one of "
+                         f"{', '.join(_FORMATS)}", source=CLI_SOURCE, field="--plot",
+                         value=plot_path)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError("cannot write the plot: the file is not writable", source=CLI_SOURCE,
+                         field="--plot", value=plot_path)
+    anc = next(a for a in path.absolute().parents if a.exists())
+    if not anc.is_dir():
+        raise InputError(f"cannot write the plot: {anc} is a file, not a folder",
+                         source=CLI_SOURCE, field="--plot", value=plot_path)
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write the plot: folder {anc} is not writable",
+                         source=CLI_SOURCE, field="--plot", value=plot_path)
+    if importlib.util.find_spec("matplotlib") is None:
+        raise InputError("plots need the 'plot' extra: pip install 'apex-opt[plot]'",
+                         source=CLI_SOURCE, field="--plot", value=plot_path)
+
+
+def _where_the_user_wrote_it(exc: InputError, files: dict[str, str],
+                             set_in: dict[str, str]) -> InputError:
+    """``exc`` naming what the user wrote: a file the library knows by a label (the cluster's
+    name, the workload's ``synthetic:<name>``: ``files[label]``) by its path; an error without a
+    source, about a value of the command line, by its flag -- or, for a field the user may set
+    in a file (``set_in[field]``), by that file."""
+    if exc.source is None:
+        source = set_in.get(str(exc.field), CLI_SOURCE)
+        field = flag_for(exc.field, {}) if source == CLI_SOURCE else exc.field
+        return InputError(exc.reason, source=source, field=field, value=exc.value)
+    if files.get(exc.source, exc.source) != exc.source:
+        return InputError(exc.reason, source=files[exc.source], field=exc.field, value=exc.value)
+    return exc
 
 
 def _fmt(x, spec: str = ".1f") -> str:
@@ -87,7 +132,7 @@ def render_tables(res: SolveResult) -> None:
 @click.command("solve")
 @model_option
 @cluster_option
-@click.option("--trace", type=click.Path(dir_okay=False), default=None,
+@click.option("--trace", type=NonEmptyPath(dir_okay=False), default=None,
               help="Replay this request trace (APEX JSONL, Mooncake JSONL with hash_ids, or "
                    "Azure CSV; detected from the content).")
 @sort_trace_option
@@ -95,15 +140,15 @@ def render_tables(res: SolveResult) -> None:
               help="Serve the workload's requests as a closed loop of N clients (each sends its "
                    "next request when its previous one finished) instead of at their arrival "
                    "times.")
-@click.option("--client-ramp", "client_ramp", type=click.FloatRange(0, 1e6), default=None,
+@click.option("--client-ramp", "client_ramp", type=FiniteFloatRange(0, 1e6), default=None,
               metavar="SECONDS",
               help="Closed loop: stagger the clients' first requests evenly over this many "
                    "seconds instead of all at t=0 [default: 0, or the --workload file's ramp_s].")
-@click.option("--workload", type=click.Path(dir_okay=False), default=None,
+@click.option("--workload", type=NonEmptyPath(dir_okay=False), default=None,
               help="Synthetic workload YAML (rate, number of requests, length distributions) "
                    "[default: the bundled chat example, 500 requests at 3 req/s].")
 @sampling_options
-@click.option("--slo", "slo_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--slo", "slo_path", type=NonEmptyPath(dir_okay=False), default=None,
               help="SLO YAML: TTFT/TPOT/E2E targets, attainment, objective, constraints "
                    "[default: the bundled example, p90 TTFT <= 2 s, p90 TPOT <= 60 ms].")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default=None,
@@ -117,7 +162,7 @@ def render_tables(res: SolveResult) -> None:
                    "(with 1 the simulation pool uses every core; results are identical either way).")
 @click.option("--executor", type=click.Choice(["process", "ray", "serial"]), default="process",
               show_default=True, help="Where the shortlist is simulated (ray needs the 'ray' extra).")
-@click.option("--time-limit", "time_limit", type=click.FloatRange(0.01, 3600), default=DEFAULT_TIME_LIMIT_S,
+@click.option("--time-limit", "time_limit", type=FiniteFloatRange(0.01, 3600), default=DEFAULT_TIME_LIMIT_S,
               show_default=True, help="CP-SAT deterministic time limit per solve (seconds).")
 @click.option("--seed", type=int, default=0, show_default=True, help="CP-SAT random seed.")
 @engine_option
@@ -143,7 +188,7 @@ def render_tables(res: SolveResult) -> None:
                    "it; off keeps attention tensor-parallel; N searches only N attention ranks "
                    "per replica. Example: --attention-dp 8.")
 @json_option
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--plot", "plot_path", type=NonEmptyPath(dir_okay=False), default=None,
               help="Write the decision plot of the simulated plans: objective vs GPUs and "
                    "J/token vs the SLO's latency percentile, Pareto fronts, the chosen plan "
                    "starred (.png/.svg/.pdf; needs the 'plot' extra). Example: --plot plans.png")
@@ -176,7 +221,8 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, client_ramp,
     """
     if hf_id is not None and not hf_id.strip():
         raise InputError("empty model id for the launch commands; give ORG/NAME or a weights "
-                         "folder, or leave --hf-id out", field="--hf-id", value=hf_id)
+                         "folder, or leave --hf-id out", source=CLI_SOURCE, field="--hf-id",
+                         value=hf_id)
     adp = parse_attention_dp(attention_dp)
     model, cluster = load_inputs(model_ref, cluster_ref)
     requests = _load_requests(trace, workload, sort_trace, concurrency)
@@ -201,21 +247,16 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, client_ramp,
     check_request_lengths(requests, model, slo.constraints.max_model_len,
                           source=trace or workload or DEFAULT_WORKLOAD,
                           field="input + output tokens" if trace else "prompt_len + output_len",
-                          exclusive=load_engine(engine_name).context_limit_exclusive)
+                          exclusive=load_engine_flag(engine_name).context_limit_exclusive)
     if plot_path:  # refuse an unwritable path now, not after the whole search
-        anc = next(a for a in Path(plot_path).absolute().parents if a.exists())
-        if not anc.is_dir():
-            raise InputError(f"cannot write the plot: {anc} is a file, not a folder",
-                             field="--plot", value=plot_path)
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise InputError("plots need the 'plot' extra: pip install 'apex-opt[plot]'",
-                             field="--plot", value=plot_path) from None
+        _check_plot_path(plot_path)
     from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(console=Console(stderr=True), transient=True, disable=as_json) as bar:
+    # off unless stderr is a terminal: elsewhere rich leaves an empty line on stderr, which
+    # would stand before the one error line of a bad input found during the search
+    with Progress(console=Console(stderr=True), transient=True,
+                  disable=as_json or not sys.stderr.isatty()) as bar:
         task = bar.add_task("searching", total=None)
 
         def progress(what: str, done: int, total: int) -> None:
@@ -230,6 +271,13 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, client_ramp,
                         time_limit_s=time_limit, model_ref=model_ref, engine=engine_name,
                         also_launch=tuple(also_launch), launcher=launcher, progress=progress,
                         attention_dp=adp)
+        except InputError as exc:
+            files = {cluster.name: cluster_ref,
+                     requests.source: trace or workload or DEFAULT_WORKLOAD}
+            # the objective comes from --objective, else from the SLO file
+            set_in = {"objective": CLI_SOURCE if objective is not None else
+                      slo_path or DEFAULT_SLO}
+            raise _where_the_user_wrote_it(exc, files, set_in) from None
         except InfeasibleError as exc:
             from ..report.tables import infeasible_document, render_infeasible
 

@@ -44,9 +44,9 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import InputError
-from ..io import read_text
+from ..io import DuplicateJSONKey, read_text, unique_json_keys
 from ..specs.common import StrictModel
-from ..specs.workload import (ArrivalSpec, LengthDist, PrefixSpec, WorkloadSpec,
+from ..specs.workload import (MAX_ARRIVAL_S, ArrivalSpec, LengthDist, PrefixSpec, WorkloadSpec,
                                lognormal_params)
 from .metrics import R6, R6Opt, Stats, stats_of
 
@@ -56,6 +56,9 @@ from .metrics import R6, R6Opt, Stats, stats_of
 
 #: Tokens per prefix block of Mooncake traces (``hash_ids``).
 MOONCAKE_BLOCK_TOKENS = 512
+#: Largest token count a trace row may give: engines count positions in int32; a longer request
+#: is no request (longer than the model's context but below this: the context check's business)
+MAX_TRACE_TOKENS = 2 ** 31 - 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -375,6 +378,9 @@ def _as_count(v: Any, src: str, line: int, fld: str, minimum: int) -> int:
         what = "output token" if fld in _OUTPUT_FIELDS else "prompt token"
         raise _err(src, line, f"token count must be >= {minimum} (every request needs at least "
                               f"one {what})", fld, raw)
+    if v > MAX_TRACE_TOKENS:
+        raise _err(src, line, f"token count is absurd (> {MAX_TRACE_TOKENS:,}, the int32 range "
+                              f"engines count positions in)", fld, raw)
     return v
 
 
@@ -410,9 +416,12 @@ def _json_lines(text: str, src: str):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=unique_json_keys)
         except json.JSONDecodeError as exc:
             raise _err(src, lineno, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+        except DuplicateJSONKey as exc:  # which of the two values is meant?
+            raise _err(src, lineno, "key given twice in one object; remove one", exc.key,
+                       None) from None
         if not isinstance(obj, dict):
             raise _err(src, lineno, f"expected a JSON object, got {type(obj).__name__}")
         yield lineno, obj
@@ -435,13 +444,26 @@ def _load_jsonl(text: str, src: str, sort: bool = False) -> Requests:
     return _load_apex(first, rows, src, sort)
 
 
+#: seconds per unit of the trace formats' time fields
+_TIME_UNITS = {"nanoseconds": 1e-9, "milliseconds": 1e-3, "seconds": 1.0}
+
+
 def _time_value(obj: dict, fld: str, src: str, lineno: int, unit: str) -> int | float:
     t = obj[fld]
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
         raise _err(src, lineno, f"{fld} must be a number of {unit}", fld, t)
     if t < 0:
         raise _err(src, lineno, "arrival time must not be negative", fld, t)
+    _check_time(t * _TIME_UNITS[unit], src, lineno, fld, t, f"{fld} is in {unit}")
     return t
+
+
+def _check_time(seconds: float, src: str, lineno: int, fld: str, raw: Any, hint: str) -> None:
+    """An arrival time past :data:`MAX_ARRIVAL_S` is no real trace's (the simulator's float
+    clock would lose its microseconds there): InputError ending in ``hint`` (the unit)."""
+    if seconds > MAX_ARRIVAL_S:
+        raise _err(src, lineno, f"arrival time {seconds:.3g} s is absurd (> {MAX_ARRIVAL_S:.0e} s, "
+                                f"about 317 years); {hint}", fld, raw)
 
 
 def _load_apex(first, rows, src: str, sort: bool) -> Requests:
@@ -579,6 +601,10 @@ def _load_csv(text: str, src: str, sort: bool = False) -> Requests:
         raise InputError(f"CSV header lacks column(s) {', '.join(missing)}; expected "
                          f"{','.join(_CSV_FIELDS)} (any letter case)", source=src, field="header",
                          value=",".join(header))
+    twice = [c for c in _CSV_FIELDS if folded.count(c.casefold()) > 1]
+    if twice:  # which of the two columns is meant?
+        raise InputError(f"CSV header has column {twice[0]} twice (any letter case); keep one",
+                         source=src, field="header", value=",".join(header))
     col = {c: folded.index(c.casefold()) for c in _CSV_FIELDS}
     width = max(col.values()) + 1
     t_ns: list[int] = []
@@ -596,7 +622,11 @@ def _load_csv(text: str, src: str, sort: bool = False) -> Requests:
         raw_t = row[col["TIMESTAMP"]]
         try:
             k, ns = _parse_timestamp(raw_t)
-        except (ValueError, OverflowError):
+        except OverflowError:  # a number of seconds beyond any nanosecond count
+            raise _err(src, lineno, f"arrival time is absurd (beyond {MAX_ARRIVAL_S:.0e} s, about "
+                                    f"317 years); TIMESTAMP is in seconds", "TIMESTAMP",
+                       raw_t) from None
+        except ValueError:
             raise _err(src, lineno, "TIMESTAMP is neither a date-time (YYYY-MM-DD HH:MM:SS.fff) "
                                     "nor a number of seconds", "TIMESTAMP", raw_t) from None
         if kind is None:
@@ -606,6 +636,11 @@ def _load_csv(text: str, src: str, sort: bool = False) -> Requests:
                        raw_t)
         if k == "num" and ns < 0:
             raise _err(src, lineno, "arrival time must not be negative", "TIMESTAMP", raw_t)
+        if k == "num":
+            _check_time(ns / 1e9, src, lineno, "TIMESTAMP", raw_t, "TIMESTAMP is in seconds")
+        elif t_ns:
+            _check_time((ns - t_ns[0]) / 1e9, src, lineno, "TIMESTAMP", raw_t,
+                        "counted from the first row's date-time")
         t_ns.append(ns)
         prompt.append(_as_count(row[col["ContextTokens"]].strip(), src, lineno, "ContextTokens", 1))
         output.append(_as_count(row[col["GeneratedTokens"]].strip(), src, lineno,

@@ -20,20 +20,35 @@ boolean is rejected), counts must be integers, and every rate/size must be finit
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
-from .common import ComputeDType, NonNegFloat, PosFloat, StrictModel
+from .common import ComputeDType, NonNegFloat, PosFloat, StrictNumbersModel
 
 #: Largest per-device memory we accept as sane (GiB).
 MAX_DEVICE_GIB = 4096.0
+#: Largest dense peak per dtype we accept as sane (TFLOP/s; B300 FP4 is ~15,000).
+MAX_DEVICE_TFLOPS = 1e5
+#: Largest memory or link bandwidth we accept as sane (GB/s; B300 HBM is 8,000).
+MAX_BANDWIDTH_GBPS = 1e5
+#: Largest board power we accept as sane (W; B300 is 1,100).
+MAX_DEVICE_POWER_W = 1e4
+#: Largest per-step link latency we accept as sane (us; NCCL steps take 1-10 us).
+MAX_LINK_LATENCY_US = 1e5
 
 
-class _StrictNumbers(StrictModel):
-    """StrictModel that also refuses type coercion (``"80"`` or ``true`` for a number)."""
+def _at_most(limit: float, unit: str) -> AfterValidator:
+    """A sanity bound on a number given in ``unit`` (a larger one is a unit mistake)."""
+    def check(v: float) -> float:
+        if v > limit:
+            raise ValueError(f"is absurd (> {limit:g} {unit}; the unit is {unit})")
+        return v
+    return AfterValidator(check)
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
+
+#: StrictModel that also refuses type coercion (``"80"`` or ``true`` for a number)
+_StrictNumbers = StrictNumbersModel
 
 
 class DeviceSpec(_StrictNumbers):
@@ -45,8 +60,10 @@ class DeviceSpec(_StrictNumbers):
     peak_tflops: dict[ComputeDType, PosFloat] = Field(
         description="Dense peak TFLOP/s per compute dtype (no structured-sparsity figures). "
                     "Must include bf16.")
-    hbm_bandwidth_gbps: PosFloat = Field(description="Peak memory bandwidth in GB/s.")
-    power_limit_w: PosFloat = Field(description="Board power limit (TDP) in watts.")
+    hbm_bandwidth_gbps: Annotated[PosFloat, _at_most(MAX_BANDWIDTH_GBPS, "GB/s")] = Field(
+        description="Peak memory bandwidth in GB/s.")
+    power_limit_w: Annotated[PosFloat, _at_most(MAX_DEVICE_POWER_W, "W")] = Field(
+        description="Board power limit (TDP) in watts.")
     idle_power_w: PosFloat = Field(description="Power drawn while idle, in watts.")
     profile: str | None = Field(None, description="Name of a bundled measured operator profile "
                                                   "(apex_opt/data/profiles/<name>), if any.")
@@ -114,6 +131,15 @@ class DeviceSpec(_StrictNumbers):
             raise ValueError(f"memory_gib {v} is absurd (> {MAX_DEVICE_GIB:g} GiB per device)")
         return v
 
+    @field_validator("peak_tflops")
+    @classmethod
+    def _tflops_sane(cls, v: dict[str, float]) -> dict[str, float]:
+        for dt, x in v.items():
+            if x > MAX_DEVICE_TFLOPS:
+                raise ValueError(f"peak_tflops {dt} {x:g} is absurd (> {MAX_DEVICE_TFLOPS:g} "
+                                 f"TFLOP/s per device; the unit is TFLOP/s)")
+        return v
+
     @field_validator("idle_power_w")
     @classmethod
     def _idle_below_limit(cls, v: float, info: ValidationInfo) -> float:
@@ -165,9 +191,11 @@ class LinkSpec(_StrictNumbers):
 
     kind: Literal["nvlink", "nvswitch", "xgmi", "pcie", "infiniband", "ethernet", "roce"] = Field(
         description="Link technology.")
-    bandwidth_gbps: PosFloat = Field(description="Unidirectional bandwidth per GPU in GB/s "
+    bandwidth_gbps: Annotated[PosFloat, _at_most(MAX_BANDWIDTH_GBPS, "GB/s")] = Field(
+        description="Unidirectional bandwidth per GPU in GB/s "
                                                  "(aggregate over all of the GPU's links).")
-    latency_us: NonNegFloat = Field(description="Per-hop / per-step latency in microseconds.")
+    latency_us: Annotated[NonNegFloat, _at_most(MAX_LINK_LATENCY_US, "us")] = Field(
+        description="Per-hop / per-step latency in microseconds.")
     peer_bandwidth_gbps: PosFloat | None = Field(
         None, description="Only for a full mesh of direct point-to-point links (e.g. AMD xGMI): "
                           "unidirectional bandwidth of ONE peer link in GB/s. A group of g GPUs "

@@ -14,6 +14,14 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+class StrictNumbersModel(StrictModel):
+    """StrictModel that also refuses type coercion: a quoted ``"80"`` or a boolean is not a number
+    (``num_requests: true`` would be 1 request, ``attainment: true`` 1.0), a count must be an
+    integer (``8.0`` is not one)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
+
+
 def _finite_pos(v: float) -> float:
     if not math.isfinite(v) or v <= 0:
         raise ValueError("must be a finite number > 0")

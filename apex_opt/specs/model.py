@@ -44,6 +44,7 @@ Mamba / RWKV / other recurrent layer types are refused (exit 2) with a one-line 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -1262,6 +1263,45 @@ def _is_mxfp4(q: dict) -> bool:
             and w.get("group_size") == 32)
 
 
+#: quantization_config quant_methods whose weights the memory and cost models size (see
+#: _checkpoint_dtype); any other would silently be planned as a bf16 checkpoint
+_QUANT_METHODS = ("fp8", "fbgemm_fp8", "gptq", "awq", "modelopt", "modelopt_fp4", "mxfp4",
+                  "compressed-tensors")
+#: torch_dtype / dtype values of HF configs (torch dtype names, optionally 'torch.'-prefixed)
+_TORCH_DTYPE = re.compile(r"^(torch\.)?(b?float\d*|half|double|auto|u?int\d+|float8_\w+|bf16|fp16|fp32)$")
+
+
+def _check_quantization(cfg: dict, source: str) -> None:
+    """One-line InputError for a checkpoint format the models cannot size: a quantization_config
+    that is no mapping, names no or an unknown quant_method, or GPTQ / AWQ bits other than 4 and
+    8; a torch_dtype that is no dtype. Each would otherwise be read as a bf16 checkpoint."""
+    for key in ("torch_dtype", "dtype"):
+        dt = cfg.get(key)
+        if dt is not None and not (isinstance(dt, str) and _TORCH_DTYPE.match(dt.strip().lower())):
+            raise InputError("is not a torch dtype (e.g. bfloat16, float16, float32)",
+                             source=source, field=key, value=dt)
+    if "quantization_config" not in cfg or cfg["quantization_config"] is None:
+        return
+    q = cfg["quantization_config"]
+    if not isinstance(q, dict):
+        raise InputError("must be a mapping with a quant_method", source=source,
+                         field="quantization_config", value=q)
+    method = q.get("quant_method")
+    if method is None:
+        raise InputError(f"is missing: the checkpoint's quantization is unknown (apex-opt sizes "
+                         f"{', '.join(_QUANT_METHODS)} checkpoints)", source=source,
+                         field="quantization_config.quant_method")
+    if not isinstance(method, str) or method.lower() not in _QUANT_METHODS:
+        raise InputError(f"quantization method is not modelled (apex-opt sizes "
+                         f"{', '.join(_QUANT_METHODS)} checkpoints); planning it as bf16 would "
+                         f"misstate its weights", source=source,
+                         field="quantization_config.quant_method", value=method)
+    bits = q.get("bits")
+    if method.lower() in ("gptq", "awq") and bits is not None and bits not in (4, 8):
+        raise InputError(f"{method} with {bits}-bit weights is not modelled (4 or 8 bits)",
+                         source=source, field="quantization_config.bits", value=bits)
+
+
 def _checkpoint_dtype(cfg: dict) -> str:
     q = cfg.get("quantization_config")
     mixed = _mixed_precision(q)
@@ -1589,6 +1629,7 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
     _reject_non_decoder(arch, model_type, text, cfg, source)
     _vision_warning(arch, cfg, prefix, name)
     _sparse_attention_warning(arch, text, name)
+    _check_quantization(text, source)
     hidden = r.get_int("hidden_size")
     layers = r.get_int("num_hidden_layers", maximum=_MAX_LAYERS)
     heads = r.get_int("num_attention_heads")

@@ -29,20 +29,28 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BeforeValidator, Field, field_validator
 
-from .common import KVDType, PosFloat, StrictModel, WeightDType
+from .common import KVDType, PosFloat, StrictNumbersModel, WeightDType
 
 #: Percentile used when a target is given as a bare number.
 DEFAULT_PERCENTILE = 90.0
 
 
-class Target(StrictModel):
+class Target(StrictNumbersModel):
     """A latency target at a percentile; a bare number means ``{target: N, percentile: 90}``."""
 
     target: PosFloat = Field(description="Upper bound, in the unit of the field (ms or s).")
-    percentile: float = Field(DEFAULT_PERCENTILE, gt=0, le=100,
-                              description="Percentile of requests that must meet it (0 < p <= 100; "
+    percentile: float = Field(DEFAULT_PERCENTILE, gt=0, lt=100,
+                              description="Percentile of requests that must meet it (0 < p < 100; "
                                           "usually 50, 90, 95 or 99).")
 
+    @field_validator("percentile", mode="before")
+    @classmethod
+    def _not_the_maximum(cls, v: object) -> object:
+        # p100 is the slowest request: no percentile, one outlier (or drop) decides it
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == 100:
+            raise ValueError("p100 is the slowest single request, not a percentile (one outlier "
+                             "decides it): use e.g. 99 or 99.9")
+        return v
 
     @field_validator("percentile")
     @classmethod
@@ -70,7 +78,7 @@ TargetField = Annotated[Target | None, BeforeValidator(
     _short_target, json_schema_input_type=Union[float, Target, None])]
 
 
-class Constraints(StrictModel):
+class Constraints(StrictNumbersModel):
     """Hard limits on the plans the solver may propose (all optional)."""
 
     max_gpus: int | None = Field(None, ge=1, le=1_000_000,
@@ -98,7 +106,7 @@ class Constraints(StrictModel):
         return v
 
 
-class SLOSpec(StrictModel):
+class SLOSpec(StrictNumbersModel):
     """Latency targets, the required attainment, the objective and plan constraints."""
 
     name: str | None = Field(None, description="SLO name.")

@@ -54,9 +54,9 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from .common import NonNegFloat, PosFloat, StrictModel
+from .common import NonNegFloat, PosFloat, StrictNumbersModel
 
 #: Largest token count a length distribution may produce (sanity bound on user input).
 MAX_TOKENS = 10_000_000
@@ -68,9 +68,13 @@ MAX_REQUESTS = 10_000_000
 MAX_CONCURRENCY = 1_000_000
 #: Longest closed-loop client ramp (seconds, about 11.6 days).
 MAX_RAMP_S = 1e6
+#: Latest arrival time a workload or trace may have (seconds, about 317 years): room for Unix
+#: epoch times, while float64 seconds still resolve microseconds (at 1e13 s the simulated
+#: latencies lose digits, at 1e14 s they are 0).
+MAX_ARRIVAL_S = 1e10
 
 
-class ArrivalSpec(StrictModel):
+class ArrivalSpec(StrictNumbersModel):
     """How requests arrive over time: an open-loop process at ``rate``, or a closed loop of
     ``concurrency`` clients."""
 
@@ -88,6 +92,20 @@ class ArrivalSpec(StrictModel):
                                                  "first request at i x ramp_s / concurrency "
                                                  "seconds [default 0: all at t = 0, as vllm bench "
                                                  "serve --max-concurrency starts them].")
+
+    @field_validator("rate")
+    @classmethod
+    def _rate_sane(cls, v: float | None) -> float | None:
+        if v is not None and v > 1e7:
+            raise ValueError("arrival rate is absurd (> 1e7 requests per second)")
+        return v
+
+    @field_validator("cv")
+    @classmethod
+    def _cv_sane(cls, v: float | None) -> float | None:
+        if v is not None and v > 100:
+            raise ValueError("coefficient of variation is absurd (> 100)")
+        return v
 
     @model_validator(mode="after")
     def _cv_only_for_gamma(self) -> "ArrivalSpec":
@@ -112,17 +130,13 @@ class ArrivalSpec(StrictModel):
             raise ValueError("process 'gamma' needs 'cv' (coefficient of variation of the gaps)")
         if self.process != "gamma" and self.cv is not None:
             raise ValueError(f"'cv' only applies to process 'gamma', not {self.process!r}")
-        if self.cv is not None and self.cv > 100:
-            raise ValueError(f"cv {self.cv} is absurd (> 100)")
-        if self.rate is not None and self.rate > 1e7:
-            raise ValueError(f"rate {self.rate} req/s is absurd (> 1e7)")
         return self
 
 
 TokenCount = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
 
 
-class LengthDist(StrictModel):
+class LengthDist(StrictNumbersModel):
     """A distribution of token counts (see the module docstring for each ``dist``)."""
 
     dist: Literal["fixed", "uniform", "lognormal", "normal", "zipf"] = Field(
@@ -204,7 +218,7 @@ Length = Annotated[LengthDist, BeforeValidator(_int_is_fixed,
                                                json_schema_input_type=Union[int, LengthDist])]
 
 
-class PrefixSpec(StrictModel):
+class PrefixSpec(StrictNumbersModel):
     """Shared prompt prefixes: each request belongs to a group whose first ``shared_tokens``
     prompt tokens are identical (see the module docstring)."""
 
@@ -219,7 +233,7 @@ class PrefixSpec(StrictModel):
                               "i -> group i mod groups.")
 
 
-class WorkloadSpec(StrictModel):
+class WorkloadSpec(StrictNumbersModel):
     """A synthetic workload (open loop, or a closed loop of clients)."""
 
     name: str | None = Field(None, description="Workload name.")
@@ -238,6 +252,16 @@ class WorkloadSpec(StrictModel):
     top_k: int = Field(0, ge=0, description="top_k every request sends (0 = no filter). A top-p "
                                             "or top-k filter costs sampler time on every engine "
                                             "step (vLLM's sort-based path).")
+
+    @field_validator("arrival")
+    @classmethod
+    def _duration_sane(cls, v: ArrivalSpec, info: ValidationInfo) -> ArrivalSpec:
+        n = info.data.get("num_requests")
+        if v.rate is not None and isinstance(n, int) and (n - 1) / v.rate > MAX_ARRIVAL_S:
+            raise ValueError(f"rate {v.rate:g} req/s spreads {n:,} requests over "
+                             f"{(n - 1) / v.rate:.3g} s (> {MAX_ARRIVAL_S:.0e} s, about 317 "
+                             f"years); the rate is in requests per second")
+        return v
 
     @property
     def duration_s(self) -> float | None:
