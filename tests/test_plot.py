@@ -147,3 +147,19 @@ def test_throughput_objective_front_maximises(tmp_path):
     pts = [_plan("a", 1, 0.5, 2, 1), _plan("b", 2, 0.9, 2, 1), _plan("c", 2, 0.4, 2, 1)]
     stats = _draw(pts, tmp_path / "t.png", objective="throughput")
     assert stats["objective"]["front"] == 2  # a (fewest GPUs) and b (highest rate per GPU)
+
+
+def test_a_failed_write_leaves_neither_a_half_file_nor_a_temporary(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    def half_then_fail(self, fname, *a, **k):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", half_then_fail)
+    target = tmp_path / "plans.png"
+    with pytest.raises(InputError, match="cannot write plot"):
+        _draw([_plan("a", 1, 1, 1, 1, chosen=True)], target)
+    assert list(tmp_path.iterdir()) == []

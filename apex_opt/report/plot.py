@@ -18,6 +18,7 @@ A point is a mapping with ``label``, ``slo_met``, ``gpus``, ``objective_value``,
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -246,10 +247,14 @@ def decision_plot(points: list[dict], path: Path, *, objective: str, latency_key
                  color="0.2")
         meta = {".png": {"Software": None}, ".svg": {"Date": None},
                 ".pdf": {"CreationDate": None, "ModDate": None}}[path.suffix.lower()]
+        # written next to the target and renamed over it: a failed write leaves no half file
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, metadata=meta)
+            fig.savefig(tmp, metadata=meta, format=path.suffix.lower()[1:])
+            os.replace(tmp, path)
         except OSError as exc:
+            tmp.unlink(missing_ok=True)
             raise InputError(f"cannot write plot ({exc.__class__.__name__}: {exc})",
                              source=str(path)) from None
     return stats
