@@ -125,8 +125,8 @@ def test_sglang_cuts_outputs_longer_than_its_kv_pool_where_vllm_drops_them(m8, n
     plan = _plan(tp=1, max_model_len=8192)
     res = simulate(m8, node, plan, req, num_blocks_override=pool, engine=sg)
     t = res._timings
-    assert res.dropped_by_reason == {"prompt + output does not fit in the KV cache": 1}
-    assert list(t["dropped"]) == [0, 0, 2]  # prompt 3,996 > 4,000 - 1 - 5
+    assert res.dropped_by_reason == {"prompt does not fit in the KV pool (SGLang aborts it)": 1}
+    assert list(t["dropped"]) == [0, 0, 4]  # prompt 3,996 > 4,000 - 1 - 5
     # the 3,000 + 2,000 request runs with 4,000 - 1 - 3,000 - 1 = 998 output tokens
     assert list(t["output_tokens"][:2]) == [200, 998]
     assert res.outputs_cut == 1 and res.output_tokens_cut == 1002

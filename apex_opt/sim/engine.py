@@ -76,10 +76,12 @@ DROP_NONE = 0
 DROP_MAX_MODEL_LEN = 1
 DROP_KV_CAPACITY = 2
 DROP_TOKEN_BUDGET = 3
+DROP_PROMPT_KV = 4
 DROP_REASONS = {
     DROP_MAX_MODEL_LEN: "prompt + output exceeds max_model_len",
     DROP_KV_CAPACITY: "prompt + output does not fit in the KV cache",
     DROP_TOKEN_BUDGET: "prompt + output exceeds max_num_batched_tokens (chunked prefill off)",
+    DROP_PROMPT_KV: "prompt does not fit in the KV pool (SGLang aborts it)",
 }
 
 #: vLLM keeps this fraction of KV blocks free when admitting a new prefill.
@@ -426,7 +428,7 @@ class ReplicaEngine:
             return DROP_MAX_MODEL_LEN
         if lim.clip_output_to_pool:
             if p > self.max_request_tokens - 5:
-                return DROP_KV_CAPACITY  # SGLang aborts a prompt above max_req_input_len
+                return DROP_PROMPT_KV  # SGLang aborts a prompt above max_req_input_len
             o = min(o, self.max_request_tokens - p - 1)  # what runs after the cut
         # the longest KV state (last decode step holds p + o - 1 tokens) must fit in an empty cache
         if self._seq_blocks(p + o - 1) > self.nb - self.wm:
