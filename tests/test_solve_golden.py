@@ -81,5 +81,11 @@ def test_shortlist_finds_the_exhaustive_optimum(runs) -> None:
     assert ex["solver"]["plans_simulated"] == ex["solver"]["plans_feasible"]
     assert short["solver"]["plans_simulated"] < ex["solver"]["plans_simulated"]
     assert short["plans"][0]["objective_value"] <= ex["plans"][0]["objective_value"] * 1.02
-    assert short["plans"][0]["metrics"] == next(p["metrics"] for p in ex["plans"]
-                                                if p["label"] == short["plans"][0]["label"])
+    # the same plan simulates to the same metrics in both runs; only its time breakdown may
+    # differ: --exhaustive collects it for its own first plan only, which may be a tie (equal
+    # objective, e.g. a token budget that never binds) ranked before the shortlist's choice
+    mine = dict(short["plans"][0]["metrics"])
+    theirs = dict(next(p["metrics"] for p in ex["plans"] if p["label"] == short["plans"][0]["label"]))
+    assert mine.pop("time_breakdown_ms") and "time_breakdown_ms" in theirs
+    theirs.pop("time_breakdown_ms")
+    assert mine == theirs

@@ -44,7 +44,8 @@ from .clocks import clocked_variants
 from .shortlist import SimScore, latency_space, ranked_plans, refine
 
 DEFAULT_TOP_K = 4
-#: Simulation budget of the refinement: this share of the feasible plans (at least top_k) ...
+#: Simulation budget of a search: this share of the feasible plans, rounded down, the report's
+#: baselines included (the refinement gets the rest, at least top_k) ...
 BUDGET_SHARE = 0.2
 #: ... and at most this many simulations.
 MAX_SIMS = 48
@@ -398,11 +399,11 @@ def solve(model: ModelSpec, cluster: ClusterSpec, requests: Requests, slo: SLOSp
             n_feasible = count_feasible(space)
             source, st = ranked_plans(space, workers, seed, time_limit_s)
             procs = getattr(ex, "procs", 1)
-            budget = min(max(top_k, MAX_SIMS if max_sims is None else max_sims),
-                         max(top_k, math.ceil(BUDGET_SHARE * n_feasible)))
-
             base_first = [k for _n, _d, k, _p in baseline_keys(space, eng) if k is not None] \
                 if _detail else []
+            # the share caps every simulation of the search, the report's baselines included
+            budget = min(max(top_k, MAX_SIMS if max_sims is None else max_sims),
+                         max(top_k, math.floor(BUDGET_SHARE * n_feasible) - len(set(base_first))))
 
             def sim_batch(batch) -> list[SimScore]:
                 # the baselines ride along with the first batch (idle workers otherwise); under
