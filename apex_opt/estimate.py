@@ -16,7 +16,7 @@ from .specs.model import ModelSpec
 from .specs.engine import EngineSpec, load_engine
 from .specs.plan import ReplicaConfig
 
-_ITEM = re.compile(r"^(decode|prefill):(\d+)x(\d+)(?:@(\d+))?$")
+_ITEM = re.compile(r"^(decode|prefill):(\d+)x(\d+)(?:@(\d+))?$", re.ASCII)  # no full-width digits
 
 
 class BatchSpec(BaseModel):

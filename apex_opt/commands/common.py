@@ -55,16 +55,19 @@ def flag_for(field: str | None, flags: dict[str, str]) -> str | None:
 
 
 @contextmanager
-def command_line_errors(flags: dict[str, str] | None = None) -> Iterator[None]:
-    """InputErrors raised inside without a source are about values given on the command line
-    (names, flags): re-raise them as one line naming ``<command line>`` and the flag (a library
-    field name is mapped through ``flags``, else to ``--field-name`` when the command has it)."""
+def command_line_errors(flags: dict[str, str] | None = None, *, field: str | None = None,
+                        sources: tuple[str | None, ...] = (None,)) -> Iterator[None]:
+    """InputErrors raised inside without a source (or with one of ``sources``) are about values
+    given on the command line (names, flags): re-raise them as one line naming ``<command line>``
+    and the flag (a library field name is mapped through ``flags``, else to ``--field-name`` when
+    the command has it; ``field`` names the flag of an error that names none)."""
     try:
         yield
     except InputError as exc:
-        if exc.source is not None:
+        if exc.source not in sources:
             raise
-        raise InputError(exc.reason, source=CLI_SOURCE, field=flag_for(exc.field, flags or {}),
+        raise InputError(exc.reason, source=CLI_SOURCE,
+                         field=flag_for(exc.field, flags or {}) or field,
                          value=exc.value) from None
 
 
@@ -114,12 +117,8 @@ def load_inputs(model_ref: str, cluster_ref: str):
     if not model_ref.strip():  # before reading the cluster: both are checked up front
         raise InputError("empty model name or config.json path", source=CLI_SOURCE,
                          field="--model", value=model_ref)
-    try:
+    with command_line_errors(field="--cluster"):  # an unknown bundled name (lists the valid ones)
         cluster = load_cluster(cluster_ref)
-    except InputError as exc:
-        if exc.source is None:  # an unknown bundled name (its message lists the valid ones)
-            raise InputError(exc.reason, source=CLI_SOURCE, field="--cluster") from None
-        raise
     known = profile_names()
     for i, p in enumerate(cluster.pools):
         prof = p.device.profile
@@ -138,12 +137,8 @@ def load_model_ref(ref: str, flag: str = "--model"):
     if not ref.strip():
         raise InputError("empty model name or config.json path", source=CLI_SOURCE, field=flag,
                          value=ref)
-    try:
+    with command_line_errors(field=flag):
         return load_model(ref)
-    except InputError as exc:
-        if exc.source is None:
-            raise InputError(exc.reason, source=CLI_SOURCE, field=flag) from None
-        raise
 
 
 def _engine_help() -> str:

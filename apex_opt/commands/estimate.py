@@ -59,9 +59,6 @@ def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, ba
         msg = errs[0]["msg"].removeprefix("Value error, ") if errs else str(exc).splitlines()[0]
         raise InputError(msg, source=CLI_SOURCE, field="--tp/--pp/--ep",
                          value=f"{tp}/{pp}/{ep}") from None
-    if not batch_spec.isascii():  # e.g. full-width digits, which int() would read
-        raise InputError("expected decode:NxCONTEXT or prefill:NxTOKENS[@CACHED] in ASCII",
-                         source=CLI_SOURCE, field="--batch", value=batch_spec)
     with command_line_errors():
         batch = parse_batch(batch_spec)
     longest = max([*batch.decode_ctx, *(t + k for t, k in batch.prefill)], default=0)

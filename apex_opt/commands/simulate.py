@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 from typing import get_args
 
 import click
@@ -20,7 +19,7 @@ from ..specs.workload import WorkloadSpec, load_workload
 from ..specs.engine import load_engine
 from .common import (FiniteFloatRange, NonEmptyPath, apply_client_ramp, apply_sampling,
                      check_gpu_setting_flags, check_max_model_len, check_request_lengths,
-                     cluster_option, command_line_errors, engine_option, flag_for,
+                     cluster_option, command_line_errors, engine_option,
                      gpu_setting_options, json_option, kv_dtype_option, load_engine_flag,
                      load_inputs, model_option, sampling_options, sort_trace_option,
                      warn_thin_percentiles, weight_dtype_option)
@@ -95,8 +94,9 @@ def _requests(trace, workload, rate, num_requests, prompt_len, output_len, arriv
         # N distinct prompts drawn with replacement (aiperf / genai-perf synthetic datasets):
         # two requests with the same draw send the same whole prompt
         fields["prefix"] = {"groups": prompt_pool, "shared_tokens": prompt_len}
-    with _flag_names({"arrival": "--rate", "arrival.rate": "--rate", "arrival.cv": "--cv",
-                      "arrival.concurrency": "--concurrency", "prefix.groups": "--prompt-pool"}):
+    with command_line_errors({"arrival": "--rate", "arrival.rate": "--rate", "arrival.cv": "--cv",
+                              "arrival.concurrency": "--concurrency",
+                              "prefix.groups": "--prompt-pool"}, sources=(_SRC,)):
         spec = validate(WorkloadSpec, fields, _SRC)
     return generate(spec, np.random.default_rng(seed or 0))
 
@@ -123,22 +123,8 @@ def _plan(opts: dict) -> Plan:
         group["prefix_caching"] = opts["prefix_caching"]
     if opts.get("mixed_chunk"):  # unset: the engine's own default (off)
         group["mixed_chunk"] = True
-    with _flag_names({"groups[0].replicas": "--dp"}):
+    with command_line_errors({"groups[0].replicas": "--dp"}, sources=(_SRC,)):
         return validate(Plan, {"groups": [group], "router": opts["router"]}, _SRC)
-
-
-@contextmanager
-def _flag_names(flags: dict[str, str]):
-    """Errors in the specs this command builds from its flags name the flag, not the field."""
-    from ..errors import InputError
-
-    try:
-        yield
-    except InputError as exc:
-        if exc.source != _SRC:
-            raise
-        raise InputError(exc.reason, source=_SRC, field=flag_for(exc.field, flags),
-                         value=exc.value) from None
 
 
 def _render_energy(con, e) -> None:

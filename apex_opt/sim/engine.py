@@ -48,8 +48,9 @@ fresh request); each decode yields one token. Requests that can never be served 
 ``max_model_len`` -- or >= with ``context_exclusive`` --, larger than the KV cache, or -- without
 chunked prefill -- larger than the token budget) are dropped on arrival with a reason code, never
 lost. With ``clip_output_to_pool`` (SGLang) a request longer than the KV pool is not dropped: its
-output is cut to fit on arrival (``RequestLog.asked_output`` keeps what it asked for). ``RequestLog.done_sink`` (when set)
-receives ``(request id, time)`` for every finish or drop (closed-loop clients).
+output is cut to fit on arrival (``RequestLog.asked_output`` keeps what it asked for).
+``RequestLog.done_sink`` (when set) receives ``(request id, time)`` for every finish or drop
+(closed-loop clients).
 
 Time: an iteration of a virtual engine starts when it is scheduled; the host part of
 ``IterationCost.time_s`` (``time_s − Σ stage_times_s``) runs first, then stage ``s`` runs when it
@@ -429,7 +430,7 @@ class ReplicaEngine:
         if lim.clip_output_to_pool:
             if p > self.max_request_tokens - 5:
                 return DROP_PROMPT_KV  # SGLang aborts a prompt above max_req_input_len
-            o = min(o, self.max_request_tokens - p - 1)  # what runs after the cut
+            o = self._output_after_cut(p, o)
         # the longest KV state (last decode step holds p + o - 1 tokens) must fit in an empty cache
         if self._seq_blocks(p + o - 1) > self.nb - self.wm:
             return DROP_KV_CAPACITY
@@ -442,12 +443,16 @@ class ReplicaEngine:
         """SGLang's max_req_len: min(context length, KV pool tokens of one scheduler) - 1."""
         return min(self.lim.max_model_len, (self.nb - self.wm) * self.bs) - 1
 
+    def _output_after_cut(self, p: int, o: int) -> int:
+        """SGLang's scheduler cuts max_new_tokens at max_req_len - prompt - 1."""
+        return min(o, self.max_request_tokens - p - 1)
+
     def _clip_output(self, rid: int) -> None:
-        """SGLang's scheduler cuts max_new_tokens at max_req_len - prompt - 1: a request longer
+        """Apply :meth:`_output_after_cut` to a request :meth:`drop_reason` admitted: one longer
         than the KV pool runs with a shorter output (recorded in ``log.asked_output``)."""
-        p, o = self.log.prompt[rid], self.log.output[rid]
-        cut = self.max_request_tokens - p - 1
-        if 1 <= cut < o:
+        o = self.log.output[rid]
+        cut = self._output_after_cut(self.log.prompt[rid], o)
+        if cut < o:
             self.log.output[rid] = cut
             self.log.asked_output[rid] = o
             if self._out is not None:

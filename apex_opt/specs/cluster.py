@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
 
-from .common import ComputeDType, NonNegFloat, PosFloat, StrictNumbersModel
+from .common import ComputeDType, NonNegFloat, PosFloat, StrictNumbersModel, absurd_above
 
 #: Largest per-device memory we accept as sane (GiB).
 MAX_DEVICE_GIB = 4096.0
@@ -40,11 +40,7 @@ MAX_LINK_LATENCY_US = 1e5
 
 def _at_most(limit: float, unit: str) -> AfterValidator:
     """A sanity bound on a number given in ``unit`` (a larger one is a unit mistake)."""
-    def check(v: float) -> float:
-        if v > limit:
-            raise ValueError(f"is absurd (> {limit:g} {unit}; the unit is {unit})")
-        return v
-    return AfterValidator(check)
+    return absurd_above(limit, f"is absurd (> {limit:g} {unit}; the unit is {unit})")
 
 
 #: StrictModel that also refuses type coercion (``"80"`` or ``true`` for a number)

@@ -14,6 +14,16 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+def absurd_above(limit: float, message: str) -> AfterValidator:
+    """A sanity bound for an ``Annotated`` number field: a value above ``limit`` (None passes) is a
+    unit mistake or a typo, refused with ``message``."""
+    def check(v: float | None) -> float | None:
+        if v is not None and v > limit:
+            raise ValueError(message)
+        return v
+    return AfterValidator(check)
+
+
 class StrictNumbersModel(StrictModel):
     """StrictModel that also refuses type coercion: a quoted ``"80"`` or a boolean is not a number
     (``num_requests: true`` would be 1 request, ``attainment: true`` 1.0), a count must be an

@@ -56,7 +56,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
-from .common import NonNegFloat, PosFloat, StrictNumbersModel
+from .common import NonNegFloat, PosFloat, StrictNumbersModel, absurd_above
 
 #: Largest token count a length distribution may produce (sanity bound on user input).
 MAX_TOKENS = 10_000_000
@@ -82,30 +82,19 @@ class ArrivalSpec(StrictNumbersModel):
         "poisson", description="Inter-arrival process: poisson, gamma (bursty), constant, or "
                                "closed_loop (N clients, each sends its next request when its "
                                "previous one finished).")
-    rate: PosFloat | None = Field(None, description="Mean arrival rate in requests per second "
-                                                    "(open-loop processes).")
-    cv: PosFloat | None = Field(None, description="Coefficient of variation of the inter-arrival "
-                                                  "gaps (gamma only; 1 = Poisson, > 1 = bursty).")
+    rate: Annotated[PosFloat | None, absurd_above(
+        1e7, "arrival rate is absurd (> 1e7 requests per second)")] = Field(
+        None, description="Mean arrival rate in requests per second (open-loop processes).")
+    cv: Annotated[PosFloat | None, absurd_above(
+        100, "coefficient of variation is absurd (> 100)")] = Field(
+        None, description="Coefficient of variation of the inter-arrival gaps (gamma only; "
+                          "1 = Poisson, > 1 = bursty).")
     concurrency: int | None = Field(None, ge=1, le=MAX_CONCURRENCY,
                                     description="Clients of a closed loop (closed_loop only).")
     ramp_s: NonNegFloat = Field(0.0, description="Closed loop only: client i (0-based) sends its "
                                                  "first request at i x ramp_s / concurrency "
                                                  "seconds [default 0: all at t = 0, as vllm bench "
                                                  "serve --max-concurrency starts them].")
-
-    @field_validator("rate")
-    @classmethod
-    def _rate_sane(cls, v: float | None) -> float | None:
-        if v is not None and v > 1e7:
-            raise ValueError("arrival rate is absurd (> 1e7 requests per second)")
-        return v
-
-    @field_validator("cv")
-    @classmethod
-    def _cv_sane(cls, v: float | None) -> float | None:
-        if v is not None and v > 100:
-            raise ValueError("coefficient of variation is absurd (> 100)")
-        return v
 
     @model_validator(mode="after")
     def _cv_only_for_gamma(self) -> "ArrivalSpec":
