@@ -301,8 +301,9 @@ class ModelSpec(BaseModel):
     max_position_embeddings: int
     attention: Literal["gqa", "mla"]
     mla: MLASpec | None = None
-    #: DeepSeek Sparse Attention indexer of the MLA layers (None = dense MLA); its weights are
-    #: counted and costed as GEMMs; its top-k sparse attention and key cache are not yet
+    #: DeepSeek Sparse Attention indexer of the MLA layers (None = dense MLA): its weights are
+    #: costed as GEMMs, its fp8 key cache counted next to the latent (memory.py), and the MLA
+    #: attends only the top-k keys (costmodel/iteration.py ``_dsa_attention``)
     dsa: DSASpec | None = None
     moe: MoESpec | None = None
     qkv_bias: bool = False          # Qwen2: bias on q, k, v projections
