@@ -137,7 +137,7 @@ def render_solve(res: Any) -> None:
     last = "req/s/GPU" if res.objective == "throughput" else _unit(res.objective)
     con.print(table("ranked plans (simulated)",
                     ["#", "plan", "GPUs", *[c[1] for c in cols], "dropped", "tok/s", "J/token",
-                     "attain.", "SLO met", last], rows, right_from=2, no_wrap=(0, 1)))
+                     "attain.", "SLO met", last], rows, right_from=2, no_wrap=(0,)))
     if res.chosen:
         c = res.chosen
         srows = [[g.label, st.stage, st.layers, f"{st.weights_gib:.1f}", f"{st.activations_gib:.2f}",
