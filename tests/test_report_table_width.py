@@ -82,3 +82,24 @@ def test_only_whitespace_separates_header_words():
     header = [ln for ln in text.splitlines() if ln.startswith("┃")]
     assert any(re.search(r"obj:", ln) for ln in header)
     assert any(re.search(r"mean", ln) for ln in header)
+
+
+def test_too_narrow_even_folded_leaves_out_optional_columns_and_says_so():
+    def render(width):
+        buf = io.StringIO()
+        Console(file=buf, width=width, highlight=False, soft_wrap=False,
+                color_system=None).print(
+            table("ranked plans", COLUMNS, ROWS, right_from=2, no_wrap=(0,), width=width,
+                  optional=(9, 6, 8, 7)))
+        return buf.getvalue()
+
+    wide = render(120)
+    assert "left out" not in wide  # 120 columns fit every column
+    narrow = render(80)
+    assert max(len(ln) for ln in narrow.splitlines()) <= 80
+    assert "left out at this terminal width: dropped, tok/s" in " ".join(narrow.split())
+    header = " ".join(ln for ln in narrow.splitlines() if ln.startswith("┃"))
+    assert "tok/s" not in header and "GPUs" in header  # tok/s went first, GPUs stays
+    flat = [c for row in _body_cells(narrow) for c in row]
+    for v in ("118", "11.0", "5.00", "2.598", "238", "10.83", "yes", "no"):
+        assert v in flat, v

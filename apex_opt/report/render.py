@@ -30,19 +30,54 @@ TEXT_HARD_MIN_WIDTH = 10
 
 
 def table(title: str | None, columns: list[str], rows: list[list], *, right_from: int = 1,
-          no_wrap: tuple[int, ...] = (), width: int | None = None) -> Table:
+          no_wrap: tuple[int, ...] = (), width: int | None = None,
+          optional: tuple[int, ...] = ()) -> Table:
     """A left-titled table; columns from ``right_from`` are right-aligned numbers, the columns in
     ``no_wrap`` (e.g. ranks) are kept whole like them. A table wider than ``width`` (default: the
     terminal's, 160 when piped) is narrowed column by column (:func:`fit_widths`): first the
     numbers' headers wrap between their words, then text columns fold down to
     :data:`TEXT_MIN_WIDTH` characters, then, on a very narrow terminal, headers break inside words
-    and text folds further -- but a number is never cut while it can be helped."""
+    and text folds further -- but a number is never cut while it can be helped. Before headers
+    break inside words, ``optional`` columns are left out, the last listed first, and the caption
+    says which."""
     cells = [[str(x) for x in r] for r in rows]
+    total = width or console().width
+    keep = list(range(len(columns)))
+
+    def floors(idx: list[int]) -> tuple[list[int], ...]:
+        return _floors([columns[j] for j in idx], [[r[j] for j in idx] for r in cells],
+                       [j >= right_from or j in no_wrap for j in idx])
+
+    # per column: one border and one space of padding on each side (plus the closing border)
+    for i in reversed(optional):  # while headers would have to break inside words
+        if sum(floors(keep)[2]) + 3 * len(keep) + 1 <= total:
+            break
+        keep.remove(i)
+    hidden = [c for j, c in enumerate(columns) if j not in keep]
+    natural, headers, texts, tight = floors(keep)
+    widths = fit_widths(natural, [headers, texts, tight], total - 3 * len(keep) - 1)
+    caption = (f"{len(hidden)} column(s) left out at this terminal width: {', '.join(hidden)}"
+               " (a wider terminal or --json shows them)") if hidden else None
+    t = Table(title=title, title_justify="left", header_style="bold", show_lines=False,
+              caption=caption, caption_justify="left")
+    for n, j in enumerate(keep):
+        t.add_column(columns[j], justify="right" if j >= right_from else "left", overflow="fold",
+                     width=widths[n] if widths else None)
+    for r in cells:
+        t.add_row(*[r[j] for j in keep])
+    return t
+
+
+def _floors(columns: list[str], cells: list[list[str]],
+            whole: list[bool]) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Per column: its natural width, and its narrowest once numbers' headers wrap, once text
+    folds to :data:`TEXT_MIN_WIDTH`, and at the tightest; ``whole`` marks the columns whose
+    cells are never cut (numbers, ``no_wrap``)."""
     natural, headers, texts, tight = [], [], [], []
     for i, c in enumerate(columns):
         widest = max((cell_len(r[i]) for r in cells if i < len(r)), default=0)
         natural.append(max(widest, cell_len(c), 1))
-        if i >= right_from or i in no_wrap:  # whole cells; the header wraps
+        if whole[i]:  # whole cells; the header wraps
             headers.append(max([widest, 1, *(cell_len(w) for w in c.split())]))
             texts.append(headers[-1])
             tight.append(max(widest, 1))
@@ -50,16 +85,7 @@ def table(title: str | None, columns: list[str], rows: list[list], *, right_from
             headers.append(natural[-1])
             texts.append(min(natural[-1], TEXT_MIN_WIDTH))
             tight.append(min(natural[-1], TEXT_HARD_MIN_WIDTH))
-    # per column: one border and one space of padding on each side (plus the closing border)
-    budget = (width or console().width) - 3 * len(columns) - 1
-    widths = fit_widths(natural, [headers, texts, tight], budget)
-    t = Table(title=title, title_justify="left", header_style="bold", show_lines=False)
-    for i, c in enumerate(columns):
-        t.add_column(c, justify="right" if i >= right_from else "left", overflow="fold",
-                     width=widths[i] if widths else None)
-    for r in cells:
-        t.add_row(*r)
-    return t
+    return natural, headers, texts, tight
 
 
 def fit_widths(natural: list[int], floors: list[list[int]], budget: int) -> list[int] | None:

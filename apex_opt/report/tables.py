@@ -135,9 +135,12 @@ def render_solve(res: Any) -> None:
                      else _fmt(p.rate_per_gpu, ".3f") if res.objective == "throughput" else
                      _fmt(p.objective_value, ".4g")])
     last = "req/s/GPU" if res.objective == "throughput" else _unit(res.objective)
+    n = 3 + len(cols)  # index of "dropped"
     con.print(table("ranked plans (simulated)",
                     ["#", "plan", "GPUs", *[c[1] for c in cols], "dropped", "tok/s", "J/token",
-                     "attain.", "SLO met", last], rows, right_from=2, no_wrap=(0,)))
+                     "attain.", "SLO met", last], rows, right_from=2, no_wrap=(0,),
+                    # on a narrow terminal: tok/s goes first, then J/token, dropped, attain.
+                    optional=(n + 3, n, n + 2, n + 1)))
     if res.chosen:
         c = res.chosen
         srows = [[g.label, st.stage, st.layers, f"{st.weights_gib:.1f}", f"{st.activations_gib:.2f}",
