@@ -20,10 +20,10 @@ ROWS = [[1, "1xTP8-wfp8-kvfp8@h100(seqs1024,tok8192)", 8, 118, "11.0", "5.00", 0
          24, 238, "12.4", "5.47", "3 (1%)", 716, "7.992", "0.994", "no", "10.83"]]
 
 
-def _render(width: int) -> str:
+def _render(width: int, **kw) -> str:
     buf = io.StringIO()
     con = Console(file=buf, width=width, highlight=False, soft_wrap=False, color_system=None)
-    con.print(table("ranked plans", COLUMNS, ROWS, right_from=2, no_wrap=(0,), width=width))
+    con.print(table("ranked plans", COLUMNS, ROWS, right_from=2, no_wrap=(0,), width=width, **kw))
     return buf.getvalue()
 
 
@@ -85,17 +85,10 @@ def test_only_whitespace_separates_header_words():
 
 
 def test_too_narrow_even_folded_leaves_out_optional_columns_and_says_so():
-    def render(width):
-        buf = io.StringIO()
-        Console(file=buf, width=width, highlight=False, soft_wrap=False,
-                color_system=None).print(
-            table("ranked plans", COLUMNS, ROWS, right_from=2, no_wrap=(0,), width=width,
-                  optional=(9, 6, 8, 7)))
-        return buf.getvalue()
-
-    wide = render(120)
+    optional = (9, 6, 8, 7)
+    wide = _render(120, optional=optional)
     assert "left out" not in wide  # 120 columns fit every column
-    narrow = render(80)
+    narrow = _render(80, optional=optional)
     assert max(len(ln) for ln in narrow.splitlines()) <= 80
     assert "left out at this terminal width: dropped, tok/s" in " ".join(narrow.split())
     header = " ".join(ln for ln in narrow.splitlines() if ln.startswith("┃"))

@@ -40,7 +40,8 @@ def table(title: str | None, columns: list[str], rows: list[list], *, right_from
     and text folds further -- but a number is never cut while it can be helped. Before headers
     break inside words, ``optional`` columns are left out, the last listed first, and the caption
     says which."""
-    cells = [[str(x) for x in r] for r in rows]
+    # a short row leaves its last cells blank, as rich's add_row does
+    cells = [[str(x) for x in r] + [""] * (len(columns) - len(r)) for r in rows]
     total = width or console().width
     keep = list(range(len(columns)))
 
@@ -48,14 +49,19 @@ def table(title: str | None, columns: list[str], rows: list[list], *, right_from
         return _floors([columns[j] for j in idx], [[r[j] for j in idx] for r in cells],
                        [j >= right_from or j in no_wrap for j in idx])
 
-    # per column: one border and one space of padding on each side (plus the closing border)
+    def room(idx: list[int]) -> int:
+        # per column: one border and one space of padding on each side, plus the closing border
+        return total - 3 * len(idx) - 1
+
+    fl = floors(keep)
     for i in reversed(optional):  # while headers would have to break inside words
-        if sum(floors(keep)[2]) + 3 * len(keep) + 1 <= total:
+        if sum(fl[2]) <= room(keep):
             break
         keep.remove(i)
+        fl = floors(keep)
     hidden = [c for j, c in enumerate(columns) if j not in keep]
-    natural, headers, texts, tight = floors(keep)
-    widths = fit_widths(natural, [headers, texts, tight], total - 3 * len(keep) - 1)
+    natural, headers, texts, tight = fl
+    widths = fit_widths(natural, [headers, texts, tight], room(keep))
     caption = (f"{len(hidden)} column(s) left out at this terminal width: {', '.join(hidden)}"
                " (a wider terminal or --json shows them)") if hidden else None
     t = Table(title=title, title_justify="left", header_style="bold", show_lines=False,
@@ -75,7 +81,7 @@ def _floors(columns: list[str], cells: list[list[str]],
     cells are never cut (numbers, ``no_wrap``)."""
     natural, headers, texts, tight = [], [], [], []
     for i, c in enumerate(columns):
-        widest = max((cell_len(r[i]) for r in cells if i < len(r)), default=0)
+        widest = max((cell_len(r[i]) for r in cells), default=0)
         natural.append(max(widest, cell_len(c), 1))
         if whole[i]:  # whole cells; the header wraps
             headers.append(max([widest, 1, *(cell_len(w) for w in c.split())]))
