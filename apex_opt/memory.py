@@ -232,7 +232,9 @@ def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int,
     }
     vocab_shard = math.ceil(model.vocab_size / tp) * model.hidden_size * bf16
     if stage == 0:
-        out["embedding"] = vocab_shard
+        # a learned position table (GPT-2 / BigCode wpe, OPT) is a plain nn.Embedding in vLLM:
+        # every TP rank holds all of it
+        out["embedding"] = vocab_shard + model.position_embeddings * model.hidden_size * bf16
     if stage == cfg.pp - 1:
         out["norms"] += model.final_norm_params * bf16
         if not model.tie_word_embeddings or cfg.pp > 1:
@@ -279,7 +281,8 @@ def activation_peak_bytes(model: ModelSpec, cfg: ReplicaConfig, tokens: int) -> 
     attn = tokens * attn_out * b
     mlp = 0.0
     if model.intermediate_size and any(not model.is_moe_layer(i) for i in range(model.num_layers)):
-        mlp = tokens * 3 * model.intermediate_size / tp * b
+        # gate|up output (2 x width) + activated (1 x); an ungated MLP's up output is 1 x
+        mlp = tokens * (3 if model.mlp_gated else 2) * model.intermediate_size / tp * b
     if model.moe:
         m = model.moe
         inter = m.expert_intermediate_size / (tp // cfg.ep)

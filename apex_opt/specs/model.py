@@ -51,6 +51,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from ..errors import InputError
+from . import hf_families
 
 DENSE_NORMS_PER_LAYER = 2  # input_layernorm + post_attention_layernorm (RMSNorm weight, width H)
 
@@ -353,8 +354,12 @@ class ModelSpec(BaseModel):
     #: order (Nemotron-H: a mixer block and the MLP / MoE block after it are one layer of 2);
     #: empty = one block per layer. Engines split and count pipeline stages in blocks.
     layer_blocks: tuple[int, ...] = ()
-    #: False: the dense MLP is up -> activation -> down (Nemotron-H relu2), no gate
+    #: False: the dense MLP is up -> activation -> down, no gate (Nemotron-H relu2, and the
+    #: families of hf_families.UNGATED_MLP_TYPES: Phi-2, StarCoder2, GPT-2 / BigCode, Falcon, ...)
     mlp_gated: bool = True
+    #: rows of a learned absolute-position embedding table (GPT-2 / GPT-BigCode wpe, OPT), counted
+    #: with the token embedding; 0 = rotary / ALiBi positions (no weights)
+    position_embeddings: int = 0
     attn_output_gate: bool = False   # Qwen3-Next/3.5: sigmoid gate on the attention output (q_proj x2)
     #: dtype of the recurrent (SSM / delta-rule) state the checkpoint asks for (config
     #: ``mamba_ssm_dtype``: 'fp32' / 'bf16'); '' = not given (the engine's default applies)
@@ -651,7 +656,8 @@ class ModelSpec(BaseModel):
 
     @property
     def embedding_params(self) -> int:
-        return self.vocab_size * self.hidden_size
+        """Token embedding (+ a learned position table, :attr:`position_embeddings`)."""
+        return (self.vocab_size + self.position_embeddings) * self.hidden_size
 
     @property
     def lm_head_params(self) -> int:
@@ -865,6 +871,8 @@ class ModelSpec(BaseModel):
                 "attn_output_gate": self.attn_output_gate} if self.is_hybrid else {}),
             **({"attn_shapes": {k: v.model_dump() for k, v in self.attn_shapes}}
                if self.attn_shapes else {}),
+            **({"mlp_gated": False} if not self.mlp_gated else {}),
+            **({"position_embeddings": self.position_embeddings} if self.position_embeddings else {}),
         }
 
 
@@ -883,11 +891,13 @@ def _ops_params(ops: list[LinearOp]) -> int:
 class _Reader:
     """Typed access to an HF config dict that raises field-naming InputErrors."""
 
-    def __init__(self, cfg: dict, source: str, prefix: str = ""):
+    def __init__(self, cfg: dict, source: str, prefix: str = "", origin: dict[str, str] | None = None):
         self.cfg, self.source, self.prefix = cfg, source, prefix
+        self.origin = origin or {}  # canonical key -> the spelling the file uses (hf_families)
 
     def fail(self, key: str, message: str, value: Any = None) -> InputError:
-        return InputError(message, source=self.source, field=self.prefix + key, value=value)
+        return InputError(message, source=self.source, field=self.prefix + self.origin.get(key, key),
+                          value=value)
 
     def has(self, key: str) -> bool:
         return self.cfg.get(key) is not None
@@ -1631,6 +1641,13 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
     _vision_warning(arch, cfg, prefix, name)
     _sparse_attention_warning(arch, text, name)
     _check_quantization(text, source)
+    text, notes, origin = hf_families.normalize(text, model_type)
+    r = _Reader(text, source, prefix, origin)
+    if notes:
+        from ..errors import warn
+
+        for note in notes:
+            warn(f"{name}: {note}")
     hidden = r.get_int("hidden_size")
     layers = r.get_int("num_hidden_layers", maximum=_MAX_LAYERS)
     heads = r.get_int("num_attention_heads")
@@ -1676,17 +1693,23 @@ def _build(cfg: Any, name: str, source: str) -> ModelSpec:
         name=name, architecture=arch, source=source, model_type=model_type,
         hidden_size=hidden, num_layers=layers, vocab_size=vocab, num_attention_heads=heads,
         num_kv_heads=kv_heads, head_dim=head_dim, intermediate_size=inter,
-        tie_word_embeddings=r.get_bool("tie_word_embeddings", model_type.startswith("gemma")),
+        tie_word_embeddings=r.get_bool("tie_word_embeddings", hf_families.tied_by_default(model_type)),
         max_position_embeddings=max_pos,
+        position_embeddings=(max_pos + hf_families.LEARNED_POSITION_TYPES[model_type]
+                             if model_type in hf_families.LEARNED_POSITION_TYPES else 0),
         attention="mla" if mla is not None else "gqa", mla=mla, dsa=_dsa(r, mla), moe=moe,
-        qkv_bias=r.get_bool("attention_bias", model_type in _QKV_BIAS_MODEL_TYPES),
+        # attention_bias (Llama-style), and the families' own switches for linear biases
+        # (ChatGLM add_qkv_bias, StarCoder2 use_bias, InternLM / Falcon bias), read when boolean
+        qkv_bias=r.get_bool("attention_bias", model_type in _QKV_BIAS_MODEL_TYPES)
+        or any(text.get(k) is True for k in ("add_qkv_bias", "use_bias", "bias")),
         qk_norm=model_type.startswith("qwen3") or _is_gemma4(text),
         qk_norm_tp=(r.get_bool("use_qk_norm", False)
                     and str(text.get("qk_norm_type", "")).lower() == "per_layer"),
         checkpoint_dtype=_checkpoint_dtype(text),
         quant_scheme=_quant_scheme(text, _checkpoint_dtype(text)),
         layer_kinds=kinds, sliding_window=window, linear_attn=lin, mamba=mamba,
-        mlp_free_layers=free, layer_blocks=blocks, mlp_gated=nh is None,
+        mlp_free_layers=free, layer_blocks=blocks,
+        mlp_gated=nh is None and model_type not in hf_families.UNGATED_MLP_TYPES,
         attn_output_gate=bool(kinds) and r.get_bool("attn_output_gate", lin is not None),
         attn_shapes=_attn_shapes(r, kinds, kv_heads, head_dim) if mla is None else (),
         # Gemma-4: q_norm / k_norm per head, four hidden-width norms per layer, and per MoE
