@@ -83,27 +83,46 @@ def _llama(hidden, layers, heads, kv, inter, vocab, max_pos, head_dim=None, mode
     return cfg
 
 
+def _starcoder2(hidden, layers, heads, kv, inter, tie):
+    return {"architectures": ["Starcoder2ForCausalLM"], "model_type": "starcoder2",
+            "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+            "num_key_value_heads": kv, "intermediate_size": inter, "vocab_size": 49152,
+            "max_position_embeddings": 16384, "sliding_window": 4096, "use_bias": True,
+            "hidden_act": "gelu_pytorch_tanh", "tie_word_embeddings": tie, "torch_dtype": "bfloat16"}
+
+
 #: Published config.json numbers of the models the package does not bundle (HF model cards).
-#: Gemma 3's 5:1 local (1024-token sliding window) : global attention is modelled as global
-#: attention (the chat contexts here are ~1-2 K tokens, so the difference is small).
+#: Gemma 2 / Gemma 3 carry their sliding windows (4,096 / 1,024 tokens) as their config.json
+#: does; the loader derives the layer layout (every other layer / five of six) as transformers does.
 PUBLISHED = {
     "Qwen/Qwen3-8B": _llama(4096, 36, 32, 8, 12288, 151936, 40960, 128, "qwen3"),
     "Qwen/Qwen3-14B": _llama(5120, 40, 40, 8, 17408, 151936, 40960, 128, "qwen3"),
-    "google/gemma-3-12b-it": _llama(3840, 48, 16, 8, 15360, 262208, 131072, 256, "gemma3_text", True),
-    "google/gemma-3-27b-it": _llama(5376, 62, 32, 16, 21504, 262208, 131072, 128, "gemma3_text", True),
+    "google/gemma-3-12b-it": {**_llama(3840, 48, 16, 8, 15360, 262208, 131072, 256, "gemma3_text", True),
+                              "sliding_window": 1024, "sliding_window_pattern": 6},
+    "google/gemma-3-27b-it": {**_llama(5376, 62, 32, 16, 21504, 262208, 131072, 128, "gemma3_text", True),
+                              "sliding_window": 1024, "sliding_window_pattern": 6},
     "mistralai/Mistral-7B-Instruct-v0.3": _llama(4096, 32, 32, 8, 14336, 32768, 32768, 128, "mistral"),
     "mistralai/Mistral-Nemo-Instruct-2407": _llama(5120, 40, 32, 8, 14336, 131072, 131072, 128, "mistral"),
     "codellama/CodeLlama-7b-hf": _llama(4096, 32, 32, 32, 11008, 32016, 16384),
     "codellama/CodeLlama-13b-hf": _llama(5120, 40, 40, 40, 13824, 32016, 16384),
     "codellama/CodeLlama-34b-hf": _llama(8192, 48, 64, 8, 22016, 32000, 16384),
     "codellama/CodeLlama-70b-hf": _llama(8192, 80, 64, 8, 28672, 32016, 4096),
-    "google/gemma-2-2b-it": _llama(2304, 26, 8, 4, 9216, 256000, 8192, 256, "gemma2", True),
-    "google/gemma-2-9b-it": _llama(3584, 42, 16, 8, 14336, 256000, 8192, 256, "gemma2", True),
-    "google/gemma-2-27b-it": _llama(4608, 46, 32, 16, 36864, 256000, 8192, 128, "gemma2", True),
+    "google/gemma-2-2b-it": {**_llama(2304, 26, 8, 4, 9216, 256000, 8192, 256, "gemma2", True),
+                             "sliding_window": 4096},
+    "google/gemma-2-9b-it": {**_llama(3584, 42, 16, 8, 14336, 256000, 8192, 256, "gemma2", True),
+                             "sliding_window": 4096},
+    "google/gemma-2-27b-it": {**_llama(4608, 46, 32, 16, 36864, 256000, 8192, 128, "gemma2", True),
+                              "sliding_window": 4096},
     "microsoft/Phi-3-mini-4k-instruct": _llama(3072, 32, 32, 32, 8192, 32064, 4096, None, "phi3"),
     "microsoft/Phi-3-medium-4k-instruct": _llama(5120, 40, 40, 10, 17920, 32064, 4096, None, "phi3"),
     "google/codegemma-7b": _llama(3072, 28, 16, 16, 24576, 256000, 8192, 256, "gemma", True),
     "google/codegemma-1.1-2b": _llama(2048, 18, 8, 1, 16384, 256000, 8192, 256, "gemma", True),
+    # StarCoder2 (arXiv 2402.19173; Starcoder2ForCausalLM: ungated gelu MLP c_fc -> c_proj, biases,
+    # GQA, a 4,096-token window longer than these code prompts): 3.03 / 7.17 / 15.96 B parameters,
+    # i.e. the 3B and 7B tie the LM head (Starcoder2Config's default) and the 15B does not
+    "bigcode/starcoder2-3b": _starcoder2(3072, 30, 24, 2, 12288, tie=True),
+    "bigcode/starcoder2-7b": _starcoder2(4608, 32, 36, 4, 18432, tie=True),
+    "bigcode/starcoder2-15b": _starcoder2(6144, 40, 48, 4, 24576, tie=False),
 }
 BUNDLED = {
     "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
