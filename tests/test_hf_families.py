@@ -224,3 +224,43 @@ def test_errors_name_the_spelling_in_the_file():
         _m({**STARCODER, "n_layer": 0})
     with pytest.raises(InputError, match="field 'seq_length'"):
         _m({**CHATGLM3, "seq_length": 1.5})
+
+
+ERNIE45_300B = {"architectures": ["Ernie4_5_MoeForCausalLM"], "model_type": "ernie4_5_moe",
+                "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 54,
+                "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 103424,
+                "max_position_embeddings": 131072, "moe_num_experts": 64, "moe_k": 8,
+                "moe_intermediate_size": 3584, "moe_layer_start_index": 3, "moe_layer_interval": 1,
+                "moe_num_shared_experts": 0, "tie_word_embeddings": False}
+HUNYUAN_A13B = {"architectures": ["HunYuanMoEV1ForCausalLM"], "model_type": "hunyuan_v1_moe",
+                "hidden_size": 4096, "intermediate_size": 3072, "num_hidden_layers": 32,
+                "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                "num_experts": 64, "moe_topk": [8] * 32, "moe_intermediate_size": [3072] * 32,
+                "num_shared_expert": [1] * 32, "use_mixed_mlp_moe": True, "use_cla": False,
+                "vocab_size": 128167, "max_position_embeddings": 32768, "tie_word_embeddings": True}
+
+
+def test_ernie_and_hunyuan_moe_keys():
+    # baidu/ERNIE-4.5-300B-A47B: 300B total, 47B activated; before, its moe_num_experts / moe_k
+    # keys were not read and it was planned as a 48B dense model
+    e = _m(ERNIE45_300B)
+    assert e.moe is not None and (e.moe.num_experts, e.moe.experts_per_token) == (64, 8)
+    assert e.moe.moe_layers == tuple(range(3, 54))  # moe_layer_start_index 3
+    assert e.params_total == pytest.approx(300e9, rel=0.01)
+    assert e.params_active == pytest.approx(47.5e9, rel=0.02)
+    # tencent/Hunyuan-A13B: 80B total, 13B active; per-layer lists of one value
+    h = _m(HUNYUAN_A13B)
+    assert (h.moe.num_experts, h.moe.experts_per_token, h.moe.num_shared_experts) == (64, 8, 1)
+    assert h.params_total == pytest.approx(80e9, rel=0.01)
+    assert h.params_active == pytest.approx(13e9, rel=0.03)
+
+
+def test_moe_layouts_not_modelled_are_refused():
+    from apex_opt.errors import InputError
+
+    with pytest.raises(InputError, match="field 'moe_topk': per-layer values that differ"):
+        _m({**HUNYUAN_A13B, "moe_topk": [8] * 16 + [4] * 16})
+    with pytest.raises(InputError, match="field 'use_cla': cross-layer attention"):
+        _m({**HUNYUAN_A13B, "use_cla": True, "cla_share_factor": 2})
+    with pytest.raises(InputError, match="field 'moe_num_experts': per-modality"):
+        _m({**ERNIE45_300B, "moe_num_experts": [64, 64]})

@@ -1425,6 +1425,10 @@ def _moe(r: _Reader, model_type: str, num_layers: int) -> tuple[MoESpec | None, 
         return MoESpec(num_experts=n_exp, experts_per_token=topk, expert_intermediate_size=width,
                        num_shared_experts=1, shared_intermediate_size=r.get_int("intermediate_size"),
                        moe_layers=tuple(range(num_layers)), norm_topk_prob=True), None
+    if r.has("moe_num_experts"):                                    # ERNIE-4.5 MoE
+        return _ernie_moe(r, num_layers), None
+    if model_type.startswith("hunyuan") and r.has("num_experts"):   # Hunyuan-A13B
+        return _hunyuan_moe(r, num_layers), None
     if r.has("n_routed_experts"):                                   # DeepSeek-V2/V3, Kimi-K2
         n_exp = r.get_int("n_routed_experts")
         layers = _moe_layer_list(r, num_layers)
@@ -1480,6 +1484,74 @@ def _moe(r: _Reader, model_type: str, num_layers: int) -> tuple[MoESpec | None, 
         return _moe_spec(r, n_exp, "num_experts", width, n_shared, shared, layers,
                          r.get_bool("norm_topk_prob", False), False), None
     return None, None
+
+
+def _ernie_moe(r: _Reader, num_layers: int) -> MoESpec | None:
+    """ERNIE-4.5 MoE (vLLM ernie45_moe.py Ernie4_5_MoeDecoderLayer): layer i is MoE when use_moe
+    (default moe_num_experts > 0), (i + 1) % moe_layer_interval == 0 and moe_layer_start_index <=
+    i <= moe_layer_end_index; moe_k routed experts of moe_intermediate_size, renormalized, plus
+    moe_num_shared_experts x moe_intermediate_size of always-on shared MLP; the other layers run
+    the dense MLP of intermediate_size."""
+    if isinstance(r.cfg.get("moe_num_experts"), list):
+        raise r.fail("moe_num_experts", "per-modality expert groups (ERNIE-4.5-VL) are not "
+                     "modelled; apex-opt plans one expert group per MoE layer",
+                     r.cfg["moe_num_experts"])
+    n_exp = r.get_int("moe_num_experts", minimum=0)
+    if not r.get_bool("use_moe", n_exp > 0) or n_exp == 0:
+        return None
+    topk = r.get_int("moe_k")
+    if topk > n_exp:
+        raise r.fail("moe_k", f"exceeds the number of experts (moe_num_experts={n_exp})", topk)
+    start = r.get_int("moe_layer_start_index", 0, minimum=0, maximum=num_layers)
+    end = r.get_int("moe_layer_end_index", num_layers - 1, minimum=0, maximum=num_layers)
+    step = r.get_int("moe_layer_interval", 1)
+    layers = tuple(i for i in range(num_layers) if (i + 1) % step == 0 and start <= i <= end)
+    if not layers:
+        return None
+    width = r.get_int("moe_intermediate_size")
+    n_shared = r.get_int("moe_num_shared_experts", 0, minimum=0)
+    return MoESpec(num_experts=n_exp, experts_per_token=topk, expert_intermediate_size=width,
+                   num_shared_experts=n_shared, shared_intermediate_size=n_shared * width,
+                   moe_layers=layers, norm_topk_prob=True)
+
+
+def _uniform(r: _Reader, key: str, default: int | None = None, minimum: int = 1) -> int:
+    """An int field that Hunyuan configs may give per layer (a list): its one value."""
+    v = r.cfg.get(key)
+    if isinstance(v, list):
+        vals = {x for x in v if isinstance(x, int) and not isinstance(x, bool)}
+        if len(vals) != 1 or len(v) == 0 or any(not isinstance(x, int) or isinstance(x, bool) for x in v):
+            raise r.fail(key, "per-layer values that differ are not modelled; apex-opt plans one "
+                         "value for every MoE layer", v[:4])
+        v = vals.pop()
+        if v < minimum:
+            raise r.fail(key, f"must be >= {minimum}", v)
+        return v
+    return r.get_int(key, default, minimum=minimum)
+
+
+def _hunyuan_moe(r: _Reader, num_layers: int) -> MoESpec | None:
+    """Hunyuan MoE (vLLM hunyuan_v1.py HunYuanSparseMoeBlock): num_experts experts of
+    moe_intermediate_size, moe_topk routed per token (either may be a per-layer list), and with
+    use_mixed_mlp_moe an always-on shared MLP of intermediate_size x num_shared_expert; every
+    layer is MoE. Cross-layer attention (use_cla: layers sharing one KV cache) is refused."""
+    if r.get_bool("use_cla", False):
+        raise r.fail("use_cla", "cross-layer attention (KV caches shared by cla_share_factor "
+                     "layers) is not modelled; its KV cache would be over-counted", True)
+    n_exp = _uniform(r, "num_experts")
+    if n_exp <= 1:
+        return None
+    topk = _uniform(r, "moe_topk")
+    if topk > n_exp:
+        raise r.fail("moe_topk", f"exceeds the number of experts (num_experts={n_exp})", topk)
+    width = _uniform(r, "moe_intermediate_size") if r.has("moe_intermediate_size") \
+        else r.get_int("intermediate_size")
+    n_shared = _uniform(r, "num_shared_expert", 1, minimum=0) \
+        if r.get_bool("use_mixed_mlp_moe", False) else 0
+    return MoESpec(num_experts=n_exp, experts_per_token=topk, expert_intermediate_size=width,
+                   num_shared_experts=n_shared,
+                   shared_intermediate_size=n_shared * r.get_int("intermediate_size"),
+                   moe_layers=tuple(range(num_layers)), norm_topk_prob=True)
 
 
 def _moe_layer_list(r: _Reader, num_layers: int) -> tuple[int, ...]:
