@@ -264,3 +264,31 @@ def test_moe_layouts_not_modelled_are_refused():
         _m({**HUNYUAN_A13B, "use_cla": True, "cla_share_factor": 2})
     with pytest.raises(InputError, match="field 'moe_num_experts': per-modality"):
         _m({**ERNIE45_300B, "moe_num_experts": [64, 64]})
+
+
+def test_dbrx_olmoe_apertus():
+    # databricks/dbrx-base: ffn_config / attn_config nested keys; 132B total, 36B active
+    dbrx = {"architectures": ["DbrxForCausalLM"], "model_type": "dbrx", "d_model": 6144,
+            "n_heads": 48, "n_layers": 40, "max_seq_len": 32768, "vocab_size": 100352,
+            "attn_config": {"kv_n_heads": 8}, "tie_word_embeddings": False,
+            "ffn_config": {"ffn_hidden_size": 10752, "moe_num_experts": 16, "moe_top_k": 4}}
+    d = _m(dbrx)
+    assert (d.moe.num_experts, d.moe.experts_per_token, d.num_kv_heads) == (16, 4, 8)
+    assert d.params_total == pytest.approx(132e9, rel=0.01)
+    assert d.params_active == pytest.approx(36e9, rel=0.02)
+    # allenai/OLMoE-1B-7B: experts of intermediate_size (no moe_intermediate_size); 6.9B / 1.3B
+    olmoe = {"architectures": ["OlmoeForCausalLM"], "model_type": "olmoe", "hidden_size": 2048,
+             "intermediate_size": 1024, "num_hidden_layers": 16, "num_attention_heads": 16,
+             "num_experts": 64, "num_experts_per_tok": 8, "vocab_size": 50304,
+             "max_position_embeddings": 4096, "tie_word_embeddings": False}
+    o = _m(olmoe)
+    assert o.moe.expert_intermediate_size == 1024
+    assert o.params_total == pytest.approx(6.9e9, rel=0.01)
+    assert o.params_active == pytest.approx(1.3e9, rel=0.02)
+    # swiss-ai/Apertus-8B: up_proj -> xIELU -> down_proj (no gate); 8B
+    apertus = {"architectures": ["ApertusForCausalLM"], "model_type": "apertus", "hidden_size": 4096,
+               "intermediate_size": 21504, "num_hidden_layers": 32, "num_attention_heads": 32,
+               "num_key_value_heads": 8, "vocab_size": 131072, "max_position_embeddings": 65536,
+               "hidden_act": "xielu", "tie_word_embeddings": False}
+    a = _m(apertus)
+    assert not a.mlp_gated and a.params_total == pytest.approx(8.05e9, rel=0.01)

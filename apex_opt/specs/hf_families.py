@@ -40,10 +40,11 @@ DEFAULT_MAX_LEN = 2048
 #: model files: phi.py PhiMLP fc1/fc2, starcoder2.py Starcoder2MLP c_fc/c_proj, gpt_bigcode.py and
 #: gpt2.py c_fc/c_proj, gpt_j.py fc_in/fc_out, gpt_neox.py and falcon.py and bloom.py and
 #: persimmon.py dense_h_to_4h/dense_4h_to_h, opt.py fc1/fc2, mpt.py up_proj/down_proj, codegen
-#: (GPT-J layout), nemotron.py and arcee.py up_proj -> relu^2 -> down_proj)
+#: (GPT-J layout), nemotron.py and arcee.py up_proj -> relu^2 -> down_proj, apertus.py up_proj ->
+#: xIELU -> down_proj)
 UNGATED_MLP_TYPES = frozenset({"phi", "starcoder2", "gpt_bigcode", "gpt2", "gptj", "gpt_neox",
                                "falcon", "RefinedWeb", "RefinedWebModel", "bloom", "persimmon",
-                               "opt", "mpt", "codegen", "nemotron", "arcee"})
+                               "opt", "mpt", "codegen", "nemotron", "arcee", "apertus"})
 
 #: Families whose MLP width defaults to 4 x hidden when the config leaves it out (GPT2Config /
 #: GPTJConfig / CodeGenConfig n_inner None, FalconConfig ffn_hidden_size None, BloomConfig has no
@@ -88,6 +89,8 @@ def normalize(cfg: dict, model_type: str) -> tuple[dict, list[str], dict[str, st
                 out[key] = out[alias]
                 origin[key] = alias
     _kv_heads(out, model_type)
+    if model_type == "dbrx":
+        _dbrx_ffn(out)
     _mlp_width(out, model_type)
     lens = [out[k] for k in MAX_LEN_KEYS if isinstance(out.get(k), (int, float))
             and not isinstance(out.get(k), bool) and out[k] > 0]
@@ -127,10 +130,22 @@ def _kv_heads(cfg: dict, model_type: str) -> None:
     elif model_type == "chatglm":
         if cfg.get("multi_query_attention") and _present(cfg, "multi_query_group_num"):
             cfg["num_key_value_heads"] = cfg["multi_query_group_num"]
-    elif model_type == "mpt":
+    elif model_type in ("mpt", "dbrx"):
         attn = cfg.get("attn_config")
         if isinstance(attn, dict) and _present(attn, "kv_n_heads"):
             cfg["num_key_value_heads"] = attn["kv_n_heads"]
+
+
+def _dbrx_ffn(cfg: dict) -> None:
+    """DBRX keeps its MoE in ``ffn_config`` (vLLM dbrx.py DbrxExperts: moe_num_experts experts of
+    ffn_hidden_size, gated, moe_top_k per token, every layer): the Mixtral-style keys."""
+    ffn = cfg.get("ffn_config")
+    if not isinstance(ffn, dict):
+        return
+    for key, src in (("num_local_experts", "moe_num_experts"), ("num_experts_per_tok", "moe_top_k"),
+                     ("intermediate_size", "ffn_hidden_size")):
+        if not _present(cfg, key) and _present(ffn, src):
+            cfg[key] = ffn[src]
 
 
 def _mlp_width(cfg: dict, model_type: str) -> None:

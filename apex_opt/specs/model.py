@@ -1473,7 +1473,9 @@ def _moe(r: _Reader, model_type: str, num_layers: int) -> tuple[MoESpec | None, 
         first = r.get_int("first_k_dense_replace", 0, minimum=0, maximum=num_layers)
         layers = tuple(i for i in range(first, num_layers)
                        if i not in dense_only and (i + 1) % step == 0)
-        width = r.get_int("moe_intermediate_size")
+        # OLMoE (vLLM olmoe.py OlmoeMoE): the experts' width is intermediate_size
+        width = r.get_int("moe_intermediate_size") if r.has("moe_intermediate_size") \
+            else r.get_int("intermediate_size")
         shared = r.get_int("shared_expert_intermediate_size", 0, minimum=0)
         if shared:
             return _moe_spec(r, n_exp, "num_experts", width, 1, shared, layers,
