@@ -141,6 +141,8 @@ def stage_kv_layout(model: ModelSpec, layers, tp: int, kv_dtype: str, engine: En
         return _shaped_kv_layout(model, layers, tp, kv_dtype, engine)
     c = model.kind_counts(layers)
     full, sliding = c.get("full", 0), c.get("sliding", 0)
+    if model.architecture in engine.hybrid_swa_disabled_architectures:
+        full, sliding = full + sliding, 0  # the engine keeps every token of the sliding layers
     linear = c.get("linear", 0) + c.get("mamba", 0)  # layers with a recurrent state
     state = model.recurrent_state_bytes(layers, tp, DTYPE_BYTES[recurrent_state_dtype(model, engine)], conv_bytes)
     mode = engine.hybrid_kv

@@ -292,3 +292,20 @@ def test_dbrx_olmoe_apertus():
                "hidden_act": "xielu", "tie_word_embeddings": False}
     a = _m(apertus)
     assert not a.mlp_gated and a.params_total == pytest.approx(8.05e9, rel=0.01)
+
+
+def test_sglang_keeps_gemma_sliding_layers_whole():
+    """SGLang 0.5 switches its hybrid SWA memory off for Gemma-2 / Gemma-3 (server_args
+    disable_hybrid_swa_memory): every layer keeps every token there, unlike vLLM V1."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ApexWarning)
+        m = _m({**GEMMA3_27B, "architectures": ["Gemma3ForCausalLM"]})
+    flat = m.model_copy(update={"layer_kinds": (), "sliding_window": 0})
+    dev = load_cluster("h100-sxm-1x8").pools[0].device
+    cfg = ReplicaConfig(tp=1, max_model_len=32768)
+    sg = load_engine("sglang")
+    assert "Gemma3ForCausalLM" in sg.hybrid_swa_disabled_architectures
+    assert replica_memory(m, dev, cfg, sg).kv_tokens == replica_memory(flat, dev, cfg, sg).kv_tokens
+    # gpt-oss-style sliding layers (not in the list) still get SGLang's SWA pool
+    other = m.model_copy(update={"architecture": "GptOssForCausalLM"})
+    assert replica_memory(other, dev, cfg, sg).kv_tokens > replica_memory(m, dev, cfg, sg).kv_tokens

@@ -224,6 +224,12 @@ class EngineSpec(StrictModel):
                              "(MAMBA_CACHE_SIZE_MAX_RUNNING_REQUESTS_RATIO with the radix cache).")
     swa_full_tokens_ratio: NonNegFloat = Field(
         0.8, description="SGLang: SWA pool tokens / full pool tokens.")
+    hybrid_swa_disabled_architectures: list[str] = Field(
+        default_factory=list,
+        description="Architectures whose sliding-window layers this engine stores like full "
+                    "layers (every token in the KV cache) although hybrid_kv would bound them: "
+                    "SGLang's per-architecture disable_hybrid_swa_memory (Gemma-2 / Gemma-3). "
+                    "Their attention is still computed over the window.")
     cuda_context_gib: NonNegFloat = Field(description="CUDA context + library workspaces per GPU "
                                                       "(outside the utilisation budget).")
     cuda_graph_gib: NonNegFloat = Field(description="CUDA-graph memory pools per GPU, allocated "
