@@ -204,17 +204,26 @@ def test_default_sliding_layers():
     assert [i for i, k in enumerate(on.layer_kinds) if k == "sliding"] == list(range(20, 28))
 
 
+def _kv_tokens(model: ModelSpec, engine: str) -> int:
+    """KV-cache tokens of ``model`` at TP1 on one H100 (max_model_len 32,768) under ``engine``."""
+    dev = load_cluster("h100-sxm-1x8").pools[0].device
+    return replica_memory(model, dev, ReplicaConfig(tp=1, max_model_len=32768),
+                          load_engine(engine)).kv_tokens
+
+
+def _gemma3(**update) -> tuple[ModelSpec, ModelSpec]:
+    """Gemma-3 27B as its config lays it out, and the same with every layer global."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ApexWarning)  # vision-language wrapper
+        m = _m({**GEMMA3_27B, **update})
+    return m, m.model_copy(update={"layer_kinds": (), "sliding_window": 0})
+
+
 def test_gemma3_windowed_layers_hold_more_tokens():
     """vLLM V1's hybrid manager keeps only the window of the sliding layers, so Gemma-3 27B on
     one H100 holds several times the tokens it would if every layer kept the whole context."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ApexWarning)
-        m = _m(GEMMA3_27B)
-    flat = m.model_copy(update={"layer_kinds": (), "sliding_window": 0})
-    dev = load_cluster("h100-sxm-1x8").pools[0].device
-    cfg = ReplicaConfig(tp=1, max_model_len=32768)
-    eng = load_engine("vllm")
-    assert replica_memory(m, dev, cfg, eng).kv_tokens > 3 * replica_memory(flat, dev, cfg, eng).kv_tokens
+    m, flat = _gemma3()
+    assert _kv_tokens(m, "vllm") > 3 * _kv_tokens(flat, "vllm")
 
 
 def test_errors_name_the_spelling_in_the_file():
@@ -297,15 +306,15 @@ def test_dbrx_olmoe_apertus():
 def test_sglang_keeps_gemma_sliding_layers_whole():
     """SGLang 0.5 switches its hybrid SWA memory off for Gemma-2 / Gemma-3 (server_args
     disable_hybrid_swa_memory): every layer keeps every token there, unlike vLLM V1."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ApexWarning)
-        m = _m({**GEMMA3_27B, "architectures": ["Gemma3ForCausalLM"]})
-    flat = m.model_copy(update={"layer_kinds": (), "sliding_window": 0})
-    dev = load_cluster("h100-sxm-1x8").pools[0].device
-    cfg = ReplicaConfig(tp=1, max_model_len=32768)
-    sg = load_engine("sglang")
-    assert "Gemma3ForCausalLM" in sg.hybrid_swa_disabled_architectures
-    assert replica_memory(m, dev, cfg, sg).kv_tokens == replica_memory(flat, dev, cfg, sg).kv_tokens
+    m, flat = _gemma3(architectures=["Gemma3ForCausalLM"])
+    assert "Gemma3ForCausalLM" in load_engine("sglang").hybrid_swa_disabled_architectures
+    assert _kv_tokens(m, "sglang") == _kv_tokens(flat, "sglang")
     # gpt-oss-style sliding layers (not in the list) still get SGLang's SWA pool
     other = m.model_copy(update={"architecture": "GptOssForCausalLM"})
-    assert replica_memory(other, dev, cfg, sg).kv_tokens > replica_memory(m, dev, cfg, sg).kv_tokens
+    assert _kv_tokens(other, "sglang") > _kv_tokens(m, "sglang")
+
+
+def test_vllm_before_the_hybrid_manager_keeps_sliding_layers_whole():
+    m, flat = _gemma3()
+    assert _kv_tokens(m, "vllm@0.9.2") == _kv_tokens(flat, "vllm@0.9.2")
+    assert _kv_tokens(m, "vllm@0.10.0") > 3 * _kv_tokens(m, "vllm@0.9.2")
