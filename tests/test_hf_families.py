@@ -318,3 +318,10 @@ def test_vllm_before_the_hybrid_manager_keeps_sliding_layers_whole():
     m, flat = _gemma3()
     assert _kv_tokens(m, "vllm@0.9.2") == _kv_tokens(flat, "vllm@0.9.2")
     assert _kv_tokens(m, "vllm@0.10.0") > 3 * _kv_tokens(m, "vllm@0.9.2")
+
+
+def test_an_invalid_context_key_is_named_not_skipped():
+    from apex_opt.errors import InputError
+
+    with pytest.raises(InputError, match="field 'max_position_embeddings': must be >= 1"):
+        _m({**CHATGLM3, "max_position_embeddings": -5})

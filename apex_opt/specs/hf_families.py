@@ -92,8 +92,9 @@ def normalize(cfg: dict, model_type: str) -> tuple[dict, list[str], dict[str, st
     if model_type == "dbrx":
         _dbrx_ffn(out)
     _mlp_width(out, model_type)
+    # (a non-positive value stays in: the reader then names it as invalid)
     lens = [out[k] for k in MAX_LEN_KEYS if isinstance(out.get(k), (int, float))
-            and not isinstance(out.get(k), bool) and out[k] > 0]
+            and not isinstance(out.get(k), bool)]
     if lens:
         # vLLM: the smallest of the keys present (e.g. Command-R: max_position_embeddings 8,192,
         # model_max_length 131,072 -> 8,192)
