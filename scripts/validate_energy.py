@@ -123,6 +123,15 @@ PUBLISHED = {
     "bigcode/starcoder2-3b": _starcoder2(3072, 30, 24, 2, 12288, tie=True),
     "bigcode/starcoder2-7b": _starcoder2(4608, 32, 36, 4, 18432, tie=True),
     "bigcode/starcoder2-15b": _starcoder2(6144, 40, 48, 4, 24576, tie=False),
+    # Phi-3-small (Phi3SmallForCausalLM, 7.39 B): gated gegelu MLP of ff_intermediate_size, GQA 32/8,
+    # tied embeddings; block-sparse attention on every other layer, planned dense (the chat
+    # contexts here, ~250 + ~300 tokens, sit inside its 16 local blocks of 64 tokens anyway)
+    "microsoft/Phi-3-small-8k-instruct": {
+        "architectures": ["Phi3SmallForCausalLM"], "model_type": "phi3small", "hidden_size": 4096,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "ff_intermediate_size": 14336, "vocab_size": 100352, "max_position_embeddings": 8192,
+        "blocksparse_block_size": 64, "blocksparse_num_local_blocks": 16, "blocksparse_vert_stride": 8,
+        "dense_attention_every_n_layers": 2, "tie_word_embeddings": True, "torch_dtype": "bfloat16"},
 }
 BUNDLED = {
     "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",

@@ -325,3 +325,18 @@ def test_an_invalid_context_key_is_named_not_skipped():
 
     with pytest.raises(InputError, match="field 'max_position_embeddings': must be >= 1"):
         _m({**CHATGLM3, "max_position_embeddings": -5})
+
+
+def test_phi3_small_is_planned_dense_with_a_warning():
+    # microsoft/Phi-3-small-8k-instruct: ff_intermediate_size, block-sparse attention on every
+    # other layer (dense_attention_every_n_layers 2); 7.39B
+    cfg = {"architectures": ["Phi3SmallForCausalLM"], "model_type": "phi3small", "hidden_size": 4096,
+           "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "ff_intermediate_size": 14336, "vocab_size": 100352, "max_position_embeddings": 8192,
+           "blocksparse_block_size": 64, "blocksparse_num_local_blocks": 16,
+           "blocksparse_vert_stride": 8, "dense_attention_every_n_layers": 2,
+           "tie_word_embeddings": True}
+    with pytest.warns(ApexWarning, match="block-sparse attention \\(16 of 32 layers"):
+        m = _m(cfg)
+    assert m.intermediate_size == 14336 and m.mlp_gated
+    assert m.params_total == pytest.approx(7.39e9, rel=0.005)

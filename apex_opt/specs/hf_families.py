@@ -18,12 +18,13 @@ from typing import Any
 #: GPT2Config / GPTBigCodeConfig / GPTJConfig / CodeGenConfig: n_embd, n_layer, n_head, n_inner;
 #: FalconConfig / BloomConfig: n_layer, n_head (Bloom's old n_embed); MptConfig: d_model, n_layers,
 #: n_heads; OPTConfig: ffn_dim; ChatGLMConfig / ExaoneConfig: num_layers, ChatGLM's
-#: ffn_hidden_size, padded_vocab_size and kv_channels (= head_dim, also Qwen-1's))
+#: ffn_hidden_size, padded_vocab_size and kv_channels (= head_dim, also Qwen-1's); Phi-3-small's
+#: ff_intermediate_size (Phi3SmallConfig))
 ALIASES: dict[str, tuple[str, ...]] = {
     "hidden_size": ("n_embd", "d_model", "n_embed"),
     "num_hidden_layers": ("n_layer", "num_layers", "n_layers"),
     "num_attention_heads": ("n_head", "n_heads"),
-    "intermediate_size": ("n_inner", "ffn_hidden_size", "ffn_dim"),
+    "intermediate_size": ("n_inner", "ffn_hidden_size", "ffn_dim", "ff_intermediate_size"),
     "vocab_size": ("padded_vocab_size",),
     "head_dim": ("kv_channels",),
 }

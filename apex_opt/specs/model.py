@@ -1194,9 +1194,9 @@ def _reject_non_decoder(arch: str, model_type: str, cfg: dict, top: dict, source
 
 
 def _sparse_attention_warning(arch: str, cfg: dict, name: str) -> None:
-    """Warn about sparse-attention layouts read only approximately: MiniMax-M3's block-sparse
-    attention (costed dense; its index projections and index-key cache not counted) and GLM-5.2's
-    shared indexers (every layer counted with its own)."""
+    """Warn about sparse-attention layouts read only approximately: MiniMax-M3's and Phi-3-small's
+    block-sparse attention (costed dense; MiniMax-M3's index projections and index-key cache not
+    counted) and GLM-5.2's shared indexers (every layer counted with its own)."""
     from ..errors import warn
 
     sp = cfg.get("sparse_attention_config")
@@ -1209,6 +1209,17 @@ def _sparse_attention_warning(arch: str, cfg: dict, name: str) -> None:
              f"time at long context is over-estimated, and its index projections and index-key "
              f"cache ({sp.get('sparse_index_dim')} elements per token per sparse layer) are not "
              f"counted, so KV memory is under-estimated")
+    every = cfg.get("dense_attention_every_n_layers")
+    if cfg.get("blocksparse_block_size") is not None and isinstance(every, int) and every > 0:
+        # Phi-3-small (vLLM phi3_small.py): layers whose (index + 1) is not a multiple of
+        # dense_attention_every_n_layers attend local blocks plus a vertical stride
+        n = cfg.get("num_hidden_layers")
+        sparse = sum(1 for i in range(n) if (i + 1) % every) if isinstance(n, int) else "?"
+        warn(f"{name}: {arch} block-sparse attention ({sparse} of {n} layers: "
+             f"{cfg.get('blocksparse_num_local_blocks')} local blocks of "
+             f"{cfg.get('blocksparse_block_size')} tokens, vertical stride "
+             f"{cfg.get('blocksparse_vert_stride')}) is planned as dense attention: attention time "
+             f"past the local blocks is over-estimated (its KV cache is the dense one)")
     types = cfg.get("indexer_types")
     if isinstance(types, list) and any(t != "full" for t in types):
         own = sum(1 for t in types if t == "full")
