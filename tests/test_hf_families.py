@@ -340,3 +340,22 @@ def test_phi3_small_is_planned_dense_with_a_warning():
         m = _m(cfg)
     assert m.intermediate_size == 14336 and m.mlp_gated
     assert m.params_total == pytest.approx(7.39e9, rel=0.005)
+
+
+def test_language_model_sections_of_multimodal_wrappers():
+    # OpenGVLab/InternVL2_5-8B: the language model (InternLM2.5-7B, 7.74B) under llm_config
+    llm = {"architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2", "hidden_size": 4096,
+           "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "vocab_size": 92553, "max_position_embeddings": 32768,
+           "tie_word_embeddings": False}
+    cfg = {"architectures": ["InternVLChatModel"], "model_type": "internvl_chat", "llm_config": llm,
+           "vision_config": {"hidden_size": 1024, "num_hidden_layers": 24}}
+    with pytest.warns(ApexWarning, match="vision-language model; planning for its language model"):
+        m = _m(cfg)
+    assert m.params_total == pytest.approx(7.74e9, rel=0.005)
+    from apex_opt.errors import InputError
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ApexWarning)
+        with pytest.raises(InputError, match="field 'llm_config.num_attention_heads'"):
+            _m({**cfg, "llm_config": {**llm, "num_attention_heads": 0}})

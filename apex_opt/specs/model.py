@@ -942,18 +942,26 @@ class _Reader:
         return list(v)
 
 
+#: where multimodal wrappers nest their language model: text_config (transformers' own VLMs),
+#: llm_config (InternVL's InternVLChatConfig), language_config (DeepSeek-VL2) -- the sections
+#: vLLM's internvl.py / deepseek_vl2.py build the language model from
+_TEXT_SECTIONS = ("text_config", "llm_config", "language_config")
+
+
 def _text_section(cfg: dict, source: str) -> tuple[dict, str]:
     """The dict holding the language-model fields and the field prefix for error messages."""
     if all(k in cfg for k in _TEXT_KEYS):
         return cfg, ""
-    text = cfg.get("text_config")
-    if isinstance(text, dict):
-        merged = {k: v for k, v in cfg.items() if not k.endswith("_config") or k in _INHERITED_KEYS}
-        merged.update(text)
-        return merged, "text_config."
-    if text is not None:
-        raise InputError("must be a mapping", source=source, field="text_config",
-                         value=type(text).__name__)
+    for key in _TEXT_SECTIONS:
+        text = cfg.get(key)
+        if isinstance(text, dict):
+            merged = {k: v for k, v in cfg.items()
+                      if not k.endswith("_config") or k in _INHERITED_KEYS}
+            merged.update(text)
+            return merged, key + "."
+        if text is not None:
+            raise InputError("must be a mapping", source=source, field=key,
+                             value=type(text).__name__)
     return cfg, ""
 
 
