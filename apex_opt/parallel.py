@@ -95,8 +95,11 @@ def attention_dp_degrees(model: ModelSpec, tp: int, pp: int,
 
 
 def tp_degrees(model: ModelSpec, pool: PoolSpec) -> list[int]:
-    return [t for t in range(1, pool.gpus_per_node + 1)
-            if pool.gpus_per_node % t == 0 and valid_tp(model, t)]
+    """TP degrees that pack a node evenly or, inside a multi-node NVLink domain
+    (PoolSpec.tp_domain_gpus), take whole nodes."""
+    gpn = pool.gpus_per_node
+    return [t for t in range(1, pool.tp_domain_gpus + 1)
+            if (gpn % t == 0 if t <= gpn else t % gpn == 0) and valid_tp(model, t)]
 
 
 def enumerate_shapes(model: ModelSpec, pool: PoolSpec, max_gpus: int | None = None,
@@ -133,13 +136,18 @@ def shape_problem(model: ModelSpec, pool: PoolSpec, tp: int, pp: int, ep: int) -
 
 def scope_problem(pool: PoolSpec, tp: int) -> str | None:
     """A shape the engines can run but apex-opt does not model (exit 3, not bad input): tensor
-    parallelism across nodes (vLLM / SGLang run it over the inter-node network, every layer's
-    all-reduces on that link; the cost model keeps TP groups inside one node)."""
-    if tp > pool.gpus_per_node:
-        return (f"tp={tp} exceeds the {pool.gpus_per_node} GPUs of one node of pool "
+    parallelism across nodes joined by a network (vLLM / SGLang run it there, every layer's
+    all-reduces on that link; the cost model keeps TP groups inside one node, or inside the
+    multi-node NVLink domain of an NVL72 rack: PoolSpec.tp_domain_gpus)."""
+    gpn = pool.gpus_per_node
+    if tp > pool.tp_domain_gpus:
+        return (f"tp={tp} exceeds the {gpn} GPUs of one node of pool "
                 f"'{pool.name}': apex-opt models tensor parallelism inside one node only (the "
                 f"engines can run it across nodes, all-reduces over the inter-node link); use "
-                f"--pp across nodes, or tp <= {pool.gpus_per_node}")
+                f"--pp across nodes, or tp <= {gpn}")
+    if tp > gpn and tp % gpn:
+        return (f"tp={tp} spans nodes of pool '{pool.name}' without taking whole {gpn}-GPU "
+                f"nodes; use a multiple of {gpn}")
     return None
 
 

@@ -29,6 +29,8 @@ EXPECTED_CLUSTERS: dict[str, dict[str, int]] = {
     "mi300x-1x8": {"mi300x": 8},
     "l40s-1x8": {"l40s": 8},
     "mixed-h100-a100": {"h100": 8, "a100": 16},
+    "gb200-nvl72": {"gb200": 72},
+    "gb300-nvl72": {"gb300": 72},
 }
 EXPECTED_DEVICES = ["h100-sxm-80gb", "h100-pcie-80gb", "h200-sxm-141gb", "a100-sxm-80gb", "b200",
                     "mi300x", "l40s"]
@@ -95,7 +97,8 @@ def test_bundled_cluster_loads_with_expected_pools(name: str):
     assert {p.name: p.num_gpus for p in cluster.pools} == EXPECTED_CLUSTERS[name]
     assert cluster.num_gpus == sum(EXPECTED_CLUSTERS[name].values())
     for pool in cluster.pools:
-        assert pool.gpus_per_node == 8
+        # 8-GPU HGX/DGX nodes; an NVL72 rack's hosts are 4-GPU compute trays
+        assert pool.gpus_per_node == (4 if name.endswith("nvl72") else 8)
         assert pool.device.name in device_names()
         assert (pool.inter_node is not None) or pool.nodes == 1
     text = (data_dir("clusters") / f"{name}.yaml").read_text(encoding="utf-8")
@@ -381,3 +384,28 @@ def test_unknown_bundled_device_name():
 def test_linkspec_rejects_nan_in_code():
     with pytest.raises(ValueError):
         LinkSpec(kind="nvlink", bandwidth_gbps=math.nan, latency_us=1.0)
+
+
+def test_nvl72_tensor_parallel_spans_trays_over_nvlink():
+    """A GB200 NVL72 rack's 4-GPU trays share one NVLink fabric: TP may take whole trays (NCCL over
+    multi-node NVLink, no vLLM custom all-reduce across hosts); across an InfiniBand network it
+    stays refused."""
+    from apex_opt.costmodel.collectives import collective_model_for
+    from apex_opt.parallel import scope_problem, tp_degrees
+    from apex_opt.specs.model import load_model
+
+    pool = load_cluster("gb200-nvl72").pool("gb200")
+    assert pool.tp_domain_gpus == 72 and pool.gpus_per_node == 4
+    assert {8, 16, 32, 64} <= set(tp_degrees(load_model("deepseek-v3"), pool))
+    assert scope_problem(pool, 8) is None
+    assert "without taking whole 4-GPU nodes" in scope_problem(pool, 6)
+    ib = load_cluster("h100-sxm-2x8").pool("h100")
+    assert ib.tp_domain_gpus == 8 and "inside one node only" in scope_problem(ib, 16)
+    # an all-reduce over two trays runs on the rack's one NVLink switch fabric, as inside an HGX
+    # B200 node, not over a network
+    big = 64 * 2 ** 20
+    rack = collective_model_for(pool, 8)
+    hgx = collective_model_for(load_cluster("b200-1x8").pool("b200"), 8)
+    assert rack.all_reduce(big, 8) == pytest.approx(hgx.all_reduce(big, 8), rel=0.01)
+    net = collective_model_for(load_cluster("b200-2x8").pool("b200"), 16)
+    assert rack.all_reduce(big, 8) < 0.5 * net.all_reduce(big, 16)

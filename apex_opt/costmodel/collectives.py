@@ -363,10 +363,12 @@ class CollectiveModel:
 
 
 def collective_model_for(pool: PoolSpec, n_gpus: int) -> CollectiveModel:
-    """Intra-node link when the group fits in one node, else hierarchical intra + inter-node."""
+    """Intra-node link when the group fits in one node -- or in the pool's multi-node NVLink
+    domain (PoolSpec.tp_domain_gpus: an NVL72 rack's trays hang off one NVLink switch fabric,
+    which NCCL drives as one NVLS domain) -- else hierarchical intra + inter-node."""
     if n_gpus < 1:
         raise InputError("group size must be >= 1", field="n_gpus", value=n_gpus)
-    if n_gpus <= pool.gpus_per_node or pool.inter_node is None:
+    if n_gpus <= pool.tp_domain_gpus or pool.inter_node is None:
         if n_gpus > pool.num_gpus:
             raise InputError(f"group of {n_gpus} GPUs exceeds pool '{pool.name}' ({pool.num_gpus} GPUs)",
                              field="n_gpus", value=n_gpus)

@@ -308,6 +308,16 @@ class PoolSpec(_StrictNumbers):
         return self.nodes * self.gpus_per_node
 
     @property
+    def tp_domain_gpus(self) -> int:
+        """GPUs one tensor-parallel group may span: one node, or every GPU of the pool when its
+        nodes are joined by NVLink (``inter_node.kind == 'nvlink'``: a GB200 / GB300 NVL72 rack,
+        whose 4-GPU trays share one NVLink switch fabric, so TP runs across trays at NVLink
+        bandwidth as NCCL's multi-node NVLink does)."""
+        if self.inter_node is not None and self.inter_node.kind == "nvlink":
+            return self.num_gpus
+        return self.gpus_per_node
+
+    @property
     def node_host_power_w(self) -> float:
         """Non-GPU power of one node (W): ``host_power_w`` or the device's per-GPU host share."""
         if self.host_power_w is not None:
