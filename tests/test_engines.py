@@ -64,6 +64,26 @@ def test_a_release_newer_than_every_profile_runs_on_the_newest_with_a_warning():
         load_engine("vllm@0.3")
 
 
+def test_a_development_build_runs_on_the_newest_profile_with_a_warning():
+    """vLLM nightly wheels / images and SGLang nightly-dev images (a real benchmark's version
+    label) are newer than every release: the family's newest profile, at the first release past
+    its range (so its overrides for that release apply), with a warning."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        e = load_engine("vllm@nightly-5b8c30d62b754b57")
+        s = load_engine("sglang@nightly-dev")
+        release = load_engine("vllm@0.20")
+    assert (e.name, e.version) == ("vllm", "0.20") and s.name == "sglang"
+    assert any("a development build" in str(x.message) for x in w)
+    assert release.model_dump() == e.model_dump()
+    with pytest.raises(InputError, match="use vllm@nightly"):
+        load_engine("vllm-0.6@nightly")
+    with pytest.raises(InputError, match="is not a version number"):
+        load_engine("sglang@foo")
+
+
 def test_defaults_by_gpu_memory():
     v1, sg = load_engine("vllm"), load_engine("sglang")
     h100 = load_cluster("h100-sxm-1x8").pools[0].device

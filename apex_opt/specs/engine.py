@@ -14,6 +14,8 @@ that release has it on by default).
 
 from __future__ import annotations
 
+import re
+
 from functools import lru_cache
 from typing import Literal, get_args
 
@@ -565,10 +567,27 @@ def load_engine(name: str | None = None) -> EngineSpec:
                          f"{base})", field="engine", value=name)
     if not ver:
         return spec
+    if _is_dev_build(ver):
+        # a nightly / main-branch build is newer than every release: the newest profile, with its
+        # overrides for the first release past its range
+        up = _upper_bound(spec)
+        if up is None or not _newer_than_every_profile(spec, up):
+            newest = max((e for e in all_engines() if e.engine == spec.engine),
+                         key=lambda e: Version(e.reference_version))
+            raise InputError(f"a {ver} build is newer than every {spec.engine} release; use "
+                             f"{newest.name}@{ver}", field="engine", value=name)
+        from ..errors import warn
+
+        warn(f"{spec.engine} {ver} (a development build, newer than every release whose source "
+             f"the profiles were read from) is modelled as {base} ({spec.versions}) at {up}, the "
+             f"newest profile: check the predictions against a measurement before relying on "
+             f"release-specific behaviour")
+        ver = str(up)
     try:
         v = Version(ver)
     except InvalidVersion:
-        raise InputError(f"{ver!r} is not a version number (e.g. {base}@{spec.reference_version})",
+        raise InputError(f"{ver!r} is not a version number (e.g. {base}@{spec.reference_version}, "
+                         f"or {base}@nightly for a development build)",
                          field="engine", value=name) from None
     if v not in SpecifierSet(spec.versions):
         fits = [e.name for e in all_engines() if e.engine == spec.engine
@@ -579,9 +598,10 @@ def load_engine(name: str | None = None) -> EngineSpec:
                              f"{ver}{hint}", field="engine", value=name)
         from ..errors import warn
 
-        warn(f"{spec.engine} {ver} is newer than every release whose source the profiles were "
-             f"read from; modelled as {base} ({spec.versions}), the newest profile: check the "
-             f"predictions against a measurement before relying on release-specific behaviour")
+        if not _is_dev_build(str(name).partition("@")[2]):
+            warn(f"{spec.engine} {ver} is newer than every release whose source the profiles were "
+                 f"read from; modelled as {base} ({spec.versions}), the newest profile: check the "
+                 f"predictions against a measurement before relying on release-specific behaviour")
     data = spec.model_dump()
     for o in spec.version_overrides:
         if v in SpecifierSet(str(o["versions"])):
@@ -590,21 +610,32 @@ def load_engine(name: str | None = None) -> EngineSpec:
     return EngineSpec(**data)
 
 
+#: version strings of development builds (vLLM's nightly wheels and images, SGLang's
+#: nightly-dev images, a source checkout of main): newer than every release
+_DEV_BUILD = re.compile(r"^(nightly|main|latest|dev)([-+._].*)?$", re.IGNORECASE)
+
+
+def _is_dev_build(ver: str) -> bool:
+    return bool(_DEV_BUILD.match(ver.strip()))
+
+
+def _upper_bound(e: EngineSpec):
+    """The exclusive upper release bound of a profile's ``versions`` (None when open-ended)."""
+    from packaging.version import Version
+
+    bounds = [Version(x.split("<", 1)[1].lstrip("=").strip()) for x in e.versions.split(",")
+              if x.strip().startswith("<")]
+    return max(bounds) if bounds else None
+
+
 def _newer_than_every_profile(spec: EngineSpec, v) -> bool:
     """``v`` is at or above the upper bound of every profile of ``spec``'s engine family and
     ``spec`` is the family's newest profile (the one with the highest upper bound)."""
-    from packaging.version import Version
-
-    def upper(e: EngineSpec) -> Version | None:
-        bounds = [Version(x.split("<", 1)[1].lstrip("=").strip()) for x in e.versions.split(",")
-                  if x.strip().startswith("<")]
-        return max(bounds) if bounds else None
-
     fam = [e for e in all_engines() if e.engine == spec.engine]
-    ups = [upper(e) for e in fam]
+    ups = [_upper_bound(e) for e in fam]
     if any(u is None for u in ups):
         return False  # an open-ended profile claims every newer release itself
-    return upper(spec) == max(ups) and v >= upper(spec)
+    return _upper_bound(spec) == max(ups) and v >= _upper_bound(spec)
 
 
 def engine_for(engine: str, version: str | None) -> str:
