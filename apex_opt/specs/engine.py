@@ -642,7 +642,7 @@ def engine_for(engine: str, version: str | None) -> str:
     """Profile name (with @version) for an engine family and release, e.g. ('vllm', '0.6.0') ->
     'vllm-0.6@0.6.0'; no version -> the family's profile marked default or named like it."""
     from packaging.specifiers import SpecifierSet
-    from packaging.version import Version
+    from packaging.version import InvalidVersion, Version
 
     fam = [e for e in all_engines() if e.engine == engine]
     if not fam:
@@ -652,11 +652,19 @@ def engine_for(engine: str, version: str | None) -> str:
     if not version:
         named = [e for e in fam if e.name == engine]
         return (named or fam)[0].name
-    v = Version(version)
+    newest = max(fam, key=lambda e: Version(e.reference_version))
+    if _is_dev_build(version):
+        return f"{newest.name}@{version}"
+    try:
+        v = Version(version)
+    except InvalidVersion:
+        from ..errors import InputError
+
+        raise InputError(f"{version!r} is not a version number", field="engine_version",
+                         value=version) from None
     for e in fam:
         if v in SpecifierSet(e.versions):
             return f"{e.name}@{v}"
-    newest = max(fam, key=lambda e: Version(e.reference_version))
     return newest.name
 
 
