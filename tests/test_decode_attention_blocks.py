@@ -136,3 +136,20 @@ def test_matches_vllm_prefill_tables(shared_dir, gpu, device, limit):
                                     chunks).time_s
             errs.append(abs(t / (float(r["latency"]) * 1e-3) - 1.0))
     assert median(errs) < limit
+
+
+def test_blackwell_decode_blocks_and_fp8_kv_have_their_own_constants():
+    """Blackwell decode runs FlashInfer's TRT-LLM-gen kernels (kernels.yaml
+    attention_decode.cta_sm_us_by_compute_capability / fp8_kv_by_compute_capability, fitted on a
+    measured B200 table): a block costs 1.3 us per SM instead of Hopper's 3.76, and an fp8 KV cache
+    streams its bytes x 0.90 with blocks x 0.75 -- where Hopper's FA3 fp8 path costs more."""
+    kf = kernel_facts()
+    b200, h100 = _dev("b200"), _dev()
+    assert b200._decode_cta_s * 148 == pytest.approx(1.3e-6)
+    assert h100._decode_cta_s * 132 == pytest.approx(kf.decode_cta_sm_s) == pytest.approx(3.76e-6)
+    assert b200._fp8_kv_factors == (0.90, 0.75) and h100._fp8_kv_factors == (1.25, 1.15)
+    assert _dev("gb300")._fp8_kv_factors == (0.90, 0.75)
+    # many short contexts: block-bound, so fp8 KV is cheaper on Blackwell than half of bf16's
+    # block share would suggest, and dearer than bf16 nowhere
+    ctx = [64] * 512
+    assert b200.attention_decode(64, 8, 128, ctx, "fp8").time_s < b200.attention_decode(64, 8, 128, ctx).time_s

@@ -215,11 +215,10 @@ class DeviceCostModel:
         from .kernels import kernel_facts
         kf = kernel_facts()
         sms = getattr(device, "sm_count", None)
-        self._decode_cta_s = kf.decode_cta_sm_s / sms if sms else 0.0
+        self._decode_cta_s = kf.decode_cta_s_for(device.compute_capability) / sms if sms else 0.0
         # fp8 KV cache: (factor on streamed bytes, factor on the block cost) where the engines'
         # kernel has a measured fp8 path (FA3 on Hopper), else plain byte halving
-        ccs, stream_f, block_f = kf.decode_fp8_kv
-        self._fp8_kv_factors = (stream_f, block_f) if device.compute_capability in ccs else (1.0, 1.0)
+        self._fp8_kv_factors = kf.decode_fp8_kv_for(device.compute_capability)
         self._prefill_block_factor = kf.prefill_block_factor
 
     # -- power -----------------------------------------------------------------------------------

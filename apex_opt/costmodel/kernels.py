@@ -47,6 +47,22 @@ class KernelFacts:
     decode_fp8_kv: tuple[tuple[str, ...], float, float]
     #: a prefill thread block's fixed cost over a decode block's (attention_decode.prefill_block_factor)
     prefill_block_factor: float
+    #: compute capability -> decode_cta_sm_s where its decode kernels differ (Blackwell)
+    decode_cta_sm_s_by_cc: dict[str, float] = field(default_factory=dict)
+    #: compute capability -> (stream factor, block factor) of its fp8 KV decode, beyond decode_fp8_kv
+    decode_fp8_kv_by_cc: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def decode_cta_s_for(self, compute_capability: str | None) -> float:
+        """SM-seconds of one decode block on a GPU of this compute capability."""
+        return self.decode_cta_sm_s_by_cc.get(str(compute_capability), self.decode_cta_sm_s)
+
+    def decode_fp8_kv_for(self, compute_capability: str | None) -> tuple[float, float]:
+        """(stream factor, block factor) of an fp8 KV decode on this compute capability."""
+        cc = str(compute_capability)
+        if cc in self.decode_fp8_kv_by_cc:
+            return self.decode_fp8_kv_by_cc[cc]
+        ccs, stream_f, block_f = self.decode_fp8_kv
+        return (stream_f, block_f) if cc in ccs else (1.0, 1.0)
     #: engine family -> the NVFP4 MoE kernel it runs when not vLLM's (fused_moe.fp4_backend)
     moe_fp4_backend: dict[str, str] = field(default_factory=dict)
     #: MoE backend -> share of HBM bandwidth its weight stream reaches (fused_moe.backend_stream_eff)
@@ -95,6 +111,12 @@ def kernel_facts() -> KernelFacts:
                            float(c["attention_decode"]["fp8_kv"]["stream_factor"]),
                            float(c["attention_decode"]["fp8_kv"]["block_factor"])),
             prefill_block_factor=float(c["attention_decode"]["prefill_block_factor"]),
+            decode_cta_sm_s_by_cc={str(k): float(v) * 1e-6 for k, v in
+                                   (c["attention_decode"].get("cta_sm_us_by_compute_capability")
+                                    or {}).items()},
+            decode_fp8_kv_by_cc={str(k): (float(v["stream_factor"]), float(v["block_factor"]))
+                                 for k, v in (c["attention_decode"].get("fp8_kv_by_compute_capability")
+                                              or {}).items()},
             moe_fp4_backend={str(k): str(v) for k, v in c["fused_moe"].get("fp4_backend", {}).items()},
             moe_backend_stream_eff={str(k): float(v) for k, v in
                                     c["fused_moe"].get("backend_stream_eff", {}).items()},
