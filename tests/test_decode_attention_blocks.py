@@ -153,3 +153,21 @@ def test_blackwell_decode_blocks_and_fp8_kv_have_their_own_constants():
     # block share would suggest, and dearer than bf16 nowhere
     ctx = [64] * 512
     assert b200.attention_decode(64, 8, 128, ctx, "fp8").time_s < b200.attention_decode(64, 8, 128, ctx).time_s
+
+
+def test_blackwell_triton_moe_compute_rate_is_its_own():
+    """vLLM's Triton fused_moe on Blackwell (no TMA / tcgen05 pipeline) runs further below the
+    dense-GEMM fit at prefill sizes than on Hopper (kernels.yaml fused_moe
+    triton_compute_eff_by_compute_capability, fitted on a measured B200 table)."""
+    kf = kernel_facts()
+    assert kf.moe_compute_eff("vllm", "fp8_block", "10.0") == 0.15
+    assert kf.moe_compute_eff("vllm", "fp8_block", "9.0") == 0.4
+    assert kf.moe_compute_eff("vllm", "bf16", "10.3") == 0.4
+    assert kf.moe_compute_eff("sglang", "bf16", "10.0") == 1.0  # not set for SGLang
+    b200 = _dev("b200")
+    big = [b200.fused_moe(8192, 7168, 2048, 8, 256, 8, 1, "fp8", "fp8", balanced=True,
+                          block_fp8=True, compute_eff=e).time_s for e in (0.4, 0.15)]
+    assert big[1] > 1.3 * big[0]  # prefill-sized: compute-bound in good part
+    small = [b200.fused_moe(16, 7168, 2048, 8, 256, 8, 1, "fp8", "fp8", balanced=True,
+                            block_fp8=True, compute_eff=e).time_s for e in (0.4, 0.15)]
+    assert small[1] == pytest.approx(small[0], rel=0.02)  # decode streams the weights

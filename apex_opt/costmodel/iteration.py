@@ -332,7 +332,8 @@ class IterationCostModel:
         self._moe_compute_eff = 1.0
         if self.moe_backend == "triton":
             key = "fp8_block" if (self.block_fp8 and self.compute_dtype == "fp8") else self.compute_dtype
-            self._moe_compute_eff = kf.moe_triton_compute_eff.get(self.engine.engine, {}).get(key, 1.0)
+            self._moe_compute_eff = kf.moe_compute_eff(self.engine.engine, key,
+                                                       pool.device.compute_capability)
         #: shared experts the engine runs inside the routed-expert MoE kernel as experts every
         #: token picks (SGLang's shared-expert fusion, EngineSpec.moe_shared_expert_fusion): no
         #: separate shared MLP then. Only the Triton fused_moe takes them (SGLang turns the fusion

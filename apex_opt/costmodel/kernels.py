@@ -79,6 +79,15 @@ class KernelFacts:
     #: engine family -> {compute dtype -> share of the dense-GEMM fit's compute rate the engine's
     #: Triton fused_moe reaches} (fused_moe.triton_compute_eff, measured); absent: 1
     moe_triton_compute_eff: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: compute capability -> the same, where the GPU generation differs (Blackwell)
+    moe_triton_compute_eff_by_cc: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+    def moe_compute_eff(self, engine: str, key: str, compute_capability: str | None) -> float:
+        """The engine's Triton fused_moe compute rate over the dense-GEMM fit on this GPU."""
+        by_cc = self.moe_triton_compute_eff_by_cc.get(str(compute_capability), {})
+        if key in by_cc.get(engine, {}):
+            return by_cc[engine][key]
+        return self.moe_triton_compute_eff.get(engine, {}).get(key, 1.0)
 
 
 @lru_cache(maxsize=None)
@@ -129,6 +138,10 @@ def kernel_facts() -> KernelFacts:
                 str(a) for a in c["fused_moe"].get("sglang_sm100_trtllm_architectures") or ()),
             moe_triton_compute_eff={str(e): {str(k): float(v) for k, v in d.items()} for e, d in
                                     (c["fused_moe"].get("triton_compute_eff") or {}).items()},
+            moe_triton_compute_eff_by_cc={
+                str(cc): {str(e): {str(k): float(v) for k, v in d.items()} for e, d in per.items()}
+                for cc, per in (c["fused_moe"].get("triton_compute_eff_by_compute_capability")
+                                or {}).items()},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"malformed kernel facts ({exc})", source=_SRC, field="common") from None
