@@ -296,15 +296,6 @@ class IterationCostModel:
         # quant of a GEMM input produced by a norm or an activation adds only its fp8 write to
         # that kernel; engines that run them as custom ops launch a separate quant kernel
         self.quant_fused = bool(engine_kernels(self.engine.name).get("act_quant_fused_into_producer", False))
-        # the engine's measured W8A8 fp8 linear rate where it runs below the device's matmul
-        # efficiency (EngineSpec.fp8_gemm_peak_fraction: vLLM 0.14-0.19 on Blackwell)
-        self._fp8_rates = {s: f * pool.device.tflops("fp8") * 1e12
-                           for s, f in self.engine.fp8_gemm_peak_fraction.items()
-                           if pool.device.compute_capability
-                           in self.engine.fp8_gemm_fraction_compute_capabilities
-                           and "fp8" in pool.device.peak_tflops}
-        self._fp8_rate = (self._fp8_rates.get("fp8_block" if self.block_fp8 else "fp8_tensor")
-                          if self.compute_dtype == "fp8" and wd == "fp8" else None)
         # NVFP4's scaled_fp4_quant is a C++ custom op (torch.ops._C), not native torch code that
         # Inductor fuses: it stays a kernel of its own (vLLM's optional silu_and_mul+nvfp4 /
         # norm+nvfp4 fusion passes are not modelled)
@@ -468,10 +459,9 @@ class IterationCostModel:
         with one activation-quant kernel on GPUs with fp8 tensor cores (ModelOpt FP8 layers carry
         a static input_scale: a single scaled_fp8_quant pass, like per-token quant), fp8 Marlin
         (weight-only, bf16 compute) elsewhere (DeviceCostModel.gemm)."""
-        nbytes = n * k * 1.0 + 2.0 * m * (n + k)
-        c = self._fp8_capped(self.dev.gemm(m, n, k, "fp8", "fp8"), m, n, k, nbytes,
-                             self._fp8_rates.get("fp8_tensor"))  # static per-tensor scales
-        part.add(cls, c.time_s, c.power_w, bd, count, flops=2.0 * m * n * k, nbytes=nbytes)
+        c = self.dev.gemm(m, n, k, "fp8", "fp8")
+        part.add(cls, c.time_s, c.power_w, bd, count, flops=2.0 * m * n * k,
+                 nbytes=n * k * 1.0 + 2.0 * m * (n + k))
         if "fp8" not in self.dev.device.peak_tflops:
             return
         if self.quant_fused and fusible:
@@ -480,14 +470,6 @@ class IterationCostModel:
             return
         q = self.dev.act_quant("fp8_channel", m, k)
         part.add("act_quant", q.time_s, q.power_w, bd, count, kernels=1, nbytes=3.0 * m * k)
-
-    def _fp8_capped(self, c, m: int, n: int, k: int, nbytes: float, rate: float | None):
-        """``c`` (a W8A8 fp8 GEMM's cost) no faster than the engine's measured fp8 linear rate
-        (EngineSpec.fp8_gemm_peak_fraction), its power re-derived at the slower rate."""
-        if rate is None:
-            return c
-        t = 2.0 * m * n * k / rate
-        return c if t <= c.time_s else self.dev._cost(t, 2.0 * m * n * k, nbytes, "fp8", "gemm")
 
     def _gemm(self, part: _Part, bd: dict, cls: str, m: int, n: int, k: int, count: float,
               bf16: bool = False, fusible: bool = True) -> None:
@@ -501,11 +483,10 @@ class IterationCostModel:
             part.add(cls, c.time_s, c.power_w, bd, count, flops=2.0 * m * n * k,
                      nbytes=n * k * 2.0 + 2.0 * m * (n + k))
             return
+        c = self.dev.gemm(m, n, k, self.compute_dtype, self.weight_dtype)
         wb = self.weight_elt_bytes
-        nbytes = n * k * wb + 2.0 * m * (n + k)
-        c = self._fp8_capped(self.dev.gemm(m, n, k, self.compute_dtype, self.weight_dtype),
-                             m, n, k, nbytes, self._fp8_rate)
-        part.add(cls, c.time_s, c.power_w, bd, count, flops=2.0 * m * n * k, nbytes=nbytes)
+        part.add(cls, c.time_s, c.power_w, bd, count, flops=2.0 * m * n * k,
+                 nbytes=n * k * wb + 2.0 * m * (n + k))
         if self.act_quant is not None:  # W8A8: dynamic fp8 quant of this GEMM's input first
             if self.quant_fused and fusible:
                 t = m * k * 1.0 / self.stream_bw  # fp8 copy written by the producing kernel

@@ -226,14 +226,6 @@ class EngineSpec(StrictModel):
                              "(MAMBA_CACHE_SIZE_MAX_RUNNING_REQUESTS_RATIO with the radix cache).")
     swa_full_tokens_ratio: NonNegFloat = Field(
         0.8, description="SGLang: SWA pool tokens / full pool tokens.")
-    fp8_gemm_peak_fraction: dict[Literal["fp8_tensor", "fp8_block"], float] = Field(
-        default_factory=dict,
-        description="Compute-bound rate of this engine's W8A8 fp8 linear (dynamic per-tensor / "
-                    "block-scaled), as a fraction of the device's dense fp8 peak, on the GPUs of "
-                    "fp8_gemm_fraction_compute_capabilities (measured engine kernel tables); a "
-                    "GEMM there runs no faster than that. Empty: the device's matmul efficiency.")
-    fp8_gemm_fraction_compute_capabilities: list[str] = Field(
-        default_factory=list, description="Compute capabilities fp8_gemm_peak_fraction holds on.")
     hybrid_swa_disabled_architectures: list[str] = Field(
         default_factory=list,
         description="Architectures whose sliding-window layers this engine stores like full "
