@@ -41,7 +41,7 @@ SILICON = "aic-core/src/aiconfigurator_core/systems/silicon_sample.csv"
 CONFIGS = "aic-core/src/aiconfigurator_core/model_configs"
 #: aiconfigurator system -> bundled one-node cluster
 CLUSTER = {"h100_sxm": "h100-sxm-1x8", "h200_sxm": "h200-1x8", "b200_sxm": "b200-1x8",
-           "b300_sxm": "b300-1x8"}
+           "b300_sxm": "b300-1x8", "gb200": "gb200-nvl72", "gb300": "gb300-nvl72"}
 #: (model_path, precision) -> the published checkpoint whose config the row ran (model_configs
 #: file stem); the bf16 architecture with the row's weight dtype where no quantized config exists
 CHECKPOINT = {
