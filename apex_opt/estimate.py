@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 from .costmodel.iteration import IterationCostModel
 from .errors import InfeasibleError, InputError
 from .memory import replica_memory
-from .parallel import scope_problem, shape_problem
+from .parallel import (attention_dp_problem, redundant_experts_problem, scope_problem,
+                       shape_problem)
 from .specs.cluster import ClusterSpec
 from .specs.model import ModelSpec
 from .specs.engine import EngineSpec, load_engine
@@ -89,7 +90,10 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, cfg: ReplicaConfig, batch: 
     except KeyError:
         raise InputError(f"no such pool; pools: {[p.name for p in cluster.pools]}", field="--pool",
                          value=cfg.pool) from None
-    problem = shape_problem(model, pool, cfg.tp, cfg.pp, cfg.ep)
+    problem = (shape_problem(model, pool, cfg.tp, cfg.pp, cfg.ep, attention_dp=cfg.attention_dp,
+                             redundant_experts=cfg.redundant_experts)
+               or attention_dp_problem(model, cfg.tp, cfg.pp, cfg.attention_dp, engine)
+               or redundant_experts_problem(cfg.redundant_experts, engine))
     if problem:
         raise InputError(problem, field="--tp/--pp/--ep", value=f"{cfg.tp}/{cfg.pp}/{cfg.ep}")
     if cfg.gpus > pool.num_gpus:

@@ -225,7 +225,10 @@ def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int,
     out = {
         "attention": attn * n_attn * wb,
         "mlp": dense * n_dense * wb,
-        "experts": (model.moe.num_experts * expert / tp) * n_moe * wb if model.moe else 0.0,
+        # every expert slot, the EPLB replicas too (redundant_experts): (E + N) / ep experts of
+        # tp / ep shards each per GPU = (E + N) / tp experts' worth
+        "experts": ((model.moe.num_experts + cfg.redundant_experts) * expert / tp) * n_moe * wb
+                   if model.moe else 0.0,
         "shared_experts": shared * n_moe * wb,
         "router": (model.router_params() * n_moe * bf16) if model.moe else 0.0,
         "norms": norms * bf16,

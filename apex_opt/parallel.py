@@ -50,12 +50,28 @@ def valid_tp(model: ModelSpec, tp: int) -> bool:
     return True
 
 
-def valid_ep(model: ModelSpec, tp: int, ep: int) -> bool:
+def physical_experts(model: ModelSpec, redundant: int = 0) -> int:
+    """Expert slots of each MoE layer: the routed experts plus ``redundant`` EPLB replicas."""
+    assert model.moe is not None
+    return model.moe.num_experts + redundant
+
+
+def valid_ep(model: ModelSpec, tp: int, ep: int, redundant: int = 0) -> bool:
+    """EP divides TP and the expert slots (the routed experts + ``redundant`` EPLB replicas,
+    which need ep > 1)."""
     if tp % ep:
         return False
     if ep == 1:
-        return True
-    return model.moe is not None and model.moe.num_experts % ep == 0
+        return redundant == 0
+    return model.moe is not None and physical_experts(model, redundant) % ep == 0
+
+
+def redundant_for(model: ModelSpec, ep: int) -> int:
+    """The fewest redundant expert slots that let ``ep`` ranks split the experts evenly (0 when
+    ep divides them; vLLM issue #30075 proposes this as its default)."""
+    if model.moe is None or ep <= 1:
+        return 0
+    return -model.moe.num_experts % ep
 
 
 def attention_dp_problem(model: ModelSpec, tp: int, pp: int, adp: int,
@@ -87,6 +103,14 @@ def attention_dp_problem(model: ModelSpec, tp: int, pp: int, adp: int,
     return None
 
 
+def redundant_experts_problem(redundant: int, engine: EngineSpec | None = None) -> str | None:
+    """Why the engine cannot place ``redundant`` EPLB expert slots (None: it can, or none asked)."""
+    if redundant and engine is not None and not engine.redundant_experts_argv:
+        return (f"redundant_experts={redundant}: engine {engine.label} cannot place redundant "
+                f"experts (SGLang >= 0.4.6 --ep-num-redundant-experts; vLLM >= 0.9.2 --enable-eplb)")
+    return None
+
+
 def attention_dp_degrees(model: ModelSpec, tp: int, pp: int,
                          engine: EngineSpec | None = None) -> list[int]:
     """Every attention-DP size a TP ``tp`` x PP ``pp`` replica of ``model`` can use (1 first)."""
@@ -115,20 +139,35 @@ def enumerate_shapes(model: ModelSpec, pool: PoolSpec, max_gpus: int | None = No
     return out
 
 
-def shape_problem(model: ModelSpec, pool: PoolSpec, tp: int, pp: int, ep: int) -> str | None:
-    """Why a TP/PP/EP shape cannot run ``model`` on ``pool`` (the engine would refuse it), or None."""
-    if model.num_attention_heads % tp:
-        return (f"tp={tp} does not divide the {model.num_attention_heads} attention heads of "
+def shape_problem(model: ModelSpec, pool: PoolSpec, tp: int, pp: int, ep: int, *,
+                  attention_dp: int = 1, redundant_experts: int = 0) -> str | None:
+    """Why a TP/PP/EP shape cannot run ``model`` on ``pool`` (the engine would refuse it), or None.
+    With data-parallel attention the heads split over the attention TP, tp / ``attention_dp``
+    (SGLang --tp 72 --dp 72 runs DeepSeek's 128 heads whole on each GPU);
+    ``redundant_experts``: EPLB slots added to the experts EP must divide."""
+    atp = tp // attention_dp if attention_dp >= 1 and tp % attention_dp == 0 else tp
+    what = f"tp={tp}" if atp == tp else f"the attention TP {atp} (tp={tp} / attention_dp={attention_dp})"
+    if model.num_attention_heads % atp:
+        return (f"{what} does not divide the {model.num_attention_heads} attention heads of "
                 f"{model.name}; use one of {tp_degrees(model, pool) or [1]}")
     for kv in ({model.num_kv_heads} | {s.num_kv_heads for _, s in model.attn_shapes}
                if model.attention == "gqa" else ()):
-        if kv % tp and tp % kv:
-            return (f"tp={tp} neither divides nor is a multiple of the {kv} KV heads of "
+        if kv % atp and atp % kv:
+            return (f"{what} neither divides nor is a multiple of the {kv} KV heads of "
                     f"{model.name}")
     if ep > 1 and model.moe is None:
         return f"ep={ep} needs a mixture-of-experts model; {model.name} is dense"
-    if not valid_ep(model, tp, ep):
-        return f"ep={ep} must divide tp={tp} and the {model.moe.num_experts} experts of {model.name}"
+    if redundant_experts and ep == 1:
+        return f"redundant_experts={redundant_experts} needs expert parallelism (ep > 1)"
+    if not valid_ep(model, tp, ep, redundant_experts):
+        slots = (f"the {model.moe.num_experts} experts" if not redundant_experts else
+                 f"the {physical_experts(model, redundant_experts)} expert slots "
+                 f"({model.moe.num_experts} + {redundant_experts} redundant)")
+        hint = ""
+        if tp % ep == 0 and redundant_for(model, ep):
+            hint = (f"; --redundant-experts {redundant_for(model, ep)} makes "
+                    f"{physical_experts(model, redundant_for(model, ep))} slots (EPLB)")
+        return f"ep={ep} must divide tp={tp} and {slots} of {model.name}{hint}"
     if pp > model.num_layers:
         return f"pp={pp} exceeds the {model.num_layers} layers of {model.name}"
     return None
@@ -269,9 +308,13 @@ def validate_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan,
             out.append(f"{where}: unknown pool {g.pool!r}")
             continue
         used[pool.name] = used.get(pool.name, 0) + g.replicas * g.gpus
-        for problem in (shape_problem(model, pool, g.tp, g.pp, g.ep), scope_problem(pool, g.tp),
-                        attention_dp_problem(model, g.tp, g.pp, getattr(g, "attention_dp", 1) or 1,
-                                             engine)):
+        adp = getattr(g, "attention_dp", 1) or 1
+        red = getattr(g, "redundant_experts", 0) or 0
+        for problem in (shape_problem(model, pool, g.tp, g.pp, g.ep, attention_dp=adp,
+                                      redundant_experts=red),
+                        scope_problem(pool, g.tp),
+                        attention_dp_problem(model, g.tp, g.pp, adp, engine),
+                        redundant_experts_problem(red, engine)):
             if problem:
                 out.append(f"{where}: {problem}")
         if g.layers_per_stage is not None and sum(g.layers_per_stage) != model.num_layers:

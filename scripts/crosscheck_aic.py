@@ -19,7 +19,10 @@ the attention as recorded in the notes). Rows whose ``tp_size`` is ``moe_tp x mo
 ``moe_tp = moe_ep`` (TP16 / TP64 on one node; ids ``tp4_ep4`` / ``tp8_ep8``) are read as TP = EP =
 ``moe_ep``, the shape their ids and duplicate rows show; vLLM rows with ``attention_dp_size =
 tp_size`` and ``moe_ep = tp x dp`` (TP4 ADP4 EP16 on one 8-GPU node) likewise repeat TP = EP =
-``tp_size`` rows at the id's concurrency and are read that way. TTFT / TPOT statistic unstated; E2E = TTFT + TPOT x
+``tp_size`` rows at the id's concurrency and are read that way. SGLang rows whose TP cannot split
+the attention heads (DeepSeek-R1 TP72 / moe_tp72 on GB200 NVL72) are read as DP attention over
+all of them with the experts over EP = TP and the fewest redundant expert slots that divide them
+(256 + 32 over 72), how SGLang runs DeepSeek on 72 GPUs. TTFT / TPOT statistic unstated; E2E = TTFT + TPOT x
 (osl - 1). Engine limits are not recorded (the version's defaults apply). A diagnostic, like
 validate_modern: never a target to tune constants to.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import re
 import shutil
 import sys
@@ -102,6 +106,16 @@ def convert(aic: Path, out: Path) -> tuple[int, int]:
                 # duplicate the measurements of rows recorded as TP4 EP4 (e.g. id ..._1451 and
                 # qwen3_5_b200_sglang_fp8_agg_8192x1024_c64_cfg615): the run was TP = EP = moe_ep
                 tp, moe_tp = ep, 1
+            red = 0
+            heads, experts = _heads_experts(dst / "config.json")
+            if (r["backend"] == "sglang" and dp == 1 and ep == 1 and moe_tp == tp > 1 and heads
+                    and heads % tp and experts):
+                # recorded TP72 / moe_tp72 (DeepSeek-R1 on GB200 NVL72): no engine runs that as
+                # plain TP (128 heads, 2048-wide experts do not split over 72); SGLang's 72-GPU
+                # DeepSeek launches are DP attention (--tp 72 --dp 72 --enable-dp-attention) with
+                # the experts over EP 72 and the redundant slots that make 256 divisible (32)
+                dp, tp, ep, moe_tp = tp, 1, tp, 1
+                red = -experts % ep
             isl, osl, c = int(r["isl"]), int(r["osl"]), int(r["batch_size"])
             m = re.search(r"_c(\d+)_", r["id"])
             if m and int(m.group(1)) == c * dp:  # batch_size is per attention-DP rank
@@ -127,13 +141,25 @@ def convert(aic: Path, out: Path) -> tuple[int, int]:
                        workload_kind="concurrency", concurrency=str(c), isl=str(isl), osl=str(osl),
                        ttft_mean_ms=str(ttft), tpot_mean_ms=str(tpot),
                        e2e_mean_s=str((ttft + tpot * (osl - 1)) / 1e3),
-                       notes=f"moe_tp{moe_tp} moe_ep{ep}" + (f"; measured {when.group(1)}" if when else ""))
+                       notes=f"moe_tp{moe_tp} moe_ep{ep}" + (f"; redundant_experts {red}" if red else "")
+                       + (f"; measured {when.group(1)}" if when else ""))
             rows.append(row)
     with open(base / "ground_truth.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
     return len(rows), skipped
+
+
+def _heads_experts(config: Path) -> tuple[int, int]:
+    """(attention heads, routed experts) of a copied config.json (0 where absent)."""
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0, 0
+    cfg = cfg.get("text_config", cfg)
+    experts = cfg.get("n_routed_experts") or cfg.get("num_experts") or cfg.get("num_local_experts") or 0
+    return int(cfg.get("num_attention_heads") or 0), int(experts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ def test_rows_convert_with_aiconfigurators_conventions(tmp_path):
         "d,s,vllm,0.19.0,MiniMaxAI/MiniMax-M2.5,b200_sxm,fp8,disagg,1024,128,fp8,fp8,8,4,1,1,4,1,1,1",
         "t,s,trtllm,1.0,MiniMaxAI/MiniMax-M2.5,b200_sxm,fp8,agg,1024,128,fp8,fp8,8,4,1,1,4,1,1,1",
         # a GPU without a bundled cluster: skipped and counted
-        "g,s,sglang,0.5.9,MiniMaxAI/MiniMax-M2.5,gb200,fp8,agg,1024,128,fp8,fp8,8,4,1,1,4,1,1,1",
+        "g,s,sglang,0.5.9,MiniMaxAI/MiniMax-M2.5,a100_sxm,fp8,agg,1024,128,fp8,fp8,8,4,1,1,4,1,1,1",
     ])
     n, skipped = cc.convert(aic, tmp_path / "out")
     assert (n, skipped) == (2, 1)
@@ -82,3 +82,29 @@ def test_a_missing_checkout_is_one_line_exit_2(tmp_path, capsys):
     assert cc.main(["--aic", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "silicon_sample.csv: not found" in err[0]
+
+
+def test_sglang_tp72_rows_read_as_dp_attention_with_redundant_experts(tmp_path):
+    """SGLang DeepSeek-R1 rows recorded as TP72 / moe_tp72 on GB200 NVL72 (no engine splits 128
+    heads or 2048-wide experts over 72 GPUs) replay as DP attention 72 with EP 72 and the 32
+    redundant expert slots that make 256 experts divisible; validate_modern reads them back."""
+    aic = _checkout(tmp_path / "aic", [
+        "r_gb200_sglang_fp8_agg_1024x1024_c4608_tp72_ep1_45,s,sglang,,deepseek-ai/DeepSeek-R1,gb200,"
+        "fp8,agg,1024,1024,fp8,fp8_block,4608,72,1,1,72,1,3556.0,31.85",
+    ])
+    stem = cc.CHECKPOINT["deepseek-ai/DeepSeek-R1"]["fp8"]
+    (aic / cc.CONFIGS / f"{stem}_config.json").write_text(json.dumps(
+        {"model_type": "deepseek_v3", "num_attention_heads": 128, "n_routed_experts": 256}))
+    cc.convert(aic, tmp_path / "out")
+    rows = list(csv.DictReader(open(tmp_path / "out" / "validation" / "modern" / "ground_truth.csv")))
+    r = rows[0]
+    assert (r["tp"], r["dp"], r["ep"], r["num_gpus"], r["concurrency"], r["cluster"]) == (
+        "1", "72", "72", "72", "4608", "gb200-nvl72")
+    assert r["notes"] == "moe_tp1 moe_ep72; redundant_experts 32"
+    import validate_modern as vm
+    from apex_opt.specs.engine import load_engine
+    from apex_opt.specs.model import load_model
+    plan, note = vm.row_plan(r, load_model("deepseek-v3"), load_engine("sglang"))
+    g = plan.groups[0]
+    assert (g.tp, g.ep, g.attention_dp, g.redundant_experts, g.replicas) == (72, 72, 72, 32, 1)
+    assert "+32 redundant experts" in note

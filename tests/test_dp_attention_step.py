@@ -133,3 +133,30 @@ def test_sglang_pads_a_rank_to_a_multiple_of_its_attention_tp():
     ranks = [(np.full(1, 1024), []), (EMPTY, [])]
     assert sg._dp_step_shape(ranks, 0)[2] == 4
     assert _qwen("vllm", adp=2)._dp_step_shape(ranks, 0)[2] == 1
+
+
+def test_simulated_sglang_dp_ranks_prefill_within_the_split_budget(monkeypatch):
+    """simulate() schedules each attention-DP rank with the DEFAULT chunk budget divided by the
+    ranks (a regression: the simulator once passed the resolved config, whose filled-in budget
+    read as the plan's own, so every rank prefilled the whole budget)."""
+    from apex_opt.sim.simulator import engine_limits, simulate
+    from apex_opt.sim.workload import Requests
+    from apex_opt.specs.plan import Plan, ReplicaGroup
+
+    model, cluster, sg = load_model("deepseek-v3"), load_cluster("h200-1x8"), load_engine("sglang")
+    per_rank = engine_limits(model, ReplicaConfig(tp=8, attention_dp=8), 10000, sg,
+                             cluster.pools[0].device).max_num_batched_tokens
+    seen: list[int] = []
+    real = IterationCostModel.iteration
+
+    def spy(self, decode_ctx, prefill, *a, **kw):
+        for _, pf in kw.get("attention_ranks") or ():
+            seen.append(sum(q for q, _ in pf))
+        return real(self, decode_ctx, prefill, *a, **kw)
+
+    monkeypatch.setattr(IterationCostModel, "iteration", spy)
+    plan = Plan(groups=(ReplicaGroup(tp=8, attention_dp=8),))
+    reqs = Requests(arrival_s=np.zeros(16), prompt_tokens=np.full(16, 3 * per_rank),
+                    output_tokens=np.full(16, 4), concurrency=16)
+    simulate(model, cluster, plan, reqs, engine=sg)
+    assert per_rank < 8192 and max(seen) == per_rank

@@ -101,6 +101,13 @@ kv_dtype_option = click.option("--kv-dtype", type=click.Choice(["bf16", "fp8"]),
                                     "that declares an FP8 KV cache, on engines that read it: vLLM "
                                     ">= 0.14, SGLang >= 0.5.3].")
 
+redundant_experts_option = click.option(
+    "--redundant-experts", type=click.IntRange(0, 4096), default=0, show_default=True,
+    help="Redundant expert slots for EP load balancing (EPLB; SGLang --ep-num-redundant-experts, "
+         "vLLM --enable-eplb): E + N expert slots split over --ep ranks, so an EP size that does "
+         "not divide the experts can run, e.g. DeepSeek's 256 experts on 72 GPUs: --ep 72 "
+         "--redundant-experts 32. Needs --ep > 1; each rank stores the extra experts.")
+
 
 def load_inputs(model_ref: str, cluster_ref: str):
     """The model and the cluster; one warning line per link bandwidth in a doubtful unit. An empty

@@ -9,7 +9,8 @@ from ..report.render import console, table, to_json
 from ..specs.plan import ReplicaConfig
 from .common import (CLI_SOURCE, check_gpu_setting_flags, cluster_option, command_line_errors,
                      engine_option, gpu_setting_options, json_option, kv_dtype_option,
-                     load_engine_flag, load_inputs, model_option, weight_dtype_option)
+                     load_engine_flag, load_inputs, model_option, redundant_experts_option,
+                     weight_dtype_option)
 
 
 @click.command("estimate")
@@ -18,6 +19,11 @@ from .common import (CLI_SOURCE, check_gpu_setting_flags, cluster_option, comman
 @click.option("--tp", type=click.IntRange(1, 1024), default=1, show_default=True, help="Tensor-parallel degree.")
 @click.option("--pp", type=click.IntRange(1, 1024), default=1, show_default=True, help="Pipeline stages.")
 @click.option("--ep", type=click.IntRange(1, 1024), default=1, show_default=True, help="Expert-parallel degree (divides TP).")
+@click.option("--attention-dp", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Data-parallel attention ranks inside the TP group (MoE models; SGLang "
+                   "--enable-dp-attention --dp-size N): each rank attends over 1/N of the batch "
+                   "on tp/N GPUs, the experts span all --tp GPUs.")
+@redundant_experts_option
 @click.option("--pool", default=None, help="Device pool of the cluster [default: the first].")
 @weight_dtype_option
 @kv_dtype_option
@@ -31,7 +37,8 @@ from .common import (CLI_SOURCE, check_gpu_setting_flags, cluster_option, comman
 @gpu_setting_options
 @engine_option
 @json_option
-def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, batch_spec,
+def command(model_ref, cluster_ref, tp, pp, ep, attention_dp, redundant_experts, pool,
+            weight_dtype, kv_dtype, batch_spec,
             custom_allreduce, cuda_graphs, engine_name, as_json, sm_clock_mhz=None,
             power_cap_w=None):
     """Latency and energy of ONE engine iteration of a replica, with a per-operator breakdown.
@@ -51,14 +58,20 @@ def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, ba
     from ..errors import InputError
     check_gpu_setting_flags(cluster, pool, sm_clock_mhz, power_cap_w)
     try:
-        cfg = ReplicaConfig(pool=pool, tp=tp, pp=pp, ep=ep, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
+        cfg = ReplicaConfig(pool=pool, tp=tp, pp=pp, ep=ep, attention_dp=attention_dp,
+                            redundant_experts=redundant_experts,
+                            weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                             custom_allreduce=custom_allreduce, cuda_graphs=cuda_graphs,
                             sm_clock_mhz=sm_clock_mhz, power_cap_w=power_cap_w)
     except ValueError as exc:  # pydantic's ValidationError: its first message, not its URL line
         errs = getattr(exc, "errors", lambda: [])()
         msg = errs[0]["msg"].removeprefix("Value error, ") if errs else str(exc).splitlines()[0]
-        raise InputError(msg, source=CLI_SOURCE, field="--tp/--pp/--ep",
-                         value=f"{tp}/{pp}/{ep}") from None
+        field, value = "--tp/--pp/--ep", f"{tp}/{pp}/{ep}"
+        if "attention_dp" in msg:
+            field, value = "--attention-dp", attention_dp
+        elif "redundant_experts" in msg:
+            field, value = "--redundant-experts", redundant_experts
+        raise InputError(msg, source=CLI_SOURCE, field=field, value=value) from None
     with command_line_errors():
         batch = parse_batch(batch_spec)
     longest = max([*batch.decode_ctx, *(t + k for t, k in batch.prefill)], default=0)
@@ -74,7 +87,9 @@ def command(model_ref, cluster_ref, tp, pp, ep, pool, weight_dtype, kv_dtype, ba
         click.echo(to_json(res))
         return
     con = console()
-    con.print(f"{model.name} on {res.tp * res.pp} x {res.device} (TP{res.tp} PP{res.pp} EP{res.ep}, "
+    extra = (f" ADP{attention_dp}" if attention_dp > 1 else "") + \
+        (f" +{redundant_experts} redundant experts" if redundant_experts else "")
+    con.print(f"{model.name} on {res.tp * res.pp} x {res.device} (TP{res.tp} PP{res.pp} EP{res.ep}{extra}, "
               f"{res.weight_dtype} weights, {res.kv_dtype} KV), batch {batch_spec}")
     con.print(f"iteration {res.iteration_ms:.3f} ms · energy {res.energy_j:.3f} J "
               f"({res.energy_j_per_token:.4f} J/token, {res.avg_power_w:.0f} W/GPU avg)")

@@ -268,7 +268,9 @@ class IterationCostModel:
             self.expert_ops = [(op.name, op.n // etp if op.split == "column" else op.n,
                                 op.k // etp if op.split == "row" else op.k)
                                for op in model.expert_linear_ops()]
-            self.local_experts = model.moe.num_experts // cfg.ep
+            #: expert slots of a MoE layer: the routed experts + the EPLB replicas
+            self.slots = model.moe.num_experts + cfg.redundant_experts
+            self.local_experts = self.slots // cfg.ep
         #: GEMMs (class, n, k) the checkpoint keeps in bf16 (ModelSpec.quant_exclude, e.g. the
         #: attention of gpt-oss / Kimi-K2.5): bf16 GEMMs without an activation quant
         self._bf16_ops = self._kept_bf16_gemms(model, wd)
@@ -681,13 +683,13 @@ class IterationCostModel:
         etp = self.tp // self.ep
         backend = self.moe_backend
         c = self.dev.fused_moe(tokens, self.model.moe_hidden_size, moe.expert_intermediate_size,
-                               moe.experts_per_token, moe.num_experts, etp, self.ep,
+                               moe.experts_per_token, self.slots, etp, self.ep,
                                self.compute_dtype, self.weight_dtype,
                                imbalance=self.moe_imbalance if self.ep > 1 else 1.0,
                                block_fp8=self.block_fp8, backend=backend, gated=moe.expert_gated,
                                shared=self.fused_shared, compute_eff=self._moe_compute_eff)
         assignments = tokens * moe.experts_per_token / self.ep
-        active = _active_experts(tokens, moe.experts_per_token, moe.num_experts, self.local_experts,
+        active = _active_experts(tokens, moe.experts_per_token, self.slots, self.local_experts,
                                  assignments, balanced=False) + self.fused_shared
         assignments += self.fused_shared * tokens
         wbytes = sum(n * k for _, n, k in self.expert_ops) * self.weight_elt_bytes

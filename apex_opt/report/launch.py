@@ -393,6 +393,12 @@ def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int | None, dp: int = 1
                              f"has no vLLM flag (SGLang: --ep-size)")
         else:
             argv += [f["expert_parallel"], str(cfg.ep)]
+    red = getattr(cfg, "redundant_experts", 0) or 0
+    if red and ctx.spec.redundant_experts_argv:  # EPLB's redundant expert slots
+        argv += [a.replace("{n}", str(red)) for a in ctx.spec.redundant_experts_argv]
+    elif red:
+        notes.append(f"{ctx.spec.label} cannot place redundant experts: the plan's "
+                     f"redundant_experts={red} has no flag in this release")
     if nnodes > 1:
         if fam == "vllm":
             argv += [f["executor"], "ray"]
@@ -622,7 +628,7 @@ def _check_rules(model: ModelSpec, plan: Plan, cluster: ClusterSpec | None,
                              f"attention heads of {model.name} (and divide or be a multiple of "
                              f"its KV heads) and stay inside a {gpn}-GPU node", source="plan",
                              field=f"groups[{gi}].tp", value=g.tp)
-        if not valid_ep(model, g.tp, g.ep):
+        if not valid_ep(model, g.tp, g.ep, g.redundant_experts):
             raise InputError(f"expert parallelism must divide tp={g.tp} and the experts of "
                              f"{model.name}", source="plan", field=f"groups[{gi}].ep", value=g.ep)
         try:

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from ..costmodel.iteration import IterationCostModel
 from ..errors import InfeasibleError, InputError
 from ..memory import replica_memory
-from ..parallel import scope_problem, seqs_per_scheduler, shape_problem
+from ..parallel import (redundant_experts_problem, scope_problem, seqs_per_scheduler,
+                        shape_problem)
 from ..specs.cluster import ClusterSpec, PoolSpec
 from ..specs.engine import DPRouterSpec, EngineSpec, dp_router_for, load_engine
 from ..specs.model import ModelSpec
@@ -203,7 +204,9 @@ def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: Req
         # every default (checkpoint weight dtype, the engine's limits by GPU) filled in, once:
         # the same numbers whether the plan came from the Python API or the CLI
         cfg = g.replica().resolved(engine, model, pool.device)
-        problem = shape_problem(model, pool, cfg.tp, cfg.pp, cfg.ep)
+        problem = (shape_problem(model, pool, cfg.tp, cfg.pp, cfg.ep, attention_dp=cfg.attention_dp,
+                                 redundant_experts=cfg.redundant_experts)
+                   or redundant_experts_problem(cfg.redundant_experts, engine))
         if problem:
             raise InputError(problem, field=f"plan.groups[{gi}]", value=cfg.label())
         problem = scope_problem(pool, cfg.tp)
@@ -229,7 +232,9 @@ def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: Req
                              f"--enable-dp-attention; vLLM V1: --data-parallel-size with expert "
                              f"parallelism)", field=f"plan.groups[{gi}].attention_dp",
                              value=cfg.attention_dp)
-        limits = engine_limits(model, cfg, blocks, engine, pool.device)
+        # the replica as given: engine_limits resolves it itself and must see which limits the
+        # plan left to the engine (DP attention divides only the DEFAULT chunk budget)
+        limits = engine_limits(model, g.replica(), blocks, engine, pool.device)
         if mem.block_size is not None:  # vLLM V1 hybrid: attention pages hold a layer's state
             limits = replace(limits, block_size=mem.block_size)
         if mem.seq_state_blocks or mem.max_state_seqs is not None:

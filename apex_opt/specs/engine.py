@@ -362,6 +362,11 @@ class EngineSpec(StrictModel):
                                                   "attention on tp/attention_dp GPUs, experts over "
                                                   "all tp GPUs (SGLang --enable-dp-attention; vLLM "
                                                   "V1 --data-parallel-size with expert parallelism).")
+    redundant_experts_argv: tuple[str, ...] = Field(
+        (), description="Launch arguments that place N redundant (replicated) expert slots for "
+                        "expert-parallel load balancing (EPLB), '{n}' standing for N (SGLang: "
+                        "--ep-num-redundant-experts N; vLLM V1: --enable-eplb with "
+                        "num_redundant_experts). Empty: this release cannot place any.")
     # --- data-parallel attention: what one lockstep step runs (owner: the DP-attention model)
     dp_attention_collectives: tuple[tuple[str, str, str], ...] = Field(
         (("all_reduce", "attention_tp", "rank"), ("all_gather", "all", "all_ranks"),

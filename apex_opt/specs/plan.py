@@ -66,6 +66,13 @@ class ReplicaConfig(StrictModel):
                     "--dp-size N, for MLA models such as DeepSeek): N attention ranks of tp/N "
                     "GPUs each, each with its own requests and KV cache; MoE/MLP still over all "
                     "tp GPUs. Divides tp; 1 = off.")
+    redundant_experts: int = Field(
+        0, ge=0, le=4096,
+        description="Redundant expert slots for expert-parallel load balancing (EPLB; SGLang "
+                    "--ep-num-redundant-experts N, vLLM --enable-eplb num_redundant_experts): the "
+                    "MoE runs E + N physical experts, (E + N) / ep per EP rank, so an EP size "
+                    "that does not divide the E experts can run (DeepSeek's 256 over 72 GPUs: "
+                    "N = 32). Needs ep > 1; each rank stores its extra experts' weights.")
     sm_clock_mhz: int | None = Field(None, ge=1, le=10_000,
                                      description="Locked SM clock (nvidia-smi -lgc) in MHz; None = "
                                                  "driver default (boost, lowered by the power "
@@ -90,6 +97,9 @@ class ReplicaConfig(StrictModel):
             raise ValueError(f"attention_dp ({self.attention_dp}) must divide tp ({self.tp})")
         if self.attention_dp > 1 and self.pp > 1:
             raise ValueError("attention_dp > 1 needs pp = 1")
+        if self.redundant_experts and self.ep == 1:
+            raise ValueError(f"redundant_experts ({self.redundant_experts}) needs expert "
+                             f"parallelism (ep > 1): they are extra expert slots on the EP ranks")
         if self.layers_per_stage is not None:
             if len(self.layers_per_stage) != self.pp:
                 raise ValueError(f"layers_per_stage has {len(self.layers_per_stage)} entries, "
@@ -205,6 +215,8 @@ class ReplicaConfig(StrictModel):
             parts.append(f"kv{self.kv_dtype}")
         if self.attention_dp > 1:
             parts.append(f"ADP{self.attention_dp}")
+        if self.redundant_experts:
+            parts.append(f"R{self.redundant_experts}")
         if self.sm_clock_mhz is not None:
             parts.append(f"{self.sm_clock_mhz}MHz")
         if self.power_cap_w is not None:

@@ -1,0 +1,100 @@
+"""EPLB redundant expert slots (ReplicaConfig.redundant_experts): E + N experts split over the EP
+ranks, so an EP size that does not divide the experts can run (DeepSeek's 256 over 72 GPUs)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from apex_opt.cli import main
+from apex_opt.memory import replica_memory, weight_bytes_by_component
+from apex_opt.parallel import redundant_for, shape_problem, valid_ep, validate_plan
+from apex_opt.registry import load_cluster
+from apex_opt.report.launch import launch_plan, unknown_flags
+from apex_opt.specs.engine import load_engine
+from apex_opt.specs.model import load_model
+from apex_opt.specs.plan import Plan, ReplicaConfig, ReplicaGroup
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return load_model("deepseek-v3")
+
+
+def test_ep_must_divide_the_expert_slots(ds):
+    assert not valid_ep(ds, 72, 72) and redundant_for(ds, 72) == 32
+    assert valid_ep(ds, 72, 72, 32) and not valid_ep(ds, 72, 72, 31)
+    assert redundant_for(ds, 64) == 0 and redundant_for(ds, 8) == 0
+    assert not valid_ep(ds, 8, 1, 8)  # redundant slots need expert parallelism
+    with pytest.raises(ValueError, match="needs expert parallelism"):
+        ReplicaConfig(tp=8, redundant_experts=8)
+
+
+def test_the_heads_split_over_the_attention_tp_under_dp_attention(ds):
+    pool = load_cluster("gb200-nvl72").pools[0]
+    # 128 heads over TP72: no; DP attention 72 leaves each rank all 128 heads
+    assert "attention heads" in shape_problem(ds, pool, 72, 1, 72, redundant_experts=32)
+    assert shape_problem(ds, pool, 72, 1, 72, attention_dp=72, redundant_experts=32) is None
+    msg = shape_problem(ds, pool, 72, 1, 72, attention_dp=72)
+    assert "256 experts" in msg and "--redundant-experts 32" in msg
+    # attention_dp 36 leaves attention TP 2: still splits 128 heads
+    assert shape_problem(ds, pool, 72, 1, 72, attention_dp=36, redundant_experts=32) is None
+    assert "attention TP 9" in shape_problem(ds, pool, 72, 1, 72, attention_dp=8,
+                                             redundant_experts=32)
+
+
+def test_engines_without_eplb_refuse_redundant_experts(ds):
+    cluster = load_cluster("h200-1x8")
+    plan = Plan(groups=(ReplicaGroup(tp=8, ep=8, redundant_experts=8),))
+    assert validate_plan(ds, cluster, plan, load_engine("sglang")) == []
+    assert validate_plan(ds, cluster, plan, load_engine("vllm")) == []
+    for name in ("vllm-0.6", "sglang-0.4", "vllm@0.9.1"):
+        problems = validate_plan(ds, cluster, plan, load_engine(name))
+        assert len(problems) == 1 and "cannot place redundant experts" in problems[0]
+
+
+def test_each_gpu_stores_its_share_of_the_redundant_experts(ds):
+    dev = load_cluster("h200-1x8").pools[0].device
+    base = ReplicaConfig(tp=8, ep=8, weight_dtype="fp8")
+    red = base.model_copy(update={"redundant_experts": 16})
+    a, b = (weight_bytes_by_component(ds, c, 0)["experts"] for c in (base, red))
+    assert b == pytest.approx(a * (256 + 16) / 256)
+    ma, mb = (replica_memory(ds, dev, c, load_engine("sglang")) for c in (base, red))
+    assert mb.weights_per_gpu_max > ma.weights_per_gpu_max and mb.kv_tokens < ma.kv_tokens
+
+
+@pytest.mark.parametrize("engine,expect", [
+    ("sglang", ["--ep-num-redundant-experts", "8"]),
+    ("vllm", ["--enable-eplb", "--eplb-config", '{"num_redundant_experts": 8}']),
+    ("vllm@0.10.1", ["--enable-eplb", "--num-redundant-experts", "8"]),
+])
+def test_launch_places_the_redundant_experts(ds, engine, expect):
+    plan = Plan(groups=(ReplicaGroup(tp=8, ep=8, redundant_experts=8, weight_dtype="fp8"),))
+    lp = launch_plan("deepseek-v3", ds, plan, engine=engine, cluster=load_cluster("h200-1x8"))
+    argv = lp.processes[0].argv
+    i = argv.index(expect[0])
+    assert argv[i:i + len(expect)] == expect
+    assert unknown_flags(lp) == []
+
+
+def test_a_release_without_eplb_says_so_in_the_launch_notes(ds):
+    plan = Plan(groups=(ReplicaGroup(tp=8, ep=8, redundant_experts=8, weight_dtype="fp8"),))
+    lp = launch_plan("deepseek-v3", ds, plan, engine="sglang-0.4", cluster=load_cluster("h200-1x8"))
+    assert not any("redundant" in a for a in lp.processes[0].argv)
+    assert any("cannot place redundant experts" in n for n in lp.notes)
+
+
+def test_cli_estimate_and_simulate():
+    r = CliRunner().invoke(main, ["estimate", "--model", "deepseek-v3", "--cluster", "gb200-nvl72",
+                                  "--tp", "72", "--ep", "72", "--attention-dp", "72",
+                                  "--batch", "decode:144x1024"])
+    assert r.exit_code == 2 and "--redundant-experts 32" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["estimate", "--model", "deepseek-v3", "--cluster", "gb200-nvl72",
+                                  "--tp", "72", "--ep", "72", "--attention-dp", "72",
+                                  "--redundant-experts", "32", "--batch", "decode:144x1024"])
+    assert r.exit_code == 0, r.output
+    assert "ADP72 +32 redundant experts" in r.output
+    r = CliRunner().invoke(main, ["simulate", "--model", "deepseek-v3", "--cluster", "h200-1x8",
+                                  "--tp", "8", "--redundant-experts", "8", "--concurrency", "2",
+                                  "--num-requests", "2"])
+    assert r.exit_code == 2 and "--redundant-experts" in r.output and "--ep > 1" in r.output
