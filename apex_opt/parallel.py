@@ -32,6 +32,8 @@ class Shape:
     tp: int
     pp: int
     ep: int
+    #: EPLB redundant expert slots that let ``ep`` split the experts (ReplicaConfig field)
+    redundant: int = 0
 
     @property
     def gpus(self) -> int:
@@ -113,29 +115,42 @@ def redundant_experts_problem(redundant: int, engine: EngineSpec | None = None) 
 
 def attention_dp_degrees(model: ModelSpec, tp: int, pp: int,
                          engine: EngineSpec | None = None) -> list[int]:
-    """Every attention-DP size a TP ``tp`` x PP ``pp`` replica of ``model`` can use (1 first)."""
+    """Every attention-DP size a TP ``tp`` x PP ``pp`` replica of ``model`` can use (1 first,
+    when plain TP ``tp`` splits the heads)."""
     return [d for d in range(1, tp + 1)
-            if tp % d == 0 and attention_dp_problem(model, tp, pp, d, engine) is None]
+            if tp % d == 0 and valid_tp(model, tp // d)
+            and attention_dp_problem(model, tp, pp, d, engine) is None]
 
 
-def tp_degrees(model: ModelSpec, pool: PoolSpec) -> list[int]:
+def tp_degrees(model: ModelSpec, pool: PoolSpec, engine: EngineSpec | None = None) -> list[int]:
     """TP degrees that pack a node evenly or, inside a multi-node NVLink domain
-    (PoolSpec.tp_domain_gpus), take whole nodes."""
+    (PoolSpec.tp_domain_gpus), take whole nodes. With an ``engine`` that runs data-parallel
+    attention, also those only DP attention can run for a MoE model (TP72 on a GB200 NVL72:
+    DeepSeek's 128 heads whole on each of 72 attention ranks)."""
     gpn = pool.gpus_per_node
     return [t for t in range(1, pool.tp_domain_gpus + 1)
-            if (gpn % t == 0 if t <= gpn else t % gpn == 0) and valid_tp(model, t)]
+            if (gpn % t == 0 if t <= gpn else t % gpn == 0)
+            and (valid_tp(model, t) or (engine is not None and len(attention_dp_degrees(
+                model, t, 1, engine)) > 0))]
 
 
 def enumerate_shapes(model: ModelSpec, pool: PoolSpec, max_gpus: int | None = None,
-                     max_pp: int = 64) -> list[Shape]:
-    """All valid shapes of one replica on ``pool`` (at most ``max_gpus`` GPUs)."""
+                     max_pp: int = 64, engine: EngineSpec | None = None) -> list[Shape]:
+    """All valid shapes of one replica on ``pool`` (at most ``max_gpus`` GPUs). With an
+    ``engine``: also the TP degrees only its DP attention runs (pp 1) and, where it places
+    redundant experts, EP over the whole TP group with the fewest slots that make it divide
+    the experts (:func:`redundant_for`)."""
     limit = min(pool.num_gpus, max_gpus or pool.num_gpus)
+    eplb = engine is not None and bool(engine.redundant_experts_argv)
     out = []
-    for tp in tp_degrees(model, pool):
-        for pp in range(1, min(max_pp, model.num_layers, limit // tp) + 1):
+    for tp in tp_degrees(model, pool, engine):
+        max_stages = min(max_pp, model.num_layers, limit // tp) if valid_tp(model, tp) else 1
+        for pp in range(1, max_stages + 1):
             eps = [e for e in range(1, tp + 1) if valid_ep(model, tp, e)] if model.moe else [1]
             for ep in eps:
                 out.append(Shape(pool.name, tp, pp, ep))
+            if model.moe and eplb and tp > 1 and redundant_for(model, tp):
+                out.append(Shape(pool.name, tp, pp, tp, redundant_for(model, tp)))
     return out
 
 

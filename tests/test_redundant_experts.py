@@ -98,3 +98,34 @@ def test_cli_estimate_and_simulate():
                                   "--tp", "8", "--redundant-experts", "8", "--concurrency", "2",
                                   "--num-requests", "2"])
     assert r.exit_code == 2 and "--redundant-experts" in r.output and "--ep > 1" in r.output
+
+
+def test_the_search_offers_dp_attention_only_tp_with_redundant_slots(ds):
+    """On a GB200 NVL72 the search reaches TP72: only under DP attention (128 heads) and with EP
+    over all 72 GPUs only with 32 redundant slots, on engines that run both; never as plain TP72."""
+    import numpy as np
+
+    from apex_opt.sim.workload import Requests
+    from apex_opt.solver.candidates import WorkloadStats, enumerate_candidates
+    from apex_opt.solver.validate import plan_problems
+    from apex_opt.specs.slo import SLOSpec
+
+    nvl = load_cluster("gb200-nvl72")
+    st = WorkloadStats.of(Requests(np.arange(32) * 0.1, np.full(32, 1024), np.full(32, 512)))
+    slo = SLOSpec.model_validate({"ttft_ms": {"target": 5000, "percentile": 90}})
+    # vLLM V1 (--data-parallel-size 72 --enable-eplb; SGLang's default mem_fraction_static
+    # reserves cuda_graph_max_bs x dp_size x 4.5 MiB under DP attention: no room at dp 72)
+    cands = [c for c in enumerate_candidates(ds, nvl, st, slo, engine=load_engine("vllm"),
+                                             attention_dp=72) if c.tp == 72]
+    assert cands and all(c.pp == 1 and c.attention_dp == 72 for c in cands)
+    assert {(c.ep, c.redundant_experts) for c in cands} <= {(1, 0), (2, 0), (4, 0), (8, 0),
+                                                            (72, 32)}
+    full = next(c for c in cands if c.ep == 72)
+    assert "R32" in full.label() and full.config().redundant_experts == 32
+    assert plan_problems(ds, nvl, Plan(groups=(full.group(1),)), engine=load_engine("vllm")) == []
+    plain = enumerate_candidates(ds, nvl, st, slo, engine=load_engine("vllm"), attention_dp=1)
+    assert plain and not any(c.tp == 72 or c.redundant_experts for c in plain)
+    # vLLM 0.9.1 runs DP attention but places no redundant experts
+    old = enumerate_candidates(ds, nvl, st, slo, engine=load_engine("vllm@0.9.1"), attention_dp=72)
+    assert any(c.tp == 72 for c in old)
+    assert not any(c.redundant_experts for c in old)

@@ -145,6 +145,8 @@ class Candidate:
     sm_clock_mhz: int | None = None
     #: data-parallel attention ranks inside the TP group (1 = off)
     attention_dp: int = 1
+    #: EPLB redundant expert slots (ReplicaConfig.redundant_experts)
+    redundant_experts: int = 0
 
     @property
     def gpus(self) -> int:
@@ -154,11 +156,13 @@ class Candidate:
     def cost_key(self) -> tuple:
         """Candidates sharing this key share an iteration cost model."""
         return (self.pool, self.tp, self.pp, self.ep, self.weight_dtype, self.kv_dtype,
-                self.layers_per_stage, self.sm_clock_mhz, self.attention_dp)
+                self.layers_per_stage, self.sm_clock_mhz, self.attention_dp,
+                self.redundant_experts)
 
     def config(self) -> ReplicaConfig:
         return ReplicaConfig(pool=self.pool, tp=self.tp, pp=self.pp, ep=self.ep,
                              attention_dp=self.attention_dp,
+                             redundant_experts=self.redundant_experts,
                              layers_per_stage=self.layers_per_stage if self.pp > 1 else None,
                              weight_dtype=self.weight_dtype, kv_dtype=self.kv_dtype,
                              max_num_seqs=self.max_num_seqs,
@@ -229,7 +233,7 @@ def enumerate_candidates(model: ModelSpec, cluster: ClusterSpec, stats: Workload
             continue
         cap = pool.device.memory_bytes
         pool_limits = limits or engine_limits(engine, pool)
-        for shape in enumerate_shapes(model, pool):
+        for shape in enumerate_shapes(model, pool, engine=engine):
             if not searched_shape(model, pool, shape):
                 continue
             if not everything and ((c.max_tp and shape.tp > c.max_tp)
@@ -267,7 +271,8 @@ def _candidate(model: ModelSpec, pool: PoolSpec, shape, wd: str, kv: str, seqs: 
         cfg = ReplicaConfig(pool=pool.name, tp=shape.tp, pp=shape.pp, ep=shape.ep,
                             layers_per_stage=split if shape.pp > 1 else None, weight_dtype=wd,
                             kv_dtype=kv, max_num_seqs=seqs, max_num_batched_tokens=tokens,
-                            chunked_prefill=True, max_model_len=max_len, attention_dp=attention_dp)
+                            chunked_prefill=True, max_model_len=max_len, attention_dp=attention_dp,
+                            redundant_experts=shape.redundant)
         mem = replica_memory(model, pool.device, cfg, engine)
         fits, problem, kv_tokens, wmax = mem.fits, mem.problem, mem.kv_tokens, mem.weights_per_gpu_max
     return Candidate(index=index, pool=pool.name, device=pool.device.name, tp=shape.tp,
@@ -275,5 +280,6 @@ def _candidate(model: ModelSpec, pool: PoolSpec, shape, wd: str, kv: str, seqs: 
                      max_num_batched_tokens=tokens, max_model_len=max_len,
                      layers_per_stage=split, fits=fits, memory_problem=problem,
                      kv_tokens=kv_tokens, weights_bytes_max=wmax, max_replicas=max_rep,
-                     attention_dp=attention_dp, violates=_violations(slo, pool, shape.tp, shape.pp, wd, kv, fits,
+                     attention_dp=attention_dp, redundant_experts=shape.redundant,
+                     violates=_violations(slo, pool, shape.tp, shape.pp, wd, kv, fits,
                                           default_weight_dtypes(model)))
