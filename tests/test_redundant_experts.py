@@ -129,3 +129,30 @@ def test_the_search_offers_dp_attention_only_tp_with_redundant_slots(ds):
     old = enumerate_candidates(ds, nvl, st, slo, engine=load_engine("vllm@0.9.1"), attention_dp=72)
     assert any(c.tp == 72 for c in old)
     assert not any(c.redundant_experts for c in old)
+
+
+def test_a_72_gpu_dp_attention_plan_launches_as_each_engine_runs_it(ds):
+    """SGLang: one multi-node server (--nnodes 18), its default chunk budget passed as the
+    server's (each of 72 ranks prefills 1/72, as simulated); vLLM: one DP deployment, the API
+    server + 4 DP ranks on the head and --headless ranks elsewhere -- not one Ray engine."""
+    from apex_opt.sim.simulator import engine_limits
+
+    nvl = load_cluster("gb200-nvl72")
+    plan = Plan(groups=(ReplicaGroup(tp=72, ep=72, attention_dp=72, redundant_experts=32,
+                                     gpu_memory_utilization=0.8),))
+    sg = launch_plan("deepseek-v3", ds, plan, engine="sglang", cluster=nvl)
+    assert len(sg.processes) == 18 and unknown_flags(sg) == []
+    argv = sg.processes[0].argv
+    chunk = int(argv[argv.index("--chunked-prefill-size") + 1])
+    per_rank = engine_limits(ds, plan.groups[0].replica(), 10_000, load_engine("sglang"),
+                             nvl.pools[0].device).max_num_batched_tokens
+    assert chunk // 72 == per_rank and chunk < 20_000
+    assert not any("straddles" in n for n in sg.notes)
+    v = launch_plan("deepseek-v3", ds, plan, engine="vllm", cluster=nvl)
+    assert [p.role for p in v.processes] == ["server"] + ["server-rank"] * 17
+    assert not any(p.argv[0] == "ray" for p in v.processes) and unknown_flags(v) == []
+    head, second = v.processes[0].argv, v.processes[1].argv
+    assert head[head.index("--data-parallel-size") + 1] == "72"
+    assert head[head.index("--data-parallel-size-local") + 1] == "4"
+    assert "--headless" in second and second[second.index("--data-parallel-start-rank") + 1] == "4"
+    assert len(v.endpoints) == 1 and v.endpoints[0].port == v.processes[0].port

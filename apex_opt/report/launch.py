@@ -335,6 +335,17 @@ class _DPNode(BaseModel):
         return self.start_rank > 0
 
 
+def _dp_node_argv(f: dict[str, str], dp_node: _DPNode | None) -> list[str]:
+    """This node's share of a vLLM data-parallel deployment over several nodes (none: [])."""
+    if dp_node is None:
+        return []
+    argv = [f["data_parallel_local"], str(dp_node.local)]
+    if dp_node.headless:
+        argv += [f["data_parallel_start_rank"], str(dp_node.start_rank)]
+    return argv + [f["data_parallel_address"], dp_node.address,
+                   f["data_parallel_rpc_port"], str(dp_node.rpc_port)]
+
+
 def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int | None, dp: int = 1,
                  nnodes: int = 1, node_rank: int = 0, dist_init_addr: str | None = None,
                  dp_node: _DPNode | None = None) -> Launch:
@@ -369,18 +380,12 @@ def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int | None, dp: int = 1
         if fam == "sglang" and "dp_attention" in f and "data_parallel" in f:
             argv += [f["dp_attention"], f["data_parallel"], str(adp)]
         elif vllm_adp:
-            argv += [f["data_parallel"], str(adp)]
+            argv += [f["data_parallel"], str(adp)] + _dp_node_argv(f, dp_node)
         else:
             notes.append(f"{ctx.spec.label} has no data-parallel-attention flag for this shape: "
                          f"the plan's attention_dp={adp} runs as plain TP{cfg.tp}")
     elif dp > 1:
-        argv += [f["data_parallel"], str(dp)]
-        if dp_node is not None:
-            argv += [f["data_parallel_local"], str(dp_node.local)]
-            if dp_node.headless:
-                argv += [f["data_parallel_start_rank"], str(dp_node.start_rank)]
-            argv += [f["data_parallel_address"], dp_node.address,
-                     f["data_parallel_rpc_port"], str(dp_node.rpc_port)]
+        argv += [f["data_parallel"], str(dp)] + _dp_node_argv(f, dp_node)
     if cfg.ep > 1:
         if "expert_parallel" not in f:
             notes.append(f"this {ctx.spec.label} release has no expert-parallel flag: experts are "
@@ -725,6 +730,14 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
     for gi, g in enumerate(plan.groups):
         pool_name, gpn, max_nodes, device = _pool_shape(g.pool, cluster, gpus_per_node, gi)
         cfg = g.replica().resolved(spec, model, device)  # unset weight dtype: the checkpoint's
+        adp = getattr(cfg, "attention_dp", 1) or 1
+        if (adp > 1 and g.max_num_batched_tokens is None and cfg.chunked_prefill
+                and getattr(spec, "dp_attention_split_prefill_budget", False)):
+            # the engine's DEFAULT chunk budget is the server's, each DP rank prefilling 1/adp of
+            # it (as simulated, sim/simulator.py engine_limits); _server_argv passes adp x the
+            # per-rank budget, which gives the server that default back
+            cfg = cfg.model_copy(update={"max_num_batched_tokens":
+                                         max(1, cfg.max_num_batched_tokens // adp)})
         model_arg, quant, qnotes = checkpoint_for(cfg.weight_dtype, model.checkpoint_dtype, model_id,
                                                   entry, hf_id)
         notes += [n for n in qnotes if n not in notes]
@@ -779,15 +792,19 @@ def launch_plan(model_ref: str, model: ModelSpec, plan: Plan, *,
                 endpoints.append(Endpoint(node_addr=addr, port=port, group=gi, replicas=len(reps)))
         for r, slot in enumerate(slots):
             if slot.devices is None:
-                procs = _multi_node(ctx, cfg, slot, pool_name, gpn, gi, r, glabel, next_port)
+                procs = _multi_node(ctx, cfg, slot, pool_name, gpn, gi, r, glabel, next_port,
+                                    VLLM_DP_RPC_PORT + dp_deployments)
+                dp_deployments += 1
                 for n in slot.nodes:
                     processes += _gpu_settings(g, device, n, _node_addr(pool_name, n), pool_name,
                                                gi, [r], list(range(gpn)), glabel)
                 processes += procs
-                head = procs[-1] if fam == "vllm" else procs[0]
+                head = next(p for p in procs if p.role == "server")
                 endpoints.append(Endpoint(node_addr=head.node_addr, port=head.port or base_port,
                                           group=gi, replicas=1))
-        notes += [n for n in _group_notes(g, gpn, fam, pool_name) if n not in notes]
+        notes += [n for n in _group_notes(g, gpn, fam, pool_name,
+                                          _vllm_dp_attention_over_nodes(ctx, cfg, gpn))
+                  if n not in notes]
     notes += _routing_notes(plan, endpoints, fam, policy)
     return LaunchPlan(engine=getattr(spec, "label", spec.name), family=fam,
                       model=model_id, max_model_len=length, processes=processes,
@@ -905,7 +922,7 @@ def _pool_shape(plan_pool: str | None, cluster: ClusterSpec | None, gpus_per_nod
 
 
 def _multi_node(ctx: _Ctx, cfg: ReplicaConfig, slot: _Slot, pool: str | None, gpn: int, gi: int,
-                replica: int, glabel: str, next_port) -> list[Process]:
+                replica: int, glabel: str, next_port, rpc_port: int = VLLM_DP_RPC_PORT) -> list[Process]:
     """The processes of one replica spanning whole nodes."""
     head = slot.nodes[0]
     head_addr = _node_addr(pool, head)
@@ -922,6 +939,20 @@ def _multi_node(ctx: _Ctx, cfg: ReplicaConfig, slot: _Slot, pool: str | None, gp
                            role=role, device_ids=devices, cuda_visible_devices=None, port=port_,
                            env=launch.env, argv=launch.argv, command=render(launch), label=label))
 
+    adp = getattr(cfg, "attention_dp", 1) or 1
+    if _vllm_dp_attention_over_nodes(ctx, cfg, gpn):
+        # vLLM's data-parallel attention over several nodes: one DP deployment, the API server
+        # and its local DP ranks on the head, --headless ranks on every other node (docs
+        # serving/data_parallel_deployment.md), not one Ray-backed engine
+        local = gpn // (cfg.tp // adp)
+        for k, n in enumerate(slot.nodes):
+            part = _DPNode(local=local, start_rank=k * local, address=head_addr, rpc_port=rpc_port)
+            launch = _server_argv(ctx, cfg, port=None if part.headless else port, dp_node=part)
+            ranks = f"{k * local}-{k * local + local - 1}" if local > 1 else f"{k * local}"
+            add(n, launch, "server-rank" if part.headless else "server", None if part.headless else port,
+                f"data-parallel attention ranks {ranks} of {adp}, " + (
+                    f"headless (API server on {head_addr})" if part.headless else "API server"))
+        return out
     server = _server_argv(ctx, cfg, port=port, nnodes=nn, node_rank=0,
                           dist_init_addr=f"{head_addr}:{SGLANG_DIST_PORT}")
     if ctx.family == "vllm":
@@ -942,17 +973,31 @@ def _multi_node(ctx: _Ctx, cfg: ReplicaConfig, slot: _Slot, pool: str | None, gp
     return out
 
 
+def _vllm_dp_attention_over_nodes(ctx: _Ctx, cfg: ReplicaConfig, gpn: int) -> bool:
+    """A vLLM replica with data-parallel attention whose DP ranks (tp / attention_dp GPUs each)
+    pack the nodes: launched as one DP deployment over them (head + --headless nodes)."""
+    adp = getattr(cfg, "attention_dp", 1) or 1
+    return (ctx.family == "vllm" and adp > 1 and bool(ctx.spec.dp_attention) and cfg.pp == 1
+            and cfg.tp > gpn and gpn % (cfg.tp // adp) == 0
+            and _MULTI_NODE_DP_KEYS <= ctx.flags.keys())
+
+
 def _addr_note(pool: str | None) -> str:
     return (f"replace {_addr_prefix(pool)}NODE<n>_IP with the address of node <n> of the pool "
             f"(nodes numbered from 0)")
 
 
-def _group_notes(group: ReplicaGroup, gpn: int, family: str, pool: str | None) -> list[str]:
+def _group_notes(group: ReplicaGroup, gpn: int, family: str, pool: str | None,
+                 dp_ranks: bool = False) -> list[str]:
     notes: list[str] = []
     if group.gpus <= gpn:
         return notes
     nodes = math.ceil(group.gpus / gpn)
-    if family == "vllm":
+    if dp_ranks:
+        notes.append(f"each replica of {group.label()} is one vLLM data-parallel deployment over "
+                     f"{nodes} nodes: start the head (API server) and the --headless ranks on the "
+                     f"other nodes; --data-parallel-rpc-port must be reachable from every node")
+    elif family == "vllm":
         notes.append(f"each replica of {group.label()} spans {nodes} nodes: run the 'ray start' "
                      f"commands first (head first), then 'vllm serve' on the head node")
     else:
@@ -960,7 +1005,7 @@ def _group_notes(group: ReplicaGroup, gpn: int, family: str, pool: str | None) -
                      f"every node (one --node-rank each)")
     notes.append(_addr_note(pool))
     # (tensor parallelism never spans nodes here: _check_rules refuses it, as the simulator does)
-    if gpn % group.tp or not node_aligned(group.gpus, gpn):
+    if (gpn % group.tp if group.tp <= gpn else group.tp % gpn) or not node_aligned(group.gpus, gpn):
         notes.append(f"{group.tp}x{group.pp} GPUs do not fill whole {gpn}-GPU nodes: the engine "
                      f"places the stages; check no TP group straddles two nodes")
     return notes
