@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 from .costmodel.iteration import IterationCostModel
 from .errors import InfeasibleError, InputError
 from .memory import replica_memory
-from .parallel import (attention_dp_problem, redundant_experts_problem, scope_problem,
-                       shape_problem)
+from .parallel import (attention_dp_problem, moe_a2a_problem, redundant_experts_problem,
+                       scope_problem, shape_problem)
 from .specs.cluster import ClusterSpec
 from .specs.model import ModelSpec
 from .specs.engine import EngineSpec, load_engine
@@ -93,9 +93,18 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, cfg: ReplicaConfig, batch: 
     problem = (shape_problem(model, pool, cfg.tp, cfg.pp, cfg.ep, attention_dp=cfg.attention_dp,
                              redundant_experts=cfg.redundant_experts)
                or attention_dp_problem(model, cfg.tp, cfg.pp, cfg.attention_dp, engine)
-               or redundant_experts_problem(cfg.redundant_experts, engine))
+               or redundant_experts_problem(cfg.redundant_experts, engine)
+               or moe_a2a_problem(cfg.moe_a2a, engine))
     if problem:
-        raise InputError(problem, field="--tp/--pp/--ep", value=f"{cfg.tp}/{cfg.pp}/{cfg.ep}")
+        # named by the flag the problem is about (the CLI's spelling; the API's fields alike)
+        field, value = "--tp/--pp/--ep", f"{cfg.tp}/{cfg.pp}/{cfg.ep}"
+        for key, flag, val in (("moe_a2a", "--moe-a2a", cfg.moe_a2a),
+                               ("redundant_experts=", "--redundant-experts", cfg.redundant_experts),
+                               ("attention_dp=", "--attention-dp", cfg.attention_dp)):
+            if problem.startswith(key):
+                field, value = flag, val
+                break
+        raise InputError(problem, field=field, value=value)
     if cfg.gpus > pool.num_gpus:
         raise InfeasibleError(f"TP{cfg.tp} x PP{cfg.pp} needs {cfg.gpus} GPUs; pool '{pool.name}' has {pool.num_gpus}")
     if scope_problem(pool, cfg.tp):

@@ -217,7 +217,10 @@ def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int,
                    for k, n in model.kind_counts(layers).items())
         n_attn = 1
     dense = _ops_params(model.dense_mlp_linear_ops(), tp, model)
-    shared = _ops_params(model.shared_expert_linear_ops(), tp, model) if model.moe else 0.0
+    # shared experts: TP-sharded, or whole on every GPU under all-to-all MoE dispatch (SGLang
+    # DeepEP builds them with tp_size 1)
+    shared = (_ops_params(model.shared_expert_linear_ops(), 1 if cfg.moe_a2a else tp, model)
+              if model.moe else 0.0)
     expert = _ops_params(model.expert_linear_ops(), 1, model) if model.moe else 0.0
     n_moe = sum(1 for i in layers if model.is_moe_layer(i))
     n_dense = len(layers) - n_moe - sum(1 for i in layers if not model.has_mlp(i))

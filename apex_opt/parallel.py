@@ -105,6 +105,14 @@ def attention_dp_problem(model: ModelSpec, tp: int, pp: int, adp: int,
     return None
 
 
+def moe_a2a_problem(moe_a2a: bool, engine: EngineSpec | None = None) -> str | None:
+    """Why the engine cannot dispatch MoE tokens by all-to-all (None: it can, or not asked)."""
+    if moe_a2a and engine is not None and not engine.moe_a2a_argv:
+        return (f"moe_a2a: all-to-all MoE dispatch (DeepEP) is modelled for SGLang 0.5 "
+                f"(--moe-a2a-backend deepep) only, not for engine {engine.label}")
+    return None
+
+
 def redundant_experts_problem(redundant: int, engine: EngineSpec | None = None) -> str | None:
     """Why the engine cannot place ``redundant`` EPLB expert slots (None: it can, or none asked)."""
     if redundant and engine is not None and not engine.redundant_experts_argv:
@@ -329,7 +337,8 @@ def validate_plan(model: ModelSpec, cluster: ClusterSpec, plan: Plan,
                                       redundant_experts=red),
                         scope_problem(pool, g.tp),
                         attention_dp_problem(model, g.tp, g.pp, adp, engine),
-                        redundant_experts_problem(red, engine)):
+                        redundant_experts_problem(red, engine),
+                        moe_a2a_problem(bool(getattr(g, "moe_a2a", False)), engine)):
             if problem:
                 out.append(f"{where}: {problem}")
         if g.layers_per_stage is not None and sum(g.layers_per_stage) != model.num_layers:

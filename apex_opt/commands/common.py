@@ -108,6 +108,12 @@ redundant_experts_option = click.option(
          "not divide the experts can run, e.g. DeepSeek's 256 experts on 72 GPUs: --ep 72 "
          "--redundant-experts 32. Needs --ep > 1; each rank stores the extra experts.")
 
+moe_a2a_option = click.option(
+    "--moe-a2a", is_flag=True, default=False,
+    help="With --attention-dp and --ep = --tp: dispatch each MoE layer's tokens to their experts' "
+         "GPUs by all-to-all (DeepEP; SGLang --moe-a2a-backend deepep) instead of gathering every "
+         "rank's tokens on every GPU. Shared experts are then whole on every GPU. SGLang 0.5 only.")
+
 
 def load_inputs(model_ref: str, cluster_ref: str):
     """The model and the cluster; one warning line per link bandwidth in a doubtful unit. An empty

@@ -9,8 +9,8 @@ from ..report.render import console, table, to_json
 from ..specs.plan import ReplicaConfig
 from .common import (CLI_SOURCE, check_gpu_setting_flags, cluster_option, command_line_errors,
                      engine_option, gpu_setting_options, json_option, kv_dtype_option,
-                     load_engine_flag, load_inputs, model_option, redundant_experts_option,
-                     weight_dtype_option)
+                     load_engine_flag, load_inputs, model_option, moe_a2a_option,
+                     redundant_experts_option, weight_dtype_option)
 
 
 @click.command("estimate")
@@ -24,6 +24,7 @@ from .common import (CLI_SOURCE, check_gpu_setting_flags, cluster_option, comman
                    "--enable-dp-attention --dp-size N): each rank attends over 1/N of the batch "
                    "on tp/N GPUs, the experts span all --tp GPUs.")
 @redundant_experts_option
+@moe_a2a_option
 @click.option("--pool", default=None, help="Device pool of the cluster [default: the first].")
 @weight_dtype_option
 @kv_dtype_option
@@ -37,7 +38,7 @@ from .common import (CLI_SOURCE, check_gpu_setting_flags, cluster_option, comman
 @gpu_setting_options
 @engine_option
 @json_option
-def command(model_ref, cluster_ref, tp, pp, ep, attention_dp, redundant_experts, pool,
+def command(model_ref, cluster_ref, tp, pp, ep, attention_dp, redundant_experts, moe_a2a, pool,
             weight_dtype, kv_dtype, batch_spec,
             custom_allreduce, cuda_graphs, engine_name, as_json, sm_clock_mhz=None,
             power_cap_w=None):
@@ -59,7 +60,7 @@ def command(model_ref, cluster_ref, tp, pp, ep, attention_dp, redundant_experts,
     check_gpu_setting_flags(cluster, pool, sm_clock_mhz, power_cap_w)
     try:
         cfg = ReplicaConfig(pool=pool, tp=tp, pp=pp, ep=ep, attention_dp=attention_dp,
-                            redundant_experts=redundant_experts,
+                            redundant_experts=redundant_experts, moe_a2a=moe_a2a,
                             weight_dtype=weight_dtype, kv_dtype=kv_dtype,
                             custom_allreduce=custom_allreduce, cuda_graphs=cuda_graphs,
                             sm_clock_mhz=sm_clock_mhz, power_cap_w=power_cap_w)
@@ -67,10 +68,12 @@ def command(model_ref, cluster_ref, tp, pp, ep, attention_dp, redundant_experts,
         errs = getattr(exc, "errors", lambda: [])()
         msg = errs[0]["msg"].removeprefix("Value error, ") if errs else str(exc).splitlines()[0]
         field, value = "--tp/--pp/--ep", f"{tp}/{pp}/{ep}"
-        if "attention_dp" in msg:
-            field, value = "--attention-dp", attention_dp
+        if "moe_a2a" in msg:
+            field, value = "--moe-a2a", True
         elif "redundant_experts" in msg:
             field, value = "--redundant-experts", redundant_experts
+        elif "attention_dp" in msg:
+            field, value = "--attention-dp", attention_dp
         raise InputError(msg, source=CLI_SOURCE, field=field, value=value) from None
     with command_line_errors():
         batch = parse_batch(batch_spec)
@@ -88,7 +91,8 @@ def command(model_ref, cluster_ref, tp, pp, ep, attention_dp, redundant_experts,
         return
     con = console()
     extra = (f" ADP{attention_dp}" if attention_dp > 1 else "") + \
-        (f" +{redundant_experts} redundant experts" if redundant_experts else "")
+        (f" +{redundant_experts} redundant experts" if redundant_experts else "") + \
+        (" all-to-all MoE" if moe_a2a else "")
     con.print(f"{model.name} on {res.tp * res.pp} x {res.device} (TP{res.tp} PP{res.pp} EP{res.ep}{extra}, "
               f"{res.weight_dtype} weights, {res.kv_dtype} KV), batch {batch_spec}")
     con.print(f"iteration {res.iteration_ms:.3f} ms · energy {res.energy_j:.3f} J "

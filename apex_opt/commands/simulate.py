@@ -21,7 +21,8 @@ from .common import (FiniteFloatRange, NonEmptyPath, apply_client_ramp, apply_sa
                      check_gpu_setting_flags, check_max_model_len, check_request_lengths,
                      cluster_option, command_line_errors, engine_option,
                      gpu_setting_options, json_option, kv_dtype_option, load_engine_flag,
-                     load_inputs, model_option, redundant_experts_option, sampling_options,
+                     load_inputs, model_option, moe_a2a_option, redundant_experts_option,
+                     sampling_options,
                      sort_trace_option, warn_thin_percentiles, weight_dtype_option)
 
 _SRC = "<command line>"
@@ -108,6 +109,9 @@ def _plan(opts: dict) -> Plan:
         if opts["tp"] % opts[key]:  # named by its flag, not as the plan's 'groups[0]'
             raise InputError(f"must divide --tp ({opts['tp']})", source=_SRC, field=flag,
                              value=opts[key])
+    if opts["moe_a2a"] and (opts["attention_dp"] == 1 or opts["ep"] != opts["tp"]):
+        raise InputError("all-to-all MoE dispatch needs --attention-dp > 1 and --ep equal to --tp",
+                         source=_SRC, field="--moe-a2a", value=True)
     if opts["redundant_experts"] and opts["ep"] == 1:
         raise InputError("redundant expert slots need expert parallelism: set --ep > 1",
                          source=_SRC, field="--redundant-experts", value=opts["redundant_experts"])
@@ -118,7 +122,7 @@ def _plan(opts: dict) -> Plan:
                                   "max_num_seqs", "max_num_batched_tokens",
                                   "gpu_memory_utilization", "max_model_len", "custom_allreduce",
                                   "cuda_graphs", "chunked_prefill", "sm_clock_mhz", "power_cap_w",
-                                  "attention_dp", "redundant_experts")}
+                                  "attention_dp", "redundant_experts", "moe_a2a")}
     group["replicas"] = opts["dp"]
     if group["gpu_memory_utilization"] is None:  # unset: the engine's own (SGLang: by GPU)
         del group["gpu_memory_utilization"]
@@ -252,6 +256,7 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
                    "span all --tp GPUs (SGLang --enable-dp-attention --dp-size N; vLLM V1 "
                    "--data-parallel-size N --tensor-parallel-size tp/N), e.g. --tp 8 --attention-dp 8.")
 @redundant_experts_option
+@moe_a2a_option
 @click.option("--pool", default=None, help="Device pool of the cluster [default: the first].")
 @weight_dtype_option
 @kv_dtype_option

@@ -262,7 +262,11 @@ class IterationCostModel:
         self.mlp_ops = [self._shard(op) for op in model.dense_mlp_linear_ops()]
         if not self.dp_gathered_dense:  # DP attention, per-rank dense MLP: attention-TP shards
             self.mlp_ops = [self._shard(op, self.attn_tp) for op in model.dense_mlp_linear_ops()]
-        self.shared_ops = [self._shard(op) for op in model.shared_expert_linear_ops()]
+        #: all-to-all MoE dispatch (ReplicaConfig.moe_a2a, SGLang DeepEP): each rank keeps its
+        #: tokens; the shared experts are whole on every GPU (tp_size 1)
+        self.a2a = bool(getattr(cfg, "moe_a2a", False)) and self.attn_dp > 1
+        self.shared_ops = [self._shard(op, 1 if self.a2a else None)
+                           for op in model.shared_expert_linear_ops()]
         if model.moe:
             etp = tp // cfg.ep
             self.expert_ops = [(op.name, op.n // etp if op.split == "column" else op.n,
@@ -528,6 +532,34 @@ class IterationCostModel:
             t = self.attn_comm.all_reduce(t_att * h2, self.attn_tp, custom=self.custom_ar)
             part.add("communication", t, self.attn_comm.power_w(), bd, 2 * n_rank + n_mixer)
 
+    def _a2a_comm(self, part: _Part, bd: dict, t_att: int, n_moe: int) -> None:
+        """All-to-all MoE dispatch (SGLang DeepEP) of ``n_moe`` layers: the attention-TP
+        collectives of the engine's DP-attention list (each attention-TP GPU keeps 1/attn_tp of
+        its rank's tokens), then per layer a dispatch that sends each of this GPU's tokens once to
+        every EP rank holding one of its top-k experts -- expected distinct ranks under random
+        routing, ep (1 - (1 - 1/ep)^k) -- in the MoE's activation dtype (fp8 + one fp32 scale per
+        128 values for fp8 / fp4 compute), and a combine that returns them in bf16; both costed as
+        the link's measured all-to-all over the tp GPUs."""
+        if not n_moe or self.tp_comm is None:
+            return
+        h2 = self.hidden * 2.0
+        for op, group, size in self.dp_colls:
+            if group != "attention_tp" or self.attn_comm is None:
+                continue
+            nbytes = t_att * h2
+            t = (self.attn_comm.all_reduce(nbytes, self.attn_tp, custom=self.custom_ar)
+                 if op == "all_reduce" else getattr(self.attn_comm, op)(nbytes, self.attn_tp))
+            part.add("communication", t, self.attn_comm.power_w(), bd, n_moe)
+        moe = self.model.moe
+        ep = self.ep
+        dest = ep * (1.0 - (1.0 - 1.0 / ep) ** moe.experts_per_token)
+        local = -(-t_att // self.attn_tp)
+        h = self.model.moe_hidden_size
+        disp = h * (1.0 + 4.0 / 128.0) if self.compute_dtype in ("fp8", "fp4") else h * 2.0
+        for per_token in (disp, h * 2.0):  # dispatch, combine
+            t = self.tp_comm.all_to_all(local * dest * per_token, self.tp)
+            part.add("communication", t, self.tp_comm.power_w(), bd, n_moe)
+
     # ------------------------------------------------------------------ token-count-only work
     def _token_work(self, tokens: int, sampling: int, t_att: int | None = None,
                     s_rank: int | None = None) -> tuple[tuple[_Part, ...], dict]:
@@ -611,6 +643,12 @@ class IterationCostModel:
                     part.add("communication", t, comm.power_w(), bd, n_rope)
             if self.attn_dp == 1:
                 self._allreduce(part, bd, tokens, self.stage_blocks[s] if self.kind_ops else 2 * n_layers)
+            elif self.a2a:  # MoE layers: all-to-all dispatch / combine of the rank's tokens
+                self._dp_attention_comm(part, bd, tokens, t_att,
+                                        n_dense if self.dp_gathered_dense else 0,
+                                        n_rank=0 if self.dp_gathered_dense else n_dense,
+                                        n_mixer=n_layers - n_moe - n_dense)
+                self._a2a_comm(part, bd, t_att, n_moe)
             elif self.dp_gathered_dense:
                 self._dp_attention_comm(part, bd, tokens, t_att, n_moe + n_dense,
                                         n_mixer=n_layers - n_moe - n_dense)
@@ -625,7 +663,7 @@ class IterationCostModel:
                                          self.mlp_ops[0][1] // (2 if self.model.mlp_gated else 1))
                 part.add("elementwise", c.time_s, c.power_w, bd, n_dense)
             if n_moe:
-                self._moe(part, bd, tokens, n_moe)
+                self._moe(part, bd, tokens, n_moe, t_local=-(-t_att // self.attn_tp))
             if s == 0:  # each DP-attention rank embeds its own tokens
                 c = self.dev.elementwise("embedding", t_att, h)
                 part.add("elementwise", c.time_s, c.power_w, bd)
@@ -670,9 +708,12 @@ class IterationCostModel:
             backend = "flashinfer_trtllm"  # SGLang's own choice on SM100 (kernels.yaml fused_moe)
         return backend
 
-    def _moe(self, part: _Part, bd: dict, tokens: int, n_moe: int) -> None:
+    def _moe(self, part: _Part, bd: dict, tokens: int, n_moe: int, t_local: int | None = None) -> None:
         moe = self.model.moe
         assert moe is not None
+        if self.a2a and t_local is not None:
+            self._moe_a2a(part, bd, tokens, t_local, n_moe)
+            return
         # router (replicated, tiny) + top-k
         c = self.dev.gemm(tokens, moe.num_experts, self.hidden, "bf16", None)
         part.add("moe_router", c.time_s, c.power_w, bd, n_moe)
@@ -696,13 +737,17 @@ class IterationCostModel:
         part.add("moe_experts", c.time_s, c.power_w, bd, n_moe, kernels=self.moe_kernels,
                  flops=2.0 * assignments * sum(n * k for _, n, k in self.expert_ops),
                  nbytes=active * wbytes)
+        self._shared_experts(part, bd, tokens, n_moe)
+
+    def _shared_experts(self, part: _Part, bd: dict, tokens: int, n_moe: int) -> None:
+        """The shared experts' GEMMs on ``tokens`` rows and the activation between their gate_up
+        and down GEMMs, a kernel of its own in both engines (vLLM deepseek_v2.py DeepseekV2MLP /
+        qwen2_moe.py Qwen2MoeMLP and SGLang's: gate_up_proj -> SiluAndMul -> down_proj), as the
+        dense MLP's; a non-gated shared MLP (Nemotron-3 relu2) reads and writes its up
+        projection's output."""
         for name, n, k in self.shared_ops:
             self._gemm(part, bd, "moe_shared", tokens, n, k, n_moe)
         for name, n, _ in self.shared_ops:
-            # the shared expert's activation between its gate_up and down GEMMs, a kernel of its
-            # own in both engines (vLLM deepseek_v2.py DeepseekV2MLP / qwen2_moe.py Qwen2MoeMLP and
-            # SGLang's: gate_up_proj -> SiluAndMul -> down_proj), as the dense MLP's; a non-gated
-            # shared MLP (Nemotron-3 relu2) reads and writes its up projection's output
             if name == "shared_gate_up":
                 c = self.dev.elementwise("silu_and_mul", tokens, n // 2)
             elif name == "shared_up":
@@ -710,6 +755,30 @@ class IterationCostModel:
             else:
                 continue
             part.add("moe_shared", c.time_s, c.power_w, bd, n_moe)
+
+    def _moe_a2a(self, part: _Part, bd: dict, tokens: int, t_local: int, n_moe: int) -> None:
+        """One GPU's MoE under all-to-all dispatch: the router and the (replicated) shared experts
+        on its own ``t_local`` tokens; the routed experts on the token copies dispatched to it,
+        tokens x top-k / ep of them spread over its (E + redundant) / ep local experts."""
+        moe = self.model.moe
+        c = self.dev.gemm(t_local, moe.num_experts, self.hidden, "bf16", None)
+        part.add("moe_router", c.time_s, c.power_w, bd, n_moe)
+        e_local = self.local_experts
+        k = min(moe.experts_per_token, e_local)
+        pairs = tokens * moe.experts_per_token / self.ep  # token copies this GPU receives
+        # the busiest rank's share (moe_imbalance, as the gathered path's fused_moe applies it)
+        rows = max(1, math.ceil(pairs * self.moe_imbalance / k))
+        c = self.dev.fused_moe(rows, self.model.moe_hidden_size, moe.expert_intermediate_size, k,
+                               e_local, self.tp // self.ep, 1, self.compute_dtype, self.weight_dtype,
+                               imbalance=1.0, block_fp8=self.block_fp8, backend=self.moe_backend,
+                               gated=moe.expert_gated, compute_eff=self._moe_compute_eff)
+        active = _active_experts(rows, k, e_local, e_local, pairs, balanced=False)
+        wbytes = sum(n * kk for _, n, kk in self.expert_ops) * self.weight_elt_bytes
+        part.add("moe_experts", c.time_s, c.power_w, bd, n_moe,
+                 kernels=self.moe_kernels,
+                 flops=2.0 * pairs * sum(n * kk for _, n, kk in self.expert_ops),
+                 nbytes=active * wbytes)
+        self._shared_experts(part, bd, t_local, n_moe)
 
     # ------------------------------------------------------------------ attention
     def _split_ranks(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]]) -> list:

@@ -404,6 +404,12 @@ def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int | None, dp: int = 1
     elif red:
         notes.append(f"{ctx.spec.label} cannot place redundant experts: the plan's "
                      f"redundant_experts={red} has no flag in this release")
+    if getattr(cfg, "moe_a2a", False):
+        if ctx.spec.moe_a2a_argv:
+            argv += list(ctx.spec.moe_a2a_argv)
+        else:
+            notes.append(f"{ctx.spec.label}: the plan's all-to-all MoE dispatch (DeepEP) is not "
+                         f"modelled for this engine; it runs with the engine's default dispatch")
     if nnodes > 1:
         if fam == "vllm":
             argv += [f["executor"], "ray"]

@@ -18,8 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from ..costmodel.iteration import IterationCostModel
 from ..errors import InfeasibleError, InputError
 from ..memory import replica_memory
-from ..parallel import (redundant_experts_problem, scope_problem, seqs_per_scheduler,
-                        shape_problem)
+from ..parallel import (moe_a2a_problem, redundant_experts_problem, scope_problem,
+                        seqs_per_scheduler, shape_problem)
 from ..specs.cluster import ClusterSpec, PoolSpec
 from ..specs.engine import DPRouterSpec, EngineSpec, dp_router_for, load_engine
 from ..specs.model import ModelSpec
@@ -206,7 +206,8 @@ def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: Req
         cfg = g.replica().resolved(engine, model, pool.device)
         problem = (shape_problem(model, pool, cfg.tp, cfg.pp, cfg.ep, attention_dp=cfg.attention_dp,
                                  redundant_experts=cfg.redundant_experts)
-                   or redundant_experts_problem(cfg.redundant_experts, engine))
+                   or redundant_experts_problem(cfg.redundant_experts, engine)
+                   or moe_a2a_problem(cfg.moe_a2a, engine))
         if problem:
             raise InputError(problem, field=f"plan.groups[{gi}]", value=cfg.label())
         problem = scope_problem(pool, cfg.tp)

@@ -147,6 +147,8 @@ class Candidate:
     attention_dp: int = 1
     #: EPLB redundant expert slots (ReplicaConfig.redundant_experts)
     redundant_experts: int = 0
+    #: all-to-all MoE dispatch (ReplicaConfig.moe_a2a, SGLang DeepEP)
+    moe_a2a: bool = False
 
     @property
     def gpus(self) -> int:
@@ -157,12 +159,12 @@ class Candidate:
         """Candidates sharing this key share an iteration cost model."""
         return (self.pool, self.tp, self.pp, self.ep, self.weight_dtype, self.kv_dtype,
                 self.layers_per_stage, self.sm_clock_mhz, self.attention_dp,
-                self.redundant_experts)
+                self.redundant_experts, self.moe_a2a)
 
     def config(self) -> ReplicaConfig:
         return ReplicaConfig(pool=self.pool, tp=self.tp, pp=self.pp, ep=self.ep,
                              attention_dp=self.attention_dp,
-                             redundant_experts=self.redundant_experts,
+                             redundant_experts=self.redundant_experts, moe_a2a=self.moe_a2a,
                              layers_per_stage=self.layers_per_stage if self.pp > 1 else None,
                              weight_dtype=self.weight_dtype, kv_dtype=self.kv_dtype,
                              max_num_seqs=self.max_num_seqs,
@@ -252,18 +254,22 @@ def enumerate_candidates(model: ModelSpec, cluster: ClusterSpec, stats: Workload
                     continue
                 split = split_layers(model, shape.pp, linear_weight_bytes_per_elem(wd))
                 for adp in adps:
-                    for kv in kvs:
-                        for seqs, tokens in pool_limits:
-                            cand = _candidate(model, pool, shape, wd, kv, seqs, tokens, max_len,
-                                              split, hopeless, engine, slo, len(out), adp)
-                            if everything or not cand.violates:
-                                out.append(cand)
+                    # SGLang's DeepEP dispatch where it can run: DP attention, EP over all of TP
+                    a2as = ((False, True) if adp > 1 and shape.ep == shape.tp
+                            and engine.moe_a2a_argv else (False,))
+                    for a2a in a2as:
+                        for kv in kvs:
+                            for seqs, tokens in pool_limits:
+                                cand = _candidate(model, pool, shape, wd, kv, seqs, tokens, max_len,
+                                                  split, hopeless, engine, slo, len(out), adp, a2a)
+                                if everything or not cand.violates:
+                                    out.append(cand)
     return [Candidate(**{**cand.__dict__, "index": i}) for i, cand in enumerate(out)]
 
 
 def _candidate(model: ModelSpec, pool: PoolSpec, shape, wd: str, kv: str, seqs: int, tokens: int,
                max_len: int, split: tuple[int, ...], hopeless: bool, engine: EngineSpec,
-               slo: SLOSpec, index: int, attention_dp: int = 1) -> Candidate:
+               slo: SLOSpec, index: int, attention_dp: int = 1, moe_a2a: bool = False) -> Candidate:
     max_rep = pool.num_gpus // shape.gpus
     if hopeless:
         fits, problem, kv_tokens, wmax = False, "linear weights alone exceed device memory", 0, 0
@@ -272,7 +278,7 @@ def _candidate(model: ModelSpec, pool: PoolSpec, shape, wd: str, kv: str, seqs: 
                             layers_per_stage=split if shape.pp > 1 else None, weight_dtype=wd,
                             kv_dtype=kv, max_num_seqs=seqs, max_num_batched_tokens=tokens,
                             chunked_prefill=True, max_model_len=max_len, attention_dp=attention_dp,
-                            redundant_experts=shape.redundant)
+                            redundant_experts=shape.redundant, moe_a2a=moe_a2a)
         mem = replica_memory(model, pool.device, cfg, engine)
         fits, problem, kv_tokens, wmax = mem.fits, mem.problem, mem.kv_tokens, mem.weights_per_gpu_max
     return Candidate(index=index, pool=pool.name, device=pool.device.name, tp=shape.tp,
@@ -280,6 +286,6 @@ def _candidate(model: ModelSpec, pool: PoolSpec, shape, wd: str, kv: str, seqs: 
                      max_num_batched_tokens=tokens, max_model_len=max_len,
                      layers_per_stage=split, fits=fits, memory_problem=problem,
                      kv_tokens=kv_tokens, weights_bytes_max=wmax, max_replicas=max_rep,
-                     attention_dp=attention_dp, redundant_experts=shape.redundant,
+                     attention_dp=attention_dp, redundant_experts=shape.redundant, moe_a2a=moe_a2a,
                      violates=_violations(slo, pool, shape.tp, shape.pp, wd, kv, fits,
                                           default_weight_dtypes(model)))

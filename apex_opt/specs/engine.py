@@ -367,6 +367,10 @@ class EngineSpec(StrictModel):
                         "expert-parallel load balancing (EPLB), '{n}' standing for N (SGLang: "
                         "--ep-num-redundant-experts N; vLLM V1: --enable-eplb with "
                         "num_redundant_experts). Empty: this release cannot place any.")
+    moe_a2a_argv: tuple[str, ...] = Field(
+        (), description="Launch arguments that dispatch MoE tokens by all-to-all (DeepEP) under "
+                        "data-parallel attention (SGLang 0.5: --moe-a2a-backend deepep). Empty: "
+                        "not modelled for this engine.")
     # --- data-parallel attention: what one lockstep step runs (owner: the DP-attention model)
     dp_attention_collectives: tuple[tuple[str, str, str], ...] = Field(
         (("all_reduce", "attention_tp", "rank"), ("all_gather", "all", "all_ranks"),

@@ -73,6 +73,12 @@ class ReplicaConfig(StrictModel):
                     "MoE runs E + N physical experts, (E + N) / ep per EP rank, so an EP size "
                     "that does not divide the E experts can run (DeepSeek's 256 over 72 GPUs: "
                     "N = 32). Needs ep > 1; each rank stores its extra experts' weights.")
+    moe_a2a: bool = Field(
+        False,
+        description="Dispatch each MoE layer's tokens to their experts' ranks with an all-to-all "
+                    "(DeepEP: SGLang --moe-a2a-backend deepep) instead of gathering every "
+                    "attention rank's tokens on every GPU and reduce-scattering back. Needs "
+                    "attention_dp > 1 and ep = tp; shared experts are then replicated per GPU.")
     sm_clock_mhz: int | None = Field(None, ge=1, le=10_000,
                                      description="Locked SM clock (nvidia-smi -lgc) in MHz; None = "
                                                  "driver default (boost, lowered by the power "
@@ -97,6 +103,10 @@ class ReplicaConfig(StrictModel):
             raise ValueError(f"attention_dp ({self.attention_dp}) must divide tp ({self.tp})")
         if self.attention_dp > 1 and self.pp > 1:
             raise ValueError("attention_dp > 1 needs pp = 1")
+        if self.moe_a2a and (self.attention_dp == 1 or self.ep != self.tp):
+            raise ValueError(f"moe_a2a needs data-parallel attention (attention_dp > 1) and "
+                             f"expert parallelism over the whole TP group (ep = tp = {self.tp}); "
+                             f"got attention_dp {self.attention_dp}, ep {self.ep}")
         if self.redundant_experts and self.ep == 1:
             raise ValueError(f"redundant_experts ({self.redundant_experts}) needs expert "
                              f"parallelism (ep > 1): they are extra expert slots on the EP ranks")
@@ -217,6 +227,8 @@ class ReplicaConfig(StrictModel):
             parts.append(f"ADP{self.attention_dp}")
         if self.redundant_experts:
             parts.append(f"R{self.redundant_experts}")
+        if self.moe_a2a:
+            parts.append("A2A")
         if self.sm_clock_mhz is not None:
             parts.append(f"{self.sm_clock_mhz}MHz")
         if self.power_cap_w is not None:
