@@ -67,6 +67,9 @@ class EstimateResult(BaseModel):
     tp: int
     pp: int
     ep: int
+    attention_dp: int = Field(1, description="Data-parallel attention ranks (1 = off)")
+    redundant_experts: int = Field(0, description="EPLB redundant expert slots")
+    moe_a2a: bool = Field(False, description="All-to-all MoE dispatch (DeepEP)")
     weight_dtype: str
     kv_dtype: str
     batch: BatchSpec
@@ -120,7 +123,9 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, cfg: ReplicaConfig, batch: 
     r = lambda x: float(f"{x:.6g}")  # noqa: E731
     return EstimateResult(
         model=model.name, cluster=cluster.name, engine=engine.name, pool=pool.name, device=pool.device.name,
-        tp=cfg.tp, pp=cfg.pp, ep=cfg.ep, weight_dtype=cfg.resolved_weight_dtype(model),
+        tp=cfg.tp, pp=cfg.pp, ep=cfg.ep, attention_dp=cfg.attention_dp,
+        redundant_experts=cfg.redundant_experts, moe_a2a=cfg.moe_a2a,
+        weight_dtype=cfg.resolved_weight_dtype(model),
         kv_dtype=cfg.kv_dtype,
         batch=batch, iteration_ms=r(c.time_s * 1e3), stage_ms=[r(t * 1e3) for t in c.stage_times_s],
         energy_j=r(energy), energy_j_per_token=r(energy / max(tokens, 1)),

@@ -100,6 +100,13 @@ def test_cli():
                                    "--engine", "sglang", "--batch", "decode:64x1024"])
     assert ok.exit_code == 0, ok.output
     assert "all-to-all MoE" in ok.output
+    js = CliRunner().invoke(main, ["estimate", "--model", "deepseek-v3", "--cluster", "h200-1x8",
+                                   "--tp", "8", "--ep", "8", "--attention-dp", "8", "--moe-a2a",
+                                   "--redundant-experts", "8", "--engine", "sglang",
+                                   "--batch", "decode:64x1024", "--json"])
+    import json
+    d = json.loads(js.output)
+    assert (d["attention_dp"], d["redundant_experts"], d["moe_a2a"]) == (8, 8, True)
     for extra in ([], ["--engine", "vllm"]):
         r = CliRunner().invoke(main, ["estimate", "--model", "deepseek-v3", "--cluster", "h200-1x8",
                                       "--tp", "8", "--ep", "8", "--moe-a2a", "--batch", "decode:8x100"]

@@ -90,9 +90,9 @@ def command(model_ref, cluster_ref, tp, pp, ep, attention_dp, redundant_experts,
         click.echo(to_json(res))
         return
     con = console()
-    extra = (f" ADP{attention_dp}" if attention_dp > 1 else "") + \
-        (f" +{redundant_experts} redundant experts" if redundant_experts else "") + \
-        (" all-to-all MoE" if moe_a2a else "")
+    extra = (f" ADP{res.attention_dp}" if res.attention_dp > 1 else "") + \
+        (f" +{res.redundant_experts} redundant experts" if res.redundant_experts else "") + \
+        (" all-to-all MoE" if res.moe_a2a else "")
     con.print(f"{model.name} on {res.tp * res.pp} x {res.device} (TP{res.tp} PP{res.pp} EP{res.ep}{extra}, "
               f"{res.weight_dtype} weights, {res.kv_dtype} KV), batch {batch_spec}")
     con.print(f"iteration {res.iteration_ms:.3f} ms · energy {res.energy_j:.3f} J "
