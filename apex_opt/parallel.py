@@ -107,9 +107,10 @@ def attention_dp_problem(model: ModelSpec, tp: int, pp: int, adp: int,
 
 def moe_a2a_problem(moe_a2a: bool, engine: EngineSpec | None = None) -> str | None:
     """Why the engine cannot dispatch MoE tokens by all-to-all (None: it can, or not asked)."""
-    if moe_a2a and engine is not None and not engine.moe_a2a_argv:
-        return (f"moe_a2a: all-to-all MoE dispatch (DeepEP) is modelled for SGLang 0.5 "
-                f"(--moe-a2a-backend deepep) only, not for engine {engine.label}")
+    if moe_a2a and engine is not None and not engine.moe_a2a:
+        return (f"moe_a2a: engine {engine.label} has no all-to-all MoE dispatch (DeepEP: SGLang "
+                f"0.5 --moe-a2a-backend deepep, vLLM >= 0.9 VLLM_ALL2ALL_BACKEND / "
+                f"--all2all-backend deepep_low_latency)")
     return None
 
 

@@ -1,4 +1,5 @@
-"""All-to-all MoE dispatch (ReplicaConfig.moe_a2a, SGLang --moe-a2a-backend deepep) under
+"""All-to-all MoE dispatch (ReplicaConfig.moe_a2a: SGLang --moe-a2a-backend deepep, vLLM
+--all2all-backend deepep_low_latency) under
 data-parallel attention: each rank keeps its tokens, sends each once to every EP rank holding one
 of its experts and gets them back, instead of gathering every rank's tokens on every GPU."""
 
@@ -86,12 +87,20 @@ def test_rules_engines_and_launch(ds):
     cluster = load_cluster("h200-1x8")
     plan = Plan(groups=(ReplicaGroup(tp=8, ep=8, attention_dp=8, moe_a2a=True),))
     assert validate_plan(ds, cluster, plan, load_engine("sglang")) == []
-    for name in ("vllm", "vllm-0.6", "sglang-0.4"):
+    assert validate_plan(ds, cluster, plan, load_engine("vllm")) == []
+    for name in ("vllm-0.6", "sglang-0.4"):
         assert any("moe_a2a" in p for p in validate_plan(ds, cluster, plan, load_engine(name)))
     lp = launch_plan("deepseek-v3", ds, plan, engine="sglang", cluster=cluster)
     argv = lp.processes[0].argv
     assert argv[argv.index("--moe-a2a-backend") + 1] == "deepep" and unknown_flags(lp) == []
     assert "A2A" in plan.groups[0].label()
+    # vLLM: --all2all-backend from 0.11.1 (PR #26732), the environment variable before
+    v = launch_plan("deepseek-v3", ds, plan, engine="vllm", cluster=cluster).processes[0]
+    assert v.argv[v.argv.index("--all2all-backend") + 1] == "deepep_low_latency"
+    old = launch_plan("deepseek-v3", ds, plan, engine="vllm@0.10.1", cluster=cluster).processes[0]
+    assert "--all2all-backend" not in old.argv
+    assert old.env["VLLM_ALL2ALL_BACKEND"] == "deepep_low_latency"
+    assert "VLLM_ALL2ALL_BACKEND=deepep_low_latency" in old.command
 
 
 def test_cli():
@@ -107,11 +116,9 @@ def test_cli():
     import json
     d = json.loads(js.output)
     assert (d["attention_dp"], d["redundant_experts"], d["moe_a2a"]) == (8, 8, True)
-    for extra in ([], ["--engine", "vllm"]):
-        r = CliRunner().invoke(main, ["estimate", "--model", "deepseek-v3", "--cluster", "h200-1x8",
-                                      "--tp", "8", "--ep", "8", "--moe-a2a", "--batch", "decode:8x100"]
-                               + (["--attention-dp", "8"] if extra else []) + extra)
-        assert r.exit_code == 2 and "field '--moe-a2a'" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["estimate", "--model", "deepseek-v3", "--cluster", "h200-1x8",
+                                  "--tp", "8", "--ep", "8", "--moe-a2a", "--batch", "decode:8x100"])
+    assert r.exit_code == 2 and "field '--moe-a2a'" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(main, ["simulate", "--model", "deepseek-v3", "--cluster", "h200-1x8",
                                   "--tp", "8", "--ep", "8", "--moe-a2a", "--engine", "sglang",
                                   "--concurrency", "2", "--num-requests", "2"])
@@ -132,4 +139,4 @@ def test_the_search_offers_a2a_only_where_sglang_can_run_it(ds):
     twin = next(c for c in sg if not c.moe_a2a and c.cost_key[:-1] == a2a[0].cost_key[:-1])
     assert twin.cost_key != a2a[0].cost_key and a2a[0].config().moe_a2a
     assert not any(c.moe_a2a for c in enumerate_candidates(ds, h200, st, slo,
-                                                           engine=load_engine("vllm")))
+                                                           engine=load_engine("sglang-0.4")))

@@ -111,8 +111,9 @@ redundant_experts_option = click.option(
 moe_a2a_option = click.option(
     "--moe-a2a", is_flag=True, default=False,
     help="With --attention-dp and --ep = --tp: dispatch each MoE layer's tokens to their experts' "
-         "GPUs by all-to-all (DeepEP; SGLang --moe-a2a-backend deepep) instead of gathering every "
-         "rank's tokens on every GPU. Shared experts are then whole on every GPU. SGLang 0.5 only.")
+         "GPUs by all-to-all (DeepEP: SGLang --moe-a2a-backend deepep, vLLM --all2all-backend "
+         "deepep_low_latency) instead of gathering every rank's tokens on every GPU. Shared "
+         "experts are then whole on every GPU.")
 
 
 def load_inputs(model_ref: str, cluster_ref: str):

@@ -405,8 +405,9 @@ def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int | None, dp: int = 1
         notes.append(f"{ctx.spec.label} cannot place redundant experts: the plan's "
                      f"redundant_experts={red} has no flag in this release")
     if getattr(cfg, "moe_a2a", False):
-        if ctx.spec.moe_a2a_argv:
+        if ctx.spec.moe_a2a:
             argv += list(ctx.spec.moe_a2a_argv)
+            env.update(ctx.spec.moe_a2a_env)
         else:
             notes.append(f"{ctx.spec.label}: the plan's all-to-all MoE dispatch (DeepEP) is not "
                          f"modelled for this engine; it runs with the engine's default dispatch")

@@ -256,7 +256,7 @@ def enumerate_candidates(model: ModelSpec, cluster: ClusterSpec, stats: Workload
                 for adp in adps:
                     # SGLang's DeepEP dispatch where it can run: DP attention, EP over all of TP
                     a2as = ((False, True) if adp > 1 and shape.ep == shape.tp
-                            and engine.moe_a2a_argv else (False,))
+                            and engine.moe_a2a else (False,))
                     for a2a in a2as:
                         for kv in kvs:
                             for seqs, tokens in pool_limits:

@@ -369,8 +369,17 @@ class EngineSpec(StrictModel):
                         "num_redundant_experts). Empty: this release cannot place any.")
     moe_a2a_argv: tuple[str, ...] = Field(
         (), description="Launch arguments that dispatch MoE tokens by all-to-all (DeepEP) under "
-                        "data-parallel attention (SGLang 0.5: --moe-a2a-backend deepep). Empty: "
-                        "not modelled for this engine.")
+                        "data-parallel attention (SGLang 0.5: --moe-a2a-backend deepep; vLLM "
+                        ">= 0.11.1: --all2all-backend deepep_low_latency).")
+    moe_a2a_env: dict[str, str] = Field(
+        default_factory=dict, description="Environment that selects it where the release has no "
+                                          "flag (vLLM 0.9-0.11.0: VLLM_ALL2ALL_BACKEND). Neither "
+                                          "argv nor env: not available in this release.")
+
+    @property
+    def moe_a2a(self) -> bool:
+        """Whether this release can dispatch MoE tokens by all-to-all (DeepEP)."""
+        return bool(self.moe_a2a_argv or self.moe_a2a_env)
     # --- data-parallel attention: what one lockstep step runs (owner: the DP-attention model)
     dp_attention_collectives: tuple[tuple[str, str, str], ...] = Field(
         (("all_reduce", "attention_tp", "rank"), ("all_gather", "all", "all_ranks"),

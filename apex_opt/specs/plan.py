@@ -76,7 +76,8 @@ class ReplicaConfig(StrictModel):
     moe_a2a: bool = Field(
         False,
         description="Dispatch each MoE layer's tokens to their experts' ranks with an all-to-all "
-                    "(DeepEP: SGLang --moe-a2a-backend deepep) instead of gathering every "
+                    "(DeepEP: SGLang --moe-a2a-backend deepep, vLLM --all2all-backend "
+                    "deepep_low_latency) instead of gathering every "
                     "attention rank's tokens on every GPU and reduce-scattering back. Needs "
                     "attention_dp > 1 and ep = tp; shared experts are then replicated per GPU.")
     sm_clock_mhz: int | None = Field(None, ge=1, le=10_000,
