@@ -34,6 +34,7 @@ from .specs.common import DTYPE_BYTES
 from .specs.engine import EngineSpec, load_engine
 from .specs.model import WEIGHT_ELEMENT_BYTES, LinearOp, ModelSpec, weight_format
 from .parallel import default_layers_per_stage, kv_heads_per_rank, stage_layer_ranges  # noqa: F401
+from .parallel import shared_expert_split
 from .specs.plan import ReplicaConfig
 
 GIB = 1024 ** 3
@@ -217,9 +218,10 @@ def weight_bytes_by_component(model: ModelSpec, cfg: ReplicaConfig, stage: int,
                    for k, n in model.kind_counts(layers).items())
         n_attn = 1
     dense = _ops_params(model.dense_mlp_linear_ops(), tp, model)
-    # shared experts: TP-sharded, or whole on every GPU under all-to-all MoE dispatch (SGLang
-    # DeepEP builds them with tp_size 1)
-    shared = (_ops_params(model.shared_expert_linear_ops(), 1 if cfg.moe_a2a else tp, model)
+    # shared experts: split as the engine runs them (parallel.shared_expert_split: over all tp
+    # GPUs, a vLLM DP rank's attention TP, or whole on every GPU)
+    shared = (_ops_params(model.shared_expert_linear_ops(),
+                          shared_expert_split(cfg, engine or load_engine())[0], model)
               if model.moe else 0.0)
     expert = _ops_params(model.expert_linear_ops(), 1, model) if model.moe else 0.0
     n_moe = sum(1 for i in layers if model.is_moe_layer(i))

@@ -105,6 +105,30 @@ def attention_dp_problem(model: ModelSpec, tp: int, pp: int, adp: int,
     return None
 
 
+def shared_expert_split(cfg: ReplicaConfig, engine: EngineSpec) -> tuple[int, str]:
+    """How a MoE replica runs its shared experts: (the TP degree their weights are split over,
+    whose tokens each GPU runs them on -- 'all' every rank's gathered tokens, 'rank' its DP
+    rank's, 'local' its 1/attention-TP share of them).
+
+    Plain TP and SGLang's gathered DP attention: over all tp GPUs on all tokens. vLLM's DP
+    attention (each DP rank an engine core, EngineSpec.dp_attention_gathered_dense false): over
+    the rank's attention TP on its own tokens -- replicated, on 1/attn_tp of them, under its
+    sequence-parallel MoE (attention TP > 1 with EP: ParallelConfig.use_sequence_parallel_moe;
+    DeepseekV2MLP disable_tp=is_sequence_parallel, "the weights are replicated"). All-to-all
+    dispatch (moe_a2a): replicated on the GPU's own tokens in both engines (SGLang builds them with
+    tp_size 1 under DeepEP)."""
+    adp = getattr(cfg, "attention_dp", 1) or 1
+    if adp == 1:
+        return cfg.tp, "all"
+    atp = cfg.tp // adp
+    per_rank = not engine.dp_attention_gathered_dense
+    if getattr(cfg, "moe_a2a", False) or (per_rank and atp > 1 and cfg.ep > 1):
+        return 1, "local"
+    if per_rank:
+        return atp, "rank"
+    return cfg.tp, "all"
+
+
 def moe_a2a_problem(moe_a2a: bool, engine: EngineSpec | None = None) -> str | None:
     """Why the engine cannot dispatch MoE tokens by all-to-all (None: it can, or not asked)."""
     if moe_a2a and engine is not None and not engine.moe_a2a:

@@ -71,9 +71,10 @@ def test_a2a_moves_far_fewer_bytes_than_gathering_at_wide_ep(ds):
 
 
 def test_shared_experts_are_whole_on_every_gpu(ds):
+    sg = load_engine("sglang")
     base = ReplicaConfig(tp=8, ep=8, attention_dp=8, weight_dtype="fp8")
     a2a = base.model_copy(update={"moe_a2a": True})
-    sb, sa = (weight_bytes_by_component(ds, c, 0)["shared_experts"] for c in (base, a2a))
+    sb, sa = (weight_bytes_by_component(ds, c, 0, sg)["shared_experts"] for c in (base, a2a))
     assert sa == pytest.approx(8 * sb, rel=0.01)
     assert _model(ds, True).shared_ops[0][1:] == (2 * ds.moe.expert_intermediate_size
                                                   * ds.moe.num_shared_experts, ds.hidden_size)
@@ -140,3 +141,23 @@ def test_the_search_offers_a2a_only_where_sglang_can_run_it(ds):
     assert twin.cost_key != a2a[0].cost_key and a2a[0].config().moe_a2a
     assert not any(c.moe_a2a for c in enumerate_candidates(ds, h200, st, slo,
                                                            engine=load_engine("sglang-0.4")))
+
+
+def test_where_each_engine_runs_the_shared_experts(ds):
+    """SGLang gathers the ranks' tokens and splits the shared experts over all tp GPUs; each vLLM
+    DP rank is an engine core running them on its own tokens over its attention TP, replicated
+    under its sequence-parallel MoE (attention TP > 1 with EP) and under all-to-all dispatch."""
+    from apex_opt.parallel import shared_expert_split
+
+    sg, v = load_engine("sglang"), load_engine("vllm")
+    cfg = ReplicaConfig(tp=8, ep=8, attention_dp=2)
+    assert shared_expert_split(cfg, sg) == (8, "all")
+    assert shared_expert_split(cfg, v) == (1, "local")  # attn TP 4 + EP: sequence parallel
+    assert shared_expert_split(cfg.model_copy(update={"ep": 1}), v) == (4, "rank")
+    assert shared_expert_split(ReplicaConfig(tp=8, ep=8, attention_dp=8), v) == (1, "rank")
+    assert shared_expert_split(ReplicaConfig(tp=8, ep=8), v) == (8, "all")
+    a2a = ReplicaConfig(tp=8, ep=8, attention_dp=2, moe_a2a=True)
+    assert shared_expert_split(a2a, sg) == shared_expert_split(a2a, v) == (1, "local")
+    # the same FLOPs either way, but vLLM's GPUs hold (and stream) whole shared experts
+    mv, ms = (weight_bytes_by_component(ds, cfg, 0, e)["shared_experts"] for e in (v, sg))
+    assert mv == pytest.approx(8 * ms, rel=0.01)

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..memory import recurrent_state_dtype
-from ..parallel import kv_heads_per_rank, stage_layer_ranges
+from ..parallel import kv_heads_per_rank, shared_expert_split, stage_layer_ranges
 from ..specs.cluster import PoolSpec
 from ..specs.common import DTYPE_BYTES
 from ..specs.engine import EngineSpec, load_engine
@@ -262,11 +262,12 @@ class IterationCostModel:
         self.mlp_ops = [self._shard(op) for op in model.dense_mlp_linear_ops()]
         if not self.dp_gathered_dense:  # DP attention, per-rank dense MLP: attention-TP shards
             self.mlp_ops = [self._shard(op, self.attn_tp) for op in model.dense_mlp_linear_ops()]
-        #: all-to-all MoE dispatch (ReplicaConfig.moe_a2a, SGLang DeepEP): each rank keeps its
-        #: tokens; the shared experts are whole on every GPU (tp_size 1)
+        #: all-to-all MoE dispatch (ReplicaConfig.moe_a2a, DeepEP): each rank keeps its tokens
         self.a2a = bool(getattr(cfg, "moe_a2a", False)) and self.attn_dp > 1
-        self.shared_ops = [self._shard(op, 1 if self.a2a else None)
-                           for op in model.shared_expert_linear_ops()]
+        #: shared experts: the TP degree their weights split over and whose tokens they run on
+        #: (parallel.shared_expert_split)
+        shared_tp, self.shared_tokens = shared_expert_split(cfg, self.engine)
+        self.shared_ops = [self._shard(op, shared_tp) for op in model.shared_expert_linear_ops()]
         if model.moe:
             etp = tp // cfg.ep
             self.expert_ops = [(op.name, op.n // etp if op.split == "column" else op.n,
@@ -663,7 +664,7 @@ class IterationCostModel:
                                          self.mlp_ops[0][1] // (2 if self.model.mlp_gated else 1))
                 part.add("elementwise", c.time_s, c.power_w, bd, n_dense)
             if n_moe:
-                self._moe(part, bd, tokens, n_moe, t_local=-(-t_att // self.attn_tp))
+                self._moe(part, bd, tokens, n_moe, t_att)
             if s == 0:  # each DP-attention rank embeds its own tokens
                 c = self.dev.elementwise("embedding", t_att, h)
                 part.add("elementwise", c.time_s, c.power_w, bd)
@@ -708,11 +709,15 @@ class IterationCostModel:
             backend = "flashinfer_trtllm"  # SGLang's own choice on SM100 (kernels.yaml fused_moe)
         return backend
 
-    def _moe(self, part: _Part, bd: dict, tokens: int, n_moe: int, t_local: int | None = None) -> None:
+    def _moe(self, part: _Part, bd: dict, tokens: int, n_moe: int, t_att: int | None = None) -> None:
         moe = self.model.moe
         assert moe is not None
-        if self.a2a and t_local is not None:
-            self._moe_a2a(part, bd, tokens, t_local, n_moe)
+        t_att = tokens if t_att is None else t_att
+        # the shared experts' rows on one GPU (parallel.shared_expert_split)
+        t_shared = {"all": tokens, "rank": t_att,
+                    "local": -(-t_att // self.attn_tp)}[self.shared_tokens]
+        if self.a2a:
+            self._moe_a2a(part, bd, tokens, -(-t_att // self.attn_tp), t_shared, n_moe)
             return
         # router (replicated, tiny) + top-k
         c = self.dev.gemm(tokens, moe.num_experts, self.hidden, "bf16", None)
@@ -737,7 +742,7 @@ class IterationCostModel:
         part.add("moe_experts", c.time_s, c.power_w, bd, n_moe, kernels=self.moe_kernels,
                  flops=2.0 * assignments * sum(n * k for _, n, k in self.expert_ops),
                  nbytes=active * wbytes)
-        self._shared_experts(part, bd, tokens, n_moe)
+        self._shared_experts(part, bd, t_shared, n_moe)
 
     def _shared_experts(self, part: _Part, bd: dict, tokens: int, n_moe: int) -> None:
         """The shared experts' GEMMs on ``tokens`` rows and the activation between their gate_up
@@ -756,7 +761,8 @@ class IterationCostModel:
                 continue
             part.add("moe_shared", c.time_s, c.power_w, bd, n_moe)
 
-    def _moe_a2a(self, part: _Part, bd: dict, tokens: int, t_local: int, n_moe: int) -> None:
+    def _moe_a2a(self, part: _Part, bd: dict, tokens: int, t_local: int, t_shared: int,
+                 n_moe: int) -> None:
         """One GPU's MoE under all-to-all dispatch: the router and the (replicated) shared experts
         on its own ``t_local`` tokens; the routed experts on the token copies dispatched to it,
         tokens x top-k / ep of them spread over its (E + redundant) / ep local experts."""
@@ -778,7 +784,7 @@ class IterationCostModel:
                  kernels=self.moe_kernels,
                  flops=2.0 * pairs * sum(n * kk for _, n, kk in self.expert_ops),
                  nbytes=active * wbytes)
-        self._shared_experts(part, bd, t_local, n_moe)
+        self._shared_experts(part, bd, t_shared, n_moe)
 
     # ------------------------------------------------------------------ attention
     def _split_ranks(self, decode_ctx: np.ndarray, prefill: Sequence[tuple[int, int]]) -> list:
