@@ -186,7 +186,11 @@ def render_tables(res: SolveResult) -> None:
                    "--enable-dp-attention, vLLM V1 --data-parallel-size with the MoE over the "
                    "whole TP group): auto searches every size that divides TP on engines that run "
                    "it; off keeps attention tensor-parallel; N searches only N attention ranks "
-                   "per replica. Example: --attention-dp 8.")
+                   "per replica. The search also tries all-to-all MoE dispatch (DeepEP, label "
+                   "A2A) for DP-attention shapes whose EP spans the TP group, TP degrees only DP "
+                   "attention can run (TP72 on a GB200 NVL72), and EPLB redundant expert slots "
+                   "(label R<N>) where EP over the whole TP group does not divide the experts, "
+                   "on engines that run them. Example: --attention-dp 8.")
 @json_option
 @click.option("--plot", "plot_path", type=NonEmptyPath(dir_okay=False), default=None,
               help="Write the decision plot of the simulated plans: objective vs GPUs and "
