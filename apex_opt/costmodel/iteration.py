@@ -534,7 +534,7 @@ class IterationCostModel:
             part.add("communication", t, self.attn_comm.power_w(), bd, 2 * n_rank + n_mixer)
 
     def _a2a_comm(self, part: _Part, bd: dict, t_att: int, n_moe: int) -> None:
-        """All-to-all MoE dispatch (SGLang DeepEP) of ``n_moe`` layers: the attention-TP
+        """All-to-all MoE dispatch (DeepEP, both engines) of ``n_moe`` layers: the attention-TP
         collectives of the engine's DP-attention list (each attention-TP GPU keeps 1/attn_tp of
         its rank's tokens), then per layer a dispatch that sends each of this GPU's tokens once to
         every EP rank holding one of its top-k experts -- expected distinct ranks under random
