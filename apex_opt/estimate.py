@@ -93,21 +93,18 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, cfg: ReplicaConfig, batch: 
     except KeyError:
         raise InputError(f"no such pool; pools: {[p.name for p in cluster.pools]}", field="--pool",
                          value=cfg.pool) from None
-    problem = (shape_problem(model, pool, cfg.tp, cfg.pp, cfg.ep, attention_dp=cfg.attention_dp,
-                             redundant_experts=cfg.redundant_experts)
-               or attention_dp_problem(model, cfg.tp, cfg.pp, cfg.attention_dp, engine)
-               or redundant_experts_problem(cfg.redundant_experts, engine)
-               or moe_a2a_problem(cfg.moe_a2a, engine))
-    if problem:
-        # named by the flag the problem is about (the CLI's spelling; the API's fields alike)
-        field, value = "--tp/--pp/--ep", f"{cfg.tp}/{cfg.pp}/{cfg.ep}"
-        for key, flag, val in (("moe_a2a", "--moe-a2a", cfg.moe_a2a),
-                               ("redundant_experts=", "--redundant-experts", cfg.redundant_experts),
-                               ("attention_dp=", "--attention-dp", cfg.attention_dp)):
-            if problem.startswith(key):
-                field, value = flag, val
-                break
-        raise InputError(problem, field=field, value=value)
+    # the first rule the replica breaks, named by the flag it is about (the CLI's spelling)
+    for problem, field, value in (
+            (shape_problem(model, pool, cfg.tp, cfg.pp, cfg.ep, attention_dp=cfg.attention_dp,
+                           redundant_experts=cfg.redundant_experts),
+             "--tp/--pp/--ep", f"{cfg.tp}/{cfg.pp}/{cfg.ep}"),
+            (attention_dp_problem(model, cfg.tp, cfg.pp, cfg.attention_dp, engine),
+             "--attention-dp", cfg.attention_dp),
+            (redundant_experts_problem(cfg.redundant_experts, engine),
+             "--redundant-experts", cfg.redundant_experts),
+            (moe_a2a_problem(cfg.moe_a2a, engine), "--moe-a2a", cfg.moe_a2a)):
+        if problem:
+            raise InputError(problem, field=field, value=value)
     if cfg.gpus > pool.num_gpus:
         raise InfeasibleError(f"TP{cfg.tp} x PP{cfg.pp} needs {cfg.gpus} GPUs; pool '{pool.name}' has {pool.num_gpus}")
     if scope_problem(pool, cfg.tp):

@@ -511,7 +511,8 @@ class IterationCostModel:
         part.add("communication", t, self.tp_comm.power_w(), bd, count)
 
     def _dp_attention_comm(self, part: _Part, bd: dict, tokens: int, t_att: int, n_gathered: int,
-                           n_rank: int = 0, n_mixer: int = 0) -> None:
+                           n_rank: int = 0, n_mixer: int = 0,
+                           groups: tuple[str, ...] = ("attention_tp", "all")) -> None:
         """DP attention collectives of one stage. ``n_gathered`` layers whose MLP (MoE, or dense
         when the engine gathers it) runs on every rank's tokens: the engine's
         ``dp_attention_collectives`` in order (e.g. vLLM: o_proj all-reduce in the attention-TP
@@ -519,11 +520,12 @@ class IterationCostModel:
         of the rank's sequence-parallel shards). ``n_rank`` dense layers run per rank: an
         all-reduce in the attention-TP group after o_proj and after the MLP; ``n_mixer`` blocks
         without an MLP: the o_proj all-reduce. ``tokens``: all ranks' tokens (each padded to the
-        busiest rank under a CUDA graph); ``t_att``: one rank's."""
+        busiest rank under a CUDA graph); ``t_att``: one rank's. ``groups``: which of the list's
+        collectives to charge (all-to-all dispatch keeps only the attention-TP ones)."""
         h2 = self.hidden * 2.0
         for op, group, size in self.dp_colls:
             comm, n = (self.attn_comm, self.attn_tp) if group == "attention_tp" else (self.tp_comm, self.tp)
-            if comm is None or not n_gathered:
+            if comm is None or not n_gathered or group not in groups:
                 continue
             nbytes = (t_att if size == "rank" else tokens) * h2
             t = (comm.all_reduce(nbytes, n, custom=self.custom_ar) if op == "all_reduce"
@@ -543,14 +545,7 @@ class IterationCostModel:
         the link's measured all-to-all over the tp GPUs."""
         if not n_moe or self.tp_comm is None:
             return
-        h2 = self.hidden * 2.0
-        for op, group, size in self.dp_colls:
-            if group != "attention_tp" or self.attn_comm is None:
-                continue
-            nbytes = t_att * h2
-            t = (self.attn_comm.all_reduce(nbytes, self.attn_tp, custom=self.custom_ar)
-                 if op == "all_reduce" else getattr(self.attn_comm, op)(nbytes, self.attn_tp))
-            part.add("communication", t, self.attn_comm.power_w(), bd, n_moe)
+        self._dp_attention_comm(part, bd, t_att, t_att, n_moe, groups=("attention_tp",))
         moe = self.model.moe
         ep = self.ep
         dest = ep * (1.0 - (1.0 - 1.0 / ep) ** moe.experts_per_token)
@@ -709,10 +704,11 @@ class IterationCostModel:
             backend = "flashinfer_trtllm"  # SGLang's own choice on SM100 (kernels.yaml fused_moe)
         return backend
 
-    def _moe(self, part: _Part, bd: dict, tokens: int, n_moe: int, t_att: int | None = None) -> None:
+    def _moe(self, part: _Part, bd: dict, tokens: int, n_moe: int, t_att: int) -> None:
+        """One MoE layer's router, routed and shared experts on one GPU: ``tokens`` every
+        attention rank's, ``t_att`` the busiest rank's (= ``tokens`` without DP attention)."""
         moe = self.model.moe
         assert moe is not None
-        t_att = tokens if t_att is None else t_att
         # the shared experts' rows on one GPU (parallel.shared_expert_split)
         t_shared = {"all": tokens, "rank": t_att,
                     "local": -(-t_att // self.attn_tp)}[self.shared_tokens]

@@ -147,7 +147,7 @@ class Candidate:
     attention_dp: int = 1
     #: EPLB redundant expert slots (ReplicaConfig.redundant_experts)
     redundant_experts: int = 0
-    #: all-to-all MoE dispatch (ReplicaConfig.moe_a2a, SGLang DeepEP)
+    #: all-to-all MoE dispatch (ReplicaConfig.moe_a2a, DeepEP)
     moe_a2a: bool = False
 
     @property
@@ -254,7 +254,7 @@ def enumerate_candidates(model: ModelSpec, cluster: ClusterSpec, stats: Workload
                     continue
                 split = split_layers(model, shape.pp, linear_weight_bytes_per_elem(wd))
                 for adp in adps:
-                    # SGLang's DeepEP dispatch where it can run: DP attention, EP over all of TP
+                    # DeepEP dispatch where the engine runs it: DP attention, EP over all of TP
                     a2as = ((False, True) if adp > 1 and shape.ep == shape.tp
                             and engine.moe_a2a else (False,))
                     for a2a in a2as:
