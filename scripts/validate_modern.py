@@ -413,6 +413,16 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
                             f"default bf16 KV ({floor_auto * 1e3:.2f} ms): fp8 KV cache implied; ")
         if shape_problem:
             out["note"] += f"SHAPE: {shape_problem}; "
+        if req.concurrency is not None:
+            n_meas = decode_concurrency(req.concurrency, out["meas"].get("ttft_ms"), out["meas"].get("e2e_s"))
+            n_pred = decode_concurrency(req.concurrency, out["pred"].get("ttft_ms"), out["pred"].get("e2e_s"))
+            out["admission_limited"] = bool(n_meas is not None and n_pred
+                                            and n_meas < ADMISSION_FLAG * n_pred)
+            if out["admission_limited"]:
+                out["note"] += (f"ADMISSION: measured means put {n_meas:.1f} of {req.concurrency} "
+                                f"clients past their first token at once (clients x (1 - TTFT / "
+                                f"E2E)), the replay {n_pred:.1f}: the run batched fewer requests "
+                                f"(a smaller KV pool or a limiting flag); ")
     except Exception as exc:  # noqa: BLE001 -- reported as a failed row, never hidden
         out["error"] = f"{type(exc).__name__}: {exc}"[:300]
     out["wall_s"] = time.perf_counter() - t0
@@ -496,6 +506,22 @@ def fitting_memory_fraction(row: dict, model, cluster, plan, engine, exc) -> tup
 #: a closed loop whose measured means imply more than this share of the GPUs' dense datasheet
 #: peak just for prefill FLOPs cannot have run without prompt reuse (or its statistic is not a mean)
 COMPUTE_BOUND_FLAG = 0.7
+
+#: closed-loop rows whose measured decode concurrency is below this share of the replay's are
+#: flagged ADMISSION: the run held fewer requests in its batch at once than the modelled engine
+#: admits (a smaller KV pool or a limiting flag), so its TTFT is queueing the replay does not see
+ADMISSION_FLAG = 0.6
+
+
+def decode_concurrency(clients: float | None, ttft_ms: float | None, e2e_s: float | None) -> float | None:
+    """Requests decoding at once in a stationary closed loop of ``clients``, from its MEAN TTFT
+    and E2E alone (Little's law on the decode phase: requests complete at clients / E2E per
+    second and each spends E2E - TTFT past its first token): clients x (1 - TTFT / E2E).
+    Independent of the simulator when fed measured means; the same formula on the replay's
+    means gives the figure to compare."""
+    if not clients or ttft_ms is None or not e2e_s:
+        return None
+    return float(clients) * max(0.0, 1.0 - ttft_ms / 1e3 / e2e_s)
 
 #: bytes per stored element (weights, KV cache) for the floors below
 _ELT_BYTES = {"fp8": 1.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5, "fp4": 0.5}
@@ -602,7 +628,8 @@ def summarise(results: list[dict]) -> dict:
                                               for r in sel),
                  "memory_bound_flagged": sum(bool(r.get("memory_bound")) for r in sel),
                  "kv_fp8_implied": sum(bool(r.get("kv_fp8_implied")) for r in sel),
-                 "shape_unreplayable": sum(bool(r.get("shape_unreplayable")) for r in sel)}
+                 "shape_unreplayable": sum(bool(r.get("shape_unreplayable")) for r in sel),
+                 "admission_limited": sum(bool(r.get("admission_limited")) for r in sel)}
         for k in METRICS:
             errs = [r["err_pct"][k] for r in sel if k in r["err_pct"]]
             if errs:
@@ -675,7 +702,7 @@ def render(results: list[dict], summ: dict, wall: float) -> str:
     lines.append("")
     lines.append("per group: MAPE % (signed bias %)   [targets: TTFT <= 15, TPOT <= 8, E2E <= 8]")
     lines.append(f"{'group':48} {'rows':>5} {'TTFT':>16} {'TPOT':>16} {'E2E':>16} {'tok/s':>16}  met"
-                 f"  flagged rows: compute/memory/fp8-KV/shape")
+                 f"  flagged rows: compute/memory/fp8-KV/shape/admission")
 
     def mb(v: dict, k: str) -> str:
         return f"{v[k]['mape']:.1f} ({v[k]['bias']:+.1f})" if k in v else "-"
@@ -685,7 +712,8 @@ def render(results: list[dict], summ: dict, wall: float) -> str:
         lines.append(f"{g:48} {rows:>5} {mb(v, 'ttft_ms'):>16} {mb(v, 'tpot_ms'):>16} "
                      f"{mb(v, 'e2e_s'):>16} {mb(v, 'tput_tok_s'):>16}  "
                      f"{'yes' if summ['targets_met'][g] else 'NO ':<3}  {v['compute_bound_flagged']}/"
-                     f"{v['memory_bound_flagged']}/{v['kv_fp8_implied']}/{v['shape_unreplayable']}")
+                     f"{v['memory_bound_flagged']}/{v['kv_fp8_implied']}/{v['shape_unreplayable']}/"
+                     f"{v['admission_limited']}")
     o = summ["overall"]
     n_ok = sum("error" not in r for r in results)
     lines.append(f"{'overall':48} {f'{n_ok}/{len(results)}':>5} {mb(o, 'ttft_ms'):>16} "
@@ -793,6 +821,8 @@ def main(argv: list[str] | None = None) -> int:
            "shape_unreplayable_as_recorded": {g: v["shape_unreplayable"]
                                               for g, v in summ["groups"].items()
                                               if v["shape_unreplayable"]},
+           "admission_limited": {g: v["admission_limited"] for g, v in summ["groups"].items()
+                                 if v["admission_limited"]},
            **({"ttft_bracket": summ["ttft_bracket"]} if args.ttft_bracket else {}),
            "slowest_rows_s": sorted(((round(r["wall_s"], 1), r["case"]) for r in results),
                                     reverse=True)[:3],

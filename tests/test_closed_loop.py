@@ -307,3 +307,27 @@ def test_validate_modern_aic_generator_fp8_kv_for_quantised_checkpoints():
     assert vm.aic_generator_kv_dtype({**row, "model_hf": "Qwen/Qwen3-32B"}) == {}
     assert vm.aic_generator_kv_dtype({**row, "kv_dtype": "bf16"}) == {}       # recorded wins
     assert vm.aic_generator_kv_dtype({**row, "dataset": "inference_sim_training"}) == {}
+
+
+def test_decode_concurrency_is_littles_law_on_the_decode_phase():
+    """validate_modern's ADMISSION check: clients x (1 - TTFT / E2E) from a closed loop's means
+    equals the time-averaged number of requests past their first token -- checked on a real
+    replay, once with room for every client and once with a KV pool that holds only a few."""
+    vm = _validate_modern()
+    assert vm.decode_concurrency(16, 14621.3, 21.4663) == pytest.approx(16 * (1 - 14.6213 / 21.4663))
+    assert vm.decode_concurrency(None, 1.0, 1.0) is None and vm.decode_concurrency(4, None, 1.0) is None
+    n, conc = 400, 16
+    req = Requests(np.zeros(n), np.full(n, 1024), np.full(n, 256), concurrency=conc)
+    out = {}
+    for label, util in (("roomy", 0.9), ("tight", 0.226)):  # tight: ~3,500 KV tokens
+        plan = Plan(groups=(ReplicaGroup(tp=1, max_model_len=2048, gpu_memory_utilization=util),))
+        res = simulate(load_model(MODEL), load_cluster("h100-sxm-1x8"), plan, req)
+        pr = res.per_request()
+        first, fin = pr["first_token_s"], pr["finish_s"]
+        # time average over the whole run of #{first token <= t < finish}
+        busy = float(np.sum(fin - first)) / float(fin.max())
+        est = vm.decode_concurrency(conc, res.metrics.ttft_ms.mean, res.metrics.e2e_s.mean)
+        assert est == pytest.approx(busy, rel=0.05)
+        out[label] = est
+    assert out["roomy"] > 0.8 * conc  # the rest is each request's own prefill wait
+    assert out["tight"] < vm.ADMISSION_FLAG * out["roomy"]
