@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 "one, removed afterwards)")
     ap.add_argument("--rows", default=None, help="only rows whose case_id or group matches this regex")
     ap.add_argument("--jobs", type=int, default=None, help="worker processes (validate_modern's)")
+    ap.add_argument("--max-tokens-sent", choices=("own", "none"), default=None,
+                    help="validate_modern's --max-tokens-sent (a hypothesis)")
     ap.add_argument("--json-only", action="store_true", help="print only the final JSON line")
     args = ap.parse_args(argv)
     aic = Path(args.aic).expanduser()
@@ -186,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         import validate_modern
 
         vargs = ["--shared", str(out)]
-        for flag, val in (("--rows", args.rows), ("--jobs", args.jobs)):
+        for flag, val in (("--rows", args.rows), ("--jobs", args.jobs),
+                          ("--max-tokens-sent", args.max_tokens_sent)):
             if val is not None:
                 vargs += [flag, str(val)]
         if args.json_only:

@@ -242,10 +242,12 @@ def row_plan(row: dict, model, engine, engine_flags: str = "defaults") -> tuple:
     return Plan(groups=(ReplicaGroup(**g),), router="round_robin"), note
 
 
-def row_requests(row: dict, base: Path, warmup_factor: float = 0.0, prompt_pool: int = 0):
+def row_requests(row: dict, base: Path, warmup_factor: float = 0.0, prompt_pool: int = 0,
+                 max_tokens_sent: str = "own"):
     """(Requests, number of leading warm-up requests to leave out of the means). ``prompt_pool``
     > 0: aiconfigurator's closed loops draw each prompt (warm-up included) at random from that
-    many distinct prompts (see ``--prompt-pool``)."""
+    many distinct prompts (see ``--prompt-pool``). ``max_tokens_sent="none"``: their requests
+    declare no max_tokens (see ``--max-tokens-sent``)."""
     from apex_opt.sim.workload import Requests, load_trace, prefix_blocks
     from apex_opt.specs.workload import PrefixSpec
 
@@ -264,9 +266,11 @@ def row_requests(row: dict, base: Path, warmup_factor: float = 0.0, prompt_pool:
             # numpy's, not aiperf's Python random.choice: same distribution, not the same prompts
             blocks, bt = prefix_blocks(PrefixSpec(groups=prompt_pool, shared_tokens=isl),
                                        prompt, np.random.default_rng(100))
+        aic = row.get("dataset", "").startswith("aiconfigurator")
         return Requests(np.zeros(n + w), prompt, np.full(n + w, osl), None,
                         f"closed-loop:{row['case_id']}", concurrency=c, prefix_blocks=blocks,
-                        prefix_block_tokens=bt), w
+                        prefix_block_tokens=bt,
+                        max_tokens="none" if aic and max_tokens_sent == "none" else None), w
     if kind in ("poisson", "constant"):
         rate = _f(row["rate_req_s"])
         if kind == "constant":
@@ -326,7 +330,7 @@ def measured_means(res, skip: int) -> dict:
 
 def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
                  engine_flags: str = "defaults", prompt_pool: int = 0,
-                 bracket: bool = False) -> dict:
+                 bracket: bool = False, max_tokens_sent: str = "own") -> dict:
     """Replay one row; never raises (a failure is reported in the result). ``bracket``: a
     closed-loop row is replayed a second time with its clients' first requests staggered over
     the first replay's mean E2E (``ttft_staggered_ms``): the desynchronised end of the range
@@ -352,7 +356,7 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
         plan, pnote = row_plan(row, model, engine, engine_flags)
         cluster, cnote = cluster_for_gpus(cluster, plan.gpus)
         pnote += cnote
-        req, warm = row_requests(row, base, warmup_factor, prompt_pool)
+        req, warm = row_requests(row, base, warmup_factor, prompt_pool, max_tokens_sent)
         out["compute_util"] = measured_compute_util(row, model, cluster)
         floor = measured_tpot_floor(row, model, cluster)
         floor_auto = measured_tpot_floor(row, model, cluster, kv_dtype=(
@@ -734,9 +738,9 @@ def render(results: list[dict], summ: dict, wall: float) -> str:
     return "\n".join(lines)
 
 
-def _job(args: tuple[dict, str, float, str, int, bool]) -> dict:
-    row, base, warmup, flags, pool, bracket = args
-    return simulate_row(row, Path(base), warmup, flags, pool, bracket)
+def _job(args: tuple[dict, str, float, str, int, bool, str]) -> dict:
+    row, base, warmup, flags, pool, bracket, sent = args
+    return simulate_row(row, Path(base), warmup, flags, pool, bracket, sent)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -766,6 +770,13 @@ def main(argv: list[str] | None = None) -> int:
                          "aiconfigurator's bench_run.sh leaves it at the default and its vLLM "
                          "launch keeps V1's prefix caching on): a hypothesis, not recorded. "
                          "0 (default) = every prompt distinct")
+    ap.add_argument("--max-tokens-sent", choices=("own", "none"), default="own",
+                    help="aiconfigurator's closed loops: the max_tokens each request declares. "
+                         "own (default, the data README's replay) = its output length; none = "
+                         "no limit reaches the engine, which then counts up to the context "
+                         "length (clipped at 4,096) per request in SGLang's admission: a "
+                         "hypothesis, not recorded -- their SGLang single-H100 rows batch the "
+                         "same ~5,000 prompt tokens whatever the output length (ADMISSION)")
     ap.add_argument("--ttft-bracket", action="store_true",
                     help="closed-loop rows: replay each a second time with the clients' first "
                          "requests staggered over the first replay's mean E2E (apex-opt simulate "
@@ -792,11 +803,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs > 1 and len(rows) > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             done = list(pool.map(_job, [(rows[i], str(base), args.warmup, args.engine_flags,
-                                         args.prompt_pool, args.ttft_bracket) for i in order],
+                                         args.prompt_pool, args.ttft_bracket,
+                                         args.max_tokens_sent) for i in order],
                                  chunksize=1))
     else:
         done = [_job((rows[i], str(base), args.warmup, args.engine_flags, args.prompt_pool,
-                      args.ttft_bracket)) for i in order]
+                      args.ttft_bracket, args.max_tokens_sent)) for i in order]
     results: list[dict] = [None] * len(rows)  # type: ignore[list-item]
     for i, r in zip(order, done):
         results[i] = r
@@ -805,7 +817,8 @@ def main(argv: list[str] | None = None) -> int:
     text = render(results, summ, wall)
     failed = [r["case"] for r in results if "error" in r]
     doc = {"rows": len(results), "warmup_per_client": args.warmup,
-           "engine_flags": args.engine_flags, "prompt_pool": args.prompt_pool, "replayed": len(results) - len(failed), "failed": failed[:20],
+           "engine_flags": args.engine_flags, "prompt_pool": args.prompt_pool,
+           "max_tokens_sent": args.max_tokens_sent, "replayed": len(results) - len(failed), "failed": failed[:20],
            "mape_pct": {k: round(v["mape"], 2) for k, v in summ["overall"].items()},
            "bias_pct": {k: round(v["bias"], 2) for k, v in summ["overall"].items()},
            "groups": {g: {k: {"mape": round(x["mape"], 2), "bias": round(x["bias"], 2)}

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import click
+import numpy as np
 
 from ..errors import InputError
 from ..registry import load_cluster
@@ -209,13 +210,48 @@ _sampling_top_k_option = click.option(
     help="top_k every request sends, e.g. 20 [default: 0 = no filter, or the workload file's].")
 
 
+class MaxTokensParam(click.ParamType):
+    """--max-tokens: an integer >= 1, or 'none' (the clients send no limit)."""
+
+    name = "N|none"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            n = value
+        else:
+            text = str(value).strip().lower()
+            if text == "none":
+                return "none"
+            try:
+                n = int(text)
+            except ValueError:
+                self.fail(f"{value!r} is neither a token count nor 'none'", param, ctx)
+        if n < 1:
+            self.fail(f"{value!r}: max_tokens must be >= 1 (or 'none')", param, ctx)
+        return n
+
+
+_max_tokens_option = click.option(
+    "--max-tokens", "max_tokens", type=MaxTokensParam(), default=None, metavar="N|none",
+    help="max_tokens every request sends [default: its own output length, what benchmark "
+         "clients forcing exact lengths send, or the workload file's]. With a larger N (chat "
+         "clients: 4096) requests still end at their output length (EOS), but SGLang reserves KV "
+         "room for up to min(N, 4096) more tokens per request and admits fewer at once; vLLM "
+         "refuses prompt + N above max_model_len. 'none': no limit sent (the engine's own, up to "
+         "the context length). Outputs longer than N are cut to N.")
+
+
 def sampling_options(f):
-    """--sampling-top-p / --sampling-top-k: the sampling filter of every request."""
-    return _sampling_top_p_option(_sampling_top_k_option(f))
+    """--sampling-top-p / --sampling-top-k / --max-tokens: what every request asks for."""
+    return _sampling_top_p_option(_sampling_top_k_option(_max_tokens_option(f)))
 
 
-def apply_sampling(requests, top_p: float | None, top_k: int | None):
-    """The requests with the --sampling-top-p / --sampling-top-k the user gave (None: as loaded)."""
+def apply_sampling(requests, top_p: float | None, top_k: int | None,
+                   max_tokens: int | str | None = None):
+    """The requests with the --sampling-top-p / --sampling-top-k / --max-tokens the user gave
+    (None: as loaded)."""
+    if max_tokens is not None:
+        requests = requests.with_max_tokens(max_tokens)
     if top_p is None and top_k is None:
         return requests
     return requests.with_sampling(top_p, top_k)
@@ -253,7 +289,13 @@ def check_request_lengths(requests, model, max_model_len: int | None, *, source:
     limit = max_model_len if max_model_len is not None else model.max_position_embeddings
     what = (f"max_model_len {limit:,}" if max_model_len is not None else
             f"the maximum context of {model.name}, {limit:,} tokens (max_position_embeddings)")
-    total = requests.prompt_tokens + requests.output_tokens
+    # the engine checks the prompt + the max_tokens a request declares (none sent: one token)
+    declared = requests.declared_max_tokens()
+    total = requests.prompt_tokens + np.where(declared < 0, 1,
+                                              np.maximum(declared, requests.output_tokens))
+    parts = "prompt + output tokens"
+    if isinstance(requests.max_tokens, int):
+        parts, field = f"prompt + max_tokens ({requests.max_tokens:,})", "max_tokens"
     over = total >= limit if exclusive else total > limit
     rel = "at or above" if exclusive else "above"
     n, count = int(over.sum()), len(requests)
@@ -263,14 +305,16 @@ def check_request_lengths(requests, model, max_model_len: int | None, *, source:
     if n == count:
         from ..errors import InputError
 
-        raise InputError(f"every request's prompt + output tokens "
+        raise InputError(f"every request's {parts} "
                          f"{'reach or exceed' if exclusive else 'exceed'} {what}, so the "
                          f"engine would reject all of them; shorten the requests"
-                         + ("" if max_model_len is None else " or raise max_model_len"),
-                         source=source, field=field, value=longest)
+                         + ("" if max_model_len is None else " or raise max_model_len")
+                         + (" or lower max_tokens" if field == "max_tokens" else ""),
+                         source=source, field=field,
+                         value=requests.max_tokens if field == "max_tokens" else longest)
     from ..errors import warn
 
-    warn(f"{source}: {n:,} of {count:,} requests have prompt + output tokens {rel} {what} "
+    warn(f"{source}: {n:,} of {count:,} requests have {parts} {rel} {what} "
          f"(longest {longest:,}); the engine rejects them and they count as dropped")
 
 

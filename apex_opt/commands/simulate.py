@@ -346,7 +346,7 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
 @json_option
 def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_len, output_len,
             arrival, cv, seed, slo_path, progress, engine_name, as_json, concurrency, sort_trace,
-            sampling_top_p, sampling_top_k, prompt_pool, client_ramp, compare_staggered,
+            sampling_top_p, sampling_top_k, max_tokens, prompt_pool, client_ramp, compare_staggered,
             **opts):
     """Simulate serving a workload with ONE plan (DP x PP x TP replicas of the --engine: vLLM V1
     by default, see `apex-opt engines`) and report latency (TTFT / TPOT / E2E mean and percentiles), throughput and energy.
@@ -388,12 +388,12 @@ def command(model_ref, cluster_ref, trace, workload, rate, num_requests, prompt_
     requests = _requests(trace, workload, rate, num_requests, prompt_len, output_len, arrival, cv,
                          seed, concurrency, sort_trace, prompt_pool)
     requests = apply_client_ramp(requests, client_ramp)
+    requests = apply_sampling(requests, sampling_top_p, sampling_top_k, max_tokens)
     src, field = ((trace, "input + output tokens") if trace else
                   (workload, "prompt_len + output_len") if workload else
                   (_SRC, "--prompt-len + --output-len"))
     check_request_lengths(requests, model, opts.get("max_model_len"), source=src, field=field,
                           exclusive=engine.context_limit_exclusive)
-    requests = apply_sampling(requests, sampling_top_p, sampling_top_k)
     slo = load_slo(slo_path) if slo_path else None
     if slo is not None:
         warn_thin_percentiles(slo, requests, slo_path)

@@ -198,7 +198,7 @@ def render_tables(res: SolveResult) -> None:
                    "starred (.png/.svg/.pdf; needs the 'plot' extra). Example: --plot plans.png")
 def command(model_ref, cluster_ref, trace, sort_trace, concurrency, client_ramp, workload, slo_path, objective, top_k, exhaustive,
             workers, executor, time_limit, seed, engine_name, also_launch, max_model_len, hf_id,
-            attention_dp, as_json, plot_path, sampling_top_p, sampling_top_k):
+            attention_dp, as_json, plot_path, sampling_top_p, sampling_top_k, max_tokens):
     """Find the best parallel plan (DP/PP/TP/EP, attention DP, weight/KV dtypes, engine limits)
     for serving a model on a cluster, for a workload and SLO, and print how to launch it.
 
@@ -231,7 +231,7 @@ def command(model_ref, cluster_ref, trace, sort_trace, concurrency, client_ramp,
     model, cluster = load_inputs(model_ref, cluster_ref)
     requests = _load_requests(trace, workload, sort_trace, concurrency)
     requests = apply_client_ramp(requests, client_ramp)
-    requests = apply_sampling(requests, sampling_top_p, sampling_top_k)
+    requests = apply_sampling(requests, sampling_top_p, sampling_top_k, max_tokens)
     slo = _load_slo(slo_path)
     warn_thin_percentiles(slo, requests, slo_path or DEFAULT_SLO)
     names = [p.name for p in cluster.pools]

@@ -89,6 +89,9 @@ def workload_line(w: Mapping | Any) -> str:
         parts.append(f"prompt mean {_get(pt, 'mean'):,.0f} / max {_get(pt, 'max'):,.0f} tokens")
     if ot is not None and _get(ot, "mean") is not None:
         parts.append(f"output mean {_get(ot, 'mean'):,.0f} / max {_get(ot, 'max'):,.0f} tokens")
+    mt = _get(w, "max_tokens")
+    if mt is not None:  # what the clients declare, when not each request's own output length
+        parts.append("no max_tokens sent" if mt == "none" else f"max_tokens {mt:,} sent")
     reuse, total = _get(w, "prefix_reuse_tokens"), _get(w, "total_prompt_tokens")
     if reuse and total:  # what an unbounded prefix cache could reuse
         parts.append(f"{reuse / total * 100:.0f} % of prompt tokens are repeated prefixes")

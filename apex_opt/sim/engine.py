@@ -182,7 +182,8 @@ class RequestLog:
     """
 
     def __init__(self, prompt: np.ndarray, output: np.ndarray,
-                 prefix_blocks: list[tuple[int, ...]] | None = None, prefix_block_tokens: int = 512):
+                 prefix_blocks: list[tuple[int, ...]] | None = None, prefix_block_tokens: int = 512,
+                 max_new: np.ndarray | None = None):
         n = int(prompt.shape[0])
         #: per request, ids of its prompt's consecutive prefix units (None = no sharing known)
         self.prefix_blocks = prefix_blocks
@@ -196,6 +197,13 @@ class RequestLog:
         self.preemptions = np.zeros(n, dtype=np.int32)
         #: the output length a request asked for where the engine cut it (0 = not cut)
         self.asked_output = np.zeros(n, dtype=np.int64)
+        #: per request, the max_tokens it declared (``Requests.declared_max_tokens``: its output
+        #: length unless the clients send a larger limit; -1 = none sent, the engine's own)
+        self.max_new: list[int] = (output.tolist() if max_new is None
+                                   else np.asarray(max_new, dtype=np.int64).tolist())
+        #: declared limit - output, once the engine has applied its own cuts on arrival: the
+        #: extra output room SGLang's admission keeps for a request that ends (EOS) before it
+        self.extra = np.zeros(n, dtype=np.float64)
         self.replica = np.full(n, -1, dtype=np.int32)
         #: when each request reached its engine's waiting queue
         self.queued_s: list[float] = [0.0] * n
@@ -422,11 +430,19 @@ class ReplicaEngine:
         return sum(v.unfinished for v in self.ves)
 
     def drop_reason(self, rid: int) -> int:
-        """Why request ``rid`` could never be served by this replica (0 = it can be)."""
+        """Why request ``rid`` could never be served by this replica (0 = it can be). The engine
+        checks the prompt plus the max_tokens the request declared against the context length
+        (vLLM refuses prompt + max_tokens > max_model_len; SGLang prompt + max_new_tokens >=
+        context_len); a request that declared none gets the rest of the context and needs only
+        its prompt to fit."""
         p, o = self.log.prompt[rid], self.log.output[rid]
+        d = self.log.max_new[rid]
         lim = self.lim
-        if p + o > lim.max_model_len - int(lim.context_exclusive):
+        room = lim.max_model_len - int(lim.context_exclusive)
+        if p + (1 if d < 0 else max(d, o)) > room:
             return DROP_MAX_MODEL_LEN
+        if d < 0:  # no limit sent: the engine stops the output at the context length
+            o = min(o, room - p)
         if lim.clip_output_to_pool:
             if p > self.max_request_tokens - 5:
                 return DROP_PROMPT_KV  # SGLang aborts a prompt above max_req_input_len
@@ -448,15 +464,24 @@ class ReplicaEngine:
         return min(o, self.max_request_tokens - p - 1)
 
     def _clip_output(self, rid: int) -> None:
-        """Apply :meth:`_output_after_cut` to a request :meth:`drop_reason` admitted: one longer
-        than the KV pool runs with a shorter output (recorded in ``log.asked_output``)."""
-        o = self.log.output[rid]
-        cut = self._output_after_cut(self.log.prompt[rid], o)
+        """Apply the engine's output limits to a request :meth:`drop_reason` admitted: one that
+        declared no max_tokens stops at the context length, and SGLang cuts max_new_tokens at
+        max_req_len - prompt - 1 (:meth:`_output_after_cut`), so one longer than the KV pool runs
+        with a shorter output (recorded in ``log.asked_output``). Then the room the declared
+        limit keeps above the output (``log.extra``)."""
+        log, lim = self.log, self.lim
+        p, o, d = log.prompt[rid], log.output[rid], log.max_new[rid]
+        room = lim.max_model_len - int(lim.context_exclusive)
+        limit = room - p if d < 0 else max(d, o)
+        if lim.clip_output_to_pool:
+            limit = self._output_after_cut(p, limit)
+        cut = min(o, limit)
         if cut < o:
-            self.log.output[rid] = cut
-            self.log.asked_output[rid] = o
+            log.output[rid] = cut
+            log.asked_output[rid] = o
             if self._out is not None:
                 self._out[rid] = cut
+        log.extra[rid] = float(limit - cut)
 
     def submit(self, rid: int, t: float) -> int | None:
         """Request ``rid`` arrives at ``t``. Returns the index of the virtual engine it joined when
@@ -467,7 +492,7 @@ class ReplicaEngine:
         log.queued_s[rid] = t
         self.stats.requests += 1
         reason = self.drop_reason(rid)
-        if not reason and self.lim.clip_output_to_pool:
+        if not reason:
             self._clip_output(rid)
         if reason:
             log.dropped[rid] = reason
@@ -1075,7 +1100,7 @@ class ReplicaEngine:
         remaining output (clipped at CLIP_MAX_NEW_TOKENS), not the new-token ratio of the running
         ones, both in its own admission test and in the budget the next joiner sees
         (_update_prefill_budget adds extend_input_len + max_new_tokens)."""
-        left = self.log.output[rid] - self.log.generated[rid]
+        left = self.log.output[rid] + self.log.extra[rid] - self.log.generated[rid]
         return float(min(left, self.lim.new_token_clip))
 
     def _decode_reserve(self, ve: _VirtualEngine) -> float:
@@ -1083,9 +1108,10 @@ class ReplicaEngine:
         if self.lim.new_token_ratio is None:
             return 0.0
         clip = self.lim.new_token_clip
-        left = float(np.minimum(ve.d_rem, clip).sum()) if ve.d_id.shape[0] else 0.0
+        extra = self.log.extra
+        left = float(np.minimum(ve.d_rem + extra[ve.d_id], clip).sum()) if ve.d_id.shape[0] else 0.0
         for e in ve.pre:
-            left += min(self.log.output[e[0]] - self.log.generated[e[0]], clip)
+            left += min(self.log.output[e[0]] + extra[e[0]] - self.log.generated[e[0]], clip)
         return ve.ratio * left / self.bs
 
     def _admit_head(self, ve: _VirtualEngine, target: int, budget: int, *, whole: bool,

@@ -318,7 +318,9 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, requests: Reque
     given = requests
     log = RequestLog(requests.prompt_tokens, requests.output_tokens,
                      getattr(requests, "prefix_blocks", None),
-                     getattr(requests, "prefix_block_tokens", 512))
+                     getattr(requests, "prefix_block_tokens", 512),
+                     requests.declared_max_tokens() if hasattr(requests, "declared_max_tokens")
+                     else None)
     engines, meta = _build_replicas(model, cluster, plan, log, num_blocks_override, engine, debug,
                                     breakdown, fast_forward, async_output,
                                     getattr(requests, "sampler", "greedy"))

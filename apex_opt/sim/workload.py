@@ -59,6 +59,8 @@ MOONCAKE_BLOCK_TOKENS = 512
 #: Largest token count a trace row may give: engines count positions in int32; a longer request
 #: is no request (longer than the model's context but below this: the context check's business)
 MAX_TRACE_TOKENS = 2 ** 31 - 1
+#: ``Requests.max_tokens`` value for clients that send no max_tokens (the engine's own limit)
+MAX_TOKENS_NONE = "none"
 
 
 @dataclass(frozen=True, eq=False)
@@ -84,6 +86,15 @@ class Requests:
     ``top_p`` / ``top_k``: the sampling filter every request asks for (1.0 / 0 = none, e.g.
     greedy, what ``vllm bench serve`` sends by default). A filter costs the engine's sampler GPU
     time on every step (``EngineSpec.sampler_top_p_bytes_per_logit``); see :attr:`sampler`.
+
+    ``max_tokens``: the output limit every request declares. ``None`` = each declares its own
+    output length (what benchmark clients that force exact lengths with ignore_eos send); an
+    integer N = every request sends max_tokens N and ends at its output length (EOS) or at N,
+    whichever comes first (longer outputs are cut to N here); ``"none"`` = the clients send no
+    limit and the engine fills in its own (up to the context length). The declared limit is what
+    SGLang's admission reserves KV room for (PrefillAdder: min(max_new_tokens, 4096) per joining
+    request, the new-token ratio of it for running ones) and what vLLM checks against
+    max_model_len (prompt + max_tokens > max_model_len is refused).
     """
 
     arrival_s: np.ndarray
@@ -97,6 +108,7 @@ class Requests:
     top_p: float = 1.0
     top_k: int = 0
     client_ramp_s: float = 0.0
+    max_tokens: int | str | None = None
 
     def __post_init__(self) -> None:
         arr = np.ascontiguousarray(self.arrival_s, dtype=np.float64)
@@ -150,6 +162,15 @@ class Requests:
             raise ValueError(f"top_k must be an integer >= 0, 0 = off (got {self.top_k!r})")
         object.__setattr__(self, "top_p", float(self.top_p))
         object.__setattr__(self, "top_k", int(self.top_k))
+        mt = self.max_tokens
+        if mt is not None and mt != MAX_TOKENS_NONE:
+            if isinstance(mt, bool) or not isinstance(mt, (int, np.integer)) or mt < 1:
+                raise ValueError(f"max_tokens must be an integer >= 1, {MAX_TOKENS_NONE!r} (the "
+                                 f"clients send none) or None (each request its own output "
+                                 f"length); got {mt!r}")
+            object.__setattr__(self, "max_tokens", int(mt))
+            if n and out.max() > mt:  # the engine stops every request at max_tokens
+                object.__setattr__(self, "output_tokens", np.minimum(out, int(mt)))
         if self.ids is not None:
             object.__setattr__(self, "ids", list(self.ids))
 
@@ -179,7 +200,7 @@ class Requests:
                                if self.prefix_blocks is not None else None))
         fields.update(source=self.source, prefix_block_tokens=self.prefix_block_tokens,
                       concurrency=self.concurrency, top_p=self.top_p, top_k=self.top_k,
-                      client_ramp_s=self.client_ramp_s)
+                      client_ramp_s=self.client_ramp_s, max_tokens=self.max_tokens)
         fields.update(kw)
         return Requests(**fields)
 
@@ -282,6 +303,29 @@ class Requests:
         """Largest prompt + output length (what the KV cache of one request must hold)."""
         return int((self.prompt_tokens + self.output_tokens).max()) if len(self) else 0
 
+    @property
+    def max_request_len(self) -> int:
+        """Largest context a request needs the engine to accept: prompt + the larger of its
+        output and the max_tokens it declares (vLLM refuses prompt + max_tokens above
+        max_model_len). Equals :attr:`max_seq_len` unless the clients declare more."""
+        if not len(self):
+            return 0
+        return int((self.prompt_tokens + np.maximum(self.declared_max_tokens(),
+                                                    self.output_tokens)).max())
+
+    def with_max_tokens(self, max_tokens: int | str | None) -> "Requests":
+        """The same requests declaring another output limit (see the class docstring)."""
+        return self._replace(max_tokens=max_tokens)
+
+    def declared_max_tokens(self) -> np.ndarray:
+        """Per request, the max_tokens it sends: its output length (``max_tokens`` None), N, or
+        ``-1`` where the clients send none (the engine's own limit applies)."""
+        if self.max_tokens is None:
+            return self.output_tokens.copy()
+        if self.max_tokens == MAX_TOKENS_NONE:
+            return np.full(len(self), -1, dtype=np.int64)
+        return np.full(len(self), int(self.max_tokens), dtype=np.int64)
+
     def summary(self) -> "WorkloadSummary":
         """Counts, rate and length statistics (a pydantic model, for reports and ``--json``)."""
         n = len(self)
@@ -298,7 +342,7 @@ class Requests:
             prefix_block_tokens=self.prefix_block_tokens if self.prefix_blocks is not None else None,
             prefix_reuse_tokens=(self.prefix_reuse_tokens() if self.prefix_blocks is not None
                                  else None),
-            top_p=self.top_p, top_k=self.top_k)
+            top_p=self.top_p, top_k=self.top_k, max_tokens=self.max_tokens)
 
 
 class WorkloadSummary(StrictModel):
@@ -325,6 +369,9 @@ class WorkloadSummary(StrictModel):
                           "earlier request already had after the same leading ids).")
     top_p: float = Field(1.0, description="top_p every request sends (1 = no filter).")
     top_k: int = Field(0, description="top_k every request sends (0 = no filter).")
+    max_tokens: int | str | None = Field(
+        None, description="max_tokens every request sends (None = its own output length; "
+                          "'none' = no limit sent, the engine's own applies).")
 
 
 # --------------------------------------------------------------------------------------------
@@ -690,7 +737,8 @@ def generate(spec: WorkloadSpec, rng: np.random.Generator | None = None) -> Requ
         blocks, bt = prefix_blocks(spec.prefix, prompt, r_prefix)
     return Requests(arrival, prompt, output, None, f"synthetic:{name}", prefix_blocks=blocks,
                     prefix_block_tokens=bt, concurrency=spec.arrival.concurrency,
-                    top_p=spec.top_p, top_k=spec.top_k, client_ramp_s=spec.arrival.ramp_s)
+                    top_p=spec.top_p, top_k=spec.top_k, client_ramp_s=spec.arrival.ramp_s,
+                    max_tokens=spec.max_tokens)
 
 
 def prefix_blocks(p: PrefixSpec, prompt: np.ndarray,

@@ -94,6 +94,8 @@ class WorkloadStats:
     rate_req_s: float
     mean_prompt: float
     mean_output: float
+    #: the longest context a request needs accepted (Requests.max_request_len: prompt + its
+    #: declared max_tokens when larger than its output)
     max_seq_len: int
     prompt_quantiles: tuple[float, ...]   # at the percentiles of PERCENTILES
     output_quantiles: tuple[float, ...]
@@ -116,7 +118,8 @@ class WorkloadStats:
         pq = tuple(float(x) for x in np.percentile(req.prompt_tokens, cls.PERCENTILES))
         oq = tuple(float(x) for x in np.percentile(req.output_tokens, cls.PERCENTILES))
         return cls(n, float(rate), float(req.prompt_tokens.mean()), float(req.output_tokens.mean()),
-                   req.max_seq_len, pq, oq, getattr(req, "sampler", "greedy"))
+                   getattr(req, "max_request_len", req.max_seq_len), pq, oq,
+                   getattr(req, "sampler", "greedy"))
 
 
 @dataclass(frozen=True)

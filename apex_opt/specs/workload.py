@@ -241,6 +241,12 @@ class WorkloadSpec(StrictNumbersModel):
     top_k: int = Field(0, ge=0, description="top_k every request sends (0 = no filter). A top-p "
                                             "or top-k filter costs sampler time on every engine "
                                             "step (vLLM's sort-based path).")
+    max_tokens: Annotated[int, Field(ge=1)] | Literal["none"] | None = Field(
+        None, description="max_tokens every request sends: omitted = each request its own output "
+                          "length (benchmark clients forcing exact lengths); N = every request "
+                          "declares N and ends at its output length (EOS) or N (SGLang reserves "
+                          "KV room for min(N, 4096) per request; vLLM refuses prompt + N above "
+                          "max_model_len); 'none' = no limit sent (the engine's own).")
 
     @field_validator("arrival")
     @classmethod
