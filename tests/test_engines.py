@@ -317,3 +317,39 @@ def test_pipeline_micro_batches_share_the_running_cap():
         one = engine_limits(model, ReplicaConfig(tp=1, pp=1, max_num_seqs=256), 1000, eng, dev)
         assert one.max_num_seqs == 256
     assert seqs_per_scheduler(3, 4, load_engine("sglang").pp_shares_max_num_seqs) == 1
+
+
+def test_sglang_retraction_keeps_headroom_and_reestimates_the_ratio():
+    """A decode step short of KV retracts as SGLang's ScheduleBatch.retract_decode does: until 20
+    tokens per remaining request are free (SGLANG_RETRACT_DECODE_STEPS), then the new-token ratio
+    restarts from the survivors' progress, (decoded + 20 x n) / (max_new_tokens + 1)."""
+    kw = dict(num_blocks=1200, block_size=1, max_num_seqs=64, max_num_batched_tokens=8192,
+              max_model_len=4096, chunked_prefill=True, policy="sglang", watermark_fraction=0.0,
+              new_token_ratio=(0.05, 0.05, 0.0), retract_decode_steps=20)
+    n = 10
+    prompt, output, arrival = [100] * n, [200] * n, [0.0] * n
+    log = RequestLog(np.asarray(prompt, dtype=np.int64), np.asarray(output, dtype=np.int64))
+    eng = ReplicaEngine(0, _Cost(), EngineLimits(**kw), log, debug=True)
+    seen = []
+    real = eng._preempt
+
+    def spy(ve, k, need, flags):
+        out = real(ve, k, need, flags)
+        ids = ve.d_id.tolist()
+        decoded = float(sum(int(x) for x in ve.d_len)) - sum(log.prompt[r] for r in ids)
+        seen.append((eng._free(ve), len(ids), ve.ratio,
+                     min(1.0, (decoded + 20 * len(ids)) / (sum(log.output[r] for r in ids) + 1))))
+        return out
+
+    eng._preempt = spy
+    run_cluster([eng], np.asarray(arrival, dtype=float), "round_robin")
+    assert np.all(np.isfinite(log.finish_s)) and eng.stats.preemptions >= 1
+    assert seen
+    for free, survivors, ratio, expected in seen:
+        assert survivors == 1 or free >= 20 * survivors  # headroom for 20 more tokens each
+        assert ratio == pytest.approx(expected)
+    # the same run retracting only what each step needs preempts no more often
+    log2 = RequestLog(np.asarray(prompt, dtype=np.int64), np.asarray(output, dtype=np.int64))
+    eng2 = ReplicaEngine(0, _Cost(), EngineLimits(**{**kw, "retract_decode_steps": 0}), log2)
+    run_cluster([eng2], np.asarray(arrival, dtype=float), "round_robin")
+    assert eng2.stats.preemptions <= eng.stats.preemptions

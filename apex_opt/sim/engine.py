@@ -136,6 +136,9 @@ class EngineLimits:
     long_prefill_token_threshold: int = 0
     #: SGLang decode-room reserve: (init ratio, min ratio, decay per decode step); None = off
     new_token_ratio: tuple[float, float, float] | None = None
+    #: SGLang: tokens kept free per remaining request when a decode step retracts
+    #: (ScheduleBatch.retract_decode); 0 = retract only what the step needs
+    retract_decode_steps: int = 0
     #: SGLang clips each request's remaining output at this for the reserve
     #: (CLIP_MAX_NEW_TOKENS_ESTIMATION in schedule_policy.py)
     new_token_clip: int = 4096
@@ -634,6 +637,8 @@ class ReplicaEngine:
             ve.cutoff = t  # nothing was scheduled ahead: the engine loop schedules them now
             plan = self._schedule(ve)
         if plan is None:
+            if self.lim.new_token_ratio is not None and not ve.d_id.shape[0] and not ve.pre:
+                ve.ratio = self.lim.new_token_ratio[0]  # SGLang: an idle scheduler resets it
             return None
         ve.last_start = t
         k, prefill, sampling = plan
@@ -1220,14 +1225,17 @@ class ReplicaEngine:
             dec = True
         log.preemptions[rid] += 1
         self.stats.preemptions += 1
-        if self.lim.new_token_ratio is not None:  # SGLang resets its estimate on retraction
-            ve.ratio = self.lim.new_token_ratio[0]
         return rid, dec
 
     def _preempt(self, ve: _VirtualEngine, k: int, need: int, flags: np.ndarray) -> tuple[int, int]:
-        """Preempt (recompute) from the end of the running queue until ``need`` blocks are free."""
+        """Preempt (recompute) from the end of the running queue until ``need`` blocks are free.
+        SGLang (retract_decode): until ``retract_decode_steps`` tokens per remaining decode are
+        free too (at least one request goes, at least one stays), then its new-token ratio
+        restarts from the survivors' progress: (decoded + steps x n) / (max_new_tokens + 1)."""
         victims: list[int] = []
-        while need > self._free(ve):
+        steps = self.lim.retract_decode_steps if self.lim.new_token_ratio is not None else 0
+        while need > self._free(ve) or (steps and int(ve.d_id.shape[0]) > 1
+                                        and self._free(ve) * self.bs < steps * int(ve.d_id.shape[0])):
             n_before = int(ve.d_id.shape[0])
             rid, dec = self._preempt_one(ve)
             if dec:
@@ -1237,6 +1245,12 @@ class ReplicaEngine:
                     need -= int(flags[n])
             victims.append(rid)
         ve.waiting.extendleft(victims)
+        if self.lim.new_token_ratio is not None and victims:
+            log, n = self.log, int(ve.d_id.shape[0])
+            ids = ve.d_id.tolist()
+            decoded = float(sum(int(x) for x in ve.d_len)) - sum(log.prompt[r] for r in ids)
+            max_new = sum(log.output[r] + log.extra[r] for r in ids)
+            ve.ratio = min(1.0, (decoded + steps * n) / (max_new + 1.0))
         return k, need
 
     def _preempt_for(self, ve: _VirtualEngine, k: int, grow: int, i: int) -> int:

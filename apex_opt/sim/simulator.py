@@ -190,7 +190,8 @@ def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
         attention_dp=cfg.attention_dp,
         new_token_ratio=(None if ntr is None or policy != "sglang" else
                          (ntr_init, ntr_init * ntr.min_factor,
-                          (ntr_init - ntr_init * ntr.min_factor) / ntr.decay_steps)))
+                          (ntr_init - ntr_init * ntr.min_factor) / ntr.decay_steps)),
+        retract_decode_steps=0 if ntr is None or policy != "sglang" else ntr.retract_decode_steps)
 
 
 def _build_replicas(model: ModelSpec, cluster: ClusterSpec, plan: Plan, log: RequestLog,

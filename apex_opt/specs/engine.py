@@ -71,6 +71,11 @@ class NewTokenRatio(StrictModel):
     init: float = Field(gt=0, le=1, description="Initial ratio (SGLANG_INIT_NEW_TOKEN_RATIO).")
     min_factor: float = Field(gt=0, le=1, description="min ratio = init x min_factor.")
     decay_steps: int = Field(ge=1, description="Decode steps to decay from init to min.")
+    retract_decode_steps: int = Field(
+        20, ge=0, description="Decode-out-of-memory retraction (ScheduleBatch.retract_decode): "
+                              "requests are retracted until the pool has this many tokens free "
+                              "per remaining one, and the ratio becomes (decoded + this x n) / "
+                              "(max_new_tokens summed + 1) over them (SGLANG_RETRACT_DECODE_STEPS).")
 
 
 #: request-routing policies over data-parallel replicas (apex_opt/sim/router.py implements them)
