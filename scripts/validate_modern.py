@@ -755,7 +755,8 @@ def main(argv: list[str] | None = None) -> int:
                          "n_requests and left out of the means (default 2: genai-perf's "
                          "--warmup-request-count 2 x concurrency next to --request-count 10 x "
                          "concurrency in NVIDIA's sweep scripts; 0 = the README's literal replay "
-                         "from a cold start with all clients arriving together)")
+                         "from a cold start with all clients arriving together, which is also "
+                         "aiperf's: it drains its warm-up phase before the profiling phase)")
     ap.add_argument("--engine-flags", choices=("defaults", "aic-generator"), default="defaults",
                     help="blank engine limits of a row: the engine version's defaults (the data "
                          "README's rule), or for aiconfigurator's vLLM closed loops the limits its "
@@ -776,7 +777,8 @@ def main(argv: list[str] | None = None) -> int:
                          "no limit reaches the engine, which then counts up to the context "
                          "length (clipped at 4,096) per request in SGLang's admission: a "
                          "hypothesis, not recorded -- their SGLang single-H100 rows batch the "
-                         "same ~5,000 prompt tokens whatever the output length (ADMISSION)")
+                         "same ~5,000 prompt tokens whatever the output length (ADMISSION), but "
+                         "aiperf --osl sends max_completion_tokens and Dynamo passes it on")
     ap.add_argument("--ttft-bracket", action="store_true",
                     help="closed-loop rows: replay each a second time with the clients' first "
                          "requests staggered over the first replay's mean E2E (apex-opt simulate "
