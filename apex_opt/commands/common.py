@@ -216,12 +216,14 @@ class MaxTokensParam(click.ParamType):
     name = "N|none"
 
     def convert(self, value, param, ctx):
+        from ..sim.workload import MAX_TOKENS_NONE
+
         if isinstance(value, int) and not isinstance(value, bool):
             n = value
         else:
             text = str(value).strip().lower()
-            if text == "none":
-                return "none"
+            if text == MAX_TOKENS_NONE:
+                return MAX_TOKENS_NONE
             try:
                 n = int(text)
             except ValueError:

@@ -439,13 +439,11 @@ class ReplicaEngine:
         context_len); a request that declared none gets the rest of the context and needs only
         its prompt to fit."""
         p, o = self.log.prompt[rid], self.log.output[rid]
-        d = self.log.max_new[rid]
         lim = self.lim
-        room = lim.max_model_len - int(lim.context_exclusive)
-        if p + (1 if d < 0 else max(d, o)) > room:
+        limit = self._declared_limit(rid)
+        if p + max(1, limit) > self._context_room:
             return DROP_MAX_MODEL_LEN
-        if d < 0:  # no limit sent: the engine stops the output at the context length
-            o = min(o, room - p)
+        o = min(o, limit)  # no limit sent: the engine stops the output at the context length
         if lim.clip_output_to_pool:
             if p > self.max_request_tokens - 5:
                 return DROP_PROMPT_KV  # SGLang aborts a prompt above max_req_input_len
@@ -462,6 +460,20 @@ class ReplicaEngine:
         """SGLang's max_req_len: min(context length, KV pool tokens of one scheduler) - 1."""
         return min(self.lim.max_model_len, (self.nb - self.wm) * self.bs) - 1
 
+    @property
+    def _context_room(self) -> int:
+        """Most prompt + output tokens a request may hold (SGLang refuses a total equal to the
+        context length)."""
+        return self.lim.max_model_len - int(self.lim.context_exclusive)
+
+    def _declared_limit(self, rid: int) -> int:
+        """The max_tokens request ``rid`` runs with before any KV-pool cut: the one it declared
+        (at least its output), or the rest of the context when it sent none."""
+        d = self.log.max_new[rid]
+        if d < 0:
+            return self._context_room - self.log.prompt[rid]
+        return max(d, self.log.output[rid])
+
     def _output_after_cut(self, p: int, o: int) -> int:
         """SGLang's scheduler cuts max_new_tokens at max_req_len - prompt - 1."""
         return min(o, self.max_request_tokens - p - 1)
@@ -473,9 +485,8 @@ class ReplicaEngine:
         with a shorter output (recorded in ``log.asked_output``). Then the room the declared
         limit keeps above the output (``log.extra``)."""
         log, lim = self.log, self.lim
-        p, o, d = log.prompt[rid], log.output[rid], log.max_new[rid]
-        room = lim.max_model_len - int(lim.context_exclusive)
-        limit = room - p if d < 0 else max(d, o)
+        p, o = log.prompt[rid], log.output[rid]
+        limit = self._declared_limit(rid)
         if lim.clip_output_to_pool:
             limit = self._output_after_cut(p, limit)
         cut = min(o, limit)
@@ -1233,7 +1244,7 @@ class ReplicaEngine:
         free too (at least one request goes, at least one stays), then its new-token ratio
         restarts from the survivors' progress: (decoded + steps x n) / (max_new_tokens + 1)."""
         victims: list[int] = []
-        steps = self.lim.retract_decode_steps if self.lim.new_token_ratio is not None else 0
+        steps = self.lim.retract_decode_steps
         while need > self._free(ve) or (steps and int(ve.d_id.shape[0]) > 1
                                         and self._free(ve) * self.bs < steps * int(ve.d_id.shape[0])):
             n_before = int(ve.d_id.shape[0])
@@ -1248,7 +1259,7 @@ class ReplicaEngine:
         if self.lim.new_token_ratio is not None and victims:
             log, n = self.log, int(ve.d_id.shape[0])
             ids = ve.d_id.tolist()
-            decoded = float(sum(int(x) for x in ve.d_len)) - sum(log.prompt[r] for r in ids)
+            decoded = float(ve.d_len.sum()) - sum(log.prompt[r] for r in ids)
             max_new = sum(log.output[r] + log.extra[r] for r in ids)
             ve.ratio = min(1.0, (decoded + steps * n) / (max_new + 1.0))
         return k, need
