@@ -108,4 +108,5 @@ def test_cli_max_tokens(tmp_path):
                   "prompt_len: 512\noutput_len: 64\nmax_tokens: lots\n")
     r = runner.invoke(main, ["simulate", "--model", "llama-3.1-8b", "--tp", "1", "--workload",
                              str(wl)])
-    assert r.exit_code == 2 and "max_tokens" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "field 'max_tokens'" in r.output and "Traceback" not in r.output
+    assert "token count >= 1, or 'none'" in r.output and "(got 'lots')" in r.output

@@ -241,12 +241,20 @@ class WorkloadSpec(StrictNumbersModel):
     top_k: int = Field(0, ge=0, description="top_k every request sends (0 = no filter). A top-p "
                                             "or top-k filter costs sampler time on every engine "
                                             "step (vLLM's sort-based path).")
-    max_tokens: Annotated[int, Field(ge=1)] | Literal["none"] | None = Field(
+    max_tokens: int | Literal["none"] | None = Field(
         None, description="max_tokens every request sends: omitted = each request its own output "
                           "length (benchmark clients forcing exact lengths); N = every request "
                           "declares N and ends at its output length (EOS) or N (SGLang reserves "
                           "KV room for min(N, 4096) per request; vLLM refuses prompt + N above "
                           "max_model_len); 'none' = no limit sent (the engine's own).")
+
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def _max_tokens_count_or_none(cls, v):
+        if v is None or v == "none" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("max_tokens is a token count >= 1, or 'none' when the clients send no "
+                         "limit (omit it: each request declares its own output length)")
 
     @field_validator("arrival")
     @classmethod
