@@ -109,14 +109,20 @@ def test_validate_modern_ttft_bracket_counts():
     vm = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(vm)
 
-    def row(meas, lock, stag, group="g"):
+    def row(meas, lock, stag, group="g", clients=8):
         return {"group": group, "meas": {"ttft_ms": meas}, "pred": {"ttft_ms": lock},
-                "ttft_staggered_ms": stag}
-    got = vm.ttft_bracket([row(100, 300, 50), row(40, 300, 50), row(400, 300, 50),
-                           row(100, 300, 50, "h") | {"ttft_staggered_ms": None}])
-    assert got == {"g": {"rows": 3, "below": 1, "inside": 1, "above": 1,
-                         "mape_lockstep": pytest.approx((200 + 650 + 25) / 3, abs=0.01),
-                         "mape_staggered": pytest.approx((50 + 25 + 87.5) / 3, abs=0.01)}}
+                "ttft_staggered_ms": stag, "clients": clients}
+    got = vm.ttft_bracket([row(100, 300, 50), row(40, 300, 50), row(400, 300, 50, clients=16),
+                           row(100, 300, 50, "h") | {"ttft_staggered_ms": None},
+                           row(100, 102, 99, "k")])
+    # position = (measured - staggered) / (lockstep - staggered), median per client count:
+    # c8 -> median of 0.2 and -0.04; c16 -> 1.4 (above lockstep). Group k's two replays differ
+    # by under 5 % of the measurement, so it has no position.
+    assert got["g"] == {"rows": 3, "below": 1, "inside": 1, "above": 1,
+                        "mape_lockstep": pytest.approx((200 + 650 + 25) / 3, abs=0.01),
+                        "mape_staggered": pytest.approx((50 + 25 + 87.5) / 3, abs=0.01),
+                        "position_by_clients": {"8": [0.08, 2], "16": [1.4, 1]}}
+    assert "h" not in got and got["k"]["position_by_clients"] == {}
 
 
 def test_solve_refuses_a_ramp_without_a_closed_loop():
