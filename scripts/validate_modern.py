@@ -396,6 +396,7 @@ def simulate_row(row: dict, base: Path, warmup_factor: float = 0.0,
                           if out["pred"].get(k) is not None and v}
         if bracket and req.concurrency is not None:
             out["clients"] = req.concurrency
+            out["prompt_tokens"] = int(np.max(req.prompt_tokens))
             ramped = req.with_concurrency(req.concurrency, ramp_s=out["pred"]["e2e_s"])
             out["ttft_staggered_ms"] = measured_means(
                 simulate(model, cluster, plan, ramped, engine=engine), warm)["ttft_ms"]
@@ -658,10 +659,11 @@ def ttft_bracket(ok: list[dict]) -> dict:
     """Per group of closed-loop rows replayed with ``bracket``: the measured mean TTFT against
     the lockstep replay (clients all at t = 0) and the staggered one -- how many rows fall below,
     inside or above the range the two span, and each end's MAPE. ``position_by_clients``: per
-    client count, the median of (measured - staggered) / (lockstep - staggered) over the rows
-    whose two replays differ by more than 5 % of the measurement (0 = the measurement sits at the
-    desynchronised end, 1 = at lockstep, > 1 above it) and how many rows that median has: what a
-    model of how real clients drift apart has to reproduce."""
+    prompt length and client count (key ``"<prompt tokens>/c<clients>"``), the median of
+    (measured - staggered) / (lockstep - staggered) over the rows whose two replays differ by more
+    than 5 % of the measurement (0 = the measurement sits at the desynchronised end, 1 = at
+    lockstep, > 1 above it) and how many rows that median has: what a model of how real clients
+    drift apart has to reproduce."""
     out: dict[str, dict] = {}
     for r in ok:
         s, m = r.get("ttft_staggered_ms"), r["meas"].get("ttft_ms")
@@ -676,12 +678,13 @@ def ttft_bracket(ok: list[dict]) -> dict:
         e["_lock"].append(abs(lock - m) / m * 100)
         e["_stag"].append(abs(s - m) / m * 100)
         if abs(lock - s) > 0.05 * m and r.get("clients"):
-            e["_pos"].setdefault(int(r["clients"]), []).append((m - s) / (lock - s))
+            key = (int(r.get("prompt_tokens") or 0), int(r["clients"]))
+            e["_pos"].setdefault(key, []).append((m - s) / (lock - s))
     for e in out.values():
         e["mape_lockstep"] = round(float(np.mean(e.pop("_lock"))), 2)
         e["mape_staggered"] = round(float(np.mean(e.pop("_stag"))), 2)
-        e["position_by_clients"] = {str(c): [round(float(np.median(v)), 2), len(v)]
-                                    for c, v in sorted(e.pop("_pos").items())}
+        e["position_by_clients"] = {f"{p}/c{c}": [round(float(np.median(v)), 2), len(v)]
+                                    for (p, c), v in sorted(e.pop("_pos").items())}
     return out
 
 
@@ -741,13 +744,15 @@ def render(results: list[dict], summ: dict, wall: float) -> str:
             lines.append(f"{g:48} {v['rows']:>5} {v['mape_lockstep']:>14.1f} "
                          f"{v['mape_staggered']:>15.1f} {v['below']:>6} {v['inside']:>7} "
                          f"{v['above']:>6}")
-        lines.append("where the measured TTFT sits, median by client count (0 = staggered, "
-                     "1 = lockstep; rows in brackets):")
+        lines.append("where the measured TTFT sits, median per prompt length and client count "
+                     "(0 = staggered, 1 = lockstep; rows in brackets):")
         for g, v in summ["ttft_bracket"].items():
-            pos = v["position_by_clients"]
-            if pos:
-                lines.append(f"  {g:46} " + "  ".join(f"c{c} {p:.2f} ({n})"
-                                                      for c, (p, n) in pos.items()))
+            by_len: dict[str, list[str]] = {}
+            for key, (p, n) in v["position_by_clients"].items():
+                plen, c = key.split("/")
+                by_len.setdefault(plen, []).append(f"{c} {p:.2f} ({n})")
+            for plen, cells in by_len.items():
+                lines.append(f"  {g:46} {plen:>6} tok: " + "  ".join(cells))
     lines.append(f"{len(results)} rows in {wall:.1f} s wall")
     lines.append("closed-loop rows: the means leave out the warm-up requests sent first "
                  "(--warmup per client); trace rows: every request")

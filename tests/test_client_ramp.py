@@ -111,7 +111,7 @@ def test_validate_modern_ttft_bracket_counts():
 
     def row(meas, lock, stag, group="g", clients=8):
         return {"group": group, "meas": {"ttft_ms": meas}, "pred": {"ttft_ms": lock},
-                "ttft_staggered_ms": stag, "clients": clients}
+                "ttft_staggered_ms": stag, "clients": clients, "prompt_tokens": 1024}
     got = vm.ttft_bracket([row(100, 300, 50), row(40, 300, 50), row(400, 300, 50, clients=16),
                            row(100, 300, 50, "h") | {"ttft_staggered_ms": None},
                            row(100, 102, 99, "k")])
@@ -121,7 +121,7 @@ def test_validate_modern_ttft_bracket_counts():
     assert got["g"] == {"rows": 3, "below": 1, "inside": 1, "above": 1,
                         "mape_lockstep": pytest.approx((200 + 650 + 25) / 3, abs=0.01),
                         "mape_staggered": pytest.approx((50 + 25 + 87.5) / 3, abs=0.01),
-                        "position_by_clients": {"8": [0.08, 2], "16": [1.4, 1]}}
+                        "position_by_clients": {"1024/c8": [0.08, 2], "1024/c16": [1.4, 1]}}
     assert "h" not in got and got["k"]["position_by_clients"] == {}
 
 
