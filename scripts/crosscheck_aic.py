@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=None, help="worker processes (validate_modern's)")
     ap.add_argument("--max-tokens-sent", choices=("own", "none"), default=None,
                     help="validate_modern's --max-tokens-sent (a hypothesis)")
+    ap.add_argument("--engine-flags", choices=("defaults", "aic-generator"), default=None,
+                    help="validate_modern's --engine-flags: the version's defaults, or the limits "
+                         "aiconfigurator's generator writes (a hypothesis)")
     ap.add_argument("--json-only", action="store_true", help="print only the final JSON line")
     args = ap.parse_args(argv)
     aic = Path(args.aic).expanduser()
@@ -189,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
 
         vargs = ["--shared", str(out)]
         for flag, val in (("--rows", args.rows), ("--jobs", args.jobs),
-                          ("--max-tokens-sent", args.max_tokens_sent)):
+                          ("--max-tokens-sent", args.max_tokens_sent),
+                          ("--engine-flags", args.engine_flags)):
             if val is not None:
                 vargs += [flag, str(val)]
         if args.json_only:

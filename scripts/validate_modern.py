@@ -155,15 +155,28 @@ def aic_generator_limits(row: dict) -> dict:
     return {k: v for k, v in out.items() if not (row.get(k) or "").strip()}
 
 
+AIC_SGLANG_MAX_BATCH = 512
+
+
 def aic_generator_sglang(row: dict) -> dict:
-    """{'mixed_chunk': True} for an aggregated SGLang aiconfigurator closed-loop row: its
-    generator's rules (generator/rule_plugin/sglang.rule and benchmark/sglang.rule: ``agg
-    enable_mixed_chunk = true``) write --enable-mixed-chunk into every aggregated SGLang launch,
-    and its guard rails call it required for agg mode. Not recorded per row: a hypothesis."""
+    """What aiconfigurator's generator writes into an aggregated SGLang launch
+    (generator/rule_plugin/sglang.rule, rendered by backend_config_mapping.yaml), for a closed-loop
+    row of its own: ``agg enable_mixed_chunk = true`` (--enable-mixed-chunk; its guard rails call
+    it required for agg mode), ``agg_prefill_decode max_prefill_tokens = isl + 1500``
+    (--max-prefill-tokens) and ``agg_decode max_batch_size = 512 if max_batch_size < 512 else 2 x``
+    (--max-running-requests; max_batch_size is the concurrency per attention rank), each only
+    where the row records no value. Not recorded per row: a hypothesis."""
     if not (row.get("dataset", "").startswith("aiconfigurator") and row["engine"].strip() == "sglang"
             and row["workload_kind"].strip() == "concurrency"):
         return {}
-    return {"mixed_chunk": True}
+    per_rank = (_i(row["concurrency"]) or 1) // max(_i(row["dp"]) or 1, 1)
+    out = {"mixed_chunk": True,
+           "max_prefill_tokens": _i(row["isl"]) + AIC_VLLM_EXTRA_TOKENS,
+           "max_num_seqs": (AIC_SGLANG_MAX_BATCH if per_rank < AIC_SGLANG_MAX_BATCH
+                            else 2 * per_rank)}
+    if (row.get("max_num_seqs") or "").strip():
+        del out["max_num_seqs"]
+    return out
 
 
 def aic_generator_kv_dtype(row: dict) -> dict:
@@ -783,7 +796,8 @@ def main(argv: list[str] | None = None) -> int:
                          "README's rule), or for aiconfigurator's vLLM closed loops the limits its "
                          "generator writes (max_num_seqs 512, max_num_batched_tokens 512 + isl + "
                          "1500, max_model_len isl + osl + 1500; fp8 KV cache for a quantised "
-                         "checkpoint; --enable-mixed-chunk for its SGLang ones): a hypothesis, "
+                         "checkpoint; for its SGLang ones --enable-mixed-chunk, --max-prefill-tokens "
+                         "isl + 1500, --max-running-requests 512): a hypothesis, "
                          "not recorded")
     ap.add_argument("--prompt-pool", type=int, default=0, metavar="N",
                     help="aiconfigurator's closed loops: draw each prompt at random from N "

@@ -130,6 +130,8 @@ def _plan(opts: dict) -> Plan:
         group["prefix_caching"] = opts["prefix_caching"]
     if opts.get("mixed_chunk"):  # unset: the engine's own default (off)
         group["mixed_chunk"] = True
+    if opts.get("max_prefill_tokens") is not None:  # unset: the engine's own (SGLang 16384)
+        group["max_prefill_tokens"] = opts["max_prefill_tokens"]
     with command_line_errors({"groups[0].replicas": "--dp"}, sources=(_SRC,)):
         return validate(Plan, {"groups": [group], "router": opts["router"]}, _SRC)
 
@@ -332,6 +334,11 @@ def _render(res: SimulationResult, slo=None, workload=None) -> None:
 @click.option("--mixed-chunk", "mixed_chunk", is_flag=True, default=None,
               help="SGLang --enable-mixed-chunk: running decodes join each prefill batch instead "
                    "of waiting for it [default: off, as SGLang]. SGLang engines only.")
+@click.option("--max-prefill-tokens", "max_prefill_tokens", type=click.IntRange(1, 10_000_000),
+              default=None,
+              help="SGLang --max-prefill-tokens: new prompt tokens one prefill batch may take; a "
+                   "request that does not fit what is left waits for the next batch (the first "
+                   "always joins) [default: SGLang's 16384]. SGLang engines, chunked prefill.")
 @click.option("--router", type=click.Choice(get_args(PlanRouter)),
               default="engine", show_default=True,
               help="How requests are spread over the --dp replicas: 'engine' = the engine's own "

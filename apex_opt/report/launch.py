@@ -460,6 +460,10 @@ def _server_argv(ctx: _Ctx, cfg: ReplicaConfig, *, port: int | None, dp: int = 1
     if getattr(cfg, "mixed_chunk", None) and not getattr(ctx.spec, "mixed_chunk", False) \
             and "mixed_chunk" in f:
         argv.append(f["mixed_chunk"])
+    mpt = getattr(cfg, "max_prefill_tokens", None)
+    if mpt is not None and fam == "sglang" and cfg.chunked_prefill \
+            and mpt != getattr(ctx.spec, "max_prefill_tokens", None):
+        argv += [f["max_prefill_tokens"], str(mpt)]
     if ctx.quant is not None:
         argv += [f["quantization"], ctx.quant]
     if cfg.kv_dtype == "fp8":

@@ -134,6 +134,9 @@ class EngineLimits:
     mixed_chunk: bool = False
     #: vLLM V1: at most this many prefill tokens per request and step (0 = no limit)
     long_prefill_token_threshold: int = 0
+    #: SGLang --max-prefill-tokens: a prefill batch's cap on new prompt tokens, apart from the
+    #: chunk budget (0 = none)
+    max_prefill_tokens: int = 0
     #: SGLang decode-room reserve: (init ratio, min ratio, decay per decode step); None = off
     new_token_ratio: tuple[float, float, float] | None = None
     #: SGLang: tokens kept free per remaining request when a decode step retracts
@@ -1075,18 +1078,25 @@ class ReplicaEngine:
         seqs = ve.running()
         reserve = self._decode_reserve(ve) if self.mode == "sglang" else 0.0
         admit = not (v1 and self.stats.preemptions > preempted_before)
+        # SGLang --max-prefill-tokens (PrefillAdder.rem_input_tokens): less the mixed-in decodes'
+        # tokens and the running chunked prefill's; a joiner whose new tokens are >= what is left
+        # stops the batch once it holds a request, and the batch closes at 0
+        cap = lim.max_prefill_tokens if self.mode == "sglang" else 0
+        rem_input = cap - k - sum(c for c, _ in prefill)
         while admit and ve.waiting and budget > 0 and seqs < lim.max_num_seqs \
-                and len(prefill) == len(ve.pre):
+                and len(prefill) == len(ve.pre) and (not cap or rem_input > 0):
             rid = ve.waiting[0]
             if log.queued_s[rid] > ve.cutoff:  # not yet seen by the (one step ahead) scheduler
                 break
             target = log.prompt[rid] + log.generated[rid]
-            adm = self._admit_head(ve, target, budget, whole=not v1, reserve=reserve)
+            adm = self._admit_head(ve, target, budget, whole=not v1, reserve=reserve,
+                                   max_input=rem_input if cap and prefill else None)
             if adm is None:
                 break
             chunk, cached = adm
             seqs += 1
             budget -= chunk
+            rem_input -= chunk
             prefill.append((chunk, cached))
             if cached + chunk == target:
                 sampling += 1
@@ -1131,11 +1141,13 @@ class ReplicaEngine:
         return ve.ratio * left / self.bs
 
     def _admit_head(self, ve: _VirtualEngine, target: int, budget: int, *, whole: bool,
-                    reserve: float = 0.0) -> tuple[int, int] | None:
+                    reserve: float = 0.0, max_input: int | None = None) -> tuple[int, int] | None:
         """Admit the head of ``waiting`` (``target`` tokens to prefill) if its blocks fit: look up
         its cached prefix, allocate the blocks of the whole prompt (``whole``: vLLM 0.6, SGLang)
         or of this step's chunk (vLLM V1) above the watermark / decode reserve, queue it as
-        prefilling. Returns (chunk tokens this step, cached tokens before it) or ``None``."""
+        prefilling. ``max_input``: SGLang's remaining --max-prefill-tokens, which the uncached
+        prompt tokens must stay below. Returns (chunk tokens this step, cached tokens before it)
+        or ``None``."""
         rid = ve.waiting[0]
         chain: list[int] = []
         hit = 0
@@ -1147,6 +1159,8 @@ class ReplicaEngine:
                 if hit == 0:
                     chain = []
         cached = hit * self.bs
+        if max_input is not None and target - cached >= max_input:
+            return None  # SGLang PrefillAdder.add_one_req: AddReqResult.OTHER
         chunk = self._chunk_cap(target - cached, budget)
         alloc = target if whole else cached + chunk
         need = self._seq_blocks(alloc) - hit

@@ -164,6 +164,14 @@ def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
         raise InputError(f"mixed_chunk is SGLang's --enable-mixed-chunk; {engine.label} already "
                          f"mixes decodes into its chunked-prefill steps: leave mixed_chunk unset "
                          f"(or use chunked_prefill)", field="mixed_chunk", value=True)
+    if cfg.max_prefill_tokens is not None and engine.max_prefill_tokens is None:
+        raise InputError(f"max_prefill_tokens is SGLang's --max-prefill-tokens; {engine.label} "
+                         f"has no such cap (its token budget is max_num_batched_tokens)",
+                         field="max_prefill_tokens", value=cfg.max_prefill_tokens)
+    if cfg.max_prefill_tokens is not None and not cfg.chunked_prefill:
+        raise InputError("with chunked prefill off, SGLang's prefill batch cap is "
+                         "max_num_batched_tokens (launched as --max-prefill-tokens): set that "
+                         "instead", field="max_prefill_tokens", value=cfg.max_prefill_tokens)
     if policy == "sglang" and not cfg.chunked_prefill:
         policy = "v0"  # SGLang with --chunked-prefill-size -1: whole-prompt prefill batches
     ntr = engine.new_token_ratio
@@ -187,6 +195,8 @@ def engine_limits(model: ModelSpec, cfg: ReplicaConfig, num_blocks: int,
         prefix_caching=bool(cfg.prefix_caching) and engine.prefix_cache != "none",
         mixed_chunk=bool(cfg.mixed_chunk) and policy == "sglang",
         long_prefill_token_threshold=engine.long_prefill_token_threshold,
+        max_prefill_tokens=(0 if policy != "sglang" else
+                            cfg.max_prefill_tokens or engine.max_prefill_tokens or 0),
         attention_dp=cfg.attention_dp,
         new_token_ratio=(None if ntr is None or policy != "sglang" else
                          (ntr_init, ntr_init * ntr.min_factor,

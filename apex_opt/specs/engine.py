@@ -282,6 +282,10 @@ class EngineSpec(StrictModel):
                            "every prefill batch (each taking one token of its chunk budget) "
                            "instead of waiting for it. Only the SGLang scheduler has it (vLLM "
                            "mixes whenever chunked prefill is on).")
+    max_prefill_tokens: int | None = Field(
+        None, ge=1, description="SGLang ServerArgs.max_prefill_tokens: the prefill batch's cap "
+                                "on new prompt tokens (PrefillAdder.rem_input_tokens), separate "
+                                "from the chunk budget; None = the engine has no such knob.")
     prefix_cache: Literal["none", "block_hash", "radix"] = Field(
         "none", description="'block_hash' (vLLM): whole full blocks reused by chained block "
                             "hashes, never the whole prompt; free cached blocks evicted LRU. "

@@ -60,6 +60,13 @@ class ReplicaConfig(StrictModel):
                           "prefill batch, one token of its chunk budget each, instead of "
                           "stalling while it runs; None = the engine's default (off). SGLang "
                           "only: vLLM always mixes decodes into chunked-prefill steps.")
+    max_prefill_tokens: int | None = Field(
+        None, ge=1, le=10_000_000,
+        description="SGLang --max-prefill-tokens: new prompt tokens one prefill batch may take "
+                    "(None = the engine's default, SGLang 16384). The PrefillAdder stops adding "
+                    "a request whose prompt does not fit what is left of it (the first one always "
+                    "joins); the chunk budget (max_num_batched_tokens) still chunks. SGLang "
+                    "only, with chunked prefill on.")
     attention_dp: int = Field(
         1, ge=1, le=1024,
         description="Data-parallel attention inside the TP group (SGLang --enable-dp-attention "
