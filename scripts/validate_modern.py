@@ -149,10 +149,15 @@ def aic_generator_limits(row: dict) -> dict:
             and row["workload_kind"].strip() == "concurrency"):
         return {}
     isl, osl = _i(row["isl"]), _i(row["osl"])
-    out = {"max_num_seqs": AIC_VLLM_MAX_BATCH,
-           "max_num_batched_tokens": AIC_VLLM_MAX_BATCH + isl + AIC_VLLM_EXTRA_TOKENS,
-           "max_model_len": isl + osl + AIC_VLLM_EXTRA_TOKENS}
-    return {k: v for k, v in out.items() if not (row.get(k) or "").strip()}
+    return _where_blank(row, {"max_num_seqs": AIC_VLLM_MAX_BATCH,
+                              "max_num_batched_tokens": AIC_VLLM_MAX_BATCH + isl
+                              + AIC_VLLM_EXTRA_TOKENS,
+                              "max_model_len": isl + osl + AIC_VLLM_EXTRA_TOKENS})
+
+
+def _where_blank(row: dict, limits: dict) -> dict:
+    """``limits`` less the ones the row records a value for (a recorded limit is what ran)."""
+    return {k: v for k, v in limits.items() if not (row.get(k) or "").strip()}
 
 
 AIC_SGLANG_MAX_BATCH = 512
@@ -169,14 +174,12 @@ def aic_generator_sglang(row: dict) -> dict:
     if not (row.get("dataset", "").startswith("aiconfigurator") and row["engine"].strip() == "sglang"
             and row["workload_kind"].strip() == "concurrency"):
         return {}
-    per_rank = (_i(row["concurrency"]) or 1) // max(_i(row["dp"]) or 1, 1)
-    out = {"mixed_chunk": True,
-           "max_prefill_tokens": _i(row["isl"]) + AIC_VLLM_EXTRA_TOKENS,
-           "max_num_seqs": (AIC_SGLANG_MAX_BATCH if per_rank < AIC_SGLANG_MAX_BATCH
-                            else 2 * per_rank)}
-    if (row.get("max_num_seqs") or "").strip():
-        del out["max_num_seqs"]
-    return out
+    per_rank = (_i(row["concurrency"]) or 1) // (_i(row["dp"]) or 1)
+    return _where_blank(row, {"mixed_chunk": True,
+                              "max_prefill_tokens": _i(row["isl"]) + AIC_VLLM_EXTRA_TOKENS,
+                              "max_num_seqs": (AIC_SGLANG_MAX_BATCH
+                                               if per_rank < AIC_SGLANG_MAX_BATCH
+                                               else 2 * per_rank)})
 
 
 def aic_generator_kv_dtype(row: dict) -> dict:

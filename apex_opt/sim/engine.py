@@ -1082,7 +1082,7 @@ class ReplicaEngine:
         # tokens and the running chunked prefill's; a joiner whose new tokens are >= what is left
         # stops the batch once it holds a request, and the batch closes at 0
         cap = lim.max_prefill_tokens if self.mode == "sglang" else 0
-        rem_input = cap - k - sum(c for c, _ in prefill)
+        rem_input = cap - k - sum(c for c, _ in prefill) if cap else 0
         while admit and ve.waiting and budget > 0 and seqs < lim.max_num_seqs \
                 and len(prefill) == len(ve.pre) and (not cap or rem_input > 0):
             rid = ve.waiting[0]
