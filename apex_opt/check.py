@@ -168,8 +168,9 @@ def check(model: ModelSpec, cluster: ClusterSpec, opts: CheckOptions | None = No
     res.tightest = tight
     res.explanation = (f"no replica shape fits: on the tightest, TP{tight.tp} PP{tight.pp}"
                        + (f" EP{tight.ep}" if tight.ep > 1 else "")
-                       + f" on {tight.gpus} x {tight.device}, {tight.problem}; short by "
-                       f"{tight.overflow_bytes / GIB:.1f} GiB per GPU")
+                       + f" on {tight.gpus} x {tight.device}, {tight.problem}"
+                       + ("" if "short by" in (tight.problem or "")
+                          else f"; short by {tight.overflow_bytes / GIB:.1f} GiB per GPU"))
     if suggest:
         res.suggestions = _suggestions(model, cluster, opts)
     return res

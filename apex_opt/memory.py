@@ -461,7 +461,10 @@ def replica_memory(model: ModelSpec, device: DeviceSpec, cfg: ReplicaConfig,
         problem = (f"KV cache holds {rank_tokens} tokens"
                    + (" per attention-DP rank" if cfg.attention_dp > 1 else "")
                    + f", fewer than max_model_len={max_len} "
-                   f"(short by {overflow / GIB:.2f} GiB per GPU)")
+                   f"(short by {overflow / GIB:.2f} GiB per GPU), so the engine will not start; "
+                   f"set max_model_len <= {rank_tokens} (the longest context this pool holds, "
+                   f"vLLM's 'estimated maximum model length'), or give the KV cache more memory "
+                   f"(gpu_memory_utilization, fp8 KV, more GPUs)")
     return MemoryReport(
         pool=cfg.pool, device=device.name, tp=cfg.tp, pp=cfg.pp, ep=cfg.ep, gpus=cfg.gpus,
         weight_dtype=cfg.weight_dtype, kv_dtype=cfg.kv_dtype,

@@ -175,3 +175,17 @@ def test_static_fraction_overflow_names_what_it_counts():
     assert not r.fits and "activations" not in r.problem and "CUDA context" in r.problem
     v = replica_memory(load_model("llama-3.1-405b"), pool.device, ReplicaConfig(tp=1), load_engine("vllm"))
     assert not v.fits and "activations" in v.problem
+
+
+def test_kv_shorter_than_context_names_the_length_that_fits(h100):
+    """vLLM will not start when its KV cache holds fewer than max_model_len tokens; the message
+    names the longest context the pool holds (vLLM's 'estimated maximum model length'), and that
+    value, passed back as max_model_len, fits."""
+    m = load_model("qwen3-32b")
+    rep = replica_memory(m, h100, ReplicaConfig(tp=1, max_model_len=40960), load_engine("vllm"))
+    assert not rep.fits and rep.overflow_component == "kv_cache"
+    assert f"set max_model_len <= {rep.kv_tokens}" in rep.problem
+    ok = replica_memory(m, h100, ReplicaConfig(tp=1, max_model_len=rep.kv_tokens), load_engine("vllm"))
+    assert ok.fits
+    over = replica_memory(m, h100, ReplicaConfig(tp=1, max_model_len=rep.kv_tokens + 16), load_engine("vllm"))
+    assert not over.fits
