@@ -88,6 +88,44 @@ def test_modelopt_fp8_still_fp8():
     assert m.checkpoint_dtype == "fp8"
 
 
+MODELOPT = {"name": "modelopt", "version": "0.31.0"}
+
+
+@pytest.mark.parametrize("algo, dtype, scheme, kv", [
+    ("FP8", "fp8", "fp8_tensor", "fp8"),
+    ("FP8_PER_CHANNEL_PER_TOKEN", "fp8", "fp8_channel", "fp8"),
+    ("FP8_PB_WO", "fp8", "fp8_block", "fp8"),
+    ("NVFP4", "fp4", "nvfp4", "fp8"),
+])
+def test_modelopt_export_without_quant_method_is_inferred_like_vllm(algo, dtype, scheme, kv):
+    # producer modelopt + quantization.quant_algo and no quant_method: vLLM's
+    # _normalize_quantization_config names the method, so the checkpoint serves quantised
+    q = {"producer": MODELOPT, "quantization": {"quant_algo": algo, "kv_cache_quant_algo": "FP8"}}
+    m = ModelSpec.from_hf_config(_cfg(q), name="x")
+    assert (m.checkpoint_dtype, m.quant_scheme, m.checkpoint_kv_dtype) == (dtype, scheme, kv)
+    # the same without the producer stays an unknown quantization
+    with pytest.raises(InputError, match="quant_method"):
+        ModelSpec.from_hf_config(_cfg({"quantization": {"quant_algo": algo}}), name="x")
+
+
+def test_modelopt_export_vllm_cannot_read_is_refused_with_the_fix():
+    # quant_algo flat, no quant_method (aiconfigurator's Qwen3-32B-FP8-Static-PerTensor config):
+    # vLLM infers no method and would load fp8 weights as bf16 -- exit 2 naming the missing key
+    flat = {"producer": MODELOPT, "quant_algo": "FP8", "kv_cache_scheme": "FP8",
+            "ignore": ["lm_head"]}
+    with pytest.raises(InputError) as e:
+        ModelSpec.from_hf_config(_cfg(flat), name="x", source="cfg.json")
+    msg = str(e.value)
+    assert "quantization_config.quant_method" in msg and '"quant_method": "modelopt"' in msg
+    # with the key the engines read, it is an fp8 checkpoint
+    assert ModelSpec.from_hf_config(_cfg({**flat, "quant_method": "modelopt"}),
+                                    name="x").checkpoint_dtype == "fp8"
+    # a nested algorithm vLLM does not serve
+    with pytest.raises(InputError, match="W4A8_AWQ"):
+        ModelSpec.from_hf_config(_cfg({"producer": MODELOPT,
+                                       "quantization": {"quant_algo": "W4A8_AWQ"}}), name="x")
+
+
 # ------------------------------------------------------------------------------ GEMM cost
 def test_w4a4_on_b200_faster_than_fp8(b200):
     dev = b200.pools[0].device

@@ -387,6 +387,7 @@ class ModelSpec(BaseModel):
         Raises :class:`InputError` naming ``source``, the field and the value for missing or absurd
         values.
         """
+        cfg = _normalize_modelopt(cfg, source)
         spec = _build(cfg, name, source)
         q = _text_section(cfg, source)[0].get("quantization_config")
         update: dict[str, Any] = {}
@@ -1259,6 +1260,61 @@ def _modelopt_algo(q: dict) -> str:
     return str(algo or "").upper()
 
 
+#: ModelOpt quant_algo -> the quant_method vLLM gives a config.json quantization_config that names
+#: no quant_method but says ``producer: {name: modelopt}`` with the algorithm nested under
+#: ``quantization`` (vllm/config/model.py ``_normalize_quantization_config``; older releases
+#: ``_parse_quant_hf_config`` for FP8 / NVFP4 only); any other nested algorithm makes vLLM refuse
+#: the checkpoint ("Unknown ModelOpt quant algo").
+_MODELOPT_NESTED_METHOD = {"FP8": "modelopt", "FP8_PER_CHANNEL_PER_TOKEN": "modelopt",
+                           "FP8_PB_WO": "modelopt", "NVFP4": "modelopt_fp4"}
+
+
+def _normalize_modelopt(cfg: Any, source: str) -> Any:
+    """``cfg`` with the quant_method vLLM infers for a ModelOpt export that names none (see
+    _MODELOPT_NESTED_METHOD), in the top-level and any text section's quantization_config. A
+    ModelOpt config whose quant_algo sits flat at the top with no quant_method is not recognised
+    by vLLM (its inference reads the nested key only; ModelOptQuantConfigBase needs a quant_method
+    starting with 'modelopt' for the flat layout), so it loads as unquantised and fails on the
+    fp8 scales: an InputError naming the fix."""
+    if not isinstance(cfg, dict):
+        return cfg
+
+    def fixed(q: Any, field: str) -> Any:
+        if not isinstance(q, dict) or q.get("quant_method") is not None:
+            return q
+        producer = q.get("producer")
+        if not (isinstance(producer, dict) and producer.get("name") == "modelopt"):
+            return q
+        nested = q.get("quantization")
+        algo = nested.get("quant_algo") if isinstance(nested, dict) else None
+        if algo is None:
+            if q.get("quant_algo") is not None:
+                raise InputError(
+                    f"is missing, and this ModelOpt export's quant_algo "
+                    f"{q.get('quant_algo')!r} sits at the top level, which vLLM does not infer a "
+                    f"method from (it reads quantization.quant_algo only), so the engine would load "
+                    f"the checkpoint as unquantised and fail on its scales; add \"quant_method\": "
+                    f"\"modelopt\" (\"modelopt_fp4\" for NVFP4), as ModelOpt's own exports write",
+                    source=source, field=f"{field}.quant_method")
+            return q
+        method = _MODELOPT_NESTED_METHOD.get(str(algo).upper())
+        if method is None:
+            raise InputError(f"ModelOpt quantization algorithm is not one vLLM serves "
+                             f"({', '.join(_MODELOPT_NESTED_METHOD)})", source=source,
+                             field=f"{field}.quantization.quant_algo", value=algo)
+        return {**q, "quant_method": method}
+
+    out = dict(cfg)
+    if "quantization_config" in out:
+        out["quantization_config"] = fixed(out["quantization_config"], "quantization_config")
+    for key in _TEXT_SECTIONS:
+        text = out.get(key)
+        if isinstance(text, dict) and "quantization_config" in text:
+            out[key] = {**text, "quantization_config": fixed(text["quantization_config"],
+                                                              f"{key}.quantization_config")}
+    return out
+
+
 def _nvfp4_scheme(q: dict) -> str | None:
     """'nvfp4' (W4A4) / 'nvfp4_w4a16' for an NVFP4 checkpoint, else None. ModelOpt: quant_method
     'modelopt' (or 'modelopt_fp4') with an FP4 quant_algo (NVFP4; W4A16_NVFP4 is weight-only);
@@ -1388,6 +1444,13 @@ def _quant_scheme(cfg: dict, dtype: str) -> str:
         return "fp8_block"
     if method == "fbgemm_fp8":
         return "fp8_channel"
+    if method.startswith("modelopt"):
+        # ModelOptFp8Config: FP8 = per-tensor weight + static activation scale;
+        # FP8_PER_CHANNEL_PER_TOKEN = per-channel weight + dynamic per-token activation;
+        # FP8_PB_WO = 128x128 weight blocks, dynamic per-token-group activation (vLLM modelopt.py)
+        algo = _modelopt_algo(q)
+        return {"FP8_PER_CHANNEL_PER_TOKEN": "fp8_channel", "FP8_PB_WO": "fp8_block"}.get(
+            algo, "fp8_tensor")
     w = _compressed_tensors_weights(q) if method == "compressed-tensors" else None
     if w is not None:
         strategy = str(w.get("strategy", "tensor")).lower()
